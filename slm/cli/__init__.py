@@ -1,0 +1,41 @@
+"""`slm` — the one face that dispatches every verb.
+
+Each module in this package registers its verbs (`register(subparsers)`); each verb is a thin function over
+a library call that tests call directly. User mistakes (SlmError) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from slm import __version__
+from slm.errors import SlmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm", description="Grow, specialise, export and profile small language models.")
+    parser.add_argument("--version", action="version", version=f"slm-lab {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{mod}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except SlmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)

