@@ -11,12 +11,11 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from slm.errors import SlmError
 
@@ -94,78 +93,137 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
+# safetensors' own API cannot stream: safe_open memory-maps whole files (RSS grows to the file size as
+# tensors are touched) and save_file needs every tensor of a shard in memory at once. The format is simple
+# (8-byte little-endian header length, a JSON header of dtype/shape/byte offsets, then raw bytes), so we read
+# and write it by hand, one tensor at a time. https://github.com/huggingface/safetensors#format
+ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+MAX_HEADER = 100 * 1024**2
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """(header without __metadata__, byte offset where tensor data starts); SlmError if the file is corrupt."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+            if not 0 < n <= min(MAX_HEADER, size - 8):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"truncated: needs {8 + n + end} bytes, has {size}")
+        for v in header.values():
+            if v["dtype"] not in ST_DTYPES:
+                raise ValueError(f"unsupported dtype {v['dtype']}")
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise SlmError(f"{path} is not a valid safetensors file ({e}); re-download or re-save it") from None
+    return header, 8 + n
+
+
 class TensorReader:
-    """Read a checkpoint's tensors one at a time (memory-mapped), across shards."""
+    """Read a checkpoint's tensors one at a time, across shards, with plain file reads (no mmap)."""
 
     def __init__(self, model_dir: Path | str):
         self.dir = Path(model_dir)
         self.config = read_config(self.dir)
-        self._where: dict[str, Path] = {}
-        self._handles: dict[Path, object] = {}
+        self._entries: dict[str, tuple[Path, dict, int]] = {}
         for f in weight_files(self.dir):
-            h = self._open(f)
-            for k in h.keys():
-                self._where[k] = f
-
-    def _open(self, f: Path):
-        if f not in self._handles:
-            try:
-                self._handles[f] = safe_open(str(f), framework="pt")
-            except Exception as e:  # safetensors raises its own error types for bad headers
-                raise SlmError(f"{f} is not a readable safetensors file ({e}); re-download or re-save it") from None
-        return self._handles[f]
+            header, start = read_safetensors_header(f)
+            for k, v in header.items():
+                self._entries[k] = (f, v, start)
+        self._files: dict[Path, object] = {}
 
     def keys(self) -> list[str]:
-        return list(self._where)
+        return list(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._where
-
-    def get(self, name: str) -> torch.Tensor:
-        try:
-            return self._open(self._where[name]).get_tensor(name)
-        except KeyError:
-            raise SlmError(f"tensor {name} not found in {self.dir}") from None
-        except Exception as e:
-            raise SlmError(f"cannot read tensor {name} from {self._where[name]} ({e}): the file is corrupt") from None
+        return name in self._entries
 
     def shape(self, name: str) -> list[int]:
-        return list(self._open(self._where[name]).get_slice(name).get_shape())
+        return list(self._entry(name)[1]["shape"])
 
     def dtype(self, name: str) -> str:
-        return self._open(self._where[name]).get_slice(name).get_dtype()
+        return self._entry(name)[1]["dtype"]
+
+    def _entry(self, name: str):
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise SlmError(f"tensor {name} not found in {self.dir}") from None
+
+    def get(self, name: str) -> torch.Tensor:
+        path, info, start = self._entry(name)
+        a, b = info["data_offsets"]
+        dtype, shape = ST_DTYPES[info["dtype"]], info["shape"]
+        if b == a:
+            return torch.empty(shape, dtype=dtype)
+        f = self._files.get(path) or self._files.setdefault(path, open(path, "rb"))
+        f.seek(start + a)
+        buf = bytearray(b - a)
+        if f.readinto(buf) != b - a:
+            raise SlmError(f"{path} ended early while reading {name}: the file is truncated; re-download it")
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
 
 class ShardedWriter:
-    """Write tensors into safetensors shards as they come, plus the index when there is more than one."""
+    """Write tensors into safetensors shards as they come (each tensor's bytes go to disk at once), plus the
+    index when there is more than one shard. Peak memory: the tensor being written."""
 
     def __init__(self, out_dir: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES):
         self.dir = Path(out_dir)
         self.max = max_shard_bytes
-        self._buf: dict[str, torch.Tensor] = {}
-        self._bytes = 0
-        self._shards: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
+        self._shards: list[tuple[Path, list[str]]] = []
+        self._data = None  # open temp file with the current shard's tensor bytes
+        self._header: dict[str, dict] = {}
+        self._offset = 0
 
     def add(self, name: str, t: torch.Tensor) -> None:
         n = t.numel() * t.element_size()
-        if self._buf and self._bytes + n > self.max:
+        if self._header and self._offset + n > self.max:
             self._flush()
-        t = t.contiguous()
-        if any(t.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() for b in self._buf.values()):
-            t = t.clone()  # safetensors refuses shared storage; mmap reads of one source tensor share it
-        self._buf[name] = t
-        self._bytes += n
+        if self._data is None:
+            self._data = open(self.dir / f".shard-{len(self._shards):05d}.data", "wb")
+        if t.dtype not in ST_NAMES:
+            raise SlmError(f"cannot store {name} of dtype {t.dtype} in safetensors")
+        if n:
+            self._data.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape),
+                              "data_offsets": [self._offset, self._offset + n]}
+        self._offset += n
         self.total_bytes += n
 
     def _flush(self) -> None:
+        data_path = self.dir / f".shard-{len(self._shards):05d}.data"
+        if self._data is None:
+            self._data = open(data_path, "wb")
+        self._data.close()
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self._header}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # pad like safetensors does, so tensor data stays 8-byte aligned
         path = self.dir / f".shard-{len(self._shards):05d}.safetensors"
-        save_file(self._buf, str(path), metadata={"format": "pt"})
-        self._shards.append((path, list(self._buf)))
-        self._buf, self._bytes = {}, 0
+        with open(path, "wb") as out, open(data_path, "rb") as src:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            shutil.copyfileobj(src, out, 1 << 24)
+        data_path.unlink()
+        self._shards.append((path, list(self._header)))
+        self._data, self._header, self._offset = None, {}, 0
 
     def close(self) -> list[Path]:
-        if self._buf or not self._shards:
+        if self._header or not self._shards:
             self._flush()
         n = len(self._shards)
         if n == 1:

@@ -1,0 +1,295 @@
+"""Merges, streamed tensor by tensor: linear, SLERP, task arithmetic and the instruction residual.
+
+- linear: θ = Σ w_k θ_k (weights normalised to sum 1 unless `normalize: false`) — "model soups",
+  Wortsman et al. 2022.
+- slerp: spherical interpolation of two models per tensor, t scalar or a per-layer list interpolated over depth
+  (the "gradient" form of mergekit's slerp); falls back to linear when the tensors are nearly colinear.
+- task_arithmetic: θ = θ_base + Σ λ_k (θ_k − θ_base) — Ilharco et al. 2023, "Editing Models with Task Arithmetic".
+- instruction_residual: θ = θ_cpt + α (θ_instruct − θ_base) — Jindal et al. 2024 (Samsung Research),
+  "Balancing Continuous Pre-Training and Instruction Fine-Tuning". θ_cpt may be an *expanded* model: the
+  residual of base layer j goes to every non-new layer whose recorded source is j; new layers get none.
+  No existing merge tool maps a residual through a block-expansion record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from slm.errors import SlmError
+from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, copy_aux_files, write_config
+from slm.record import write_record
+from slm.spec import check_supported
+from slm.surgery.layers import prior_record, split_layer_name
+
+METHODS = ("linear", "slerp", "task_arithmetic", "instruction_residual")
+EMBEDDING_POLICIES = ("refuse", "skip", "slice")
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass
+class MergeRecipe:
+    method: str  # one of METHODS
+    models: list = field(default_factory=list)  # [{model: PATH, weight: W}]: linear/task_arithmetic; slerp: 2 models
+    base: str | None = None  # task_arithmetic: the common base; instruction_residual: the base of the pair
+    instruct: str | None = None  # instruction_residual: instruction-tuned model of the same base
+    cpt: str | None = None  # instruction_residual: the continued-pretrained (possibly expanded) model
+    t: float | list = 0.5  # slerp: 0 → first model, 1 → second; a list is spread evenly over the layers
+    alpha: float = 1.0  # instruction_residual: scale of the residual
+    normalize: bool = True  # linear: divide by the sum of weights
+    embeddings: str = "refuse"  # vocab-size mismatch: refuse | skip (keep the target's) | slice (merge shared rows)
+    dtype: str | None = None  # output dtype; None keeps the target's
+    slerp_eps: float = 0.9995  # |cos| above this → linear interpolation (mergekit's DOT_THRESHOLD)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise SlmError(f"unknown merge method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.embeddings not in EMBEDDING_POLICIES:
+            raise SlmError(f"embeddings: {self.embeddings!r} is not one of {', '.join(EMBEDDING_POLICIES)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise SlmError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        norm = []
+        for m in self.models:
+            m = {"model": m} if isinstance(m, str) else dict(m)
+            if "model" not in m:
+                raise SlmError("each entry of `models` needs a `model:` path")
+            norm.append({"model": str(m["model"]), "weight": float(m.get("weight", 1.0))})
+        self.models = norm
+        need = {
+            "linear": (len(self.models) >= 1, "linear needs `models:` (one or more, with weights)"),
+            "slerp": (len(self.models) == 2, "slerp needs exactly two `models:`"),
+            "task_arithmetic": (len(self.models) >= 1 and self.base, "task_arithmetic needs `base:` and `models:`"),
+            "instruction_residual": (self.cpt and self.base and self.instruct,
+                                     "instruction_residual needs `cpt:`, `base:` and `instruct:`"),
+        }[self.method]
+        if not need[0]:
+            raise SlmError(need[1])
+        ts = self.t if isinstance(self.t, list) else [self.t]
+        if not ts or any(not 0.0 <= float(x) <= 1.0 for x in ts):
+            raise SlmError(f"slerp t must be in [0, 1] (got {self.t})")
+        if self.method == "linear" and self.normalize and sum(m["weight"] for m in self.models) == 0:
+            raise SlmError("linear weights sum to 0: give non-zero weights or set normalize: false")
+
+    def target(self) -> str:
+        """The model whose config, tensor list and tokenizer the output takes."""
+        return self.cpt if self.method == "instruction_residual" else self.models[0]["model"]
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> MergeRecipe:
+    """Read a YAML recipe, apply key=value overrides, resolve model paths relative to the recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlmError(f"merge recipe {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SlmError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise SlmError(f"override {ov!r} is not key=value")
+        k, v = ov.split("=", 1)
+        data[k.strip()] = yaml.safe_load(v)
+    valid = {f.name for f in fields(MergeRecipe)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise SlmError(f"unknown recipe key(s) {unknown}: valid keys are {', '.join(sorted(valid))}")
+
+    def resolve(p):
+        return str((path.parent / p).resolve()) if p is not None and not Path(p).is_absolute() else p
+
+    for k in ("base", "instruct", "cpt"):
+        data[k] = resolve(data.get(k))
+    data["models"] = [{**m, "model": resolve(m["model"])} if isinstance(m, dict) else resolve(m)
+                      for m in data.get("models") or []]
+    return MergeRecipe(**data)
+
+
+# ---- per-tensor operations ------------------------------------------------------------------------------
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 0.9995) -> torch.Tensor:
+    """Spherical interpolation of two tensors treated as flat vectors (Shoemake 1985; as in mergekit).
+    t=0 and t=1 return the inputs exactly."""
+    if t == 0.0:
+        return v0.clone()
+    if t == 1.0:
+        return v1.clone()
+    a, b = v0.double().flatten(), v1.double().flatten()
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return ((1 - t) * v0.double() + t * v1.double()).to(v0.dtype)
+    dot = float(torch.dot(a / na, b / nb).clamp(-1.0, 1.0))
+    if abs(dot) > eps:  # nearly colinear: slerp is numerically unstable and equals lerp anyway
+        return ((1 - t) * v0.double() + t * v1.double()).to(v0.dtype)
+    theta = math.acos(dot)
+    s0 = math.sin((1 - t) * theta) / math.sin(theta)
+    s1 = math.sin(t * theta) / math.sin(theta)
+    return (s0 * v0.double() + s1 * v1.double()).to(v0.dtype)
+
+
+def t_for_layer(t: float | list, layer: int | None, n_layers: int) -> float:
+    """A scalar t, or a list spread over depth: layer i takes np.interp(i/(L−1), linspace(0,1,len), list).
+    Embeddings take the first value, the final norm and lm_head the last."""
+    if not isinstance(t, list):
+        return float(t)
+    if len(t) == 1:
+        return float(t[0])
+    x = 0.0 if layer is None else layer / max(n_layers - 1, 1)
+    return float(np.interp(x, np.linspace(0, 1, len(t)), [float(v) for v in t]))
+
+
+class _Source:
+    """A model being merged: reads tensors, serving lm_head from the embedding when it is tied."""
+
+    def __init__(self, path: str):
+        if not Path(path).is_dir():
+            raise SlmError(f"merge input {path} is not a checkpoint folder")
+        self.path = path
+        self.r = TensorReader(path)
+        check_supported(self.r.config)
+        self.layers = self.r.config["num_hidden_layers"]
+
+    def name_for(self, name: str) -> str:
+        if name == "lm_head.weight" and name not in self.r and "model.embed_tokens.weight" in self.r:
+            return "model.embed_tokens.weight"
+        return name
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.r.get(self.name_for(name)).float()
+
+    def shape(self, name: str) -> list[int]:
+        n = self.name_for(name)
+        if n not in self.r:
+            raise SlmError(f"{self.path} has no tensor {name}: the models do not share an architecture")
+        return self.r.shape(n)
+
+
+def _plan_layers(recipe: MergeRecipe, target: _Source, others: list[_Source]) -> dict[int, int | None]:
+    """For each target layer, the layer index to read in the other models (None: leave the target's as is)."""
+    n = target.layers
+    if recipe.method != "instruction_residual":
+        for o in others:
+            if o.layers != n:
+                raise SlmError(f"layer counts differ ({target.path}: {n}, {o.path}: {o.layers}): "
+                               "merge models of the same depth (an instruction residual may target an expanded model)")
+        return {i: i for i in range(n)}
+    base_layers = others[0].layers
+    if others[1].layers != base_layers:
+        raise SlmError(f"base and instruct have different layer counts ({base_layers} vs {others[1].layers})")
+    if n == base_layers and "slm_surgery" not in target.r.config:
+        return {i: i for i in range(n)}
+    rec = prior_record(target.r.config)
+    if rec["original_num_layers"] != base_layers:
+        raise SlmError(f"cpt model has {n} layers and its surgery record says it came from {rec['original_num_layers']}"
+                       f" layers, but base/instruct have {base_layers}: use the base it was expanded from")
+    new = set(rec["new_layers"])
+    return {i: (None if i in new else s) for i, s in enumerate(rec["source_layers"])}
+
+
+def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
+    """Write the merged checkpoint to `out` (+ slm.json, report.html) and return the result record."""
+    out = Path(out)
+    from slm.io import check_output
+
+    check_output(out, force)
+    target = _Source(recipe.target())
+    if recipe.method == "instruction_residual":
+        others = [_Source(recipe.base), _Source(recipe.instruct)]
+    elif recipe.method == "task_arithmetic":
+        others = [_Source(recipe.base)] + [_Source(m["model"]) for m in recipe.models]
+    else:
+        others = [_Source(m["model"]) for m in recipe.models[1:]]
+    layer_map = _plan_layers(recipe, target, others)
+
+    # Validate every shape before writing anything.
+    vocab_mismatch = False
+    plan = []
+    for name in target.r.keys():
+        i, rest = split_layer_name(name)
+        j = layer_map[i] if i is not None else -1
+        src = name if i is None else (None if j is None else f"model.layers.{j}.{rest}")
+        if src is not None:
+            for o in others:
+                a, b = target.shape(name), o.shape(src)
+                if a != b:
+                    if name in VOCAB_TENSORS and a[1:] == b[1:]:
+                        if recipe.embeddings == "refuse":
+                            raise SlmError(f"vocab sizes differ ({a[0]} in {target.path} vs {b[0]} in {o.path}): set "
+                                           "`embeddings: skip` to keep the target's embeddings or `embeddings: slice` "
+                                           "to merge the shared rows")
+                        vocab_mismatch = True
+                    else:
+                        raise SlmError(f"shape mismatch for {name}: {a} vs {b} in {o.path}: the models must share an architecture")
+        plan.append((name, i, src))
+
+    out_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
+    weights = [m["weight"] for m in recipe.models]
+    per_layer: dict = {}  # layer (or tensor group) → [sum of squared change, sum of squared target]
+    with atomic_dir(out, force) as tmp:
+        writer = ShardedWriter(tmp)
+        for name, i, src in plan:
+            orig = target.r.get(name)
+            theta = orig.float()
+            if src is not None:
+                rows = None
+                if name in VOCAB_TENSORS and vocab_mismatch:
+                    if recipe.embeddings == "skip":
+                        src = None
+                    else:
+                        rows = min([theta.shape[0]] + [o.shape(src)[0] for o in others])
+                if src is not None:
+                    ins = [o.get(src)[:rows] if rows else o.get(src) for o in others]
+                    head = theta[:rows] if rows else theta
+                    merged = _combine(recipe, head, ins, weights, t_for_layer(recipe.t, i, target.layers))
+                    theta = torch.cat([merged, theta[rows:]]) if rows else merged
+            res = theta.to(out_dtype or orig.dtype)
+            key = i if i is not None else name
+            acc = per_layer.setdefault(key, [0.0, 0.0])
+            acc[0] += float((res.double() - orig.double()).pow(2).sum())
+            acc[1] += float(orig.double().pow(2).sum())
+            writer.add(name, res)
+        files = writer.close()
+        config = dict(target.r.config)
+        if recipe.dtype:
+            config["dtype"] = recipe.dtype
+        write_config(tmp, config)
+        copy_aux_files(Path(target.path), tmp)
+        inputs = {"target": target.path} | {f"input{k}": o.path for k, o in enumerate(others)}
+        changes = [{"tensor": (f"layer {k}" if isinstance(k, int) else k),
+                    "layer": k if isinstance(k, int) else None,
+                    "rel_change": math.sqrt(v[0] / v[1]) if v[1] else 0.0,
+                    "mapped_from": layer_map.get(k) if isinstance(k, int) else None}
+                   for k, v in per_layer.items()]
+        result = {"method": recipe.method, "tensors": len(plan), "files": [f.name for f in files],
+                  "vocab_mismatch": vocab_mismatch, "layer_map": layer_map, "changes": changes,
+                  "summary": {"method": recipe.method, "tensors": len(plan), "layers": target.layers,
+                              "untouched layers": sum(1 for v in layer_map.values() if v is None)}}
+        write_record(tmp, "merge", asdict(recipe), inputs=inputs, result=result)
+        from slm.report.merge import write_merge_report
+
+        write_merge_report(tmp, recipe, result)
+    return result
+
+
+def _combine(recipe: MergeRecipe, target: torch.Tensor, ins: list[torch.Tensor], weights: list[float],
+             t: float) -> torch.Tensor:
+    m = recipe.method
+    if m == "linear":
+        total = sum(weights) if recipe.normalize else 1.0
+        acc = weights[0] * target
+        for w, x in zip(weights[1:], ins):
+            acc = acc + w * x
+        return acc / total
+    if m == "slerp":
+        return slerp(t, target, ins[0], recipe.slerp_eps)
+    if m == "task_arithmetic":
+        base, models = ins[0], ins[1:]
+        acc = base.clone()
+        for w, x in zip(weights, models):
+            acc = acc + w * (x - base)
+        return acc
+    base, instruct = ins
+    return target + recipe.alpha * (instruct - base)
