@@ -1,0 +1,242 @@
+"""Write an HF Llama-family checkpoint as a GGUF file (F32, F16 or BF16), streaming one tensor at a time.
+
+Follows llama.cpp's own converter (convert_hf_to_gguf.py, conversion/{base,llama,qwen}.py as vendored by
+llama-cpp-python 0.3.36): the same metadata keys, gguf-py's tensor name map, the Q/K row permutation for
+the `llama` architecture only, 1-D tensors (norms, biases) kept F32, and the tokenizer written the same way
+(BPE → `gpt2` + pre-tokenizer name from the hash table; SentencePiece → `llama`). We write the file
+ourselves instead of running the converter so that tensors stream from slm.io.TensorReader (the converter
+holds lazy tensors of the whole model) and so errors are caught before any byte is written.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha256
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slm.errors import SlmError
+from slm.io import TensorReader, read_config
+
+from .pretok_hashes import CHKTXT, PRE_TOKENIZERS
+
+# HF model_type → GGUF architecture name. SmolLM/SmolLM2 and Mistral checkpoints are `llama` in HF too.
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
+# file types llama.cpp records in general.file_type (enum llama_ftype)
+FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}
+KNOWN_PRE = sorted({v[0] for v in PRE_TOKENIZERS.values()} | {"default"})
+
+
+def check_arch(config: dict) -> str:
+    """The GGUF architecture for a config, or a one-line SlmError naming the supported ones."""
+    mt = config.get("model_type", "")
+    if mt not in ARCHS:
+        raise SlmError(f"cannot export architecture {mt or '<missing model_type>'!r} to GGUF: supported are "
+                       f"{', '.join(sorted(ARCHS))}")
+    if config.get("num_experts") or config.get("num_local_experts"):
+        raise SlmError(f"{mt} config has experts: mixture-of-experts export is not supported")
+    rope = rope_params(config)
+    if rope.get("rope_type", "default") not in ("default", "linear", "yarn"):
+        raise SlmError(f"RoPE type {rope['rope_type']!r} is not supported by the GGUF writer (default, linear, yarn)")
+    return ARCHS[mt]
+
+
+def rope_params(config: dict) -> dict:
+    """transformers 5 keeps RoPE settings in `rope_parameters`; older configs use rope_theta + rope_scaling."""
+    if config.get("rope_parameters"):
+        return dict(config["rope_parameters"])
+    return {"rope_theta": config.get("rope_theta", 10000.0), **(config.get("rope_scaling") or {})}
+
+
+# ---- tokenizer ----------------------------------------------------------------------------------------
+def has_tokenizer(model_dir: Path) -> bool:
+    return any((Path(model_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
+def detect_pre_tokenizer(tokenizer) -> tuple[str | None, str]:
+    """(llama.cpp pre-tokenizer name or None if unknown, the hash) — llama.cpp's own detection method."""
+    h = sha256(str(tokenizer.encode(CHKTXT)).encode()).hexdigest()
+    hit = PRE_TOKENIZERS.get(h)
+    return (hit[0] if hit else None), h
+
+
+def load_vocab(model_dir: Path, vocab_size: int, pre_tokenizer: str | None = None) -> dict:
+    """Everything the tokenizer section of the GGUF needs, computed before the file is opened.
+
+    BPE tokenizers follow the converter's get_vocab_base/_set_vocab_gpt2; a tokenizer.model means
+    SentencePiece, written through gguf-py's SentencePieceVocab like _set_vocab_sentencepiece.
+    """
+    import gguf
+
+    model_dir = Path(model_dir)
+    if (model_dir / "tokenizer.model").is_file():
+        sp = gguf.SentencePieceVocab(model_dir)
+        tokens, scores, types = [], [], []
+        for text, score, ttype in sp.all_tokens():
+            tokens.append(text), scores.append(score), types.append(ttype)
+        for i in range(len(tokens), vocab_size):  # embedding rows beyond the tokenizer: padding, as the converter
+            tokens.append(f"[PAD{i}]".encode()), scores.append(-1000.0), types.append(gguf.TokenType.UNUSED)
+        return {"model": "llama", "pre": None, "tokens": tokens, "scores": scores, "types": types, "hash": None}
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    name, h = detect_pre_tokenizer(tok)
+    if pre_tokenizer:
+        if pre_tokenizer not in KNOWN_PRE:
+            raise SlmError(f"unknown --pre-tokenizer {pre_tokenizer!r}: llama.cpp knows {', '.join(KNOWN_PRE)}")
+        name = pre_tokenizer
+    if name is None:
+        raise SlmError(f"the tokenizer of {model_dir.name} has a pre-tokenizer llama.cpp's table does not know "
+                       f"(hash {h[:12]}…): pass --pre-tokenizer NAME with the closest one (e.g. llama-bpe, qwen2, "
+                       f"smollm, gpt-2) after checking its regex in llama.cpp's llama-vocab.cpp")
+    vocab = tok.get_vocab()
+    if max(vocab.values()) >= vocab_size:
+        raise SlmError(f"tokenizer has ids up to {max(vocab.values())} but the model has only {vocab_size} "
+                       "embedding rows: the tokenizer does not belong to this model")
+    reverse = {i: t for t, i in vocab.items()}
+    added = tok.get_added_vocab()
+    decoder = tok.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]"), types.append(gguf.TokenType.UNUSED)
+            continue
+        t = reverse[i]
+        if t in added:
+            # llama.cpp assumes added tokens are pre-normalized (converter comment): round-trip them.
+            if not decoder[i].normalized:
+                t = tok.decode(tok.encode(t, add_special_tokens=False))
+            special = decoder[i].special or (t.startswith("<|") and t.endswith("|>"))
+            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+        tokens.append(t)
+    return {"model": "gpt2", "pre": name, "tokens": tokens, "scores": None, "types": types, "hash": h}
+
+
+def add_vocab(w, vocab: dict, model_dir: Path, vocab_size: int) -> None:
+    import gguf
+
+    w.add_tokenizer_model(vocab["model"])
+    if vocab["pre"]:
+        w.add_tokenizer_pre(vocab["pre"])
+    w.add_token_list(vocab["tokens"])
+    if vocab["scores"] is not None:
+        w.add_token_scores(vocab["scores"])
+    w.add_token_types(vocab["types"])
+    # merges, bos/eos/unk/pad ids, add_bos/add_eos flags and the chat template (chat_template.jinja too)
+    gguf.SpecialVocab(model_dir, load_merges=vocab["model"] == "gpt2", n_vocab=vocab_size).add_to_gguf(w, quiet=True)
+
+
+# ---- metadata -----------------------------------------------------------------------------------------
+def add_hparams(w, config: dict, arch: str, ftype: str, name: str) -> None:
+    """The keys TextModel.set_gguf_parameters (+ LlamaModel's) writes for these architectures."""
+    import gguf
+
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(name)
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_context_length(config.get("max_position_embeddings", 2048))
+    w.add_embedding_length(config["hidden_size"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    rope = rope_params(config)
+    if rope.get("rope_type") == "linear" and rope.get("factor"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    elif rope.get("rope_type") == "yarn" and rope.get("factor"):
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    w.add_rope_freq_base(rope.get("rope_theta", 10000.0))
+    w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    if config.get("head_dim") is not None:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_file_type(FILE_TYPES[ftype])
+    if arch == "llama":  # LlamaModel.set_gguf_parameters adds these two
+        w.add_vocab_size(config["vocab_size"])
+        w.add_rope_dimension_count(head_dim)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+# ---- tensors ------------------------------------------------------------------------------------------
+def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF's rotate-half row order → llama.cpp's interleaved pairs (LlamaModel.permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tensor_plan(reader: TensorReader, config: dict, arch: str, ftype: str) -> list[tuple[str, str, list[int], str]]:
+    """[(hf name, gguf name, shape, gguf dtype)] for every tensor, from the headers alone (nothing loaded)."""
+    import gguf
+
+    arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
+    tmap = gguf.get_tensor_name_map(arch_enum, config["num_hidden_layers"])
+    tied = bool(config.get("tie_word_embeddings", False))
+    plan = []
+    for hf in reader.keys():
+        if hf.endswith(".rotary_emb.inv_freq") or (tied and hf == "lm_head.weight"):
+            continue  # recomputed by llama.cpp / shared with token_embd when tied
+        name = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise SlmError(f"tensor {hf} has no GGUF name for architecture {arch}: this checkpoint has parts "
+                           "the GGUF writer does not know")
+        shape = reader.shape(hf)
+        dt = "f32" if len(shape) <= 1 or ftype == "f32" else ftype  # converter: 1-D tensors stay F32
+        plan.append((hf, name, shape, dt))
+    return plan
+
+
+def to_numpy(t: torch.Tensor, dt: str) -> np.ndarray:
+    if dt == "bf16":  # numpy has no bfloat16: store the raw 16 bits (gguf.quants does the same)
+        return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+    return t.to(torch.float32 if dt == "f32" else torch.float16).contiguous().numpy()
+
+
+def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_tokenizer: str | None = None,
+               name: str | None = None, vocab: dict | None = None) -> Path:
+    """Write `out` (.gguf) from an HF checkpoint folder. `vocab` may be passed in when already loaded."""
+    import gguf
+
+    model_dir, out = Path(model_dir), Path(out)
+    if ftype not in FILE_TYPES:
+        raise SlmError(f"write_gguf writes f32, f16 or bf16, not {ftype!r} (quantized types go through quantize)")
+    config = read_config(model_dir)
+    arch = check_arch(config)
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads") or n_head
+    if vocab is None:
+        vocab = load_vocab(model_dir, config["vocab_size"], pre_tokenizer) if has_tokenizer(model_dir) else None
+    reader = TensorReader(model_dir)
+    try:
+        plan = tensor_plan(reader, config, arch, ftype)
+        w = gguf.GGUFWriter(out, arch)
+        add_hparams(w, config, arch, ftype, name or model_dir.name)
+        if vocab is not None:
+            add_vocab(w, vocab, model_dir, config["vocab_size"])
+        gtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+                 "bf16": gguf.GGMLQuantizationType.BF16}
+        npdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}
+        for _, gname, shape, dt in plan:
+            nbytes = int(np.prod(shape)) * np.dtype(npdt[dt]).itemsize
+            w.add_tensor_info(gname, shape, np.dtype(npdt[dt]), nbytes, raw_dtype=gtype[dt])
+        w.write_header_to_file(out)
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for hf, gname, _, dt in plan:  # one tensor in memory at a time
+            t = reader.get(hf).float()
+            if arch == "llama" and hf.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+                t = permute_qk(t, n_head)
+            elif arch == "llama" and hf.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+                t = permute_qk(t, n_kv)
+            w.write_tensor_data(to_numpy(t, dt))
+            del t
+        w.close()
+    finally:
+        reader.close()
+    return out
