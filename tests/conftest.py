@@ -30,8 +30,9 @@ def make_tiny(path: Path, kind: str = "llama", tied: bool = False, seed: int = 0
     if kind == "llama":
         cfg = LlamaConfig(**kw)
     elif kind == "qwen2":
-        n = kw["num_hidden_layers"]
-        cfg = Qwen2Config(**kw, use_sliding_window=False, layer_types=["full_attention"] * n)
+        kw.setdefault("use_sliding_window", False)
+        kw.setdefault("layer_types", ["full_attention"] * kw["num_hidden_layers"])
+        cfg = Qwen2Config(**kw)
     elif kind == "qwen3":
         cfg = Qwen3Config(**kw, head_dim=32)
     else:
