@@ -200,7 +200,7 @@ class ShardedWriter:
         if t.dtype not in ST_NAMES:
             raise SlmError(f"cannot store {name} of dtype {t.dtype} in safetensors")
         if n:
-            self._data.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._data.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
         self._header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape),
                               "data_offsets": [self._offset, self._offset + n]}
         self._offset += n

@@ -110,6 +110,12 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> MergeRe
 
 
 # ---- per-tensor operations ------------------------------------------------------------------------------
+def _dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 20) -> float:
+    """Σ a·b accumulated in float64 chunk by chunk, so no float64 copy of a large tensor is ever made."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    return float(sum(torch.dot(a[i:i + chunk].double(), b[i:i + chunk].double()) for i in range(0, a.numel(), chunk)))
+
+
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 0.9995) -> torch.Tensor:
     """Spherical interpolation of two tensors treated as flat vectors (Shoemake 1985; as in mergekit).
     t=0 and t=1 return the inputs exactly."""
@@ -117,17 +123,15 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 0.9995) -> 
         return v0.clone()
     if t == 1.0:
         return v1.clone()
-    a, b = v0.double().flatten(), v1.double().flatten()
-    na, nb = a.norm(), b.norm()
-    if na == 0 or nb == 0:
-        return ((1 - t) * v0.double() + t * v1.double()).to(v0.dtype)
-    dot = float(torch.dot(a / na, b / nb).clamp(-1.0, 1.0))
-    if abs(dot) > eps:  # nearly colinear: slerp is numerically unstable and equals lerp anyway
-        return ((1 - t) * v0.double() + t * v1.double()).to(v0.dtype)
-    theta = math.acos(dot)
-    s0 = math.sin((1 - t) * theta) / math.sin(theta)
-    s1 = math.sin(t * theta) / math.sin(theta)
-    return (s0 * v0.double() + s1 * v1.double()).to(v0.dtype)
+    n0, n1 = math.sqrt(_dot64(v0, v0)), math.sqrt(_dot64(v1, v1))
+    dot = _dot64(v0, v1) / (n0 * n1) if n0 and n1 else 1.0
+    if abs(dot) > eps:  # nearly colinear (or a zero tensor): slerp is unstable there and equals lerp anyway
+        s0, s1 = 1 - t, t
+    else:
+        theta = math.acos(max(-1.0, min(1.0, dot)))
+        s0 = math.sin((1 - t) * theta) / math.sin(theta)
+        s1 = math.sin(t * theta) / math.sin(theta)
+    return torch.add(v0 * s0, v1, alpha=s1)
 
 
 def t_for_layer(t: float | list, layer: int | None, n_layers: int) -> float:
@@ -248,8 +252,10 @@ def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
             res = theta.to(out_dtype or orig.dtype)
             key = i if i is not None else name
             acc = per_layer.setdefault(key, [0.0, 0.0])
-            acc[0] += float((res.double() - orig.double()).pow(2).sum())
-            acc[1] += float(orig.double().pow(2).sum())
+            diff = res.float() - orig.float()
+            acc[0] += _dot64(diff, diff)
+            acc[1] += _dot64(orig, orig)
+            del diff
             writer.add(name, res)
         files = writer.close()
         config = dict(target.r.config)
