@@ -219,6 +219,10 @@ def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_t
         add_hparams(w, config, arch, ftype, name or model_dir.name)
         if vocab is not None:
             add_vocab(w, vocab, model_dir, config["vocab_size"])
+        else:  # no tokenizer in the checkpoint: llama.cpp's "no vocab" mode (llama-vocab.cpp), ids only
+            w.add_tokenizer_model("none")
+            if arch != "llama":  # the vocab size then comes from this key (llama already has it)
+                w.add_vocab_size(config["vocab_size"])
         gtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
                  "bf16": gguf.GGMLQuantizationType.BF16}
         npdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}

@@ -1,0 +1,244 @@
+"""Check an export against its source: logits, perplexity, KL divergence, tokenizer ids, greedy text.
+
+Every function here takes token ids (or a text plus a way to tokenize it) so the HF model, the GGUF files
+and the ONNX folders are compared on exactly the same inputs. Public helpers for other packages:
+`gguf_perplexity(path, text)`, `gguf_kld(path, ref_path, text)`, `gguf_logits(path, ids)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Fixed prompts for logits parity: chat markup, code, digits, Unicode (chosen to exercise the tokenizer
+# and positions past the first few).
+PROMPTS = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "The 3 most common elements in the Earth's crust are oxygen, silicon and",
+    "Les modèles de langage — petits ou grands — apprennent à prédire le mot suivant. 日本語も",
+]
+# Strings for tokenizer parity: code, Unicode, whitespace runs, special tokens (issue #4).
+TOKENIZER_STRINGS = [
+    "Hello world",
+    "def f(x):\n\treturn x**2  # square\n\n\n    pass",
+    "   leading and trailing spaces   ",
+    "tabs\t\tand\n\n\nnewlines\r\n",
+    "numbers 3 33 333 3333 3.14159 1,000,000",
+    "Unicode: naïve café — 😀🦙 你好世界 Привет мир ﷺ",
+    "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>text after a special token<|im_end|>",
+    "I've been 'told he's there, 'RE you sure? ''''```\"\"\"\"......!!!!",
+    "",
+]
+# Held-out text for perplexity and KL divergence: written for this project (not from any training set we
+# know of), mixing prose, a list, numbers and code so quantization damage shows in more than one register.
+HELD_OUT_TEXT = """\
+A lighthouse keeper's log, kept over one winter, records more than the weather. Each entry begins with the
+time the lamp was lit and the time it was put out, then the wind, the state of the sea and the ships that
+passed. On quiet nights the keeper wrote about repairs: a cracked pane in the lantern room, a pump that
+lost its prime, oil that thickened in the cold and had to be warmed before it would flow. Read in order,
+the entries show how a small station survived on routine. The lamp was trimmed at noon, the brass was
+polished on Tuesdays, and the stores were counted on the first day of every month.
+
+In the second month the supply boat failed to arrive for nineteen days. The keeper rationed paraffin,
+burned driftwood in the stove and noted, without complaint, that the biscuits had gone soft. When the boat
+finally came, it brought flour, two barrels of oil, a bundle of newspapers six weeks old and a letter from
+the district engineer asking why the monthly return was late.
+
+Recipe for the station's bread, as written on the back page:
+1. Mix 500 g of flour, 10 g of salt and 7 g of dried yeast.
+2. Add 320 ml of warm water and knead for ten minutes.
+3. Leave to rise for an hour, shape, rise again for forty minutes.
+4. Bake at 220 degrees for thirty-five minutes, or until the loaf sounds hollow.
+
+def daily_average(readings):
+    \"\"\"Mean of the non-missing barometer readings of one day, in hectopascals.\"\"\"
+    values = [r for r in readings if r is not None]
+    if not values:
+        return None
+    return sum(values) / len(values)
+
+By spring the log grows shorter. The storms ease, the ships return to their summer routes and the keeper's
+entries shrink to a line or two: lamp lit, lamp out, wind light from the south-west, sea calm, all well.
+"""
+
+
+# ---- llama.cpp ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_stderr():
+    """llama.cpp prints its load log on fd 2 even with verbose=False in places; keep test output readable."""
+    fd = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+
+
+def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False):
+    """A llama-cpp-python model with every position's logits kept (logits_all=True).
+
+    exact: keep the KV cache in F32 (llama.cpp's default is F16), for parity checks of F32 exports.
+    """
+    from llama_cpp import Llama
+
+    kw = {"type_k": 0, "type_v": 0} if exact else {}  # 0 = GGML_TYPE_F32
+    with quiet_stderr():
+        return Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                     n_threads=os.cpu_count() or 1, **kw)
+
+
+def gguf_logits(path_or_llm, ids: list[int], exact: bool = True) -> np.ndarray:
+    """Logits at every position of `ids` (n × vocab, float32)."""
+    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, max(len(ids), 8), exact)
+    llm.reset()
+    llm.eval(list(ids))
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def gguf_greedy(llm, ids: list[int], n: int = 32) -> list[int]:
+    """n greedy tokens after `ids` (argmax each step, no stop on EOS, so runs compare token for token)."""
+    llm.reset()
+    llm.eval(list(ids))
+    out = []
+    for _ in range(n):
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(tok)
+        llm.eval([tok])
+    return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def chunked_logprobs(logits_fn, ids: list[int], n_ctx: int) -> list[np.ndarray]:
+    """Log-probabilities per non-overlapping window of n_ctx tokens (each window starts fresh, as
+    llama-perplexity does). logits_fn(window ids) → (len × vocab)."""
+    return [_log_softmax(logits_fn(ids[i:i + n_ctx])) for i in range(0, len(ids) - 1, n_ctx)
+            if len(ids[i:i + n_ctx]) > 1]
+
+
+def perplexity_of(logprobs: list[np.ndarray], ids: list[int], n_ctx: int) -> dict:
+    """exp(mean NLL) of every token after the first in each window."""
+    nll, n = 0.0, 0
+    for k, lp in enumerate(logprobs):
+        window = ids[k * n_ctx:k * n_ctx + len(lp)]
+        nll -= float(sum(lp[j, window[j + 1]] for j in range(len(window) - 1)))
+        n += len(window) - 1
+    return {"perplexity": float(np.exp(nll / max(n, 1))), "nll": nll / max(n, 1), "tokens_scored": n}
+
+
+def kld_of(ref: list[np.ndarray], test: list[np.ndarray]) -> dict:
+    """KL(P_ref ‖ P_test) per position (llama-perplexity --kl-divergence), mean and 99th percentile, and how
+    often both pick the same top token."""
+    kl, same = [], []
+    for a, b in zip(ref, test):
+        n = min(len(a), len(b))
+        kl.append((np.exp(a[:n]) * (a[:n] - b[:n])).sum(-1))
+        same.append(a[:n].argmax(-1) == b[:n].argmax(-1))
+    kl_all, same_all = np.concatenate(kl), np.concatenate(same)
+    return {"kld_mean": float(kl_all.mean()), "kld_p99": float(np.percentile(kl_all, 99)),
+            "kld_max": float(kl_all.max()), "top1_agree": float(same_all.mean()), "positions": int(kl_all.size)}
+
+
+def gguf_tokenize(path_or_llm, text: str) -> list[int]:
+    """The GGUF's own tokenizer, with the special tokens parsed and BOS added only if the file says so."""
+    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, 64)
+    return llm.tokenize(text.encode(), add_bos=True, special=True)
+
+
+def gguf_perplexity(path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256, ids: list[int] | None = None) -> dict:
+    """Perplexity of a GGUF on `text` (tokenized by the GGUF itself unless `ids` are given)."""
+    llm = open_gguf(path, n_ctx)
+    ids = ids if ids is not None else gguf_tokenize(llm, text)
+    lp = chunked_logprobs(lambda w: gguf_logits(llm, w), ids, n_ctx)
+    return {**perplexity_of(lp, ids, n_ctx), "n_ctx": n_ctx}
+
+
+def gguf_kld(path: Path | str, ref_path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256) -> dict:
+    """KL divergence of a GGUF against a reference GGUF (usually the f16 export) on `text`, plus both
+    perplexities. Tokenized once, by the reference."""
+    ref = open_gguf(ref_path, n_ctx)
+    ids = gguf_tokenize(ref, text)
+    ref_lp = chunked_logprobs(lambda w: gguf_logits(ref, w), ids, n_ctx)
+    del ref
+    test = open_gguf(path, n_ctx)
+    test_lp = chunked_logprobs(lambda w: gguf_logits(test, w), ids, n_ctx)
+    return {**kld_of(ref_lp, test_lp), **perplexity_of(test_lp, ids, n_ctx),
+            "ref_perplexity": perplexity_of(ref_lp, ids, n_ctx)["perplexity"], "n_ctx": n_ctx}
+
+
+# ---- HF reference -------------------------------------------------------------------------------------
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].float().numpy()
+
+
+def hf_greedy(model, ids: list[int], n: int = 32) -> list[int]:
+    """Greedy tokens with the KV cache, no EOS stop (same rule as gguf_greedy)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        res = model(torch.tensor([list(ids)]), use_cache=True)
+        for _ in range(n):
+            tok = int(res.logits[0, -1].argmax())
+            out.append(tok)
+            res = model(torch.tensor([[tok]]), past_key_values=res.past_key_values, use_cache=True)
+    return out
+
+
+def compare_logits(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    """Worst relative error (max |Δ| / max |ref| per prompt), max abs error, top-1 agreement over all positions."""
+    rel = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(ref, got))
+    abs_ = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+    agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got)])
+    return {"max_rel_err": rel, "max_abs_err": abs_, "top1_agree": float(agree.mean()), "positions": int(agree.size)}
+
+
+def prompt_ids(tokenizer, vocab_size: int) -> list[list[int]]:
+    """Token ids of the fixed prompts; without a tokenizer (tiny test models), fixed pseudo-random ids."""
+    if tokenizer is not None:
+        return [tokenizer.encode(p) for p in PROMPTS]
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, vocab_size, size=n).tolist() for n in (7, 16, 24, 33)]
+
+
+# ---- ONNX (onnxruntime-genai) -------------------------------------------------------------------------
+def onnx_logits(onnx_dir: Path | str, ids: list[int]) -> np.ndarray:
+    """Logits at every position of `ids` from an onnxruntime-genai model folder."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(onnx_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 1)
+    gen = og.Generator(model, params)
+    gen.append_tokens(list(ids))
+    out = np.array(gen.get_output("logits"), dtype=np.float32)
+    return out.reshape(-1, out.shape[-1])[-len(ids):]
+
+
+def onnx_greedy(onnx_dir: Path | str, ids: list[int], n: int = 32) -> list[int]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(onnx_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + n)  # stops at EOS like a user would see
+    gen = og.Generator(model, params)
+    gen.append_tokens(list(ids))
+    out = []
+    while not gen.is_done() and len(out) < n:
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    return out
