@@ -1,0 +1,127 @@
+"""Jetson devices: the registry (design.md's table, each figure with its source), on-device detection, and the
+projection of host measurements onto a device.
+
+Projection (labelled "projected" wherever shown, with these inputs): decode on the device runs at the same
+fraction of its bandwidth roofline as decode here does of ours, prefill at the same fraction of its compute peak.
+Device compute for prefill is taken as dense FP16 ≈ the datasheet's sparse INT8 TOPS / 4 (sparsity ×2, INT8 vs
+FP16 ×2) — an assumption stated in every projection; Thor's figure is FP4 sparse TFLOPS, so / 8.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from slm.errors import SlmError
+
+GIB = 1024**3
+OS_RESERVE_GIB = 2.0  # memory JetPack's OS, desktop-less, keeps for itself (assumption; unified CPU/GPU memory)
+_ORIN = "https://www.nvidia.com/en-us/autonomous-machines/embedded-systems/jetson-orin/ (Jetson Orin technical specifications table)"
+_NANO_SUPER = "https://developer.nvidia.com/blog/nvidia-jetson-orin-nano-developer-kit-gets-a-super-boost/"
+_THOR = "https://www.nvidia.com/en-us/autonomous-machines/embedded-systems/jetson-thor/ (Jetson T5000 module specifications)"
+
+
+@dataclass(frozen=True)
+class Device:
+    key: str  # registry name used by --device
+    name: str  # marketing name
+    memory_gib: float  # unified LPDDR memory (CPU and GPU share it)
+    bandwidth_GBps: float  # peak memory bandwidth, GB/s (10⁹ bytes)
+    ai_tops: float  # datasheet "AI performance" figure
+    ai_tops_kind: str  # what that figure counts
+    cpu: str  # CPU cores
+    source: str  # where the figures come from
+
+    @property
+    def fp16_tflops(self) -> float:
+        """Assumed dense FP16 throughput derived from the datasheet AI figure (see module docstring)."""
+        return self.ai_tops / (8 if "FP4" in self.ai_tops_kind else 4)
+
+    @property
+    def usable_bytes(self) -> float:
+        return (self.memory_gib - OS_RESERVE_GIB) * GIB
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fp16_tflops_assumed": self.fp16_tflops, "usable_bytes": self.usable_bytes}
+
+
+INT8 = "INT8 sparse TOPS"
+DEVICES = {d.key: d for d in [
+    Device("jetson-orin-nano-8gb", "Jetson Orin Nano 8GB", 8, 68, 40, INT8, "6× Cortex-A78AE", _ORIN),
+    Device("jetson-orin-nano-8gb-super", "Jetson Orin Nano 8GB (Super mode)", 8, 102, 67, INT8, "6× Cortex-A78AE",
+           _NANO_SUPER),
+    Device("jetson-orin-nx-8gb", "Jetson Orin NX 8GB", 8, 102.4, 70, INT8, "6× Cortex-A78AE", _ORIN),
+    Device("jetson-orin-nx-16gb", "Jetson Orin NX 16GB", 16, 102.4, 100, INT8, "8× Cortex-A78AE", _ORIN),
+    Device("jetson-agx-orin-32gb", "Jetson AGX Orin 32GB", 32, 204.8, 200, INT8, "8× Cortex-A78AE", _ORIN),
+    Device("jetson-agx-orin-64gb", "Jetson AGX Orin 64GB", 64, 204.8, 275, INT8, "12× Cortex-A78AE", _ORIN),
+    Device("jetson-agx-thor", "Jetson AGX Thor (T5000)", 128, 273, 2070, "FP4 sparse TFLOPS", "14× Neoverse-V3AE",
+           _THOR),
+]}
+ALIASES = {"jetson": "jetson-orin-nx-16gb",  # the SLM survey's device
+           "orin-nx": "jetson-orin-nx-16gb", "orin-nano": "jetson-orin-nano-8gb", "thor": "jetson-agx-thor"}
+
+
+def get_device(key: str) -> Device:
+    k = ALIASES.get(key.lower(), key.lower())
+    if k not in DEVICES:
+        raise SlmError(f"unknown device {key!r}: known devices are {', '.join(DEVICES)} (and 'jetson' = "
+                       "jetson-orin-nx-16gb), or 'host' for this machine")
+    return DEVICES[k]
+
+
+def detect(root: Path | str = "/") -> Device | None:
+    """The Jetson this code runs on, from /proc/device-tree/model (and /etc/nv_tegra_release), else None."""
+    root = Path(root)
+    model_file, tegra = root / "proc/device-tree/model", root / "etc/nv_tegra_release"
+    if not model_file.is_file() and not tegra.is_file():
+        return None
+    model = model_file.read_text(errors="replace").strip("\x00 \n").lower() if model_file.is_file() else ""
+    mem_gib = _meminfo_gib(root)
+    if "thor" in model:
+        return DEVICES["jetson-agx-thor"]
+    if "agx orin" in model:
+        return DEVICES["jetson-agx-orin-64gb" if mem_gib > 40 else "jetson-agx-orin-32gb"]
+    if "orin nx" in model:
+        return DEVICES["jetson-orin-nx-16gb" if mem_gib > 10 else "jetson-orin-nx-8gb"]
+    if "orin nano" in model:
+        return DEVICES["jetson-orin-nano-8gb"]
+    return None  # a Tegra we have no figures for: measure as a plain host
+
+
+def _meminfo_gib(root: Path) -> float:
+    try:
+        m = re.search(r"MemTotal:\s+(\d+) kB", (root / "proc/meminfo").read_text())
+        return int(m[1]) * 1024 / GIB if m else 0.0
+    except OSError:
+        return 0.0
+
+
+def fits(device: Device, weight_bytes: float, kv_bytes: float, compute_bytes: float = 0.0) -> bool:
+    return weight_bytes + kv_bytes + compute_bytes <= device.usable_bytes
+
+
+def project(device: Device, host: dict, rows: list[dict], weight_bytes: float, kv_per_token: float, spec,
+            compute_bytes: float = 0.0) -> list[dict]:
+    """Project measured host rows (protocol rows with roofline fractions) onto `device`.
+
+    Each projected row carries its inputs; a test whose context does not fit the device's memory is flagged
+    (fits=False) and gets no speed.
+    """
+    from slm.profiling.roofline import decode_bound, prefill_bound
+
+    out = []
+    for r in rows:
+        ctx = r["depth"] + r["n_tokens"]
+        kv = kv_per_token * ctx
+        ok = fits(device, weight_bytes, kv, compute_bytes)
+        if r["kind"] == "decode":
+            bound = decode_bound(device.bandwidth_GBps * 1e9, weight_bytes, kv_per_token, r["depth"])
+        else:
+            bound = prefill_bound(device.fp16_tflops * 1e12, spec, r["n_tokens"])
+        eff = r.get("roofline_fraction")
+        out.append({"test": r["test"], "kind": r["kind"], "n_tokens": r["n_tokens"], "depth": r["depth"],
+                    "device": device.key, "how": "projected", "fits": ok, "memory_needed": weight_bytes + kv + compute_bytes,
+                    "memory_usable": device.usable_bytes, "device_bound_tok_s": bound, "host_efficiency": eff,
+                    "tok_s": (eff * bound) if (ok and eff is not None) else None})
+    return out

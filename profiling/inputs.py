@@ -1,0 +1,101 @@
+"""What MODEL is: a GGUF, an HF folder, an ONNX folder, an export folder (slm.json listing its files), or a bare
+config.json; and the GGUF the llama.cpp backend measures (made on demand, cached)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+from slm.errors import SlmError
+from slm.profiling.ortgenai import is_onnx_dir
+from slm.profiling.run import Inputs
+
+CACHE = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm")) / "quant"
+
+
+def _cache_dir(src: Path) -> Path:
+    """Quantized files are cached per source (path, size, mtime): a re-run does not quantize again."""
+    st = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    d = CACHE / key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _export_files(folder: Path) -> dict:
+    """type → path of the GGUFs an export folder's slm.json lists (result["files"])."""
+    from slm.record import read_record
+
+    rec = read_record(folder) or {}
+    files = {}
+    for f in rec.get("result", {}).get("files", []):
+        p = Path(f.get("path", ""))
+        p = p if p.is_absolute() else folder / p
+        if str(f.get("type", "")).lower() and p.suffix == ".gguf" and p.is_file():
+            files[str(f["type"]).lower()] = p
+        elif p.is_dir() and is_onnx_dir(p):
+            files.setdefault("onnx", p)
+    return files
+
+
+def main_type(quant: tuple) -> str:
+    """The type the main llama.cpp backend measures: the first non-float type asked for, else f16."""
+    return next((q for q in quant if q not in ("f16", "f32", "bf16")), "f16")
+
+
+def resolve(model: str | None, config: str | None, quant: tuple, threads: int,
+            export_f16: Callable[[Path, Path], Path] | None = None, progress: Callable[[str], None] = print) -> Inputs:
+    """Inputs for `profile`. `export_f16(hf_dir, out_gguf)` turns an HF folder into an f16 GGUF (the CLI passes
+    the exporter; profiling never imports slm.quant)."""
+    from slm.profiling.llamacpp import check_gguf
+    from slm.profiling.sweep import make_files
+
+    if config:
+        c = Path(config)
+        if not c.is_file():
+            raise SlmError(f"config {c} not found: pass a config.json")
+        return Inputs(config=c)
+    if not model:
+        raise SlmError("pass MODEL (GGUF, HF folder, ONNX folder or export folder) or --config config.json")
+    p = Path(model)
+    if not p.exists():
+        raise SlmError(f"model {p} not found: check the path")
+    if p.is_file() and p.name == "config.json":
+        return Inputs(config=p)
+    if p.is_file():
+        gguf = check_gguf(p)
+        inp = Inputs(gguf=gguf)
+        from slm.profiling.llamacpp import gguf_contents
+
+        kinds = gguf_contents(gguf)["tensor_types"]
+        if quant:
+            src_type = max(kinds, key=kinds.get)
+            inp.source_note = (f"quantized types were made from {gguf.name} (mostly {src_type}); their quality is "
+                               "relative to that file, not to the original f16 weights")
+            made = make_files(gguf, tuple(dict.fromkeys(quant)), _cache_dir(gguf), threads, {}, progress)
+            inp.files = made
+        return inp
+    if is_onnx_dir(p):
+        return Inputs(onnx=p)
+    files = _export_files(p)
+    hf = p if (p / "config.json").is_file() and any(p.glob("*.safetensors")) else None
+    inp = Inputs(hf=hf, onnx=files.pop("onnx", None), files=files)
+    if not hf and not files:
+        if (p / "config.json").is_file():
+            return Inputs(config=p / "config.json")
+        raise SlmError(f"{p} holds no GGUF, safetensors, ONNX model or config.json: pass a model folder or file")
+    if hf and "f16" not in files and export_f16 is not None:
+        cache = _cache_dir(p / "config.json")
+        f16 = cache / "model.f16.gguf"
+        if not f16.is_file():
+            progress(f"exporting {p.name} to an f16 GGUF")
+            export_f16(p, f16)
+        files["f16"] = f16
+    if files:
+        src = files.get("f16") or next(iter(files.values()))
+        want = tuple(dict.fromkeys(quant or ("f16",)))
+        files = make_files(Path(src), want, _cache_dir(Path(src)), threads, files, progress)
+        inp.files, inp.gguf = files, files[main_type(want)]
+    return inp

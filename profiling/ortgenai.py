@@ -1,0 +1,83 @@
+"""onnxruntime-genai backend (an ONNX folder made by its model builder, with genai_config.json), same protocol.
+
+Prefill = append_tokens of the prompt to a fresh generator (the first logits come out of it); decode = after
+appending `depth` tokens (untimed), n × generate_next_token with greedy search. Wall-clock timing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slm.errors import SlmError
+
+
+def is_onnx_dir(p: Path) -> bool:
+    return Path(p).is_dir() and (Path(p) / "genai_config.json").is_file()
+
+
+class OrtGenai:
+    name = "onnxruntime-genai"
+
+    def __init__(self, folder: Path, threads: int, seed: int = 0):
+        try:
+            import onnxruntime_genai as og
+        except ImportError:
+            raise SlmError("onnxruntime-genai is not installed: `pip install 'slm-lab[onnx]'`") from None
+        folder = Path(folder)
+        if not is_onnx_dir(folder):
+            raise SlmError(f"{folder} has no genai_config.json: pass a folder made by onnxruntime-genai's model builder")
+        cfg = json.loads((folder / "genai_config.json").read_text())
+        self.vocab = cfg["model"]["vocab_size"]
+        self.max_len = cfg["model"].get("context_length", 2048)
+        self.og, self.threads = og, threads
+        c = og.Config(str(folder))
+        try:  # session options of the decoder: the same thread count as the other backends
+            c.clear_providers()
+        except Exception:  # older builds have no provider API; CPU is the default there
+            pass
+        try:
+            self.model = og.Model(c)
+        except Exception as e:
+            raise SlmError(f"onnxruntime-genai cannot load {folder} ({str(e).splitlines()[0]})") from None
+        self.rng = np.random.default_rng(seed)
+
+    def _gen(self, total: int):
+        p = self.og.GeneratorParams(self.model)
+        p.set_search_options(max_length=min(total + 1, self.max_len), do_sample=False)
+        return self.og.Generator(self.model, p)
+
+    def _ids(self, n: int):
+        return self.rng.integers(0, self.vocab, n, dtype=np.int32)
+
+    def prefill(self, n: int, depth: int = 0) -> float:
+        g = self._gen(depth + n)
+        if depth:
+            g.append_tokens(self._ids(depth))
+        ids = self._ids(n)
+        t = time.perf_counter()
+        g.append_tokens(ids)
+        return time.perf_counter() - t
+
+    def decode(self, n: int, depth: int = 0) -> float:
+        g = self._gen(max(depth, 1) + n)
+        g.append_tokens(self._ids(max(depth, 1)))  # genai needs at least one token before generating
+        t = time.perf_counter()
+        for _ in range(n):
+            g.generate_next_token()
+        return time.perf_counter() - t
+
+    def memory(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

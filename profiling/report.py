@@ -1,0 +1,146 @@
+"""The HTML report of a profile: speed vs prompt length and depth, KV share vs context, quant Pareto, roofline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+from slm.profiling import roofline
+
+MIB = 2**20
+
+
+def _speed_fig(res: dict, kind: str) -> Figure:
+    fig, ax = new_figure()
+    key = "n_tokens" if kind == "prefill" else "depth"
+    for name, b in res["backends"].items():
+        rows = [r for r in b["rows"] if r["kind"] == kind]
+        ax.errorbar([r[key] for r in rows], [r["tok_s"] for r in rows], yerr=[r["tok_s_std"] for r in rows],
+                    marker="o", capsize=3, label=f"{name} ({res['how']})")
+    p = res.get("projection")
+    if p:
+        rows = [r for r in p["rows"] if r["kind"] == kind and r["tok_s"]]
+        if rows:
+            ax.plot([r[key] for r in rows], [r["tok_s"] for r in rows], "s--",
+                    label=f"{p['device']['name']} (projected, llama.cpp)")
+    ax.set_xlabel("prompt length (tokens)" if kind == "prefill" else "context depth before decoding (tokens)")
+    ax.set_ylabel("tokens / second")
+    ax.set_title("prefill speed vs prompt length" if kind == "prefill" else "decode speed vs depth")
+    ax.legend(fontsize=7)
+    how = (f"{res['how']}, {res['threads']} threads; mean ± std over {res['args']['bench']['reps']} repetitions after "
+           f"{res['args']['bench']['warmup']} warm-up (random token ids, llama-bench protocol)")
+    return Figure(ax.get_title(), svg_of(fig), how + ("; dashed: projected (see the projection table)" if p else ""))
+
+
+def _kv_fig(res: dict) -> Figure:
+    c = res["kv"]["analytic"]["f16"]
+    x = [r["context"] for r in c["rows"]]
+    fig, ax = new_figure()
+    ax.stackplot(x, [r["weights"] / MIB for r in c["rows"]], [r["kv_cache"] / MIB for r in c["rows"]],
+                 [r["compute"] / MIB for r in c["rows"]], labels=["weights", "KV cache (f16)", "compute buffers"],
+                 alpha=0.8)
+    m = [r for r in res["kv"]["measured"] if r["cache_type"] == "f16"]
+    if m:
+        ax.plot([r["context"] for r in m], [(r["weights"] + r["kv_cache"] + r["compute"]) / MIB for r in m], "ko",
+                label="llama.cpp allocation (measured)")
+    if c["crossover_within_max"]:
+        ax.axvline(c["crossover_context"], color="k", ls=":", label=f"KV = weights at {c['crossover_context']:,}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("memory (MiB)")
+    ax.set_title("memory vs context: KV-cache share")
+    ax.legend(fontsize=7, loc="upper left")
+    return Figure(ax.get_title(), svg_of(fig), "analytic: 2 × layers × kv_heads × head_dim × 2 bytes per token; weights "
+                  "and compute buffers as llama.cpp reports them; dots: llama.cpp's logged allocation on this host")
+
+
+def _pareto_fig(res: dict) -> Figure:
+    rows = res["sweep"]["rows"]
+    fig, ax = new_figure()
+    sc = ax.scatter([r["size_bytes"] / MIB for r in rows], [max(r["kld_vs_ref"], 1e-6) for r in rows],
+                    c=[r["tg_tok_s"] for r in rows], cmap="viridis", s=60)
+    for r in rows:
+        ax.annotate(r["type"], (r["size_bytes"] / MIB, max(r["kld_vs_ref"], 1e-6)), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    fig.colorbar(sc, ax=ax, label="decode tok/s")
+    ax.set_yscale("log")
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel(f"KL divergence vs {rows[0]['reference']} (nats/token)")
+    ax.set_title("quantization: size vs quality vs decode speed")
+    return Figure(ax.get_title(), svg_of(fig), f"{res['how']}; KLD over the scored halves of "
+                  f"{res['args']['ppl_chunks']} chunks of 256 tokens; decode tg{res['args']['sweep_tg']} @ d0")
+
+
+def _roofline_fig(res: dict) -> Figure:
+    import numpy as np
+
+    h = res["host"]
+    bw, peak = h["bandwidth_Bps"], h["flops"]
+    fig, ax = new_figure()
+    ai = np.logspace(-1, 3, 100)
+    ax.plot(ai, np.minimum(peak, bw * ai) / 1e9, "k-", label="roofline (this host)")
+    for name, b in res["backends"].items():
+        x = [r["arith_intensity"] for r in b["rows"] if "arith_intensity" in r]
+        y = [r["attained_flops"] / 1e9 for r in b["rows"] if "attained_flops" in r]
+        ax.plot(x, y, "o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOPs / byte of weights + KV read)")
+    ax.set_ylabel("attained GFLOP/s")
+    ax.set_title("roofline: every test against this host's bandwidth and matmul peak")
+    ax.legend(fontsize=7)
+    return Figure(ax.get_title(), svg_of(fig), f"{h['how']}; FLOPs per token = 2 × matmul weights + attention "
+                  "4 × layers × heads × head_dim × context; bytes per step = weights (+ KV so far)")
+
+
+def write(res: dict, out_html: Path, title: str) -> Path:
+    figs, tables = [], []
+    if res["backends"]:
+        figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode"), _roofline_fig(res)]
+        for name, b in res["backends"].items():
+            tables.append(Table(f"{name}: measured ({b['threads']} threads, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
+                                ["test", "tok/s", "± std", "TTFT ms", "roofline tok/s", "fraction of roofline"],
+                                [[r["test"], r["tok_s"], r["tok_s_std"], r.get("ttft_ms"), r["roofline_tok_s"],
+                                  r["roofline_fraction"]] for r in b["rows"]], note=res["how"]))
+    figs.append(_kv_fig(res))
+    if res["kv"]["measured"]:
+        tables.append(Table("KV cache: llama.cpp allocation vs analytic", ["context", "cells", "type", "KV MiB (llama.cpp)",
+                            "KV MiB (analytic)", "error", "weights MiB", "compute MiB", "RSS MiB"],
+                            [[r["context"], r["cells"], r["cache_type"], r["kv_cache"] / MIB, r["kv_analytic"] / MIB,
+                              f"{r['kv_rel_err']:+.2%}", r["weights"] / MIB, r["compute"] / MIB, r["rss"] / MIB]
+                             for r in res["kv"]["measured"]]))
+    if "sweep" in res:
+        figs.append(_pareto_fig(res))
+        rows = res["sweep"]["rows"]
+        tables.append(Table("quantization sweep", ["type", "MiB", "bpw", "pp tok/s", "tg tok/s", "tg roofline",
+                                                   "perplexity", "KLD", "KLD p99", "tensor types"],
+                            [[r["type"], r["size_bytes"] / MIB, r["bits_per_weight"], r["pp_tok_s"], r["tg_tok_s"],
+                              r["tg_roofline_fraction"], r["ppl"], r["kld_vs_ref"], r["kld_p99"],
+                              ", ".join(f"{k}×{v}" for k, v in sorted(r["tensor_types"].items()))] for r in rows],
+                            note=res["sweep"]["answer"]))
+    p = res.get("projection")
+    if p:
+        d = p["device"]
+        tables.append(Table(f"projected on {d['name']} ({d['bandwidth_GBps']} GB/s, {d['memory_gib']} GiB)",
+                            ["test", "projected tok/s", "device bound tok/s", "host efficiency", "fits", "memory MiB"],
+                            [[r["test"], r["tok_s"], r["device_bound_tok_s"], r["host_efficiency"], r["fits"],
+                              r["memory_needed"] / MIB] for r in p["rows"]],
+                            note="projected: " + "; ".join(f"{k}={v}" for k, v in p["inputs"].items()) + f"; source: {d['source']}",
+                            highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
+    return render_report(out_html, title, "profile", res["summary"], figs, tables, notes=res["notes"])
+
+
+def save(res: dict, out: Path, args: dict, model: str | None, force: bool = False) -> Path:
+    """profile.json + slm.json + index.html, written into a temp folder renamed into place."""
+    import json
+
+    from slm.io import atomic_dir
+    from slm.record import write_record
+
+    args = {k: v for k, v in args.items() if k != "func"}
+    with atomic_dir(out, force) as tmp:
+        (tmp / "profile.json").write_text(json.dumps(res, indent=1, default=str))
+        inputs = {"model": model} if model and Path(model).exists() and not Path(model).is_dir() else {}
+        write_record(tmp, "profile", args, inputs=inputs, result=res)
+        write(res, tmp / "index.html", f"profile: {Path(model or 'config').name}")
+    return Path(out)

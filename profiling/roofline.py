@@ -1,0 +1,156 @@
+"""This host's memory bandwidth and matrix throughput, measured once and cached per machine, and the roofline
+bounds that put every speed in proportion.
+
+Roofline (Williams et al., CACM 2009): decode reads all weights plus the KV cache so far for each token, so
+decode tok/s ≤ bandwidth / (weight bytes + KV bytes at that depth); prefill is compute-bound, ≈ 2 FLOPs per
+weight per token (a multiply and an add) plus attention's 4 × layers × heads × head_dim FLOPs per token per
+earlier token (QKᵀ and AV; Kaplan et al. 2020, table 1), so prefill tok/s ≤ peak FLOP/s / FLOPs per token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from slm.record import atomic_write_text
+from slm.spec import ModelSpec
+
+CACHE = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm")) / "host.json"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_key(threads: int) -> str:
+    return f"{cpu_model()} | {os.cpu_count()} cpus | {threads} threads"
+
+
+def _bandwidth(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
+    """Best-of-N numpy copy of a buffer much larger than the caches: bytes read + bytes written per second."""
+    import numpy as np
+
+    a = np.ones(nbytes // 8)
+    b = np.empty_like(a)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
+
+
+def _matmul_flops(threads: int, dtype: str, n: int = 2048, reps: int = 5) -> float:
+    """Best-of-N torch matmul of n×n matrices: 2n³ operations per product (int8 through torch._int_mm)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if dtype == "int8":
+            a = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+            b = torch.randint(-100, 100, (n, n), dtype=torch.int8)
+            mm = torch._int_mm
+        else:
+            a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
+            mm = torch.mm
+        mm(a, b)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            mm(a, b)
+            best = min(best, time.perf_counter() - t)
+    except (RuntimeError, AttributeError):  # a torch build without this kernel on CPU
+        return 0.0
+    finally:
+        torch.set_num_threads(old)
+    return 2 * n**3 / best
+
+
+def _bandwidth_torch(threads: int, nbytes: int = 256 * 2**20, reps: int = 5) -> float:
+    """Same copy with torch on `threads` threads (numpy copies on one)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.ones(nbytes // 4)
+        b = torch.empty_like(a)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            b.copy_(a)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(old)
+    return 2 * nbytes / best
+
+
+def host_peaks(threads: int, refresh: bool = False, cache: Path = CACHE) -> dict:
+    """{"bandwidth_Bps", "flops", "key", "measured_at", "how"}; measured once per (CPU model, cores, threads)."""
+    key = host_key(threads)
+    data = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key in data and not refresh:
+        return {**data[key], "cached": True}
+    peaks = {d: _matmul_flops(threads, d) for d in ("float32", "bfloat16", "int8")}
+    entry = {"key": key, "bandwidth_Bps": max(_bandwidth(), _bandwidth_torch(threads)), "peaks": peaks,
+             "flops": max(peaks.values()), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "how": "bandwidth: best of 5 copies of 256 MiB (numpy, 1 thread, and torch, all threads; read + write "
+                    f"bytes); compute: best of 5 torch 2048×2048 matmuls on {threads} threads in fp32, bf16 and int8 "
+                    "(torch._int_mm); the roofline uses the highest (llama.cpp's quantized kernels use int8 dot "
+                    "products); the torch backend's peak is its dtype's"}
+    data[key] = entry
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache, json.dumps(data, indent=2))
+    return {**entry, "cached": False}
+
+
+def flops_per_token(spec: ModelSpec, context: float = 0) -> float:
+    """Forward FLOPs per token: 2 × matmul weights (embedding lookup is free, lm_head is not) + attention over
+    `context` earlier tokens."""
+    matmul_params = spec.params - spec.vocab * spec.hidden * (0 if spec.tied else 1)  # drop the lookup table
+    return 2 * matmul_params + 4 * spec.layers * spec.heads * spec.head_dim * context
+
+
+def decode_bound(bandwidth_Bps: float, weight_bytes: float, kv_bytes_per_token: float, depth: float) -> float:
+    """tok/s upper bound of decoding at `depth`: each step reads all weights and the cache so far."""
+    return bandwidth_Bps / (weight_bytes + kv_bytes_per_token * depth)
+
+
+def prefill_bound(flops: float, spec: ModelSpec, n_prompt: int) -> float:
+    """tok/s upper bound of a prefill of n_prompt tokens (mean attention context n/2)."""
+    return flops / flops_per_token(spec, n_prompt / 2)
+
+
+def cached_peaks(threads: int, cache: Path = CACHE) -> dict:
+    """The cached figures (and last measured efficiency) without measuring; zeros when none (config-only runs)."""
+    data = json.loads(cache.read_text()) if cache.is_file() else {}
+    return data.get(host_key(threads), {"key": host_key(threads), "bandwidth_Bps": 0.0, "flops": 0.0,
+                                        "how": "not measured"})
+
+
+def save_efficiency(threads: int, summary: dict, cache: Path = CACHE) -> None:
+    """Remember the median llama.cpp roofline fractions of the last measured run (for weight-less projections)."""
+    import statistics
+
+    data = json.loads(cache.read_text()) if cache.is_file() else {}
+    key = host_key(threads)
+    if key not in data:
+        return
+    eff = {}
+    for kind, tag in (("decode", ".tg"), ("prefill", ".pp")):
+        v = [x for k, x in summary.items() if k.startswith("llama.cpp" + tag) and k.endswith("roofline_fraction")]
+        if v:
+            eff[kind] = statistics.median(v)
+    if len(eff) == 2:
+        data[key]["efficiency"] = eff
+        atomic_write_text(cache, json.dumps(data, indent=2))

@@ -1,0 +1,251 @@
+"""`profile`: put the backends, KV analysis, quant sweep, roofline and device projection together into one
+JSON result (schema_version, stable keys) — the CLI writes it, slm.json and the HTML report.
+
+Inputs (see `Inputs`): a GGUF, an HF folder, an ONNX folder, GGUFs made by the exporter, or a bare config.json
+(projection only). Every figure carries `how`: measured on this host / on the device / over SSH, or projected.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from slm.errors import SlmError
+from slm.profiling import devices, kv, roofline
+from slm.profiling.protocol import BenchArgs, default_threads, peak_rss_bytes, reset_peak_rss, run_tests
+from slm.profiling.sweep import SweepArgs
+
+SCHEMA_VERSION = 1
+# Nominal bits per weight of each type's blocks (ggml-common.h block sizes); the _M mixes keep some tensors at
+# more bits, so a real file is a little larger — measured files report their own bpw.
+NOMINAL_BPW = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.5625, "q5_k_m": 5.5, "q5_0": 5.5,
+               "q4_k_m": 4.5, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.4375, "q2_k": 2.625}
+# Used only when projecting a config with no weights and this host has never been measured (stated as assumed).
+ASSUMED_EFFICIENCY = {"decode": 0.5, "prefill": 0.25}
+
+
+@dataclass
+class Inputs:
+    """What there is to profile (any subset)."""
+
+    gguf: Path | None = None  # the GGUF the llama.cpp backend measures
+    hf: Path | None = None  # HF checkpoint for the torch backend
+    onnx: Path | None = None  # onnxruntime-genai folder
+    config: Path | None = None  # config.json when there are no weights
+    files: dict = field(default_factory=dict)  # quant type → GGUF already made (by the exporter)
+    source_note: str = ""  # e.g. "requantized from Q4_1", shown in the report
+
+
+@dataclass
+class ProfileArgs:
+    """What `slm profile` does."""
+
+    device: str = "host"  # 'host', a registry key, or 'jetson' (= Orin NX 16GB)
+    quant: tuple = ()  # sweep types (empty: no sweep); with --config: the type to project
+    backends: tuple = ("llama.cpp", "torch", "onnxruntime-genai")  # run those whose input exists
+    bench: BenchArgs = field(default_factory=BenchArgs)  # the protocol for the main backends
+    sweep_pp: int = 512  # prefill length in the sweep
+    sweep_tg: int = 64  # decode length in the sweep
+    sweep_reps: int = 2  # repetitions in the sweep
+    ppl_chunks: int = 4  # perplexity chunks of 256 tokens
+    kv_types: tuple = ("f16", "q8_0", "q4_0")  # llama.cpp cache types to measure and chart
+    kv_contexts: tuple = (512, 2048, 8192)  # contexts at which llama.cpp's allocation is measured (≤ max)
+    refresh_host: bool = False  # re-measure this host's bandwidth and compute
+
+    def __post_init__(self):
+        self.device = devices.get_device(self.device).key if self.device != "host" else "host"
+        for t in self.kv_types:
+            if t not in kv.BYTES_PER_ELEMENT:
+                raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(kv.BYTES_PER_ELEMENT)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _spec(inputs: Inputs):
+    from slm.spec import load_spec
+
+    if inputs.hf:
+        return load_spec(inputs.hf)
+    if inputs.config:
+        return load_spec(inputs.config)
+    if inputs.gguf:
+        return kv.spec_from_gguf(inputs.gguf)
+    if inputs.onnx:
+        return load_spec(inputs.onnx)
+    raise SlmError("nothing to profile: pass a GGUF, an HF folder, an ONNX folder or --config config.json")
+
+
+def check(inputs: Inputs, args: ProfileArgs, spec) -> None:
+    """Refuse bad combinations before any long work."""
+    need = args.bench.max_context()
+    if inputs.gguf or inputs.hf or inputs.onnx:
+        if need > spec.max_context:
+            raise SlmError(f"the tests need a context of {need} tokens, above the model's max context "
+                           f"{spec.max_context}: lower --pp/--depths/--tg")
+    if inputs.config and not (inputs.gguf or inputs.hf) and len(args.quant) > 1:
+        raise SlmError("--config projects one quantization type: pass a single --quant (e.g. q4_k_m)")
+
+
+def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_per_tok: float, peak: float) -> None:
+    """Add each row's roofline bound and the fraction of it reached (in place)."""
+    for r in rows:
+        if r["kind"] == "decode":
+            b = roofline.decode_bound(host["bandwidth_Bps"], weight_bytes, kv_per_tok, r["depth"] + r["n_tokens"] / 2)
+        else:
+            b = roofline.prefill_bound(peak, spec, r["n_tokens"])
+        r["roofline_tok_s"], r["roofline_fraction"] = b, r["tok_s"] / b
+        # Where the test sits on the roofline plot. Prefill reads the weights once per ubatch of 512 tokens
+        # (llama.cpp's default n_ubatch), decode once per token plus the cache so far.
+        ctx = r["depth"] + r["n_tokens"] / 2 if r["kind"] == "decode" else r["n_tokens"] / 2
+        fpt = roofline.flops_per_token(spec, ctx)
+        per_read = min(r["n_tokens"], 512) if r["kind"] == "prefill" else 1
+        r["arith_intensity"] = per_read * fpt / (weight_bytes + (kv_per_tok * ctx if r["kind"] == "decode" else 0))
+        r["attained_flops"] = r["tok_s"] * fpt
+
+
+def _backend(name: str, inputs: Inputs, args: ProfileArgs):
+    t = args.bench.threads
+    if name == "llama.cpp" and inputs.gguf:
+        from slm.profiling.llamacpp import LlamaCpp
+
+        return LlamaCpp(inputs.gguf, args.bench.max_context(), t, seed=args.bench.seed)
+    if name == "torch" and inputs.hf:
+        from slm.profiling.torch_backend import Torch
+
+        return Torch(inputs.hf, t, seed=args.bench.seed)
+    if name == "onnxruntime-genai" and inputs.onnx:
+        from slm.profiling.ortgenai import OrtGenai
+
+        return OrtGenai(inputs.onnx, t, seed=args.bench.seed)
+    return None
+
+
+def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callable[[str], None] = print) -> dict:
+    """Run everything `args` asks for; return the result dict (JSON-able). `work_dir` receives quantized files."""
+    t0 = time.time()
+    spec = _spec(inputs)
+    check(inputs, args, spec)
+    here = devices.detect()
+    how = f"measured on the device ({here.name})" if here else "measured on this host"
+    target = devices.get_device(args.device) if args.device != "host" else here
+    res = {"schema_version": SCHEMA_VERSION, "how": how, "model": {**spec.summary(), "inputs": {
+        k: str(v) for k, v in asdict(inputs).items() if v and k != "files"}}, "args": args.to_dict(),
+        "threads": args.bench.threads, "backends": {}, "notes": [inputs.source_note] if inputs.source_note else []}
+    measuring = bool(inputs.gguf or inputs.hf or inputs.onnx)
+    host = roofline.host_peaks(args.bench.threads, refresh=args.refresh_host) if measuring else roofline.cached_peaks(args.bench.threads)
+    res["host"] = {**host, "cpu": roofline.cpu_model(), "detected_device": here.key if here else None}
+
+    # ---- backends ----------------------------------------------------------------------------------------------
+    for name in args.backends:
+        reset_peak_rss()
+        b = _backend(name, inputs, args)
+        if b is None:
+            continue
+        with b:
+            progress(f"{name}: loaded; running {len(args.bench.pp)} prefill and {len(args.bench.depths)} decode tests")
+            rows = run_tests(b, args.bench, progress)
+            mem = b.memory()
+        wb = mem.get("weights") or spec.weight_bytes()
+        dtype_peak = host.get("peaks", {}).get(getattr(b, "dtype", ""), 0.0)  # torch: its dtype's peak
+        peak = dtype_peak or host["flops"]
+        _roofline_rows(rows, host, spec, wb, kv.kv_bytes(spec, 1, "f16"), peak)
+        for r in rows:
+            r["how"] = how
+        res["backends"][b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": args.bench.threads,
+                                   "weight_bytes": wb, "compute_peak_flops": peak}
+
+    # ---- KV cache ------------------------------------------------------------------------------------------------
+    main = res["backends"].get("llama.cpp")
+    weight_bytes = main["weight_bytes"] if main else _planned_weight_bytes(spec, args)
+    compute = main["memory"].get("compute", 0.0) if main else 0.0
+    res["kv"] = {"analytic": {t: kv.share_curve(spec, weight_bytes, t, compute) for t in args.kv_types}, "measured": []}
+    if inputs.gguf:
+        ctxs = [c for c in args.kv_contexts if c <= spec.max_context]
+        for t in args.kv_types:
+            progress(f"KV cache: measuring llama.cpp's {t} allocation at {ctxs}")
+            res["kv"]["measured"] += kv.measure_llamacpp(inputs.gguf, spec, ctxs, t, args.bench.threads)
+
+    # ---- quantization sweep -----------------------------------------------------------------------------------
+    if args.quant and (inputs.gguf or inputs.files):
+        from slm.profiling import sweep
+
+        sa = SweepArgs(types=args.quant, pp=args.sweep_pp, tg=args.sweep_tg, reps=args.sweep_reps,
+                       chunks=args.ppl_chunks, threads=args.bench.threads)
+        src = Path(inputs.files.get("f16") or inputs.gguf)
+        files = sweep.make_files(src, sa.types, work_dir, args.bench.threads, inputs.files, progress)
+        rows = sweep.run_sweep(files, sa, progress)
+        for r in rows:
+            r["how"] = how
+            r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(host["bandwidth_Bps"], r["size_bytes"],
+                                                                              kv.kv_bytes(spec, 1), args.sweep_tg / 2)
+        res["sweep"] = {"rows": rows, "answer": sweep.answer(rows), "source": str(src)}
+
+    # ---- device projection -------------------------------------------------------------------------------------
+    if target is not None and not here:
+        res["projection"] = _project(target, res, spec, weight_bytes, compute, args)
+    res["summary"] = summary(res)
+    res["elapsed_s"] = time.time() - t0
+    if measuring:
+        roofline.save_efficiency(args.bench.threads, res["summary"])
+    return res
+
+
+def _planned_weight_bytes(spec, args: ProfileArgs) -> float:
+    q = (args.quant or ("f16",))[0]
+    if q not in NOMINAL_BPW:
+        raise SlmError(f"no nominal bits per weight for {q!r}: use one of {', '.join(NOMINAL_BPW)}")
+    return spec.params * NOMINAL_BPW[q] / 8
+
+
+def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: ProfileArgs) -> dict:
+    kv_tok = kv.kv_bytes(spec, 1, "f16")
+    main = res["backends"].get("llama.cpp")
+    if main:
+        rows, eff_from = main["rows"], "measured llama.cpp efficiency on this host (fraction of roofline per test)"
+    else:  # no weights: use this host's last measured efficiency, else an assumption
+        eff = res["host"].get("efficiency") or ASSUMED_EFFICIENCY
+        eff_from = ("last measured llama.cpp efficiency on this host" if res["host"].get("efficiency")
+                    else f"assumed efficiency {ASSUMED_EFFICIENCY} (this host has never been measured)")
+        b = args.bench
+        rows = [{"test": f"pp{n}", "kind": "prefill", "n_tokens": n, "depth": 0, "roofline_fraction": eff["prefill"]}
+                for n in b.pp] + [{"test": f"tg{b.tg}@d{d}", "kind": "decode", "n_tokens": b.tg, "depth": d,
+                                   "roofline_fraction": eff["decode"]} for d in b.depths]
+    proj = devices.project(dev, res["host"], rows, weight_bytes, kv_tok, spec, compute)
+    fit_ctx = [r["context"] for r in res["kv"]["analytic"]["f16"]["rows"]
+               if devices.fits(dev, weight_bytes, r["kv_cache"], compute)]
+    return {"device": dev.to_dict(), "how": "projected", "rows": proj, "max_context_that_fits_f16_kv": max(fit_ctx, default=0),
+            "inputs": {"weight_bytes": weight_bytes, "kv_bytes_per_token_f16": kv_tok, "compute_buffer_bytes": compute,
+                       "host_bandwidth_Bps": res["host"]["bandwidth_Bps"], "host_flops": res["host"]["flops"],
+                       "device_bandwidth_GBps": dev.bandwidth_GBps, "device_fp16_tflops_assumed": dev.fp16_tflops,
+                       "efficiency_from": eff_from, "os_reserve_gib": devices.OS_RESERVE_GIB},
+            "flagged": [r["test"] for r in proj if not r["fits"]]}
+
+
+def summary(res: dict) -> dict:
+    """Flat scalars for `slm report compare` and the reports index (stable keys)."""
+    s = {"schema_version": SCHEMA_VERSION, "how": res["how"], "params": res["model"]["params"],
+         "threads": res["threads"], "host_bandwidth_GBps": res["host"]["bandwidth_Bps"] / 1e9,
+         "host_gflops": res["host"]["flops"] / 1e9}
+    for name, b in res["backends"].items():
+        for r in b["rows"]:
+            s[f"{name}.{r['test']}.tok_s"] = round(r["tok_s"], 3)
+            s[f"{name}.{r['test']}.roofline_fraction"] = round(r["roofline_fraction"], 4)
+        s[f"{name}.peak_rss_mib"] = round(b["peak_rss"] / 2**20, 1)
+    f16 = res["kv"]["analytic"].get("f16")
+    if f16:
+        s["kv_bytes_per_token_f16"] = f16["kv_bytes_per_token"]
+        s["kv_crossover_context_f16"] = f16["crossover_context"]
+        s["kv_share_at_max_context_f16"] = round(f16["rows"][-1]["kv_share"], 4)
+    for r in res.get("sweep", {}).get("rows", []):
+        for k in ("size_bytes", "bits_per_weight", "pp_tok_s", "tg_tok_s", "ppl", "kld_vs_ref"):
+            s[f"quant.{r['type']}.{k}"] = r[k] if isinstance(r[k], int) else round(r[k], 5)
+    p = res.get("projection")
+    if p:
+        s["device"] = p["device"]["key"]
+        for r in p["rows"]:
+            s[f"projected.{r['test']}.tok_s"] = None if r["tok_s"] is None else round(r["tok_s"], 2)
+        s["projected.flagged_tests"] = len(p["flagged"])
+    return s
