@@ -76,6 +76,11 @@ def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step:
         }
         if parity:
             result["parity"] = parity_check(model, tmp)
+        result["summary"] = {"method": step["method"], "layers before": n, "layers after": len(src),
+                             "new layers": len(new_layers), "weights MB": round(writer.total_bytes / 1e6, 1)}
+        if parity:
+            result["summary"] |= {"parity max |Δ logits|": result["parity"]["max_abs_diff"],
+                                  "parity bit-identical": result["parity"]["bit_identical"]}
         write_record(tmp, kind, step, inputs={"model": model}, result=result)
         from slm.report.surgery import write_surgery_report
 

@@ -1,0 +1,93 @@
+"""slm data prepare, slm train, slm eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="prepare training data (tokenized, memory-mapped shards)")
+    dsub = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    q = dsub.add_parser("prepare", help="tokenize sources into token shards with a document index and held-out split")
+    q.add_argument("out", help="output folder")
+    q.add_argument("--source", "-s", action="append", required=True, metavar="NAME=PATH[:WEIGHT]",
+                   help="a folder (one document per file), .jsonl (text or messages) or .parquet; repeatable")
+    q.add_argument("--tokenizer", "-t", required=True, help="folder with tokenizer.json (usually the model)")
+    q.add_argument("--include", default="*", help="glob of files taken from folder sources (e.g. '*.py')")
+    q.add_argument("--heldout", type=float, default=0.02, help="fraction of documents held out per source")
+    q.add_argument("--limit", type=int, default=0, help="at most this many documents per source (0 = all)")
+    q.add_argument("--workers", type=int, default=2, help="tokenizer processes")
+    q.add_argument("--force", action="store_true", help="replace data prepared from other inputs")
+    q.set_defaults(func=cmd_data_prepare)
+
+    p = sub.add_parser("train", help="CPT / SFT / LoRA from a YAML recipe and key=value overrides")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (optional: key=value alone works, e.g. preset=cpt)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (YAML values), e.g. steps=200 lr=1e-3")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of `out`")
+    g.add_argument("--init", help="start from these weights only (HF folder, checkpoint or run folder)")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="held-out perplexity of one or more models; OP/BWT over stages")
+    p.add_argument("models", nargs="+", help="models in stage order (HF folders, checkpoints or run folders)")
+    p.add_argument("--data", required=True, help="prepared data folder (its held-out splits are the sets)")
+    p.add_argument("--sets", help="comma-separated set names (default: all)")
+    p.add_argument("--tasks", help="comma-separated: the task each model's stage learned ('' = none), for OP/BWT")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--tokens", type=int, default=16384, help="held-out tokens per set")
+    p.add_argument("--out", help="write slm.json + report.html here")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_data_prepare(args) -> int:
+    from slm.train.data import DataArgs, parse_source, prepare
+
+    res = prepare(DataArgs(sources=[parse_source(s, args.include) for s in args.source], tokenizer=args.tokenizer,
+                           heldout=args.heldout, limit=args.limit, workers=args.workers, force=args.force), args.out)
+    state = "up to date" if res.get("up_to_date") else "prepared"
+    for name, m in res["sources"].items():
+        print(f"{name}: {m['train_tokens']:,} train / {m['heldout_tokens']:,} held-out tokens "
+              f"({m['train_docs']} / {m['heldout_docs']} documents, {m['kind']}, weight {m['weight']})")
+    print(f"{state} → {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from slm.train.args import load_recipe
+    from slm.train.loop import train
+
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe and "=" in recipe and not Path(recipe).is_file():
+        recipe, overrides = None, [recipe] + overrides
+    targs = load_recipe(recipe, overrides, resume=args.resume or None, init=args.init, force=args.force or None)
+    res = train(targs)
+    if "summary" in res:
+        s = res["summary"]
+        print(json.dumps({k: v for k, v in s.items()}, indent=1, default=str))
+    print(("interrupted; saved " + res["checkpoint"]) if res["interrupted"] else f"done → {res['model']}")
+    return 130 if res["interrupted"] else 0
+
+
+def cmd_eval(args) -> int:
+    from slm.train.evaluate import EvalArgs, evaluate, write_eval
+
+    eargs = EvalArgs(models=args.models, data=args.data, sets=args.sets.split(",") if args.sets else [],
+                     tasks=args.tasks.split(",") if args.tasks is not None else [], seq_len=args.seq_len,
+                     tokens=args.tokens)
+    if args.out:
+        from slm.io import check_output
+
+        check_output(Path(args.out), args.force)
+    res = evaluate(eargs)
+    for m, row in zip(res["models"], res["matrix"]):
+        print(m + ": " + ", ".join(f"{k} ppl {v['ppl']:.3f}" for k, v in row.items()))
+    if "forgetting" in res:
+        f = res["forgetting"]
+        print(f"OP {f['op']:.4f}  BWT {f['bwt']:+.4f}  (score = −loss, nats/token)")
+    if args.out:
+        write_eval(Path(args.out), eargs, res, force=args.force)
+        print(f"report: {args.out}/report.html")
+    return 0

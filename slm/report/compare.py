@@ -1,0 +1,127 @@
+"""`slm report compare A B ...` and the reports index: several runs side by side, differences highlighted.
+
+Works across kinds (profile, export, train, expand, merge…) because every step's slm.json carries a flat
+`result.summary` of its key figures; runs of the same kind line up row by row, others show blanks.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from slm.errors import SlmError
+from slm.record import read_record
+from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+
+
+def load_run(path: Path | str) -> dict:
+    """The slm.json of a run folder (or of the folder a report.html / index.html lives in)."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".html":
+        p = p.parent
+    rec = read_record(p)
+    if rec is None:
+        raise SlmError(f"{path} has no slm.json: pass an output folder written by an slm verb")
+    rec["_path"] = str(p)
+    return rec
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _label(rec: dict, i: int) -> str:
+    return f"{chr(65 + i) if i < 26 else i}: {Path(rec['_path']).name} ({rec['kind']})"
+
+
+def compare(runs: list[Path | str], out_html: Path | str) -> Path:
+    """Write one self-contained page comparing the runs and return its path."""
+    if len(runs) < 2:
+        raise SlmError("compare needs at least two runs: slm report compare A B [C ...]")
+    recs = [load_run(r) for r in runs]
+    labels = [_label(r, i) for i, r in enumerate(recs)]
+    summaries = [_flat(r.get("result", {}).get("summary", {})) for r in recs]
+    args = [_flat(r.get("args", {})) for r in recs]
+
+    def rows_of(dicts):
+        keys = list(dict.fromkeys(k for d in dicts for k in d))
+        rows, hl = [], []
+        for k in keys:
+            vals = [d.get(k) for d in dicts]
+            row = [k] + vals
+            base = vals[0]
+            if isinstance(base, (int, float)) and not isinstance(base, bool) and base:
+                rel = [(v - base) / abs(base) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                       for v in vals[1:]]
+                row.append(", ".join("–" if r is None else f"{r:+.1%}" for r in rel))
+            else:
+                row.append("")
+            if len({json.dumps(v, sort_keys=True, default=str) for v in vals}) > 1:
+                hl.append(len(rows))
+            rows.append(row)
+        return rows, hl
+
+    srows, shl = rows_of(summaries)
+    arows, ahl = rows_of(args)
+    tables = [Table("Key figures", ["figure"] + labels + ["change vs A"], srows,
+                    note="Highlighted rows differ between the runs; the last column is the relative change against A.",
+                    highlight=shl),
+              Table("Arguments", ["argument"] + labels + ["change vs A"], arows, highlight=ahl)]
+    figures = []
+    def num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    # figures present in run A (non-zero) and in at least one other run; a run without the figure draws no bar
+    numeric = [r for r in srows if num(r[1]) and r[1] != 0 and any(num(v) for v in r[2:1 + len(recs)])]
+    if numeric:
+        fig, ax = new_figure(8, 0.45 * len(numeric) + 1.5)
+        width = 0.8 / len(recs)
+        for j, lab in enumerate(labels):
+            ax.barh([i + j * width for i in range(len(numeric))], [r[1 + j] / r[1] if num(r[1 + j]) else float("nan") for r in numeric], height=width, label=lab)
+        ax.set_yticks([i + 0.4 - width / 2 for i in range(len(numeric))], [r[0] for r in numeric])
+        ax.axvline(1.0, color="#888", lw=0.8)
+        ax.set_xlabel("value relative to run A (A = 1)")
+        ax.set_title("Key figures relative to run A")
+        ax.legend(fontsize=8)
+        figures.append(Figure("Key figures relative to A", svg_of(fig),
+                              "read from each run's slm.json (result.summary); each figure was obtained as its own report says"))
+    summary = {lab: f"{r['kind']}, created {r.get('created', '?')}, {r['_path']}" for lab, r in zip(labels, recs)}
+    out_html = Path(out_html)
+    links = [(lab, _rel_link(out_html, Path(r["_path"]))) for lab, r in zip(labels, recs)]
+    return render_report(out_html, "Compare: " + " vs ".join(Path(r["_path"]).name for r in recs), "compare",
+                         summary, figures, tables, links=links)
+
+
+def _rel_link(from_html: Path, run_dir: Path) -> str:
+    import os
+
+    for name in ("report.html", "index.html"):
+        if (run_dir / name).is_file():
+            return html.escape(os.path.relpath(run_dir / name, from_html.parent))
+    return html.escape(os.path.relpath(run_dir, from_html.parent))
+
+
+def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path:
+    """reports/index.html: every run under reports_dir with its kind, date, key figures and a link."""
+    reports_dir = Path(reports_dir)
+    rows = []
+    for d in sorted(p for p in reports_dir.iterdir() if p.is_dir()):
+        rec = read_record(d)
+        if rec is None:
+            continue
+        s = _flat(rec.get("result", {}).get("summary", {}))
+        key = "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(s.items())[:5])
+        rows.append((d.name, rec["kind"], rec.get("created", ""), key, _rel_link(reports_dir / "index.html", d)))
+    if not rows:
+        raise SlmError(f"no runs with slm.json under {reports_dir}")
+    table = Table("Runs", ["run", "kind", "created", "key figures"], [list(r[:4]) for r in rows],
+                  note="Each run folder holds its own self-contained report and slm.json.")
+    return render_report(reports_dir / "index.html", title, "index", {"runs": len(rows)}, [], [table],
+                         links=[(f"{r[0]} ({r[1]})", r[4]) for r in rows])

@@ -1,0 +1,62 @@
+"""Reports: self-contained, escaped, and compare/index read every run's slm.json."""
+
+import json
+import re
+
+import pytest
+
+from slm.errors import SlmError
+from slm.record import write_record
+from slm.report.compare import build_index, compare
+from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+
+
+def _run(tmp_path, name, kind, summary, args=None):
+    d = tmp_path / name
+    d.mkdir()
+    write_record(d, kind, args or {}, result={"summary": summary})
+    render_report(d / "report.html", name, kind, summary)
+    return d
+
+
+def test_report_is_self_contained_and_escapes_user_text(tmp_path):
+    fig, ax = new_figure()
+    ax.plot([1, 2], [3, 4])
+    ax.set_title("t")
+    evil = "<script>alert(1)</script>"
+    out = render_report(tmp_path / "r.html", f"model {evil}", "test", {"prompt": evil},
+                        [Figure("fig", svg_of(fig), "measured on this host")], [Table("tbl", ["a"], [[evil]])])
+    text = out.read_text()
+    assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<svg" in text and not re.search(r'(src|href)="(https?:)?//', text)  # nothing loaded from outside
+    assert text.count("<script>") == 1  # only our own inline table-sorting script
+
+
+def test_compare_highlights_differences_across_kinds(tmp_path):
+    a = _run(tmp_path, "a", "profile", {"decode tok/s": 100.0, "prefill tok/s": 900.0, "threads": 2})
+    b = _run(tmp_path, "b", "profile", {"decode tok/s": 120.0, "prefill tok/s": 900.0, "threads": 2})
+    c = _run(tmp_path, "c", "expand", {"layers after": 36})
+    out = compare([a, b, c], tmp_path / "cmp" / "index.html").read_text()
+    assert "+20.0%" in out  # decode relative to A
+    assert out.count('class="hl"') >= 1 and "<svg" in out
+    assert 'href="../a/report.html"' in out
+    with pytest.raises(SlmError, match="at least two"):
+        compare([a], tmp_path / "x.html")
+    with pytest.raises(SlmError, match="no slm.json"):
+        compare([a, tmp_path], tmp_path / "x.html")
+
+
+def test_index_lists_every_run(tmp_path):
+    _run(tmp_path, "01-expand", "expand", {"layers after": 36})
+    _run(tmp_path, "02-profile", "profile", {"decode tok/s": 50.5})
+    (tmp_path / "stray").mkdir()  # folders without slm.json are not runs
+    text = build_index(tmp_path).read_text()
+    assert text.count('href="01-expand/report.html"') == 1 and "02-profile" in text and "stray" not in text
+    assert "decode tok/s 50.5" in text
+
+
+def test_record_has_versions_and_hashes(tmp_path, tiny):
+    m = tiny("llama")
+    rec = write_record(tmp_path, "x", {"k": 1}, inputs={"model": m})
+    assert len(rec["inputs"]["model"]["sha256"]) == 64 and "torch" in rec["versions"]
+    assert json.loads((tmp_path / "slm.json").read_text())["args"] == {"k": 1}
