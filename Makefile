@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install system-deps demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/slm demo
 
-test: install
+# Browser tests use Debian's chromium and the SSH profiling test a local sshd; installed when we are root.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! test -x /usr/sbin/sshd; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium openssh-server >/dev/null; \
+	  else echo "note: install chromium and openssh-server for the browser and SSH tests"; fi; fi
+
+test: install system-deps
 	$(PY) -m pytest -q tests
 
 test-fast: install

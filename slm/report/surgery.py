@@ -15,7 +15,11 @@ def _layer_figure(record: dict) -> Figure:
     ax.bar(xs, [r["source"] for r in rows], color=["#e07a2f" if r["new"] else "#4a78b5" for r in rows])
     ax.set_xlabel("output layer index")
     ax.set_ylabel("source layer index (original model)")
-    ax.set_title("Where each layer comes from (orange: new layers)")
+    ax.set_title("Where each layer comes from")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color="#4a78b5", label="original layer"), Patch(color="#e07a2f", label="new layer")],
+              loc="upper left", fontsize=8)
     return Figure("Layer map", svg_of(fig), "read from the surgery record written into config.json")
 
 
