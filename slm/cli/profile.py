@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--identity", help="SSH private key file")
     p.add_argument("--known-hosts", help="known_hosts file to check the host key against (default ~/.ssh/known_hosts)")
     p.add_argument("--remote-slm", default="slm", help="the slm command on the remote")
+    p.add_argument("--remote-dir", default=".cache/slm/remote", help="where the model is copied on the remote")
     p.add_argument("--quant", default="", help="comma list of GGUF types to sweep, e.g. f16,q8_0,q6_k,q4_k_m")
     p.add_argument("--backends", default="llama.cpp,torch,onnxruntime-genai", help="backends to run when their input exists")
     p.add_argument("--pp", type=_ints, default=(128, 512, 2048), help="prompt lengths (comma list)")
@@ -72,14 +73,15 @@ def cmd_profile(args) -> int:
         from slm.profiling.remote import RemoteArgs, profile_remote
 
         ra = RemoteArgs(args.host, args.port, Path(args.identity) if args.identity else None,
-                        Path(args.known_hosts) if args.known_hosts else None, args.remote_slm)
+                        Path(args.known_hosts) if args.known_hosts else None, args.remote_slm, args.remote_dir)
         if not args.model:
             from slm.errors import SlmError
 
             raise SlmError("--host needs a MODEL to copy to the device")
         fwd = ["--threads", str(threads), "--backends", args.backends] + (["--quick"] if args.quick else [
             "--pp", ",".join(map(str, bench.pp)), "--tg", str(bench.tg), "--depths", ",".join(map(str, bench.depths)),
-            "--reps", str(bench.reps)]) + (["--quant", ",".join(quant)] if quant else [])
+            "--reps", str(bench.reps)]) + (["--quant", ",".join(quant)] if quant else []) + [
+            "-o", f"{args.remote_dir}/{Path(args.model).name}.profile", "--force"]
         res = profile_remote(Path(args.model), ra, fwd, log)
     else:
         from slm.profiling.inputs import resolve
