@@ -117,7 +117,7 @@ def gguf_greedy(llm, ids: list[int], n: int = 32) -> list[int]:
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    return (x - np.log(np.exp(x).sum(-1, keepdims=True))).astype(np.float32)  # float32 halves the memory
 
 
 def chunked_logprobs(logits_fn, ids: list[int], n_ctx: int) -> list[np.ndarray]:
@@ -143,7 +143,8 @@ def kld_of(ref: list[np.ndarray], test: list[np.ndarray]) -> dict:
     kl, same = [], []
     for a, b in zip(ref, test):
         n = min(len(a), len(b))
-        kl.append((np.exp(a[:n]) * (a[:n] - b[:n])).sum(-1))
+        a64, b64 = a[:n].astype(np.float64), b[:n].astype(np.float64)
+        kl.append((np.exp(a64) * (a64 - b64)).sum(-1))
         same.append(a[:n].argmax(-1) == b[:n].argmax(-1))
     kl_all, same_all = np.concatenate(kl), np.concatenate(same)
     return {"kld_mean": float(kl_all.mean()), "kld_p99": float(np.percentile(kl_all, 99)),
@@ -216,11 +217,17 @@ def prompt_ids(tokenizer, vocab_size: int) -> list[list[int]]:
 
 
 # ---- ONNX (onnxruntime-genai) -------------------------------------------------------------------------
-def onnx_logits(onnx_dir: Path | str, ids: list[int]) -> np.ndarray:
-    """Logits at every position of `ids` from an onnxruntime-genai model folder."""
+def open_onnx(onnx_dir: Path | str):
     import onnxruntime_genai as og
 
-    model = og.Model(str(onnx_dir))
+    return og.Model(str(onnx_dir))
+
+
+def onnx_logits(model_or_dir, ids: list[int]) -> np.ndarray:
+    """Logits at every position of `ids` from an onnxruntime-genai model (or its folder)."""
+    import onnxruntime_genai as og
+
+    model = open_onnx(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + 1)
     gen = og.Generator(model, params)
@@ -229,10 +236,10 @@ def onnx_logits(onnx_dir: Path | str, ids: list[int]) -> np.ndarray:
     return out.reshape(-1, out.shape[-1])[-len(ids):]
 
 
-def onnx_greedy(onnx_dir: Path | str, ids: list[int], n: int = 32) -> list[int]:
+def onnx_greedy(model_or_dir, ids: list[int], n: int = 32) -> list[int]:
     import onnxruntime_genai as og
 
-    model = og.Model(str(onnx_dir))
+    model = open_onnx(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(ids) + n)  # stops at EOS like a user would see
     gen = og.Generator(model, params)

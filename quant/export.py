@@ -1,0 +1,205 @@
+"""`slm export`: GGUF files in any llama.cpp type and ONNX folders, validated against the source model.
+
+    export(model_dir, out_dir, ExportArgs(gguf=["q8_0", "q6_k", "q4_k_m"], onnx=["int4"]))
+
+Order of work: check everything the user gave (types, architecture, tokenizer pre-tokenizer, output
+folder, free disk) before writing a byte; then, inside a temp folder that only becomes `out_dir` on success,
+write one F32 (or F16) intermediate GGUF streamed from the checkpoint, quantize it to each type with
+llama.cpp, build the ONNX folders, validate, and write slm.json + report.html.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slm.errors import SlmError
+from slm.io import atomic_dir, check_output, read_config
+from slm.record import write_record
+
+from . import gguf_write, onnx_export, quantize as Q
+from .validate import HELD_OUT_TEXT
+
+# Bits per weight used to estimate file sizes before writing (llama.cpp's nominal figures, rounded up so the
+# disk check errs on the safe side; fallbacks to larger types only make small models bigger).
+EST_BPW = {"f32": 32, "bf16": 16, "f16": 16, "q8_0": 8.5, "q6_k": 8.5, "q5_k_m": 8.5, "q5_k_s": 8.5, "q5_1": 6.5,
+           "q5_0": 6.5, "q4_k_m": 8.5, "q4_k_s": 8.5, "q4_1": 6, "q4_0": 6, "iq4_nl": 6, "iq4_xs": 8.5}
+DISK_MARGIN = 1.1
+
+
+@dataclass
+class ExportArgs:
+    """What to export and how to check it."""
+
+    gguf: list[str] = field(default_factory=lambda: ["q8_0"])  # GGUF types (f32, f16, bf16, q8_0, q6_k, q4_k_m, …)
+    onnx: list[str] = field(default_factory=list)  # ONNX precisions: int4, int8, fp16, fp32
+    ep: str = "cpu"  # ONNX execution provider the graph is built for: cpu or cuda
+    validate: bool = True  # compare every artifact with the HF model (logits, perplexity, KLD, generations)
+    imatrix: str | None = None  # calibration text file → importance matrix for the quantizer
+    pre_tokenizer: str | None = None  # override llama.cpp's pre-tokenizer name when detection fails
+    eval_text: str | None = None  # held-out text file for perplexity/KLD (default: a built-in passage)
+    n_ctx: int = 256  # window for perplexity / KLD, in tokens
+    name: str | None = None  # file name stem (default: the model folder's name)
+    force: bool = False  # replace an existing output folder
+
+    def __post_init__(self):
+        if isinstance(self.gguf, str):
+            self.gguf = [t for t in self.gguf.split(",") if t.strip()]
+        if isinstance(self.onnx, str):
+            self.onnx = [t for t in self.onnx.split(",") if t.strip()]
+        if not self.gguf and not self.onnx:
+            raise SlmError("nothing to export: pass --gguf TYPES and/or --onnx PRECISIONS")
+        self.gguf = Q.check_types(self.gguf, have_imatrix=bool(self.imatrix)) if self.gguf else []
+        self.onnx = onnx_export.check_onnx(self.onnx, self.ep)
+        if self.n_ctx < 16:
+            raise SlmError(f"n_ctx {self.n_ctx} is too small for a perplexity window: use at least 16")
+        for label, p in (("--imatrix", self.imatrix), ("--eval-text", self.eval_text)):
+            if p and not Path(p).is_file():
+                raise SlmError(f"{label} file {p} not found: pass a UTF-8 text file")
+
+
+def default_out(model_dir: Path | str) -> Path:
+    """A folder beside the model, named after it."""
+    p = Path(model_dir).resolve()
+    return p.with_name(f"{p.name}-export")
+
+
+def estimate_bytes(n_params: int, args: ExportArgs, source_f16: bool) -> int:
+    """Peak disk use of the run: every output, plus the intermediate GGUF and an f16 reference if needed."""
+    total = sum(n_params * EST_BPW.get(t, 8.5) / 8 for t in args.gguf)
+    total += sum(n_params * onnx_export.BYTES_PER_WEIGHT[p] for p in args.onnx)
+    inter = "f16" if source_f16 else "f32"
+    if any(t in Q.QUANT_TYPES for t in args.gguf) and inter not in args.gguf:
+        total += n_params * EST_BPW[inter] / 8
+    if args.validate and args.gguf and "f16" not in args.gguf:
+        total += n_params * 2
+    return int(total * DISK_MARGIN)
+
+
+def check_disk(out: Path, need: int) -> None:
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise SlmError(f"not enough disk for the export: needs about {need / 1e9:.2f} GB, {parent} has "
+                       f"{free / 1e9:.2f} GB free; free space, choose another -o, or export fewer types")
+
+
+def export(model_dir: Path | str, out_dir: Path | str | None = None, args: ExportArgs | None = None) -> dict:
+    """Write out_dir with `<name>-<type>.gguf`, `onnx-<precision>/`, slm.json and report.html; return the result."""
+    from slm.spec import spec_from_config
+
+    args = args or ExportArgs()
+    model_dir = Path(model_dir)
+    out = Path(out_dir) if out_dir else default_out(model_dir)
+    t0 = time.time()
+    # ---- every check before any write -----------------------------------------------------------------
+    config = read_config(model_dir)
+    arch = gguf_write.check_arch(config)
+    spec = spec_from_config(config)
+    check_output(out, args.force)
+    name = args.name or model_dir.resolve().name
+    vocab = None
+    if args.gguf and gguf_write.has_tokenizer(model_dir):
+        vocab = gguf_write.load_vocab(model_dir, config["vocab_size"], args.pre_tokenizer)
+    if args.onnx and not gguf_write.has_tokenizer(model_dir):
+        raise SlmError(f"{model_dir} has no tokenizer: onnxruntime-genai needs tokenizer.json beside the weights")
+    source_f16 = spec.dtype == "float16"
+    check_disk(out, estimate_bytes(spec.params, args, source_f16))
+    text = Path(args.eval_text).read_text() if args.eval_text else HELD_OUT_TEXT
+    imatrix = None
+    if args.imatrix:
+        from .imatrix import compute_imatrix
+
+        imatrix = compute_imatrix(model_dir, Path(args.imatrix).read_text(), arch)
+
+    files, timings = [], {}
+    with atomic_dir(out, args.force) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
+        (tmp / "logs").mkdir()
+        paths: dict[str, Path] = {}
+        # ---- GGUF: floats directly, the rest quantized from one intermediate ------------------------------
+        inter_type = "f16" if source_f16 else "f32"
+        quant_types = [t for t in args.gguf if t in Q.QUANT_TYPES]
+        wanted_floats = [t for t in args.gguf if t in Q.FLOAT_TYPES]
+        need_f16_ref = args.validate and bool(args.gguf)
+        for t in dict.fromkeys(wanted_floats + ([inter_type] if quant_types else []) + (["f16"] if need_f16_ref else [])):
+            keep = t in wanted_floats
+            p = (tmp if keep else work) / f"{name}-{t}.gguf"
+            s = time.time()
+            gguf_write.write_gguf(model_dir, p, t, name=name, vocab=vocab)
+            timings[f"write_{t}"] = time.time() - s
+            paths[t] = p
+        logs: dict[str, str] = {}
+        for t in quant_types:
+            p = tmp / f"{name}-{t}.gguf"
+            s = time.time()
+            logs[t] = Q.quantize(paths[inter_type], p, t, imatrix=imatrix)
+            (tmp / "logs" / f"quantize-{t}.log").write_text(logs[t])
+            timings[f"quantize_{t}"] = time.time() - s
+            paths[t] = p
+        for t in args.gguf:
+            info = Q.inspect_gguf(paths[t], t, logs.get(t))
+            files.append({"format": "gguf", "type": t, "path": paths[t].name, "size_bytes": paths[t].stat().st_size,
+                          "bits_per_weight": info["bits_per_weight"], "main_type": info["main_type"],
+                          "by_type": info["by_type"], "fallbacks": info["fallbacks"], "mixed": info["mixed"]})
+        # ---- ONNX -----------------------------------------------------------------------------------------
+        onnx_dirs = {}
+        for p in args.onnx:
+            d = tmp / f"onnx-{p}"
+            s = time.time()
+            onnx_export.build_onnx(model_dir.resolve(), d, p, args.ep, work / "onnx-cache", tmp / "logs" / f"onnx-{p}.log")
+            timings[f"onnx_{p}"] = time.time() - s
+            onnx_dirs[p] = d
+            size = onnx_export.dir_size(d)
+            files.append({"format": "onnx", "type": p, "path": d.name, "size_bytes": size,
+                          "bits_per_weight": 8 * size / spec.params, "main_type": p, "fallbacks": [], "mixed": []})
+        # ---- validation -----------------------------------------------------------------------------------
+        validation = None
+        if args.validate:
+            from .check import validate_exports
+
+            s = time.time()
+            validation = validate_exports(model_dir, {t: paths[t] for t in args.gguf}, onnx_dirs,
+                                          paths.get("f16"), text, args.n_ctx)
+            timings["validate"] = time.time() - s
+        shutil.rmtree(work)
+        timings["total"] = time.time() - t0
+        result = {"model": str(model_dir), "name": name, "arch": arch, "params": spec.params, "files": files,
+                  "validation": validation, "timings_s": timings, "imatrix": bool(imatrix),
+                  "pre_tokenizer": vocab["pre"] if vocab else None}
+        result["summary"] = summarize(result)
+        write_record(tmp, "export", asdict(args), inputs={"model": model_dir}, result=result)
+        from .report import write_report
+
+        write_report(tmp / "report.html", result)
+    return result
+
+
+def summarize(result: dict) -> dict:
+    """Flat key figures for `slm report compare`."""
+    s = {"model": result["name"], "arch": result["arch"], "params": result["params"],
+         "artifacts": len(result["files"]), "wall_s": round(result["timings_s"]["total"], 1)}
+    v = result["validation"] or {}
+    if v:
+        s["hf_perplexity"] = v["hf"]["perplexity"]
+        if "tokenizer" in v:
+            s["tokenizer_match"] = f"{v['tokenizer']['matching']}/{v['tokenizer']['strings']}"
+    for f in result["files"]:
+        k = f"{f['format']}_{f['type']}"
+        s[f"{k}_mb"] = round(f["size_bytes"] / 1e6, 2)
+        s[f"{k}_bpw"] = round(f["bits_per_weight"], 3)
+        if f["format"] == "gguf":
+            s[f"{k}_fallbacks"] = len(f["fallbacks"])
+        r = (v.get(f["format"]) or {}).get(f["type"])
+        if r:
+            s[f"{k}_max_rel_err"] = r["max_rel_err"]
+            s[f"{k}_top1"] = r["top1_agree"]
+            s[f"{k}_ppl"] = r["perplexity"]
+            if "kld" in r:
+                s[f"{k}_kld"] = r["kld"]["kld_mean"]
+    return s
