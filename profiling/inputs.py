@@ -45,12 +45,14 @@ def main_type(quant: tuple) -> str:
     return next((q for q in quant if q not in ("f16", "f32", "bf16")), "f16")
 
 
-def resolve(model: str | None, config: str | None, quant: tuple, threads: int,
-            export_f16: Callable[[Path, Path], Path] | None = None, progress: Callable[[str], None] = print) -> Inputs:
-    """Inputs for `profile`. `export_f16(hf_dir, out_gguf)` turns an HF folder into an f16 GGUF (the CLI passes
-    the exporter; profiling never imports slm.quant)."""
-    from slm.profiling.llamacpp import check_gguf
+def resolve(model: str | None, config: str | None, quant: tuple, threads: int, need_ctx: int = 0,
+            backends: tuple = ("llama.cpp", "torch", "onnxruntime-genai"),
+            export: Callable[[Path, Path, bool], Path] | None = None, progress: Callable[[str], None] = print) -> Inputs:
+    """Inputs for `profile`. `export(hf_dir, out_dir, onnx)` writes an export folder (slm.json listing an f16 GGUF
+    and, when asked, an ONNX folder); the CLI passes the exporter, since profiling never imports slm.quant."""
+    from slm.profiling.llamacpp import check_gguf, gguf_contents
     from slm.profiling.sweep import make_files
+    from slm.spec import load_spec
 
     if config:
         c = Path(config)
@@ -67,33 +69,35 @@ def resolve(model: str | None, config: str | None, quant: tuple, threads: int,
     if p.is_file():
         gguf = check_gguf(p)
         inp = Inputs(gguf=gguf)
-        from slm.profiling.llamacpp import gguf_contents
-
-        kinds = gguf_contents(gguf)["tensor_types"]
         if quant:
-            src_type = max(kinds, key=kinds.get)
-            inp.source_note = (f"quantized types were made from {gguf.name} (mostly {src_type}); their quality is "
-                               "relative to that file, not to the original f16 weights")
-            made = make_files(gguf, tuple(dict.fromkeys(quant)), _cache_dir(gguf), threads, {}, progress)
-            inp.files = made
+            kinds = gguf_contents(gguf)["tensor_types"]
+            inp.source_note = (f"quantized types were made from {gguf.name} (mostly {max(kinds, key=kinds.get)}); "
+                               "their quality is relative to that file, not to the original weights")
+            inp.files = make_files(gguf, tuple(dict.fromkeys(quant)), _cache_dir(gguf), threads, {}, progress)
         return inp
     if is_onnx_dir(p):
         return Inputs(onnx=p)
     files = _export_files(p)
     hf = p if (p / "config.json").is_file() and any(p.glob("*.safetensors")) else None
-    inp = Inputs(hf=hf, onnx=files.pop("onnx", None), files=files)
     if not hf and not files:
         if (p / "config.json").is_file():
             return Inputs(config=p / "config.json")
         raise SlmError(f"{p} holds no GGUF, safetensors, ONNX model or config.json: pass a model folder or file")
-    if hf and "f16" not in files and export_f16 is not None:
-        cache = _cache_dir(p / "config.json")
-        f16 = cache / "model.f16.gguf"
-        if not f16.is_file():
-            progress(f"exporting {p.name} to an f16 GGUF")
-            export_f16(p, f16)
-        files["f16"] = f16
-    if files:
+    if hf:
+        spec = load_spec(hf)
+        if need_ctx > spec.max_context:  # before the export, which is long work
+            raise SlmError(f"the tests need a context of {need_ctx} tokens, above the model's max context "
+                           f"{spec.max_context}: lower --pp/--depths/--tg")
+    want_gguf = "llama.cpp" in backends or bool(quant)
+    want_onnx = "onnxruntime-genai" in backends and "onnx" not in files
+    if hf and export is not None and ((want_gguf and "f16" not in files) or want_onnx):
+        cache = _cache_dir(p / "config.json") / ("export-onnx" if want_onnx else "export")
+        if not (cache / "slm.json").is_file():
+            progress(f"exporting {p.name} (f16 GGUF{' + ONNX int4' if want_onnx else ''}) with slm.quant; cached in {cache}")
+            export(hf, cache, want_onnx)
+        files = {**_export_files(cache), **files}
+    inp = Inputs(hf=hf, onnx=files.pop("onnx", None) if "onnxruntime-genai" in backends else None)
+    if files and want_gguf:
         src = files.get("f16") or next(iter(files.values()))
         want = tuple(dict.fromkeys(quant or ("f16",)))
         files = make_files(Path(src), want, _cache_dir(Path(src)), threads, files, progress)

@@ -28,11 +28,20 @@ def llama_cells(n_ctx: int) -> int:
     return -(-n_ctx // LLAMA_CTX_PAD) * LLAMA_CTX_PAD
 
 
-def spec_from_gguf(path: Path) -> ModelSpec:
-    """A ModelSpec from a GGUF's metadata (llama-family keys), so a GGUF alone can be analysed."""
+def read_gguf(path: Path):
+    """gguf-py's reader, with a corrupt file turned into one clear error."""
     from gguf import GGUFReader
 
-    r = GGUFReader(str(path))
+    try:
+        return GGUFReader(str(path))
+    except Exception as e:  # gguf-py raises IndexError/ValueError/struct errors on damaged headers
+        raise SlmError(f"cannot read the GGUF header of {Path(path).name} ({type(e).__name__}: {e}): the file is "
+                       "damaged or truncated; re-export it") from None
+
+
+def spec_from_gguf(path: Path) -> ModelSpec:
+    """A ModelSpec from a GGUF's metadata (llama-family keys), so a GGUF alone can be analysed."""
+    r = read_gguf(path)
     f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("tokenizer.")}
     arch = f.get("general.architecture", "")
     names = {t.name for t in r.tensors}

@@ -271,9 +271,9 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int) -> Path:
 
 def gguf_contents(path: Path) -> dict:
     """What a GGUF really holds: tensor count per type, parameters, file type, bits per weight (file bytes × 8 / params)."""
-    from gguf import GGUFReader
+    from slm.profiling.kv import read_gguf
 
-    r = GGUFReader(str(path))
+    r = read_gguf(path)
     counts: dict[str, int] = {}
     params = 0
     for t in r.tensors:

@@ -38,19 +38,12 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_profile)
 
 
-def _export_f16(hf: Path, out: Path) -> Path:
-    """HF folder → f16 GGUF with the export package (only the CLI may import slm.quant)."""
-    try:
-        from slm.quant.export import ExportArgs, export
+def _export(hf: Path, out: Path, onnx: bool) -> dict:
+    """HF folder → export folder with an f16 GGUF (and an int4 ONNX model) via the export package; only the CLI
+    imports slm.quant."""
+    from slm.quant.export import ExportArgs, export
 
-        res = export(hf, out.parent / (out.stem + ".export"), ExportArgs(gguf=["f16"], onnx=[], validate=False, force=True))
-        f = next(x for x in res["files"] if str(x["type"]).lower() == "f16")
-        Path(f["path"]).replace(out)
-    except ImportError:
-        from slm.quant.gguf_write import write_gguf
-
-        write_gguf(hf, out, ftype="f16")
-    return out
+    return export(hf, out, ExportArgs(gguf=["f16"], onnx=["int4"] if onnx else [], validate=False, force=True))
 
 
 def cmd_profile(args) -> int:
@@ -87,7 +80,7 @@ def cmd_profile(args) -> int:
         from slm.profiling.inputs import resolve
         from slm.profiling.run import profile
 
-        inputs = resolve(args.model, args.config, quant, threads, _export_f16, log)
+        inputs = resolve(args.model, args.config, quant, threads, bench.max_context(), pa.backends, _export, log)
         res = profile(inputs, pa, out.parent, log)
     from slm.profiling.report import save
 
