@@ -35,15 +35,16 @@ class OrtGenai:
         self.max_len = cfg["model"].get("context_length", 2048)
         self.og, self.threads = og, threads
         c = og.Config(str(folder))
-        try:  # session options of the decoder: the same thread count as the other backends
-            c.clear_providers()
-        except Exception:  # older builds have no provider API; CPU is the default there
-            pass
+        # the same thread count as the other backends (the builder leaves it to onnxruntime's default otherwise)
+        c.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
+                                                                        "inter_op_num_threads": 1}}}}))
         try:
             self.model = og.Model(c)
         except Exception as e:
             raise SlmError(f"onnxruntime-genai cannot load {folder} ({str(e).splitlines()[0]})") from None
         self.rng = np.random.default_rng(seed)
+        # weights on disk: the graph and its external data (int4 blocks, fp embeddings)
+        self.weight_bytes = sum(f.stat().st_size for f in folder.iterdir() if ".onnx" in f.name)
 
     def _gen(self, total: int):
         p = self.og.GeneratorParams(self.model)
@@ -71,7 +72,7 @@ class OrtGenai:
         return time.perf_counter() - t
 
     def memory(self) -> dict:
-        return {}
+        return {"weights": self.weight_bytes}
 
     def close(self) -> None:
         self.model = None

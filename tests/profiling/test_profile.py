@@ -1,0 +1,67 @@
+"""The profile end to end: backends on one protocol, the sweep with its answer, JSON schema, slm.json, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slm.cli import main
+from slm.profiling.protocol import BenchArgs, run_tests
+
+
+def test_torch_backend_on_tiny(tiny):
+    from slm.profiling.torch_backend import Torch
+
+    args = BenchArgs(pp=(8, 32), tg=4, depths=(0, 16), reps=2, threads=1)
+    with Torch(tiny(), threads=1) as b:
+        rows = run_tests(b, args)
+    assert [r["test"] for r in rows] == ["pp8", "pp32", "tg4@d0", "tg4@d16"]
+    for r in rows:
+        assert r["tok_s"] > 0 and len(r["samples_tok_s"]) == 2 and r["tok_s_std"] >= 0
+    assert all(r["ttft_ms"] > 0 for r in rows if r["kind"] == "prefill")
+
+
+def test_bench_args_validation():
+    from slm.errors import SlmError
+
+    with pytest.raises(SlmError):
+        BenchArgs(pp=(0,))
+    with pytest.raises(SlmError):
+        BenchArgs(reps=0)
+    assert BenchArgs(pp=(128,), tg=64, depths=(0, 512)).max_context() == 576
+
+
+@pytest.mark.slow
+def test_profile_gguf_with_sweep(gguf, tmp_path, capsys):
+    out = tmp_path / "p"
+    rc = main(["profile", str(gguf), "--quick", "--quant", "q8_0,q4_0", "--device", "jetson", "--json", "-o", str(out)])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["schema_version"] == 1 and res["threads"] >= 1
+    rows = res["backends"]["llama.cpp"]["rows"]
+    assert [r["test"] for r in rows] == ["pp64", "pp256", "tg32@d0", "tg32@d256"]
+    for r in rows:
+        assert r["tok_s"] > 0 and 0 < r["roofline_fraction"] < 1.5 and r["how"] == "measured on this host"
+    assert res["backends"]["llama.cpp"]["peak_rss"] > res["backends"]["llama.cpp"]["memory"]["weights"] / 2
+    # the sweep: reference first, real file contents, KLD ≥ 0 and larger for fewer bits
+    sw = res["sweep"]["rows"]
+    assert [r["type"] for r in sw] == ["q8_0", "q4_0"] and sw[0]["kld_vs_ref"] == 0
+    assert sw[1]["kld_vs_ref"] > 0 and sw[1]["size_bytes"] < sw[0]["size_bytes"]
+    assert "Q8_0" in sw[0]["tensor_types"] and sw[1]["bits_per_weight"] < sw[0]["bits_per_weight"]
+    assert "decode:" in res["sweep"]["answer"] and "prefill:" in res["sweep"]["answer"]
+    # KV share: measured allocation beside analytic, the crossover within the 8k context
+    assert {r["cache_type"] for r in res["kv"]["measured"]} == {"f16", "q8_0", "q4_0"}
+    assert all(abs(r["kv_rel_err"]) <= 0.02 for r in res["kv"]["measured"])
+    f16 = res["kv"]["analytic"]["f16"]
+    assert f16["crossover_within_max"] and 512 < f16["crossover_context"] < 8192
+    # projection onto Orin NX 16GB: labelled, with inputs, nothing flagged for a 135M model
+    p = res["projection"]
+    assert p["device"]["key"] == "jetson-orin-nx-16gb" and p["flagged"] == [] and p["inputs"]["device_bandwidth_GBps"] == 102.4
+    # outputs: the summary the lead's compare reads, the report with its figures
+    rec = json.loads((out / "slm.json").read_text())
+    assert rec["kind"] == "profile" and rec["result"]["summary"]["llama.cpp.tg32@d0.tok_s"] > 0
+    assert all(not isinstance(v, (dict, list)) for v in rec["result"]["summary"].values())
+    html = (out / "index.html").read_text()
+    for title in ("prefill speed vs prompt length", "decode speed vs depth", "KV-cache share", "quantization:", "roofline"):
+        assert title in html
