@@ -20,8 +20,23 @@ def _decode(tok, ids: list[int]) -> str:
 
 
 def validate_exports(model_dir: Path, ggufs: dict[str, Path], onnx: dict[str, Path], f16_ref: Path | None,
-                     text: str, n_ctx: int = 256) -> dict:
-    """{"hf": {...}, "gguf": {type: {...}}, "onnx": {precision: {...}}, "tokenizer": {...}, "prompts": [...]}."""
+                     text: str, n_ctx: int = 256, threads: int | None = None) -> dict:
+    """{"hf": {...}, "gguf": {type: {...}}, "onnx": {precision: {...}}, "tokenizer": {...}, "prompts": [...]}.
+
+    threads: CPU threads for llama.cpp and, while this runs, for torch (restored after).
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads) -> dict:
     from transformers import AutoTokenizer
 
     from slm.io import load_model, read_config
@@ -51,7 +66,7 @@ def validate_exports(model_dir: Path, ggufs: dict[str, Path], onnx: dict[str, Pa
 
     ref_lp = None
     if f16_ref is not None:
-        llm = V.open_gguf(f16_ref, ctx, exact=True)
+        llm = V.open_gguf(f16_ref, ctx, exact=True, threads=threads)
         ref_lp = V.chunked_logprobs(lambda w: V.gguf_logits(llm, w), text_ids, n_ctx)
         if tok is not None:  # every GGUF of the run carries the same tokenizer: check it once
             rows = [{"text": s, "hf": tok.encode(s), "gguf": V.gguf_tokenize(llm, s)} for s in V.TOKENIZER_STRINGS]
@@ -69,7 +84,7 @@ def validate_exports(model_dir: Path, ggufs: dict[str, Path], onnx: dict[str, Pa
         return res
 
     for t, path in ggufs.items():
-        llm = V.open_gguf(path, ctx, exact=True)  # F32 KV cache: only the weights differ between types
+        llm = V.open_gguf(path, ctx, exact=True, threads=threads)  # F32 KV cache: only the weights differ between types
         out["gguf"][t] = score(lambda ids: V.gguf_logits(llm, ids), lambda ids: V.gguf_greedy(llm, ids, GEN_TOKENS))
         del llm
     for p, d in onnx.items():

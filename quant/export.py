@@ -42,6 +42,7 @@ class ExportArgs:
     eval_text: str | None = None  # held-out text file for perplexity/KLD (default: a built-in passage)
     n_ctx: int = 256  # window for perplexity / KLD, in tokens
     name: str | None = None  # file name stem (default: the model folder's name)
+    threads: int | None = None  # CPU threads for llama.cpp (quantizing, validating); default all cores
     force: bool = False  # replace an existing output folder
 
     def __post_init__(self):
@@ -53,6 +54,8 @@ class ExportArgs:
             raise SlmError("nothing to export: pass --gguf TYPES and/or --onnx PRECISIONS")
         self.gguf = Q.check_types(self.gguf, have_imatrix=bool(self.imatrix)) if self.gguf else []
         self.onnx = onnx_export.check_onnx(self.onnx, self.ep)
+        if self.threads is not None and self.threads < 1:
+            raise SlmError(f"threads must be at least 1, got {self.threads}")
         if self.n_ctx < 16:
             raise SlmError(f"n_ctx {self.n_ctx} is too small for a perplexity window: use at least 16")
         for label, p in (("--imatrix", self.imatrix), ("--eval-text", self.eval_text)):
@@ -105,6 +108,8 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
     vocab = None
     if args.gguf and gguf_write.has_tokenizer(model_dir):
         vocab = gguf_write.load_vocab(model_dir, config["vocab_size"], args.pre_tokenizer)
+    if args.imatrix and not gguf_write.has_tokenizer(model_dir):
+        raise SlmError(f"{model_dir} has no tokenizer to read the --imatrix calibration text with: add one or drop --imatrix")
     if args.onnx and not gguf_write.has_tokenizer(model_dir):
         raise SlmError(f"{model_dir} has no tokenizer: onnxruntime-genai needs tokenizer.json beside the weights")
     source_f16 = spec.dtype == "float16"
@@ -138,7 +143,7 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
         for t in quant_types:
             p = tmp / f"{name}-{t}.gguf"
             s = time.time()
-            logs[t] = Q.quantize(paths[inter_type], p, t, imatrix=imatrix)
+            logs[t] = Q.quantize(paths[inter_type], p, t, imatrix=imatrix, nthread=args.threads)
             (tmp / "logs" / f"quantize-{t}.log").write_text(logs[t])
             timings[f"quantize_{t}"] = time.time() - s
             paths[t] = p
@@ -165,7 +170,7 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
 
             s = time.time()
             validation = validate_exports(model_dir, {t: paths[t] for t in args.gguf}, onnx_dirs,
-                                          paths.get("f16"), text, args.n_ctx)
+                                          paths.get("f16"), text, args.n_ctx, args.threads)
             timings["validate"] = time.time() - s
         shutil.rmtree(work)
         timings["total"] = time.time() - t0

@@ -16,18 +16,22 @@ import numpy as np
 from slm.errors import SlmError
 
 
-def compute_imatrix(model_dir: Path, text: str, arch: str, n_ctx: int = 512, max_tokens: int = 8192) -> dict:
-    """{gguf tensor name: float32 vector of mean x² per input column} over up to max_tokens of `text`."""
+def compute_imatrix(model_dir: Path, text: str | None, arch: str, n_ctx: int = 512, max_tokens: int = 8192,
+                    ids: list[int] | None = None) -> dict:
+    """{gguf tensor name: float32 vector of mean x² per input column} over up to max_tokens of `text`
+    (or of token `ids`, for checkpoints without a tokenizer)."""
     import gguf
     import torch
-    from transformers import AutoTokenizer
 
     from slm.io import load_model
 
-    if not text.strip():
-        raise SlmError("the --imatrix calibration text is empty: pass a text file with a few thousand tokens")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    ids = tok.encode(text)[:max_tokens]
+    if ids is None:
+        from transformers import AutoTokenizer
+
+        if not (text or "").strip():
+            raise SlmError("the --imatrix calibration text is empty: pass a text file with a few thousand tokens")
+        ids = AutoTokenizer.from_pretrained(str(model_dir)).encode(text)
+    ids = list(ids)[:max_tokens]
     model = load_model(model_dir, "float32").eval()
     arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
     tmap = gguf.get_tensor_name_map(arch_enum, model.config.num_hidden_layers)

@@ -38,7 +38,7 @@ QUANT_TYPES = {
     "iq3_xxs": ("LLAMA_FTYPE_MOSTLY_IQ3_XXS", "IQ3_XXS"),
     "q2_k_s": ("LLAMA_FTYPE_MOSTLY_Q2_K_S", "Q2_K"),
     "iq2_m": ("LLAMA_FTYPE_MOSTLY_IQ2_M", "IQ2_S"),
-    "iq2_s": ("LLAMA_FTYPE_MOSTLY_IQ2_S", "IQ2_S"),
+    "iq2_s": ("LLAMA_FTYPE_MOSTLY_IQ2_S", "IQ2_XS"),
     "iq2_xs": ("LLAMA_FTYPE_MOSTLY_IQ2_XS", "IQ2_XS"),
     "iq2_xxs": ("LLAMA_FTYPE_MOSTLY_IQ2_XXS", "IQ2_XXS"),
     "iq1_m": ("LLAMA_FTYPE_MOSTLY_IQ1_M", "IQ1_M"),

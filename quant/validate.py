@@ -81,22 +81,24 @@ def quiet_stderr():
             os.close(fd)
 
 
-def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False):
+def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False, threads: int | None = None):
     """A llama-cpp-python model with every position's logits kept (logits_all=True).
 
     exact: keep the KV cache in F32 (llama.cpp's default is F16), for parity checks of F32 exports.
+    threads: default all cores. On a CPU shared with other jobs use 1: ggml's threads wait for each other
+    at every op, and a descheduled thread stalls each step (measured here: 0.4 s per token on a tiny model).
     """
     from llama_cpp import Llama
 
     kw = {"type_k": 0, "type_v": 0} if exact else {}  # 0 = GGML_TYPE_F32
     with quiet_stderr():
         return Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                     n_threads=os.cpu_count() or 1, **kw)
+                     n_threads=threads or os.cpu_count() or 1, **kw)
 
 
-def gguf_logits(path_or_llm, ids: list[int], exact: bool = True) -> np.ndarray:
+def gguf_logits(path_or_llm, ids: list[int], exact: bool = True, threads: int | None = None) -> np.ndarray:
     """Logits at every position of `ids` (n × vocab, float32)."""
-    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, max(len(ids), 8), exact)
+    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, max(len(ids), 8), exact, threads)
     llm.reset()
     llm.eval(list(ids))
     return np.array(llm.scores[: len(ids)], dtype=np.float32)
@@ -153,26 +155,28 @@ def kld_of(ref: list[np.ndarray], test: list[np.ndarray]) -> dict:
 
 def gguf_tokenize(path_or_llm, text: str) -> list[int]:
     """The GGUF's own tokenizer, with the special tokens parsed and BOS added only if the file says so."""
-    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, 64)
+    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, 64, threads=1)
     return llm.tokenize(text.encode(), add_bos=True, special=True)
 
 
-def gguf_perplexity(path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256, ids: list[int] | None = None) -> dict:
+def gguf_perplexity(path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256, ids: list[int] | None = None,
+                    threads: int | None = None) -> dict:
     """Perplexity of a GGUF on `text` (tokenized by the GGUF itself unless `ids` are given)."""
-    llm = open_gguf(path, n_ctx)
+    llm = open_gguf(path, n_ctx, threads=threads)
     ids = ids if ids is not None else gguf_tokenize(llm, text)
     lp = chunked_logprobs(lambda w: gguf_logits(llm, w), ids, n_ctx)
     return {**perplexity_of(lp, ids, n_ctx), "n_ctx": n_ctx}
 
 
-def gguf_kld(path: Path | str, ref_path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256) -> dict:
+def gguf_kld(path: Path | str, ref_path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256,
+             threads: int | None = None) -> dict:
     """KL divergence of a GGUF against a reference GGUF (usually the f16 export) on `text`, plus both
     perplexities. Tokenized once, by the reference."""
-    ref = open_gguf(ref_path, n_ctx)
+    ref = open_gguf(ref_path, n_ctx, threads=threads)
     ids = gguf_tokenize(ref, text)
     ref_lp = chunked_logprobs(lambda w: gguf_logits(ref, w), ids, n_ctx)
     del ref
-    test = open_gguf(path, n_ctx)
+    test = open_gguf(path, n_ctx, threads=threads)
     test_lp = chunked_logprobs(lambda w: gguf_logits(test, w), ids, n_ctx)
     return {**kld_of(ref_lp, test_lp), **perplexity_of(test_lp, ids, n_ctx),
             "ref_perplexity": perplexity_of(ref_lp, ids, n_ctx)["perplexity"], "n_ctx": n_ctx}

@@ -14,6 +14,7 @@ def register(sub) -> None:
     p.add_argument("--imatrix", metavar="TEXT", help="calibration text file for an importance matrix")
     p.add_argument("--pre-tokenizer", help="llama.cpp pre-tokenizer name when detection fails (e.g. llama-bpe)")
     p.add_argument("--eval-text", help="held-out text file for perplexity / KL divergence")
+    p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_export)
 
@@ -24,7 +25,8 @@ def cmd_export(args) -> int:
     out = args.out or default_out(args.model)
     res = export(args.model, out, ExportArgs(gguf=args.gguf, onnx=args.onnx, ep=args.ep, validate=not args.no_validate,
                                              imatrix=args.imatrix, pre_tokenizer=args.pre_tokenizer,
-                                             eval_text=args.eval_text, force=args.force))
+                                             eval_text=args.eval_text, threads=args.threads,
+                                             force=args.force))
     v = res["validation"] or {}
     for f in res["files"]:
         line = f"{f['path']:<40} {f['size_bytes'] / 1e6:9.1f} MB  {f['bits_per_weight']:6.2f} bpw"
