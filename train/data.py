@@ -1,0 +1,340 @@
+"""`slm data prepare`: tokenize sources into memory-mapped token shards with a document index.
+
+Layout of the output folder (one sub-folder per source, each split written atomically):
+
+    OUT/slm.json                     sources, weights, dtype, tokenizer hash, the fingerprint of the inputs
+    OUT/<source>/source.json         this source's fingerprint, documents and tokens per split
+    OUT/<source>/<split>.tokens.bin  raw uint16 (vocab ≤ 65536) or uint32 token ids, documents concatenated
+    OUT/<source>/<split>.docs.npy    int64 offsets, n_docs + 1: document d is tokens[docs[d]:docs[d+1]]
+    OUT/<source>/<split>.mask.bin    uint8 per token, 1 = assistant token (chat sources only: SFT loss mask)
+
+Idempotent: the fingerprint hashes every input file (path, bytes), the tokenizer and the options; the same
+inputs give the same bytes (sorted files, order-preserving pool, held-out split chosen by a hash of each
+document). Resumable: a source whose source.json carries the current fingerprint is not redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from slm.errors import SlmError
+from slm.record import atomic_write_text, file_sha256, read_record, write_record
+
+SPLITS = ("train", "heldout")
+TEXT_SUFFIXES = {".jsonl", ".json", ".parquet"}  # everything else in a source is one document per file
+
+
+@dataclass
+class Source:
+    name: str  # short name: sub-folder, eval set name, mixture key
+    path: str  # a folder (every matching file is one document), a .jsonl/.parquet file, or a text file
+    weight: float = 1.0  # share of training sequences drawn from this source, relative to the others
+    include: str = "*"  # glob of files taken from a folder (e.g. *.py); searched recursively
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise SlmError(f"source name {self.name!r}: use letters, digits, - and _ (it becomes a folder name)")
+        if not self.weight >= 0:
+            raise SlmError(f"source {self.name}: weight must be ≥ 0 (got {self.weight})")
+
+
+@dataclass
+class DataArgs:
+    sources: list  # list[Source]
+    tokenizer: str  # folder with tokenizer.json (usually the model folder)
+    heldout: float = 0.02  # fraction of each source's documents held out for evaluation (at least 1 document)
+    limit: int = 0  # at most this many documents per source (0 = all), taken in sorted order
+    workers: int = 2  # tokenizer processes
+    force: bool = False  # replace an output prepared from different inputs
+    progress: bool = True  # rich progress bar
+
+    def __post_init__(self):
+        self.sources = [s if isinstance(s, Source) else Source(**s) for s in self.sources]
+        if not self.sources:
+            raise SlmError("no sources: pass at least one --source NAME=PATH[:WEIGHT]")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise SlmError(f"duplicate source names {names}: give each source its own name")
+        if not 0 <= self.heldout < 1:
+            raise SlmError(f"heldout must be in [0, 1) (got {self.heldout})")
+        if self.workers < 1 or self.limit < 0:
+            raise SlmError("workers must be ≥ 1 and limit ≥ 0")
+
+
+# ---- reading documents --------------------------------------------------------------------------------
+def source_files(src: Source) -> list[Path]:
+    p = Path(src.path).expanduser()
+    if not p.exists():
+        raise SlmError(f"source {src.name}: {p} does not exist: check the path")
+    files = sorted(f for f in p.rglob(src.include) if f.is_file()) if p.is_dir() else [p]
+    if not files:
+        raise SlmError(f"source {src.name}: no files matching {src.include!r} under {p}")
+    return files
+
+
+def read_documents(src: Source, files: list[Path]) -> Iterator[dict]:
+    """Documents as {"text": str} or {"messages": [...]}, in a fixed order."""
+    for f in files:
+        if f.suffix in (".jsonl", ".json"):
+            with open(f, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    if line.strip():
+                        yield _record(json.loads(line), f, n)
+        elif f.suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise SlmError(f"{f} is Parquet: `pip install pyarrow` to read it, or convert it to JSONL") from None
+            for n, row in enumerate(pq.read_table(f).to_pylist(), 1):
+                yield _record(row, f, n)
+        else:
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue  # binary files in a code tree (e.g. .pyc, images) are not documents
+            if text.strip():
+                yield {"text": text}
+
+
+def _record(row: dict, f: Path, n: int) -> dict:
+    if isinstance(row.get("messages"), list):
+        return {"messages": row["messages"]}
+    if isinstance(row.get("text"), str):
+        return {"text": row["text"]}
+    raise SlmError(f"{f}:{n}: a record needs a `text` string or a `messages` list (chat)")
+
+
+def is_heldout(doc: dict, fraction: float) -> bool:
+    """Deterministic split by content hash: independent of file order, stable when files are added."""
+    h = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**64 < fraction
+
+
+# ---- tokenizing (in worker processes) -----------------------------------------------------------------
+_TOK = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _TOK
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    _TOK = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def tokenize_doc(doc: dict, tok=None) -> tuple[list[int], list[int] | None]:
+    """(token ids, assistant mask or None). Text: ids + EOS. Chat: the chat template, mask = assistant spans."""
+    tok = tok or _TOK
+    if "text" in doc:
+        ids = tok(doc["text"], add_special_tokens=False)["input_ids"]
+        return ids + ([tok.eos_token_id] if tok.eos_token_id is not None else []), None
+    msgs = doc["messages"]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    # Assistant spans in characters: rendering the conversation up to each assistant turn (with the
+    # generation prompt) and through it gives where its reply starts and ends in the full text. Written by
+    # hand because many chat templates (SmolLM2's included) lack the {% generation %} marks that
+    # transformers' return_assistant_tokens_mask needs.
+    spans = []
+    for i, m in enumerate(msgs):
+        if m.get("role") == "assistant":
+            start = len(tok.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True))
+            end = len(tok.apply_chat_template(msgs[: i + 1], tokenize=False))
+            if text[:end] != tok.apply_chat_template(msgs[: i + 1], tokenize=False):
+                raise SlmError("the chat template does not render conversations prefix by prefix; cannot mask the prompt")
+            spans.append((start, end))
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
+    return enc["input_ids"], mask
+
+
+def _work(doc: dict):
+    ids, mask = tokenize_doc(doc)
+    return ids, mask, is_heldout(doc, _HELDOUT)
+
+
+_HELDOUT = 0.0
+
+
+def _init_all(tokenizer_dir: str, heldout: float) -> None:
+    global _HELDOUT
+    _HELDOUT = heldout
+    _init_worker(tokenizer_dir)
+
+
+# ---- the step -----------------------------------------------------------------------------------------
+def fingerprint(src: Source, files: list[Path], tok_hash: str, args: DataArgs) -> str:
+    h = hashlib.sha256(json.dumps([asdict(src), tok_hash, args.heldout, args.limit]).encode())
+    for f in files:
+        h.update(str(f).encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def tokenizer_hash(tokenizer_dir: Path) -> str:
+    files = [tokenizer_dir / n for n in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model")]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def prepare(args: DataArgs, out: Path | str) -> dict:
+    """Tokenize every source of `args` into `out`. Returns the record's result (per-source counts)."""
+    out = Path(out)
+    tok_dir = Path(args.tokenizer)
+    if not (tok_dir / "tokenizer.json").is_file() and not (tok_dir / "tokenizer.model").is_file():
+        raise SlmError(f"no tokenizer in {tok_dir}: pass --tokenizer MODEL_DIR (a folder with tokenizer.json)")
+    _init_worker(str(tok_dir))
+    vocab = len(_TOK)
+    dtype = np.uint16 if vocab <= 2**16 else np.uint32
+    tok_hash = tokenizer_hash(tok_dir)
+    files = {s.name: source_files(s) for s in args.sources}  # every path checked before any work
+    prints = {s.name: fingerprint(s, files[s.name], tok_hash, args) for s in args.sources}
+    overall = hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()
+    rec = read_record(out) if out.is_dir() else None
+    if rec and rec.get("result", {}).get("fingerprint") == overall:
+        return {**rec["result"], "up_to_date": True}
+    if rec and not args.force:
+        raise SlmError(f"{out} holds data prepared from other inputs: choose another folder or pass --force")
+    if out.exists() and not out.is_dir():
+        raise SlmError(f"{out} exists and is not a folder: choose another path")
+    if out.is_dir() and not rec and any(out.iterdir()) and not (set(p.name for p in out.iterdir())
+                                                                 <= {s.name for s in args.sources} | {".partial"}):
+        if not args.force:
+            raise SlmError(f"{out} is not empty and holds no prepared data: choose another folder or pass --force")
+    if args.force and rec:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"sources": {}, "dtype": np.dtype(dtype).name, "vocab": vocab, "tokenizer_sha256": tok_hash,
+              "fingerprint": overall}
+    for s in args.sources:
+        result["sources"][s.name] = _prepare_source(s, files[s.name], prints[s.name], out, dtype, args)
+    result["summary"] = {f"{n} {k}": v[k] for n, v in result["sources"].items() for k in ("train_tokens", "heldout_tokens")}
+    write_record(out, "data", {**asdict(args), "out": str(out)}, {"tokenizer": tok_dir / "tokenizer.json"}
+                 if (tok_dir / "tokenizer.json").is_file() else {}, result)
+    return result
+
+
+def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, args: DataArgs) -> dict:
+    final = out / src.name
+    meta_path = final / "source.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fp:
+            return meta  # resumable: this source is already done
+    tmp = out / f".{src.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    docs = read_documents(src, files)
+    if args.limit:
+        docs = (d for i, d in zip(range(args.limit), docs))
+    writers = {sp: _SplitWriter(tmp, sp, dtype) for sp in SPLITS}
+    kind = None
+    for ids, mask, held in _tokenized(docs, args, len(files), src.name):
+        kind = kind or ("chat" if mask is not None else "text")
+        if (mask is not None) != (kind == "chat"):
+            raise SlmError(f"source {src.name} mixes text and chat records: split them into two sources")
+        writers["heldout" if held else "train"].add(ids, mask)
+    if writers["train"].n_docs + writers["heldout"].n_docs == 0:
+        shutil.rmtree(tmp)
+        raise SlmError(f"source {src.name}: no non-empty documents in {src.path}")
+    if args.heldout and writers["heldout"].n_docs == 0 and writers["train"].n_docs > 1:
+        writers["train"].move_last_to(writers["heldout"])  # tiny sources: still hold one document out
+    meta = {"name": src.name, "kind": kind, "weight": src.weight, "fingerprint": fp, "dtype": np.dtype(dtype).name,
+            "files": len(files)}
+    for sp, w in writers.items():
+        meta.update(w.close())
+    atomic_write_text(tmp / "source.json", json.dumps(meta, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return meta
+
+
+def _tokenized(docs, args: DataArgs, n_files: int, name: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"tokenizing {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
+                  TimeElapsedColumn(), disable=not args.progress, transient=True) as bar:
+        task = bar.add_task("tok", total=args.limit or None)
+        if args.workers == 1:
+            _init_all(args.tokenizer, args.heldout)
+            results = map(_work, docs)
+            pool = None
+        else:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(args.workers, _init_all, (args.tokenizer, args.heldout))
+            results = pool.imap(_work, docs, chunksize=8)  # imap keeps order → same shards every time
+        try:
+            for r in results:
+                bar.advance(task)
+                yield r
+        finally:
+            if pool:
+                pool.terminate()
+
+
+class _SplitWriter:
+    """Appends documents to <split>.tokens.bin (+ mask) and keeps the offsets for <split>.docs.npy."""
+
+    def __init__(self, folder: Path, split: str, dtype):
+        self.folder, self.split, self.dtype = folder, split, dtype
+        self.tokens = open(folder / f"{split}.tokens.bin", "wb")
+        self.mask = None
+        self.offsets = [0]
+        self.pending: list = []
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.offsets) - 1 + len(self.pending)
+
+    def add(self, ids, mask) -> None:
+        if not ids:
+            return
+        # Keep the last document in memory so a tiny source can still move it to the held-out split.
+        for item in self.pending:
+            self._write(*item)
+        self.pending = [(ids, mask)]
+
+    def _write(self, ids, mask) -> None:
+        self.tokens.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        if mask is not None:
+            if self.mask is None:
+                self.mask = open(self.folder / f"{self.split}.mask.bin", "wb")
+            self.mask.write(np.asarray(mask, dtype=np.uint8).tobytes())
+        self.offsets.append(self.offsets[-1] + len(ids))
+
+    def move_last_to(self, other: "_SplitWriter") -> None:
+        item, self.pending = self.pending.pop(), []
+        other.add(*item)
+
+    def close(self) -> dict:
+        for item in self.pending:
+            self._write(*item)
+        self.pending = []
+        self.tokens.close()
+        if self.mask:
+            self.mask.close()
+        np.save(self.folder / f"{self.split}.docs.npy", np.asarray(self.offsets, dtype=np.int64))
+        return {f"{self.split}_docs": len(self.offsets) - 1, f"{self.split}_tokens": int(self.offsets[-1])}
+
+
+def parse_source(spec: str, include: str = "*") -> Source:
+    """`NAME=PATH[:WEIGHT]` (CLI form of a Source)."""
+    if "=" not in spec:
+        raise SlmError(f"--source {spec!r}: write NAME=PATH or NAME=PATH:WEIGHT (e.g. code=src/:1.5)")
+    name, rest = spec.split("=", 1)
+    weight = 1.0
+    head, _, tail = rest.rpartition(":")
+    if head and tail.replace(".", "", 1).isdigit():
+        rest, weight = head, float(tail)
+    return Source(name=name, path=rest, weight=weight, include=include)

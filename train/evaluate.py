@@ -1,0 +1,139 @@
+"""Held-out perplexity on any number of sets, and forgetting (OP, BWT) over a sequence of stages.
+
+Perplexity = exp(mean next-token negative log-likelihood) over the held-out tokens of a set, packed and
+masked exactly as in training (documents isolated; chat sets score assistant tokens only).
+
+Forgetting, as in LLaMA Pro's ablation (after Lopez-Paz & Ranzato 2017, GEM): R[i][j] = score on task j after
+stage i, where a higher score is better. Here the score is −loss (nats/token). OP = mean_j R[last][j];
+BWT = mean over tasks j learned before the last stage of (R[last][j] − R[stage that learned j][j]);
+negative BWT = forgetting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from slm.errors import SlmError
+
+from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
+
+
+def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocast: bool) -> tuple[torch.Tensor, int]:
+    """(sum of next-token cross-entropy over labelled tokens, number of labelled tokens) for one batch."""
+    ids = batch["input_ids"].to(device)
+    kw = {"position_ids": batch["position_ids"].to(device)}
+    if use_mask:
+        kw["attention_mask"] = block_causal_mask(batch["segments"].to(device), torch.bfloat16 if autocast else torch.float32)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=ids, **kw).logits
+    labels = batch["labels"].to(device)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, int((labels != IGNORE).sum())
+
+
+@torch.no_grad()
+def perplexity(model, splits: dict, seq_len: int, max_tokens: int, device: torch.device, micro_batch: int = 1,
+               use_mask: bool = True, autocast: bool = False) -> dict:
+    """{set name: {"loss", "ppl", "tokens"}} on the first ~max_tokens held-out tokens of each set."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for name, split in splits.items():
+        seqs = eval_sequences(split, seq_len, max_tokens)
+        total, count = 0.0, 0
+        for k in range(0, len(seqs), micro_batch):
+            loss, n = token_loss(model, collate(seqs[k:k + micro_batch]), device, use_mask, autocast)
+            total += float(loss)
+            count += n
+        if count:
+            out[name] = {"loss": total / count, "ppl": math.exp(total / count), "tokens": count}
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class EvalArgs:
+    models: list  # stage checkpoints in order (HF folders, checkpoint folders or run folders)
+    data: str  # prepared data folder (its held-out splits are the sets)
+    sets: list = field(default_factory=list)  # set names (default: every source)
+    tasks: list = field(default_factory=list)  # the task each stage learned (one per model; "" = none)
+    seq_len: int = 512  # tokens per evaluation sequence
+    tokens: int = 16384  # held-out tokens per set
+    micro_batch: int = 4  # sequences per forward pass
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self):
+        if not self.models:
+            raise SlmError("slm eval needs at least one model")
+        if self.tasks and len(self.tasks) != len(self.models):
+            raise SlmError(f"--tasks names {len(self.tasks)} tasks for {len(self.models)} models: give one per model")
+        if self.seq_len < 2 or self.tokens < 1 or self.micro_batch < 1:
+            raise SlmError("seq_len ≥ 2, tokens ≥ 1 and micro_batch ≥ 1 are needed")
+
+
+def evaluate(args: EvalArgs) -> dict:
+    """Perplexity of every model on every set, and OP/BWT when tasks are given. Returns the result dict."""
+    from slm.io import load_model
+
+    from .checkpoint import resolve_init
+
+    splits = open_data(args.data, "heldout")
+    if args.sets:
+        unknown = sorted(set(args.sets) - set(splits))
+        if unknown:
+            raise SlmError(f"no held-out set {unknown[0]!r} in {args.data}: choose from {sorted(splits)}")
+        splits = {k: splits[k] for k in args.sets}
+    if not any(s.n_tokens for s in splits.values()):
+        raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
+    dirs = [resolve_init(Path(m)) for m in args.models]
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    rows = []
+    for d in dirs:
+        model = load_model(d, "float32", attn_implementation="sdpa").to(device)
+        rows.append(perplexity(model, splits, args.seq_len, args.tokens, device, args.micro_batch,
+                               autocast=device.type == "cuda"))
+        del model
+    result = {"models": [str(d) for d in dirs], "sets": list(splits), "matrix": rows}
+    if args.tasks:
+        result["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], args.tasks)
+    return result
+
+
+def forgetting(scores: list[dict], tasks: list[str]) -> dict:
+    """OP and BWT from a stage × task score matrix (higher is better). tasks[i] = the task stage i learned."""
+    last = scores[-1]
+    learned = {t: i for i, t in enumerate(tasks) if t}
+    op = sum(last.values()) / len(last)
+    earlier = [t for t, i in learned.items() if i < len(scores) - 1 and t in last]
+    bwt = sum(last[t] - scores[learned[t]][t] for t in earlier) / len(earlier) if earlier else 0.0
+    return {"op": op, "bwt": bwt, "score": "−loss (nats/token)", "earlier_tasks": earlier}
+
+
+def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> Path:
+    """slm.json + report.html (perplexity matrix and, with tasks, OP/BWT) into `out`."""
+    from dataclasses import asdict
+
+    from slm.io import atomic_dir
+    from slm.record import write_record
+    from slm.report.render import Table, render_report
+
+    summary = {f"{Path(m).name} {k} ppl": v["ppl"] for m, row in zip(result["models"], result["matrix"])
+               for k, v in row.items()}
+    if "forgetting" in result:
+        summary.update(OP=result["forgetting"]["op"], BWT=result["forgetting"]["bwt"])
+    result = {**result, "summary": summary}
+    sets = result["sets"]
+    rows = [[str(m)] + [row.get(k, {}).get("ppl") for k in sets] for m, row in zip(result["models"], result["matrix"])]
+    tables = [Table("Held-out perplexity (stage × set)", ["model"] + sets, rows,
+                    note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated")]
+    with atomic_dir(out, force) as tmp:
+        write_record(tmp, "eval", asdict(args), {}, result)
+        render_report(tmp / "report.html", "eval: held-out perplexity", "eval", summary, [], tables,
+                      notes=["score for OP/BWT = −loss (nats/token); BWT < 0 means forgetting"])
+    return out

@@ -1,0 +1,69 @@
+"""HTML reports: one training run (loss curves, lr, tok/s, recipe), and a comparison of runs with the
+forgetting table (OP/BWT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+
+HOW = "measured on this host during training (metrics.jsonl); eval = held-out perplexity, documents isolated"
+
+
+def _curves(runs: dict[str, tuple[list, list]]) -> list[Figure]:
+    """Train loss and eval loss per set; lr; tok/s. runs: label → (step records, eval records)."""
+    figs = []
+    fig, ax = new_figure()
+    for label, (steps, evals) in runs.items():
+        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label=f"{label} train", lw=1)
+        names = sorted({k for e in evals for k in e["eval"]})
+        for k in names:
+            pts = [(e["step"], e["eval"][k]["loss"]) for e in evals if k in e["eval"]]
+            ax.plot(*zip(*pts), marker="o", ls="--", label=f"{label} eval {k}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Training and held-out loss")
+    ax.legend(fontsize=7)
+    figs.append(Figure("Loss", svg_of(fig), HOW))
+    fig, ax = new_figure(7, 2.6)
+    for label, (steps, _) in runs.items():
+        ax.plot([s["step"] for s in steps], [s["lr"] for s in steps], label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning rate (linear warm-up, cosine)")
+    if len(runs) > 1:
+        ax.legend(fontsize=7)
+    figs.append(Figure("Learning rate", svg_of(fig), "the scheduler's value at each step"))
+    fig, ax = new_figure(7, 2.6)
+    for label, (steps, _) in runs.items():
+        ax.plot([s["step"] for s in steps], [s["tok_s"] for s in steps], label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("tokens/s (all ranks)")
+    ax.set_title("Throughput")
+    if len(runs) > 1:
+        ax.legend(fontsize=7)
+    figs.append(Figure("Throughput", svg_of(fig), "global batch tokens / wall time of the step, " + HOW))
+    return figs
+
+
+def write_train_report(run: Path, recipe: dict, steps: list, evals: list, summary: dict) -> Path:
+    rows = []
+    if evals:
+        for k in evals[-1]["eval"]:
+            first = evals[0]["eval"].get(k, {})
+            rows.append([k, first.get("ppl"), evals[-1]["eval"][k]["ppl"], evals[-1]["eval"][k]["tokens"]])
+    tables = [Table("Held-out perplexity", ["set", "before (step 0 or resume)", "after", "tokens"], rows),
+              Table("Recipe (resolved)", ["key", "value"], [[k, str(v)] for k, v in recipe.items()])]
+    return render_report(Path(run) / "report.html", f"train: {Path(run).name}", "train", summary,
+                         _curves({Path(run).name: (steps, evals)}), tables)
+
+
+def write_comparison_report(out_html: Path, title: str, runs: dict, forgetting_rows: list, summary: dict,
+                            notes: list[str] | None = None) -> Path:
+    """runs: label → (steps, evals); forgetting_rows: [label, general before, after, code before, after, OP, BWT]."""
+    table = Table("Forgetting (LLaMA Pro ablation at small scale)",
+                  ["run", "trainable params", "code ppl before", "code ppl after", "general ppl before",
+                   "general ppl after", "OP (−nats)", "BWT (nats)", "tok/s"], forgetting_rows,
+                  note="OP = mean score over tasks after the last stage; BWT = change of the general score since the "
+                       "base model (negative = forgetting); score = −loss in nats/token")
+    return render_report(out_html, title, "train-compare", summary, _curves(runs), [table], notes=notes or [])
