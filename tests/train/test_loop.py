@@ -1,0 +1,121 @@
+"""The loop: what trains, what stays bit-identical, recipes, checkpoints, errors before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slm.errors import SlmError
+from slm.train import checkpoint as ckpt
+from slm.train.args import PRESETS, load_recipe
+from slm.train.loop import train
+
+
+def _args(model, data, out, *extra):
+    return load_recipe(None, [f"model={model}", f"data={data}", f"out={out}", "steps=4", "seq_len=48",
+                              "global_batch=4", "micro_batch=2", "lr=3e-3", "progress=false", "report=true", *extra])
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_only_expanded_layers_change(tiny_expanded, tiny_data, tmp_path):
+    data, _ = tiny_data
+    res = train(_args(tiny_expanded, data, tmp_path / "run", "trainable=expanded", "warmup_ratio=0"))
+    new = json.loads((tiny_expanded / "config.json").read_text())["slm_surgery"]["new_layers"]
+    before, after = _weights(tiny_expanded), _weights(tmp_path / "run" / "final")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "nothing trained"
+    assert all(any(k.startswith(f"model.layers.{i}.") for i in new) for k in changed)
+    # LLaMA Pro: the zero-initialised o_proj/down_proj of every new block move first
+    assert {f"model.layers.{i}.mlp.down_proj.weight" for i in new} <= changed
+    rec = json.loads((tmp_path / "run" / "slm.json").read_text())
+    assert rec["result"]["summary"]["trainable params"] == sum(
+        v.numel() for k, v in before.items() if any(k.startswith(f"model.layers.{i}.") for i in new))
+    assert (tmp_path / "run" / "report.html").is_file() and res["summary"]["steps"] == 4
+    # optimizer state exists for trainable tensors only
+    state = torch.load(ckpt.latest(tmp_path / "run") / "trainer_state.pt", weights_only=True)
+    assert len(state["optimizer"]["state"]) == len(state["trainable"])
+    assert all(any(f"layers.{i}." in k for i in new) for k in state["trainable"])
+
+
+def test_lora_and_layer_list(tiny_lm, tiny_data, tmp_path):
+    data, _ = tiny_data
+    model = tiny_lm()
+    train(_args(model, data, tmp_path / "lora", "trainable=lora", "lora_r=4", "lora_layers=[1, 2]"))
+    before, after = _weights(model), _weights(tmp_path / "lora" / "final")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("model.layers.1.", "model.layers.2.")) for k in changed)
+    state = torch.load(ckpt.latest(tmp_path / "lora") / "trainer_state.pt", weights_only=True)
+    assert all("lora_" in k for k in state["trainable"])
+
+    train(_args(model, data, tmp_path / "list", "trainable=[0, 3]"))
+    after = _weights(tmp_path / "list" / "final")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("model.layers.0.", "model.layers.3.")) for k in changed)
+    # --init: weights only, from the previous run; a new schedule and optimizer
+    res = train(_args(model, data, tmp_path / "next", "trainable=full", f"init={tmp_path / 'list'}", "steps=1"))
+    from slm.io import load_model
+
+    assert load_model(res["model"]) is not None
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    run = tmp_path / "run"
+    good = run / "checkpoints" / "step-000004"
+    good.mkdir(parents=True)
+    (good / "DONE").write_text("step 4\n")
+    (run / "checkpoints" / "step-000008").mkdir()  # crashed before DONE
+    (run / "checkpoints" / ".step-000012.tmp-99").mkdir()  # crashed while writing
+    assert ckpt.latest(run) == good
+
+
+def test_recipe_presets_overrides_and_unknown_keys(tmp_path):
+    base = ["model=m", "data=d", "out=o", "steps=1"]
+    a = load_recipe(None, ["preset=cpt", *base])
+    assert (a.lr, a.warmup_ratio, a.global_batch, a.trainable) == (2e-4, 0.06, 1024, "expanded")
+    b = load_recipe(None, ["preset=sft", *base, "lr=1e-4"])
+    assert (b.lr, b.global_batch, b.warmup_ratio) == (1e-4, PRESETS["sft"]["global_batch"], 0.03)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("preset: cpt\nmodel: m\ndata: d\nout: o\nsteps: 3\nlearning_rate: 1e-3\n")
+    with pytest.raises(SlmError, match="unknown recipe key `learning_rate`"):
+        load_recipe(recipe)
+    with pytest.raises(SlmError, match="trainable"):
+        load_recipe(None, [*base, "trainable=frozen"])
+    with pytest.raises(SlmError, match="steps"):
+        load_recipe(None, ["model=m", "data=d", "out=o"])
+
+
+def test_bad_input_fails_before_work(tiny_lm, tiny_expanded, tiny_data, tmp_path, monkeypatch):
+    data, _ = tiny_data
+    plain = tiny_lm()
+    with pytest.raises(SlmError, match="slm_surgery"):
+        train(_args(plain, data, tmp_path / "a", "trainable=expanded"))
+    with pytest.raises(SlmError, match="exceeds the model's context 256"):
+        train(_args(tiny_expanded, data, tmp_path / "b", "seq_len=512"))
+    with pytest.raises(SlmError, match="not a prepared data folder"):
+        train(_args(tiny_expanded, tmp_path / "missing", tmp_path / "c"))
+    with pytest.raises(SlmError, match="fewer than seq_len"):
+        train(_short_data_args(tiny_expanded, tiny_data[1], tmp_path))
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(SlmError, match="not enough disk"):
+        train(_args(tiny_expanded, data, tmp_path / "e"))
+    assert not any((tmp_path / n).exists() for n in "abcde")  # nothing was written
+
+
+def _short_data_args(model, tok, tmp_path):
+    from slm.train.data import DataArgs, Source, prepare
+
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "a.txt").write_text("tiny document\n")
+    prepare(DataArgs([Source("s", str(tmp_path / "short"))], str(tok), heldout=0,
+                     workers=1, progress=False), tmp_path / "shortdata")
+    return _args(model, tmp_path / "shortdata", tmp_path / "d")
