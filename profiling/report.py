@@ -127,7 +127,22 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                               r["memory_needed"] / MIB] for r in p["rows"]],
                             note="projected: " + "; ".join(f"{k}={v}" for k, v in p["inputs"].items()) + f"; source: {d['source']}",
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
-    return render_report(out_html, title, "profile", res["summary"], figs, tables, notes=res["notes"])
+    return render_report(out_html, title, "profile", headline(res), figs, tables, notes=res["notes"])
+
+
+def headline(res: dict) -> dict:
+    """The few figures shown at the top (slm.json keeps the full flat summary)."""
+    s = res["summary"]
+    keep = ["how", "threads", "host_bandwidth_GBps", "host_gflops", "kv_bytes_per_token_f16", "kv_crossover_context_f16",
+            "device", "projected.flagged_tests"]
+    out = {k: s[k] for k in keep if k in s}
+    for name, b in res["backends"].items():
+        for r in b["rows"]:
+            if r["test"] in (f"pp{max(res['args']['bench']['pp'])}", f"tg{res['args']['bench']['tg']}@d0"):
+                out[f"{name} {r['test']} tok/s"] = round(r["tok_s"], 1)
+    if "sweep" in res:
+        out["does a lower bit-width always run faster here?"] = res["sweep"]["answer"]
+    return out
 
 
 def save(res: dict, out: Path, args: dict, model: str | None, force: bool = False) -> Path:

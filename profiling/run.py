@@ -161,12 +161,16 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
     main = res["backends"].get("llama.cpp")
     weight_bytes = main["weight_bytes"] if main else _planned_weight_bytes(spec, args)
     compute = main["memory"].get("compute", 0.0) if main else 0.0
-    res["kv"] = {"analytic": {t: kv.share_curve(spec, weight_bytes, t, compute) for t in args.kv_types}, "measured": []}
+    measured = []
     if inputs.gguf:
         ctxs = [c for c in args.kv_contexts if c <= spec.max_context]
         for t in args.kv_types:
             progress(f"KV cache: measuring llama.cpp's {t} allocation at {ctxs}")
-            res["kv"]["measured"] += kv.measure_llamacpp(inputs.gguf, spec, ctxs, t, args.bench.threads)
+            measured += kv.measure_llamacpp(inputs.gguf, spec, ctxs, t, args.bench.threads)
+        # the compute buffers at the largest measured context stand for the curve's constant term
+        compute = max((r["compute"] for r in measured if r["cache_type"] == "f16"), default=compute)
+    res["kv"] = {"analytic": {t: kv.share_curve(spec, weight_bytes, t, compute) for t in args.kv_types},
+                 "measured": measured}
 
     # ---- quantization sweep -----------------------------------------------------------------------------------
     if args.quant and (inputs.gguf or inputs.files):
