@@ -184,3 +184,29 @@ def test_unknown_pre_tokenizer_suggests_override(tiny, tmp_path):
     res = export(d, out, ExportArgs(gguf=["f32"], pre_tokenizer="gpt-2", n_ctx=32, threads=1))
     assert res["pre_tokenizer"] == "gpt-2"
     assert res["validation"]["gguf"]["f32"]["top1_agree"] == 1.0
+
+
+def test_imatrix_from_calibration_text(tiny, tmp_path):
+    """--imatrix TEXT: the importance matrix is computed from the text and unlocks imatrix-only types."""
+    d = _with_bpe_tokenizer(tiny("llama", vocab_size=300), regex_digits=False)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(V.HELD_OUT_TEXT)
+    res = export(d, tmp_path / "out", ExportArgs(gguf=["iq2_xs"], imatrix=str(calib), validate=False, threads=1,
+                                                 pre_tokenizer="gpt-2"))
+    assert res["imatrix"] and res["files"][0]["type"] == "iq2_xs"
+    log = (tmp_path / "out" / "logs" / "quantize-iq2_xs.log").read_text()
+    # 6 layers × 7 matrices + the untied lm_head, all handed to llama.cpp
+    assert "have importance matrix data with 43 entries" in log
+
+
+def test_cli_export(tiny, tmp_path, capsys):
+    from slm.cli import main
+
+    d = tiny("qwen2")
+    out = tmp_path / "cli-out"
+    assert main(["export", str(d), "--gguf", "q8_0,f16", "-o", str(out), "--no-validate", "--threads", "1"]) == 0
+    assert (out / f"{d.name}-q8_0.gguf").is_file() and (out / f"{d.name}-f16.gguf").is_file()
+    assert "q8_0" in capsys.readouterr().out
+    assert main(["export", str(d), "--gguf", "q7_k", "-o", str(tmp_path / "x")]) == 2
+    assert "unknown GGUF type 'q7_k'" in capsys.readouterr().err
+    assert main(["export", str(d), "--gguf", "q8_0", "-o", str(out), "--no-validate"]) == 2  # exists, no --force
