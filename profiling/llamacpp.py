@@ -107,7 +107,7 @@ class LlamaCpp:
     name = "llama.cpp"
 
     def __init__(self, gguf: Path | str, n_ctx: int, threads: int, kv_type: str = "f16", n_batch: int = 2048,
-                 n_ubatch: int = 512, seed: int = 0):
+                 n_ubatch: int = 512, seed: int = 0, gpu_layers: int = 0):
         if kv_type not in KV_TYPES:
             raise SlmError(f"unknown KV cache type {kv_type!r}: choose one of {', '.join(KV_TYPES)}")
         self.path = check_gguf(gguf)
@@ -116,6 +116,7 @@ class LlamaCpp:
         self.rng = np.random.default_rng(seed)
         with captured_logs() as lines:
             mp = L.llama_model_default_params()
+            mp.n_gpu_layers = gpu_layers  # a Jetson's GPU when the wheel was built with CUDA; ignored on CPU builds
             self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise SlmError(f"llama.cpp cannot load {self.path.name} ({_last_error(lines)}): re-export the GGUF "

@@ -106,12 +106,13 @@ def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_p
         r["attained_flops"] = r["tok_s"] * fpt
 
 
-def _backend(name: str, inputs: Inputs, args: ProfileArgs):
+def _backend(name: str, inputs: Inputs, args: ProfileArgs, on_jetson: bool = False):
     t = args.bench.threads
     if name == "llama.cpp" and inputs.gguf:
         from slm.profiling.llamacpp import LlamaCpp
 
-        return LlamaCpp(inputs.gguf, args.bench.max_context(), t, seed=args.bench.seed)
+        # on a Jetson, offload every layer to its GPU, as one deploys there
+        return LlamaCpp(inputs.gguf, args.bench.max_context(), t, seed=args.bench.seed, gpu_layers=999 if on_jetson else 0)
     if name == "torch" and inputs.hf:
         from slm.profiling.torch_backend import Torch
 
@@ -141,7 +142,7 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
     # ---- backends ----------------------------------------------------------------------------------------------
     for name in args.backends:
         reset_peak_rss()
-        b = _backend(name, inputs, args)
+        b = _backend(name, inputs, args, on_jetson=here is not None)
         if b is None:
             continue
         with b:
