@@ -88,6 +88,10 @@ def run_demo(args: DemoArgs) -> int:
 
     from slm.report.compare import build_index
 
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own progress lines say what is happening
+    transformers.logging.set_verbosity_error()
     con = Console()
     ctx = {"models": args.root / "models", "runs": args.root / "runs", "reports": args.root / "reports"}
     for d in ("models", "runs", "reports"):
