@@ -138,7 +138,10 @@ def load_vocab(model_dir: Path, vocab_size: int, pre_tokenizer: str | None = Non
         else:
             types.append(gguf.TokenType.NORMAL)
         tokens.append(t)
-    return {"model": "gpt2", "pre": name, "tokens": tokens, "scores": None, "types": types, "hash": h}
+    # Whether HF puts a BOS in front, from its behaviour (GGUF readers otherwise guess per vocab type).
+    with_special, plain = tok.encode("a"), tok.encode("a", add_special_tokens=False)
+    add_bos = len(with_special) > len(plain) and with_special[1:] == plain[: len(with_special) - 1]
+    return {"model": "gpt2", "pre": name, "tokens": tokens, "scores": None, "types": types, "hash": h, "add_bos": add_bos}
 
 
 def add_vocab(w, vocab: dict, model_dir: Path, vocab_size: int) -> None:
@@ -152,7 +155,10 @@ def add_vocab(w, vocab: dict, model_dir: Path, vocab_size: int) -> None:
         w.add_token_scores(vocab["scores"])
     w.add_token_types(vocab["types"])
     # merges, bos/eos/unk/pad ids, add_bos/add_eos flags and the chat template (chat_template.jinja too)
-    gguf.SpecialVocab(model_dir, load_merges=vocab["model"] == "gpt2", n_vocab=vocab_size).add_to_gguf(w, quiet=True)
+    special = gguf.SpecialVocab(model_dir, load_merges=vocab["model"] == "gpt2", n_vocab=vocab_size)
+    special.add_to_gguf(w, quiet=True)
+    if "add_bos" in vocab and "bos" not in special.add_special_token:
+        w.add_add_bos_token(vocab["add_bos"])
 
 
 # ---- metadata -----------------------------------------------------------------------------------------

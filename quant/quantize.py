@@ -119,6 +119,60 @@ def fallbacks_from_log(log: str) -> list[dict]:
              "why": f"row length {m[1]} is not a multiple of {m[2]}"} for m in _FALLBACK.findall(log)]
 
 
+def tensor_infos(path: Path) -> list[tuple[str, list[int], str]]:
+    """[(name, shape in ggml order, ggml type name)] from a GGUF's header.
+
+    Written by hand because gguf.GGUFReader builds a numpy view for every metadata string (≈ 100k for a
+    49k-token vocabulary + merges: seconds per file) and we only need the tensor table. Layout per the GGUF
+    spec (ggml/docs/gguf.md): magic, version, n_tensors, n_kv, the key/value pairs, then the tensor infos.
+    """
+    import mmap
+    import struct
+
+    import gguf
+
+    vt = gguf.GGUFValueType
+    fixed = {vt.UINT8: 1, vt.INT8: 1, vt.UINT16: 2, vt.INT16: 2, vt.UINT32: 4, vt.INT32: 4, vt.FLOAT32: 4,
+             vt.BOOL: 1, vt.UINT64: 8, vt.INT64: 8, vt.FLOAT64: 8}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file")
+        n_tensors, n_kv = struct.unpack_from("<QQ", m, 8)
+        off = 24
+
+        def skip_string(o: int) -> int:
+            return o + 8 + struct.unpack_from("<Q", m, o)[0]
+
+        def skip_value(o: int, t: int) -> int:
+            if t == vt.STRING:
+                return skip_string(o)
+            if t == vt.ARRAY:
+                sub, n = struct.unpack_from("<IQ", m, o)
+                o += 12
+                if sub in fixed:
+                    return o + n * fixed[sub]
+                for _ in range(n):
+                    o = skip_value(o, sub)
+                return o
+            return o + fixed[t]
+
+        for _ in range(n_kv):
+            off = skip_string(off)
+            (t,) = struct.unpack_from("<I", m, off)
+            off = skip_value(off + 4, t)
+        out = []
+        for _ in range(n_tensors):
+            n = struct.unpack_from("<Q", m, off)[0]
+            name = m[off + 8:off + 8 + n].decode()
+            off += 8 + n
+            (nd,) = struct.unpack_from("<I", m, off)
+            shape = list(struct.unpack_from(f"<{nd}Q", m, off + 4))
+            (ty,) = struct.unpack_from("<I", m, off + 4 + 8 * nd)
+            off += 4 + 8 * nd + 4 + 8  # dims, type, data offset
+            out.append((name, shape, gguf.GGMLQuantizationType(ty).name))
+    return out
+
+
 def inspect_gguf(path: Path, qtype: str, log: str | None = None) -> dict:
     """What the file really holds: bits per weight, bytes per ggml type, and the tensors that fell back.
 
@@ -132,27 +186,29 @@ def inspect_gguf(path: Path, qtype: str, log: str | None = None) -> dict:
 
     main = FLOAT_TYPES.get(qtype) or QUANT_TYPES[qtype][1]
     block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[main]][0]
-    r = gguf.GGUFReader(str(path))
     n_el = n_bytes = 0
     by_type: dict[str, dict] = {}
     fallbacks, mixed = [], []
-    for t in r.tensors:
-        ty = t.tensor_type.name
-        n_el += int(t.n_elements)
-        n_bytes += int(t.n_bytes)
+    for name, shape, ty in tensor_infos(path):
+        elems = 1
+        for d in shape:
+            elems *= d
+        blk, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[ty]]
+        nbytes = elems // blk * size
+        n_el += elems
+        n_bytes += nbytes
         e = by_type.setdefault(ty, {"tensors": 0, "params": 0, "bytes": 0})
         e["tensors"] += 1
-        e["params"] += int(t.n_elements)
-        e["bytes"] += int(t.n_bytes)
-        if len(t.shape) < 2 or ty == main:
+        e["params"] += elems
+        e["bytes"] += nbytes
+        if len(shape) < 2 or ty == main:
             continue  # 1-D tensors (norms, biases) are always F32 by design
-        row = int(t.shape[0])  # GGUF shapes are ggml order: ne[0] is the row length
-        entry = {"tensor": t.name, "type": ty, "row": row}
+        row = shape[0]  # GGUF shapes are ggml order: ne[0] is the row length
+        entry = {"tensor": name, "type": ty, "row": row}
         if row % block:
             fallbacks.append({**entry, "why": f"row length {row} is not a multiple of {block} ({main} block)"})
         else:
             mixed.append({**entry, "why": "llama.cpp's mix for this type"})
-    del r
     if log is not None:
         fallbacks = fallbacks_from_log(log)
         fell = {f["tensor"] for f in fallbacks}
