@@ -53,6 +53,7 @@ class TrainArgs:
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     mixture: dict = field(default_factory=dict)  # per-source weight overrides {name: weight}; default: data's
     eval_every: int = 0  # steps between held-out evaluations (0 = only at the start and the end)
+    eval: bool = True  # evaluate held-out sets at the start, every eval_every steps and at the end
     eval_tokens: int = 16384  # tokens per held-out set per evaluation
     eval_sets: list = field(default_factory=list)  # held-out sets to evaluate (default: all sources)
     save_every: int = 0  # steps between checkpoints (0 = only at the end)

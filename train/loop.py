@@ -89,7 +89,7 @@ def preflight(args: TrainArgs, dist: Dist) -> dict:
         if missing:
             raise SlmError(f"eval_sets names {missing[0]!r}, not in {args.data}: use some of {sorted(heldout)}")
         heldout = {k: heldout[k] for k in args.eval_sets}
-    heldout = {k: v for k, v in heldout.items() if v.n_tokens > 1}
+    heldout = {k: v for k, v in heldout.items() if v.n_tokens > 1} if args.eval else {}
     per_rank = args.micro_batch * dist.world
     if args.global_batch % per_rank:
         raise SlmError(f"global_batch {args.global_batch} is not a multiple of micro_batch × ranks = {per_rank}")
