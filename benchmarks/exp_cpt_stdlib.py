@@ -69,7 +69,8 @@ def main() -> None:
         expand(base, x36, ExpandArgs(groups=6, copies=1))
     code, general = corpus(work, a.files)
     data = work / "data"
-    prep = prepare(DataArgs([Source("code", str(code)), Source("general", str(general))], str(base), heldout=0.1,
+    prep = prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
+                            str(base), heldout=0.05,
                             workers=2), data)
     print(json.dumps({k: {x: v[x] for x in ("train_tokens", "heldout_tokens")} for k, v in prep["sources"].items()}))
 
@@ -80,7 +81,7 @@ def main() -> None:
         args = load_recipe(None, [
             "preset=cpt", f"model={model}", f"data={data}", f"out={work / ('run-' + kind)}", f"trainable={kind}",
             f"steps={a.steps}", f"seq_len={a.seq_len}", f"global_batch={a.batch}", f"micro_batch={a.batch}",
-            f"lr={lr}", "mixture={general: 0}", f"eval_tokens={a.eval_tokens}", "eval_every=0",
+            f"lr={lr}", f"eval_tokens={a.eval_tokens}", "eval_every=0",
             "keep_last=1", "force=true"])
         res = train(args)
         results[kind] = res

@@ -38,10 +38,13 @@ class Source:
     path: str  # a folder (every matching file is one document), a .jsonl/.parquet file, or a text file
     weight: float = 1.0  # share of training sequences drawn from this source, relative to the others
     include: str = "*"  # glob of files taken from a folder (e.g. *.py); searched recursively
+    heldout: float | None = None  # this source's held-out fraction (default: DataArgs.heldout)
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise SlmError(f"source name {self.name!r}: use letters, digits, - and _ (it becomes a folder name)")
+        if self.heldout is not None and not 0 <= self.heldout <= 1:
+            raise SlmError(f"source {self.name}: heldout must be in [0, 1] (got {self.heldout})")
         if not self.weight >= 0:
             raise SlmError(f"source {self.name}: weight must be ≥ 0 (got {self.weight})")
 
@@ -239,7 +242,8 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
         docs = (d for i, d in zip(range(args.limit), docs))
     writers = {sp: _SplitWriter(tmp, sp, dtype) for sp in SPLITS}
     kind = None
-    for ids, mask, held in _tokenized(docs, args, len(files), src.name):
+    frac = args.heldout if src.heldout is None else src.heldout
+    for ids, mask, held in _tokenized(docs, args, frac, src.name):
         kind = kind or ("chat" if mask is not None else "text")
         if (mask is not None) != (kind == "chat"):
             raise SlmError(f"source {src.name} mixes text and chat records: split them into two sources")
@@ -247,7 +251,7 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
     if writers["train"].n_docs + writers["heldout"].n_docs == 0:
         shutil.rmtree(tmp)
         raise SlmError(f"source {src.name}: no non-empty documents in {src.path}")
-    if args.heldout and writers["heldout"].n_docs == 0 and writers["train"].n_docs > 1:
+    if frac and writers["heldout"].n_docs == 0 and writers["train"].n_docs > 1:
         writers["train"].move_last_to(writers["heldout"])  # tiny sources: still hold one document out
     meta = {"name": src.name, "kind": kind, "weight": src.weight, "fingerprint": fp, "dtype": np.dtype(dtype).name,
             "files": len(files)}
@@ -259,20 +263,20 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
     return meta
 
 
-def _tokenized(docs, args: DataArgs, n_files: int, name: str):
+def _tokenized(docs, args: DataArgs, frac: float, name: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn(f"tokenizing {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
                   TimeElapsedColumn(), disable=not args.progress, transient=True) as bar:
         task = bar.add_task("tok", total=args.limit or None)
         if args.workers == 1:
-            _init_all(args.tokenizer, args.heldout)
+            _init_all(args.tokenizer, frac)
             results = map(_work, docs)
             pool = None
         else:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(args.workers, _init_all, (args.tokenizer, args.heldout))
+            pool = mp.get_context("spawn").Pool(args.workers, _init_all, (args.tokenizer, frac))
             results = pool.imap(_work, docs, chunksize=8)  # imap keeps order → same shards every time
         try:
             for r in results:

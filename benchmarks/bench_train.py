@@ -1,0 +1,214 @@
+"""Training throughput and memory: ours (expanded / full / LoRA) vs a plain HF Trainer run of the same config.
+
+CPU (default): the real model expanded 30→36 (SmolLM2-135M), seq 512, batch 1, fp32; each configuration runs
+in its own process (peak RSS = that process's ru_maxrss), the first step is excluded from the median.
+
+    .venv/bin/python benchmarks/bench_train.py [--model /tmp/smol-x36] [--steps 5] [--seq-len 512]
+    python3 benchmarks/bench_train.py --gpu        # CUDA: bf16 autocast, SDPA (or flash-attn 2 if installed)
+
+GPU mode uses random weights with the real model's architecture (SmolLM2-135M expanded to 36 layers) and a
+~1.1B Llama config (TinyLlama's shape with the SmolLM2 vocabulary): throughput does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+ONE_B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+             num_key_value_heads=4, max_position_embeddings=4096, vocab_size=49152, tie_word_embeddings=False)
+
+
+def stdlib_data(work: Path, tokenizer: Path, files: int = 300) -> Path:
+    import sysconfig
+
+    from slm.train.data import DataArgs, Source, prepare
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    code = work / "code.jsonl"
+    if not code.exists():
+        fs = sorted(f for f in root.glob("*.py"))[:files]
+        code.write_text("".join(json.dumps({"text": f.read_text(errors="replace")}) + "\n" for f in fs))
+    prepare(DataArgs([Source("code", str(code))], str(tokenizer), heldout=0.0, workers=1, progress=False), work / "data")
+    return work / "data"
+
+
+def run_ours(kind: str, model: Path, data: Path, work: Path, steps: int, seq: int, batch: int, extra: list) -> dict:
+    from slm.train.args import load_recipe
+    from slm.train.loop import train
+
+    res = train(load_recipe(None, [f"model={model}", f"data={data}", f"out={work / ('run-' + kind)}",
+                                   f"trainable={kind}", f"steps={steps}", f"seq_len={seq}", f"global_batch={batch}",
+                                   f"micro_batch={batch}", "lr=2e-4", "eval=false", "report=false", "progress=false",
+                                   "keep_last=1", "force=true", "save_every=0", *extra]))
+    lines = [json.loads(x) for x in (Path(res["out"]) / "metrics.jsonl").read_text().splitlines()]
+    steps_ = [x for x in lines if "loss" in x][1:]
+    med = sorted(x["step_s"] for x in steps_)[len(steps_) // 2]
+    out = {"step_s": med, "tok_s": batch * seq / med, "trainable": res["summary"]["trainable params"]}
+    if "mfu" in steps_[0]:
+        out["mfu"] = sorted(x["mfu"] for x in steps_)[len(steps_) // 2]
+    return out
+
+
+def run_hf_trainer(model_dir: Path, data: Path, work: Path, steps: int, seq: int, batch: int) -> dict:
+    """transformers.Trainer on the same sequences, same frozen layers, optimizer and schedule (no packing mask:
+    the plain causal LM a Trainer user would run)."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from slm.io import load_model, read_config
+    from slm.train.pack import Sampler, open_data
+
+    model = load_model(model_dir, attn_implementation="sdpa")
+    model.config.use_cache = False
+    new = read_config(model_dir)["slm_surgery"]["new_layers"]
+    model.requires_grad_(False)
+    for i in new:
+        model.model.layers[i].requires_grad_(True)
+    sampler = Sampler(open_data(data, "train"), seq, seed=0)
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return steps * batch
+
+        def __getitem__(self, i):
+            ids = sampler.sequence(i)["input_ids"]
+            return {"input_ids": ids, "labels": ids.clone()}
+
+    times = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    targs = TrainingArguments(output_dir=str(work / "hf"), per_device_train_batch_size=batch, max_steps=steps,
+                              learning_rate=2e-4, weight_decay=0.1, adam_beta2=0.95, adam_epsilon=1e-5,
+                              lr_scheduler_type="cosine", warmup_ratio=0.06, max_grad_norm=1.0, logging_steps=1000,
+                              save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                              dataloader_num_workers=0, disable_tqdm=True)
+    Trainer(model=model, args=targs, train_dataset=DS(), callbacks=[Clock()]).train()
+    med = sorted(times[1:])[len(times[1:]) // 2]
+    return {"step_s": med, "tok_s": batch * seq / med, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def one(a) -> None:
+    """Run one configuration in this process and print its JSON line (peak RSS included)."""
+    work = Path(a.work)
+    data = Path(a.data)
+    if a.one == "hf-trainer":
+        r = run_hf_trainer(Path(a.model), data, work, a.steps, a.seq_len, a.batch)
+    else:
+        extra = ["activation_checkpointing=true"] if a.ckpt else []
+        r = run_ours(a.one, Path(a.model), data, work, a.steps, a.seq_len, a.batch, extra)
+    r["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print("RESULT " + json.dumps(r), flush=True)
+
+
+def cpu_table(a) -> None:
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = stdlib_data(work, Path(a.model))
+    rows = {}
+    for kind in ("expanded", "hf-trainer", "full", "lora"):
+        cmd = [sys.executable, str(HERE), "--one", kind, "--model", a.model, "--data", str(data), "--work", str(work),
+               "--steps", str(a.steps), "--seq-len", str(a.seq_len), "--batch", str(a.batch)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            print(f"{kind}: failed\n{out.stderr[-2000:]}")
+            continue
+        rows[kind] = json.loads(line[0][7:])
+        print(kind, rows[kind], flush=True)
+    print(f"\nCPU, {os.cpu_count()} cores (shared), fp32, seq {a.seq_len}, batch {a.batch}, median of {a.steps - 1} steps")
+    print(f"{'config':12} {'trainable':>12} {'opt state MB':>13} {'step s':>8} {'tok/s':>8} {'peak RSS GB':>12}")
+    for k, r in rows.items():
+        print(f"{k:12} {r['trainable']:>12,} {8 * r['trainable'] / 1e6:>13.1f} {r['step_s']:>8.2f} {r['tok_s']:>8.1f} "
+              f"{r['peak_rss_gb']:>12.2f}")
+    if "expanded" in rows and "hf-trainer" in rows:
+        print(f"ours / HF Trainer (expanded): {rows['expanded']['tok_s'] / rows['hf-trainer']['tok_s']:.2f}×")
+    if "expanded" in rows and "full" in rows:
+        e, f = rows["expanded"], rows["full"]
+        print(f"expanded / full: step time {e['step_s'] / f['step_s']:.2f}×, optimizer memory {e['trainable'] / f['trainable']:.2f}×")
+
+
+def gpu_table(a) -> None:
+    """bf16 tok/s and MFU for the real model's architecture (x36) and a ~1.1B Llama, random weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from slm.io import read_config
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = stdlib_data(work, Path(a.tokenizer), files=400)
+    x36 = read_config(Path(a.tokenizer)) if (Path(a.tokenizer) / "config.json").is_file() else None
+    configs = {}
+    if x36:
+        configs["smollm2-x36"] = {k: v for k, v in x36.items() if k not in ("architectures", "dtype")}
+    configs["llama-1.1b"] = ONE_B
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flash-attn: "
+          f"{'yes' if _has_flash() else 'no (SDPA with the 4-D block mask)'}")
+    for name, cfg in configs.items():
+        d = work / name
+        if not d.exists():
+            torch.manual_seed(0)
+            m = AutoModelForCausalLM.from_config(LlamaConfig(**{k: v for k, v in cfg.items() if k != "model_type"}))
+            m.config.slm_surgery = cfg.get("slm_surgery")
+            m.save_pretrained(str(d))
+            del m
+        for kind, seq, batch in a.gpu_runs(name):
+            try:
+                r = run_ours(kind, d, data, work, a.steps, seq, batch, [])
+            except Exception as e:  # noqa: BLE001 - report and go on with the next configuration
+                print(f"{name} {kind}: {type(e).__name__}: {e}")
+                continue
+            mem = torch.cuda.max_memory_allocated() / 1e9
+            torch.cuda.reset_peak_memory_stats()
+            print(f"{name:12} {kind:9} seq {seq:5} batch {batch:3}  {r['tok_s']:>10.0f} tok/s  MFU {r.get('mfu', 0):.1%}  "
+                  f"peak {mem:.1f} GB", flush=True)
+
+
+def _has_flash() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="/tmp/smol-x36", help="expanded real model (CPU mode)")
+    ap.add_argument("--tokenizer", default="/tmp/smol-x36", help="folder with tokenizer.json (+ config.json) for GPU mode")
+    ap.add_argument("--work", default="/tmp/slm-bench-train")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--ckpt", action="store_true", help="activation checkpointing")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.gpu_runs = lambda name: ([("expanded", 2048, 16), ("full", 2048, 16)] if name == "smollm2-x36"
+                               else [("full", 2048, 8)])
+    if a.one:
+        one(a)
+    elif a.gpu:
+        gpu_table(a)
+    else:
+        cpu_table(a)
+
+
+if __name__ == "__main__":
+    main()
