@@ -62,7 +62,7 @@ def _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads) -> dict:
     out: dict = {"hf": {**V.perplexity_of(hf_lp, text_ids, n_ctx), "generation": _decode(tok, hf_gen)},
                  "gguf": {}, "onnx": {}, "n_ctx": n_ctx, "text_tokens": len(text_ids),
                  "prompts": [_decode(tok, p) for p in prompts]}
-    del model
+    del model, hf_lp  # (positions × vocab) floats: keep at most two such arrays alive
 
     ref_lp = None
     if f16_ref is not None:

@@ -49,7 +49,7 @@ def write_report(out_html: Path, result: dict) -> Path:
                   [[f["format"], f["type"], f["path"], f["size_bytes"] / 1e6, f["bits_per_weight"], f["main_type"],
                     len(f["fallbacks"]), ", ".join(f"{k}×{e['tensors']}" for k, e in (f.get("by_type") or {}).items())]
                    for f in result["files"]],
-                  note="bits per weight = 8 × tensor bytes / parameters, read back from each file with gguf.GGUFReader "
+                  note="bits per weight = 8 × tensor bytes / parameters, read back from each file's tensor table "
                        "(ONNX: folder bytes / parameters)")
     tables = [files]
     figures = []

@@ -6,7 +6,8 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("export", help="GGUF (any llama.cpp type) and ONNX exports, validated against the model")
     p.add_argument("model", help="HF checkpoint folder")
-    p.add_argument("--gguf", default="", help="comma-separated GGUF types, e.g. q8_0,q6_k,q4_k_m (also f32, f16, bf16)")
+    p.add_argument("--gguf", help="comma-separated GGUF types, e.g. q8_0,q6_k,q4_k_m (also f32, f16, bf16); "
+                                  "default q8_0 unless only --onnx is given")
     p.add_argument("--onnx", default="", help="comma-separated ONNX precisions: int4, int8, fp16, fp32")
     p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"], help="ONNX execution provider")
     p.add_argument("-o", "--out", help="output folder (default: <model>-export beside the model)")
@@ -23,7 +24,8 @@ def cmd_export(args) -> int:
     from slm.quant.export import ExportArgs, default_out, export
 
     out = args.out or default_out(args.model)
-    res = export(args.model, out, ExportArgs(gguf=args.gguf, onnx=args.onnx, ep=args.ep, validate=not args.no_validate,
+    gguf = args.gguf if args.gguf is not None else ("" if args.onnx else "q8_0")
+    res = export(args.model, out, ExportArgs(gguf=gguf, onnx=args.onnx, ep=args.ep, validate=not args.no_validate,
                                              imatrix=args.imatrix, pre_tokenizer=args.pre_tokenizer,
                                              eval_text=args.eval_text, threads=args.threads,
                                              force=args.force))
