@@ -82,3 +82,39 @@ class OrtGenai:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def spec_of(folder: Path):
+    """ModelSpec of an ONNX folder: its config.json, the HF model its export record names, or genai_config.json with
+    the MLP width read from the graph's gate/up projection weights (the builder writes no config.json)."""
+    from slm.record import read_record
+    from slm.spec import load_spec, spec_from_config
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return load_spec(folder)
+    rec = read_record(folder.parent) or {}
+    src = rec.get("result", {}).get("model")
+    if src and (Path(src) / "config.json").is_file():
+        return load_spec(src)
+    d = json.loads((folder / "genai_config.json").read_text())["model"]
+    dec = d["decoder"]
+    hidden = dec["hidden_size"]
+    config = {"model_type": {"qwen2": "qwen2", "qwen3": "qwen3"}.get(d.get("type"), "llama"),
+              "num_hidden_layers": dec["num_hidden_layers"], "hidden_size": hidden,
+              "intermediate_size": _mlp_width(folder, hidden), "num_attention_heads": dec["num_attention_heads"],
+              "num_key_value_heads": dec.get("num_key_value_heads"), "head_dim": dec.get("head_size"),
+              "vocab_size": d["vocab_size"], "max_position_embeddings": d.get("context_length", 2048),
+              "tie_word_embeddings": False}
+    return spec_from_config(config)
+
+
+def _mlp_width(folder: Path, hidden: int) -> int:
+    import onnx
+
+    m = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for t in m.graph.initializer:
+        if "mlp.up_proj" in t.name or "mlp.gate_proj" in t.name:
+            dims = list(t.dims)  # fp MatMul: [in, out]; MatMulNBits: [out, blocks, bytes]
+            return dims[1] if len(dims) == 2 else dims[0]
+    return 4 * hidden  # not found: the classic transformer ratio (stated assumption)

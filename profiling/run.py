@@ -74,7 +74,9 @@ def _spec(inputs: Inputs):
     if inputs.gguf:
         return kv.spec_from_gguf(inputs.gguf)
     if inputs.onnx:
-        return load_spec(inputs.onnx)
+        from slm.profiling.ortgenai import spec_of
+
+        return spec_of(inputs.onnx)
     raise SlmError("nothing to profile: pass a GGUF, an HF folder, an ONNX folder or --config config.json")
 
 

@@ -65,3 +65,36 @@ def test_profile_gguf_with_sweep(gguf, tmp_path, capsys):
     html = (out / "index.html").read_text()
     for title in ("prefill speed vs prompt length", "decode speed vs depth", "KV-cache share", "quantization:", "roofline"):
         assert title in html
+
+
+def _tiny_onnx(tiny, tmp_path):
+    """A tiny checkpoint with a word-level tokenizer, built into an fp32 ONNX folder by onnxruntime-genai's builder."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime_genai")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    m = tiny()
+    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(256)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="t0", bos_token="t1", eos_token="t2").save_pretrained(m)
+    out = tmp_path / "onnx"
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(m), "-o", str(out), "-p", "fp32",
+                    "-e", "cpu", "-c", str(tmp_path / "cache")], check=True, capture_output=True)
+    return out
+
+
+def test_onnxruntime_genai_backend_on_tiny(tiny, tmp_path, capsys):
+    onnx = _tiny_onnx(tiny, tmp_path)
+    out = tmp_path / "p"
+    rc = main(["profile", str(onnx), "--pp", "16,64", "--tg", "8", "--depths", "0,32", "--reps", "2", "--threads", "1",
+               "--json", "-o", str(out)])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    rows = res["backends"]["onnxruntime-genai"]["rows"]
+    assert [r["test"] for r in rows] == ["pp16", "pp64", "tg8@d0", "tg8@d32"]
+    assert all(r["tok_s"] > 0 and len(r["samples_tok_s"]) == 2 for r in rows)
+    assert res["backends"]["onnxruntime-genai"]["memory"]["weights"] > 0
+    assert set(res["backends"]) == {"onnxruntime-genai"} and (out / "index.html").is_file()
