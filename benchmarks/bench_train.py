@@ -159,6 +159,8 @@ def gpu_table(a) -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flash-attn: "
           f"{'yes' if _has_flash() else 'no (SDPA with the 4-D block mask)'}")
     for name, cfg in configs.items():
+        if a.only and name != a.only:
+            continue
         d = work / name
         if not d.exists():
             torch.manual_seed(0)
@@ -168,7 +170,7 @@ def gpu_table(a) -> None:
             del m
         for kind, seq, batch in a.gpu_runs(name):
             try:
-                r = run_ours(kind, d, data, work, a.steps, seq, batch, [])
+                r = run_ours(kind, d, data, work, a.steps, seq, batch, a.extra)
             except Exception as e:  # noqa: BLE001 - report and go on with the next configuration
                 print(f"{name} {kind}: {type(e).__name__}: {e}")
                 continue
@@ -197,6 +199,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--ckpt", action="store_true", help="activation checkpointing")
+    ap.add_argument("--extra", nargs="*", default=[], help="more recipe overrides (GPU mode), e.g. compile=true")
+    ap.add_argument("--only", help="GPU mode: only this configuration (smollm2-x36 or llama-1.1b)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
