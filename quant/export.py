@@ -192,6 +192,7 @@ def summarize(result: dict) -> dict:
     v = result["validation"] or {}
     if v:
         s["hf_perplexity"] = v["hf"]["perplexity"]
+        s["validation_failures"] = len(v.get("failed", {}))
         if "tokenizer" in v:
             s["tokenizer_match"] = f"{v['tokenizer']['matching']}/{v['tokenizer']['strings']}"
     for f in result["files"]:

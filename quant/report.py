@@ -65,6 +65,9 @@ def write_report(out_html: Path, result: dict) -> Path:
                                                    "perplexity", "KLD vs f16", "top-1 vs f16", f"greedy generation"],
                             rows, note=f"logits on {len(v['prompts'])} fixed prompts (every position); relative error = "
                                        "max |Δ| / max |HF logit| per prompt; generation from the first prompt"))
+        if v.get("failed"):
+            tables.append(Table("Artifacts that failed to run", ["artifact", "error"], [[k, e] for k, e in v["failed"].items()],
+                                note="the file is kept; the runtime raised this while validating it"))
         if "tokenizer" in v:
             tables.append(Table("Tokenizer: GGUF ids vs HF ids", ["string", "same ids", "HF ids", "GGUF ids"],
                                 [[repr(r["text"]), r["hf"] == r["gguf"], str(r["hf"][:24]), str(r["gguf"][:24])]

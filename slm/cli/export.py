@@ -40,6 +40,8 @@ def cmd_export(args) -> int:
             if "kld" in r:
                 line += f"  KLD {r['kld']['kld_mean']:.4f}"
         print(line)
+    for k, e in (v.get("failed") or {}).items():
+        print(f"warning: {k} failed to run in validation: {e}")
     if v:
         print(f"HF model perplexity {v['hf']['perplexity']:.3f}" +
               (f"; tokenizer ids match on {v['tokenizer']['matching']}/{v['tokenizer']['strings']} strings" if "tokenizer" in v else ""))
