@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=600)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--runs", default="expanded,full,lora")
+    ap.add_argument("--report-only", action="store_true", help="assemble the report from finished runs in --work")
     a = ap.parse_args()
 
     from slm.io import import_gguf
@@ -69,13 +70,20 @@ def main() -> None:
         expand(base, x36, ExpandArgs(groups=6, copies=1))
     code, general = corpus(work, a.files)
     data = work / "data"
-    prep = prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
+    prep = prepare(  # up to date (no work) when the corpus is unchangedDataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
                             str(base), heldout=0.05, force=True,
                             workers=2), data)
     print(json.dumps({k: {x: v[x] for x in ("train_tokens", "heldout_tokens")} for k, v in prep["sources"].items()}))
 
     results, curves = {}, {}
     for kind in a.runs.split(","):
+        if a.report_only:
+            from slm.record import read_record
+
+            results[kind] = read_record(work / f"run-{kind}")["result"]
+            steps = [json.loads(x) for x in (work / f"run-{kind}" / "metrics.jsonl").read_text().splitlines()]
+            curves[kind] = ([x for x in steps if "loss" in x], [x for x in steps if "eval" in x])
+            continue
         model = x36 if kind == "expanded" else base
         lr = a.lr / 10 if kind == "full" else a.lr
         args = load_recipe(None, [

@@ -81,3 +81,19 @@ def test_torchrun_two_ranks_match_one_process(tiny_lm, tiny_data, tmp_path):
         assert abs(x - y) < 1e-5 * max(1.0, abs(x))
     rec = json.loads((tmp_path / "two" / "slm.json").read_text())
     assert rec["result"]["summary"]["ranks"] == 2
+
+
+def test_ctrl_c_saves_and_exits(tiny_lm, tiny_data, tmp_path):
+    data, _ = tiny_data
+    run = tmp_path / "run"
+    proc = _popen(_cli(tiny_lm(), data, run, "steps=200"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(_losses(run)) >= 3):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    from slm.train.checkpoint import latest
+
+    last = latest(run)
+    assert last is not None and int(last.name[5:]) == _losses(run)[-1][0] < 200
