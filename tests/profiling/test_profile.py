@@ -16,6 +16,7 @@ def test_torch_backend_on_tiny(tiny):
     args = BenchArgs(pp=(8, 32), tg=4, depths=(0, 16), reps=2, threads=1)
     with Torch(tiny(), threads=1) as b:
         rows = run_tests(b, args)
+        assert b._caches[16].get_seq_length() == 16  # the depth cache is cropped back after every run
     assert [r["test"] for r in rows] == ["pp8", "pp32", "tg4@d0", "tg4@d16"]
     for r in rows:
         assert r["tok_s"] > 0 and len(r["samples_tok_s"]) == 2 and r["tok_s_std"] >= 0
