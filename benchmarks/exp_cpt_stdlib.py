@@ -70,7 +70,8 @@ def main() -> None:
         expand(base, x36, ExpandArgs(groups=6, copies=1))
     code, general = corpus(work, a.files)
     data = work / "data"
-    prep = prepare(  # up to date (no work) when the corpus is unchangedDataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
+    # up to date (no work) when the corpus is unchanged
+    prep = prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
                             str(base), heldout=0.05, force=True,
                             workers=2), data)
     print(json.dumps({k: {x: v[x] for x in ("train_tokens", "heldout_tokens")} for k, v in prep["sources"].items()}))

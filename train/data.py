@@ -210,8 +210,8 @@ def prepare(args: DataArgs, out: Path | str) -> dict:
         raise SlmError(f"{out} holds data prepared from other inputs: choose another folder or pass --force")
     if out.exists() and not out.is_dir():
         raise SlmError(f"{out} exists and is not a folder: choose another path")
-    if out.is_dir() and not rec and any(out.iterdir()) and not (set(p.name for p in out.iterdir())
-                                                                 <= {s.name for s in args.sources} | {".partial"}):
+    if out.is_dir() and not rec and not ({p.name for p in out.iterdir() if not p.name.startswith(".")}
+                                         <= {s.name for s in args.sources}):
         if not args.force:
             raise SlmError(f"{out} is not empty and holds no prepared data: choose another folder or pass --force")
     if args.force and rec:
