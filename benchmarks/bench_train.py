@@ -119,7 +119,7 @@ def cpu_table(a) -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = stdlib_data(work, Path(a.model))
     rows = {}
-    for kind in ("expanded", "hf-trainer", "full", "lora"):
+    for kind in a.kinds.split(","):
         cmd = [sys.executable, str(HERE), "--one", kind, "--model", a.model, "--data", str(data), "--work", str(work),
                "--steps", str(a.steps), "--seq-len", str(a.seq_len), "--batch", str(a.batch)]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--kinds", default="expanded,hf-trainer,full,lora", help="CPU mode: configurations to run")
     ap.add_argument("--ckpt", action="store_true", help="activation checkpointing")
     ap.add_argument("--extra", nargs="*", default=[], help="more recipe overrides (GPU mode), e.g. compile=true")
     ap.add_argument("--only", help="GPU mode: only this configuration (smollm2-x36 or llama-1.1b)")
