@@ -93,7 +93,7 @@ def run_hf_trainer(model_dir: Path, data: Path, work: Path, steps: int, seq: int
 
     targs = TrainingArguments(output_dir=str(work / "hf"), per_device_train_batch_size=batch, max_steps=steps,
                               learning_rate=2e-4, weight_decay=0.1, adam_beta2=0.95, adam_epsilon=1e-5,
-                              lr_scheduler_type="cosine", warmup_ratio=0.06, max_grad_norm=1.0, logging_steps=1000,
+                              lr_scheduler_type="cosine", warmup_steps=max(1, int(0.06 * steps)), max_grad_norm=1.0, logging_steps=1000,
                               save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
                               dataloader_num_workers=0, disable_tqdm=True)
     Trainer(model=model, args=targs, train_dataset=DS(), callbacks=[Clock()]).train()
