@@ -16,6 +16,11 @@ import sysconfig
 from pathlib import Path
 
 
+COLUMNS = ["run", "trainable params", "code ppl before", "code ppl after", "general (pydoc) ppl before",
+           "general (pydoc) ppl after", "english (licenses) ppl before", "english ppl after", "OP (−nats)", "BWT (nats)",
+           "tok/s"]
+
+
 def corpus(work: Path, max_files: int) -> tuple[Path, Path]:
     """code.jsonl: stdlib modules (no site-packages, no tests); general.jsonl: pydoc_data topics."""
     import pydoc_data.topics
@@ -97,6 +102,20 @@ def main() -> None:
         steps = [json.loads(x) for x in (Path(res["out"]) / "metrics.jsonl").read_text().splitlines()]
         curves[kind] = ([x for x in steps if "loss" in x], [x for x in steps if "eval" in x])
 
+    # A second general set that is not about Python: the license texts that ship with the OS (English legal
+    # prose), evaluated on the base model and on every run's final model.
+    english = {}
+    lic = Path("/usr/share/common-licenses")
+    if lic.is_dir():
+        from slm.train.evaluate import EvalArgs, evaluate
+
+        edata = work / "data-english"
+        prepare(DataArgs([Source("english", str(lic), heldout=1.0)], str(base), workers=1, force=True), edata)
+        ev = evaluate(EvalArgs(models=[str(base)] + [r["model"] for r in results.values()], data=str(edata),
+                               seq_len=a.seq_len, tokens=a.eval_tokens, micro_batch=4))
+        english = {"base": ev["matrix"][0]["english"]["ppl"]}
+        english.update({k: ev["matrix"][i + 1]["english"]["ppl"] for i, k in enumerate(results)})
+
     rows, summary = [], {}
     print(f"\n{'run':10} {'params':>10} {'code ppl':>17} {'general ppl':>17} {'OP':>8} {'BWT':>8} {'tok/s':>7}")
     for kind, res in results.items():
@@ -105,13 +124,16 @@ def main() -> None:
         f = forgetting([{k: -ev0[k]["loss"] for k in ev0}, {k: -ev1[k]["loss"] for k in ev1}], ["general", "code"])
         s = res["summary"]
         rows.append([kind, s["trainable params"], ev0["code"]["ppl"], ev1["code"]["ppl"], ev0["general"]["ppl"],
-                     ev1["general"]["ppl"], f["op"], f["bwt"], s["tok/s (median)"]])
+                     ev1["general"]["ppl"], english.get("base"), english.get(kind), f["op"], f["bwt"],
+                     s["tok/s (median)"]])
         summary[f"{kind}: code ppl"] = ev1["code"]["ppl"]
         summary[f"{kind}: general ppl"] = ev1["general"]["ppl"]
         summary[f"{kind}: BWT"] = f["bwt"]
+        if english:
+            summary[f"{kind}: english (licenses) ppl"] = english[kind]
         print(f"{kind:10} {s['trainable params']:>10,} {ev0['code']['ppl']:>7.3f} → {ev1['code']['ppl']:<7.3f} "
               f"{ev0['general']['ppl']:>7.3f} → {ev1['general']['ppl']:<7.3f} {f['op']:>8.4f} {f['bwt']:>+8.4f} "
-              f"{s['tok/s (median)']:>7.0f}")
+              f"{s['tok/s (median)']:>7.0f}  english {english.get('base', 0):.3f} → {english.get(kind, 0):.3f}")
     notes = [f"corpus: {prep['sources']['code']['train_tokens']:,} code training tokens from the Python {sysconfig.get_python_version()} "
              f"standard library (no tests, no site-packages); general held-out = pydoc_data.topics prose "
              f"({prep['sources']['general']['heldout_tokens']:,} held-out tokens), never trained on",
@@ -119,10 +141,12 @@ def main() -> None:
              f"lr {a.lr} for expanded and LoRA, {a.lr / 10} for full (full fine-tuning diverges at higher lr)",
              "expanded = SmolLM2-135M expanded 30→36 (LLaMA Pro, N=6, P=1), only the 6 new blocks train; "
              "full and LoRA (r=16, all linear layers) start from the original 30-layer model",
+             "english = /usr/share/common-licenses (GPL, Apache, BSD… texts): general English prose unrelated to "
+             "Python, held out entirely, evaluated after training on the base and final models",
              f"threads: {os.environ.get('OMP_NUM_THREADS', 'torch default')}; CPU fp32"]
     out = Path(a.out)
     write_comparison_report(out / "index.html", "CPT on Python stdlib: block expansion vs full vs LoRA", summary,
-                            curves, rows, notes=notes)
+                            curves, rows, notes=notes, columns=COLUMNS)
     (out / "results.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1, default=str))
     print(f"report: {out / 'index.html'}")
 

@@ -58,12 +58,14 @@ def write_train_report(run: Path, recipe: dict, steps: list, evals: list, summar
                          _curves({Path(run).name: (steps, evals)}), tables)
 
 
+COMPARE_COLUMNS = ["run", "trainable params", "code ppl before", "code ppl after", "general ppl before",
+                   "general ppl after", "OP (−nats)", "BWT (nats)", "tok/s"]
+
+
 def write_comparison_report(out_html: Path, title: str, runs: dict, forgetting_rows: list, summary: dict,
-                            notes: list[str] | None = None) -> Path:
-    """runs: label → (steps, evals); forgetting_rows: [label, general before, after, code before, after, OP, BWT]."""
-    table = Table("Forgetting (LLaMA Pro ablation at small scale)",
-                  ["run", "trainable params", "code ppl before", "code ppl after", "general ppl before",
-                   "general ppl after", "OP (−nats)", "BWT (nats)", "tok/s"], forgetting_rows,
+                            notes: list[str] | None = None, columns: list[str] | None = None) -> Path:
+    """runs: label → (steps, evals); forgetting_rows: one row per run under `columns` (default COMPARE_COLUMNS)."""
+    table = Table("Forgetting (LLaMA Pro ablation at small scale)", columns or COMPARE_COLUMNS, forgetting_rows,
                   note="OP = mean score over tasks after the last stage; BWT = change of the general score since the "
                        "base model (negative = forgetting); score = −loss in nats/token")
     return render_report(out_html, title, "train-compare", summary, _curves(runs), [table], notes=notes or [])
