@@ -129,7 +129,8 @@ def cpu_table(a) -> None:
             continue
         rows[kind] = json.loads(line[0][7:])
         print(kind, rows[kind], flush=True)
-    print(f"\nCPU, {os.cpu_count()} cores (shared), fp32, seq {a.seq_len}, batch {a.batch}, median of {a.steps - 1} steps")
+    print(f"\nCPU, {os.cpu_count()} cores shared with other jobs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}, "
+          f"fp32, seq {a.seq_len}, batch {a.batch}, median of {a.steps - 1} steps")
     print(f"{'config':12} {'trainable':>12} {'opt state MB':>13} {'step s':>8} {'tok/s':>8} {'peak RSS GB':>12}")
     for k, r in rows.items():
         print(f"{k:12} {r['trainable']:>12,} {8 * r['trainable'] / 1e6:>13.1f} {r['step_s']:>8.2f} {r['tok_s']:>8.1f} "
