@@ -99,3 +99,17 @@ def test_onnxruntime_genai_backend_on_tiny(tiny, tmp_path, capsys):
     assert all(r["tok_s"] > 0 and len(r["samples_tok_s"]) == 2 for r in rows)
     assert res["backends"]["onnxruntime-genai"]["memory"]["weights"] > 0
     assert set(res["backends"]) == {"onnxruntime-genai"} and (out / "index.html").is_file()
+
+
+def test_sweep_answer_reads_the_data():
+    from slm.profiling.sweep import answer
+
+    def row(t, bpw, pp, tg):
+        return {"type": t, "bits_per_weight": bpw, "pp_tok_s": pp, "pp_tok_s_std": 1.0, "tg_tok_s": tg, "tg_tok_s_std": 0.5}
+
+    rows = [row("f16", 16, 100, 20), row("q8_0", 8.5, 150, 40), row("q6_k", 6.6, 160, 30), row("q4_0", 4.5, 170, 50)]
+    a = answer(rows)
+    assert a.startswith("decode: no") and "q6_k (6.60 bpw) 30.0 tok/s < q8_0 (8.50 bpw) 40.0 tok/s" in a
+    assert "prefill: yes" in a and "fastest decode: q4_0" in a
+    rows[2]["tg_tok_s"] = 45
+    assert answer(rows).startswith("decode: yes")
