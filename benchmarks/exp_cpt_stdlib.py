@@ -145,8 +145,8 @@ def main() -> None:
              "Python, held out entirely, evaluated after training on the base and final models",
              f"threads: {os.environ.get('OMP_NUM_THREADS', 'torch default')}; CPU fp32"]
     out = Path(a.out)
-    write_comparison_report(out / "index.html", "CPT on Python stdlib: block expansion vs full vs LoRA", summary,
-                            curves, rows, notes=notes, columns=COLUMNS)
+    write_comparison_report(out / "index.html", "CPT on Python stdlib: block expansion vs full vs LoRA", runs=curves,
+                            forgetting_rows=rows, summary=summary, notes=notes, columns=COLUMNS)
     (out / "results.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1, default=str))
     print(f"report: {out / 'index.html'}")
 
