@@ -94,3 +94,15 @@ def tiny_data(tmp_path, tiny_lm):
     prepare(DataArgs([Source("code", str(code), 1.5), Source("prose", str(prose), 1.0)], str(tok), heldout=0.1,
                      workers=1, progress=False), out)
     return out, tok
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning threads make
+    in-process training tests many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
