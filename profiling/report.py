@@ -98,7 +98,9 @@ def write(res: dict, out_html: Path, title: str) -> Path:
     if res["backends"]:
         figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode"), _roofline_fig(res)]
         for name, b in res["backends"].items():
-            tables.append(Table(f"{name}: measured ({b['threads']} threads, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
+            pr = b.get("protocol", res["args"]["bench"])
+            tables.append(Table(f"{name}: measured ({b['threads']} threads, {pr['reps']} reps after {pr['warmup']} "
+                                f"warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
                                 ["test", "tok/s", "± std", "TTFT ms", "roofline tok/s", "fraction of roofline"],
                                 [[r["test"], r["tok_s"], r["tok_s_std"], r.get("ttft_ms"), r["roofline_tok_s"],
                                   r["roofline_fraction"]] for r in b["rows"]], note=res["how"]))

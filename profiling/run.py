@@ -53,6 +53,9 @@ class ProfileArgs:
     kv_types: tuple = ("f16", "q8_0", "q4_0")  # llama.cpp cache types to measure and chart
     kv_contexts: tuple = (512, 2048, 8192)  # contexts at which llama.cpp's allocation is measured (≤ max)
     refresh_host: bool = False  # re-measure this host's bandwidth and compute
+    # torch and onnxruntime-genai get a lighter protocol by default (the two shortest prompts and depths, tg ≤ 32,
+    # 2 repetitions): fp32 torch decodes ~10× slower than llama.cpp here and would dominate a 15-minute profile
+    full_all: bool = False  # run the full protocol on every backend
 
     def __post_init__(self):
         self.device = devices.get_device(self.device).key if self.device != "host" else "host"
@@ -147,9 +150,10 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
         b = _backend(name, inputs, args, on_jetson=here is not None)
         if b is None:
             continue
+        bench = args.bench if (name == "llama.cpp" or args.full_all) else light(args.bench)
         with b:
-            progress(f"{name}: loaded; running {len(args.bench.pp)} prefill and {len(args.bench.depths)} decode tests")
-            rows = run_tests(b, args.bench, progress)
+            progress(f"{name}: loaded; running {len(bench.pp)} prefill and {len(bench.depths)} decode tests")
+            rows = run_tests(b, bench, progress)
             mem = b.memory()
         wb = mem.get("weights") or spec.weight_bytes()
         dtype_peak = host.get("peaks", {}).get(getattr(b, "dtype", ""), 0.0)  # torch: its dtype's peak
@@ -157,7 +161,8 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
         _roofline_rows(rows, host, spec, wb, kv.kv_bytes(spec, 1, "f16"), peak)
         for r in rows:
             r["how"] = how
-        res["backends"][b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": args.bench.threads,
+        res["backends"][b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": bench.threads,
+                                   "protocol": bench.to_dict(),
                                    "weight_bytes": wb, "compute_peak_flops": peak}
 
     # ---- KV cache ------------------------------------------------------------------------------------------------
@@ -198,6 +203,12 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
     if measuring:
         roofline.save_efficiency(args.bench.threads, res["summary"])
     return res
+
+
+def light(b: BenchArgs) -> BenchArgs:
+    """The lighter protocol of the secondary backends (see ProfileArgs.full_all)."""
+    return BenchArgs(pp=b.pp[:2], tg=min(b.tg, 32), depths=b.depths[:2], reps=min(b.reps, 2), warmup=b.warmup,
+                     threads=b.threads, seed=b.seed)
 
 
 def _planned_weight_bytes(spec, args: ProfileArgs) -> float:

@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--depths", type=_ints, default=(0, 512, 2048), help="decode depths (comma list)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per test")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
+    p.add_argument("--full-all", action="store_true", help="full protocol on torch/onnxruntime-genai too (default: lighter)")
     p.add_argument("--quick", action="store_true", help="short tests (pp64,256; tg32 @ d0,256; 2 reps; small sweep)")
     p.add_argument("--refresh-host", action="store_true", help="re-measure this host's bandwidth and compute")
     p.add_argument("-o", "--out", help="output folder (default reports/profile-<model>-<time>)")
@@ -57,7 +58,7 @@ def cmd_profile(args) -> int:
     bench = BenchArgs(pp=(64, 256), tg=32, depths=(0, 256), reps=2, threads=threads) if args.quick else \
         BenchArgs(pp=args.pp, tg=args.tg, depths=args.depths, reps=args.reps, threads=threads)
     pa = ProfileArgs(device=args.device, quant=quant, backends=tuple(args.backends.split(",")), bench=bench,
-                     refresh_host=args.refresh_host,
+                     refresh_host=args.refresh_host, full_all=args.full_all,
                      **({"sweep_pp": 128, "sweep_tg": 16, "ppl_chunks": 2, "kv_contexts": (512, 2048)} if args.quick else {}))
     name = Path(args.model or args.config or "model").name.replace(".gguf", "")
     out = Path(args.out or f"reports/profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
