@@ -63,8 +63,12 @@ def make_files(source: Path, types: tuple, out_dir: Path, threads: int, given: d
     files = dict(given or {})
     for t in types:
         if t not in files:
+            dst = out_dir / f"{source.stem.split('.')[0]}.{t}.gguf"
+            if dst.is_file() and dst.stat().st_mtime >= source.stat().st_mtime:  # made before from this source
+                files[t] = dst
+                continue
             progress(f"quantizing {source.name} → {t}")
-            files[t] = quantize(source, out_dir / f"{source.stem.split('.')[0]}.{t}.gguf", t, threads)
+            files[t] = quantize(source, dst, t, threads)
     return files
 
 
