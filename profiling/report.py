@@ -24,7 +24,9 @@ def _speed_fig(res: dict, kind: str) -> Figure:
             ax.plot([r[key] for r in rows], [r["tok_s"] for r in rows], "s--",
                     label=f"{p['device']['name']} (projected, llama.cpp)")
     ax.set_xlabel("prompt length (tokens)" if kind == "prefill" else "context depth before decoding (tokens)")
-    ax.set_ylabel("tokens / second")
+    ax.set_ylabel("tokens / second" + (" (log scale)" if p else ""))
+    if p:  # projected device figures can be orders of magnitude above the host's
+        ax.set_yscale("log")
     ax.set_title("prefill speed vs prompt length" if kind == "prefill" else "decode speed vs depth")
     ax.legend(fontsize=7)
     how = (f"{res['how']}, {res['threads']} threads; mean ± std over {res['args']['bench']['reps']} repetitions after "
