@@ -47,7 +47,26 @@ def _export(hf: Path, out: Path, onnx: bool) -> dict:
     return export(hf, out, ExportArgs(gguf=["f16"], onnx=["int4"] if onnx else [], validate=False, force=True))
 
 
+def profile_model(model: str | None, out: str, *options: str) -> dict:
+    """`slm profile MODEL -o OUT [options…]` as a function (for `slm demo`): returns the result dict."""
+    from slm.cli import build_parser
+
+    args = build_parser().parse_args(["profile", *([model] if model else []), "-o", str(out), *options])
+    return run(args)
+
+
 def cmd_profile(args) -> int:
+    res = run(args)
+    if args.json:
+        print(json.dumps(res, default=str))
+    else:
+        print(f"profile → {res['out']}/index.html", file=sys.stderr)
+        for k, v in res["summary"].items():
+            print(f"  {k}: {v}", file=sys.stderr)
+    return 0
+
+
+def run(args) -> dict:
     from slm.io import check_output
     from slm.profiling.protocol import BenchArgs, default_threads
     from slm.profiling.run import ProfileArgs
@@ -86,10 +105,5 @@ def cmd_profile(args) -> int:
     from slm.profiling.report import save
 
     save(res, out, vars(args), args.model or args.config, args.force)
-    if args.json:
-        print(json.dumps(res, default=str))
-    else:
-        log(f"profile → {out}/index.html")
-        for k, v in res["summary"].items():
-            log(f"  {k}: {v}")
-    return 0
+    res["out"] = str(out)
+    return res
