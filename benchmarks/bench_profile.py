@@ -14,7 +14,6 @@ A and B runs are compared: load drift hits both sides alike.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import statistics

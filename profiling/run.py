@@ -14,7 +14,7 @@ from typing import Callable
 
 from slm.errors import SlmError
 from slm.profiling import devices, kv, roofline
-from slm.profiling.protocol import BenchArgs, default_threads, peak_rss_bytes, reset_peak_rss, run_tests
+from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
 from slm.profiling.sweep import SweepArgs
 
 SCHEMA_VERSION = 1
