@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
@@ -137,13 +136,3 @@ def rss_bytes() -> int:
 
     return psutil.Process().memory_info().rss
 
-
-class Timer:
-    """perf_counter seconds of a `with` block."""
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.s = time.perf_counter() - self.t0
