@@ -21,26 +21,6 @@ COLUMNS = ["run", "trainable params", "code ppl before", "code ppl after", "gene
            "tok/s"]
 
 
-def corpus(work: Path, max_files: int) -> tuple[Path, Path]:
-    """code.jsonl: stdlib modules (no site-packages, no tests); general.jsonl: pydoc_data topics."""
-    import pydoc_data.topics
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(f for f in root.rglob("*.py")
-                   if not ({"site-packages", "test", "tests", "idlelib", "lib2to3"} & set(f.relative_to(root).parts)))
-    code = work / "code.jsonl"
-    with open(code, "w") as fh:
-        for f in files[:max_files]:
-            text = f.read_text(encoding="utf-8", errors="replace")
-            if 200 < len(text) < 60_000:
-                fh.write(json.dumps({"text": text}) + "\n")
-    general = work / "general.jsonl"
-    with open(general, "w") as fh:
-        for _, text in sorted(pydoc_data.topics.topics.items()):
-            fh.write(json.dumps({"text": text}) + "\n")
-    return code, general
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="reports/cpt-stdlib")
@@ -57,6 +37,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="assemble the report from finished runs in --work")
     a = ap.parse_args()
 
+    from slm.cli.demo import stdlib_corpus
     from slm.io import import_gguf
     from slm.surgery.expand import ExpandArgs, expand
     from slm.train.args import load_recipe
@@ -73,7 +54,7 @@ def main() -> None:
     x36 = Path(a.expanded) if a.expanded else work / "smol-x36"
     if not a.expanded and not x36.exists():
         expand(base, x36, ExpandArgs(groups=6, copies=1))
-    code, general = corpus(work, a.files)
+    code, general = stdlib_corpus(work, a.files)  # the same corpus as `slm demo`
     data = work / "data"
     # up to date (no work) when the corpus is unchanged
     prep = prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],

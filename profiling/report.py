@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from slm.report.render import Figure, Table, new_figure, render_report, svg_of
-from slm.profiling import roofline
 
 MIB = 2**20
 

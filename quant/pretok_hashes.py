@@ -8,7 +8,9 @@ vocabulary give the same ids. The name is what llama.cpp expects in `tokenizer.g
 
 CHKTXT = '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL'
 
-# sha256 of the token ids → (pre-tokenizer name, the model llama.cpp derived it from)
+# sha256 of the token ids → (pre-tokenizer name, the model llama.cpp derived it from). llama.cpp tests the
+# hashes in order and the first match wins: where a hash repeats there (mpt/olmo, bert-bge/jina-v2-en) only
+# the first entry is kept.
 PRE_TOKENIZERS = {
     "b6e8e1518dc4305be2fe39c313ed643381c4da5db34a98f6a04c093f8afbe99b": ("chatglm-bpe", "https://huggingface.co/THUDM/glm-4-9b-chat"),
     "81d72c7348a9f0ebe86f23298d37debe0a5e71149e29bd283904c02262b27516": ("chatglm-bpe", "https://huggingface.co/THUDM/glm-4-9b-chat"),
@@ -48,10 +50,8 @@ PRE_TOKENIZERS = {
     "d772b220ace2baec124bed8cfafce0ead7d6c38a4b65ef11261cf9d5d62246d1": ("tiny_aya", "https://huggingface.co/CohereLabs/tiny-aya-base"),
     "52df12b4c8d4176e7481aab4b6e8454d1fd0a210a04a574f6d4e067d10e23c3e": ("cohere2moe", "https://huggingface.co/CohereLabs/North-Mini-Code-1.0"),
     "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": ("qwen2", "https://huggingface.co/Qwen/Qwen1.5-7B"),
-    "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166": ("olmo", "https://huggingface.co/allenai/OLMo-1.7-7B-hf"),
     "a8594e3edff7c29c003940395316294b2c623e09894deebbc65f33f1515df79e": ("dbrx", "https://huggingface.co/databricks/dbrx-base"),
     "c7699093ba4255a91e702aa38a596aa81669f3525dae06c2953267dde580f448": ("jina-v1-en", "https://huggingface.co/jinaai/jina-reranker-v1-tiny-en"),
-    "0876d13b50744004aa9aeae05e7b0647eac9d801b5ba4668afc01e709c15e19f": ("jina-v2-en", "https://huggingface.co/jinaai/jina-embeddings-v2-base-en"),
     "171aeeedd6fb548d418a7461d053f11b6f1f1fc9b387bd66640d28a4b9f5c643": ("jina-v2-es", "https://huggingface.co/jinaai/jina-embeddings-v2-base-es"),
     "27949a2493fc4a9f53f5b9b029c82689cfbe5d3a1929bb25e043089e28466de6": ("jina-v2-de", "https://huggingface.co/jinaai/jina-embeddings-v2-base-de"),
     "a023e9fdc5a11f034d3ef515b92350e56fb2af1f66c6b6811a4444ea9bf8763d": ("jina-v5-nano", "https://huggingface.co/jinaai/jina-embeddings-v5-text-nano"),

@@ -123,13 +123,13 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
     from slm.record import write_record
     from slm.report.render import Table, render_report
 
-    summary = {f"{Path(m).name} {k} ppl": v["ppl"] for m, row in zip(result["models"], result["matrix"])
+    summary = {f"{_short(m)} {k} ppl": v["ppl"] for m, row in zip(result["models"], result["matrix"])
                for k, v in row.items()}
     if "forgetting" in result:
         summary.update(OP=result["forgetting"]["op"], BWT=result["forgetting"]["bwt"])
     result = {**result, "summary": summary}
     sets = result["sets"]
-    rows = [[str(m)] + [row.get(k, {}).get("ppl") for k in sets] for m, row in zip(result["models"], result["matrix"])]
+    rows = [[_short(m)] + [row.get(k, {}).get("ppl") for k in sets] for m, row in zip(result["models"], result["matrix"])]
     tables = [Table("Held-out perplexity (stage × set)", ["model"] + sets, rows,
                     note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated")]
     with atomic_dir(out, force) as tmp:
@@ -137,3 +137,13 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
         render_report(tmp / "report.html", "eval: held-out perplexity", "eval", summary, [], tables,
                       notes=["score for OP/BWT = −loss (nats/token); BWT < 0 means forgetting"])
     return out
+
+
+def _short(model: str) -> str:
+    """A model's display name: its folder, or run/folder for a run's `final` or a checkpoint's `model`."""
+    p = Path(model)
+    if p.name == "final":  # <run>/final
+        return f"{p.parent.name}/final"
+    if p.name == "model" and p.parent.parent.name == "checkpoints":  # <run>/checkpoints/<step>/model
+        return f"{p.parent.parent.parent.name}/{p.parent.name}"
+    return p.name

@@ -21,6 +21,7 @@ import torch
 
 from slm.errors import SlmError
 from slm.record import write_record
+from slm.spec import spec_from_config
 
 from . import checkpoint as ckpt
 from .args import TrainArgs
@@ -100,24 +101,13 @@ def preflight(args: TrainArgs, dist: Dist) -> dict:
         raise SlmError(f"run folder {run} already exists: pass --resume to continue it, --force to replace it, "
                        "or choose another `out`")
     layers = trainable_layers(args, cfg)
-    n_params = _count_params(cfg)
+    spec = spec_from_config(cfg)
+    n_params = spec.params
     n_train = n_params if args.trainable == "full" else (
-        len(layers) * _layer_params(cfg) if args.trainable != "lora" else n_params // 50)
+        len(layers) * spec.layer_params() if args.trainable != "lora" else n_params // 50)
     need = ckpt.estimate_bytes(n_params, n_train) * (args.keep_last + 1) + 4 * n_params
     ckpt.check_disk(run, need)
     return {"run": run, "model_dir": model_dir, "cfg": cfg, "sampler": sampler, "heldout": heldout, "layers": layers}
-
-
-def _layer_params(cfg: dict) -> int:
-    h, i = cfg["hidden_size"], cfg["intermediate_size"]
-    heads = cfg["num_attention_heads"]
-    hd = cfg.get("head_dim") or h // heads
-    return 2 * h * heads * hd + 2 * h * cfg.get("num_key_value_heads", heads) * hd + 3 * h * i + 2 * h
-
-
-def _count_params(cfg: dict) -> int:
-    emb = cfg["vocab_size"] * cfg["hidden_size"] * (1 if cfg.get("tie_word_embeddings") else 2)
-    return emb + cfg["num_hidden_layers"] * _layer_params(cfg)
 
 
 def train(args: TrainArgs) -> dict:

@@ -72,14 +72,133 @@ def run_expand(ctx: dict, out: Path) -> None:
     expand(ctx["base"], out, ExpandArgs(groups=6, copies=1, force=True))
 
 
+# The CPT corpus every machine has: the Python standard library's own sources (code), and as the general
+# held-out set the English prose of the language reference that ships with CPython (pydoc_data.topics),
+# never trained on. Tests, idlelib and lib2to3 are left out (generated or near-duplicate text).
+CODE_FILES = 600  # stdlib files taken (sorted order): ~1.3 M tokens, more than the demo's budget reads
+SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
+
+
+def stdlib_corpus(folder: Path, max_files: int = CODE_FILES) -> tuple[Path, Path]:
+    """Write code.jsonl (stdlib modules) and general.jsonl (pydoc_data topics) into `folder`."""
+    import json
+    import sysconfig
+
+    import pydoc_data.topics
+
+    from slm.record import atomic_write_text
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(f for f in root.rglob("*.py") if not SKIP_PARTS & set(f.relative_to(root).parts))
+    docs = (f.read_text(encoding="utf-8", errors="replace") for f in files[:max_files])
+    folder.mkdir(parents=True, exist_ok=True)
+    code, general = folder / "code.jsonl", folder / "general.jsonl"
+    atomic_write_text(code, "".join(json.dumps({"text": t}) + "\n" for t in docs if 200 < len(t) < 60_000))
+    atomic_write_text(general, "".join(json.dumps({"text": t}) + "\n" for _, t in sorted(pydoc_data.topics.topics.items())))
+    return code, general
+
+
+def run_data(ctx: dict, out: Path) -> None:
+    from slm.train.data import DataArgs, Source, prepare
+
+    code, general = stdlib_corpus(ctx["root"] / "data" / "src")
+    prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
+                     str(ctx["base"]), heldout=0.05, force=True), out)
+
+
+# CPT budget sized for ~5 minutes on 2 CPU cores (measured: ~40 tok/s for the 6 trainable blocks): short
+# sequences, batch 1, a higher lr than the paper's 2e-4 because 100 steps is all there is. Checkpoints every
+# 25 steps so an interrupted demo resumes mid-run.
+CPT = dict(steps=100, seq_len=128, global_batch=1, micro_batch=1, lr=5e-4, eval_tokens=2048, eval_every=25,
+           save_every=25, keep_last=1)
+
+
+def run_train(ctx: dict, out: Path) -> None:
+    from slm.train.args import load_recipe
+    from slm.train.checkpoint import latest
+    from slm.train.loop import train
+
+    resume = latest(out) is not None and not ctx["force"]  # an interrupted run goes on from its checkpoint
+    over = ["preset=cpt", f"model={ctx['expanded']}", f"data={ctx['data']}", f"out={out}", "trainable=expanded"]
+    over += [f"{k}={v}" for k, v in CPT.items()]
+    res = train(load_recipe(None, over, resume=resume or None, force=None if resume else True))
+    if res["interrupted"]:
+        raise KeyboardInterrupt  # the loop saved a checkpoint; the next `slm demo` resumes from it
+
+
+def run_merge(ctx: dict, out: Path) -> None:
+    # WiSE-FT (Wortsman et al. 2022): average the weights before and after fine-tuning to give back some of
+    # the domain gain for less forgetting. The original blocks are identical in both, so this halves the
+    # change of the new blocks only.
+    from slm.surgery.merge import MergeRecipe, merge
+
+    recipe = MergeRecipe(method="linear", models=[{"model": str(ctx["expanded"]), "weight": 1},
+                                                  {"model": str(ctx["cpt"] / "final"), "weight": 1}])
+    merge(recipe, out, force=True)
+
+
+def run_eval(ctx: dict, out: Path) -> None:
+    from slm.train.evaluate import EvalArgs, evaluate, forgetting, write_eval
+
+    models = [ctx["base"], ctx["expanded"], ctx["cpt"] / "final", ctx["merged"]]
+    eargs = EvalArgs(models=[str(m) for m in models], data=str(ctx["data"]), seq_len=CPT["seq_len"], tokens=4096)
+    res = evaluate(eargs)
+    # Forgetting over the two stages that learned something: the expanded model (general knowledge, the
+    # base's) then CPT on code. Score = −loss, so BWT < 0 is forgetting of the general set.
+    rows = res["matrix"][1:3]
+    res["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], ["general", "code"])
+    write_eval(out, eargs, res, force=True)
+
+
+def run_export(ctx: dict, out: Path) -> None:
+    from slm.quant.export import ExportArgs, export
+
+    export(ctx["cpt"] / "final", out, ExportArgs(gguf=["q8_0", "q6_k", "q4_k_m"], onnx=["int4"], force=True))
+
+
+def run_profile(ctx: dict, out: Path) -> None:
+    from slm.cli.profile import profile_model
+
+    profile_model(str(ctx["export"]), str(out), "--quant", "q8_0,q6_k,q4_k_m", "--device", "jetson", "--force")
+
+
+def run_profile_base(ctx: dict, out: Path) -> None:
+    # The 30-layer original at the type the edge build ships (q4_k_m), same protocol: the price of the six
+    # new blocks on the device (decode speed, KV cache) is the compare step's point.
+    from slm.cli.profile import profile_model
+
+    profile_model(str(ctx["base"]), str(out), "--quant", "q4_k_m", "--backends", "llama.cpp", "--device",
+                  "jetson", "--force")
+
+
+def run_compare(ctx: dict, out: Path) -> None:
+    from slm.io import atomic_dir
+    from slm.record import write_record
+    from slm.report.compare import compare
+
+    runs = [ctx["runs"] / "profile-base", ctx["runs"] / "profile-x36-cpt"]
+    with atomic_dir(out, force=True) as tmp:
+        compare(runs, tmp / "report.html")
+        write_record(tmp, "compare", {"runs": [str(r) for r in runs]},
+                     result={"summary": {"runs": ", ".join(r.name for r in runs)}})
+
+
 def steps(ctx: dict) -> list[Step]:
     m, r = ctx["models"], ctx["runs"]
-    ctx["base"] = m / "smollm2-135m"
-    ctx["expanded"] = m / "smollm2-135m-x36"
+    ctx.update(base=m / "smollm2-135m", expanded=m / "smollm2-135m-x36", data=ctx["root"] / "data" / "stdlib",
+               cpt=r / "cpt-x36", merged=m / "smollm2-135m-x36-wise", export=m / "smollm2-135m-x36-cpt-export")
     return [
         Step("import", lambda c: c["base"], run_import),
         Step("info", lambda c: r / "info", run_info),
         Step("expand", lambda c: c["expanded"], run_expand),
+        Step("data", lambda c: c["data"], run_data),
+        Step("train", lambda c: c["cpt"], run_train),
+        Step("merge", lambda c: c["merged"], run_merge),
+        Step("eval", lambda c: r / "eval", run_eval),
+        Step("export", lambda c: c["export"], run_export),
+        Step("profile", lambda c: r / "profile-x36-cpt", run_profile),
+        Step("profile-base", lambda c: r / "profile-base", run_profile_base),
+        Step("compare", lambda c: r / "compare-profiles", run_compare),
     ]
 
 
@@ -93,7 +212,8 @@ def run_demo(args: DemoArgs) -> int:
     transformers.utils.logging.disable_progress_bar()  # our own progress lines say what is happening
     transformers.logging.set_verbosity_error()
     con = Console()
-    ctx = {"models": args.root / "models", "runs": args.root / "runs", "reports": args.root / "reports"}
+    ctx = {"root": args.root, "force": args.force, "models": args.root / "models", "runs": args.root / "runs",
+           "reports": args.root / "reports"}
     for d in ("models", "runs", "reports"):
         ctx[d].mkdir(parents=True, exist_ok=True)
     plan = steps(ctx)
@@ -109,11 +229,15 @@ def run_demo(args: DemoArgs) -> int:
             continue
         out = step.out(ctx)
         con.rule(f"[bold]step {k}/{len(plan)}: {step.name}")
-        if read_record(out) is not None and not args.force:
+        if _done(out) and not args.force:
             con.print(f"already done → {out} (use --force to redo)")
         else:
             t0 = time.perf_counter()
-            step.run(ctx, out)
+            try:
+                step.run(ctx, out)
+            except KeyboardInterrupt:
+                con.print(f"[yellow]interrupted in step {step.name}: run `slm demo` again to go on from there")
+                return 130
             con.print(f"done in {time.perf_counter() - t0:.0f} s → {out}")
         _publish(out, ctx["reports"] / f"{k:02d}-{step.name}")
     index = build_index(ctx["reports"], "slm-lab demo: SmolLM2-135M-Instruct")
@@ -122,11 +246,18 @@ def run_demo(args: DemoArgs) -> int:
     return 0
 
 
+def _done(out: Path) -> bool:
+    """A step is done when its slm.json exists and does not record an interrupted run."""
+    rec = read_record(out) if out.is_dir() else None
+    return rec is not None and not rec.get("result", {}).get("interrupted", False)
+
+
 def _publish(out: Path, dest: Path) -> None:
     """Copy a step's report and slm.json into reports/<NN>-<step>/ so the index can link it."""
-    if not (out / "report.html").is_file():
+    page = next((out / n for n in ("report.html", "index.html") if (out / n).is_file()), None)
+    if page is None:
         return
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(out / "report.html", dest / "index.html")
+    shutil.copy2(page, dest / "index.html")
     if (out / "slm.json").is_file():
         shutil.copy2(out / "slm.json", dest / "slm.json")
