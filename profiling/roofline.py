@@ -49,31 +49,46 @@ def _bandwidth(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
     return 2 * nbytes / best
 
 
-def _matmul_flops(threads: int, dtype: str, n: int = 2048, reps: int = 5) -> float:
-    """Best-of-N torch matmul of n×n matrices: 2n³ operations per product (int8 through torch._int_mm)."""
+def _matmul_flops(threads: int, dtype: str, n: int = 2048, reps: int = 5, budget_s: float = 3.0) -> float:
+    """Best-of-N torch matmul of n×n matrices: 2n³ operations per product (int8 through torch._int_mm).
+
+    The size doubles from 256 until one product takes ≥ 50 ms (or n is reached), and repetitions stop once
+    `budget_s` is spent: a dtype without fast CPU kernels (bf16 without AMX/AVX512-BF16 takes ~55 s for one
+    2048³ product on 2 cores) is then measured in seconds, at a size where it is still compute-bound."""
     import torch
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        if dtype == "int8":
-            a = torch.randint(-100, 100, (n, n), dtype=torch.int8)
-            b = torch.randint(-100, 100, (n, n), dtype=torch.int8)
-            mm = torch._int_mm
-        else:
-            a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
-            mm = torch.mm
-        mm(a, b)
-        best = float("inf")
-        for _ in range(reps):
+        size = 256
+        while True:
+            if dtype == "int8":
+                a = torch.randint(-100, 100, (size, size), dtype=torch.int8)
+                b = torch.randint(-100, 100, (size, size), dtype=torch.int8)
+                mm = torch._int_mm
+            else:
+                a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
+                mm = torch.mm
+            mm(a, b)  # warm-up (first call allocates and picks kernels)
             t = time.perf_counter()
             mm(a, b)
-            best = min(best, time.perf_counter() - t)
+            best = time.perf_counter() - t
+            if best >= 0.05 or size >= n:
+                break
+            size *= 2
+        spent = best
+        for _ in range(reps - 1):
+            if spent > budget_s:
+                break
+            t = time.perf_counter()
+            mm(a, b)
+            dt = time.perf_counter() - t
+            best, spent = min(best, dt), spent + dt
     except (RuntimeError, AttributeError):  # a torch build without this kernel on CPU
         return 0.0
     finally:
         torch.set_num_threads(old)
-    return 2 * n**3 / best
+    return 2 * size**3 / best
 
 
 def _bandwidth_torch(threads: int, nbytes: int = 256 * 2**20, reps: int = 5) -> float:
@@ -105,7 +120,8 @@ def host_peaks(threads: int, refresh: bool = False, cache: Path = CACHE) -> dict
     entry = {"key": key, "bandwidth_Bps": max(_bandwidth(), _bandwidth_torch(threads)), "peaks": peaks,
              "flops": max(peaks.values()), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "how": "bandwidth: best of 5 copies of 256 MiB (numpy, 1 thread, and torch, all threads; read + write "
-                    f"bytes); compute: best of 5 torch 2048×2048 matmuls on {threads} threads in fp32, bf16 and int8 "
+                    "bytes); compute: best of ≤ 5 torch n×n matmuls (n doubling from 256 to 2048 until one takes 50 ms) "
+                    f"on {threads} threads in fp32, bf16 and int8 "
                     "(torch._int_mm); the roofline uses the highest (llama.cpp's quantized kernels use int8 dot "
                     "products); the torch backend's peak is its dtype's"}
     data[key] = entry

@@ -17,6 +17,8 @@ class Torch:
     name = "torch"
 
     def __init__(self, model_dir: Path, threads: int, device: str = "auto", dtype: str = "float32", seed: int = 0):
+        import inspect
+
         import torch
 
         from slm.io import load_model
@@ -26,6 +28,8 @@ class Torch:
         if self.device == "cpu":
             torch.set_num_threads(threads)
         self.model = load_model(model_dir, dtype=dtype).to(self.device).eval()
+        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns until 5.40)
+        self._kv = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self.vocab = self.model.config.vocab_size
         self.rng = np.random.default_rng(seed)
         self._caches: dict = {}  # depth → DynamicCache holding `depth` tokens
@@ -45,7 +49,7 @@ class Torch:
 
         cache = DynamicCache()
         if n:
-            self.model(self._ids(n), past_key_values=cache, use_cache=True)
+            self.model(self._ids(n), **{self._kv: cache}, use_cache=True)
         return cache
 
     def prefill(self, n: int, depth: int = 0) -> float:
@@ -54,7 +58,7 @@ class Torch:
             ids = self._ids(n)
             self._sync()
             t = time.perf_counter()
-            self.model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model(ids, **{self._kv: cache}, use_cache=True, logits_to_keep=1)
             self._sync()
             return time.perf_counter() - t
 
@@ -66,7 +70,7 @@ class Torch:
             self._sync()
             t = time.perf_counter()
             for x in ids:
-                self.model(x, past_key_values=cache, use_cache=True)
+                self.model(x, **{self._kv: cache}, use_cache=True)
             self._sync()
             s = time.perf_counter() - t
             if depth:

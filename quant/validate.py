@@ -194,13 +194,20 @@ def hf_greedy(model, ids: list[int], n: int = 32) -> list[int]:
     """Greedy tokens with the KV cache, no EOS stop (same rule as gguf_greedy)."""
     import torch
 
+    import inspect
+
+    from transformers import DynamicCache
+
+    # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns until 5.40)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kv = {name: DynamicCache()}
     out = []
     with torch.no_grad():
-        res = model(torch.tensor([list(ids)]), use_cache=True)
+        res = model(torch.tensor([list(ids)]), use_cache=True, **kv)
         for _ in range(n):
             tok = int(res.logits[0, -1].argmax())
             out.append(tok)
-            res = model(torch.tensor([[tok]]), past_key_values=res.past_key_values, use_cache=True)
+            res = model(torch.tensor([[tok]]), use_cache=True, **kv)
     return out
 
 

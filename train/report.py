@@ -10,12 +10,21 @@ from slm.report.render import Figure, Table, new_figure, render_report, svg_of
 HOW = "measured on this host during training (metrics.jsonl); eval = held-out perplexity, documents isolated"
 
 
+SMOOTH = 10  # steps in the moving mean of the training loss
+
+
 def _curves(runs: dict[str, tuple[list, list]]) -> list[Figure]:
     """Train loss and eval loss per set; lr; tok/s. runs: label → (step records, eval records)."""
     figs = []
     fig, ax = new_figure()
     for label, (steps, evals) in runs.items():
-        ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label=f"{label} train", lw=1)
+        x, y = [s["step"] for s in steps], [s["loss"] for s in steps]
+        if len(y) >= 2 * SMOOTH:  # small batches give noisy per-step losses: draw them faint, a moving mean on top
+            line, = ax.plot(x, y, lw=0.6, alpha=0.35)
+            mean = [sum(y[max(0, i - SMOOTH + 1):i + 1]) / len(y[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(y))]
+            ax.plot(x, mean, lw=1.6, color=line.get_color(), label=f"{label} train (mean of last {SMOOTH} steps)")
+        else:
+            ax.plot(x, y, label=f"{label} train", lw=1)
         names = sorted({k for e in evals for k in e["eval"]})
         for k in names:
             pts = [(e["step"], e["eval"][k]["loss"]) for e in evals if k in e["eval"]]

@@ -153,7 +153,8 @@ def run_eval(ctx: dict, out: Path) -> None:
 def run_export(ctx: dict, out: Path) -> None:
     from slm.quant.export import ExportArgs, export
 
-    export(ctx["cpt"] / "final", out, ExportArgs(gguf=["q8_0", "q6_k", "q4_k_m"], onnx=["int4"], force=True))
+    export(ctx["cpt"] / "final", out, ExportArgs(gguf=["q8_0", "q6_k", "q4_k_m"], onnx=["int4"],
+                                                 name="smollm2-135m-x36-cpt", force=True))
 
 
 def run_profile(ctx: dict, out: Path) -> None:
@@ -163,11 +164,11 @@ def run_profile(ctx: dict, out: Path) -> None:
 
 
 def run_profile_base(ctx: dict, out: Path) -> None:
-    # The 30-layer original at the type the edge build ships (q4_k_m), same protocol: the price of the six
-    # new blocks on the device (decode speed, KV cache) is the compare step's point.
+    # The 30-layer original under the same protocol (llama.cpp on q8_0, the first type; q4_k_m in the sweep):
+    # what the six new blocks cost on the device (decode speed, KV cache) is the compare step's point.
     from slm.cli.profile import profile_model
 
-    profile_model(str(ctx["base"]), str(out), "--quant", "q4_k_m", "--backends", "llama.cpp", "--device",
+    profile_model(str(ctx["base"]), str(out), "--quant", "q8_0,q4_k_m", "--backends", "llama.cpp", "--device",
                   "jetson", "--force")
 
 

@@ -6,13 +6,13 @@ Works across kinds (profile, export, train, expand, merge…) because every step
 
 from __future__ import annotations
 
-import html
 import json
+import re
 from pathlib import Path
 
 from slm.errors import SlmError
 from slm.record import read_record
-from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+from slm.report.render import Figure, Table, fmt, new_figure, render_report, svg_of
 
 
 def load_run(path: Path | str) -> dict:
@@ -39,6 +39,27 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def _label(rec: dict, i: int) -> str:
     return f"{chr(65 + i) if i < 26 else i}: {Path(rec['_path']).name} ({rec['kind']})"
+
+
+# What the index shows of each kind of run (regexes over its flat summary, in this order); other kinds show
+# their first summary entries. Chosen as what a reader compares across runs at a glance.
+KEY_FIGURES = {
+    "profile": [r"device", r"llama\.cpp\.tg\d+@d0\.tok_s", r"llama\.cpp\.pp\d+\.tok_s", r"projected\.tg\d+@d0\.tok_s",
+                r"kv_share_at_max_context_f16"],
+    "export": [r"hf_perplexity", r"(gguf|onnx)_\w+_ppl", r"(gguf|onnx)_\w+_mb"],
+    "eval": [r"OP", r"BWT", r".* ppl"],
+    "train": [r".* ppl before", r".* ppl", r"trainable params", r"tok/s \(median\)"],
+}
+MAX_KEY_FIGURES = 10
+MAX_BARS = 24  # bars in a compare figure
+
+
+def key_figures(kind: str, summary: dict) -> str:
+    s = _flat(summary)
+    keys = [k for k in s if not isinstance(s[k], str) or len(s[k]) < 40]  # no sentences in a table cell
+    if kind in KEY_FIGURES:
+        keys = list(dict.fromkeys(k for pat in KEY_FIGURES[kind] for k in keys if re.fullmatch(pat, k))) or keys
+    return "; ".join(f"{k} {fmt(s[k])}" for k in keys[:MAX_KEY_FIGURES])
 
 
 def compare(runs: list[Path | str], out_html: Path | str) -> Path:
@@ -75,23 +96,37 @@ def compare(runs: list[Path | str], out_html: Path | str) -> Path:
                     highlight=shl),
               Table("Arguments", ["argument"] + labels + ["change vs A"], arows, highlight=ahl)]
     figures = []
+
     def num(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    # figures present in run A (non-zero) and in at least one other run; a run without the figure draws no bar
-    numeric = [r for r in srows if num(r[1]) and r[1] != 0 and any(num(v) for v in r[2:1 + len(recs)])]
+    # figures present in run A (non-zero) and in at least one other run, that differ between the runs; for runs
+    # of one kind, only that kind's key figures (the table below keeps everything)
+    numeric = [r for i, r in enumerate(srows) if num(r[1]) and r[1] != 0 and i in shl
+               and any(num(v) for v in r[2:1 + len(recs)])]
+    kinds = {r["kind"] for r in recs}
+    if len(kinds) == 1 and next(iter(kinds)) in KEY_FIGURES:
+        pats = KEY_FIGURES[next(iter(kinds))]
+        numeric = [r for r in numeric if any(re.fullmatch(p, r[0]) for p in pats)] or numeric
+    numeric = numeric[:MAX_BARS]
     if numeric:
         fig, ax = new_figure(8, 0.45 * len(numeric) + 1.5)
         width = 0.8 / len(recs)
         for j, lab in enumerate(labels):
-            ax.barh([i + j * width for i in range(len(numeric))], [r[1 + j] / r[1] if num(r[1 + j]) else float("nan") for r in numeric], height=width, label=lab)
+            ax.barh([i + j * width for i in range(len(numeric))],
+                    [r[1 + j] / r[1] if num(r[1 + j]) else float("nan") for r in numeric], height=width, label=lab)
         ax.set_yticks([i + 0.4 - width / 2 for i in range(len(numeric))], [r[0] for r in numeric])
+        ax.invert_yaxis()  # first figure on top, as in the table
         ax.axvline(1.0, color="#888", lw=0.8)
-        ax.set_xlabel("value relative to run A (A = 1)")
-        ax.set_title("Key figures relative to run A")
-        ax.legend(fontsize=8)
-        figures.append(Figure("Key figures relative to A", svg_of(fig),
-                              "read from each run's slm.json (result.summary); each figure was obtained as its own report says"))
+        ax.set_xlabel("value relative to run A (A = 1; each figure in its own unit)")
+        ax.set_title("Figures that differ, relative to run A")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        hows = [f"{lab.split(':')[0]}: {s['how']}" for lab, s in zip(labels, summaries) if isinstance(s.get("how"), str)]
+        figures.append(Figure("Figures that differ, relative to A", svg_of(fig),
+                              "read from each run's slm.json (result.summary)" +
+                              (f"; {', '.join(hows)}" if hows else "; each figure obtained as its own report says") +
+                              ("; projected.* figures are projections onto the device, not measurements"
+                               if any(r[0].startswith("projected.") for r in numeric) else "")))
     summary = {lab: f"{r['kind']}, created {r.get('created', '?')}, {r['_path']}" for lab, r in zip(labels, recs)}
     out_html = Path(out_html)
     links = [(lab, _rel_link(out_html, Path(r["_path"]))) for lab, r in zip(labels, recs)]
@@ -104,8 +139,8 @@ def _rel_link(from_html: Path, run_dir: Path) -> str:
 
     for name in ("report.html", "index.html"):
         if (run_dir / name).is_file():
-            return html.escape(os.path.relpath(run_dir / name, from_html.parent))
-    return html.escape(os.path.relpath(run_dir, from_html.parent))
+            return os.path.relpath(run_dir / name, from_html.parent)  # the template escapes it
+    return os.path.relpath(run_dir, from_html.parent)
 
 
 def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path:
@@ -116,12 +151,11 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
         rec = read_record(d)
         if rec is None:
             continue
-        s = _flat(rec.get("result", {}).get("summary", {}))
-        key = "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(s.items())[:5])
-        rows.append((d.name, rec["kind"], rec.get("created", ""), key, _rel_link(reports_dir / "index.html", d)))
+        key = key_figures(rec["kind"], rec.get("result", {}).get("summary", {}))
+        rows.append((d.name, rec["kind"], rec.get("created", "")[:16].replace("T", " "), key, _rel_link(reports_dir / "index.html", d)))
     if not rows:
         raise SlmError(f"no runs with slm.json under {reports_dir}")
     table = Table("Runs", ["run", "kind", "created", "key figures"], [list(r[:4]) for r in rows],
-                  note="Each run folder holds its own self-contained report and slm.json.")
-    return render_report(reports_dir / "index.html", title, "index", {"runs": len(rows)}, [], [table],
-                         links=[(f"{r[0]} ({r[1]})", r[4]) for r in rows])
+                  note="Each run folder holds its own self-contained report and slm.json; click a run to open it.",
+                  links=[r[4] for r in rows])
+    return render_report(reports_dir / "index.html", title, "index", {"runs": len(rows)}, [], [table])

@@ -31,6 +31,7 @@ class Table:
     rows: list[list]  # cell values (escaped; floats formatted by the template)
     note: str = ""  # one line under the table
     highlight: list[int] = field(default_factory=list)  # row indices to highlight
+    links: list[str] = field(default_factory=list)  # per row: href for the first cell ("" = no link)
 
 
 @dataclass
