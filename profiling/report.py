@@ -90,8 +90,8 @@ def _roofline_fig(res: dict) -> Figure:
     ax.set_ylabel("attained GFLOP/s")
     ax.set_title("roofline: every test against this host's bandwidth and matmul peak")
     ax.legend(fontsize=7)
-    return Figure(ax.get_title(), svg_of(fig), f"{h['how']}; FLOPs per token = 2 × matmul weights + attention "
-                  "4 × layers × heads × head_dim × context; bytes per step = weights (+ KV so far)")
+    return Figure(ax.get_title(), svg_of(fig), f"points {res['how']}; roofline peaks: {h['how']}; FLOPs per token = "
+                  "2 × matmul weights + attention 4 × layers × heads × head_dim × context; bytes per step = weights (+ KV so far)")
 
 
 def write(res: dict, out_html: Path, title: str) -> Path:

@@ -172,16 +172,23 @@ def run_profile_base(ctx: dict, out: Path) -> None:
                   "jetson", "--force")
 
 
-def run_compare(ctx: dict, out: Path) -> None:
+def _compare(runs: list[Path], out: Path) -> None:
     from slm.io import atomic_dir
     from slm.record import write_record
     from slm.report.compare import compare
 
-    runs = [ctx["runs"] / "profile-base", ctx["runs"] / "profile-x36-cpt"]
     with atomic_dir(out, force=True) as tmp:
         compare(runs, tmp / "report.html")
         write_record(tmp, "compare", {"runs": [str(r) for r in runs]},
                      result={"summary": {"runs": ", ".join(r.name for r in runs)}})
+
+
+def run_compare_expand(ctx: dict, out: Path) -> None:
+    _compare([ctx["base"], ctx["expanded"]], out)  # before/after expansion: parameters, layers, KV bytes
+
+
+def run_compare_profiles(ctx: dict, out: Path) -> None:
+    _compare([ctx["runs"] / "profile-base", ctx["runs"] / "profile-x36-cpt"], out)
 
 
 def steps(ctx: dict) -> list[Step]:
@@ -199,7 +206,8 @@ def steps(ctx: dict) -> list[Step]:
         Step("export", lambda c: c["export"], run_export),
         Step("profile", lambda c: r / "profile-x36-cpt", run_profile),
         Step("profile-base", lambda c: r / "profile-base", run_profile_base),
-        Step("compare", lambda c: r / "compare-profiles", run_compare),
+        Step("compare-expand", lambda c: r / "compare-expand", run_compare_expand),
+        Step("compare-profiles", lambda c: r / "compare-profiles", run_compare_profiles),
     ]
 
 

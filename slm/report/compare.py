@@ -37,6 +37,23 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _model_figures(folder: Path) -> dict:
+    """For a run folder that is a model (import, expand, upscale, merge, train's final): what `slm info` says
+    of it, so that e.g. before/after expansion line up on parameters, layers and KV-cache bytes."""
+    from slm.spec import load_spec
+
+    cfg = folder / "config.json" if (folder / "config.json").is_file() else folder / "final" / "config.json"
+    if not cfg.is_file():
+        return {}
+    try:
+        s = load_spec(cfg.parent).summary()
+    except SlmError:  # not a Llama-family config: nothing to add
+        return {}
+    return {"model.params": s["params"], "model.layers": s["layers"], "model.kv_heads": s["kv_heads"],
+            "model.weights_MiB (fp32)": s["weight_bytes"]["float32"] / 2**20,
+            "model.kv_bytes_per_token (f16)": s["kv_bytes_per_token"]["f16"]}
+
+
 def _label(rec: dict, i: int) -> str:
     return f"{chr(65 + i) if i < 26 else i}: {Path(rec['_path']).name} ({rec['kind']})"
 
@@ -68,7 +85,7 @@ def compare(runs: list[Path | str], out_html: Path | str) -> Path:
         raise SlmError("compare needs at least two runs: slm report compare A B [C ...]")
     recs = [load_run(r) for r in runs]
     labels = [_label(r, i) for i, r in enumerate(recs)]
-    summaries = [_flat(r.get("result", {}).get("summary", {})) for r in recs]
+    summaries = [{**_model_figures(Path(r["_path"])), **_flat(r.get("result", {}).get("summary", {}))} for r in recs]
     args = [_flat(r.get("args", {})) for r in recs]
 
     def rows_of(dicts):

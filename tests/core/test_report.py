@@ -46,6 +46,18 @@ def test_compare_highlights_differences_across_kinds(tmp_path):
         compare([a, tmp_path], tmp_path / "x.html")
 
 
+def test_compare_before_and_after_expansion(tmp_path, tiny):
+    from slm.surgery.expand import ExpandArgs, expand
+
+    base = tiny("llama")
+    write_record(base, "import", {})
+    expand(base, tmp_path / "x8", ExpandArgs(groups=2, copies=1))
+    out = compare([base, tmp_path / "x8"], tmp_path / "cmp.html").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r'<td class="txt">(model\.[^<]+)</td>(.*?)</tr>', out, re.S)}
+    assert re.findall(r">([\d,]+)<", rows["model.layers"]) == ["6", "8"] and "+33.3%" in rows["model.layers"]
+    assert "+33.3%" in rows["model.kv_bytes_per_token (f16)"]
+
+
 def test_index_lists_every_run(tmp_path):
     _run(tmp_path, "01-expand", "expand", {"layers after": 36})
     _run(tmp_path, "02-profile", "profile", {"decode tok/s": 50.5})
