@@ -106,7 +106,7 @@ def run_data(ctx: dict, out: Path) -> None:
                      str(ctx["base"]), heldout=0.05, force=True), out)
 
 
-# CPT budget sized for ~5 minutes on 2 CPU cores (measured: ~40 tok/s for the 6 trainable blocks): short
+# CPT budget sized for ~3 minutes on 2 CPU cores (measured: ~130 tok/s with the 6 trainable blocks): short
 # sequences, batch 1, a higher lr than the paper's 2e-4 because 100 steps is all there is. Checkpoints every
 # 25 steps so an interrupted demo resumes mid-run.
 CPT = dict(steps=100, seq_len=128, global_batch=1, micro_batch=1, lr=5e-4, eval_tokens=2048, eval_every=25,
