@@ -58,8 +58,9 @@ def _label(rec: dict, i: int) -> str:
     return f"{chr(65 + i) if i < 26 else i}: {Path(rec['_path']).name} ({rec['kind']})"
 
 
-# What the index shows of each kind of run (regexes over its flat summary, in this order); other kinds show
-# their first summary entries. Chosen as what a reader compares across runs at a glance.
+# The key figures of each kind of run (regexes over its flat summary, in this order): what the index shows and
+# what a compare of same-kind runs charts; other kinds use their first summary entries. Chosen as what a
+# reader compares across runs at a glance.
 KEY_FIGURES = {
     "profile": [r"device", r"llama\.cpp\.tg\d+@d0\.tok_s", r"llama\.cpp\.pp\d+\.tok_s", r"projected\.tg\d+@d0\.tok_s",
                 r"kv_share_at_max_context_f16"],
@@ -72,6 +73,7 @@ MAX_BARS = 24  # bars in a compare figure
 
 
 def key_figures(kind: str, summary: dict) -> str:
+    """One line of `name value; …` for the index."""
     s = _flat(summary)
     keys = [k for k in s if not isinstance(s[k], str) or len(s[k]) < 40]  # no sentences in a table cell
     if kind in KEY_FIGURES:
