@@ -17,19 +17,16 @@ class Torch:
     name = "torch"
 
     def __init__(self, model_dir: Path, threads: int, device: str = "auto", dtype: str = "float32", seed: int = 0):
-        import inspect
-
         import torch
 
-        from slm.io import load_model
+        from slm.io import cache_kwarg, load_model
 
         self.torch = torch
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if self.device == "cpu":
             torch.set_num_threads(threads)
         self.model = load_model(model_dir, dtype=dtype).to(self.device).eval()
-        # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns until 5.40)
-        self._kv = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._kv = cache_kwarg(self.model)
         self.vocab = self.model.config.vocab_size
         self.rng = np.random.default_rng(seed)
         self._caches: dict = {}  # depth → DynamicCache holding `depth` tokens

@@ -193,14 +193,11 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 def hf_greedy(model, ids: list[int], n: int = 32) -> list[int]:
     """Greedy tokens with the KV cache, no EOS stop (same rule as gguf_greedy)."""
     import torch
-
-    import inspect
-
     from transformers import DynamicCache
 
-    # transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns until 5.40)
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    kv = {name: DynamicCache()}
+    from slm.io import cache_kwarg
+
+    kv = {cache_kwarg(model): DynamicCache()}
     out = []
     with torch.no_grad():
         res = model(torch.tensor([list(ids)]), use_cache=True, **kv)

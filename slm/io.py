@@ -267,6 +267,14 @@ def load_model(model_dir: Path | str, dtype: str = "float32", **kw):
     )
 
 
+def cache_kwarg(model) -> str:
+    """The name of forward's KV-cache argument: transformers 5.24 renamed `past_key_values` to `cache` (the old
+    name warns until 5.40), and the range we support spans both."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def save_model(model, out: Path | str, tokenizer=None, src: Path | None = None, force: bool = False,
                max_shard_size: str = "2GB") -> Path:
     """save_pretrained into an atomic directory; tokenizer/aux files from `tokenizer` or copied from `src`."""

@@ -72,13 +72,17 @@ MAX_KEY_FIGURES = 10
 MAX_BARS = 24  # bars in a compare figure
 
 
+def _key_only(kind: str, names: list[str]) -> list[str]:
+    """`names` narrowed to the kind's key figures, in KEY_FIGURES order; all of them when none matches."""
+    pats = KEY_FIGURES.get(kind, [])
+    return list(dict.fromkeys(n for p in pats for n in names if re.fullmatch(p, n))) or names
+
+
 def key_figures(kind: str, summary: dict) -> str:
     """One line of `name value; …` for the index."""
     s = _flat(summary)
     keys = [k for k in s if not isinstance(s[k], str) or len(s[k]) < 40]  # no sentences in a table cell
-    if kind in KEY_FIGURES:
-        keys = list(dict.fromkeys(k for pat in KEY_FIGURES[kind] for k in keys if re.fullmatch(pat, k))) or keys
-    return "; ".join(f"{k} {fmt(s[k])}" for k in keys[:MAX_KEY_FIGURES])
+    return "; ".join(f"{k} {fmt(s[k])}" for k in _key_only(kind, keys)[:MAX_KEY_FIGURES])
 
 
 def compare(runs: list[Path | str], out_html: Path | str) -> Path:
@@ -124,9 +128,9 @@ def compare(runs: list[Path | str], out_html: Path | str) -> Path:
     numeric = [r for i, r in enumerate(srows) if num(r[1]) and r[1] != 0 and i in shl
                and any(num(v) for v in r[2:1 + len(recs)])]
     kinds = {r["kind"] for r in recs}
-    if len(kinds) == 1 and next(iter(kinds)) in KEY_FIGURES:
-        pats = KEY_FIGURES[next(iter(kinds))]
-        numeric = [r for r in numeric if any(re.fullmatch(p, r[0]) for p in pats)] or numeric
+    if len(kinds) == 1:
+        keep = set(_key_only(kinds.pop(), [r[0] for r in numeric]))
+        numeric = [r for r in numeric if r[0] in keep]  # table order
     numeric = numeric[:MAX_BARS]
     if numeric:
         fig, ax = new_figure(8, 0.45 * len(numeric) + 1.5)
@@ -171,7 +175,8 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
         if rec is None:
             continue
         key = key_figures(rec["kind"], rec.get("result", {}).get("summary", {}))
-        rows.append((d.name, rec["kind"], rec.get("created", "")[:16].replace("T", " "), key, _rel_link(reports_dir / "index.html", d)))
+        created = rec.get("created", "")[:16].replace("T", " ")
+        rows.append((d.name, rec["kind"], created, key, _rel_link(reports_dir / "index.html", d)))
     if not rows:
         raise SlmError(f"no runs with slm.json under {reports_dir}")
     table = Table("Runs", ["run", "kind", "created", "key figures"], [list(r[:4]) for r in rows],
