@@ -1,0 +1,153 @@
+"""The output guard every verb writes through: an output can never destroy an input, two runs never write one
+output at once, and nothing is left behind.
+
+`guard_output(out, inputs, force)` resolves the paths and, before any long work:
+- refuses an output that is, contains or lies inside one of the inputs — even with --force, since replacing it
+  would delete what the run is about to read;
+- checks that the output's parent can be created and written (a probe file, not os.access, which lies for
+  read-only mounts and /proc);
+- takes an exclusive lock beside the output (`.NAME.lock`, created with O_EXCL, holding the owner's PID and host);
+  a lock whose PID is dead on this host is stale: reported, and broken only with --force;
+- removes temporaries that dead processes left beside the output (`.NAME.tmp-PID`, `.NAME.old-PID`), saying so.
+The lock is released when the block exits, however it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from slm.errors import SlmError
+
+_TEMP = re.compile(r"\.(?:tmp|old)-(\d+)$")  # the suffixes atomic writers here append: .tmp-PID, .old-PID
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (signal 0 checks without sending anything)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def check_not_input(out: Path, inputs: Iterable[Path | str]) -> None:
+    """Refuse an output that is, contains or lies inside an input (compared after resolving links)."""
+    o = Path(out).resolve()
+    for i in inputs:
+        if i is None:
+            continue
+        p = Path(i).resolve()
+        if o == p or o in p.parents or p in o.parents:
+            rel = "is" if o == p else ("contains" if o in p.parents else "lies inside")
+            raise SlmError(f"output {out} {rel} the input {i}: writing it would destroy the input; choose another "
+                           "output path (--force cannot override this)")
+
+
+def check_writable(out: Path) -> None:
+    """The output's parent exists or can be made, and a file can be created in it."""
+    out = Path(out)
+    parent = out.parent
+    probe_from = parent
+    while not probe_from.exists():
+        probe_from = probe_from.parent
+    if not probe_from.is_dir():
+        raise SlmError(f"cannot write {out}: {probe_from} is a file, not a folder; choose another output path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{out.name}.probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SlmError(f"cannot write {out} ({e.strerror or e}): choose a writable output path") from None
+
+
+def clean_stale_temps(folder: Path, prefix: str = "", say: Callable[[str], None] = _say) -> list[Path]:
+    """Remove `.{prefix}…tmp-PID` / `.old-PID` entries in `folder` whose PID is dead; return what was removed."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP.search(p.name)
+        if not (m and p.name.startswith("." + prefix)) or pid_alive(int(m[1])):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        say(f"removed {p}, left by a process (PID {m[1]}) that died before finishing")
+        removed.append(p)
+    return removed
+
+
+def lock_path(out: Path) -> Path:
+    return Path(out).with_name(f".{Path(out).name}.lock")
+
+
+def _read_lock(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def acquire_lock(out: Path, force: bool = False) -> Path:
+    """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it."""
+    lock = lock_path(out)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _read_lock(lock)
+            pid, host = int(owner.get("pid", 0) or 0), owner.get("host", "?")
+            if host == me["host"] and pid == me["pid"]:
+                raise SlmError(f"output {out} is already being written by this process: use another output") from None
+            if host == me["host"] and not pid_alive(pid):
+                if not force:
+                    raise SlmError(f"output {out} has a stale lock {lock.name} from PID {pid}, which is no longer "
+                                   "running: pass --force to break it") from None
+                _say(f"breaking the stale lock of PID {pid} on {out}")
+                lock.unlink(missing_ok=True)
+                continue
+            raise SlmError(f"output {out} locked by PID {pid} on {host}: wait for that run to finish or choose "
+                           "another output") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return lock
+    raise SlmError(f"cannot lock output {out}: another run keeps taking {lock.name}; try again")
+
+
+def release_lock(lock: Path) -> None:
+    if _read_lock(lock).get("pid") == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def guard_output(out: Path | str, inputs: Iterable[Path | str | None] = (), force: bool = False,
+                 exists_ok: bool = False) -> Iterator[Path]:
+    """Check and lock `out` for the duration of the block (see the module docstring). An existing `out` is
+    refused without `force` unless `exists_ok` (a run folder that resumes)."""
+    out = Path(out)
+    check_not_input(out, inputs)
+    if out.exists() and not (force or exists_ok):
+        raise SlmError(f"output {out} already exists: choose another path or pass --force to replace it")
+    check_writable(out)
+    lock = acquire_lock(out, force)
+    try:
+        clean_stale_temps(out.parent, out.name)
+        yield out
+    finally:
+        release_lock(lock)

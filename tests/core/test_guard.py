@@ -1,0 +1,99 @@
+"""The output guard: inputs are never outputs, outputs are locked, unwritable places fail before work,
+temporaries of dead processes are cleaned."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from slm.errors import SlmError
+from slm.guard import acquire_lock, clean_stale_temps, guard_output, lock_path, pid_alive
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("out_rel, why", [("m", "is"), ("m/sub", "lies inside"), (".", "contains")])
+def test_output_overlapping_an_input_is_refused_even_with_force(tmp_path, out_rel, why):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    out = tmp_path / out_rel if out_rel != "." else tmp_path
+    with pytest.raises(SlmError, match=f"{why} the input"):
+        with guard_output(out, [model], force=True):
+            pass
+    assert (model / "config.json").read_text() == "{}"
+
+
+def test_existing_output_needs_force(tmp_path):
+    (tmp_path / "o").mkdir()
+    with pytest.raises(SlmError, match="already exists"):
+        with guard_output(tmp_path / "o"):
+            pass
+    with guard_output(tmp_path / "o", force=True) as o:
+        assert o == tmp_path / "o"
+
+
+def test_unwritable_parent_fails_before_work(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SlmError, match="is a file, not a folder"):
+        with guard_output(f / "out"):
+            pytest.fail("the block must not run")
+    with pytest.raises(SlmError, match="choose a writable output path"):
+        with guard_output("/proc/slm-test-out"):
+            pytest.fail("the block must not run")
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    out = tmp_path / "o"
+    with guard_output(out):
+        assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()
+        with pytest.raises(SlmError, match="already being written by this process"):
+            acquire_lock(out)
+    assert not lock_path(out).exists()
+
+
+def test_lock_held_by_a_live_process_is_refused(tmp_path):
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock_path(out).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        with pytest.raises(SlmError, match=f"locked by PID {holder.pid}"):
+            with guard_output(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_lock_is_reported_and_broken_with_force(tmp_path):
+    out = tmp_path / "o"
+    dead = _dead_pid()
+    assert not pid_alive(dead)
+    lock_path(out).write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    with pytest.raises(SlmError, match=f"stale lock .* PID {dead}.*--force"):
+        with guard_output(out):
+            pass
+    with guard_output(out, force=True):
+        assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()
+
+
+def test_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path, capsys):
+    dead = _dead_pid()
+    stale = tmp_path / f".o.tmp-{dead}"
+    stale.mkdir()
+    (stale / "w.bin").write_bytes(b"0" * 10)
+    live = tmp_path / f".o.tmp-{os.getpid()}"
+    live.mkdir()
+    other = tmp_path / f".p.tmp-{dead}"
+    other.mkdir()
+    removed = clean_stale_temps(tmp_path, "o")
+    assert removed == [stale] and not stale.exists() and live.exists() and other.exists()
+    assert f"PID {dead}" in capsys.readouterr().err
