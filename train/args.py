@@ -1,18 +1,15 @@
 """TrainArgs: one recipe, from a YAML file + `key=value` overrides + a preset holding the papers' defaults.
 
 The YAML file is the CLI on disk: every key is a TrainArgs field, every override is `field=value` (YAML
-syntax for the value). Unknown keys are an error naming the closest field.
+syntax for the value). Parsing, overrides and unknown-key errors are slm.recipe's, shared by every verb.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
+from slm import recipe
 from slm.errors import SlmError
 
 # Papers' hyper-parameters (design.md). CPT: LLaMA Pro (Wu et al. 2024, §4.1): batch 1024 × 4096, lr 2e-4,
@@ -125,60 +122,13 @@ class TrainArgs:
         return asdict(self)
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainArgs)}
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """`key=value` strings → dict; values parsed as YAML (so `trainable=[5, 11]` and `lr=1e-3` work)."""
-    out = {}
-    for o in overrides:
-        if "=" not in o:
-            raise SlmError(f"override {o!r} is not key=value: write e.g. lr=1e-4")
-        k, v = o.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            out[k.strip()] = v
-    return out
-
-
-def resolve(recipe: dict) -> TrainArgs:
-    """Preset defaults, then the recipe's keys, into a validated TrainArgs. Unknown keys → SlmError."""
-    unknown = sorted(set(recipe) - FIELDS)
-    if unknown:
-        k = unknown[0]
-        close = difflib.get_close_matches(k, sorted(FIELDS), n=1)
-        hint = f" (did you mean `{close[0]}`?)" if close else f"; known keys: {', '.join(sorted(FIELDS))}"
-        raise SlmError(f"unknown recipe key `{k}`{hint}")
-    preset = recipe.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise SlmError(f"unknown preset {preset!r}: use one of {sorted(PRESETS)}")
-    merged = {**PRESETS.get(preset, {}), **recipe}
-    # YAML reads 2e-4 as a string (YAML 1.1 needs a dot); accept it as the number it obviously is.
-    for k, f in ((f.name, f) for f in dataclasses.fields(TrainArgs)):
-        if k in merged and isinstance(merged[k], str) and f.type in ("float", "int"):
-            try:
-                merged[k] = float(merged[k]) if f.type == "float" else int(float(merged[k]))
-            except ValueError:
-                raise SlmError(f"{k}={merged[k]!r} is not a number") from None
-        if k in merged and f.type == "float" and isinstance(merged[k], int):
-            merged[k] = float(merged[k])
-    return TrainArgs(**merged)
+def _preset(data: dict) -> dict:
+    """The defaults of the preset the recipe names, under its own keys (an unknown name is refused by TrainArgs)."""
+    name = data.get("preset")
+    return PRESETS.get(name, {}) if isinstance(name, str) else {}
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None, **extra) -> TrainArgs:
-    """TrainArgs from a YAML recipe (optional), `key=value` overrides and keyword extras (CLI flags)."""
-    recipe: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise SlmError(f"recipe {p} not found: pass a YAML file or only key=value overrides (e.g. preset=cpt)")
-        try:
-            recipe = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SlmError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(recipe, dict):
-            raise SlmError(f"recipe {p} must be a mapping of key: value")
-    recipe.update(parse_overrides(overrides or []))
-    recipe.update({k: v for k, v in extra.items() if v is not None})
-    return resolve(recipe)
+    """TrainArgs from a YAML recipe (optional), `key=value` overrides and keyword extras (CLI flags; None
+    skipped), over the named preset's defaults: slm.recipe does the parsing for every verb."""
+    return recipe.load_recipe(TrainArgs, path, overrides or (), extra=extra, defaults=_preset)

@@ -21,10 +21,10 @@ import shutil
 from pathlib import Path
 
 import torch
-import yaml
 
 from slm.errors import SlmError
 from slm.io import copy_aux_files
+from slm.recipe import save_recipe
 
 from .model import hf_model, merged_state_dict
 
@@ -59,8 +59,10 @@ def check_disk(path: Path, need: int) -> None:
                        "free space, lower keep_last, or write `out` elsewhere")
 
 
-def full_state(model, optimizer, rank0_only_gather: bool):
-    """(full model state dict, full optimizer state dict) on CPU; a collective under FSDP2."""
+def full_state(model, optimizer):
+    """(full model state dict, full optimizer state dict) on CPU; a collective under FSDP2. Rank 0 gets them,
+    other ranks get empty dicts: torch's full_state_dict with cpu_offload gathers to rank 0 only (its
+    StateDictOptions docs: "to prevent CPU OOM"), so no rank but the writer holds a full copy."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -70,7 +72,7 @@ def full_state(model, optimizer, rank0_only_gather: bool):
 def save(run: Path, step: int, model, optimizer, scheduler, recipe: dict, model_src: Path, rank: int,
          keep_last: int, extra: dict) -> Path | None:
     """Write checkpoint `step` (every rank calls: gathering is collective; rank 0 writes)."""
-    msd, osd = full_state(model, optimizer, True)
+    msd, osd = full_state(model, optimizer)
     if rank != 0:
         return None
     root = Path(run) / "checkpoints"
@@ -93,7 +95,7 @@ def save(run: Path, step: int, model, optimizer, scheduler, recipe: dict, model_
         **extra,
     }
     torch.save(state, tmp / "trainer_state.pt")
-    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    save_recipe(tmp, recipe)
     (tmp / DONE).write_text(f"step {step}\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -14,18 +14,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from slm import recipe as recipe_io
 from slm.errors import SlmError
-from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, copy_aux_files, write_config
+from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, check_output, copy_aux_files, write_config
 from slm.record import write_record
 from slm.spec import check_supported
 from slm.surgery.layers import prior_record, split_layer_name
+from slm.surgery.report import write_merge_report
 
 METHODS = ("linear", "slerp", "task_arithmetic", "instruction_residual")
 EMBEDDING_POLICIES = ("refuse", "skip", "slice")
@@ -80,33 +81,14 @@ class MergeRecipe:
         return self.cpt if self.method == "instruction_residual" else self.models[0]["model"]
 
 
+# Recipe keys that hold model paths: relative ones are read from the recipe file's folder.
+PATH_KEYS = ("base", "instruct", "cpt", "models[].model")
+
+
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> MergeRecipe:
-    """Read a YAML recipe, apply key=value overrides, resolve model paths relative to the recipe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SlmError(f"merge recipe {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SlmError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise SlmError(f"override {ov!r} is not key=value")
-        k, v = ov.split("=", 1)
-        data[k.strip()] = yaml.safe_load(v)
-    valid = {f.name for f in fields(MergeRecipe)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise SlmError(f"unknown recipe key(s) {unknown}: valid keys are {', '.join(sorted(valid))}")
-
-    def resolve(p):
-        return str((path.parent / p).resolve()) if p is not None and not Path(p).is_absolute() else p
-
-    for k in ("base", "instruct", "cpt"):
-        data[k] = resolve(data.get(k))
-    data["models"] = [{**m, "model": resolve(m["model"])} if isinstance(m, dict) else resolve(m)
-                      for m in data.get("models") or []]
-    return MergeRecipe(**data)
+    """A MergeRecipe from a YAML recipe and key=value overrides (parsed by slm.recipe, as every verb's), with
+    model paths resolved relative to the recipe file."""
+    return recipe_io.load_recipe(MergeRecipe, path, overrides or (), paths=PATH_KEYS)
 
 
 # ---- per-tensor operations ------------------------------------------------------------------------------
@@ -196,8 +178,6 @@ def _plan_layers(recipe: MergeRecipe, target: _Source, others: list[_Source]) ->
 def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
     """Write the merged checkpoint to `out` (+ slm.json, report.html) and return the result record."""
     out = Path(out)
-    from slm.io import check_output
-
     check_output(out, force)
     target = _Source(recipe.target())
     if recipe.method == "instruction_residual":
@@ -207,57 +187,9 @@ def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
     else:
         others = [_Source(m["model"]) for m in recipe.models[1:]]
     layer_map = _plan_layers(recipe, target, others)
-
-    # Validate every shape before writing anything.
-    vocab_mismatch = False
-    plan = []
-    for name in target.r.keys():
-        i, rest = split_layer_name(name)
-        j = layer_map[i] if i is not None else -1
-        src = name if i is None else (None if j is None else f"model.layers.{j}.{rest}")
-        if src is not None:
-            for o in others:
-                a, b = target.shape(name), o.shape(src)
-                if a != b:
-                    if name in VOCAB_TENSORS and a[1:] == b[1:]:
-                        if recipe.embeddings == "refuse":
-                            raise SlmError(f"vocab sizes differ ({a[0]} in {target.path} vs {b[0]} in {o.path}): set "
-                                           "`embeddings: skip` to keep the target's embeddings or `embeddings: slice` "
-                                           "to merge the shared rows")
-                        vocab_mismatch = True
-                    else:
-                        raise SlmError(f"shape mismatch for {name}: {a} vs {b} in {o.path}: the models must share an architecture")
-        plan.append((name, i, src))
-
-    out_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-    weights = [m["weight"] for m in recipe.models]
-    per_layer: dict = {}  # layer (or tensor group) → [sum of squared change, sum of squared target]
+    plan, vocab_mismatch = _plan_tensors(recipe, target, others, layer_map)  # every shape checked before writing
     with atomic_dir(out, force) as tmp:
-        writer = ShardedWriter(tmp)
-        for name, i, src in plan:
-            orig = target.r.get(name)
-            theta = orig.float()
-            if src is not None:
-                rows = None
-                if name in VOCAB_TENSORS and vocab_mismatch:
-                    if recipe.embeddings == "skip":
-                        src = None
-                    else:
-                        rows = min([theta.shape[0]] + [o.shape(src)[0] for o in others])
-                if src is not None:
-                    ins = [o.get(src)[:rows] if rows else o.get(src) for o in others]
-                    head = theta[:rows] if rows else theta
-                    merged = _combine(recipe, head, ins, weights, t_for_layer(recipe.t, i, target.layers))
-                    theta = torch.cat([merged, theta[rows:]]) if rows else merged
-            res = theta.to(out_dtype or orig.dtype)
-            key = i if i is not None else name
-            acc = per_layer.setdefault(key, [0.0, 0.0])
-            diff = res.float() - orig.float()
-            acc[0] += _dot64(diff, diff)
-            acc[1] += _dot64(orig, orig)
-            del diff
-            writer.add(name, res)
-        files = writer.close()
+        files, per_layer = _write_tensors(recipe, target, others, plan, vocab_mismatch, tmp)
         config = dict(target.r.config)
         if recipe.dtype:
             config["dtype"] = recipe.dtype
@@ -274,10 +206,65 @@ def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
                   "summary": {"method": recipe.method, "tensors": len(plan), "layers": target.layers,
                               "untouched layers": sum(1 for v in layer_map.values() if v is None)}}
         write_record(tmp, "merge", asdict(recipe), inputs=inputs, result=result)
-        from slm.report.merge import write_merge_report
-
         write_merge_report(tmp, recipe, result)
     return result
+
+
+def _plan_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source],
+                  layer_map: dict[int, int | None]) -> tuple[list[tuple[str, int | None, str | None]], bool]:
+    """([(tensor, its layer or None, the tensor to read in the other models or None)], vocab sizes differ),
+    refusing any shape mismatch before a byte is written."""
+    vocab_mismatch = False
+    plan = []
+    for name in target.r.keys():
+        i, rest = split_layer_name(name)
+        j = layer_map[i] if i is not None else -1
+        src = name if i is None else (None if j is None else f"model.layers.{j}.{rest}")
+        for o in others if src is not None else []:
+            a, b = target.shape(name), o.shape(src)
+            if a == b:
+                continue
+            if not (name in VOCAB_TENSORS and a[1:] == b[1:]):
+                raise SlmError(f"shape mismatch for {name}: {a} vs {b} in {o.path}: the models must share an architecture")
+            if recipe.embeddings == "refuse":
+                raise SlmError(f"vocab sizes differ ({a[0]} in {target.path} vs {b[0]} in {o.path}): set "
+                               "`embeddings: skip` to keep the target's embeddings or `embeddings: slice` "
+                               "to merge the shared rows")
+            vocab_mismatch = True
+        plan.append((name, i, src))
+    return plan, vocab_mismatch
+
+
+def _write_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source], plan: list, vocab_mismatch: bool,
+                   tmp: Path) -> tuple[list[Path], dict]:
+    """Stream the merged tensors into shards under `tmp`; returns (files, per layer or tensor group: [sum of
+    squared change, sum of squared target])."""
+    out_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
+    weights = [m["weight"] for m in recipe.models]
+    per_layer: dict = {}
+    writer = ShardedWriter(tmp)
+    for name, i, src in plan:
+        orig = target.r.get(name)
+        theta = orig.float()
+        rows = None
+        if src is not None and name in VOCAB_TENSORS and vocab_mismatch:
+            if recipe.embeddings == "skip":
+                src = None
+            else:  # slice: merge the rows every model has, keep the target's others
+                rows = min([theta.shape[0]] + [o.shape(src)[0] for o in others])
+        if src is not None:
+            ins = [o.get(src)[:rows] if rows else o.get(src) for o in others]
+            head = theta[:rows] if rows else theta
+            merged = _combine(recipe, head, ins, weights, t_for_layer(recipe.t, i, target.layers))
+            theta = torch.cat([merged, theta[rows:]]) if rows else merged
+        res = theta.to(out_dtype or orig.dtype)
+        acc = per_layer.setdefault(i if i is not None else name, [0.0, 0.0])
+        diff = res.float() - orig.float()
+        acc[0] += _dot64(diff, diff)
+        acc[1] += _dot64(orig, orig)
+        del diff
+        writer.add(name, res)
+    return writer.close(), per_layer
 
 
 def _combine(recipe: MergeRecipe, target: torch.Tensor, ins: list[torch.Tensor], weights: list[float],

@@ -15,6 +15,7 @@ from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, copy_aux_fil
 from slm.record import write_record
 from slm.spec import check_supported
 from slm.surgery.layers import check_layer_tensors, compose_record, layer_name, remap_config, split_layer_name
+from slm.surgery.report import write_surgery_report
 
 # In a LLaMA Pro copy these are zeroed so the block adds exactly 0 to the residual stream
 # (Wu et al. 2024, "LLaMA Pro", Sec. 3.2: identity blocks via zero-initialised output projections).
@@ -26,7 +27,6 @@ def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step:
             parity: bool = False) -> dict:
     """Write `out` with layer j = source layer src[j], recording `new_layers` as new; with zero_new the
     ZEROED tensors of the new layers are 0 (LLaMA Pro identity copies)."""
-    zero_layers = set(new_layers) if zero_new else set()
     reader = TensorReader(model)
     config = reader.config
     check_supported(config)
@@ -39,30 +39,9 @@ def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step:
     if dtype:
         new_config["torch_dtype"] = new_config["dtype"] = dtype
 
-    by_layer: dict[int, list[str]] = {}
-    others: list[str] = []
-    for k in reader.keys():
-        i, rest = split_layer_name(k)
-        (others if i is None else by_layer.setdefault(i, [])).append(rest if i is not None else k)
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        return t.to(DTYPES[dtype]) if dtype else t
-
-    zeroed: list[str] = []
     with atomic_dir(out, force) as tmp:
         writer = ShardedWriter(tmp, **({"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}))
-        embed_first = sorted(others, key=lambda k: (not k.startswith("model.embed"), k))
-        for k in [k for k in embed_first if k.startswith("model.embed")]:
-            writer.add(k, cast(reader.get(k)))
-        for j, s in enumerate(src):
-            for rest in sorted(by_layer[s]):
-                t = cast(reader.get(layer_name(s, rest)))
-                if j in zero_layers and rest in ZEROED:
-                    t = torch.zeros_like(t)
-                    zeroed.append(layer_name(j, rest))
-                writer.add(layer_name(j, rest), t)
-        for k in [k for k in embed_first if not k.startswith("model.embed")]:
-            writer.add(k, cast(reader.get(k)))
+        zeroed = _write_layers(reader, writer, src, set(new_layers) if zero_new else set(), dtype)
         files = writer.close()
         write_config(tmp, new_config)
         aux = copy_aux_files(model, tmp)
@@ -82,10 +61,37 @@ def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step:
             result["summary"] |= {"parity max |Δ logits|": result["parity"]["max_abs_diff"],
                                   "parity bit-identical": result["parity"]["bit_identical"]}
         write_record(tmp, kind, step, inputs={"model": model}, result=result)
-        from slm.report.surgery import write_surgery_report
-
         write_surgery_report(tmp, kind, step, result)
     return result
+
+
+def _write_layers(reader: TensorReader, writer: ShardedWriter, src: list[int], zero_layers: set[int],
+                  dtype: str | None) -> list[str]:
+    """Embeddings, then output layer j = source layer src[j] (ZEROED tensors of `zero_layers` zeroed), then the
+    final norm and head, each cast to `dtype`; returns the names of the zeroed tensors."""
+    by_layer: dict[int, list[str]] = {}
+    others: list[str] = []
+    for k in reader.keys():
+        i, rest = split_layer_name(k)
+        (others if i is None else by_layer.setdefault(i, [])).append(rest if i is not None else k)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(DTYPES[dtype]) if dtype else t
+
+    zeroed: list[str] = []
+    embed_first = sorted(others, key=lambda k: (not k.startswith("model.embed"), k))
+    for k in [k for k in embed_first if k.startswith("model.embed")]:
+        writer.add(k, cast(reader.get(k)))
+    for j, s in enumerate(src):
+        for rest in sorted(by_layer[s]):
+            t = cast(reader.get(layer_name(s, rest)))
+            if j in zero_layers and rest in ZEROED:
+                t = torch.zeros_like(t)
+                zeroed.append(layer_name(j, rest))
+            writer.add(layer_name(j, rest), t)
+    for k in [k for k in embed_first if not k.startswith("model.embed")]:
+        writer.add(k, cast(reader.get(k)))
+    return zeroed
 
 
 PARITY_PROMPTS = (

@@ -1,4 +1,5 @@
-"""The small report written beside every expand / upscale / merge output."""
+"""The reports written beside every expand / upscale output (the layer map) and every merge output (how much
+each layer moved). They live with surgery, which knows what a record means; slm.report only renders."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def _layer_figure(record: dict) -> Figure:
 
 
 def write_surgery_report(out_dir: Path, kind: str, step: dict, result: dict) -> Path:
+    """report.html of an expand / upscale: the layer map and, after expand, the parity check."""
     record = result["record"]
     summary = {"method": step.get("method"), "layers before": result["num_layers"]["before"],
                "layers after": result["num_layers"]["after"], "new layers": len(record["new_layers"]),
@@ -39,3 +41,23 @@ def write_surgery_report(out_dir: Path, kind: str, step: dict, result: dict) -> 
                   highlight=[i for i, r in enumerate(rows) if r[2] == "new"])
     return render_report(Path(out_dir) / "report.html", f"{kind}: {step.get('method')}", kind, summary,
                          [_layer_figure(record)], [table], notes=[f"{k} = {v}" for k, v in step.items()])
+
+
+def write_merge_report(out_dir: Path, recipe, result: dict) -> Path:
+    """report.html of a merge: per-layer relative change against the target, and where each residual came from."""
+    changes = result["changes"]
+    layers = [c for c in changes if c["layer"] is not None]
+    fig, ax = new_figure(7.5, 3.0)
+    ax.bar([c["layer"] for c in layers], [c["rel_change"] for c in layers], color="#4a78b5")
+    ax.set_xlabel("layer index (output model)")
+    ax.set_ylabel("‖θ_out − θ_target‖ / ‖θ_target‖")
+    ax.set_title("Relative change of each layer against the target model")
+    fig_ = Figure("Per-layer change", svg_of(fig), "computed while streaming the merge (fp64 sums of squares)")
+    rows = [[c["tensor"], "—" if c["layer"] is None else ("none (new layer)" if c["mapped_from"] is None else c["mapped_from"]),
+             c["rel_change"]] for c in changes]
+    table = Table("Per-layer table", ["layer / tensor", "residual/merge source layer", "relative change"], rows,
+                  highlight=[k for k, c in enumerate(changes) if c["layer"] is not None and c["mapped_from"] is None])
+    models = [m["model"] for m in recipe.models] + [p for p in (recipe.cpt, recipe.base, recipe.instruct) if p]
+    summary = {**result["summary"], "target": recipe.target(), "inputs": ", ".join(dict.fromkeys(models))}
+    return render_report(Path(out_dir) / "report.html", f"merge: {recipe.method}", "merge", summary, [fig_], [table],
+                         notes=[f"{k} = {v}" for k, v in vars(recipe).items() if v not in (None, [], "")])
