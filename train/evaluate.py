@@ -36,6 +36,16 @@ def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocas
     return loss, int((labels != IGNORE).sum())
 
 
+def heldout_sets(data: Path | str, names: list[str], option: str) -> dict:
+    """The held-out splits of a prepared data folder, narrowed to `names` (all of them when empty); a name that is
+    not a set is refused, naming the `option` it came from (the loop's eval_sets, slm eval's --sets)."""
+    splits = open_data(data, "heldout")
+    unknown = sorted(set(names) - set(splits))
+    if unknown:
+        raise SlmError(f"{option} names {unknown[0]!r}, not a held-out set of {data}: choose from {sorted(splits)}")
+    return {k: splits[k] for k in names} if names else splits
+
+
 @torch.no_grad()
 def perplexity(model, splits: dict, seq_len: int, max_tokens: int, device: torch.device, micro_batch: int = 1,
                use_mask: bool = True, autocast: bool = False) -> dict:
@@ -82,12 +92,7 @@ def evaluate(args: EvalArgs) -> dict:
 
     from .checkpoint import resolve_init
 
-    splits = open_data(args.data, "heldout")
-    if args.sets:
-        unknown = sorted(set(args.sets) - set(splits))
-        if unknown:
-            raise SlmError(f"no held-out set {unknown[0]!r} in {args.data}: choose from {sorted(splits)}")
-        splits = {k: splits[k] for k in args.sets}
+    splits = heldout_sets(args.data, args.sets, "--sets")
     if not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
     dirs = [resolve_init(Path(m)) for m in args.models]

@@ -34,25 +34,24 @@ def _curves(runs: dict[str, tuple[list, list]]) -> list[Figure]:
     ax.set_title("Training and held-out loss")
     ax.legend(fontsize=7)
     figs.append(Figure("Loss", svg_of(fig), HOW))
-    fig, ax = new_figure(7, 2.6)
-    for label, (steps, _) in runs.items():
-        ax.plot([s["step"] for s in steps], [s["lr"] for s in steps], label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("learning rate")
-    ax.set_title("Learning rate (linear warm-up, cosine)")
-    if len(runs) > 1:
-        ax.legend(fontsize=7)
-    figs.append(Figure("Learning rate", svg_of(fig), "the scheduler's value at each step"))
-    fig, ax = new_figure(7, 2.6)
-    for label, (steps, _) in runs.items():
-        ax.plot([s["step"] for s in steps], [s["tok_s"] for s in steps], label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("tokens/s (all ranks)")
-    ax.set_title("Throughput")
-    if len(runs) > 1:
-        ax.legend(fontsize=7)
-    figs.append(Figure("Throughput", svg_of(fig), "global batch tokens / wall time of the step, " + HOW))
+    figs.append(_per_step(runs, "lr", "learning rate", "Learning rate (linear warm-up, cosine)", "Learning rate",
+                          "the scheduler's value at each step"))
+    figs.append(_per_step(runs, "tok_s", "tokens/s (all ranks)", "Throughput", "Throughput",
+                          "global batch tokens / wall time of the step, " + HOW))
     return figs
+
+
+def _per_step(runs: dict[str, tuple[list, list]], key: str, ylabel: str, title: str, caption: str, how: str) -> Figure:
+    """One line per run of a per-step metric (`key` of each step record) against the optimizer step."""
+    fig, ax = new_figure(7, 2.6)
+    for label, (steps, _) in runs.items():
+        ax.plot([s["step"] for s in steps], [s[key] for s in steps], label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(runs) > 1:
+        ax.legend(fontsize=7)
+    return Figure(caption, svg_of(fig), how)
 
 
 def write_train_report(run: Path, recipe: dict, steps: list, evals: list, summary: dict) -> Path:

@@ -57,11 +57,19 @@ def test_lora_and_layer_list(tiny_lm, tiny_data, tmp_path):
     after = _weights(tmp_path / "list" / "final")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("model.layers.0.", "model.layers.3.")) for k in changed)
-    # --init: weights only, from the previous run; a new schedule and optimizer
+    # --init: weights only, from the previous run's newest checkpoint; a new schedule and optimizer
     res = train(_args(model, data, tmp_path / "next", "trainable=full", f"init={tmp_path / 'list'}", "steps=1"))
+    rec = json.loads((tmp_path / "next" / "slm.json").read_text())
+    assert rec["inputs"]["model"]["path"] == str(ckpt.latest(tmp_path / "list") / "model")
+    state = torch.load(ckpt.latest(tmp_path / "next") / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 1 and state["scheduler"]["last_epoch"] == 1  # not the 4 steps of the run it started from
+    start, now = _weights(tmp_path / "list" / "final"), _weights(tmp_path / "next" / "final")
+    assert any(not torch.equal(start[k], now[k]) for k in start if k.startswith("model.layers.1."))  # full trains all
     from slm.io import load_model
 
-    assert load_model(res["model"]) is not None
+    loaded = load_model(res["model"]).state_dict()  # final/ is a loadable HF checkpoint of the trained weights
+    assert res["model"] == str(tmp_path / "next" / "final")
+    assert all(torch.equal(loaded[k], v) for k, v in now.items())
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):

@@ -1,0 +1,86 @@
+"""What a training run will do, settled before any weights are read: the model and data it starts from, the
+held-out sets, the trainable layers, the step count and accumulation, and the FLOPs per token for MFU. Every
+check that can fail on user input is here, so a mistake costs seconds and writes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from slm.errors import SlmError
+from slm.spec import spec_from_config
+
+from . import checkpoint as ckpt
+from .args import TrainArgs
+from .dist import Dist
+from .evaluate import heldout_sets
+from .flops import flops_per_token, peak_flops
+from .model import check_model, trainable_layers
+from .pack import Sampler, data_vocab, open_data
+
+
+@dataclass
+class Plan:
+    """What a run will do, settled before any weights are read: every check on user input happens in plan_run."""
+    run: Path  # the run folder (checkpoints/, metrics.jsonl, final/, report.html)
+    model_dir: Path  # the weights the run starts from: `model`, or what --init names
+    cfg: dict  # the starting model's config.json
+    sampler: Sampler  # the training batches: a pure function of (seed, sequence index)
+    heldout: dict  # held-out sets evaluated during the run (empty: no evaluation)
+    layers: list[int]  # decoder layers whose weights change (LoRA: those with adapters)
+    total: int  # optimizer steps of the whole run
+    accum: int  # micro-batches per optimizer step on each rank
+    flops_per_token: float  # training FLOPs per token (train/flops.py), for MFU
+    peak_flops: float | None = None  # the device's dense bf16 peak (CUDA, known device); None: no MFU
+
+    def __post_init__(self):
+        if self.total < 1 or self.accum < 1:
+            raise SlmError(f"a run needs ≥ 1 step and ≥ 1 micro-batch per step (got {self.total}, {self.accum})")
+
+
+def plan_run(args: TrainArgs, dist: Dist) -> Plan:
+    """Every check that can fail on user input, before any weights are read."""
+    run = Path(args.out)
+    model_dir = ckpt.resolve_init(Path(args.init)) if args.init else Path(args.model)
+    cfg = check_model(args, model_dir)
+    train = open_data(args.data, "train")
+    vocab = data_vocab(args.data)
+    if vocab > cfg["vocab_size"]:
+        raise SlmError(f"the data's tokenizer has {vocab} tokens but the model only {cfg['vocab_size']}: "
+                       "prepare the data with this model's tokenizer (--tokenizer MODEL)")
+    unknown = sorted(set(args.mixture) - set(train))
+    if unknown:
+        raise SlmError(f"mixture names source {unknown[0]!r}, not in {args.data}: use one of {sorted(train)}")
+    sampler = Sampler(train, args.seq_len, args.seed, args.mixture, pad_id=cfg.get("pad_token_id") or 0)
+    heldout = heldout_sets(args.data, args.eval_sets, "eval_sets")
+    heldout = {k: v for k, v in heldout.items() if v.n_tokens > 1} if args.eval else {}
+    per_rank = args.micro_batch * dist.world
+    if args.global_batch % per_rank:
+        raise SlmError(f"global_batch {args.global_batch} is not a multiple of micro_batch × ranks = {per_rank}")
+    _check_run_folder(args, run)
+    layers = trainable_layers(args, cfg)
+    _check_disk(args, run, cfg, layers)
+    fpt = flops_per_token(cfg, args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
+    peak = peak_flops(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else None
+    return Plan(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(), args.global_batch // per_rank,
+                fpt, peak)
+
+
+def _check_run_folder(args: TrainArgs, run: Path) -> None:
+    if args.resume:
+        if not ckpt.latest(run):
+            raise SlmError(f"--resume: no complete checkpoint in {run}/checkpoints: start without --resume")
+    elif run.exists() and any(run.iterdir()) and not args.force:
+        raise SlmError(f"run folder {run} already exists: pass --resume to continue it, --force to replace it, "
+                       "or choose another `out`")
+
+
+def _check_disk(args: TrainArgs, run: Path, cfg: dict, layers: list[int]) -> None:
+    """Room for keep_last + 1 checkpoints (one is written before the oldest is deleted) and the final model."""
+    spec = spec_from_config(cfg)
+    n_params = spec.params
+    n_train = n_params if args.trainable == "full" else (
+        len(layers) * spec.layer_params() if args.trainable != "lora" else n_params // 50)
+    ckpt.check_disk(run, ckpt.estimate_bytes(n_params, n_train) * (args.keep_last + 1) + 4 * n_params)
