@@ -27,15 +27,11 @@ ONE_B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num
 
 
 def stdlib_data(work: Path, tokenizer: Path, files: int = 300) -> Path:
-    import sysconfig
-
+    # Throughput does not depend on the text: any code will do, so the demo's corpus (its code half only).
+    from slm.corpus import stdlib_corpus
     from slm.train.data import DataArgs, Source, prepare
 
-    root = Path(sysconfig.get_paths()["stdlib"])
-    code = work / "code.jsonl"
-    if not code.exists():
-        fs = sorted(f for f in root.glob("*.py"))[:files]
-        code.write_text("".join(json.dumps({"text": f.read_text(errors="replace")}) + "\n" for f in fs))
+    code, _ = stdlib_corpus(work, files)
     prepare(DataArgs([Source("code", str(code))], str(tokenizer), heldout=0.0, workers=1, progress=False), work / "data")
     return work / "data"
 

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="assemble the report from finished runs in --work")
     a = ap.parse_args()
 
-    from slm.cli.demo import stdlib_corpus
+    from slm.corpus import stdlib_corpus
     from slm.io import import_gguf
     from slm.surgery.expand import ExpandArgs, expand
     from slm.train.args import load_recipe
