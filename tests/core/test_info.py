@@ -1,0 +1,35 @@
+"""slm.info.write_info: a model's spec as an output folder (report.html + slm.json), never overwritten by accident."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slm.errors import SlmError
+from slm.info import write_info
+from slm.spec import load_spec
+
+
+def test_writes_report_and_record(tiny, tmp_path):
+    model = tiny("llama", name="tiny-llama")
+    out = tmp_path / "info"
+    rec = write_info(model, out)
+    saved = json.loads((out / "slm.json").read_text())
+    assert saved["kind"] == rec["kind"] == "info" and saved["args"] == {"model": str(model)}
+    s = load_spec(model)
+    summary = saved["result"]["summary"]
+    assert summary["layers"] == 6 and summary["KV heads"] == 2
+    assert summary["parameters (M)"] == round(s.params / 1e6, 1)
+    assert summary["KV bytes/token (f16)"] == s.kv_bytes_per_token()
+    html = (out / "report.html").read_text()
+    assert "tiny-llama: model spec" in html and "Memory at context" in html
+
+
+def test_refuses_existing_output_without_force(tiny, tmp_path):
+    model, out = tiny(), tmp_path / "info"
+    write_info(model, out, title="first")
+    with pytest.raises(SlmError, match="already exists"):
+        write_info(model, out)
+    write_info(model, out, force=True, title="second")
+    assert "second" in (out / "report.html").read_text()
