@@ -307,13 +307,11 @@ def import_gguf(gguf: Path | str | None, out: Path | str, dtype: str = "float32"
     """Turn a GGUF into an HF checkpoint. transformers dequantizes the weights on load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from slm.gguf import check_magic
+
     gguf = Path(gguf) if gguf else default_gguf()
     check_output(out, force)
-    if not gguf.is_file():
-        raise SlmError(f"GGUF file {gguf} not found: check the path")
-    with open(gguf, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise SlmError(f"{gguf} is not a GGUF file (bad magic): check the path or re-download it")
+    check_magic(gguf)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=DTYPES[dtype])

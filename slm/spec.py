@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
+from slm.gguf import KV_CACHE_TYPES, kv_element_bytes
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
 # Why each common non-Llama family is refused, so the message says something useful.
@@ -99,8 +100,7 @@ class ModelSpec:
             "params": self.params,
             "gqa_ratio": self.gqa_ratio,
             "weight_bytes": {d: self.weight_bytes(d) for d in DTYPE_BYTES},
-            "kv_bytes_per_token": {"f16": self.kv_bytes_per_token(2), "q8_0": self.kv_bytes_per_token(34 / 32),
-                                   "q4_0": self.kv_bytes_per_token(18 / 32)},
+            "kv_bytes_per_token": {t: self.kv_bytes_per_token(kv_element_bytes(t)) for t in KV_CACHE_TYPES},
             "memory": [self.memory_at(c) for c in contexts],
             "kv_crossover_context": self.kv_crossover_context(),
         }

@@ -21,6 +21,8 @@ def test_kv_bytes_and_memory_share(tiny):
     s = load_spec(tiny("qwen3"))
     assert s.head_dim == 32  # explicit head_dim, not hidden/heads
     assert s.kv_bytes_per_token() == 2 * 6 * 2 * 32 * 2
+    # summary: per cache type, element sizes from slm.gguf (q8_0 / q4_0 blocks of 32 values: 34 and 18 bytes)
+    assert s.summary()["kv_bytes_per_token"] == {"f16": 1536, "q8_0": 1536 * 34 / 64, "q4_0": 1536 * 18 / 64}
     m = s.memory_at(1000)
     assert m["kv_cache"] == 1000 * s.kv_bytes_per_token()
     assert m["kv_share"] == pytest.approx(m["kv_cache"] / (m["kv_cache"] + m["weights"]))
