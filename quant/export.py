@@ -16,16 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
+from slm.gguf import FLOAT_TYPES, QUANT_TYPES, parse_types, size_upper_bound
 from slm.io import atomic_dir, check_output, read_config
 from slm.record import write_record
+from slm.spec import ModelSpec, spec_from_config
 
 from . import gguf_write, onnx_export, quantize as Q
 from .validate import HELD_OUT_TEXT
 
-# Bits per weight used to estimate file sizes before writing (llama.cpp's nominal figures, rounded up so the
-# disk check errs on the safe side; fallbacks to larger types only make small models bigger).
-EST_BPW = {"f32": 32, "bf16": 16, "f16": 16, "q8_0": 8.5, "q6_k": 8.5, "q5_k_m": 8.5, "q5_k_s": 8.5, "q5_1": 6.5,
-           "q5_0": 6.5, "q4_k_m": 8.5, "q4_k_s": 8.5, "q4_1": 6, "q4_0": 6, "iq4_nl": 6, "iq4_xs": 8.5}
 DISK_MARGIN = 1.1
 
 
@@ -46,13 +44,11 @@ class ExportArgs:
     force: bool = False  # replace an existing output folder
 
     def __post_init__(self):
-        if isinstance(self.gguf, str):
-            self.gguf = [t for t in self.gguf.split(",") if t.strip()]
+        self.gguf = list(parse_types(self.gguf, have_imatrix=bool(self.imatrix)))
         if isinstance(self.onnx, str):
             self.onnx = [t for t in self.onnx.split(",") if t.strip()]
         if not self.gguf and not self.onnx:
             raise SlmError("nothing to export: pass --gguf TYPES and/or --onnx PRECISIONS")
-        self.gguf = Q.check_types(self.gguf, have_imatrix=bool(self.imatrix)) if self.gguf else []
         self.onnx = onnx_export.check_onnx(self.onnx, self.ep)
         if self.threads is not None and self.threads < 1:
             raise SlmError(f"threads must be at least 1, got {self.threads}")
@@ -71,11 +67,11 @@ def default_out(model_dir: Path | str) -> Path:
 
 def estimate_bytes(n_params: int, args: ExportArgs, source_f16: bool) -> int:
     """Peak disk use of the run: every output, plus the intermediate GGUF and an f16 reference if needed."""
-    total = sum(n_params * EST_BPW.get(t, 8.5) / 8 for t in args.gguf)
+    total = sum(size_upper_bound(n_params, t) for t in args.gguf)
     total += sum(n_params * onnx_export.BYTES_PER_WEIGHT[p] for p in args.onnx)
     inter = "f16" if source_f16 else "f32"
-    if any(t in Q.QUANT_TYPES for t in args.gguf) and inter not in args.gguf:
-        total += n_params * EST_BPW[inter] / 8
+    if any(t in QUANT_TYPES for t in args.gguf) and inter not in args.gguf:
+        total += size_upper_bound(n_params, inter)
     if args.validate and args.gguf and "f16" not in args.gguf:
         total += n_params * 2
     return int(total * DISK_MARGIN)
@@ -91,92 +87,112 @@ def check_disk(out: Path, need: int) -> None:
                        f"{free / 1e9:.2f} GB free; free space, choose another -o, or export fewer types")
 
 
-def export(model_dir: Path | str, out_dir: Path | str | None = None, args: ExportArgs | None = None) -> dict:
-    """Write out_dir with `<name>-<type>.gguf`, `onnx-<precision>/`, slm.json and report.html; return the result."""
-    from slm.spec import spec_from_config
+@dataclass
+class Plan:
+    """What one export run works from, settled before any write."""
 
-    args = args or ExportArgs()
-    model_dir = Path(model_dir)
-    out = Path(out_dir) if out_dir else default_out(model_dir)
-    t0 = time.time()
-    # ---- every check before any write -----------------------------------------------------------------
+    model_dir: Path  # the HF checkpoint
+    out: Path  # the output folder
+    name: str  # file name stem
+    arch: str  # GGUF architecture
+    spec: ModelSpec  # the checkpoint's shape
+    vocab: dict | None  # the GGUF tokenizer section (None: no tokenizer, or no GGUF asked for)
+    text: str  # held-out text for perplexity / KLD
+    imatrix: dict | None  # GGUF tensor name → mean x² per input column, when --imatrix was given
+
+
+def plan(model_dir: Path, out: Path, args: ExportArgs) -> Plan:
+    """Every check before any write: architecture, output folder, tokenizer, disk; then the importance matrix."""
     config = read_config(model_dir)
     arch = gguf_write.check_arch(config)
     spec = spec_from_config(config)
     check_output(out, args.force)
-    name = args.name or model_dir.resolve().name
-    vocab = None
-    if args.gguf and gguf_write.has_tokenizer(model_dir):
-        vocab = gguf_write.load_vocab(model_dir, config["vocab_size"], args.pre_tokenizer)
-    if args.imatrix and not gguf_write.has_tokenizer(model_dir):
+    tokenizer = gguf_write.has_tokenizer(model_dir)
+    vocab = gguf_write.load_vocab(model_dir, spec.vocab, args.pre_tokenizer) if args.gguf and tokenizer else None
+    if args.imatrix and not tokenizer:
         raise SlmError(f"{model_dir} has no tokenizer to read the --imatrix calibration text with: add one or drop --imatrix")
-    if args.onnx and not gguf_write.has_tokenizer(model_dir):
+    if args.onnx and not tokenizer:
         raise SlmError(f"{model_dir} has no tokenizer: onnxruntime-genai needs tokenizer.json beside the weights")
-    source_f16 = spec.dtype == "float16"
-    check_disk(out, estimate_bytes(spec.params, args, source_f16))
+    check_disk(out, estimate_bytes(spec.params, args, spec.dtype == "float16"))
     text = Path(args.eval_text).read_text() if args.eval_text else HELD_OUT_TEXT
     imatrix = None
     if args.imatrix:
         from .imatrix import compute_imatrix
 
         imatrix = compute_imatrix(model_dir, Path(args.imatrix).read_text(), arch)
+    return Plan(model_dir, out, args.name or model_dir.resolve().name, arch, spec, vocab, text, imatrix)
 
-    files, timings = [], {}
-    with atomic_dir(out, args.force) as tmp:
+
+def _timed(timings: dict, key: str, fn, *a, **kw):
+    s = time.time()
+    r = fn(*a, **kw)
+    timings[key] = time.time() - s
+    return r
+
+
+def write_ggufs(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict) -> tuple[dict, list]:
+    """Floats written directly, the rest quantized from one intermediate (f16 for an f16 source, else f32), plus
+    the f16 reference validation needs; returns type → path and the file entries of the result."""
+    inter = "f16" if p.spec.dtype == "float16" else "f32"
+    quant_types = [t for t in args.gguf if t in QUANT_TYPES]
+    floats = [t for t in args.gguf if t in FLOAT_TYPES]
+    need_f16_ref = args.validate and bool(args.gguf)
+    paths: dict[str, Path] = {}
+    for t in dict.fromkeys(floats + ([inter] if quant_types else []) + (["f16"] if need_f16_ref else [])):
+        paths[t] = (tmp if t in floats else work) / f"{p.name}-{t}.gguf"
+        _timed(timings, f"write_{t}", gguf_write.write_gguf, p.model_dir, paths[t], t, name=p.name, vocab=p.vocab)
+    logs: dict[str, str] = {}
+    for t in quant_types:
+        paths[t] = tmp / f"{p.name}-{t}.gguf"
+        logs[t] = _timed(timings, f"quantize_{t}", Q.quantize, paths[inter], paths[t], t, imatrix=p.imatrix,
+                         threads=args.threads)
+        (tmp / "logs" / f"quantize-{t}.log").write_text(logs[t])
+    files = []
+    for t in args.gguf:
+        info = Q.inspect_gguf(paths[t], t, logs.get(t))
+        files.append({"format": "gguf", "type": t, "path": paths[t].name, "size_bytes": paths[t].stat().st_size,
+                      "bits_per_weight": info["bits_per_weight"], "main_type": info["main_type"],
+                      "by_type": info["by_type"], "fallbacks": info["fallbacks"], "mixed": info["mixed"]})
+    return paths, files
+
+
+def write_onnx(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict) -> tuple[dict, list]:
+    """One onnxruntime-genai folder per precision; returns precision → folder and the file entries."""
+    dirs, files = {}, []
+    for prec in args.onnx:
+        d = dirs[prec] = tmp / f"onnx-{prec}"
+        _timed(timings, f"onnx_{prec}", onnx_export.build_onnx, p.model_dir.resolve(), d, prec, args.ep,
+               work / "onnx-cache", tmp / "logs" / f"onnx-{prec}.log")
+        size = onnx_export.dir_size(d)
+        files.append({"format": "onnx", "type": prec, "path": d.name, "size_bytes": size,
+                      "bits_per_weight": 8 * size / p.spec.params, "main_type": prec, "fallbacks": [], "mixed": []})
+    return dirs, files
+
+
+def export(model_dir: Path | str, out_dir: Path | str | None = None, args: ExportArgs | None = None) -> dict:
+    """Write out_dir with `<name>-<type>.gguf`, `onnx-<precision>/`, slm.json and report.html; return the result."""
+    args = args or ExportArgs()
+    model_dir = Path(model_dir)
+    t0 = time.time()
+    p = plan(model_dir, Path(out_dir) if out_dir else default_out(model_dir), args)
+    timings: dict[str, float] = {}
+    with atomic_dir(p.out, args.force) as tmp:
         work = tmp / ".work"
         work.mkdir()
         (tmp / "logs").mkdir()
-        paths: dict[str, Path] = {}
-        # ---- GGUF: floats directly, the rest quantized from one intermediate ------------------------------
-        inter_type = "f16" if source_f16 else "f32"
-        quant_types = [t for t in args.gguf if t in Q.QUANT_TYPES]
-        wanted_floats = [t for t in args.gguf if t in Q.FLOAT_TYPES]
-        need_f16_ref = args.validate and bool(args.gguf)
-        for t in dict.fromkeys(wanted_floats + ([inter_type] if quant_types else []) + (["f16"] if need_f16_ref else [])):
-            keep = t in wanted_floats
-            p = (tmp if keep else work) / f"{name}-{t}.gguf"
-            s = time.time()
-            gguf_write.write_gguf(model_dir, p, t, name=name, vocab=vocab)
-            timings[f"write_{t}"] = time.time() - s
-            paths[t] = p
-        logs: dict[str, str] = {}
-        for t in quant_types:
-            p = tmp / f"{name}-{t}.gguf"
-            s = time.time()
-            logs[t] = Q.quantize(paths[inter_type], p, t, imatrix=imatrix, nthread=args.threads)
-            (tmp / "logs" / f"quantize-{t}.log").write_text(logs[t])
-            timings[f"quantize_{t}"] = time.time() - s
-            paths[t] = p
-        for t in args.gguf:
-            info = Q.inspect_gguf(paths[t], t, logs.get(t))
-            files.append({"format": "gguf", "type": t, "path": paths[t].name, "size_bytes": paths[t].stat().st_size,
-                          "bits_per_weight": info["bits_per_weight"], "main_type": info["main_type"],
-                          "by_type": info["by_type"], "fallbacks": info["fallbacks"], "mixed": info["mixed"]})
-        # ---- ONNX -----------------------------------------------------------------------------------------
-        onnx_dirs = {}
-        for p in args.onnx:
-            d = tmp / f"onnx-{p}"
-            s = time.time()
-            onnx_export.build_onnx(model_dir.resolve(), d, p, args.ep, work / "onnx-cache", tmp / "logs" / f"onnx-{p}.log")
-            timings[f"onnx_{p}"] = time.time() - s
-            onnx_dirs[p] = d
-            size = onnx_export.dir_size(d)
-            files.append({"format": "onnx", "type": p, "path": d.name, "size_bytes": size,
-                          "bits_per_weight": 8 * size / spec.params, "main_type": p, "fallbacks": [], "mixed": []})
-        # ---- validation -----------------------------------------------------------------------------------
+        paths, gguf_files = write_ggufs(p, args, tmp, work, timings)
+        onnx_dirs, onnx_files = write_onnx(p, args, tmp, work, timings)
         validation = None
         if args.validate:
             from .check import validate_exports
 
-            s = time.time()
-            validation = validate_exports(model_dir, {t: paths[t] for t in args.gguf}, onnx_dirs,
-                                          paths.get("f16"), text, args.n_ctx, args.threads)
-            timings["validate"] = time.time() - s
+            validation = _timed(timings, "validate", validate_exports, model_dir, {t: paths[t] for t in args.gguf},
+                                onnx_dirs, paths.get("f16"), p.text, args.n_ctx, args.threads)
         shutil.rmtree(work)
         timings["total"] = time.time() - t0
-        result = {"model": str(model_dir), "name": name, "arch": arch, "params": spec.params, "files": files,
-                  "validation": validation, "timings_s": timings, "imatrix": bool(imatrix),
-                  "pre_tokenizer": vocab["pre"] if vocab else None}
+        result = {"model": str(model_dir), "name": p.name, "arch": p.arch, "params": p.spec.params,
+                  "files": gguf_files + onnx_files, "validation": validation, "timings_s": timings,
+                  "imatrix": bool(p.imatrix), "pre_tokenizer": p.vocab["pre"] if p.vocab else None}
         result["summary"] = summarize(result)
         write_record(tmp, "export", asdict(args), inputs={"model": model_dir}, result=result)
         from .report import write_report
@@ -192,6 +208,7 @@ def summarize(result: dict) -> dict:
     v = result["validation"] or {}
     if v:
         s["hf_perplexity"] = v["hf"]["perplexity"]
+        s["ppl_scoring"] = v["hf"].get("mode", "all")  # which tokens every _ppl / _kld figure was scored over
         s["validation_failures"] = len(v.get("failed", {}))
         if "tokenizer" in v:
             s["tokenizer_match"] = f"{v['tokenizer']['matching']}/{v['tokenizer']['strings']}"

@@ -18,6 +18,7 @@ import torch
 
 from slm.errors import SlmError
 from slm.io import TensorReader, read_config
+from slm.spec import ModelSpec, spec_from_config
 
 from .pretok_hashes import CHKTXT, PRE_TOKENIZERS
 
@@ -162,20 +163,19 @@ def add_vocab(w, vocab: dict, model_dir: Path, vocab_size: int) -> None:
 
 
 # ---- metadata -----------------------------------------------------------------------------------------
-def add_hparams(w, config: dict, arch: str, ftype: str, name: str) -> None:
-    """The keys TextModel.set_gguf_parameters (+ LlamaModel's) writes for these architectures."""
+def add_hparams(w, spec: ModelSpec, config: dict, arch: str, ftype: str, name: str) -> None:
+    """The keys TextModel.set_gguf_parameters (+ LlamaModel's) writes for these architectures: shapes from the
+    spec, RoPE and norm settings from the config."""
     import gguf
 
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    w.add_block_count(config["num_hidden_layers"])
-    w.add_context_length(config.get("max_position_embeddings", 2048))
-    w.add_embedding_length(config["hidden_size"])
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(heads)
-    w.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    w.add_block_count(spec.layers)
+    w.add_context_length(spec.max_context)
+    w.add_embedding_length(spec.hidden)
+    w.add_feed_forward_length(spec.intermediate)
+    w.add_head_count(spec.heads)
+    w.add_head_count_kv(spec.kv_heads)
     rope = rope_params(config)
     if rope.get("rope_type") == "linear" and rope.get("factor"):
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -186,13 +186,13 @@ def add_hparams(w, config: dict, arch: str, ftype: str, name: str) -> None:
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     w.add_rope_freq_base(rope.get("rope_theta", 10000.0))
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    if config.get("head_dim") is not None:
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
+    if config.get("head_dim") is not None:  # the converter writes them only when the config states head_dim
+        w.add_key_length(spec.head_dim)
+        w.add_value_length(spec.head_dim)
     w.add_file_type(FILE_TYPES[ftype])
     if arch == "llama":  # LlamaModel.set_gguf_parameters adds these two
-        w.add_vocab_size(config["vocab_size"])
-        w.add_rope_dimension_count(head_dim)
+        w.add_vocab_size(spec.vocab)
+        w.add_rope_dimension_count(spec.head_dim)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
@@ -202,16 +202,20 @@ def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tensor_plan(reader: TensorReader, config: dict, arch: str, ftype: str) -> list[tuple[str, str, list[int], str]]:
-    """[(hf name, gguf name, shape, gguf dtype)] for every tensor, from the headers alone (nothing loaded)."""
+def tensor_name_map(arch: str, layers: int):
+    """gguf-py's HF → GGUF tensor name map for one of ARCHS' architectures."""
     import gguf
 
     arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
-    tmap = gguf.get_tensor_name_map(arch_enum, config["num_hidden_layers"])
-    tied = bool(config.get("tie_word_embeddings", False))
+    return gguf.get_tensor_name_map(arch_enum, layers)
+
+
+def tensor_plan(reader: TensorReader, spec: ModelSpec, arch: str, ftype: str) -> list[tuple[str, str, list[int], str]]:
+    """[(hf name, gguf name, shape, gguf dtype)] for every tensor, from the headers alone (nothing loaded)."""
+    tmap = tensor_name_map(arch, spec.layers)
     plan = []
     for hf in reader.keys():
-        if hf.endswith(".rotary_emb.inv_freq") or (tied and hf == "lm_head.weight"):
+        if hf.endswith(".rotary_emb.inv_freq") or (spec.tied and hf == "lm_head.weight"):
             continue  # recomputed by llama.cpp / shared with token_embd when tied
         name = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
         if name is None:
@@ -239,21 +243,20 @@ def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_t
         raise SlmError(f"write_gguf writes f32, f16 or bf16, not {ftype!r} (quantized types go through quantize)")
     config = read_config(model_dir)
     arch = check_arch(config)
-    n_head = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_head
+    spec = spec_from_config(config)
     if vocab is None:
-        vocab = load_vocab(model_dir, config["vocab_size"], pre_tokenizer) if has_tokenizer(model_dir) else None
+        vocab = load_vocab(model_dir, spec.vocab, pre_tokenizer) if has_tokenizer(model_dir) else None
     reader = TensorReader(model_dir)
     try:
-        plan = tensor_plan(reader, config, arch, ftype)
+        plan = tensor_plan(reader, spec, arch, ftype)
         w = gguf.GGUFWriter(out, arch)
-        add_hparams(w, config, arch, ftype, name or model_dir.name)
+        add_hparams(w, spec, config, arch, ftype, name or model_dir.name)
         if vocab is not None:
-            add_vocab(w, vocab, model_dir, config["vocab_size"])
+            add_vocab(w, vocab, model_dir, spec.vocab)
         else:  # no tokenizer in the checkpoint: llama.cpp's "no vocab" mode (llama-vocab.cpp), ids only
             w.add_tokenizer_model("none")
             if arch != "llama":  # the vocab size then comes from this key (llama already has it)
-                w.add_vocab_size(config["vocab_size"])
+                w.add_vocab_size(spec.vocab)
         gtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
                  "bf16": gguf.GGMLQuantizationType.BF16}
         npdt = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}
@@ -266,9 +269,9 @@ def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_t
         for hf, gname, _, dt in plan:  # one tensor in memory at a time
             t = reader.get(hf).float()
             if arch == "llama" and hf.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
-                t = permute_qk(t, n_head)
+                t = permute_qk(t, spec.heads)
             elif arch == "llama" and hf.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
-                t = permute_qk(t, n_kv)
+                t = permute_qk(t, spec.kv_heads)
             w.write_tensor_data(to_numpy(t, dt))
             del t
         w.close()

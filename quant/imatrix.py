@@ -20,10 +20,11 @@ def compute_imatrix(model_dir: Path, text: str | None, arch: str, n_ctx: int = 5
                     ids: list[int] | None = None) -> dict:
     """{gguf tensor name: float32 vector of mean x² per input column} over up to max_tokens of `text`
     (or of token `ids`, for checkpoints without a tokenizer)."""
-    import gguf
     import torch
 
     from slm.io import load_model
+
+    from .gguf_write import tensor_name_map
 
     if ids is None:
         from transformers import AutoTokenizer
@@ -33,8 +34,7 @@ def compute_imatrix(model_dir: Path, text: str | None, arch: str, n_ctx: int = 5
         ids = AutoTokenizer.from_pretrained(str(model_dir)).encode(text)
     ids = list(ids)[:max_tokens]
     model = load_model(model_dir, "float32").eval()
-    arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
-    tmap = gguf.get_tensor_name_map(arch_enum, model.config.num_hidden_layers)
+    tmap = tensor_name_map(arch, model.config.num_hidden_layers)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []

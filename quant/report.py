@@ -37,10 +37,15 @@ def _quality_figure(result: dict) -> Figure | None:
     else:
         ax.legend(fontsize=8)
     ax.set_title("Size vs quality per export")
-    how = (f"measured on this host: perplexity over {v['text_tokens']} tokens of held-out text in windows of "
-           f"{v['n_ctx']} (llama-cpp-python / onnxruntime-genai, F32 KV cache); KL divergence per position of the "
-           "f16 GGUF's next-token distribution against each file's")
+    how = (f"measured on this host: perplexity and KL divergence scored over {scoring_of(v)} of "
+           f"{v['text_tokens']} tokens of held-out text (llama.cpp with an F32 KV cache / onnxruntime-genai); KL "
+           "divergence per position of the f16 GGUF's next-token distribution against each file's")
     return Figure("Size vs perplexity and KL divergence", svg_of(fig), how)
+
+
+def scoring_of(v: dict) -> str:
+    """Which tokens the perplexity / KLD figures were scored over (runs before the mode was recorded: `all`)."""
+    return (v.get("scoring") or {}).get("what") or f"every token of non-overlapping {v['n_ctx']}-token windows"
 
 
 def write_report(out_html: Path, result: dict) -> Path:
@@ -62,9 +67,10 @@ def write_report(out_html: Path, result: dict) -> Path:
                 rows.append([f"{f['format']} {f['type']}", r["max_rel_err"], r["max_abs_err"], r["top1_agree"],
                              r["perplexity"], k.get("kld_mean"), k.get("top1_agree"), r["generation"]])
         tables.append(Table("Parity and quality", ["artifact", "max rel. err vs HF", "max abs err", "top-1 vs HF",
-                                                   "perplexity", "KLD vs f16", "top-1 vs f16", f"greedy generation"],
+                                                   "perplexity", "KLD vs f16", "top-1 vs f16", "greedy generation"],
                             rows, note=f"logits on {len(v['prompts'])} fixed prompts (every position); relative error = "
-                                       "max |Δ| / max |HF logit| per prompt; generation from the first prompt"))
+                                       "max |Δ| / max |HF logit| per prompt; perplexity and KLD scored over "
+                                       f"{scoring_of(v)}; generation from the first prompt"))
         if v.get("failed"):
             tables.append(Table("Artifacts that failed to run", ["artifact", "error"], [[k, e] for k, e in v["failed"].items()],
                                 note="the file is kept; the runtime raised this while validating it"))

@@ -1,17 +1,18 @@
-"""Check an export against its source: logits, perplexity, KL divergence, tokenizer ids, greedy text.
+"""Check an export against its source: the fixed prompts and texts, and logits / greedy tokens per runtime.
 
-Every function here takes token ids (or a text plus a way to tokenize it) so the HF model, the GGUF files
-and the ONNX folders are compared on exactly the same inputs. Public helpers for other packages:
-`gguf_perplexity(path, text)`, `gguf_kld(path, ref_path, text)`, `gguf_logits(path, ids)`.
+Every function here takes token ids so the HF model, the GGUF files (through the one llama.cpp wrapper,
+llamacpp.py) and the ONNX folders are compared on exactly the same inputs; perplexity and KLD come from the one
+scorer (score.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .llamacpp import LlamaCpp
 
 # Fixed prompts for logits parity: chat markup, code, digits, Unicode (chosen to exercise the tokenizer
 # and positions past the first few).
@@ -68,118 +69,16 @@ entries shrink to a line or two: lamp lit, lamp out, wind light from the south-w
 
 
 # ---- llama.cpp ----------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def quiet_stderr():
-    """llama.cpp prints its load log on fd 2 even with verbose=False in places; keep test output readable."""
-    fd = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-
-
-def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False, threads: int | None = None):
-    """A llama-cpp-python model with every position's logits kept (logits_all=True).
+def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False, threads: int | None = None) -> LlamaCpp:
+    """The one llama.cpp context wrapper (llamacpp.py) set up for checking: every position's logits, one batch
+    per window, flash attention off (as llama-cpp-python's `Llama`, which earlier runs used).
 
     exact: keep the KV cache in F32 (llama.cpp's default is F16), for parity checks of F32 exports.
     threads: default all cores. On a CPU shared with other jobs use 1: ggml's threads wait for each other
     at every op, and a descheduled thread stalls each step (measured here: 0.4 s per token on a tiny model).
     """
-    from llama_cpp import Llama
-
-    kw = {"type_k": 0, "type_v": 0} if exact else {}  # 0 = GGML_TYPE_F32
-    with quiet_stderr():
-        return Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
-                     n_threads=threads or os.cpu_count() or 1, **kw)
-
-
-def gguf_logits(path_or_llm, ids: list[int], exact: bool = True, threads: int | None = None) -> np.ndarray:
-    """Logits at every position of `ids` (n × vocab, float32)."""
-    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, max(len(ids), 8), exact, threads)
-    llm.reset()
-    llm.eval(list(ids))
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
-
-
-def gguf_greedy(llm, ids: list[int], n: int = 32) -> list[int]:
-    """n greedy tokens after `ids` (argmax each step, no stop on EOS, so runs compare token for token)."""
-    llm.reset()
-    llm.eval(list(ids))
-    out = []
-    for _ in range(n):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(tok)
-        llm.eval([tok])
-    return out
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return (x - np.log(np.exp(x).sum(-1, keepdims=True))).astype(np.float32)  # float32 halves the memory
-
-
-def chunked_logprobs(logits_fn, ids: list[int], n_ctx: int) -> list[np.ndarray]:
-    """Log-probabilities per non-overlapping window of n_ctx tokens (each window starts fresh, as
-    llama-perplexity does). logits_fn(window ids) → (len × vocab)."""
-    return [_log_softmax(logits_fn(ids[i:i + n_ctx])) for i in range(0, len(ids) - 1, n_ctx)
-            if len(ids[i:i + n_ctx]) > 1]
-
-
-def perplexity_of(logprobs: list[np.ndarray], ids: list[int], n_ctx: int) -> dict:
-    """exp(mean NLL) of every token after the first in each window."""
-    nll, n = 0.0, 0
-    for k, lp in enumerate(logprobs):
-        window = ids[k * n_ctx:k * n_ctx + len(lp)]
-        nll -= float(sum(lp[j, window[j + 1]] for j in range(len(window) - 1)))
-        n += len(window) - 1
-    return {"perplexity": float(np.exp(nll / max(n, 1))), "nll": nll / max(n, 1), "tokens_scored": n}
-
-
-def kld_of(ref: list[np.ndarray], test: list[np.ndarray]) -> dict:
-    """KL(P_ref ‖ P_test) per position (llama-perplexity --kl-divergence), mean and 99th percentile, and how
-    often both pick the same top token."""
-    kl, same = [], []
-    for a, b in zip(ref, test):
-        n = min(len(a), len(b))
-        a64, b64 = a[:n].astype(np.float64), b[:n].astype(np.float64)
-        kl.append((np.exp(a64) * (a64 - b64)).sum(-1))
-        same.append(a[:n].argmax(-1) == b[:n].argmax(-1))
-    kl_all, same_all = np.concatenate(kl), np.concatenate(same)
-    return {"kld_mean": float(kl_all.mean()), "kld_p99": float(np.percentile(kl_all, 99)),
-            "kld_max": float(kl_all.max()), "top1_agree": float(same_all.mean()), "positions": int(kl_all.size)}
-
-
-def gguf_tokenize(path_or_llm, text: str) -> list[int]:
-    """The GGUF's own tokenizer, with the special tokens parsed and BOS added only if the file says so."""
-    llm = path_or_llm if not isinstance(path_or_llm, (str, Path)) else open_gguf(path_or_llm, 64, threads=1)
-    return llm.tokenize(text.encode(), add_bos=True, special=True)
-
-
-def gguf_perplexity(path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256, ids: list[int] | None = None,
-                    threads: int | None = None) -> dict:
-    """Perplexity of a GGUF on `text` (tokenized by the GGUF itself unless `ids` are given)."""
-    llm = open_gguf(path, n_ctx, threads=threads)
-    ids = ids if ids is not None else gguf_tokenize(llm, text)
-    lp = chunked_logprobs(lambda w: gguf_logits(llm, w), ids, n_ctx)
-    return {**perplexity_of(lp, ids, n_ctx), "n_ctx": n_ctx}
-
-
-def gguf_kld(path: Path | str, ref_path: Path | str, text: str = HELD_OUT_TEXT, n_ctx: int = 256,
-             threads: int | None = None) -> dict:
-    """KL divergence of a GGUF against a reference GGUF (usually the f16 export) on `text`, plus both
-    perplexities. Tokenized once, by the reference."""
-    ref = open_gguf(ref_path, n_ctx, threads=threads)
-    ids = gguf_tokenize(ref, text)
-    ref_lp = chunked_logprobs(lambda w: gguf_logits(ref, w), ids, n_ctx)
-    del ref
-    test = open_gguf(path, n_ctx, threads=threads)
-    test_lp = chunked_logprobs(lambda w: gguf_logits(test, w), ids, n_ctx)
-    return {**kld_of(ref_lp, test_lp), **perplexity_of(test_lp, ids, n_ctx),
-            "ref_perplexity": perplexity_of(ref_lp, ids, n_ctx)["perplexity"], "n_ctx": n_ctx}
+    return LlamaCpp(path, n_ctx, threads or os.cpu_count() or 1, kv_type="f32" if exact else "f16", n_batch=n_ctx,
+                    flash_attn=False)
 
 
 # ---- HF reference -------------------------------------------------------------------------------------
@@ -191,7 +90,7 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 
 
 def hf_greedy(model, ids: list[int], n: int = 32) -> list[int]:
-    """Greedy tokens with the KV cache, no EOS stop (same rule as gguf_greedy)."""
+    """Greedy tokens with the KV cache, no EOS stop (same rule as LlamaCpp.greedy)."""
     import torch
     from transformers import DynamicCache
 

@@ -40,7 +40,9 @@ def test_every_type_loads_generates_and_reports_fallbacks(real_export):
         assert (out / f["path"]).stat().st_size == f["size_bytes"]
         r = v["gguf"][t]
         assert r["generation"].strip(), t  # loaded in llama.cpp and generated text
-        assert math.isfinite(r["perplexity"]) and r["kld"]["kld_mean"] >= 0
+        assert math.isfinite(r["perplexity"])
+        if t != "f32":  # every quantized file is further from the f16 reference than the f32 file
+            assert r["kld"]["kld_mean"] > v["gguf"]["f32"]["kld"]["kld_mean"] > 0, t
     # hidden 576 is not a multiple of 256: K-quants fall back on most tensors, q8_0 (block 32) never does
     assert files["q8_0"]["fallbacks"] == []
     for t in ("q6_k", "q4_k_m"):
@@ -83,7 +85,7 @@ def test_expanded_model_f32_gguf_matches_hf(real_model, tmp_path):
     model = load_model(x36).eval()
     assert model.config.num_hidden_layers == 36
     prompts = V.prompt_ids(AutoTokenizer.from_pretrained(str(x36)), model.config.vocab_size)
-    llm = V.open_gguf(gguf, 128, exact=True, threads=1)
-    cmp = V.compare_logits([V.hf_logits(model, p) for p in prompts], [V.gguf_logits(llm, p) for p in prompts])
-    assert cmp["max_rel_err"] < 1e-3 and cmp["top1_agree"] == 1.0, cmp
-    assert V.hf_greedy(model, prompts[2], 32) == V.gguf_greedy(llm, prompts[2], 32)
+    with V.open_gguf(gguf, 128, exact=True, threads=1) as llm:
+        cmp = V.compare_logits([V.hf_logits(model, p) for p in prompts], [llm.logits(p) for p in prompts])
+        assert cmp["max_rel_err"] < 1e-3 and cmp["top1_agree"] == 1.0, cmp
+        assert V.hf_greedy(model, prompts[2], 32) == llm.greedy(prompts[2], 32)

@@ -6,26 +6,26 @@ import json
 import shutil
 from pathlib import Path
 
+import llama_cpp  # noqa: F401  (a test dependency: missing, the GGUF suite must fail, not skip)
 import numpy as np
 import pytest
 
 from slm.errors import SlmError
+from slm.gguf import QUANT_TYPES, TYPES
 from slm.io import load_model
 from slm.quant import validate as V
 from slm.quant.export import ExportArgs, export
 from slm.quant.gguf_write import write_gguf
 from slm.quant.imatrix import compute_imatrix
-from slm.quant.quantize import ALL_TYPES, NEEDS_IMATRIX, QUANT_TYPES, inspect_gguf, quantize
-
-pytest.importorskip("llama_cpp")
+from slm.quant.quantize import inspect_gguf, quantize
 
 
 def _parity(model_dir: Path, gguf: Path) -> tuple[dict, bool]:
     model = load_model(model_dir)
     prompts = V.prompt_ids(None, model.config.vocab_size)
-    llm = V.open_gguf(gguf, 64, exact=True, threads=1)
-    cmp = V.compare_logits([V.hf_logits(model, p) for p in prompts], [V.gguf_logits(llm, p) for p in prompts])
-    same = V.hf_greedy(model, prompts[1], 16) == V.gguf_greedy(llm, prompts[1], 16)
+    with V.open_gguf(gguf, 64, exact=True, threads=1) as llm:
+        cmp = V.compare_logits([V.hf_logits(model, p) for p in prompts], [llm.logits(p) for p in prompts])
+        same = V.hf_greedy(model, prompts[1], 16) == llm.greedy(prompts[1], 16)
     return cmp, same
 
 
@@ -66,13 +66,13 @@ def wide(tmp_path_factory):
 def test_every_quant_type_loads_and_generates(wide, tmp_path, qtype):
     d, f32, imatrix = wide
     out = tmp_path / f"wide-{qtype}.gguf"
-    log = quantize(f32, out, qtype, imatrix=imatrix if qtype in NEEDS_IMATRIX else None, nthread=1)
+    log = quantize(f32, out, qtype, imatrix=imatrix if TYPES[qtype].needs_imatrix else None, threads=1)
     info = inspect_gguf(out, qtype, log)
     assert info["main_type"] in info["by_type"], info["by_type"]  # the type really is in the file
     assert info["fallbacks"] == []  # rows of 256 fit every block size
     assert 1.5 < info["bits_per_weight"] < 32
-    llm = V.open_gguf(out, 64, threads=1)
-    toks = V.gguf_greedy(llm, [1, 2, 3, 4], 8)
+    with V.open_gguf(out, 64, threads=1) as llm:
+        toks = llm.greedy([1, 2, 3, 4], 8)
     assert len(toks) == 8 and all(0 <= t < 256 for t in toks)
 
 
@@ -80,7 +80,7 @@ def test_fallbacks_reported_from_llama_cpp(tiny, tmp_path):
     """hidden 64 is not a multiple of 256: every 2-D tensor falls back from Q6_K, and the report says so."""
     d = tiny("llama")
     f32 = write_gguf(d, tmp_path / "m-f32.gguf", "f32")
-    log = quantize(f32, tmp_path / "m-q6_k.gguf", "q6_k", nthread=1)
+    log = quantize(f32, tmp_path / "m-q6_k.gguf", "q6_k", threads=1)
     info = inspect_gguf(tmp_path / "m-q6_k.gguf", "q6_k", log)
     assert info["fallbacks"], info
     assert all(f["wanted"] == "Q6_K" and f["type"] != "Q6_K" and f["row"] % 256 for f in info["fallbacks"])
@@ -101,7 +101,11 @@ def test_export_tiny_writes_record_and_report(tiny, tmp_path):
         assert (out / f["path"]).stat().st_size == f["size_bytes"]
         assert {"type", "path", "size_bytes", "bits_per_weight", "fallbacks"} <= set(f)
     assert res["validation"]["gguf"]["f32"]["max_rel_err"] < 1e-4
-    assert res["validation"]["gguf"]["q8_0"]["kld"]["kld_mean"] >= 0
+    v = res["validation"]
+    # KLD vs the f16 reference: f32 differs from it only by f16 rounding, q8_0 by its 8-bit blocks on top
+    assert 0 < v["gguf"]["f32"]["kld"]["kld_mean"] < v["gguf"]["q8_0"]["kld"]["kld_mean"] < 0.1
+    assert v["scoring"]["mode"] == "all" and v["gguf"]["q8_0"]["mode"] == v["gguf"]["q8_0"]["kld"]["mode"] == "all"
+    assert res["summary"]["ppl_scoring"] == "all"
     assert res["summary"]["gguf_q8_0_bpw"] > 8
     assert (out / "report.html").read_text().count("<svg") >= 1
     assert not list(tmp_path.glob(".exp.*")) and not (out / ".work").exists()
@@ -119,7 +123,7 @@ def test_unknown_quant_type_lists_valid_ones():
         ExportArgs(gguf=["iq2_xs"])
     with pytest.raises(SlmError, match="unknown ONNX precision"):
         ExportArgs(gguf=[], onnx=["int3"])
-    assert set(ALL_TYPES) >= {"f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q2_k", "iq4_xs"}
+    assert set(TYPES) >= {"f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q2_k", "iq4_xs"}
 
 
 def test_unsupported_architecture(tmp_path):
@@ -210,3 +214,21 @@ def test_cli_export(tiny, tmp_path, capsys):
     assert main(["export", str(d), "--gguf", "q7_k", "-o", str(tmp_path / "x")]) == 2
     assert "unknown GGUF type 'q7_k'" in capsys.readouterr().err
     assert main(["export", str(d), "--gguf", "q8_0", "-o", str(out), "--no-validate"]) == 2  # exists, no --force
+
+
+@pytest.mark.parametrize("kind,tied", [("llama", False), ("qwen3", True)])
+def test_written_header_reads_back_as_the_spec(tiny, tmp_path, kind, tied):
+    """slm.gguf reads our writer's files: every tensor, its type, and the same shape numbers as config.json."""
+    from slm.gguf import contents, read_header, spec_from_gguf
+    from slm.spec import load_spec
+
+    d = tiny(kind, tied=tied)
+    p = write_gguf(d, tmp_path / "m.gguf", "f16")
+    h = read_header(p)
+    assert {t.ggml_type for t in h.tensors if len(t.shape) == 2} == {"F16"}
+    assert {t.ggml_type for t in h.tensors if len(t.shape) == 1} == {"F32"}  # norms stay F32
+    want, got = load_spec(d), spec_from_gguf(p)
+    for f in ("model_type", "layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab",
+              "max_context", "tied", "qk_norm"):
+        assert getattr(got, f) == getattr(want, f), f
+    assert contents(h)["params"] == want.params
