@@ -60,7 +60,7 @@ class Ours:
     """slm profile's llama.cpp backend, one sample of pp and tg per call (warm-up included, as llama-bench)."""
 
     def __init__(self, gguf: Path, threads: int, pp: int, tg: int):
-        from slm.profiling.llamacpp import LlamaCpp
+        from slm.quant.llamacpp import LlamaCpp
         from slm.profiling.protocol import BenchArgs
 
         self.args = BenchArgs(pp=(pp,), tg=tg, depths=(0,), reps=1, threads=threads)

@@ -1,5 +1,6 @@
 """What MODEL is: a GGUF, an HF folder, an ONNX folder, an export folder (slm.json listing its files), or a bare
-config.json; and the GGUF the llama.cpp backend measures (made on demand, cached)."""
+config.json; and the GGUF the llama.cpp backend measures (made on demand by slm.quant's exporter and quantizer,
+cached)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from slm.errors import SlmError
+from slm.gguf import FLOAT_TYPES, check_magic, contents
 from slm.profiling.ortgenai import is_onnx_dir
 from slm.profiling.run import Inputs
 
@@ -42,15 +44,32 @@ def _export_files(folder: Path) -> dict:
 
 def main_type(quant: tuple) -> str:
     """The type the main llama.cpp backend measures: the first non-float type asked for, else f16."""
-    return next((q for q in quant if q not in ("f16", "f32", "bf16")), "f16")
+    return next((q for q in quant if q not in FLOAT_TYPES), "f16")
 
 
-def resolve(model: str | None, config: str | None, quant: tuple, threads: int, need_ctx: int = 0,
+def export_f16(hf: Path, out: Path, onnx: bool) -> dict:
+    """HF folder → export folder with an f16 GGUF (and an int4 ONNX model when `onnx`), by slm.quant's exporter."""
+    from slm.quant.export import ExportArgs, export
+
+    return export(hf, out, ExportArgs(gguf=["f16"], onnx=["int4"] if onnx else [], validate=False, force=True))
+
+
+def _from_gguf(gguf: Path, quant: tuple, threads: int, progress: Callable[[str], None]) -> Inputs:
+    """A GGUF file: measured as is; the sweep's types are requantized from it (and the report says so)."""
+    from slm.profiling.sweep import make_files
+
+    inp = Inputs(gguf=check_magic(gguf))
+    if quant:
+        inp.source_note = (f"quantized types were made from {gguf.name} (mostly {contents(gguf)['main_type']}); "
+                           "their quality is relative to that file, not to the original weights")
+        inp.files = make_files(gguf, tuple(dict.fromkeys(quant)), _cache_dir(gguf), threads, {}, progress)
+    return inp
+
+
+def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, threads: int, need_ctx: int = 0,
             backends: tuple = ("llama.cpp", "torch", "onnxruntime-genai"),
-            export: Callable[[Path, Path, bool], Path] | None = None, progress: Callable[[str], None] = print) -> Inputs:
-    """Inputs for `profile`. `export(hf_dir, out_dir, onnx)` writes an export folder (slm.json listing an f16 GGUF
-    and, when asked, an ONNX folder); the CLI passes the exporter, since profiling never imports slm.quant."""
-    from slm.profiling.llamacpp import check_gguf, gguf_contents
+            progress: Callable[[str], None] = print) -> Inputs:
+    """Inputs for `profile`; an HF folder is exported (f16 GGUF, ONNX int4 if that backend runs) into the cache."""
     from slm.profiling.sweep import make_files
     from slm.spec import load_spec
 
@@ -64,17 +83,8 @@ def resolve(model: str | None, config: str | None, quant: tuple, threads: int, n
     p = Path(model)
     if not p.exists():
         raise SlmError(f"model {p} not found: check the path")
-    if p.is_file() and p.name == "config.json":
-        return Inputs(config=p)
     if p.is_file():
-        gguf = check_gguf(p)
-        inp = Inputs(gguf=gguf)
-        if quant:
-            kinds = gguf_contents(gguf)["tensor_types"]
-            inp.source_note = (f"quantized types were made from {gguf.name} (mostly {max(kinds, key=kinds.get)}); "
-                               "their quality is relative to that file, not to the original weights")
-            inp.files = make_files(gguf, tuple(dict.fromkeys(quant)), _cache_dir(gguf), threads, {}, progress)
-        return inp
+        return Inputs(config=p) if p.name == "config.json" else _from_gguf(p, quant, threads, progress)
     if is_onnx_dir(p):
         return Inputs(onnx=p)
     files = _export_files(p)
@@ -90,11 +100,11 @@ def resolve(model: str | None, config: str | None, quant: tuple, threads: int, n
                            f"{spec.max_context}: lower --pp/--depths/--tg")
     want_gguf = "llama.cpp" in backends or bool(quant)
     want_onnx = "onnxruntime-genai" in backends and "onnx" not in files
-    if hf and export is not None and ((want_gguf and "f16" not in files) or want_onnx):
+    if hf and ((want_gguf and "f16" not in files) or want_onnx):
         cache = _cache_dir(p / "config.json") / ("export-onnx" if want_onnx else "export")
         if not (cache / "slm.json").is_file():
             progress(f"exporting {p.name} (f16 GGUF{' + ONNX int4' if want_onnx else ''}) with slm.quant; cached in {cache}")
-            export(hf, cache, want_onnx)
+            export_f16(hf, cache, want_onnx)
         files = {**_export_files(cache), **files}
     inp = Inputs(hf=hf, onnx=files.pop("onnx", None) if "onnxruntime-genai" in backends else None)
     if files and want_gguf:

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from slm.errors import SlmError
+from slm.profiling.protocol import Closing
+from slm.spec import ModelSpec, check_supported, load_spec
 
 
 def is_onnx_dir(p: Path) -> bool:
     return Path(p).is_dir() and (Path(p) / "genai_config.json").is_file()
 
 
-class OrtGenai:
+class OrtGenai(Closing):
     name = "onnxruntime-genai"
 
     def __init__(self, folder: Path, threads: int, seed: int = 0):
@@ -86,18 +88,11 @@ class OrtGenai:
     def close(self) -> None:
         self.model = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-def spec_of(folder: Path):
+def spec_of(folder: Path) -> ModelSpec:
     """ModelSpec of an ONNX folder: its config.json, the HF model its export record names, or genai_config.json with
     the MLP width read from the graph's gate/up projection weights (the builder writes no config.json)."""
     from slm.record import read_record
-    from slm.spec import load_spec, spec_from_config
 
     folder = Path(folder)
     if (folder / "config.json").is_file():
@@ -108,14 +103,15 @@ def spec_of(folder: Path):
         return load_spec(src)
     d = json.loads((folder / "genai_config.json").read_text())["model"]
     dec = d["decoder"]
-    hidden = dec["hidden_size"]
-    config = {"model_type": {"qwen2": "qwen2", "qwen3": "qwen3"}.get(d.get("type"), "llama"),
-              "num_hidden_layers": dec["num_hidden_layers"], "hidden_size": hidden,
-              "intermediate_size": _mlp_width(folder, hidden), "num_attention_heads": dec["num_attention_heads"],
-              "num_key_value_heads": dec.get("num_key_value_heads"), "head_dim": dec.get("head_size"),
-              "vocab_size": d["vocab_size"], "max_position_embeddings": d.get("context_length", 2048),
-              "tie_word_embeddings": False}
-    return spec_from_config(config)
+    mt = check_supported({"model_type": {"qwen2": "qwen2", "qwen3": "qwen3"}.get(d.get("type"), "llama")})
+    hidden, heads = dec["hidden_size"], dec["num_attention_heads"]
+    return ModelSpec(
+        model_type=mt, layers=dec["num_hidden_layers"], hidden=hidden, intermediate=_mlp_width(folder, hidden),
+        heads=heads, kv_heads=dec.get("num_key_value_heads") or heads, head_dim=dec.get("head_size") or hidden // heads,
+        vocab=d["vocab_size"], max_context=d.get("context_length", 2048),
+        tied=False,  # genai_config does not say: counted untied
+        attention_bias=mt == "qwen2", qk_norm=mt == "qwen3", dtype="float32",  # as spec_from_config without a dtype
+    )
 
 
 def _mlp_width(folder: Path, hidden: int) -> int:

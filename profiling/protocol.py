@@ -70,6 +70,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Closing:
+    """`with backend:` closes it; the torch and onnxruntime-genai backends derive from this."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def stats(values: list[float]) -> dict:
     """mean ± sample standard deviation (0 for a single value) and the raw samples."""
     mean = statistics.fmean(values)

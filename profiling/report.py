@@ -68,8 +68,14 @@ def _pareto_fig(res: dict) -> Figure:
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel(f"KL divergence vs {rows[0]['reference']} (nats/token)")
     ax.set_title("quantization: size vs quality vs decode speed")
-    return Figure(ax.get_title(), svg_of(fig), f"{res['how']}; KLD over the scored halves of "
-                  f"{res['args']['ppl_chunks']} chunks of 256 tokens; decode tg{res['args']['sweep_tg']} @ d0")
+    return Figure(ax.get_title(), svg_of(fig), f"{res['how']}; KLD scored over the {_scoring(res)}; "
+                  f"decode tg{res['args']['sweep_tg']} @ d0")
+
+
+def _scoring(res: dict) -> str:
+    """Which tokens the sweep's perplexity and KLD were scored over (runs before the mode was recorded: halves)."""
+    sc = res["sweep"].get("scoring") or {}
+    return sc.get("what") or f"second half of each of {res['args']['ppl_chunks']} chunks of 256 tokens"
 
 
 def _roofline_fig(res: dict) -> Figure:
@@ -120,7 +126,7 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                             [[r["type"], r["size_bytes"] / MIB, r["bits_per_weight"], r["pp_tok_s"], r["tg_tok_s"],
                               r["tg_roofline_fraction"], r["ppl"], r["kld_vs_ref"], r["kld_p99"],
                               ", ".join(f"{k}×{v}" for k, v in sorted(r["tensor_types"].items()))] for r in rows],
-                            note=res["sweep"]["answer"]))
+                            note=f"perplexity and KLD scored over the {_scoring(res)}. " + res["sweep"]["answer"]))
     p = res.get("projection")
     if p:
         d = p["device"]

@@ -8,20 +8,21 @@ Inputs (see `Inputs`): a GGUF, an HF folder, an ONNX folder, GGUFs made by the e
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from slm.errors import SlmError
+from slm.gguf import KV_CACHE_TYPES, TYPES, parse_types, spec_from_gguf
 from slm.profiling import devices, kv, roofline
 from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
 from slm.profiling.sweep import SweepArgs
 
 SCHEMA_VERSION = 1
-# Nominal bits per weight of each type's blocks (ggml-common.h block sizes); the _M mixes keep some tensors at
-# more bits, so a real file is a little larger — measured files report their own bpw.
-NOMINAL_BPW = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.5625, "q5_k_m": 5.5, "q5_0": 5.5,
-               "q4_k_m": 4.5, "q4_0": 4.5, "q4_1": 5.0, "q3_k_m": 3.4375, "q2_k": 2.625}
+BACKENDS = ("llama.cpp", "torch", "onnxruntime-genai")
+# `--quick`: short tests for a first look or a CI run
+QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2}, "sweep_pp": 128, "sweep_tg": 16,
+         "ppl_chunks": 2, "kv_contexts": (512, 2048)}
 # Used only when projecting a config with no weights and this host has never been measured (stated as assumed).
 ASSUMED_EFFICIENCY = {"decode": 0.5, "prefill": 0.25}
 
@@ -43,9 +44,11 @@ class ProfileArgs:
     """What `slm profile` does."""
 
     device: str = "host"  # 'host', a registry key, or 'jetson' (= Orin NX 16GB)
-    quant: tuple = ()  # sweep types (empty: no sweep); with --config: the type to project
-    backends: tuple = ("llama.cpp", "torch", "onnxruntime-genai")  # run those whose input exists
+    quant: str | tuple = ()  # sweep types, 'q8_0,q4_k_m' or a tuple (empty: no sweep); with a config: the type to project
+    backends: str | tuple = BACKENDS  # run those whose input exists ('llama.cpp,torch' or a tuple)
     bench: BenchArgs = field(default_factory=BenchArgs)  # the protocol for the main backends
+    threads: int | None = None  # CPU threads for every backend (None: bench.threads, by default default_threads())
+    quick: bool = False  # short tests: QUICK's protocol (pp64,256; tg32 @ d0,256; 2 reps), sweep and KV contexts
     sweep_pp: int = 512  # prefill length in the sweep
     sweep_tg: int = 64  # decode length in the sweep
     sweep_reps: int = 2  # repetitions in the sweep
@@ -58,10 +61,23 @@ class ProfileArgs:
     full_all: bool = False  # run the full protocol on every backend
 
     def __post_init__(self):
+        self.quant = parse_types(self.quant)
+        names = self.backends.split(",") if isinstance(self.backends, str) else self.backends
+        self.backends = tuple(b.strip() for b in names if b.strip())
+        for b in self.backends:
+            if b not in BACKENDS:
+                raise SlmError(f"unknown backend {b!r}: choose from {', '.join(BACKENDS)}")
         self.device = devices.get_device(self.device).key if self.device != "host" else "host"
         for t in self.kv_types:
-            if t not in kv.BYTES_PER_ELEMENT:
-                raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(kv.BYTES_PER_ELEMENT)}")
+            if t not in KV_CACHE_TYPES:
+                raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(KV_CACHE_TYPES)}")
+        self.threads = self.threads or self.bench.threads
+        if self.quick:
+            self.bench = BenchArgs(**QUICK["bench"], threads=self.threads, seed=self.bench.seed)
+            self.sweep_pp, self.sweep_tg, self.ppl_chunks = QUICK["sweep_pp"], QUICK["sweep_tg"], QUICK["ppl_chunks"]
+            self.kv_contexts = QUICK["kv_contexts"]
+        else:
+            self.bench = replace(self.bench, threads=self.threads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +91,7 @@ def _spec(inputs: Inputs):
     if inputs.config:
         return load_spec(inputs.config)
     if inputs.gguf:
-        return kv.spec_from_gguf(inputs.gguf)
+        return spec_from_gguf(inputs.gguf)
     if inputs.onnx:
         from slm.profiling.ortgenai import spec_of
 
@@ -114,7 +130,7 @@ def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_p
 def _backend(name: str, inputs: Inputs, args: ProfileArgs, on_jetson: bool = False):
     t = args.bench.threads
     if name == "llama.cpp" and inputs.gguf:
-        from slm.profiling.llamacpp import LlamaCpp
+        from slm.quant.llamacpp import LlamaCpp
 
         # on a Jetson, offload every layer to its GPU, as one deploys there
         return LlamaCpp(inputs.gguf, args.bench.max_context(), t, seed=args.bench.seed, gpu_layers=999 if on_jetson else 0)
@@ -134,20 +150,41 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
     t0 = time.time()
     spec = _spec(inputs)
     check(inputs, args, spec)
+    # ---- where the figures come from: this host, the device itself, and the device to project onto ------------
     here = devices.detect()
     how = f"measured on the device ({here.name})" if here else "measured on this host"
     target = devices.get_device(args.device) if args.device != "host" else here
+    measuring = bool(inputs.gguf or inputs.hf or inputs.onnx)
+    t = args.bench.threads
+    host = roofline.host_peaks(t, refresh=args.refresh_host) if measuring else roofline.cached_peaks(t)
     res = {"schema_version": SCHEMA_VERSION, "how": how, "model": {**spec.summary(), "inputs": {
         k: str(v) for k, v in asdict(inputs).items() if v and k != "files"}}, "args": args.to_dict(),
-        "threads": args.bench.threads, "backends": {}, "notes": [inputs.source_note] if inputs.source_note else []}
-    measuring = bool(inputs.gguf or inputs.hf or inputs.onnx)
-    host = roofline.host_peaks(args.bench.threads, refresh=args.refresh_host) if measuring else roofline.cached_peaks(args.bench.threads)
-    res["host"] = {**host, "cpu": roofline.cpu_model(), "detected_device": here.key if here else None}
+        "threads": t, "notes": [inputs.source_note] if inputs.source_note else [],
+        "host": {**host, "cpu": roofline.cpu_model(), "detected_device": here.key if here else None}}
+    # ---- backends, KV cache, quantization sweep, projection ---------------------------------------------------
+    res["backends"] = measure_backends(inputs, args, spec, host, how, here is not None, progress)
+    main = res["backends"].get("llama.cpp")
+    weight_bytes = main["weight_bytes"] if main else _planned_weight_bytes(spec, args)
+    res["kv"], compute = kv_section(inputs, args, spec, weight_bytes,
+                                    main["memory"].get("compute", 0.0) if main else 0.0, progress)
+    if args.quant and (inputs.gguf or inputs.files):
+        res["sweep"] = sweep_section(inputs, args, spec, host, how, work_dir, progress)
+    if target is not None and not here:
+        res["projection"] = _project(target, res, spec, weight_bytes, compute, args)
+    res["summary"] = summary(res)
+    res["elapsed_s"] = time.time() - t0
+    if measuring:
+        roofline.save_efficiency(t, res["summary"])
+    return res
 
-    # ---- backends ----------------------------------------------------------------------------------------------
+
+def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str, on_jetson: bool,
+                     progress: Callable[[str], None]) -> dict:
+    """name → rows of the protocol's tests (with roofline bounds), memory, peak RSS, for each backend with input."""
+    out = {}
     for name in args.backends:
         reset_peak_rss()
-        b = _backend(name, inputs, args, on_jetson=here is not None)
+        b = _backend(name, inputs, args, on_jetson)
         if b is None:
             continue
         bench = args.bench if (name == "llama.cpp" or args.full_all) else light(args.bench)
@@ -161,14 +198,15 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
         _roofline_rows(rows, host, spec, wb, kv.kv_bytes(spec, 1, "f16"), peak)
         for r in rows:
             r["how"] = how
-        res["backends"][b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": bench.threads,
-                                   "protocol": bench.to_dict(),
-                                   "weight_bytes": wb, "compute_peak_flops": peak}
+        out[b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": bench.threads,
+                       "protocol": bench.to_dict(), "weight_bytes": wb, "compute_peak_flops": peak}
+    return out
 
-    # ---- KV cache ------------------------------------------------------------------------------------------------
-    main = res["backends"].get("llama.cpp")
-    weight_bytes = main["weight_bytes"] if main else _planned_weight_bytes(spec, args)
-    compute = main["memory"].get("compute", 0.0) if main else 0.0
+
+def kv_section(inputs: Inputs, args: ProfileArgs, spec, weight_bytes: float, compute: float,
+               progress: Callable[[str], None]) -> tuple[dict, float]:
+    """The analytic share curve per cache type and llama.cpp's measured allocation; returns it and the compute
+    buffer bytes the curve used (measured at the largest f16 context when there is a GGUF)."""
     measured = []
     if inputs.gguf:
         ctxs = [c for c in args.kv_contexts if c <= spec.max_context]
@@ -177,32 +215,25 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
             measured += kv.measure_llamacpp(inputs.gguf, spec, ctxs, t, args.bench.threads)
         # the compute buffers at the largest measured context stand for the curve's constant term
         compute = max((r["compute"] for r in measured if r["cache_type"] == "f16"), default=compute)
-    res["kv"] = {"analytic": {t: kv.share_curve(spec, weight_bytes, t, compute) for t in args.kv_types},
-                 "measured": measured}
+    return {"analytic": {t: kv.share_curve(spec, weight_bytes, t, compute) for t in args.kv_types},
+            "measured": measured}, compute
 
-    # ---- quantization sweep -----------------------------------------------------------------------------------
-    if args.quant and (inputs.gguf or inputs.files):
-        from slm.profiling import sweep
 
-        sa = SweepArgs(types=args.quant, pp=args.sweep_pp, tg=args.sweep_tg, reps=args.sweep_reps,
-                       chunks=args.ppl_chunks, threads=args.bench.threads)
-        src = Path(inputs.files.get("f16") or inputs.gguf)
-        files = sweep.make_files(src, sa.types, work_dir, args.bench.threads, inputs.files, progress)
-        rows = sweep.run_sweep(files, sa, progress)
-        for r in rows:
-            r["how"] = how
-            r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(host["bandwidth_Bps"], r["size_bytes"],
-                                                                              kv.kv_bytes(spec, 1), args.sweep_tg / 2)
-        res["sweep"] = {"rows": rows, "answer": sweep.answer(rows), "source": str(src)}
+def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str, work_dir: Path,
+                  progress: Callable[[str], None]) -> dict:
+    """Every asked type's file made (or taken from the export), measured and scored; the worded answer."""
+    from slm.profiling import sweep
 
-    # ---- device projection -------------------------------------------------------------------------------------
-    if target is not None and not here:
-        res["projection"] = _project(target, res, spec, weight_bytes, compute, args)
-    res["summary"] = summary(res)
-    res["elapsed_s"] = time.time() - t0
-    if measuring:
-        roofline.save_efficiency(args.bench.threads, res["summary"])
-    return res
+    sa = SweepArgs(types=args.quant, pp=args.sweep_pp, tg=args.sweep_tg, reps=args.sweep_reps,
+                   chunks=args.ppl_chunks, threads=args.bench.threads)
+    src = Path(inputs.files.get("f16") or inputs.gguf)
+    files = sweep.make_files(src, sa.types, work_dir, args.bench.threads, inputs.files, progress)
+    rows = sweep.run_sweep(files, sa, progress)
+    for r in rows:
+        r["how"] = how
+        r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(host["bandwidth_Bps"], r["size_bytes"],
+                                                                          kv.kv_bytes(spec, 1), args.sweep_tg / 2)
+    return {"rows": rows, "answer": sweep.answer(rows), "source": str(src), "scoring": sa.scoring.to_dict()}
 
 
 def light(b: BenchArgs) -> BenchArgs:
@@ -212,10 +243,8 @@ def light(b: BenchArgs) -> BenchArgs:
 
 
 def _planned_weight_bytes(spec, args: ProfileArgs) -> float:
-    q = (args.quant or ("f16",))[0]
-    if q not in NOMINAL_BPW:
-        raise SlmError(f"no nominal bits per weight for {q!r}: use one of {', '.join(NOMINAL_BPW)}")
-    return spec.params * NOMINAL_BPW[q] / 8
+    """Weights of a model with no file yet: its parameters at the first asked type's nominal bits per weight."""
+    return spec.params * TYPES[(args.quant or ("f16",))[0]].bpw / 8
 
 
 def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: ProfileArgs) -> dict:
@@ -257,6 +286,8 @@ def summary(res: dict) -> dict:
         s["kv_bytes_per_token_f16"] = f16["kv_bytes_per_token"]
         s["kv_crossover_context_f16"] = f16["crossover_context"]
         s["kv_share_at_max_context_f16"] = round(f16["rows"][-1]["kv_share"], 4)
+    if "sweep" in res:
+        s["quant.ppl_scoring"] = res["sweep"]["scoring"]["mode"]  # which tokens the quant.*.ppl / kld figures scored
     for r in res.get("sweep", {}).get("rows", []):
         for k in ("size_bytes", "bits_per_weight", "pp_tok_s", "tg_tok_s", "ppl", "kld_vs_ref"):
             s[f"quant.{r['type']}.{k}"] = r[k] if isinstance(r[k], int) else round(r[k], 5)

@@ -1,8 +1,10 @@
 """Quantization sweep: for each GGUF type, size, bits per weight, what the file really holds, prefill and decode
 speed, and quality as perplexity and KL divergence vs the f16 file on the same held-out text.
 
-Quality follows llama.cpp's `llama-perplexity --kl-divergence`: the text is cut into chunks of n_ctx tokens and
-only the second half of each chunk is scored, so every scored token has at least n_ctx/2 tokens of context.
+Quality follows llama.cpp's `llama-perplexity --kl-divergence`: slm.quant's scorer in its `second_half` mode (the
+text is cut into chunks of n_ctx tokens and only the second half of each chunk is scored, so every scored token
+has at least n_ctx/2 tokens of context); quantized files are made by slm.quant's quantizer and measured through
+its llama.cpp wrapper.
 """
 
 from __future__ import annotations
@@ -11,55 +13,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
+from slm.corpus import heldout_text
 from slm.errors import SlmError
+from slm.gguf import contents
+from slm.quant.llamacpp import LlamaCpp
+from slm.quant.quantize import quantize
+from slm.quant.score import Scoring, kld, perplexity, score
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
-# Python ships its own documentation; the docstrings of these stdlib modules are our offline held-out English.
-_TEXT_MODULES = ("argparse", "collections", "json", "logging", "subprocess", "unittest", "pathlib", "textwrap",
-                 "functools", "itertools", "typing", "dataclasses", "datetime", "decimal", "fractions", "heapq")
-
-
-def default_text() -> str:
-    import importlib
-    import inspect
-
-    parts = []
-    for name in _TEXT_MODULES:
-        mod = importlib.import_module(name)
-        parts += [inspect.getdoc(mod) or ""] + [inspect.getdoc(getattr(mod, a)) or "" for a in sorted(dir(mod))
-                                                if not a.startswith("_") and callable(getattr(mod, a))]
-    return "\n\n".join(p for p in parts if len(p) > 80)
 
 
 @dataclass
 class SweepArgs:
     """What the sweep measures per type."""
 
-    types: tuple = DEFAULT_TYPES  # GGUF types, f16 first (the quality reference)
+    types: tuple = DEFAULT_TYPES  # GGUF type names as slm.gguf.parse_types gives them, the first is the reference
     pp: int = 512  # prefill test length
     tg: int = 64  # decode test length (at depth 0)
     reps: int = 2  # timed repetitions per speed test
     chunk: int = 256  # tokens per perplexity chunk (second half scored)
     chunks: int = 4  # chunks of text scored
     threads: int = 2  # CPU threads
-    text: str = field(default="", repr=False)  # held-out text; empty → Python's stdlib docstrings
+    text: str = field(default="", repr=False)  # held-out text; empty → slm.corpus.heldout_text (stdlib docstrings)
 
     def __post_init__(self):
-        self.types = tuple(t.strip().lower() for t in self.types if t.strip())
+        self.types = tuple(self.types)
         if not self.types:
             raise SlmError("--quant lists no types: e.g. --quant f16,q8_0,q4_k_m")
         if self.chunk < 16 or self.chunks < 1:
             raise SlmError("perplexity chunk must be ≥ 16 tokens and chunks ≥ 1")
+
+    @property
+    def scoring(self) -> Scoring:
+        return Scoring("second_half", self.chunk, self.chunks)
 
 
 def make_files(source: Path, types: tuple, out_dir: Path, threads: int, given: dict | None = None,
                progress: Callable[[str], None] = print) -> dict:
     """type → GGUF path: taken from `given` (e.g. the exporter's files) or made with llama.cpp's quantizer from
     `source`."""
-    from slm.profiling.llamacpp import quantize
-
     files = dict(given or {})
     for t in types:
         if t not in files:
@@ -68,58 +60,41 @@ def make_files(source: Path, types: tuple, out_dir: Path, threads: int, given: d
                 files[t] = dst
                 continue
             progress(f"quantizing {source.name} → {t}")
-            files[t] = quantize(source, dst, t, threads)
+            quantize(source, dst, t, threads=threads)
+            files[t] = dst
     return files
 
 
-def _score(backend, tokens: list[int], args: SweepArgs, ref: list | None):
-    """Perplexity over the scored halves, and KLD(ref ‖ this) per token when reference log-probs are given."""
-    nll, kld, out = [], [], []
-    half = args.chunk // 2
-    for i in range(args.chunks):
-        chunk = tokens[i * args.chunk:(i + 1) * args.chunk]
-        lp = backend.logprobs(chunk)[half - 1:-1]  # predictions for tokens half … chunk-1
-        target = np.asarray(chunk[half:])
-        nll.append(-lp[np.arange(len(target)), target])
-        if ref is not None:
-            p = ref[i].astype(np.float32)
-            kld.append((np.exp(p) * (p - lp)).sum(axis=1))
-        out.append(lp.astype(np.float16))
-    nll = np.concatenate(nll)
-    res = {"ppl": float(np.exp(nll.mean())), "scored_tokens": int(nll.size)}
-    if ref is not None:
-        k = np.concatenate(kld)
-        res.update(kld_mean=float(k.mean()), kld_p99=float(np.quantile(k, 0.99)))
-    return res, out
+def _row(t: str, path: Path, speed: dict, ppl: dict, kl: dict | None, reference: str) -> dict:
+    info = contents(path)
+    return {"type": t, "path": str(path), "size_bytes": info["size_bytes"], "bits_per_weight": info["bits_per_weight"],
+            "tensor_types": {k: e["tensors"] for k, e in info["by_type"].items()},
+            "pp_tok_s": speed["prefill"]["tok_s"], "pp_tok_s_std": speed["prefill"]["tok_s_std"],
+            "tg_tok_s": speed["decode"]["tok_s"], "tg_tok_s_std": speed["decode"]["tok_s_std"],
+            "ppl": ppl["perplexity"], "kld_vs_ref": kl["kld_mean"] if kl else 0.0,
+            "kld_p99": kl["kld_p99"] if kl else 0.0, "scoring": ppl["mode"], "reference": reference}
 
 
 def run_sweep(files: dict, args: SweepArgs, progress: Callable[[str], None] = print) -> list[dict]:
-    from slm.profiling.llamacpp import LlamaCpp, gguf_contents
+    """Speed (the llama-bench protocol) and quality (perplexity, KLD vs the first type) of every type's file."""
     from slm.profiling.protocol import BenchArgs, run_tests
 
     bench = BenchArgs(pp=(args.pp,), tg=args.tg, depths=(0,), reps=args.reps, threads=args.threads)
-    n_ctx = max(bench.max_context(), args.chunk)
+    scoring = args.scoring
     ref, tokens, rows = None, None, []
     for t in args.types:
-        with LlamaCpp(files[t], n_ctx, args.threads) as b:
+        with LlamaCpp(files[t], max(bench.max_context(), args.chunk), args.threads) as b:
             if tokens is None:
-                tokens = b.tokenize(args.text or default_text())
-                if len(tokens) < args.chunk * args.chunks:
-                    raise SlmError(f"held-out text has {len(tokens)} tokens, fewer than {args.chunk}×{args.chunks}: "
-                                   "pass a longer text or fewer chunks")
+                tokens = b.tokenize(args.text or heldout_text())
+                scoring.windows(tokens)  # a text too short fails here, before any measuring
             progress(f"sweep {t}: speed")
             speed = {r["kind"]: r for r in run_tests(b, bench)}
             progress(f"sweep {t}: perplexity")
-            q, lps = _score(b, tokens, args, ref)
-            if ref is None:
-                ref, ref_type = lps, t
-            info = gguf_contents(Path(files[t]))
-        rows.append({"type": t, "path": str(files[t]), "size_bytes": info["size_bytes"],
-                     "bits_per_weight": info["bits_per_weight"], "tensor_types": info["tensor_types"],
-                     "pp_tok_s": speed["prefill"]["tok_s"], "pp_tok_s_std": speed["prefill"]["tok_s_std"],
-                     "tg_tok_s": speed["decode"]["tok_s"], "tg_tok_s_std": speed["decode"]["tok_s_std"],
-                     "ppl": q["ppl"], "kld_vs_ref": q.get("kld_mean", 0.0), "kld_p99": q.get("kld_p99", 0.0),
-                     "reference": ref_type})
+            scored = score(b.logits, tokens, scoring)
+        kl = kld(ref, scored, scoring) if ref is not None else None
+        if ref is None:
+            ref, ref_type = scored, t
+        rows.append(_row(t, Path(files[t]), speed, perplexity(scored, scoring), kl, ref_type))
     return rows
 
 

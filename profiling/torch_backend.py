@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from slm.profiling.protocol import Closing
 
-class Torch:
+
+class Torch(Closing):
     name = "torch"
 
     def __init__(self, model_dir: Path, threads: int, device: str = "auto", dtype: str = "float32", seed: int = 0):
@@ -83,9 +85,3 @@ class Torch:
 
     def close(self) -> None:
         self.model = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -39,24 +39,21 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_profile)
 
 
-def _export(hf: Path, out: Path, onnx: bool) -> dict:
-    """HF folder → export folder with an f16 GGUF (and an int4 ONNX model) via the export package; only the CLI
-    imports slm.quant."""
-    from slm.quant.export import ExportArgs, export
-
-    return export(hf, out, ExportArgs(gguf=["f16"], onnx=["int4"] if onnx else [], validate=False, force=True))
-
-
-def profile_model(model: str | None, out: str, *options: str) -> dict:
-    """`slm profile MODEL -o OUT [options…]` as a function (for `slm demo`): returns the result dict."""
-    from slm.cli import build_parser
-
-    args = build_parser().parse_args(["profile", *([model] if model else []), "-o", str(out), *options])
-    return run(args)
-
-
 def cmd_profile(args) -> int:
-    res = run(args)
+    """argparse → ProfileArgs / RemoteArgs → profile_model → print."""
+    from slm.profiling.api import ProfileArgs, RemoteArgs, profile_model
+    from slm.profiling.protocol import BenchArgs
+
+    pa = ProfileArgs(device=args.device, quant=args.quant, backends=args.backends, threads=args.threads,
+                     quick=args.quick, bench=BenchArgs(pp=args.pp, tg=args.tg, depths=args.depths, reps=args.reps),
+                     refresh_host=args.refresh_host, full_all=args.full_all)
+    remote = None
+    if args.host:
+        remote = RemoteArgs(args.host, args.port, Path(args.identity) if args.identity else None,
+                            Path(args.known_hosts) if args.known_hosts else None, args.remote_slm, args.remote_dir)
+    name = Path(args.model or args.config or "model").name.replace(".gguf", "")
+    out = args.out or f"reports/profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    res = profile_model(args.model, out, pa, config=args.config, remote=remote, force=args.force)
     if args.json:
         print(json.dumps(res, default=str))
     else:
@@ -64,46 +61,3 @@ def cmd_profile(args) -> int:
         for k, v in res["summary"].items():
             print(f"  {k}: {v}", file=sys.stderr)
     return 0
-
-
-def run(args) -> dict:
-    from slm.io import check_output
-    from slm.profiling.protocol import BenchArgs, default_threads
-    from slm.profiling.run import ProfileArgs
-
-    log = (lambda m: print(m, file=sys.stderr, flush=True))
-    quant = tuple(q.strip().lower() for q in args.quant.split(",") if q.strip())
-    threads = args.threads or default_threads()
-    bench = BenchArgs(pp=(64, 256), tg=32, depths=(0, 256), reps=2, threads=threads) if args.quick else \
-        BenchArgs(pp=args.pp, tg=args.tg, depths=args.depths, reps=args.reps, threads=threads)
-    pa = ProfileArgs(device=args.device, quant=quant, backends=tuple(args.backends.split(",")), bench=bench,
-                     refresh_host=args.refresh_host, full_all=args.full_all,
-                     **({"sweep_pp": 128, "sweep_tg": 16, "ppl_chunks": 2, "kv_contexts": (512, 2048)} if args.quick else {}))
-    name = Path(args.model or args.config or "model").name.replace(".gguf", "")
-    out = Path(args.out or f"reports/profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    check_output(out, args.force)  # before any long work
-    if args.host:
-        from slm.profiling.remote import RemoteArgs, profile_remote
-
-        ra = RemoteArgs(args.host, args.port, Path(args.identity) if args.identity else None,
-                        Path(args.known_hosts) if args.known_hosts else None, args.remote_slm, args.remote_dir)
-        if not args.model:
-            from slm.errors import SlmError
-
-            raise SlmError("--host needs a MODEL to copy to the device")
-        fwd = ["--threads", str(threads), "--backends", args.backends] + (["--quick"] if args.quick else [
-            "--pp", ",".join(map(str, bench.pp)), "--tg", str(bench.tg), "--depths", ",".join(map(str, bench.depths)),
-            "--reps", str(bench.reps)]) + (["--quant", ",".join(quant)] if quant else []) + [
-            "-o", f"{args.remote_dir}/{Path(args.model).name}.profile", "--force"]
-        res = profile_remote(Path(args.model), ra, fwd, log)
-    else:
-        from slm.profiling.inputs import resolve
-        from slm.profiling.run import profile
-
-        inputs = resolve(args.model, args.config, quant, threads, bench.max_context(), pa.backends, _export, log)
-        res = profile(inputs, pa, out.parent, log)
-    from slm.profiling.report import save
-
-    save(res, out, vars(args), args.model or args.config, args.force)
-    res["out"] = str(out)
-    return res

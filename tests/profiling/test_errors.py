@@ -30,7 +30,7 @@ def test_not_a_gguf(tmp_path, capsys):
 
 
 def test_llamacpp_backend_refuses_garbage(tmp_path):
-    from slm.profiling.llamacpp import LlamaCpp
+    from slm.quant.llamacpp import LlamaCpp
 
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 8 + b"\xff" * 64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from slm.gguf import spec_from_gguf
 from slm.profiling import kv
 from slm.spec import spec_from_config
 
@@ -11,7 +12,7 @@ from slm.spec import spec_from_config
 @pytest.mark.slow
 @pytest.mark.parametrize("cache_type", ["f16", "q8_0", "q4_0"])
 def test_analytic_matches_llamacpp_allocation(gguf, cache_type):
-    spec = kv.spec_from_gguf(gguf)
+    spec = spec_from_gguf(gguf)
     rows = kv.measure_llamacpp(gguf, spec, [512, 1000, 4096], cache_type, threads=1)
     for r in rows:
         assert r["cells"] == kv.llama_cells(r["context"])  # 1000 is padded to 1024 cells
@@ -23,7 +24,7 @@ def test_analytic_matches_llamacpp_allocation(gguf, cache_type):
 
 @pytest.mark.slow
 def test_spec_from_gguf_is_smollm2(gguf):
-    s = kv.spec_from_gguf(gguf)
+    s = spec_from_gguf(gguf)
     assert (s.layers, s.hidden, s.heads, s.kv_heads, s.head_dim, s.vocab, s.max_context, s.tied) == \
         (30, 576, 9, 3, 64, 49152, 8192, True)
     assert kv.kv_bytes(s, 1) == 2 * 30 * 3 * 64 * 2

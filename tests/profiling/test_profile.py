@@ -73,7 +73,7 @@ def _tiny_onnx(tiny, tmp_path):
     import subprocess
     import sys
 
-    pytest.importorskip("onnxruntime_genai")
+    import onnxruntime_genai  # noqa: F401  (a test dependency: missing, this test must fail, not skip)
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -113,3 +113,44 @@ def test_sweep_answer_reads_the_data():
     assert "prefill: yes" in a and "fastest decode: q4_0" in a
     rows[2]["tg_tok_s"] = 45
     assert answer(rows).startswith("decode: yes")
+
+
+def test_profile_args_parse_quant_once_and_presets():
+    from pathlib import Path
+
+    from slm.errors import SlmError
+    from slm.profiling.api import ProfileArgs, RemoteArgs, remote_argv
+
+    a = ProfileArgs(quant="Q8_0, q4_k_m,q8_0", backends="llama.cpp", threads=3, device="jetson")
+    assert a.quant == ("q8_0", "q4_k_m") and a.backends == ("llama.cpp",) and a.bench.threads == a.threads == 3
+    assert a.device == "jetson-orin-nx-16gb" and a.bench.pp == (128, 512, 2048)
+    q = ProfileArgs(quant=("q4_0",), quick=True, threads=1)
+    assert (q.bench.pp, q.bench.tg, q.bench.depths, q.bench.reps, q.bench.threads) == ((64, 256), 32, (0, 256), 2, 1)
+    assert (q.sweep_pp, q.sweep_tg, q.ppl_chunks, q.kv_contexts) == (128, 16, 2, (512, 2048))
+    assert ProfileArgs(bench=BenchArgs(threads=5)).threads == 5  # None: the protocol's own
+    for bad, msg in (({"quant": "q9_z"}, "unknown GGUF type 'q9_z'"), ({"backends": "llama.cpp,vllm"}, "unknown backend"),
+                     ({"kv_types": ("q5_1",)}, "unknown KV cache type"), ({"device": "nano"}, "nano")):
+        with pytest.raises(SlmError, match=msg):
+            ProfileArgs(**bad)
+    argv = remote_argv(q, Path("/x/m.gguf"), RemoteArgs("me@jetson", remote_dir="rd"))
+    assert argv == ["--threads", "1", "--backends", "llama.cpp,torch,onnxruntime-genai", "--quick", "--quant", "q4_0",
+                    "-o", "rd/m.gguf.profile", "--force"]
+    assert remote_argv(a, Path("m"), RemoteArgs("me@jetson"))[4:12] == ["--pp", "128,512,2048", "--tg", "128",
+                                                                        "--depths", "0,512,2048", "--reps", "3"]
+
+
+def test_profile_model_projects_a_config(tmp_path):
+    """The library call `slm demo` makes, on a bare config: projection only, the report and slm.json written."""
+    from slm.profiling.api import ProfileArgs, profile_model
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(dict(model_type="llama", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                                   num_attention_heads=4, vocab_size=256)))
+    seen = []
+    res = profile_model(None, tmp_path / "p", ProfileArgs(device="jetson", quant="q4_k_m"), config=cfg,
+                        progress=seen.append)
+    assert res["out"] == str(tmp_path / "p") and res["projection"]["how"] == "projected"
+    assert res["projection"]["inputs"]["weight_bytes"] == res["model"]["params"] * 4.5 / 8  # q4_k_m's nominal bpw
+    rec = json.loads((tmp_path / "p" / "slm.json").read_text())
+    assert rec["args"]["quant"] == ["q4_k_m"] and rec["args"]["config"] == str(cfg)
+    assert (tmp_path / "p" / "index.html").is_file()
