@@ -10,25 +10,24 @@ costs ×2 (its input gradient is needed) unless it trains (×3). Embedding looku
 
 from __future__ import annotations
 
+from slm.spec import ModelSpec
+
 # Dense bf16 tensor-core peaks (vendor datasheets): H100 SXM 989 TFLOP/s, H100 PCIe 756, H200 989, A100 312.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 
-def flops_per_token(cfg: dict, seq_len: int, trainable: list[int], full: bool, lora: bool = False) -> float:
+def flops_per_token(spec: ModelSpec, seq_len: int, trainable: list[int], full: bool, lora: bool = False) -> float:
     """Training FLOPs per input token (forward + backward). `trainable`: layers whose weights change (for LoRA,
     the layers with adapters: they need gradients below them but count as frozen themselves)."""
-    h = cfg["hidden_size"]
-    heads = cfg["num_attention_heads"]
-    kv = cfg.get("num_key_value_heads", heads)
-    hd = cfg.get("head_dim") or h // heads
-    layer_params = h * heads * hd * 2 + 2 * h * kv * hd + 3 * h * cfg["intermediate_size"]
+    h, heads, hd = spec.hidden, spec.heads, spec.head_dim
+    layer_params = h * heads * hd * 2 + 2 * h * spec.kv_heads * hd + 3 * h * spec.intermediate  # q, o; k, v; MLP
     fwd_layer = 2 * layer_params + 4 * seq_len * heads * hd
-    lowest = min(trainable) if trainable else cfg["num_hidden_layers"]
+    lowest = min(trainable) if trainable else spec.layers
     total = 0.0
-    for i in range(cfg["num_hidden_layers"]):
+    for i in range(spec.layers):
         mult = 3 if i in trainable and not lora else (2 if i >= lowest else 1)
         total += mult * fwd_layer
-    head = 2 * h * cfg["vocab_size"]
+    head = 2 * h * spec.vocab
     total += head * (3 if full else 2)
     return total
 

@@ -62,7 +62,7 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
     _check_run_folder(args, run)
     layers = trainable_layers(args, cfg)
     _check_disk(args, run, cfg, layers)
-    fpt = flops_per_token(cfg, args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
+    fpt = flops_per_token(spec_from_config(cfg), args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
     peak = peak_flops(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else None
     return Plan(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(), args.global_batch // per_rank,
                 fpt, peak)
