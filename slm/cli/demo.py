@@ -2,7 +2,10 @@
 
 Every step writes its output folder (with slm.json) and is skipped when that folder is complete, so the demo
 can be re-run and resumes after an interruption; `--force` redoes everything. Each step's report is copied
-to reports/<step>/ and reports/index.html links them all.
+to reports/<NN>-<step>/ and reports/index.html links them all.
+
+Each step is one call of a library function with typed arguments (never an argv list); this module only holds
+the plan, which is why it lives in slm/cli/, the one room of slm/ that may import train, quant and profiling.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from slm.errors import SlmError
 from slm.record import read_record
 
 
@@ -31,7 +35,41 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: run_demo(DemoArgs(Path(a.root), a.force, a.only)))
 
 
-# ---- steps: each writes one output folder (with slm.json) and names it up front --------------------------
+def run_demo(args: DemoArgs) -> int:
+    """Run the wanted steps in order (skipping finished ones), publish their reports, write the index."""
+    from rich.console import Console
+
+    import transformers
+
+    from slm.report.compare import build_index
+
+    transformers.utils.logging.disable_progress_bar()  # our own progress lines say what is happening
+    transformers.logging.set_verbosity_error()
+    con = Console()
+    ctx = {"root": args.root, "force": args.force, "models": args.root / "models", "runs": args.root / "runs",
+           "reports": args.root / "reports"}
+    for d in ("models", "runs", "reports"):
+        ctx[d].mkdir(parents=True, exist_ok=True)
+    plan = steps(ctx)
+    wanted = _wanted(plan, args.only)
+    t_all = time.perf_counter()
+    for k, step in enumerate(plan, 1):
+        if step.name not in wanted:
+            continue
+        out = step.out(ctx)
+        con.rule(f"[bold]step {k}/{len(plan)}: {step.name}")
+        if _done(out) and not args.force:
+            con.print(f"already done → {out} (use --force to redo)")
+        elif not _run_step(con, step, ctx, out):
+            return 130
+        _publish(out, ctx["reports"] / f"{k:02d}-{step.name}")
+    index = build_index(ctx["reports"], "slm-lab demo: SmolLM2-135M-Instruct")
+    con.rule(f"[bold green]demo finished in {time.perf_counter() - t_all:.0f} s")
+    con.print(f"open {index}")
+    return 0
+
+
+# ---- the plan: each step writes one output folder (with slm.json) and names it up front -------------------
 @dataclass
 class Step:
     name: str  # shown in progress and used for reports/<NN>-<name>/
@@ -39,31 +77,40 @@ class Step:
     run: Callable[[dict, Path], object]  # does the work
 
 
+def steps(ctx: dict) -> list[Step]:
+    m, r = ctx["models"], ctx["runs"]
+    ctx.update(base=m / "smollm2-135m", expanded=m / "smollm2-135m-x36", data=ctx["root"] / "data" / "stdlib",
+               cpt=r / "cpt-x36", merged=m / "smollm2-135m-x36-wise", export=m / "smollm2-135m-x36-cpt-export")
+    return [
+        Step("import", lambda c: c["base"], run_import),
+        Step("info", lambda c: r / "info", run_info),
+        Step("expand", lambda c: c["expanded"], run_expand),
+        Step("data", lambda c: c["data"], run_data),
+        Step("train", lambda c: c["cpt"], run_train),
+        Step("merge", lambda c: c["merged"], run_merge),
+        Step("eval", lambda c: r / "eval", run_eval),
+        Step("export", lambda c: c["export"], run_export),
+        Step("profile", lambda c: r / "profile-x36-cpt", run_profile),
+        Step("profile-base", lambda c: r / "profile-base", run_profile_base),
+        Step("compare-expand", lambda c: r / "compare-expand", run_compare_expand),
+        Step("compare-profiles", lambda c: r / "compare-profiles", run_compare_profiles),
+    ]
+
+
+# ---- the steps (each reached only when its output is not done, or with --force) ----------------------------
 def run_import(ctx: dict, out: Path) -> None:
     from slm.io import default_gguf, import_gguf
     from slm.record import write_record
 
     gguf = default_gguf()
-    import_gguf(gguf, out, force=True)  # reached only when not done (or --force)
+    import_gguf(gguf, out, force=True)
     write_record(out, "import", {"gguf": str(gguf)}, inputs={"gguf": gguf})
 
 
 def run_info(ctx: dict, out: Path) -> None:
-    from slm.io import atomic_dir
-    from slm.record import write_record
-    from slm.report.render import Table, render_report
-    from slm.spec import load_spec
+    from slm.info import write_info
 
-    s = load_spec(ctx["base"]).summary()
-    summary = {"parameters (M)": round(s["params"] / 1e6, 1), "layers": s["layers"], "KV heads": s["kv_heads"],
-               "KV bytes/token (f16)": s["kv_bytes_per_token"]["f16"], "KV overtakes weights at": s["kv_crossover_context"]}
-    rows = [[m["context"], m["weights"] / 2**20, m["kv_cache"] / 2**20, m["total"] / 2**20, m["kv_share"]] for m in s["memory"]]
-    with atomic_dir(out, force=True) as tmp:
-        render_report(tmp / "report.html", "SmolLM2-135M-Instruct: model spec", "info", summary, [],
-                      [Table("Memory at context (fp32 weights, f16 KV cache)",
-                             ["context", "weights MiB", "KV MiB", "total MiB", "KV share"], rows)],
-                      notes=["computed from config.json (analytic, no measurement)"])
-        write_record(tmp, "info", {"model": str(ctx["base"])}, result={"summary": summary, "spec": s})
+    write_info(ctx["base"], out, force=True, title="SmolLM2-135M-Instruct: model spec")
 
 
 def run_expand(ctx: dict, out: Path) -> None:
@@ -72,33 +119,10 @@ def run_expand(ctx: dict, out: Path) -> None:
     expand(ctx["base"], out, ExpandArgs(groups=6, copies=1, force=True))
 
 
-# The CPT corpus every machine has: the Python standard library's own sources (code), and as the general
-# held-out set the English prose of the language reference that ships with CPython (pydoc_data.topics),
-# never trained on. Tests, idlelib and lib2to3 are left out (generated or near-duplicate text).
-CODE_FILES = 600  # stdlib files taken (sorted order): ~1.3 M tokens, more than the demo's budget reads
-SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}
-
-
-def stdlib_corpus(folder: Path, max_files: int = CODE_FILES) -> tuple[Path, Path]:
-    """Write code.jsonl (stdlib modules) and general.jsonl (pydoc_data topics) into `folder`."""
-    import json
-    import sysconfig
-
-    import pydoc_data.topics
-
-    from slm.record import atomic_write_text
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(f for f in root.rglob("*.py") if not SKIP_PARTS & set(f.relative_to(root).parts))
-    docs = (f.read_text(encoding="utf-8", errors="replace") for f in files[:max_files])
-    folder.mkdir(parents=True, exist_ok=True)
-    code, general = folder / "code.jsonl", folder / "general.jsonl"
-    atomic_write_text(code, "".join(json.dumps({"text": t}) + "\n" for t in docs if 200 < len(t) < 60_000))
-    atomic_write_text(general, "".join(json.dumps({"text": t}) + "\n" for _, t in sorted(pydoc_data.topics.topics.items())))
-    return code, general
-
-
 def run_data(ctx: dict, out: Path) -> None:
+    # CPT on the stdlib's code; the language reference's prose is the general held-out set (weight 0: never
+    # trained on). slm.corpus says what is in each.
+    from slm.corpus import stdlib_corpus
     from slm.train.data import DataArgs, Source, prepare
 
     code, general = stdlib_corpus(ctx["root"] / "data" / "src")
@@ -114,15 +138,16 @@ CPT = dict(steps=100, seq_len=128, global_batch=1, micro_batch=1, lr=5e-4, eval_
 
 
 def run_train(ctx: dict, out: Path) -> None:
-    from slm.train.args import load_recipe
+    from slm.train.args import PRESETS, TrainArgs
     from slm.train.checkpoint import latest
     from slm.train.loop import train
 
     resume = latest(out) is not None and not ctx["force"]  # an interrupted run goes on from its checkpoint
-    over = ["preset=cpt", f"model={ctx['expanded']}", f"data={ctx['data']}", f"out={out}", "trainable=expanded"]
-    over += [f"{k}={v}" for k, v in CPT.items()]
-    res = train(load_recipe(None, over, resume=resume or None, force=None if resume else True))
-    if res["interrupted"]:
+    # The cpt preset's defaults under our own keys, as a recipe naming `preset: cpt` resolves them.
+    args = TrainArgs(**{**PRESETS["cpt"], **CPT, "preset": "cpt", "trainable": "expanded",
+                        "model": str(ctx["expanded"]), "data": str(ctx["data"]), "out": str(out),
+                        "resume": resume, "force": not resume})
+    if train(args)["interrupted"]:
         raise KeyboardInterrupt  # the loop saved a checkpoint; the next `slm demo` resumes from it
 
 
@@ -158,18 +183,49 @@ def run_export(ctx: dict, out: Path) -> None:
 
 
 def run_profile(ctx: dict, out: Path) -> None:
-    from slm.cli.profile import profile_model
+    from slm.profiling.api import ProfileArgs, profile_model
 
-    profile_model(str(ctx["export"]), str(out), "--quant", "q8_0,q6_k,q4_k_m", "--device", "jetson", "--force")
+    profile_model(str(ctx["export"]), out, ProfileArgs(device="jetson", quant="q8_0,q6_k,q4_k_m"), force=True)
 
 
 def run_profile_base(ctx: dict, out: Path) -> None:
     # The 30-layer original under the same protocol (llama.cpp on q8_0, the first type; q4_k_m in the sweep):
     # what the six new blocks cost on the device (decode speed, KV cache) is the compare step's point.
-    from slm.cli.profile import profile_model
+    from slm.profiling.api import ProfileArgs, profile_model
 
-    profile_model(str(ctx["base"]), str(out), "--quant", "q8_0,q4_k_m", "--backends", "llama.cpp", "--device",
-                  "jetson", "--force")
+    profile_model(str(ctx["base"]), out, ProfileArgs(device="jetson", quant="q8_0,q4_k_m", backends=("llama.cpp",)),
+                  force=True)
+
+
+def run_compare_expand(ctx: dict, out: Path) -> None:
+    _compare([ctx["base"], ctx["expanded"]], out)  # before/after expansion: parameters, layers, KV bytes
+
+
+def run_compare_profiles(ctx: dict, out: Path) -> None:
+    _compare([ctx["runs"] / "profile-base", ctx["runs"] / "profile-x36-cpt"], out)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+def _wanted(plan: list[Step], only: str | None) -> set[str]:
+    """The step names `--only` picks (all without it); an unknown name is refused before anything runs."""
+    names = [s.name for s in plan]
+    wanted = set(only.split(",")) if only else set(names)
+    unknown = wanted - set(names)
+    if unknown:
+        raise SlmError(f"unknown demo step(s) {sorted(unknown)}: choose from {', '.join(names)}")
+    return wanted
+
+
+def _run_step(con, step: Step, ctx: dict, out: Path) -> bool:
+    """Run one step and say how long it took; False when it was interrupted (Ctrl-C)."""
+    t0 = time.perf_counter()
+    try:
+        step.run(ctx, out)
+    except KeyboardInterrupt:
+        con.print(f"[yellow]interrupted in step {step.name}: run `slm demo` again to go on from there")
+        return False
+    con.print(f"done in {time.perf_counter() - t0:.0f} s → {out}")
+    return True
 
 
 def _compare(runs: list[Path], out: Path) -> None:
@@ -181,78 +237,6 @@ def _compare(runs: list[Path], out: Path) -> None:
         compare(runs, tmp / "report.html")
         write_record(tmp, "compare", {"runs": [str(r) for r in runs]},
                      result={"summary": {"runs": ", ".join(r.name for r in runs)}})
-
-
-def run_compare_expand(ctx: dict, out: Path) -> None:
-    _compare([ctx["base"], ctx["expanded"]], out)  # before/after expansion: parameters, layers, KV bytes
-
-
-def run_compare_profiles(ctx: dict, out: Path) -> None:
-    _compare([ctx["runs"] / "profile-base", ctx["runs"] / "profile-x36-cpt"], out)
-
-
-def steps(ctx: dict) -> list[Step]:
-    m, r = ctx["models"], ctx["runs"]
-    ctx.update(base=m / "smollm2-135m", expanded=m / "smollm2-135m-x36", data=ctx["root"] / "data" / "stdlib",
-               cpt=r / "cpt-x36", merged=m / "smollm2-135m-x36-wise", export=m / "smollm2-135m-x36-cpt-export")
-    return [
-        Step("import", lambda c: c["base"], run_import),
-        Step("info", lambda c: r / "info", run_info),
-        Step("expand", lambda c: c["expanded"], run_expand),
-        Step("data", lambda c: c["data"], run_data),
-        Step("train", lambda c: c["cpt"], run_train),
-        Step("merge", lambda c: c["merged"], run_merge),
-        Step("eval", lambda c: r / "eval", run_eval),
-        Step("export", lambda c: c["export"], run_export),
-        Step("profile", lambda c: r / "profile-x36-cpt", run_profile),
-        Step("profile-base", lambda c: r / "profile-base", run_profile_base),
-        Step("compare-expand", lambda c: r / "compare-expand", run_compare_expand),
-        Step("compare-profiles", lambda c: r / "compare-profiles", run_compare_profiles),
-    ]
-
-
-def run_demo(args: DemoArgs) -> int:
-    from rich.console import Console
-
-    from slm.report.compare import build_index
-
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # our own progress lines say what is happening
-    transformers.logging.set_verbosity_error()
-    con = Console()
-    ctx = {"root": args.root, "force": args.force, "models": args.root / "models", "runs": args.root / "runs",
-           "reports": args.root / "reports"}
-    for d in ("models", "runs", "reports"):
-        ctx[d].mkdir(parents=True, exist_ok=True)
-    plan = steps(ctx)
-    wanted = set(args.only.split(",")) if args.only else {s.name for s in plan}
-    unknown = wanted - {s.name for s in plan}
-    if unknown:
-        from slm.errors import SlmError
-
-        raise SlmError(f"unknown demo step(s) {sorted(unknown)}: choose from {', '.join(s.name for s in plan)}")
-    t_all = time.perf_counter()
-    for k, step in enumerate(plan, 1):
-        if step.name not in wanted:
-            continue
-        out = step.out(ctx)
-        con.rule(f"[bold]step {k}/{len(plan)}: {step.name}")
-        if _done(out) and not args.force:
-            con.print(f"already done → {out} (use --force to redo)")
-        else:
-            t0 = time.perf_counter()
-            try:
-                step.run(ctx, out)
-            except KeyboardInterrupt:
-                con.print(f"[yellow]interrupted in step {step.name}: run `slm demo` again to go on from there")
-                return 130
-            con.print(f"done in {time.perf_counter() - t0:.0f} s → {out}")
-        _publish(out, ctx["reports"] / f"{k:02d}-{step.name}")
-    index = build_index(ctx["reports"], "slm-lab demo: SmolLM2-135M-Instruct")
-    con.rule(f"[bold green]demo finished in {time.perf_counter() - t_all:.0f} s")
-    con.print(f"open {index}")
-    return 0
 
 
 def _done(out: Path) -> bool:
