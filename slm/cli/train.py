@@ -43,7 +43,8 @@ def register(sub) -> None:
 
 
 def cmd_data_prepare(args) -> int:
-    from slm.train.data import DataArgs, parse_source, prepare
+    from slm.train.data import DataArgs, prepare
+    from slm.train.sources import parse_source
 
     res = prepare(DataArgs(sources=[parse_source(s, args.include) for s in args.source], tokenizer=args.tokenizer,
                            heldout=args.heldout, limit=args.limit, workers=args.workers, force=args.force), args.out)

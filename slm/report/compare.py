@@ -93,68 +93,74 @@ def compare(runs: list[Path | str], out_html: Path | str) -> Path:
     labels = [_label(r, i) for i, r in enumerate(recs)]
     summaries = [{**_model_figures(Path(r["_path"])), **_flat(r.get("result", {}).get("summary", {}))} for r in recs]
     args = [_flat(r.get("args", {})) for r in recs]
-
-    def rows_of(dicts):
-        keys = list(dict.fromkeys(k for d in dicts for k in d))
-        rows, hl = [], []
-        for k in keys:
-            vals = [d.get(k) for d in dicts]
-            row = [k] + vals
-            base = vals[0]
-            if isinstance(base, (int, float)) and not isinstance(base, bool) and base:
-                rel = [(v - base) / abs(base) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-                       for v in vals[1:]]
-                row.append(", ".join("–" if r is None else f"{r:+.1%}" for r in rel))
-            else:
-                row.append("")
-            if len({json.dumps(v, sort_keys=True, default=str) for v in vals}) > 1:
-                hl.append(len(rows))
-            rows.append(row)
-        return rows, hl
-
-    srows, shl = rows_of(summaries)
-    arows, ahl = rows_of(args)
+    srows, shl = _rows(summaries)
+    arows, ahl = _rows(args)
     tables = [Table("Key figures", ["figure"] + labels + ["change vs A"], srows,
                     note="Highlighted rows differ between the runs; the last column is the relative change against A.",
                     highlight=shl),
               Table("Arguments", ["argument"] + labels + ["change vs A"], arows, highlight=ahl)]
-    figures = []
-
-    def num(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    # figures present in run A (non-zero) and in at least one other run, that differ between the runs; for runs
-    # of one kind, only that kind's key figures (the table below keeps everything)
-    numeric = [r for i, r in enumerate(srows) if num(r[1]) and r[1] != 0 and i in shl
-               and any(num(v) for v in r[2:1 + len(recs)])]
-    kinds = {r["kind"] for r in recs}
-    if len(kinds) == 1:
-        keep = set(_key_only(kinds.pop(), [r[0] for r in numeric]))
-        numeric = [r for r in numeric if r[0] in keep]  # table order
-    numeric = numeric[:MAX_BARS]
-    if numeric:
-        fig, ax = new_figure(8, 0.45 * len(numeric) + 1.5)
-        width = 0.8 / len(recs)
-        for j, lab in enumerate(labels):
-            ax.barh([i + j * width for i in range(len(numeric))],
-                    [r[1 + j] / r[1] if num(r[1 + j]) else float("nan") for r in numeric], height=width, label=lab)
-        ax.set_yticks([i + 0.4 - width / 2 for i in range(len(numeric))], [r[0] for r in numeric])
-        ax.invert_yaxis()  # first figure on top, as in the table
-        ax.axvline(1.0, color="#888", lw=0.8)
-        ax.set_xlabel("value relative to run A (A = 1; each figure in its own unit)")
-        ax.set_title("Figures that differ, relative to run A")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-        hows = [f"{lab.split(':')[0]}: {s['how']}" for lab, s in zip(labels, summaries) if isinstance(s.get("how"), str)]
-        figures.append(Figure("Figures that differ, relative to A", svg_of(fig),
-                              "read from each run's slm.json (result.summary)" +
-                              (f"; {', '.join(hows)}" if hows else "; each figure obtained as its own report says") +
-                              ("; projected.* figures are projections onto the device, not measurements"
-                               if any(r[0].startswith("projected.") for r in numeric) else "")))
+    figures = _relative_figure(recs, labels, summaries, srows, shl)
     summary = {lab: f"{r['kind']}, created {r.get('created', '?')}, {r['_path']}" for lab, r in zip(labels, recs)}
     out_html = Path(out_html)
     links = [(lab, _rel_link(out_html, Path(r["_path"]))) for lab, r in zip(labels, recs)]
     return render_report(out_html, "Compare: " + " vs ".join(Path(r["_path"]).name for r in recs), "compare",
                          summary, figures, tables, links=links)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _rows(dicts: list[dict]) -> tuple[list[list], list[int]]:
+    """(one row per key: key, each run's value, the change against A; indices of rows whose values differ)."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    rows, hl = [], []
+    for k in keys:
+        vals = [d.get(k) for d in dicts]
+        row = [k] + vals
+        base = vals[0]
+        if _num(base) and base:
+            rel = [(v - base) / abs(base) if _num(v) else None for v in vals[1:]]
+            row.append(", ".join("–" if r is None else f"{r:+.1%}" for r in rel))
+        else:
+            row.append("")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in vals}) > 1:
+            hl.append(len(rows))
+        rows.append(row)
+    return rows, hl
+
+
+def _relative_figure(recs: list[dict], labels: list[str], summaries: list[dict], srows: list[list],
+                     shl: list[int]) -> list[Figure]:
+    """Bars of each run's figures relative to run A (none when no numeric figure differs)."""
+    # figures present in run A (non-zero) and in at least one other run, that differ between the runs; for runs
+    # of one kind, only that kind's key figures (the table below keeps everything)
+    numeric = [r for i, r in enumerate(srows) if _num(r[1]) and r[1] != 0 and i in shl
+               and any(_num(v) for v in r[2:1 + len(recs)])]
+    kinds = {r["kind"] for r in recs}
+    if len(kinds) == 1:
+        keep = set(_key_only(kinds.pop(), [r[0] for r in numeric]))
+        numeric = [r for r in numeric if r[0] in keep]  # table order
+    numeric = numeric[:MAX_BARS]
+    if not numeric:
+        return []
+    fig, ax = new_figure(8, 0.45 * len(numeric) + 1.5)
+    width = 0.8 / len(recs)
+    for j, lab in enumerate(labels):
+        ax.barh([i + j * width for i in range(len(numeric))],
+                [r[1 + j] / r[1] if _num(r[1 + j]) else float("nan") for r in numeric], height=width, label=lab)
+    ax.set_yticks([i + 0.4 - width / 2 for i in range(len(numeric))], [r[0] for r in numeric])
+    ax.invert_yaxis()  # first figure on top, as in the table
+    ax.axvline(1.0, color="#888", lw=0.8)
+    ax.set_xlabel("value relative to run A (A = 1; each figure in its own unit)")
+    ax.set_title("Figures that differ, relative to run A")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    hows = [f"{lab.split(':')[0]}: {s['how']}" for lab, s in zip(labels, summaries) if isinstance(s.get("how"), str)]
+    return [Figure("Figures that differ, relative to A", svg_of(fig),
+                   "read from each run's slm.json (result.summary)" +
+                   (f"; {', '.join(hows)}" if hows else "; each figure obtained as its own report says") +
+                   ("; projected.* figures are projections onto the device, not measurements"
+                    if any(r[0].startswith("projected.") for r in numeric) else ""))]
 
 
 def _rel_link(from_html: Path, run_dir: Path) -> str:
