@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from slm.errors import SlmError
-from slm.spec import spec_from_config
+from slm.spec import ModelSpec, spec_from_config
 
 from . import checkpoint as ckpt
 from .args import TrainArgs
@@ -61,8 +61,9 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
         raise SlmError(f"global_batch {args.global_batch} is not a multiple of micro_batch × ranks = {per_rank}")
     _check_run_folder(args, run)
     layers = trainable_layers(args, cfg)
-    _check_disk(args, run, cfg, layers)
-    fpt = flops_per_token(spec_from_config(cfg), args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
+    spec = spec_from_config(cfg)
+    _check_disk(args, run, spec, layers)
+    fpt = flops_per_token(spec, args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
     peak = peak_flops(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else None
     return Plan(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(), args.global_batch // per_rank,
                 fpt, peak)
@@ -77,9 +78,8 @@ def _check_run_folder(args: TrainArgs, run: Path) -> None:
                        "or choose another `out`")
 
 
-def _check_disk(args: TrainArgs, run: Path, cfg: dict, layers: list[int]) -> None:
+def _check_disk(args: TrainArgs, run: Path, spec: ModelSpec, layers: list[int]) -> None:
     """Room for keep_last + 1 checkpoints (one is written before the oldest is deleted) and the final model."""
-    spec = spec_from_config(cfg)
     n_params = spec.params
     n_train = n_params if args.trainable == "full" else (
         len(layers) * spec.layer_params() if args.trainable != "lora" else n_params // 50)
