@@ -9,7 +9,8 @@ output at once, and nothing is left behind.
 - takes an exclusive lock beside the output (`.NAME.lock`, created with O_EXCL, holding the owner's PID and host);
   a lock whose PID is dead on this host is stale: reported, and broken only with --force;
 - removes temporaries that dead processes left beside the output (`.NAME.tmp-PID`, `.NAME.old-PID`), saying so.
-The lock is released when the block exits, however it exits.
+The lock is released when the block exits, however it exits; a block that fails also removes the (empty) parent
+folders the guard created, so a refused or failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -144,10 +145,28 @@ def guard_output(out: Path | str, inputs: Iterable[Path | str | None] = (), forc
     check_not_input(out, inputs)
     if out.exists() and not (force or exists_ok):
         raise SlmError(f"output {out} already exists: choose another path or pass --force to replace it")
-    check_writable(out)
-    lock = acquire_lock(out, force)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     try:
-        clean_stale_temps(out.parent, out.name)
+        check_writable(out)
+        lock = acquire_lock(out, force)
+    except BaseException:
+        _remove_empty(made)
+        raise
+    failed = True
+    try:
+        clean_stale_temps(out.parent, out.name + ".")  # `.o.tmp-1`, not `.o2.tmp-1`: that is another output's
         yield out
+        failed = False
     finally:
         release_lock(lock)
+        if failed and not out.exists():
+            _remove_empty(made)  # a failed run leaves no empty parent folders it created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """rmdir each folder (deepest first) while it is empty: the parents this guard created for an output."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            return

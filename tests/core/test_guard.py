@@ -97,3 +97,31 @@ def test_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path, caps
     removed = clean_stale_temps(tmp_path, "o")
     assert removed == [stale] and not stale.exists() and live.exists() and other.exists()
     assert f"PID {dead}" in capsys.readouterr().err
+
+
+def test_only_this_outputs_temporaries_are_cleaned(tmp_path):
+    dead = _dead_pid()
+    mine, sibling = tmp_path / f".o.tmp-{dead}", tmp_path / f".o2.tmp-{dead}"
+    mine.mkdir()
+    sibling.mkdir()
+    with guard_output(tmp_path / "o"):
+        pass
+    assert not mine.exists() and sibling.exists()  # `.o2.tmp-PID` belongs to output o2, not o
+
+
+def test_checkpoint_temporaries_match_the_step_prefix(tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / f".step-000010.tmp-{dead}"
+    stale.mkdir()
+    assert clean_stale_temps(tmp_path, "step-", say=lambda _: None) == [stale]
+
+
+def test_a_failed_block_leaves_no_parent_folders_it_made(tmp_path):
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError):
+        with guard_output(out):
+            raise RuntimeError("the work failed")
+    assert not (tmp_path / "a").exists()
+    with guard_output(out):
+        out.mkdir()
+    assert out.is_dir() and not lock_path(out).exists()
