@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -86,7 +87,8 @@ def resolve_paths(data: dict, base: Path, keys: Iterable[str]) -> dict:
 
 def build(cls: type[T], data: dict) -> T:
     """`cls(**data)` for a recipe dataclass: unknown and missing keys are one-line errors, and a number that
-    YAML 1.1 read as text (`2e-4` has no dot) is taken as the number a float/int field obviously wants."""
+    YAML 1.1 read as text (`2e-4` has no dot) is taken as the number a float/int field obviously wants; a plain
+    float/int field must hold a finite number, and an int field a whole one (see `_number`)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -106,15 +108,24 @@ def _type_name(f: dataclasses.Field) -> str:
 
 
 def _number(key: str, value: Any, type_name: str) -> Any:
-    if type_name not in ("float", "int") or isinstance(value, bool):
+    """The value of a plain `float` / `int` field as that type: text and whole floats (`steps=3.0`) converted,
+    and anything else (`steps=2.9`, `lr=.inf`, `lr=[1]`, `steps=true`, an empty value) a one-line error."""
+    if type_name not in ("float", "int"):
         return value
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             raise SlmError(f"{key}={value!r} is not a number") from None
-        return value if type_name == "float" else int(value)
-    return float(value) if type_name == "float" and isinstance(value, int) else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SlmError(f"{key}={value!r} is not a number: write e.g. {key}={1 if type_name == 'int' else 0.5}")
+    if not math.isfinite(value):
+        raise SlmError(f"{key}={value} is not a finite number: give a finite value")
+    if type_name == "float":
+        return float(value)
+    if value != int(value):
+        raise SlmError(f"{key}={value} is not a whole number: {key} counts, e.g. {key}={int(value)}")
+    return int(value)
 
 
 def load_recipe(cls: type[T], path: Path | str | None = None, overrides: Iterable[str] = (), *,

@@ -68,3 +68,22 @@ def test_saved_recipe_loads_back_the_same(tmp_path):
     assert path == tmp_path / "recipe.yaml"
     assert load_recipe(Toy, path) == r
     assert path.read_text().startswith("name: a\nlr: ")  # field order, not sorted
+
+
+@pytest.mark.parametrize("override, message", [
+    ("steps=2.9", r"steps=2\.9 is not a whole number"),
+    ("steps=29e-1", r"steps=2\.9 is not a whole number"),  # YAML 1.1 text, converted, still not whole
+    ("lr=.inf", r"lr=inf is not a finite number"),
+    ("lr=nan", r"lr=nan is not a finite number"),
+    ("steps=true", r"steps=True is not a number"),
+    ("lr=[1]", r"lr=\[1\] is not a number"),
+    ("lr=", r"lr='' is not a number"),
+])
+def test_numbers_must_be_finite_and_whole_where_whole(override, message):
+    with pytest.raises(SlmError, match=message):
+        build(Toy, apply_overrides({"name": "a"}, [override]))
+
+
+def test_whole_floats_and_number_text_are_converted():
+    t = build(Toy, apply_overrides({"name": "a"}, ["steps=3.0", "lr=2e-4"]))
+    assert (t.steps, t.lr) == (3, 2e-4) and isinstance(t.steps, int)
