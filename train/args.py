@@ -6,6 +6,7 @@ syntax for the value). Parsing, overrides and unknown-key errors are slm.recipe'
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,14 @@ PRESETS: dict[str, dict] = {
     "sft": dict(trainable="full", global_batch=128, seq_len=4096, lr=2e-5, warmup_ratio=0.03,
                 weight_decay=0.1, grad_clip=1.0),
 }
+# Whole-number fields and their least value.
+WHOLE_MIN = {"seq_len": 1, "global_batch": 1, "micro_batch": 1, "lora_r": 1, "lora_alpha": 1, "eval_tokens": 1,
+             "keep_last": 1, "log_every": 1, "steps": 0, "tokens": 0, "eval_every": 0, "save_every": 0, "seed": 0}
+# Real-valued fields: (low, high, low allowed, high allowed).
+REAL_RANGE = {"lr": (0, math.inf, False, False), "eps": (0, math.inf, False, False),
+              "min_lr_ratio": (0, 1, True, True), "warmup_ratio": (0, 1, True, True),
+              "weight_decay": (0, math.inf, True, False), "grad_clip": (0, math.inf, True, False)}
+BOOLS = ("eval", "progress", "report", "compile", "resume", "force", "activation_checkpointing")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -70,43 +79,10 @@ class TrainArgs:
     force: bool = False  # replace an existing run folder (without it, an existing `out` needs resume=true)
 
     def __post_init__(self):
-        if self.preset is not None and self.preset not in PRESETS:
-            raise SlmError(f"unknown preset {self.preset!r}: use one of {sorted(PRESETS)}")
-        t = self.trainable
-        if isinstance(t, str) and t not in ("expanded", "full", "lora"):
-            raise SlmError(f"trainable={t!r}: use expanded, full, lora or a list of layer indices like [0, 5]")
-        if isinstance(t, list) and (not t or not all(isinstance(i, int) and i >= 0 for i in t)):
-            raise SlmError(f"trainable={t!r}: a layer list must be non-empty non-negative integers")
-        if isinstance(self.lora_layers, str) and self.lora_layers not in ("all", "expanded"):
-            raise SlmError(f"lora_layers={self.lora_layers!r}: use all, expanded or a list of layer indices")
-        for name in ("seq_len", "global_batch", "micro_batch", "lora_r", "lora_alpha", "eval_tokens", "keep_last",
-                     "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SlmError(f"{name} must be a positive integer (got {getattr(self, name)!r})")
-        for name in ("steps", "tokens", "eval_every", "save_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise SlmError(f"{name} must be an integer ≥ 0 (got {getattr(self, name)!r})")
-        if self.global_batch % self.micro_batch:
-            raise SlmError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
-        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.warmup_ratio < 1:
-            raise SlmError("need lr > 0, 0 ≤ min_lr_ratio ≤ 1 and 0 ≤ warmup_ratio < 1")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise SlmError("weight_decay and grad_clip must be ≥ 0")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise SlmError(f"betas must be two numbers in [0, 1) (got {self.betas})")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise SlmError(f"dtype={self.dtype!r}: use auto, float32 or bfloat16")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise SlmError(f"device={self.device!r}: use auto, cpu or cuda")
-        if self.attn not in ("auto", "sdpa", "eager", "flash_attention_2"):
-            raise SlmError(f"attn={self.attn!r}: use auto, sdpa, eager or flash_attention_2")
-        if self.fsdp not in ("auto", "off"):
-            raise SlmError(f"fsdp={self.fsdp!r}: use auto or off")
-        if not isinstance(self.mixture, dict) or not all(isinstance(v, (int, float)) and v >= 0
-                                                         for v in self.mixture.values()):
-            raise SlmError("mixture must map source names to weights ≥ 0, e.g. {code: 1.5, math: 1.0}")
+        self._check_choices()
+        self._check_numbers()
         for name in ("model", "data", "out"):
-            if not getattr(self, name):
+            if not getattr(self, name) or not isinstance(getattr(self, name), str):
                 raise SlmError(f"the recipe needs `{name}`: add `{name}: PATH` to the YAML or `{name}=PATH` on the command line")
         if self.resume and self.init:
             raise SlmError("resume and init are exclusive: --resume continues a run, --init starts a new one from weights")
@@ -115,11 +91,71 @@ class TrainArgs:
         if not self.steps and not self.tokens:
             raise SlmError("the recipe needs `steps` or `tokens`: e.g. steps=200")
 
+    def _check_choices(self) -> None:
+        """Fields that name one of a few things, and the on/off switches."""
+        if self.preset is not None and self.preset not in PRESETS:
+            raise SlmError(f"unknown preset {self.preset!r}: use one of {sorted(PRESETS)}")
+        t = self.trainable
+        if isinstance(t, str) and t not in ("expanded", "full", "lora"):
+            raise SlmError(f"trainable={t!r}: use expanded, full, lora or a list of layer indices like [0, 5]")
+        for name, layers in (("trainable", t), ("lora_layers", self.lora_layers)):
+            if isinstance(layers, list) and (not layers or not all(_whole(i) and i >= 0 for i in layers)):
+                raise SlmError(f"{name}={layers!r}: a layer list must be non-empty non-negative integers")
+            if not isinstance(layers, (str, list)):
+                raise SlmError(f"{name}={layers!r}: use a word (expanded, full, lora, all) or a list of layer indices")
+        if isinstance(self.lora_layers, str) and self.lora_layers not in ("all", "expanded"):
+            raise SlmError(f"lora_layers={self.lora_layers!r}: use all, expanded or a list of layer indices")
+        for name, allowed in (("dtype", ("auto", "float32", "bfloat16")), ("device", ("auto", "cpu", "cuda")),
+                              ("attn", ("auto", "sdpa", "eager", "flash_attention_2")), ("fsdp", ("auto", "off"))):
+            if getattr(self, name) not in allowed:
+                raise SlmError(f"{name}={getattr(self, name)!r}: use {', '.join(allowed)}")
+        for name in BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise SlmError(f"{name}={getattr(self, name)!r}: use true or false")
+
+    def _check_numbers(self) -> None:
+        """Every number finite and in its range, whole where it counts something: a bad value is refused here,
+        before any folder exists, rather than by torch mid-run (eps=-1) or by silent truncation (steps=2.9)."""
+        for name, low in WHOLE_MIN.items():
+            v = getattr(self, name)
+            if not _whole(v) or v < low:
+                raise SlmError(f"{name} must be a whole number ≥ {low} (got {v!r})")
+        for name, interval in REAL_RANGE.items():
+            _check_real(name, getattr(self, name), *interval)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise SlmError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.95] (got {self.betas!r})")
+        for i, b in enumerate(self.betas):
+            _check_real(f"betas[{i}]", b, 0, 1, True, False, "betas=[0.9, 0.95]")
+        if self.global_batch % self.micro_batch:
+            raise SlmError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
+        if not isinstance(self.mixture, dict) or not all(_real(v) and v >= 0 for v in self.mixture.values()):
+            raise SlmError("mixture must map source names to finite weights ≥ 0, e.g. {code: 1.5, math: 1.0}")
+
     def total_steps(self) -> int:
         return self.steps or -(-self.tokens // (self.global_batch * self.seq_len))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_real(name: str, v, low: float, high: float, low_in: bool, high_in: bool, hint: str = "") -> None:
+    """Refuse a `v` that is not a finite number in the interval; the message prints the interval."""
+    if _real(v) and (low <= v if low_in else low < v) and (v <= high if high_in else v < high):
+        return
+    interval = f"{'[' if low_in else '('}{low}, {'∞' if high == math.inf else high}{']' if high_in else ')'}"
+    raise SlmError(f"{name} must be a finite number in {interval} (got {v!r}): e.g. "
+                   f"{hint or f'{name}={_EXAMPLE.get(name, 0.5)}'}")
+
+
+_EXAMPLE = {"lr": 2e-4, "eps": 1e-5, "weight_decay": 0.1, "grad_clip": 1.0, "min_lr_ratio": 0.1, "warmup_ratio": 0.06}
 
 
 def _preset(data: dict) -> dict:

@@ -127,3 +127,28 @@ def _short_data_args(model, tok, tmp_path):
     prepare(DataArgs([Source("s", str(tmp_path / "short"))], str(tok), heldout=0,
                      workers=1, progress=False), tmp_path / "shortdata")
     return _args(model, tmp_path / "shortdata", tmp_path / "d")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eps=-1", r"eps must be a finite number in \(0, ∞\) \(got -1\.0\)"),
+    ("lr=0", r"lr must be a finite number in \(0, ∞\)"),
+    ("lr=.inf", r"lr=inf is not a finite number"),
+    ("betas=[0.9, 1]", r"betas\[1\] must be a finite number in \[0, 1\)"),
+    ("betas=[0.9, abc]", r"betas\[1\] .* \(got 'abc'\)"),
+    ("betas=0.9", r"betas must be two numbers"),
+    ("weight_decay=-0.1", r"weight_decay must be a finite number in \[0, ∞\)"),
+    ("grad_clip=-1", r"grad_clip must be a finite number in \[0, ∞\)"),
+    ("warmup_ratio=1.5", r"warmup_ratio must be a finite number in \[0, 1\]"),
+    ("steps=2.9", r"steps=2\.9 is not a whole number"),
+    ("seed=-1", r"seed must be a whole number ≥ 0"),
+    ("eval=maybe", r"eval='maybe': use true or false"),
+    ("mixture={code: .inf}", r"mixture must map source names to finite weights"),
+])
+def test_numeric_fields_are_validated(override, message):
+    with pytest.raises(SlmError, match=message):
+        load_recipe(None, ["model=m", "data=d", "out=o", "steps=2", override])
+
+
+def test_whole_float_and_edge_values_are_accepted():
+    a = load_recipe(None, ["model=m", "data=d", "out=o", "steps=3.0", "warmup_ratio=1", "grad_clip=0", "betas=[0, 0.5]"])
+    assert (a.steps, a.warmup_ratio, a.grad_clip, a.betas) == (3, 1.0, 0.0, [0, 0.5])
