@@ -62,7 +62,7 @@ def _from_gguf(gguf: Path, quant: tuple, threads: int, progress: Callable[[str],
     if quant:
         inp.source_note = (f"quantized types were made from {gguf.name} (mostly {contents(gguf)['main_type']}); "
                            "their quality is relative to that file, not to the original weights")
-        inp.files = make_files(gguf, tuple(dict.fromkeys(quant)), _cache_dir(gguf), threads, {}, progress)
+        inp.files = make_files(gguf, quant, _cache_dir(gguf), threads, {}, progress)
     return inp
 
 
@@ -109,7 +109,7 @@ def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, t
     inp = Inputs(hf=hf, onnx=files.pop("onnx", None) if "onnxruntime-genai" in backends else None)
     if files and want_gguf:
         src = files.get("f16") or next(iter(files.values()))
-        want = tuple(dict.fromkeys(quant or ("f16",)))
+        want = quant or ("f16",)  # names already normalised and de-duplicated by ProfileArgs
         files = make_files(Path(src), want, _cache_dir(Path(src)), threads, files, progress)
         inp.files, inp.gguf = files, files[main_type(want)]
     return inp
