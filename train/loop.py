@@ -7,12 +7,13 @@ then grad clip, AdamW, cosine schedule with linear warm-up.
 
 `train()` reads top-down in five phases, each a function here or in plan.py: plan (every check on user
 input, train/plan.py) → build (model, optimizer, schedule; restored on resume) → step (train_step) →
-evaluate → save. No callbacks: the loop says in order what happens at every step.
+evaluate → save. No callbacks: the loop says in order what happens at every step. Around all of it
+(train/control.py): the output guard and lock on `out`, SIGINT/SIGTERM → save and stop, and the non-finite
+guard (a NaN/Inf loss or gradient stops the run before the weights change).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -30,6 +31,7 @@ from slm.record import write_record
 
 from . import checkpoint as ckpt
 from .args import TrainArgs
+from .control import Metrics, StopOnSignal, check_step_finite, check_weights_finite, hf_progress, run_guard
 from .dist import Dist
 from .evaluate import perplexity, token_loss
 from .model import attn_implementation, build_model, param_groups, shard_fsdp2
@@ -79,98 +81,56 @@ def build(args: TrainArgs, plan: Plan, dist: Dist) -> Parts:
                  n_trainable=n_trainable, start=start)
 
 
-class Metrics:
-    """metrics.jsonl: one JSON line per logged step or evaluation. Only rank 0 writes."""
-
-    def __init__(self, run: Path, dist: Dist):
-        self.path, self.main = run / "metrics.jsonl", dist.main
-
-    def begin(self, resumed_step: int | None) -> None:
-        """An empty file for a new run; on resume, drop the lines past the checkpoint (they recur identically)."""
-        if not self.main:
-            return
-        if resumed_step is None:
-            self.path.write_text("")
-        elif self.path.is_file():
-            keep = [x for x in self.path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= resumed_step]
-            self.path.write_text("".join(x + "\n" for x in keep))
-
-    def log(self, rec: dict) -> None:
-        if self.main:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-
-    def read(self) -> list[dict]:
-        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-
-
-class StopOnSigint:
-    """Ctrl-C asks the loop to save a checkpoint and stop after the current step: rank 0 catches the signal, and
-    every rank learns of it at the same step (sync), so they save together."""
-
-    def __init__(self, dist: Dist):
-        self.dist, self.flag, self._old = dist, False, None
-
-    def __enter__(self):
-        if self.dist.main:
-            self._old = signal.signal(signal.SIGINT, self._set)
-        return self
-
-    def _set(self, *_):
-        self.flag = True
-
-    def sync(self) -> None:
-        if self.dist.on:
-            self.flag = self.dist.sum(float(self.flag)) > 0
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
 def train(args: TrainArgs) -> dict:
-    """Run (or resume) a training run. Returns {"out", "model", "steps", "final": metrics, "summary", ...}."""
+    """Run (or resume) a training run. Returns {"out", "model", "steps", "final": metrics, "summary", ...}; a run
+    stopped by SIGINT/SIGTERM returns with "interrupted" and "signal" after saving a checkpoint."""
     dist = Dist(args)
-    plan = plan_run(args, dist)  # 1. plan: every check on user input, before any weights are read
-    if dist.main and not args.resume and plan.run.exists():
-        shutil.rmtree(plan.run)
-    dist.barrier()
-    plan.run.mkdir(parents=True, exist_ok=True)
-    parts = build(args, plan, dist)  # 2. build: model, optimizer, schedule (their state too, on resume)
-    metrics = Metrics(plan.run, dist)
-    metrics.begin(parts.start if args.resume else None)
-    if dist.main and not args.resume:
-        save_recipe(plan.run, args)
-    interrupted, last_eval = False, {}
-    with StopOnSigint(dist) as stop:
-        if parts.start == 0 and plan.heldout:
-            last_eval = evaluate(args, plan, dist, parts, metrics, 0)
-        parts.model.train()
+    with run_guard(args, dist), StopOnSignal(dist) as stop, hf_progress(args.progress):  # `out` locked until the end
+        plan = plan_run(args, dist)  # 1. plan: every check on user input, before any weights are read
+        if dist.main and not args.resume and plan.run.exists():
+            shutil.rmtree(plan.run)  # --force: only now, after the guard and every check passed
+        dist.barrier()
+        plan.run.mkdir(parents=True, exist_ok=True)
+        parts = build(args, plan, dist)  # 2. build: model, optimizer, schedule (their state too, on resume)
+        metrics = Metrics(plan.run, dist)
+        metrics.begin(parts.start if args.resume else None)
+        if dist.main and not args.resume:
+            save_recipe(plan.run, args)
         t_run = time.perf_counter()
-        with _progress(args, dist) as bar:
-            task = bar.add_task("train", total=plan.total, completed=parts.start, stats="")
-            for step in range(parts.start, plan.total):
-                rec = train_step(args, plan, dist, parts, step)  # 3. step: one optimizer step over the global batch
-                if rec["step"] % args.log_every == 0 or rec["step"] == plan.total:
-                    metrics.log(rec)
-                bar.update(task, advance=1, stats=f"loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
-                                                  f"gnorm {rec['grad_norm']:.3f} {rec['tok_s']:.0f} tok/s")
-                done = step + 1
-                stop.sync()
-                if _due(args.eval_every, done, plan.total) and plan.heldout:  # 4. evaluate
-                    last_eval = evaluate(args, plan, dist, parts, metrics, done)
-                if stop.flag:  # 5. save: Ctrl-C leaves a checkpoint that --resume continues from
-                    save(args, plan, dist, parts, done)
-                    interrupted = True
-                    break
-                if _due(args.save_every, done, plan.total):
-                    save(args, plan, dist, parts, done)
-    if not interrupted:
-        if plan.heldout and plan.total > parts.start:
-            last_eval = evaluate(args, plan, dist, parts, metrics, plan.total)
-        if plan.total > parts.start or not ckpt.latest(plan.run):
-            save(args, plan, dist, parts, plan.total)
-    return _finish(args, dist, plan, parts, metrics, last_eval, interrupted, time.perf_counter() - t_run)
+        last_eval = fit(args, plan, dist, parts, metrics, stop)
+        if not stop.flag:
+            if plan.heldout and plan.total > parts.start:
+                last_eval = evaluate(args, plan, dist, parts, metrics, plan.total)
+            if plan.total > parts.start or not ckpt.latest(plan.run):
+                save(args, plan, dist, parts, plan.total)
+        return _finish(args, dist, plan, parts, metrics, last_eval, stop.signum, time.perf_counter() - t_run)
+
+
+def fit(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, metrics: Metrics, stop: StopOnSignal) -> dict:
+    """Steps 3-5 from parts.start until the end or a signal (which saves a checkpoint and stops); returns the
+    last held-out evaluation."""
+    last_eval = {}
+    if parts.start == 0 and plan.heldout:
+        last_eval = evaluate(args, plan, dist, parts, metrics, 0)
+    parts.model.train()
+    with _progress(args, dist) as bar:
+        task = bar.add_task("train", total=plan.total, completed=parts.start, stats="")
+        for step in range(parts.start, plan.total):
+            rec = train_step(args, plan, dist, parts, step)  # 3. step: one optimizer step over the global batch
+            if rec["step"] % args.log_every == 0 or rec["step"] == plan.total:
+                metrics.log(rec)
+            bar.update(task, advance=1, stats=f"loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
+                                              f"gnorm {rec['grad_norm']:.3f} {rec['tok_s']:.0f} tok/s")
+            done = step + 1
+            stop.sync()
+            if _due(args.eval_every, done, plan.total) and plan.heldout:  # 4. evaluate
+                last_eval = evaluate(args, plan, dist, parts, metrics, done)
+            if stop.flag:  # 5. save: Ctrl-C or SIGTERM leaves a checkpoint that --resume continues from
+                save(args, plan, dist, parts, done)
+                break
+            if _due(args.save_every, done, plan.total):
+                save(args, plan, dist, parts, done)
+    return last_eval
 
 
 def _due(every: int, done: int, total: int) -> bool:
@@ -201,10 +161,11 @@ def train_step(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, step: int)
     gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
     gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
     lr = parts.sched.get_last_lr()[0]
+    train_loss = dist.sum(loss_sum) / count
+    check_step_finite(dist, step + 1, train_loss, gnorm, args, plan.run)  # before the weights change
     parts.opt.step()
     parts.sched.step()
     parts.opt.zero_grad(set_to_none=True)
-    train_loss = dist.sum(loss_sum) / count
     if dist.device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
@@ -225,18 +186,22 @@ def evaluate(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, metrics: Met
 
 
 def save(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, step: int) -> None:
-    """Checkpoint `step` (every rank gathers; rank 0 writes), with the data position it resumes from."""
+    """Checkpoint `step` (every rank gathers; rank 0 writes), with the data position it resumes from; never one
+    with non-finite weights."""
+    check_weights_finite(dist, parts.model, step, args, plan.run)
     ckpt.save(plan.run, step, parts.model, parts.opt, parts.sched, args.to_dict(), plan.model_dir, dist.rank,
               args.keep_last, {"sequences": step * args.global_batch})
     dist.barrier()
 
 
 def _finish(args: TrainArgs, dist: Dist, plan: Plan, parts: Parts, metrics: Metrics, last_eval: dict,
-            interrupted: bool, elapsed: float) -> dict:
-    """The run's result; on rank 0 also final/ (hard links to the last checkpoint), slm.json and report.html."""
-    run, last = plan.run, ckpt.latest(plan.run)
+            signum: int, elapsed: float) -> dict:
+    """The run's result; on rank 0 also final/ (hard links to the last checkpoint), slm.json and report.html.
+    A run stopped by signal `signum` (0: none) gets no final/: its newest checkpoint is what --resume takes."""
+    run, last, interrupted = plan.run, ckpt.latest(plan.run), bool(signum)
     result = {"out": str(run), "model": str(run / "final") if not interrupted else str(last / "model"),
-              "checkpoint": str(last), "interrupted": interrupted, "elapsed_s": elapsed}
+              "checkpoint": str(last), "interrupted": interrupted, "elapsed_s": elapsed,
+              "signal": signal.Signals(signum).name if signum else None, "step": _step_of(last)}
     if not dist.main:
         return result
     lines = metrics.read()
@@ -254,6 +219,10 @@ def _finish(args: TrainArgs, dist: Dist, plan: Plan, parts: Parts, metrics: Metr
 
         write_train_report(run, args.to_dict(), steps, evals, summary)
     return result
+
+
+def _step_of(checkpoint: Path | None) -> int:
+    return int(checkpoint.name[5:]) if checkpoint else 0
 
 
 def _summary(dist: Dist, plan: Plan, parts: Parts, steps: list[dict], evals: list[dict]) -> dict:

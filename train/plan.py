@@ -70,6 +70,8 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
 
 
 def _check_run_folder(args: TrainArgs, run: Path) -> None:
+    if run.exists() and not run.is_dir():
+        raise SlmError(f"out {run} is a file, not a run folder: choose another `out`")
     if args.resume:
         if not ckpt.latest(run):
             raise SlmError(f"--resume: no complete checkpoint in {run}/checkpoints: start without --resume")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from pathlib import Path
 
 
@@ -68,8 +70,12 @@ def cmd_train(args) -> int:
     if "summary" in res:
         s = res["summary"]
         print(json.dumps({k: v for k, v in s.items()}, indent=1, default=str))
-    print(("interrupted; saved " + res["checkpoint"]) if res["interrupted"] else f"done → {res['model']}")
-    return 130 if res["interrupted"] else 0
+    if res["interrupted"]:  # 128 + signal number, as a shell reports a process a signal ended: 130, 143
+        print(f"stopped by {res['signal']} after step {res['step']}; checkpoint saved: {res['checkpoint']}: "
+              "continue with the same command and --resume", file=sys.stderr)
+        return 128 + int(getattr(signal, res["signal"]))
+    print(f"done → {res['model']}")
+    return 0
 
 
 def cmd_eval(args) -> int:

@@ -152,3 +152,62 @@ def test_numeric_fields_are_validated(override, message):
 def test_whole_float_and_edge_values_are_accepted():
     a = load_recipe(None, ["model=m", "data=d", "out=o", "steps=3.0", "warmup_ratio=1", "grad_clip=0", "betas=[0, 0.5]"])
     assert (a.steps, a.warmup_ratio, a.grad_clip, a.betas) == (3, 1.0, 0.0, [0, 0.5])
+
+
+def test_non_finite_loss_stops_before_the_weights_change(tiny_lm, tiny_data, tmp_path):
+    """lr=1e30 makes step 1's update huge and step 2's gradients NaN: the run stops there with one line naming
+    the step and the likely cause, keeps step 1's checkpoint (finite) and writes no final model."""
+    data, _ = tiny_data
+    run = tmp_path / "run"
+    with pytest.raises(SlmError, match=r"step 2: the .* is nan.*learning rate too high \(lr=1e\+30\).*"
+                                       r"step-000001 is kept"):
+        train(_args(tiny_lm(), data, run, "lr=1e30", "save_every=1", "trainable=full", "warmup_ratio=0"))
+    assert [p.name for p in ckpt.checkpoint_dirs(run)] == ["step-000001"] and not (run / "final").exists()
+    assert all(torch.isfinite(v).all() for v in _weights(ckpt.latest(run) / "model").values())
+    assert not (tmp_path / ".run.lock").exists()  # the lock is released on the error
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path):
+    from types import SimpleNamespace
+
+    from slm.train.control import check_weights_finite
+
+    one = SimpleNamespace(sum=lambda x: x)  # a single process: sums are the value itself
+    model = torch.nn.Linear(2, 2)
+    check_weights_finite(one, model, 3, SimpleNamespace(lr=1.0), tmp_path)  # finite: no error
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    with pytest.raises(SlmError, match="step 3: the weights are no longer finite.*no checkpoint had been written"):
+        check_weights_finite(one, model, 3, SimpleNamespace(lr=1.0), tmp_path)
+    model.weight.requires_grad_(False)  # frozen weights never change: only trainable ones are checked
+    check_weights_finite(one, model, 3, SimpleNamespace(lr=1.0), tmp_path)
+
+
+def _losses(run):
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(x["step"], x["loss"], x["grad_norm"]) for x in lines]
+
+
+def test_resume_after_a_kill_mid_write(tiny_lm, tiny_data, tmp_path, capsys):
+    """A kill can cut metrics.jsonl's last line short and leave a checkpoint's temp folder: --resume drops the
+    partial line, removes the temp folder (saying so) and gives the same metrics as the uninterrupted run."""
+    import shutil
+    import subprocess
+    import sys
+
+    data, _ = tiny_data
+    model, run = tiny_lm(), tmp_path / "run"
+    train(_args(model, data, run, "save_every=2", "eval=false", "trainable=full"))
+    full = _losses(run)
+    shutil.rmtree(run / "checkpoints" / "step-000004")  # as if killed after step 3, before checkpoint 4
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (run / "checkpoints" / f".step-000004.tmp-{dead}").mkdir()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 2.3')  # a line cut mid-write
+    capsys.readouterr()
+    train(_args(model, data, run, "save_every=2", "eval=false", "trainable=full", "resume=true"))
+    err = capsys.readouterr().err
+    assert "dropped 1 unreadable line" in err and f"PID {dead}" in err
+    assert not (run / "checkpoints" / f".step-000004.tmp-{dead}").exists()
+    assert _losses(run) == full  # steps 3 and 4 recomputed bit-identically, the partial line gone

@@ -83,17 +83,30 @@ def test_torchrun_two_ranks_match_one_process(tiny_lm, tiny_data, tmp_path):
     assert rec["result"]["summary"]["ranks"] == 2
 
 
-def test_ctrl_c_saves_and_exits(tiny_lm, tiny_data, tmp_path):
-    data, _ = tiny_data
-    run = tmp_path / "run"
-    proc = _popen(_cli(tiny_lm(), data, run, "steps=200"))
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(_losses(run)) >= 3):
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_that_resume_continues(tiny_lm, tiny_data, tmp_path, capsys, sig, code):
+    """Ctrl-C and SIGTERM (timeout, Slurm, Kubernetes) save and exit 128 + signal; while the run holds its folder
+    a second run into it is refused; --resume then continues from the saved step to the end."""
+    from slm.cli import main
     from slm.train.checkpoint import latest
 
+    data, _ = tiny_data
+    run = tmp_path / "run"
+    cmd = _cli(tiny_lm(), data, run, "steps=40")
+    proc = _popen(cmd)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(_losses(run)) >= 2):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    assert main(cmd[1:]) == 2  # the same command again, in this process: the folder is locked
+    assert f"locked by PID {proc.pid}" in capsys.readouterr().err
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == code
+    err = proc.stderr.read()
+    assert f"stopped by {sig.name} after step" in err and "--resume" in err and "Traceback" not in err
+    stopped = _losses(run)[-1][0]
     last = latest(run)
-    assert last is not None and int(last.name[5:]) == _losses(run)[-1][0] < 200
+    assert last is not None and int(last.name[5:]) == stopped < 40 and not (run / "final").exists()
+    res = _run(cmd + ["--resume"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [s for s, _ in _losses(run)] == list(range(1, 41)) and (run / "final").is_dir()
