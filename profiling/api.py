@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from slm.errors import SlmError
-from slm.io import check_output
+from slm.guard import guard_output
 from slm.profiling.remote import RemoteArgs
 from slm.profiling.run import ProfileArgs
 
@@ -45,22 +45,23 @@ def profile_model(model: str | Path | None, out: str | Path, args: ProfileArgs, 
 
     progress = progress or _stderr
     out = Path(out)
-    check_output(out, force)  # before any long work
-    if remote is not None:
-        from slm.profiling.remote import profile_remote
+    # before any long work: not an input, not existing (without force), writable; locked until the report is saved
+    with guard_output(out, [model, config], force):
+        if remote is not None:
+            from slm.profiling.remote import profile_remote
 
-        if not model:
-            raise SlmError("--host needs a MODEL to copy to the device")
-        res = profile_remote(Path(model), remote, remote_argv(args, Path(model), remote), progress)
-    else:
-        from slm.profiling.inputs import resolve
-        from slm.profiling.run import profile
+            if not model:
+                raise SlmError("--host needs a MODEL to copy to the device")
+            res = profile_remote(Path(model), remote, remote_argv(args, Path(model), remote), progress)
+        else:
+            from slm.profiling.inputs import resolve
+            from slm.profiling.run import profile
 
-        inputs = resolve(model, config, args.quant, args.threads, args.bench.max_context(), args.backends, progress)
-        res = profile(inputs, args, out.parent, progress)
-    record = {"model": str(model) if model else None, "config": str(config) if config else None, "out": str(out),
-              "force": force, "remote": {k: str(v) for k, v in asdict(remote).items()} if remote else None,
-              **args.to_dict()}
-    save(res, out, record, str(model or config) if (model or config) else None, force)
+            inputs = resolve(model, config, args.quant, args.threads, args.bench.max_context(), args.backends, progress)
+            res = profile(inputs, args, out.parent, progress)
+        record = {"model": str(model) if model else None, "config": str(config) if config else None, "out": str(out),
+                  "force": force, "remote": {k: str(v) for k, v in asdict(remote).items()} if remote else None,
+                  **args.to_dict()}
+        save(res, out, record, str(model or config) if (model or config) else None, force)
     res["out"] = str(out)
     return res

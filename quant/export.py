@@ -106,7 +106,7 @@ def plan(model_dir: Path, out: Path, args: ExportArgs) -> Plan:
     config = read_config(model_dir)
     arch = gguf_write.check_arch(config)
     spec = spec_from_config(config)
-    check_output(out, args.force)
+    check_output(out, args.force, [model_dir])
     tokenizer = gguf_write.has_tokenizer(model_dir)
     vocab = gguf_write.load_vocab(model_dir, spec.vocab, args.pre_tokenizer) if args.gguf and tokenizer else None
     if args.imatrix and not tokenizer:
@@ -176,7 +176,7 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
     t0 = time.time()
     p = plan(model_dir, Path(out_dir) if out_dir else default_out(model_dir), args)
     timings: dict[str, float] = {}
-    with atomic_dir(p.out, args.force) as tmp:
+    with atomic_dir(p.out, args.force, [model_dir]) as tmp:
         work = tmp / ".work"
         work.mkdir()
         (tmp / "logs").mkdir()

@@ -61,17 +61,15 @@ def check_not_input(out: Path, inputs: Iterable[Path | str]) -> None:
 
 
 def check_writable(out: Path) -> None:
-    """The output's parent exists or can be made, and a file can be created in it."""
-    out = Path(out)
-    parent = out.parent
-    probe_from = parent
+    """A file can be created in the output's nearest existing ancestor folder (nothing is created that stays)."""
+    out = Path(out).absolute()
+    probe_from = out.parent
     while not probe_from.exists():
         probe_from = probe_from.parent
     if not probe_from.is_dir():
         raise SlmError(f"cannot write {out}: {probe_from} is a file, not a folder; choose another output path")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{out.name}.probe-{os.getpid()}"
+        probe = probe_from / f".{out.name}.probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -104,9 +102,16 @@ def _read_lock(lock: Path) -> dict:
         return {}
 
 
+_HELD: dict[Path, int] = {}  # locks this process holds → nesting depth (a verb's guard around a library's)
+
+
 def acquire_lock(out: Path, force: bool = False) -> Path:
-    """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it."""
+    """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it. Re-entrant within
+    one process: a verb may guard its output early (before long work) and the atomic writer guard it again."""
     lock = lock_path(out)
+    if _HELD.get(lock):
+        _HELD[lock] += 1
+        return lock
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(2):
         try:
@@ -114,8 +119,6 @@ def acquire_lock(out: Path, force: bool = False) -> Path:
         except FileExistsError:
             owner = _read_lock(lock)
             pid, host = int(owner.get("pid", 0) or 0), owner.get("host", "?")
-            if host == me["host"] and pid == me["pid"]:
-                raise SlmError(f"output {out} is already being written by this process: use another output") from None
             if host == me["host"] and not pid_alive(pid):
                 if not force:
                     raise SlmError(f"output {out} has a stale lock {lock.name} from PID {pid}, which is no longer "
@@ -127,11 +130,16 @@ def acquire_lock(out: Path, force: bool = False) -> Path:
                            "another output") from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
+        _HELD[lock] = 1
         return lock
     raise SlmError(f"cannot lock output {out}: another run keeps taking {lock.name}; try again")
 
 
 def release_lock(lock: Path) -> None:
+    _HELD[lock] = _HELD.get(lock, 1) - 1
+    if _HELD[lock] > 0:
+        return
+    del _HELD[lock]
     if _read_lock(lock).get("pid") == os.getpid():
         lock.unlink(missing_ok=True)
 
@@ -148,6 +156,7 @@ def guard_output(out: Path | str, inputs: Iterable[Path | str | None] = (), forc
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     try:
         check_writable(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         lock = acquire_lock(out, force)
     except BaseException:
         _remove_empty(made)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
 from slm.errors import SlmError
+from slm.guard import check_not_input, check_writable, guard_output
 
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 AUX_FILES = (
@@ -31,33 +33,36 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 # ---- outputs ------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def atomic_dir(out: Path | str, force: bool = False) -> Iterator[Path]:
+def atomic_dir(out: Path | str, force: bool = False, inputs: Iterable[Path | str | None] = ()) -> Iterator[Path]:
     """Yield a temp directory beside `out`; on success it replaces `out`, on failure it is removed.
 
-    Refuses an existing `out` unless force, so nothing is overwritten by accident.
+    Written through slm.guard: refuses an existing `out` unless force, and an `out` that is, contains or lies
+    inside one of `inputs` even with force; holds `out`'s lock while writing.
     """
     out = Path(out)
-    check_output(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
+    with guard_output(out, inputs, force):
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
 
 
-def check_output(out: Path | str, force: bool) -> None:
+def check_output(out: Path | str, force: bool, inputs: Iterable[Path | str | None] = ()) -> None:
+    """The cheap checks of slm.guard, before long work: not an input, not existing (unless force), writable."""
     out = Path(out)
+    check_not_input(out, inputs)
     if out.exists() and not force:
         raise SlmError(f"output {out} already exists: choose another path or pass --force to replace it")
+    check_writable(out)
 
 
 # ---- reading checkpoints ------------------------------------------------------------------------------
@@ -120,9 +125,13 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
         end = max((v["data_offsets"][1] for v in header.values()), default=0)
         if 8 + n + end > size:
             raise ValueError(f"truncated: needs {8 + n + end} bytes, has {size}")
-        for v in header.values():
+        for name, v in header.items():
             if v["dtype"] not in ST_DTYPES:
                 raise ValueError(f"unsupported dtype {v['dtype']}")
+            start, stop = v["data_offsets"]
+            want = math.prod(v["shape"]) * ST_DTYPES[v["dtype"]].itemsize
+            if stop - start != want:  # a shape that disagrees with its bytes would fail later, inside a reshape
+                raise ValueError(f"tensor {name} has shape {v['shape']} ({want} bytes) but {stop - start} bytes of data")
     except (ValueError, KeyError, TypeError, struct.error) as e:
         raise SlmError(f"{path} is not a valid safetensors file ({e}); re-download or re-save it") from None
     return header, 8 + n
@@ -260,7 +269,8 @@ def load_model(model_dir: Path | str, dtype: str = "float32", **kw):
     """An HF causal LM from a local checkpoint folder (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM
 
-    weight_files(Path(model_dir))  # refuse pickle-only or empty folders with a clear message
+    for f in weight_files(Path(model_dir)):  # refuse pickle-only, empty, truncated or inconsistent files in one line
+        read_safetensors_header(f)
     read_config(model_dir)
     return AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=False, **kw
@@ -276,9 +286,9 @@ def cache_kwarg(model) -> str:
 
 
 def save_model(model, out: Path | str, tokenizer=None, src: Path | None = None, force: bool = False,
-               max_shard_size: str = "2GB") -> Path:
+               max_shard_size: str = "2GB", inputs: Iterable[Path | str | None] = ()) -> Path:
     """save_pretrained into an atomic directory; tokenizer/aux files from `tokenizer` or copied from `src`."""
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, [src, *inputs]) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -307,11 +317,12 @@ def import_gguf(gguf: Path | str | None, out: Path | str, dtype: str = "float32"
     """Turn a GGUF into an HF checkpoint. transformers dequantizes the weights on load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from slm.gguf import check_magic
+    from slm.gguf import read_header, spec_from_gguf
 
     gguf = Path(gguf) if gguf else default_gguf()
-    check_output(out, force)
-    check_magic(gguf)
+    check_output(out, force, [gguf])
+    read_header(gguf)  # a damaged or truncated file fails here in one line, not inside transformers
+    spec_from_gguf(gguf)  # and a non-Llama-family one
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=DTYPES[dtype])
@@ -325,4 +336,4 @@ def import_gguf(gguf: Path | str | None, out: Path | str, dtype: str = "float32"
     model.is_quantized = False
     if model.generation_config is None or not model.generation_config.to_diff_dict():
         model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return save_model(model, out, tokenizer=tok, force=force)
+    return save_model(model, out, tokenizer=tok, force=force, inputs=[gguf])

@@ -117,9 +117,22 @@ def check_supported(config: dict) -> str:
     raise SlmError(f"unsupported architecture {mt or '<missing model_type>'!r}: {reason}; supported: {', '.join(SUPPORTED)}")
 
 
+# The keys a Llama-family config.json must carry to define its shape (the rest have per-family defaults).
+REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+
+
 def spec_from_config(config: dict) -> ModelSpec:
-    """Build a ModelSpec from a config.json dict (after checking the architecture)."""
+    """Build a ModelSpec from a config.json dict (after checking the architecture and the shape keys)."""
     mt = check_supported(config)
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise SlmError(f"config.json of this {mt} model lacks {', '.join(missing)}: not a complete checkpoint config; "
+                       "re-save it with transformers (model.config.save_pretrained)")
+    bad = [k for k in (*REQUIRED, "num_key_value_heads", "head_dim") if config.get(k) is not None
+           and (not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] < 1)]
+    if bad:
+        raise SlmError(f"config.json has {', '.join(f'{k}={config[k]!r}' for k in bad)}: each must be a positive "
+                       "integer; fix the config")
     heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32").replace("torch.", "")
@@ -142,8 +155,12 @@ def spec_from_config(config: dict) -> ModelSpec:
 
 
 def load_spec(model: str | Path) -> ModelSpec:
-    """ModelSpec of a checkpoint folder or of a bare config.json."""
+    """ModelSpec of a checkpoint folder, a bare config.json or a GGUF file."""
     p = Path(model)
+    if p.suffix == ".gguf":
+        from slm.gguf import spec_from_gguf
+
+        return spec_from_gguf(p)
     cfg = p / "config.json" if p.is_dir() else p
     if not cfg.is_file():
         raise SlmError(f"no config.json at {p}: pass an HF checkpoint folder (or `slm import` a GGUF first)")

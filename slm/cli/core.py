@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="architecture, parameters, weight and KV-cache memory of a model")
-    p.add_argument("model", help="HF checkpoint folder or config.json")
+    p.add_argument("model", help="HF checkpoint folder, config.json or GGUF file")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=cmd_info)
 
@@ -46,8 +46,14 @@ def cmd_import(args) -> int:
     from slm.io import default_gguf, import_gguf
     from slm.record import write_record
 
+    if args.default and args.gguf and args.out:
+        from slm.errors import SlmError
+
+        raise SlmError("--default imports the bundled model and takes no GGUF file: pass FILE.gguf or --default, "
+                       "not both")
+    out_arg = args.gguf if args.default else args.out  # `slm import --default OUT`: OUT lands in the first slot
     gguf = Path(args.gguf) if args.gguf and not args.default else default_gguf()
-    out = Path(args.out) if args.out else Path("models") / gguf.stem
+    out = Path(out_arg) if out_arg else Path("models") / gguf.stem
     import_gguf(gguf, out, dtype=args.dtype, force=args.force)
     write_record(out, "import", {"gguf": str(gguf), "dtype": args.dtype}, inputs={"gguf": gguf})
     print(f"imported {gguf.name} → {out}")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slm.errors import SlmError
-from slm.io import read_config
+from slm.spec import load_spec
 from slm.surgery.restack import restack
 
 
@@ -52,7 +52,7 @@ def plan_expansion(n_layers: int, groups: int, copies: int) -> tuple[list[int], 
 def expand(model: Path | str, out: Path | str, args: ExpandArgs) -> dict:
     """Expand `model` into `out` (HF checkpoint + slm.json + report.html). Returns the result record."""
     model, out = Path(model), Path(out)
-    n = read_config(model)["num_hidden_layers"]
+    n = load_spec(model).layers  # refuses non-Llama-family and incomplete configs in one line
     src, new = plan_expansion(n, args.groups, args.copies)  # validate before any work
     step = {"method": "llama_pro", **asdict(args)}
     return restack(model, out, src, new, step, kind="expand", zero_new=True, dtype=args.dtype, force=args.force,

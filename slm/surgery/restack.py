@@ -39,7 +39,7 @@ def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step:
     if dtype:
         new_config["torch_dtype"] = new_config["dtype"] = dtype
 
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, [model]) as tmp:
         writer = ShardedWriter(tmp, **({"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}))
         zeroed = _write_layers(reader, writer, src, set(new_layers) if zero_new else set(), dtype)
         files = writer.close()

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slm.errors import SlmError
-from slm.io import read_config
+from slm.spec import load_spec
 from slm.surgery.restack import restack
 
 
@@ -49,7 +49,7 @@ def plan_upscale(n_layers: int, args: UpscaleArgs) -> list[int]:
 
 def upscale(model: Path | str, out: Path | str, args: UpscaleArgs) -> dict:
     model, out = Path(model), Path(out)
-    n = read_config(model)["num_hidden_layers"]
+    n = load_spec(model).layers  # refuses non-Llama-family and incomplete configs in one line
     src = plan_upscale(n, args)
     seen: set[int] = set()
     new = []  # a layer is "new" at its second appearance: the duplicate CPT has to re-fit
