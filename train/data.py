@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from slm.errors import SlmError
+from slm.guard import clean_stale_temps, guard_output
 from slm.record import atomic_write_text, file_sha256, read_record, write_record
 
-from .sources import Source, is_heldout, parse_source, read_documents, source_files
+from .sources import Source, check_records, is_heldout, parse_source, read_documents, source_files
 
 __all__ = ["DataArgs", "Source", "parse_source", "prepare", "tokenize_doc"]  # Source, parse_source: sources.py
 
@@ -128,21 +129,54 @@ def tokenizer_hash(tokenizer_dir: Path) -> str:
 
 
 def prepare(args: DataArgs, out: Path | str) -> dict:
-    """Tokenize every source of `args` into `out`. Returns the record's result (per-source counts)."""
+    """Tokenize every source of `args` into `out`. Returns the record's result (per-source counts). `out` is
+    guarded for the whole step (slm.guard: never a source or the tokenizer folder, even with --force; writable;
+    locked), every input is checked before a folder is made, and a failure leaves no new empty folder."""
     out = Path(out)
+    with guard_output(out, [s.path for s in args.sources] + [args.tokenizer], force=args.force, exists_ok=True):
+        return _prepare(args, out)
+
+
+def _prepare(args: DataArgs, out: Path) -> dict:
     tok_dir = Path(args.tokenizer)
     if not (tok_dir / "tokenizer.json").is_file() and not (tok_dir / "tokenizer.model").is_file():
         raise SlmError(f"no tokenizer in {tok_dir}: pass --tokenizer MODEL_DIR (a folder with tokenizer.json)")
+    files = {s.name: source_files(s) for s in args.sources}  # every path checked before any work
+    for s in args.sources:
+        check_records(s, files[s.name], args.limit)  # every record's schema, before any tokenizing
     _init_worker(str(tok_dir))
     vocab = len(_TOK)
     dtype = np.uint16 if vocab <= 2**16 else np.uint32
     tok_hash = tokenizer_hash(tok_dir)
-    files = {s.name: source_files(s) for s in args.sources}  # every path checked before any work
     prints = {s.name: fingerprint(s, files[s.name], tok_hash, args) for s in args.sources}
     overall = hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()
     rec = read_record(out) if out.is_dir() else None
     if rec and rec.get("result", {}).get("fingerprint") == overall:
         return {**rec["result"], "up_to_date": True}
+    _check_existing(out, args, rec)
+    if args.force and rec:
+        shutil.rmtree(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)  # sources whose tokenizing was killed
+    result = {"sources": {}, "dtype": np.dtype(dtype).name, "vocab": vocab, "tokenizer_sha256": tok_hash,
+              "fingerprint": overall}
+    try:
+        for s in args.sources:
+            result["sources"][s.name] = _prepare_source(s, files[s.name], prints[s.name], out, dtype, args)
+    except BaseException:
+        if created and not any(not p.name.startswith(".") for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)  # nothing finished: no empty folder left (finished sources resume)
+        raise
+    result["summary"] = {f"{n} {k}": v[k] for n, v in result["sources"].items() for k in ("train_tokens", "heldout_tokens")}
+    write_record(out, "data", {**asdict(args), "out": str(out)}, {"tokenizer": tok_dir / "tokenizer.json"}
+                 if (tok_dir / "tokenizer.json").is_file() else {}, result)
+    return result
+
+
+def _check_existing(out: Path, args: DataArgs, rec: dict | None) -> None:
+    """An existing `out` may be replaced only when it holds prepared data and --force is given, or resumed when
+    it holds only finished sources of this run."""
     if rec and not args.force:
         raise SlmError(f"{out} holds data prepared from other inputs: choose another folder or pass --force")
     if out.exists() and not out.is_dir():
@@ -151,17 +185,6 @@ def prepare(args: DataArgs, out: Path | str) -> dict:
                                          <= {s.name for s in args.sources}):
         if not args.force:
             raise SlmError(f"{out} is not empty and holds no prepared data: choose another folder or pass --force")
-    if args.force and rec:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"sources": {}, "dtype": np.dtype(dtype).name, "vocab": vocab, "tokenizer_sha256": tok_hash,
-              "fingerprint": overall}
-    for s in args.sources:
-        result["sources"][s.name] = _prepare_source(s, files[s.name], prints[s.name], out, dtype, args)
-    result["summary"] = {f"{n} {k}": v[k] for n, v in result["sources"].items() for k in ("train_tokens", "heldout_tokens")}
-    write_record(out, "data", {**asdict(args), "out": str(out)}, {"tokenizer": tok_dir / "tokenizer.json"}
-                 if (tok_dir / "tokenizer.json").is_file() else {}, result)
-    return result
 
 
 def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, args: DataArgs) -> dict:
@@ -174,6 +197,18 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
     tmp = out / f".{src.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        meta = _tokenize_source(src, files, fp, tmp, dtype, args)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return meta
+
+
+def _tokenize_source(src: Source, files: list[Path], fp: str, tmp: Path, dtype, args: DataArgs) -> dict:
+    """Tokenize one source's documents into the split files under `tmp`; returns its source.json."""
     docs = read_documents(src, files)
     if args.limit:
         docs = (d for i, d in zip(range(args.limit), docs))
@@ -186,7 +221,6 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
             raise SlmError(f"source {src.name} mixes text and chat records: split them into two sources")
         writers["heldout" if held else "train"].add(ids, mask)
     if writers["train"].n_docs + writers["heldout"].n_docs == 0:
-        shutil.rmtree(tmp)
         raise SlmError(f"source {src.name}: no non-empty documents in {src.path}")
     if frac and writers["heldout"].n_docs == 0 and writers["train"].n_docs > 1:
         writers["train"].move_last_to(writers["heldout"])  # tiny sources: still hold one document out
@@ -195,8 +229,6 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
     for sp, w in writers.items():
         meta.update(w.close())
     atomic_write_text(tmp / "source.json", json.dumps(meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
     return meta
 
 

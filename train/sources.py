@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from slm.errors import SlmError
 
-TEXT_SUFFIXES = {".jsonl", ".json", ".parquet"}  # everything else in a source is one document per file
+STRUCTURED = {".jsonl", ".json", ".parquet"}  # records with `text` or `messages`; any other file is one document
 
 
 @dataclass
@@ -27,20 +28,26 @@ class Source:
             raise SlmError(f"source name {self.name!r}: use letters, digits, - and _ (it becomes a folder name)")
         if self.heldout is not None and not 0 <= self.heldout <= 1:
             raise SlmError(f"source {self.name}: heldout must be in [0, 1] (got {self.heldout})")
-        if not self.weight >= 0:
-            raise SlmError(f"source {self.name}: weight must be ≥ 0 (got {self.weight})")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 <= self.weight < math.inf:
+            raise SlmError(f"source {self.name}: weight must be a finite number ≥ 0 (got {self.weight!r})")
 
 
 def parse_source(spec: str, include: str = "*") -> Source:
-    """`NAME=PATH[:WEIGHT]` (CLI form of a Source)."""
+    """`NAME=PATH[:WEIGHT]` (CLI form of a Source). A path may itself hold a colon: the part after the last one is
+    a weight when it reads as a number, or when the path without it exists (then a bad weight is named as such)."""
     if "=" not in spec:
         raise SlmError(f"--source {spec!r}: write NAME=PATH or NAME=PATH:WEIGHT (e.g. code=src/:1.5)")
     name, rest = spec.split("=", 1)
-    weight = 1.0
-    head, _, tail = rest.rpartition(":")
-    if head and tail.replace(".", "", 1).isdigit():
-        rest, weight = head, float(tail)
-    return Source(name=name, path=rest, weight=weight, include=include)
+    head, colon, tail = rest.rpartition(":")
+    if not colon or not head:
+        return Source(name=name, path=rest, include=include)
+    try:
+        return Source(name=name, path=head, weight=float(tail), include=include)
+    except ValueError:
+        if Path(head).expanduser().exists() and not Path(rest).expanduser().exists():
+            raise SlmError(f"--source {spec!r}: weight {tail!r} is not a number: write NAME=PATH:WEIGHT, "
+                           f"e.g. {name}={head}:1.5") from None
+        return Source(name=name, path=rest, include=include)
 
 
 # ---- reading documents --------------------------------------------------------------------------------
@@ -57,18 +64,8 @@ def source_files(src: Source) -> list[Path]:
 def read_documents(src: Source, files: list[Path]) -> Iterator[dict]:
     """Documents as {"text": str} or {"messages": [...]}, in a fixed order."""
     for f in files:
-        if f.suffix in (".jsonl", ".json"):
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        yield _record(json.loads(line), f, n)
-        elif f.suffix == ".parquet":
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise SlmError(f"{f} is Parquet: `pip install pyarrow` to read it, or convert it to JSONL") from None
-            for n, row in enumerate(pq.read_table(f).to_pylist(), 1):
-                yield _record(row, f, n)
+        if f.suffix in STRUCTURED:
+            yield from (doc for _, doc in _records(f))
         else:
             try:
                 text = f.read_text(encoding="utf-8")
@@ -78,10 +75,60 @@ def read_documents(src: Source, files: list[Path]) -> Iterator[dict]:
                 yield {"text": text}
 
 
-def _record(row: dict, f: Path, n: int) -> dict:
-    if isinstance(row.get("messages"), list):
+def check_records(src: Source, files: list[Path], limit: int = 0) -> None:
+    """Read the records of a source's JSONL/Parquet files once before any tokenizing (cheap next to it): every line
+    valid JSON with `text` or `messages`, text and chat not mixed, and a chat source with assistant turns to learn
+    from. Each problem is one line naming the file and line."""
+    first = {}  # kind → where it was first seen
+    replies = seen = 0
+    for f in (f for f in files if f.suffix in STRUCTURED):
+        for where, doc in _records(f):
+            kind = "chat" if "messages" in doc else "text"
+            first.setdefault(kind, where)
+            if len(first) > 1:
+                raise SlmError(f"{where}: source {src.name} mixes text and chat records (the other kind at "
+                               f"{first['text' if kind == 'chat' else 'chat']}): split them into two sources")
+            replies += kind == "chat" and any(m["role"] == "assistant" for m in doc["messages"])
+            seen += 1
+            if limit and seen >= limit:
+                break
+    if "chat" in first and not replies:
+        raise SlmError(f"source {src.name}: none of its {seen} conversations has an assistant turn, so SFT would have "
+                       "nothing to learn: add replies with role `assistant`, or give the records as `text`")
+
+
+def _records(f: Path) -> Iterator[tuple[str, dict]]:
+    """("FILE:LINE", record) of a JSONL or Parquet file; a bad line is a one-line error naming it."""
+    if f.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SlmError(f"{f} is Parquet: `pip install pyarrow` to read it, or convert it to JSONL") from None
+        for n, row in enumerate(pq.read_table(f).to_pylist(), 1):
+            yield f"{f}:{n}", _record(row, f, n)
+        return
+    n = 0
+    with open(f, encoding="utf-8") as fh:
+        try:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SlmError(f"{f}:{n}: not valid JSON ({e.msg}, column {e.colno}): fix or remove that line") from None
+                yield f"{f}:{n}", _record(row, f, n)
+        except UnicodeDecodeError:
+            raise SlmError(f"{f}:{n + 1}: not UTF-8 text: convert the file to UTF-8") from None
+
+
+def _record(row, f: Path, n: int) -> dict:
+    if isinstance(row, dict) and isinstance(row.get("messages"), list):
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                   for m in row["messages"]):
+            raise SlmError(f"{f}:{n}: each message needs a `role` and a `content` string")
         return {"messages": row["messages"]}
-    if isinstance(row.get("text"), str):
+    if isinstance(row, dict) and isinstance(row.get("text"), str):
         return {"text": row["text"]}
     raise SlmError(f"{f}:{n}: a record needs a `text` string or a `messages` list (chat)")
 

@@ -70,9 +70,35 @@ def test_bad_sources(tmp_path, tiny_lm):
     (tmp_path / "blank" / "a.txt").write_text("  \n")
     with pytest.raises(SlmError, match="no non-empty documents"):
         prepare(DataArgs([Source("x", str(tmp_path / "blank"))], tok, workers=1, progress=False), tmp_path / "o3")
+    assert not (tmp_path / "o3").exists()  # failed while tokenizing: no empty output folder, no temporary
     (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
     with pytest.raises(SlmError, match="needs a `text`"):
         prepare(DataArgs([Source("x", str(tmp_path / "bad.jsonl"))], tok, workers=1, progress=False), tmp_path / "o4")
     with pytest.raises(SlmError, match="no tokenizer"):
-        prepare(DataArgs([Source("x", str(tmp_path))], str(tmp_path), progress=False), tmp_path / "o5")
+        prepare(DataArgs([Source("x", str(tmp_path / "blank"))], str(tmp_path / "empty"), progress=False), tmp_path / "o5")
     assert parse_source("code=/a/b:1.5").weight == 1.5 and parse_source("c=/x").path == "/x"
+    assert parse_source(f"c={tmp_path}/no:such").path == f"{tmp_path}/no:such"  # a colon in a path stays
+    with pytest.raises(SlmError, match="weight 'abc' is not a number"):
+        parse_source(f"c={tmp_path}:abc")
+
+
+def test_records_are_checked_before_tokenizing(tmp_path, tiny_lm, monkeypatch):
+    """A malformed line, mixed text/chat records or chat without assistant turns: one line with file:line,
+    raised before a single document is tokenized and before the output folder exists."""
+    import json
+
+    from slm.train import data as data_mod
+
+    monkeypatch.setattr(data_mod, "_tokenized", lambda *a: pytest.fail("tokenized before the records were checked"))
+    tok = str(tiny_lm())
+    user = {"messages": [{"role": "user", "content": "hi"}]}
+    cases = [('{"text": "a"}\n{"text": "b"\n', r"bad\.jsonl:2: not valid JSON"),
+             ('{"text": "a"}\n' + json.dumps(user) + "\n", r"bad\.jsonl:2: source x mixes text and chat records"),
+             (json.dumps(user) + "\n", "none of its 1 conversations has an assistant turn"),
+             ('{"messages": [{"role": "user"}]}\n', r"bad\.jsonl:1: each message needs a `role` and a `content`")]
+    for text, message in cases:
+        (tmp_path / "bad.jsonl").write_text(text)
+        with pytest.raises(SlmError, match=message):
+            prepare(DataArgs([Source("x", str(tmp_path / "bad.jsonl"))], tok, workers=2, progress=False),
+                    tmp_path / "out")
+        assert not (tmp_path / "out").exists()
