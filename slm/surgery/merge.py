@@ -17,15 +17,16 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from slm import recipe as recipe_io
 from slm.errors import SlmError
-from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, check_output, copy_aux_files, write_config
+from slm.guard import guard_output
+from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, copy_aux_files, write_config
 from slm.record import write_record
 from slm.spec import check_supported
 from slm.surgery.layers import prior_record, split_layer_name
+from slm.surgery.merge_ops import dot64, slerp, t_for_layer
 from slm.surgery.report import write_merge_report
 
 METHODS = ("linear", "slerp", "task_arithmetic", "instruction_residual")
@@ -54,13 +55,15 @@ class MergeRecipe:
             raise SlmError(f"embeddings: {self.embeddings!r} is not one of {', '.join(EMBEDDING_POLICIES)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise SlmError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        norm = []
-        for m in self.models:
-            m = {"model": m} if isinstance(m, str) else dict(m)
-            if "model" not in m:
-                raise SlmError("each entry of `models` needs a `model:` path")
-            norm.append({"model": str(m["model"]), "weight": float(m.get("weight", 1.0))})
-        self.models = norm
+        for key in ("base", "instruct", "cpt"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise SlmError(f"`{key}: {getattr(self, key)!r}` is not a path: write `{key}: models/NAME`")
+        if not isinstance(self.normalize, bool):
+            raise SlmError(f"normalize: {self.normalize!r}: use true or false")
+        if not 0 < self.slerp_eps <= 1:
+            raise SlmError(f"slerp_eps must be in (0, 1] (got {self.slerp_eps})")
+        self.models = [_model_entry(m, k) for k, m in enumerate(_listed(self.models))]
+        self.t = _check_t(self.t)
         need = {
             "linear": (len(self.models) >= 1, "linear needs `models:` (one or more, with weights)"),
             "slerp": (len(self.models) == 2, "slerp needs exactly two `models:`"),
@@ -70,15 +73,49 @@ class MergeRecipe:
         }[self.method]
         if not need[0]:
             raise SlmError(need[1])
-        ts = self.t if isinstance(self.t, list) else [self.t]
-        if not ts or any(not 0.0 <= float(x) <= 1.0 for x in ts):
-            raise SlmError(f"slerp t must be in [0, 1] (got {self.t})")
         if self.method == "linear" and self.normalize and sum(m["weight"] for m in self.models) == 0:
             raise SlmError("linear weights sum to 0: give non-zero weights or set normalize: false")
+
+    def inputs(self) -> list[str]:
+        """Every model the merge reads: none may be its output."""
+        return [p for p in (self.cpt, self.base, self.instruct) if p] + [m["model"] for m in self.models]
 
     def target(self) -> str:
         """The model whose config, tensor list and tokenizer the output takes."""
         return self.cpt if self.method == "instruction_residual" else self.models[0]["model"]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _listed(models) -> list:
+    if not isinstance(models, list):
+        raise SlmError(f"`models: {models!r}` is not a list: write `models: [{{model: PATH, weight: 1}}, ...]`")
+    return models
+
+
+def _model_entry(m, k: int) -> dict:
+    """One `models:` entry, a path or {model: PATH, weight: W}, as {"model": str, "weight": float}."""
+    m = {"model": m} if isinstance(m, str) else m
+    if not isinstance(m, dict) or not isinstance(m.get("model"), str):
+        raise SlmError(f"`models` entry {k + 1} ({m!r}) needs a `model:` path: write `{{model: PATH, weight: 1}}`")
+    unknown = sorted(set(m) - {"model", "weight"})
+    if unknown:
+        raise SlmError(f"`models` entry {k + 1} has an unknown key `{unknown[0]}`: an entry holds `model` and `weight`")
+    w = m.get("weight", 1.0)
+    if not _is_number(w):
+        raise SlmError(f"`models` entry {k + 1}: weight {w!r} is not a finite number: write e.g. `weight: 0.5`")
+    return {"model": m["model"], "weight": float(w)}
+
+
+def _check_t(t) -> float | list:
+    """slerp's t: a number in [0, 1], or a non-empty list of them spread over depth."""
+    ts = t if isinstance(t, list) else [t]
+    if not ts or not all(_is_number(x) and 0 <= x <= 1 for x in ts):
+        raise SlmError(f"slerp t must be in [0, 1]: a number or a list of them, e.g. t: 0.5 or t: [0, 0.5, 1] "
+                       f"(got {t!r})")
+    return t
 
 
 # Recipe keys that hold model paths: relative ones are read from the recipe file's folder.
@@ -89,42 +126,6 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> MergeRe
     """A MergeRecipe from a YAML recipe and key=value overrides (parsed by slm.recipe, as every verb's), with
     model paths resolved relative to the recipe file."""
     return recipe_io.load_recipe(MergeRecipe, path, overrides or (), paths=PATH_KEYS)
-
-
-# ---- per-tensor operations ------------------------------------------------------------------------------
-def _dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 20) -> float:
-    """Σ a·b accumulated in float64 chunk by chunk, so no float64 copy of a large tensor is ever made."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    return float(sum(torch.dot(a[i:i + chunk].double(), b[i:i + chunk].double()) for i in range(0, a.numel(), chunk)))
-
-
-def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 0.9995) -> torch.Tensor:
-    """Spherical interpolation of two tensors treated as flat vectors (Shoemake 1985; as in mergekit).
-    t=0 and t=1 return the inputs exactly."""
-    if t == 0.0:
-        return v0.clone()
-    if t == 1.0:
-        return v1.clone()
-    n0, n1 = math.sqrt(_dot64(v0, v0)), math.sqrt(_dot64(v1, v1))
-    dot = _dot64(v0, v1) / (n0 * n1) if n0 and n1 else 1.0
-    if abs(dot) > eps:  # nearly colinear (or a zero tensor): slerp is unstable there and equals lerp anyway
-        s0, s1 = 1 - t, t
-    else:
-        theta = math.acos(max(-1.0, min(1.0, dot)))
-        s0 = math.sin((1 - t) * theta) / math.sin(theta)
-        s1 = math.sin(t * theta) / math.sin(theta)
-    return torch.add(v0 * s0, v1, alpha=s1)
-
-
-def t_for_layer(t: float | list, layer: int | None, n_layers: int) -> float:
-    """A scalar t, or a list spread over depth: layer i takes np.interp(i/(L−1), linspace(0,1,len), list).
-    Embeddings take the first value, the final norm and lm_head the last."""
-    if not isinstance(t, list):
-        return float(t)
-    if len(t) == 1:
-        return float(t[0])
-    x = 0.0 if layer is None else layer / max(n_layers - 1, 1)
-    return float(np.interp(x, np.linspace(0, 1, len(t)), [float(v) for v in t]))
 
 
 class _Source:
@@ -176,9 +177,14 @@ def _plan_layers(recipe: MergeRecipe, target: _Source, others: list[_Source]) ->
 
 
 def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
-    """Write the merged checkpoint to `out` (+ slm.json, report.html) and return the result record."""
+    """Write the merged checkpoint to `out` (+ slm.json, report.html) and return the result record. `out` is
+    guarded from the start (slm.guard): never one of the models read, even with --force; writable; locked."""
     out = Path(out)
-    check_output(out, force)
+    with guard_output(out, recipe.inputs(), force):
+        return _merge(recipe, out, force)
+
+
+def _merge(recipe: MergeRecipe, out: Path, force: bool) -> dict:
     target = _Source(recipe.target())
     if recipe.method == "instruction_residual":
         others = [_Source(recipe.base), _Source(recipe.instruct)]
@@ -188,7 +194,7 @@ def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
         others = [_Source(m["model"]) for m in recipe.models[1:]]
     layer_map = _plan_layers(recipe, target, others)
     plan, vocab_mismatch = _plan_tensors(recipe, target, others, layer_map)  # every shape checked before writing
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, recipe.inputs()) as tmp:
         files, per_layer = _write_tensors(recipe, target, others, plan, vocab_mismatch, tmp)
         config = dict(target.r.config)
         if recipe.dtype:
@@ -260,8 +266,8 @@ def _write_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source], 
         res = theta.to(out_dtype or orig.dtype)
         acc = per_layer.setdefault(i if i is not None else name, [0.0, 0.0])
         diff = res.float() - orig.float()
-        acc[0] += _dot64(diff, diff)
-        acc[1] += _dot64(orig, orig)
+        acc[0] += dot64(diff, diff)
+        acc[1] += dot64(orig, orig)
         del diff
         writer.add(name, res)
     return writer.close(), per_layer

@@ -127,3 +127,31 @@ def test_merge_cli(pair, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     rec = json.loads((tmp_path / "o" / "slm.json").read_text())
     assert rec["args"]["t"] == 0 and len(rec["inputs"]) == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method: slerp\nmodels: [a, b]\nt: abc\n", r"slerp t must be in \[0, 1\]: a number or a list of them.*got 'abc'"),
+    ("method: slerp\nmodels: [a, b]\nt: [0, abc]\n", r"slerp t must be .*got \[0, 'abc'\]"),
+    ("method: slerp\nmodels: [a, b]\nt: .nan\n", r"slerp t must be"),
+    ("method: linear\nmodels: [{model: a, weight: abc}]\n", r"entry 1: weight 'abc' is not a finite number"),
+    ("method: linear\nmodels: [{weight: 1}]\n", r"`models` entry 1 .* needs a `model:` path"),
+    ("method: linear\nmodels: [3]\n", r"`models` entry 1 \(3\) needs a `model:` path"),
+    ("method: linear\nmodels: a\n", r"`models: '.*a'` is not a list"),
+    ("method: linear\nmodels: [{model: a, wieght: 2}]\n", r"unknown key `wieght`"),
+    ("method: task_arithmetic\nbase: 5\nmodels: [a]\n", r"`base: 5` is not a path"),
+    ("method: instruction_residual\ncpt: a\nbase: b\ninstruct: c\nalpha: abc\n", r"alpha='abc' is not a number"),
+    ("- method: linear\n", r"holds a list, not a mapping"),
+])
+def test_bad_recipe_values_are_one_line_errors(tmp_path, text, message):
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    with pytest.raises(SlmError, match=message):
+        load_recipe(f)
+
+
+def test_output_may_not_be_an_input_even_with_force(pair, tmp_path):
+    before = tensors(pair[0])
+    for out in (pair[0], pair[0] / "sub", pair[0].parent):
+        with pytest.raises(SlmError, match="the input"):
+            merge(MergeRecipe(method="linear", models=[str(pair[0]), str(pair[1])]), out, force=True)
+    assert all(torch.equal(before[k], v) for k, v in tensors(pair[0]).items())
