@@ -1,0 +1,214 @@
+"""Bad inputs, as a careless or hostile user gives them, end in one line and lose nothing (issue 14).
+
+One table. Each row drives one reproduction through the CLI in this process (`slm.cli.main`), and the test
+asserts the contract every verb keeps: exit code 2; stderr exactly one line, `error: …`, holding the row's
+words; no traceback; every file under the row's folder byte-identical afterwards (the inputs untouched) and
+nothing new there (no output folder, no `.tmp-`/`.lock` left) — except what the row says a run may keep.
+
+To add a row: `Row(id, argv, words)` where `argv(w)` builds the command line from a Workspace `w`: `w.M` a tiny
+model with a tokenizer, `w.D` data prepared from it, `w.out` an output path that does not exist, `w.file(name,
+text)` / `w.dir(name)` more inputs, `w.hold_lock(path)` a live process holding the lock of an output.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from slm.cli import main
+from tests.conftest import make_tiny
+from tests.train.conftest import VOCAB, save_byte_tokenizer, write_texts
+
+TRAIN = ["steps=2", "seq_len=48", "global_batch=2", "micro_batch=2", "trainable=full", "progress=false",
+         "report=false", "eval=false"]
+
+
+class Workspace:
+    """A row's folder: a tiny model M (with a byte tokenizer), data D prepared from it, and whatever inputs the
+    row adds; everything under `root` is hashed before and after the command."""
+
+    def __init__(self, root: Path, template: Path):
+        self.root = root
+        self.M, self.D = root / "M", root / "D"
+        shutil.copytree(template / "M", self.M)
+        shutil.copytree(template / "D", self.D)
+        self.out = root / "out"
+        self._holders: list[subprocess.Popen] = []
+
+    def file(self, name: str, text: str) -> Path:
+        p = self.root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        return p
+
+    def dir(self, name: str, docs: int = 3) -> Path:
+        return write_texts(self.root / name, docs, 0, "prose")
+
+    def recipe(self, data) -> Path:
+        return self.file("recipe.yaml", yaml.safe_dump(data))
+
+    def hold_lock(self, out: Path) -> Path:
+        """A live process owns `out`'s lock, as a second run would find it while the first is running."""
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        self._holders.append(holder)
+        out.with_name(f".{out.name}.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        return out
+
+    def close(self) -> None:
+        for h in self._holders:
+            h.kill()
+            h.wait()
+
+
+@dataclass
+class Row:
+    id: str
+    argv: Callable[[Workspace], list]  # the command line after `slm`
+    words: str  # expected in the one error line
+    keeps: tuple[str, ...] = field(default=())  # globs (relative to the row's folder) of what the run may leave
+
+
+def train(w: Workspace, *extra, out=None) -> list:
+    return ["train", f"model={w.M}", f"data={w.D}", f"out={out or w.out}", *TRAIN, *extra]
+
+
+def prepare(w: Workspace, *sources, out=None, tok=None) -> list:
+    return ["data", "prepare", str(out or w.out), "-t", str(tok or w.M), "--workers", "1",
+            *[a for s in sources for a in ("-s", s)]]
+
+
+def merge(w: Workspace, recipe: dict, *extra, out=None) -> list:
+    return ["merge", str(w.recipe(recipe)), str(out or w.out), *extra]
+
+
+TEXT = '{"text": "a"}\n'  # one good text record
+
+
+def chat(*roles: str) -> str:
+    return json.dumps({"messages": [{"role": r, "content": "hi"} for r in roles]}) + "\n"
+
+
+ROWS = [
+    # train: the output never destroys an input, even with --force
+    Row("train-out-is-model", lambda w: train(w, "--force", out=w.M), "is the input"),
+    Row("train-out-inside-model", lambda w: train(w, out=w.M / "run"), "lies inside the input"),
+    Row("train-out-contains-inputs", lambda w: train(w, "--force", out=w.root), "contains the input"),
+    Row("train-out-is-data", lambda w: train(w, "--force", out=w.D), "is the input"),
+    Row("train-out-is-init", lambda w: train(w, f"--init={w.dir('W')}", "--force", out=w.root / "W"),
+        "is the input"),
+    Row("train-out-parent-is-file", lambda w: train(w, out=w.file("afile", "x") / "run"), "is a file, not a folder"),
+    Row("train-out-is-file", lambda w: train(w, out=w.file("afile", "x")), "is a file, not a run folder"),
+    Row("train-out-locked", lambda w: train(w, out=w.hold_lock(w.out)), "locked by PID"),
+    Row("train-resume-nothing", lambda w: train(w, "--resume"), "no complete checkpoint"),
+    # train: numbers refused before any folder exists
+    Row("train-eps-negative", lambda w: train(w, "eps=-1"), "eps must be a finite number in (0, ∞)"),
+    Row("train-steps-fraction", lambda w: train(w, "steps=2.9"), "steps=2.9 is not a whole number"),
+    Row("train-lr-inf", lambda w: train(w, "lr=.inf"), "lr=inf is not a finite number"),
+    Row("train-betas-text", lambda w: train(w, "betas=[0.9, abc]"), "betas[1] must be a finite number in [0, 1)"),
+    Row("train-warmup-over-one", lambda w: train(w, "warmup_ratio=1.5"), "warmup_ratio must be a finite number"),
+    # train: a loss that turns NaN stops the run, keeping the last good checkpoint and writing no final model
+    Row("train-loss-nan", lambda w: train(w, "lr=1e30", "save_every=1", "warmup_ratio=0", "steps=4"),
+        "step 2: the", keeps=("out", "out/metrics.jsonl", "out/recipe.yaml", "out/checkpoints",
+                               "out/checkpoints/step-000001", "out/checkpoints/step-000001/*")),
+    # data prepare: records checked before tokenizing; outputs guarded
+    Row("data-malformed-jsonl", lambda w: prepare(w, "c=" + str(w.file("bad.jsonl", TEXT + '{"text": '))),
+        "bad.jsonl:2: not valid JSON"),
+    Row("data-weight-not-a-number", lambda w: prepare(w, f"c={w.dir('src')}:abc"), "weight 'abc' is not a number"),
+    Row("data-chat-without-assistant", lambda w: prepare(w, f"c={w.file('chat.jsonl', chat('user') * 3)}"),
+        "has an assistant turn"),
+    Row("data-mixed-text-and-chat",
+        lambda w: prepare(w, "c=" + str(w.file("mix.jsonl", TEXT + chat("user", "assistant")))),
+        "mix.jsonl:2: source c mixes text and chat"),
+    Row("data-out-inside-source", lambda w: prepare(w, f"c={w.dir('src')}", out=w.root / "src" / "prepared"),
+        "lies inside the input"),
+    Row("data-out-is-tokenizer", lambda w: prepare(w, f"c={w.dir('src')}", out=w.M) + ["--force"], "is the input"),
+    Row("data-out-parent-is-file", lambda w: prepare(w, f"c={w.dir('src')}", out=w.file("afile", "x") / "d"),
+        "is a file, not a folder"),
+    Row("data-out-locked", lambda w: prepare(w, f"c={w.dir('src')}", out=w.hold_lock(w.out)), "locked by PID"),
+    # merge: recipe values and the output
+    Row("merge-t-not-a-number", lambda w: merge(w, {"method": "slerp", "models": [str(w.M), str(w.M)], "t": "abc"}),
+        "slerp t must be in [0, 1]"),
+    Row("merge-weight-not-a-number",
+        lambda w: merge(w, {"method": "linear", "models": [{"model": str(w.M), "weight": "abc"}]}),
+        "weight 'abc' is not a finite number"),
+    Row("merge-entry-without-model", lambda w: merge(w, {"method": "linear", "models": [{"weight": 1}]}),
+        "needs a `model:` path"),
+    Row("merge-recipe-is-a-list", lambda w: merge(w, [{"method": "linear"}]), "holds a list, not a mapping"),
+    Row("merge-out-is-input",
+        lambda w: merge(w, {"method": "linear", "models": [str(w.M), str(w.M)]}, "--force", out=w.M), "is the input"),
+    Row("merge-out-locked", lambda w: merge(w, {"method": "linear", "models": [str(w.M)]}, out=w.hold_lock(w.out)),
+        "locked by PID"),
+]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path → SHA-256 of every file under `root` ("dir" for folders): what must not change."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = "dir" if p.is_dir() and not p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """M (tiny llama + byte tokenizer) and D (two small text sources prepared with it), built once, copied per row."""
+    from slm.train.data import DataArgs, Source, prepare
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    save_byte_tokenizer(make_tiny(root / "M", vocab_size=VOCAB))
+    code, prose = write_texts(root / "src-a", 12, 1, "code"), write_texts(root / "src-b", 12, 2, "prose")
+    prepare(DataArgs([Source("code", str(code)), Source("prose", str(prose))], str(root / "M"), heldout=0.2,
+                     workers=1, progress=False), root / "D")
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path, template):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from threads on a shared machine
+    w = Workspace(tmp_path / "w", template)
+    yield w
+    w.close()
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input_is_one_line_and_loses_nothing(row: Row, workspace: Workspace, capsys):
+    argv = [str(a) for a in row.argv(workspace)]
+    before = tree(workspace.root)
+    capsys.readouterr()
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, f"exit code {rc}; stderr: {err[-2000:]}"
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr is not one error line: {err[-2000:]}"
+    assert row.words in lines[0], lines[0]
+    after = tree(workspace.root)
+    changed = [p for p in before if after.get(p) != before[p]]
+    assert not changed, f"inputs changed or removed: {changed[:5]}"
+    left = [p for p in after if p not in before and not any(fnmatch.fnmatch(p, g) for g in row.keeps)]
+    assert not left, f"left behind: {left[:5]}"
+    assert not any(".tmp-" in p or p.endswith(".lock") for p in set(after) - set(before))
+    if row.keeps:  # what a failed run keeps: never a final model
+        assert not (workspace.out / "final").exists()
+
+
+def test_every_row_id_is_unique():
+    ids = [r.id for r in ROWS]
+    assert len(ids) == len(set(ids)) and all(os.sep not in i for i in ids)
