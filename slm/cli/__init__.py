@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm", description="Grow, specialise, export and profile small language models.")
     parser.add_argument("--version", action="version", version=f"slm-lab {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):  # not __main__
         importlib.import_module(f"{__name__}.{mod}").register(sub)
     return parser
 
