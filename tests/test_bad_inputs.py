@@ -137,6 +137,8 @@ ROWS = [
     Row("data-out-parent-is-file", lambda w: prepare(w, f"c={w.dir('src')}", out=w.file("afile", "x") / "d"),
         "is a file, not a folder"),
     Row("data-out-locked", lambda w: prepare(w, f"c={w.dir('src')}", out=w.hold_lock(w.out)), "locked by PID"),
+    # eval: its report folder is an output too
+    Row("eval-out-is-model", lambda w: ["eval", w.M, "--data", w.D, "--out", w.M, "--force"], "is the input"),
     # merge: recipe values and the output
     Row("merge-t-not-a-number", lambda w: merge(w, {"method": "slerp", "models": [str(w.M), str(w.M)], "t": "abc"}),
         "slerp t must be in [0, 1]"),

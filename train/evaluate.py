@@ -137,7 +137,7 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
     rows = [[_short(m)] + [row.get(k, {}).get("ppl") for k in sets] for m, row in zip(result["models"], result["matrix"])]
     tables = [Table("Held-out perplexity (stage × set)", ["model"] + sets, rows,
                     note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated")]
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, [*args.models, args.data]) as tmp:  # never over a model or the data
         write_record(tmp, "eval", asdict(args), {}, result)
         render_report(tmp / "report.html", "eval: held-out perplexity", "eval", summary, [], tables,
                       notes=["score for OP/BWT = −loss (nats/token); BWT < 0 means forgetting"])

@@ -87,7 +87,7 @@ def cmd_eval(args) -> int:
     if args.out:
         from slm.io import check_output
 
-        check_output(Path(args.out), args.force)
+        check_output(Path(args.out), args.force, [*args.models, args.data])  # before the long evaluation
     res = evaluate(eargs)
     for m, row in zip(res["models"], res["matrix"]):
         print(m + ": " + ", ".join(f"{k} ppl {v['ppl']:.3f}" for k, v in row.items()))
