@@ -133,7 +133,9 @@ def prepare(args: DataArgs, out: Path | str) -> dict:
     guarded for the whole step (slm.guard: never a source or the tokenizer folder, even with --force; writable;
     locked), every input is checked before a folder is made, and a failure leaves no new empty folder."""
     out = Path(out)
-    with guard_output(out, [s.path for s in args.sources] + [args.tokenizer], force=args.force, exists_ok=True):
+    # force=True only breaks a dead process's lock: prepare resumes by design (a rerun continues a killed one), and
+    # whether an existing `out` may be replaced is _check_existing's question, under args.force.
+    with guard_output(out, [s.path for s in args.sources] + [args.tokenizer], force=True, exists_ok=True):
         return _prepare(args, out)
 
 

@@ -102,3 +102,23 @@ def test_records_are_checked_before_tokenizing(tmp_path, tiny_lm, monkeypatch):
             prepare(DataArgs([Source("x", str(tmp_path / "bad.jsonl"))], tok, workers=2, progress=False),
                     tmp_path / "out")
         assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_prepare_is_continued_by_a_rerun(tmp_path, tiny_lm, capsys):
+    """kill -9 mid-prepare leaves the output's lock and a source's temp folder: the rerun breaks the dead lock,
+    removes the temp folder, saying so, and prepares the data."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "out"
+    (out / f".x.tmp-{dead}").mkdir(parents=True)
+    (tmp_path / ".out.lock").write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+    src = write_texts(tmp_path / "src", 4, 0, "prose")
+    prepare(DataArgs([Source("x", str(src))], str(tiny_lm()), workers=1, progress=False), out)
+    err = capsys.readouterr().err
+    assert f"stale lock of PID {dead}" in err and f"removed {out / f'.x.tmp-{dead}'}" in err
+    assert (out / "x" / "source.json").is_file()
+    assert not (out / f".x.tmp-{dead}").exists() and not (tmp_path / ".out.lock").exists()
