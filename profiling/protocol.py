@@ -1,7 +1,11 @@
 """One measurement protocol for every backend, modelled on llama.cpp's `llama-bench`.
 
-For each test: one warm-up run, then R timed repetitions; a figure is the mean ± sample std of the per-run
-tokens/second (llama-bench reports avg_ts/stddev_ts the same way). Prefill tests (ppN) time N prompt tokens from
+For each test: one warm-up run, then timed repetitions; a figure is the mean ± sample std of the per-run
+tokens/second (llama-bench reports avg_ts/stddev_ts the same way) and its Student-t 95 % interval. Unlike
+llama-bench's fixed count, repetitions go on past the minimum until the interval is within ±`target_ci` of the mean
+or the test's time cap is hit (adaptive stopping; the interval and the count are recorded). The machine's load is
+sampled over each test (slm.profiling.hostload): a figure measured while other processes took CPU is `disturbed`,
+one whose interval stayed wider than the target is `wide`; reports mark both and draw no conclusion from them. Prefill tests (ppN) time N prompt tokens from
 an empty cache; decode tests (tgN @ dD) first fill the cache with D tokens (untimed) and then time N single-token
 steps. Tokens are random ids, as in llama-bench, so no tokenizer is needed and nothing depends on text.
 """
@@ -10,10 +14,13 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
 from slm.errors import SlmError
+from slm.profiling.hostload import Window, jetson_power_mode
+from slm.report.uncertainty import ci95_of
 
 
 def default_threads() -> int:
@@ -31,8 +38,11 @@ class BenchArgs:
     pp: tuple = (128, 512, 2048)  # prompt lengths for prefill tests (tokens)
     tg: int = 128  # tokens generated per decode test
     depths: tuple = (0, 512, 2048)  # cache depth before each decode test (tokens)
-    reps: int = 3  # timed repetitions per test (llama-bench's default is 5; 3 keeps the full profile < 15 min)
+    reps: int = 3  # minimum timed repetitions per test (llama-bench's fixed default is 5; more run while noisy)
     warmup: int = 1  # untimed runs before the repetitions
+    target_ci: float = 0.03  # stop repeating once the 95 % interval is within ± this fraction of the mean
+    time_cap_s: float = 10.0  # no new repetition starts once a test's timed runs have taken this long (seconds)
+    max_reps: int = 30  # hard limit on repetitions (millisecond tests on a tiny model would otherwise run thousands)
     threads: int = field(default_factory=default_threads)  # CPU threads for every backend
     seed: int = 0  # seed of the random token ids
 
@@ -42,6 +52,8 @@ class BenchArgs:
             raise SlmError("prompt lengths must be ≥ 1 and tg/depths ≥ 0: fix --pp/--tg/--depths")
         if self.reps < 1 or self.warmup < 0:
             raise SlmError("--reps must be ≥ 1 and warm-up ≥ 0")
+        if not 0 < self.target_ci < 1 or self.time_cap_s <= 0 or self.max_reps < self.reps:
+            raise SlmError("target interval must be in (0, 1), the time cap > 0 s and max reps ≥ --reps")
         if self.threads < 1:
             raise SlmError("--threads must be ≥ 1")
 
@@ -84,38 +96,72 @@ class Closing:
 
 
 def stats(values: list[float]) -> dict:
-    """mean ± sample standard deviation (0 for a single value) and the raw samples."""
+    """mean ± sample standard deviation (0 for a single value), the 95 % interval's half-width, the raw samples."""
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "n": len(values), "samples": values}
+    return {"mean": mean, "std": std, "n": len(values), "ci95": ci95_of(values), "samples": values}
+
+
+def _rel(values: list[float]) -> float | None:
+    ci = ci95_of(values)
+    mean = statistics.fmean(values)
+    return None if ci is None or not mean else ci / mean
 
 
 def measure(fn: Callable[[], float], n_tokens: int, args: BenchArgs) -> dict:
-    """Warm up, repeat, and summarise one test as tokens/s (and ms per run)."""
+    """Warm up, repeat until the interval is tight (or the cap), and summarise one test as tokens/s (and ms per run),
+    with the machine's load over the timed runs and why the repetitions stopped."""
     for _ in range(args.warmup):
         fn()
-    secs = [fn() for _ in range(args.reps)]
+    window, t0, secs, stop = Window(), time.perf_counter(), [], "max_reps"
+    while len(secs) < args.max_reps:
+        secs.append(fn())
+        if len(secs) < args.reps:
+            continue
+        rel = _rel([n_tokens / s for s in secs])
+        if rel is not None and rel <= args.target_ci:
+            stop = "interval"
+            break
+        if time.perf_counter() - t0 >= args.time_cap_s:
+            stop = "time_cap"
+            break
     tps = [n_tokens / s for s in secs]
-    return {"tok_s": stats(tps), "ms": stats([s * 1e3 for s in secs])}
+    return {"tok_s": stats(tps), "ms": stats([s * 1e3 for s in secs]), "load": window.stop(), "stop": stop}
+
+
+def _row(test: str, kind: str, n: int, depth: int, m: dict, args: BenchArgs) -> dict:
+    """One flat result row: the figure, its interval, and whether it can be trusted."""
+    t, load = m["tok_s"], m["load"]
+    ci_rel = t["ci95"] / t["mean"] if t["ci95"] is not None and t["mean"] else None
+    wide = ci_rel is None or ci_rel > args.target_ci
+    flags = ([f"other processes used {load.other_cpu_share:.0%} of the CPU"] if load.disturbed else []) + \
+        ([f"95 % interval ±{ci_rel:.1%} wider than ±{args.target_ci:.0%}" if ci_rel is not None
+          else "one repetition: no interval"] if wide else [])
+    return {"test": test, "kind": kind, "n_tokens": n, "depth": depth, "tok_s": t["mean"], "tok_s_std": t["std"],
+            "reps": t["n"], "ci95": t["ci95"], "ci_rel": ci_rel, "stop": m["stop"], "disturbed": load.disturbed,
+            "wide": wide, "flags": flags, "other_cpu_share": load.other_cpu_share, "cpu_mhz": load.cpu_mhz,
+            "window_s": round(load.wall_s, 3), **({"jetson": load.jetson} if load.jetson else {}),
+            "samples_tok_s": t["samples"]}
 
 
 def run_tests(backend: Backend, args: BenchArgs, progress: Callable[[str], None] = lambda m: None) -> list[dict]:
     """The prefill and decode tests of `args` on one backend, each as a flat row (stable keys)."""
-    rows = []
+    rows, mode = [], jetson_power_mode()
     for n in args.pp:
         progress(f"{backend.name}: pp{n}")
         m = measure(lambda: backend.prefill(n), n, args)
         # Time to first token for this prompt: the prefill makes the logits of the last prompt token, from which
         # the first new token is picked; so TTFT = prefill time (+ sampling, negligible next to it).
-        rows.append({"test": f"pp{n}", "kind": "prefill", "n_tokens": n, "depth": 0, "tok_s": m["tok_s"]["mean"],
-                     "tok_s_std": m["tok_s"]["std"], "ttft_ms": m["ms"]["mean"], "samples_tok_s": m["tok_s"]["samples"]})
+        rows.append({**_row(f"pp{n}", "prefill", n, 0, m, args), "ttft_ms": m["ms"]["mean"]})
     if args.tg:
         for d in args.depths:
             progress(f"{backend.name}: tg{args.tg} @ d{d}")
             m = measure(lambda: backend.decode(args.tg, d), args.tg, args)
-            rows.append({"test": f"tg{args.tg}@d{d}", "kind": "decode", "n_tokens": args.tg, "depth": d,
-                         "tok_s": m["tok_s"]["mean"], "tok_s_std": m["tok_s"]["std"],
-                         "ms_per_token": m["ms"]["mean"] / args.tg, "samples_tok_s": m["tok_s"]["samples"]})
+            rows.append({**_row(f"tg{args.tg}@d{d}", "decode", args.tg, d, m, args),
+                         "ms_per_token": m["ms"]["mean"] / args.tg})
+    for r in rows:
+        if mode:
+            r["power_mode"] = mode
     return rows
 
 

@@ -18,10 +18,12 @@ from slm.profiling import devices, kv, roofline
 from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
 from slm.profiling.sweep import SweepArgs
 
-SCHEMA_VERSION = 1
+# 2: every measured row carries reps, ci95, ci_rel, disturbed, wide, flags, other_cpu_share (slm.profiling.protocol)
+# and the summary a `.std` / `.n` / `.disturbed` companion per speed; version-1 keys are all kept
+SCHEMA_VERSION = 2
 BACKENDS = ("llama.cpp", "torch", "onnxruntime-genai")
 # `--quick`: short tests for a first look or a CI run
-QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2}, "sweep_pp": 128, "sweep_tg": 16,
+QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2, "time_cap_s": 4.0}, "sweep_pp": 128, "sweep_tg": 16,
          "ppl_chunks": 2, "kv_contexts": (512, 2048)}
 # Used only when projecting a config with no weights and this host has never been measured (stated as assumed).
 ASSUMED_EFFICIENCY = {"decode": 0.5, "prefill": 0.25}
@@ -238,8 +240,8 @@ def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str,
 
 def light(b: BenchArgs) -> BenchArgs:
     """The lighter protocol of the secondary backends (see ProfileArgs.full_all)."""
-    return BenchArgs(pp=b.pp[:2], tg=min(b.tg, 32), depths=b.depths[:2], reps=min(b.reps, 2), warmup=b.warmup,
-                     threads=b.threads, seed=b.seed)
+    return replace(b, pp=b.pp[:2], tg=min(b.tg, 32), depths=b.depths[:2], reps=min(b.reps, 2),
+                   max_reps=max(min(b.reps, 2), min(b.max_reps, 10)))
 
 
 def _planned_weight_bytes(spec, args: ProfileArgs) -> float:
@@ -271,6 +273,13 @@ def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: Pr
             "flagged": [r["test"] for r in proj if not r["fits"]]}
 
 
+def _spread(s: dict, key: str, std, n, disturbed) -> None:
+    """The companions of a measured figure that compare turns into an interval: `key.std`, `key.n`, `key.disturbed`
+    (absent in schema 1, whose figures compare shows with no interval)."""
+    if n:
+        s[f"{key}.std"], s[f"{key}.n"], s[f"{key}.disturbed"] = round(std or 0.0, 4), n, bool(disturbed)
+
+
 def summary(res: dict) -> dict:
     """Flat scalars for `slm report compare` and the reports index (stable keys)."""
     s = {"schema_version": SCHEMA_VERSION, "how": res["how"], "params": res["model"]["params"],
@@ -279,6 +288,7 @@ def summary(res: dict) -> dict:
     for name, b in res["backends"].items():
         for r in b["rows"]:
             s[f"{name}.{r['test']}.tok_s"] = round(r["tok_s"], 3)
+            _spread(s, f"{name}.{r['test']}.tok_s", r.get("tok_s_std"), r.get("reps"), r.get("disturbed"))
             s[f"{name}.{r['test']}.roofline_fraction"] = round(r["roofline_fraction"], 4)
         s[f"{name}.peak_rss_mib"] = round(b["peak_rss"] / 2**20, 1)
     f16 = res["kv"]["analytic"].get("f16")
@@ -291,6 +301,8 @@ def summary(res: dict) -> dict:
     for r in res.get("sweep", {}).get("rows", []):
         for k in ("size_bytes", "bits_per_weight", "pp_tok_s", "tg_tok_s", "ppl", "kld_vs_ref"):
             s[f"quant.{r['type']}.{k}"] = r[k] if isinstance(r[k], int) else round(r[k], 5)
+        for k in ("pp_tok_s", "tg_tok_s"):
+            _spread(s, f"quant.{r['type']}.{k}", r.get(k + "_std"), r.get(k + "_reps"), r.get(k + "_disturbed"))
     p = res.get("projection")
     if p:
         s["device"] = p["device"]["key"]

@@ -69,8 +69,9 @@ def _row(t: str, path: Path, speed: dict, ppl: dict, kl: dict | None, reference:
     info = contents(path)
     return {"type": t, "path": str(path), "size_bytes": info["size_bytes"], "bits_per_weight": info["bits_per_weight"],
             "tensor_types": {k: e["tensors"] for k, e in info["by_type"].items()},
-            "pp_tok_s": speed["prefill"]["tok_s"], "pp_tok_s_std": speed["prefill"]["tok_s_std"],
-            "tg_tok_s": speed["decode"]["tok_s"], "tg_tok_s_std": speed["decode"]["tok_s_std"],
+            **{f"{k}_tok_s{suffix}": speed[kind][field] for k, kind in (("pp", "prefill"), ("tg", "decode"))
+               for suffix, field in (("", "tok_s"), ("_std", "tok_s_std"), ("_ci95", "ci95"), ("_reps", "reps"),
+                                     ("_disturbed", "disturbed"), ("_other_cpu_share", "other_cpu_share"))},
             "ppl": ppl["perplexity"], "kld_vs_ref": kl["kld_mean"] if kl else 0.0,
             "kld_p99": kl["kld_p99"] if kl else 0.0, "scoring": ppl["mode"], "reference": reference}
 
@@ -98,19 +99,42 @@ def run_sweep(files: dict, args: SweepArgs, progress: Callable[[str], None] = pr
     return rows
 
 
+def interval(r: dict, key: str) -> tuple[float, float]:
+    """(low, high) of a sweep speed: its 95 % interval; rows from before schema 2 (no ci95) get ±2 std, at least
+    ±1 % — the rule those reports used."""
+    ci = r.get(key + "_ci95")
+    if ci is None:
+        ci = 2 * max(r.get(key + "_std") or 0.0, 0.01 * r[key])
+    return r[key] - ci, r[key] + ci
+
+
+def _pm(r: dict, key: str) -> str:
+    lo, hi = interval(r, key)
+    return f"{r[key]:.1f} ± {(hi - lo) / 2:.1f} tok/s"
+
+
 def answer(rows: list[dict]) -> str:
-    """Does a lower bit-width always run faster here? Answered from the rows, in words."""
+    """Does a lower bit-width always run faster here? Answered from the rows, in words — a step is called slower
+    only when the two 95 % intervals do not overlap and neither was measured under interference."""
     by_bits = sorted(rows, key=lambda r: -r["bits_per_weight"])
     lines = []
     for key, what in (("tg_tok_s", "decode"), ("pp_tok_s", "prefill")):
-        inv = [(a, b) for a, b in zip(by_bits, by_bits[1:])
-               if b[key] < a[key] * (1 - 2 * max(a[key + "_std"] / a[key], 0.01))]
-        if not inv:
-            lines.append(f"{what}: yes — each step down in bits per weight ran at least as fast (within noise).")
+        pairs = [(a, b) for a, b in zip(by_bits, by_bits[1:]) if b[key] < a[key]]
+        busy = [(a, b) for a, b in pairs if a.get(key + "_disturbed") or b.get(key + "_disturbed")]
+        slower = [(a, b) for a, b in pairs if (a, b) not in busy and interval(b, key)[1] < interval(a, key)[0]]
+        noise = [(a, b) for a, b in pairs if (a, b) not in busy and (a, b) not in slower]
+
+        def ex(ps):
+            return "; ".join(f"{b['type']} ({b['bits_per_weight']:.2f} bpw) {_pm(b, key)} vs {a['type']} "
+                             f"({a['bits_per_weight']:.2f} bpw) {_pm(a, key)}" for a, b in ps)
+        if slower:
+            lines.append(f"{what}: no — fewer bits ran slower in {len(slower)} step(s), intervals apart: {ex(slower)}.")
         else:
-            ex = "; ".join(f"{b['type']} ({b['bits_per_weight']:.2f} bpw) {b[key]:.1f} tok/s < {a['type']} "
-                           f"({a['bits_per_weight']:.2f} bpw) {a[key]:.1f} tok/s" for a, b in inv)
-            lines.append(f"{what}: no — fewer bits ran slower in {len(inv)} step(s): {ex}.")
+            lines.append(f"{what}: yes — no step down in bits per weight ran measurably slower.")
+        if noise:
+            lines.append(f"{what} within noise (intervals overlap, no conclusion): {ex(noise)}.")
+        if busy:
+            lines.append(f"{what} disturbed (other processes used the CPU; measure again): {ex(busy)}.")
     best = max(rows, key=lambda r: r["tg_tok_s"])
-    lines.append(f"fastest decode: {best['type']} at {best['tg_tok_s']:.1f} tok/s ({best['bits_per_weight']:.2f} bpw).")
+    lines.append(f"fastest decode: {best['type']} at {_pm(best, 'tg_tok_s')} ({best['bits_per_weight']:.2f} bpw).")
     return " ".join(lines)
