@@ -11,12 +11,13 @@ llama.cpp, build the ONNX folders, validate, and write slm.json + report.html.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
-from slm.gguf import FLOAT_TYPES, QUANT_TYPES, parse_types, size_upper_bound
+from slm.gguf import FLOAT_TYPES, QUANT_TYPES, fallback_warning, parse_types, size_upper_bound
 from slm.io import atomic_dir, check_output, read_config
 from slm.record import write_record
 from slm.spec import ModelSpec, spec_from_config
@@ -107,6 +108,9 @@ def plan(model_dir: Path, out: Path, args: ExportArgs) -> Plan:
     arch = gguf_write.check_arch(config)
     spec = spec_from_config(config)
     check_output(out, args.force, [model_dir])
+    warning = fallback_warning(spec, args.gguf)  # said before any work: what the files will really hold
+    if warning:
+        print(warning, file=sys.stderr)
     tokenizer = gguf_write.has_tokenizer(model_dir)
     vocab = gguf_write.load_vocab(model_dir, spec.vocab, args.pre_tokenizer) if args.gguf and tokenizer else None
     if args.imatrix and not tokenizer:

@@ -49,11 +49,25 @@ def plan_expansion(n_layers: int, groups: int, copies: int) -> tuple[list[int], 
     return src, new
 
 
+def _warn_quant_shape(model: Path, layers: int) -> None:
+    """One line to stderr, before any work, when the expanded shape makes llama.cpp's K-quants fall back."""
+    import dataclasses
+    import sys
+
+    from slm.gguf import fallback_warning
+
+    spec = dataclasses.replace(load_spec(model), layers=layers)
+    warning = fallback_warning(spec, ["q6_k", "q4_k_m"])  # the K-quants an edge export usually asks for
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def expand(model: Path | str, out: Path | str, args: ExpandArgs) -> dict:
     """Expand `model` into `out` (HF checkpoint + slm.json + report.html). Returns the result record."""
     model, out = Path(model), Path(out)
     n = load_spec(model).layers  # refuses non-Llama-family and incomplete configs in one line
     src, new = plan_expansion(n, args.groups, args.copies)  # validate before any work
+    _warn_quant_shape(model, len(src))
     step = {"method": "llama_pro", **asdict(args)}
     return restack(model, out, src, new, step, kind="expand", zero_new=True, dtype=args.dtype, force=args.force,
                    parity=args.parity)

@@ -59,3 +59,22 @@ def test_types_that_hold():
     wide = dataclasses.replace(SMOLLM2, hidden=512, heads=8, head_dim=64)
     assert {"q6_k", "q4_k_m", "q3_k_m", "q2_k"} <= set(types_that_hold(wide))
     assert fallbacks_for(wide, "q6_k")["fallbacks"] == []
+
+
+def test_export_and_expand_warn_before_work(tiny, tmp_path, capsys):
+    """hidden 64 is no multiple of 256: export's plan() and expand say so on stderr, once, before writing."""
+    from slm.quant.export import ExportArgs, plan
+    from slm.surgery.expand import ExpandArgs, expand
+
+    d = tiny("llama")
+    capsys.readouterr()  # the fixture's own progress output
+    plan(d, tmp_path / "out", ExportArgs(gguf=["q6_k", "q8_0"], validate=False))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "q6_k" in err and "q8_0:" not in err
+    assert "types that hold on this shape: q8_0" in err
+    assert not (tmp_path / "out").exists()
+    plan(d, tmp_path / "out", ExportArgs(gguf=["q8_0"], validate=False))
+    assert capsys.readouterr().err == ""  # a type that holds: no warning
+    expand(d, tmp_path / "x", ExpandArgs(groups=3, copies=1, parity=False))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "q4_k_m" in err and "bits/weight" in err
