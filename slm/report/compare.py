@@ -12,7 +12,9 @@ from pathlib import Path
 
 from slm.errors import SlmError
 from slm.record import read_record
-from slm.report.render import Figure, Table, fmt, new_figure, render_report, svg_of
+from slm.report.figures import is_companion, lookup, value_text
+from slm.report.lineup import LEGEND, by_group, estimate, lineup, sentences
+from slm.report.render import Figure, Table, new_figure, render_report, svg_of
 
 
 def load_run(path: Path | str) -> dict:
@@ -79,32 +81,47 @@ def _key_only(kind: str, names: list[str]) -> list[str]:
 
 
 def key_figures(kind: str, summary: dict) -> str:
-    """One line of `name value; …` for the index."""
-    s = _flat(summary)
+    """One line of `label value unit; …` for the index (labels and units from slm.report.figures)."""
+    s = {k: v for k, v in _flat(summary).items() if not is_companion(k) and not lookup(k).setting}
     keys = [k for k in s if not isinstance(s[k], str) or len(s[k]) < 40]  # no sentences in a table cell
-    return "; ".join(f"{k} {fmt(s[k])}" for k in _key_only(kind, keys)[:MAX_KEY_FIGURES])
+    return "; ".join(f"{lookup(k).label} {value_text(s[k], lookup(k).unit)}" for k in _key_only(kind, keys)[:MAX_KEY_FIGURES])
 
 
 def compare(runs: list[Path | str], out_html: Path | str) -> Path:
-    """Write one self-contained page comparing the runs and return its path."""
+    """Write one self-contained page comparing the runs and return its path: a few sentences computed from the
+    table, the figures grouped (speed, memory, size, quality, training, model) as mean ± 95 % interval with the
+    change against A and its uncertainty, the settings apart, and the arguments."""
     if len(runs) < 2:
         raise SlmError("compare needs at least two runs: slm report compare A B [C ...]")
     recs = [load_run(r) for r in runs]
     labels = [_label(r, i) for i, r in enumerate(recs)]
+    short = [lab.split(" (")[0] for lab in labels]
     summaries = [{**_model_figures(Path(r["_path"])), **_flat(r.get("result", {}).get("summary", {}))} for r in recs]
-    args = [_flat(r.get("args", {})) for r in recs]
-    srows, shl = _rows(summaries)
-    arows, ahl = _rows(args)
-    tables = [Table("Key figures", ["figure"] + labels + ["change vs A"], srows,
-                    note="Highlighted rows differ between the runs; the last column is the relative change against A.",
-                    highlight=shl),
-              Table("Arguments", ["argument"] + labels + ["change vs A"], arows, highlight=ahl)]
-    figures = _relative_figure(recs, labels, summaries, srows, shl)
+    lines = lineup(summaries)
+    tables = []
+    for group, rows in by_group(lines).items():
+        if group == "setting":
+            continue
+        tables.append(Table(GROUP_TITLES[group], ["figure", "unit"] + short + ["change vs A", "verdict"],
+                            [ln.row() for ln in rows], highlight=[i for i, ln in enumerate(rows) if ln.significant],
+                            note=LEGEND))
+    settings = [ln for ln in lines if ln.group == "setting"]
+    if settings:
+        tables.append(Table("Settings (how the runs were made; not compared as figures)", ["setting"] + short,
+                            [[ln.label] + ln.cells for ln in settings],
+                            highlight=[i for i, ln in enumerate(settings) if ln.differs]))
+    arows, ahl = _rows([_flat(r.get("args", {})) for r in recs])
+    tables.append(Table("Arguments", ["argument"] + short + ["change vs A"], arows, highlight=ahl))
+    figures = _relative_figure(recs, labels, summaries, lines)
     summary = {lab: f"{r['kind']}, created {r.get('created', '?')}, {r['_path']}" for lab, r in zip(labels, recs)}
     out_html = Path(out_html)
     links = [(lab, _rel_link(out_html, Path(r["_path"]))) for lab, r in zip(labels, recs)]
     return render_report(out_html, "Compare: " + " vs ".join(Path(r["_path"]).name for r in recs), "compare",
-                         summary, figures, tables, links=links)
+                         summary, figures, tables, links=links, lead=sentences(lines, short))
+
+
+GROUP_TITLES = {"speed": "Speed", "memory": "Memory", "size": "Size", "quality": "Quality", "training": "Training",
+                "model": "Model shape"}
 
 
 def _num(v) -> bool:
@@ -130,37 +147,39 @@ def _rows(dicts: list[dict]) -> tuple[list[list], list[int]]:
     return rows, hl
 
 
-def _relative_figure(recs: list[dict], labels: list[str], summaries: list[dict], srows: list[list],
-                     shl: list[int]) -> list[Figure]:
-    """Bars of each run's figures relative to run A (none when no numeric figure differs)."""
-    # figures present in run A (non-zero) and in at least one other run, that differ between the runs; for runs
-    # of one kind, only that kind's key figures (the table below keeps everything)
-    numeric = [r for i, r in enumerate(srows) if _num(r[1]) and r[1] != 0 and i in shl
-               and any(_num(v) for v in r[2:1 + len(recs)])]
+def _relative_figure(recs: list[dict], labels: list[str], summaries: list[dict], lines: list) -> list[Figure]:
+    """Bars of each run's figures relative to run A, with 95 % intervals where recorded (none when no figure
+    differs)."""
+    # numeric figures (not settings) present in A (non-zero) and another run that differ; for runs of one kind,
+    # only that kind's key figures (the tables keep everything)
+    est = [[estimate(s, ln.key) for s in summaries] for ln in lines]
+    keep = [(ln, e) for ln, e in zip(lines, est) if ln.group != "setting" and ln.differs and e[0] is not None
+            and e[0].mean != 0 and any(x is not None for x in e[1:])]
     kinds = {r["kind"] for r in recs}
     if len(kinds) == 1:
-        keep = set(_key_only(kinds.pop(), [r[0] for r in numeric]))
-        numeric = [r for r in numeric if r[0] in keep]  # table order
-    numeric = numeric[:MAX_BARS]
-    if not numeric:
+        names = set(_key_only(kinds.pop(), [ln.key for ln, _ in keep]))
+        keep = [(ln, e) for ln, e in keep if ln.key in names]
+    keep = keep[:MAX_BARS]
+    if not keep:
         return []
-    fig, ax = new_figure(8, 0.45 * len(numeric) + 1.5)
+    fig, ax = new_figure(8, 0.45 * len(keep) + 1.5)
     width = 0.8 / len(recs)
     for j, lab in enumerate(labels):
-        ax.barh([i + j * width for i in range(len(numeric))],
-                [r[1 + j] / r[1] if _num(r[1 + j]) else float("nan") for r in numeric], height=width, label=lab)
-    ax.set_yticks([i + 0.4 - width / 2 for i in range(len(numeric))], [r[0] for r in numeric])
+        vals = [e[j].mean / e[0].mean if e[j] else float("nan") for _, e in keep]
+        errs = [(e[j].ci or 0) / abs(e[0].mean) if e[j] else 0 for _, e in keep]
+        ax.barh([i + j * width for i in range(len(keep))], vals, height=width, label=lab, xerr=errs, capsize=2)
+    ax.set_yticks([i + 0.4 - width / 2 for i in range(len(keep))], [ln.label for ln, _ in keep])
     ax.invert_yaxis()  # first figure on top, as in the table
     ax.axvline(1.0, color="#888", lw=0.8)
-    ax.set_xlabel("value relative to run A (A = 1; each figure in its own unit)")
+    ax.set_xlabel("value relative to run A (A = 1; each figure in its own unit); whiskers: 95 % interval")
     ax.set_title("Figures that differ, relative to run A")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     hows = [f"{lab.split(':')[0]}: {s['how']}" for lab, s in zip(labels, summaries) if isinstance(s.get("how"), str)]
     return [Figure("Figures that differ, relative to A", svg_of(fig),
                    "read from each run's slm.json (result.summary)" +
                    (f"; {', '.join(hows)}" if hows else "; each figure obtained as its own report says") +
-                   ("; projected.* figures are projections onto the device, not measurements"
-                    if any(r[0].startswith("projected.") for r in numeric) else ""))]
+                   ("; projected figures are projections onto the device, not measurements"
+                    if any(lookup(ln.key).how == "projected" for ln, _ in keep) else ""))]
 
 
 def _rel_link(from_html: Path, run_dir: Path) -> str:

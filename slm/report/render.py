@@ -84,13 +84,17 @@ _ENV.filters["fmt"] = fmt
 
 def render_report(out_html: Path, title: str, kind: str, summary: dict | None = None,
                   figures: list[Figure] | None = None, tables: list[Table] | None = None,
-                  notes: list[str] | None = None, links: list[tuple[str, str]] | None = None) -> Path:
-    """Write one self-contained report file atomically and return its path."""
+                  notes: list[str] | None = None, links: list[tuple[str, str]] | None = None,
+                  lead: list[str] | None = None) -> Path:
+    """Write one self-contained report file atomically and return its path. Summary keys are read through the
+    figure registry (slm.report.figures): labels and units, never raw keys; `lead` is a few sentences on top."""
+    from slm.report.figures import labelled
+
     for f in figures or []:
         if not re.match(r"\s*<svg", f.svg):
             raise ValueError(f"figure {f.title!r} is not inline SVG")
     html = _ENV.get_template("report.html.j2").render(
-        title=title, kind=kind, summary=summary or {}, figures=[(f, Markup(f.svg)) for f in figures or []],
+        title=title, kind=kind, summary=labelled(summary or {}), lead=lead or [], figures=[(f, Markup(f.svg)) for f in figures or []],
         tables=tables or [], notes=notes or [], links=links or [],
     )
     out_html = Path(out_html)

@@ -53,9 +53,11 @@ def test_compare_before_and_after_expansion(tmp_path, tiny):
     write_record(base, "import", {})
     expand(base, tmp_path / "x8", ExpandArgs(groups=2, copies=1))
     out = compare([base, tmp_path / "x8"], tmp_path / "cmp.html").read_text()
-    rows = {m.group(1): m.group(2) for m in re.finditer(r'<td class="txt">(model\.[^<]+)</td>(.*?)</tr>', out, re.S)}
-    assert re.findall(r">([\d,]+)<", rows["model.layers"]) == ["6", "8"] and "+33.3%" in rows["model.layers"]
-    assert "+33.3%" in rows["model.kv_bytes_per_token (f16)"]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r'<tr[^>]*><td class="txt">([^<]+)</td>(.*?)</tr>', out, re.S)}
+    assert re.findall(r">([\d,]+)<", rows["layers (config.json)"]) == ["6", "8"]
+    assert "+33.3%" in rows["layers (config.json)"] and "significant" in rows["layers (config.json)"]  # exact: no noise
+    assert "+33.3%" in rows["KV cache per token (f16, config.json)"]  # exact: no noise
+    assert "model.layers" not in out and re.search(r"B: x8 vs A: [\w-]+: parameters \(config.json\) \+29.0%", out)
 
 
 def test_index_lists_every_run(tmp_path):
