@@ -94,10 +94,9 @@ def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, t
             return Inputs(config=p / "config.json")
         raise SlmError(f"{p} holds no GGUF, safetensors, ONNX model or config.json: pass a model folder or file")
     if hf:
-        from slm.io import read_safetensors_header, weight_files
+        from slm.io import check_weights
 
-        for f in weight_files(hf):  # a damaged checkpoint fails here in one line, before the export
-            read_safetensors_header(f)
+        check_weights(hf)  # a damaged checkpoint fails here in one line, before the export
         spec = load_spec(hf)
         if need_ctx > spec.max_context:  # before the export, which is long work
             raise SlmError(f"the tests need a context of {need_ctx} tokens, above the model's max context "

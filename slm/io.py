@@ -137,6 +137,15 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+def check_weights(model_dir: Path | str) -> list[Path]:
+    """The checkpoint's weight files, each header read and checked: pickle-only, empty, truncated or inconsistent
+    checkpoints fail here in one line, before any long work."""
+    files = weight_files(Path(model_dir))
+    for f in files:
+        read_safetensors_header(f)
+    return files
+
+
 class TensorReader:
     """Read a checkpoint's tensors one at a time, across shards, with plain file reads (no mmap)."""
 
@@ -269,8 +278,7 @@ def load_model(model_dir: Path | str, dtype: str = "float32", **kw):
     """An HF causal LM from a local checkpoint folder (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM
 
-    for f in weight_files(Path(model_dir)):  # refuse pickle-only, empty, truncated or inconsistent files in one line
-        read_safetensors_header(f)
+    check_weights(model_dir)
     read_config(model_dir)
     return AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=False, **kw

@@ -44,6 +44,7 @@ class Workspace:
         self.M, self.D = root / "M", root / "D"
         shutil.copytree(template / "M", self.M)
         shutil.copytree(template / "D", self.D)
+        shutil.copy2(template / "m.gguf", root / "m.gguf")
         self.out = root / "out"
         self._holders: list[subprocess.Popen] = []
 
@@ -155,6 +156,76 @@ ROWS = [
 ]
 
 
+# ---- import / info / surgery / export / profile: GGUF and checkpoint damage, outputs over inputs -----------------
+def truncated(w: Workspace, n: int, name: str = "cut.gguf") -> Path:
+    """The first n bytes of the template's tiny f32 GGUF (n < 0: all but the last -n bytes)."""
+    data = (w.root / "m.gguf").read_bytes()
+    return _write(w.root / name, data[:n])
+
+
+def _write(p: Path, data: bytes) -> Path:
+    p.write_bytes(data)
+    return p
+
+
+def bad_shape(w: Workspace) -> Path:
+    """A copy of M whose first 2-D tensor's header shape disagrees with its bytes (half the columns)."""
+    import struct
+
+    bad = w.root / "Mbad"
+    shutil.copytree(w.M, bad)
+    f = next(bad.glob("*.safetensors"))
+    b = f.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    k = next(k for k in h if k != "__metadata__" and len(h[k]["shape"]) == 2)
+    h[k]["shape"] = [h[k]["shape"][0], h[k]["shape"][1] // 2]
+    raw = json.dumps(h).encode()
+    raw += b" " * (-len(raw) % 8)
+    f.write_bytes(struct.pack("<Q", len(raw)) + raw + b[8 + n:])
+    return bad
+
+
+def config_dir(w: Workspace, name: str, config: dict) -> Path:
+    d = w.root / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+ROWS += [
+    Row("info-empty-gguf", lambda w: ["info", w.file("zero.gguf", "")], "not a GGUF file (bad magic)"),
+    Row("import-gguf-cut-in-header", lambda w: ["import", truncated(w, 4096), w.out], "ends inside the header"),
+    Row("import-gguf-cut-in-tensors", lambda w: ["import", truncated(w, -1000), w.out], "is truncated: tensor"),
+    Row("import-out-is-the-gguf", lambda w: ["import", w.root / "m.gguf", w.root / "m.gguf", "--force"],
+        "is the input"),
+    Row("import-default-and-file", lambda w: ["import", "--default", w.root / "m.gguf", w.out],
+        "takes no GGUF file"),
+    Row("expand-out-is-model", lambda w: ["expand", w.M, w.M, "--groups", "2", "--force"], "is the input"),
+    Row("upscale-out-inside-model", lambda w: ["upscale", w.M, w.M / "up", "--drop", "1"], "lies inside the input"),
+    Row("expand-gpt2", lambda w: ["expand", config_dir(w, "gpt2", {"model_type": "gpt2", "n_layer": 2}), w.out,
+                                  "--groups", "1"], "unsupported architecture 'gpt2'"),
+    Row("expand-minimal-config", lambda w: ["expand", config_dir(w, "min", {"model_type": "llama"}), w.out,
+                                            "--groups", "1"], "lacks num_hidden_layers"),
+    Row("expand-shape-disagrees-with-bytes", lambda w: ["expand", bad_shape(w), w.out, "--groups", "2"],
+        "has shape"),
+    Row("expand-out-locked", lambda w: ["expand", w.M, w.hold_lock(w.out), "--groups", "2"], "locked by PID"),
+    Row("export-out-is-model", lambda w: ["export", w.M, "-o", w.M, "--gguf", "f32", "--pre-tokenizer", "gpt-2", "--force"], "is the input"),
+    Row("export-shape-disagrees-with-bytes", lambda w: ["export", bad_shape(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
+        "has shape"),
+    Row("export-unknown-type", lambda w: ["export", w.M, "-o", w.out, "--gguf", "q7_x"], "unknown GGUF type 'q7_x'"),
+    Row("profile-out-unwritable", lambda w: ["profile", w.M, "-o", "/proc/slm-bad-input", "--backends", "torch"],
+        "choose a writable output path"),
+    Row("profile-unknown-quant", lambda w: ["profile", w.M, "-o", w.out, "--quant", "q7_x"],
+        "unknown GGUF type 'q7_x'"),
+    Row("profile-unknown-backend", lambda w: ["profile", w.M, "-o", w.out, "--backends", "tensorrt"],
+        "unknown backend 'tensorrt'"),
+    Row("profile-shape-disagrees-with-bytes",
+        lambda w: ["profile", bad_shape(w), "-o", w.out, "--backends", "torch"], "has shape"),
+    Row("profile-out-is-model", lambda w: ["profile", w.M, "-o", w.M, "--force"], "is the input"),
+]
+
+
 def tree(root: Path) -> dict[str, str]:
     """Relative path → SHA-256 of every file under `root` ("dir" for folders): what must not change."""
     out = {}
@@ -174,6 +245,9 @@ def template(tmp_path_factory) -> Path:
     code, prose = write_texts(root / "src-a", 12, 1, "code"), write_texts(root / "src-b", 12, 2, "prose")
     prepare(DataArgs([Source("code", str(code)), Source("prose", str(prose))], str(root / "M"), heldout=0.2,
                      workers=1, progress=False), root / "D")
+    from slm.quant.gguf_write import write_gguf
+
+    write_gguf(root / "M", root / "m.gguf", "f32", pre_tokenizer="gpt-2")  # a small valid GGUF to damage
     return root
 
 

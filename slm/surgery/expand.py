@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slm.errors import SlmError
+from slm.guard import guard_output
+from slm.io import check_weights
 from slm.spec import load_spec
 from slm.surgery.restack import restack
 
@@ -67,7 +69,9 @@ def expand(model: Path | str, out: Path | str, args: ExpandArgs) -> dict:
     model, out = Path(model), Path(out)
     n = load_spec(model).layers  # refuses non-Llama-family and incomplete configs in one line
     src, new = plan_expansion(n, args.groups, args.copies)  # validate before any work
-    _warn_quant_shape(model, len(src))
-    step = {"method": "llama_pro", **asdict(args)}
-    return restack(model, out, src, new, step, kind="expand", zero_new=True, dtype=args.dtype, force=args.force,
-                   parity=args.parity)
+    with guard_output(out, [model], args.force):  # output checks and lock first: a refused run prints only its error
+        check_weights(model)
+        _warn_quant_shape(model, len(src))
+        step = {"method": "llama_pro", **asdict(args)}
+        return restack(model, out, src, new, step, kind="expand", zero_new=True, dtype=args.dtype, force=args.force,
+                       parity=args.parity)
