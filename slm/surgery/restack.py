@@ -6,6 +6,7 @@ shard writer. The whole model is never in memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,9 +25,11 @@ ZEROED = ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.wei
 
 def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step: dict, *, kind: str, zero_new: bool,
             dtype: str | None = None, force: bool = False, max_shard_bytes: int | None = None,
-            parity: bool = False) -> dict:
+            parity: bool = False, after: Callable[[Path, dict], None] | None = None,
+            report: Callable[[Path, str, dict, dict], object] = write_surgery_report) -> dict:
     """Write `out` with layer j = source layer src[j], recording `new_layers` as new; with zero_new the
-    ZEROED tensors of the new layers are 0 (LLaMA Pro identity copies)."""
+    ZEROED tensors of the new layers are 0 (LLaMA Pro identity copies). `after(tmp, result)` runs on the written
+    checkpoint before the record (prune measures perplexity there); `report` writes report.html."""
     reader = TensorReader(model)
     config = reader.config
     check_supported(config)
@@ -60,8 +63,10 @@ def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step:
         if parity:
             result["summary"] |= {"parity max |Δ logits|": result["parity"]["max_abs_diff"],
                                   "parity bit-identical": result["parity"]["bit_identical"]}
+        if after is not None:
+            after(tmp, result)
         write_record(tmp, kind, step, inputs={"model": model}, result=result)
-        write_surgery_report(tmp, kind, step, result)
+        report(tmp, kind, step, result)
     return result
 
 
