@@ -1,0 +1,215 @@
+"""`slm plan`: which depth × GGUF type × KV-cache type of a model fits a device at a context, and how fast it could
+run there — before any training or export.
+
+Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf.fallbacks_for (the types llama.cpp
+really writes on this shape, fallbacks included), KV bytes from the spec, speeds from the roofline bounds of
+profiling/roofline.py on the device's datasheet bandwidth and compute times an ASSUMED efficiency (stated in every
+output; not calibrated against device measurements — issue 13 item 0). Quality (KLD, perplexity) comes only from
+an existing sweep or export of this very model; otherwise it is "unknown", never guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slm.errors import SlmError
+from slm.gguf import KV_CACHE_TYPES, fallbacks_for, get_type, kv_element_bytes, parse_types, types_that_hold
+from slm.profiling.devices import GIB, get_device
+from slm.profiling.roofline import decode_bound, prefill_bound
+from slm.spec import ModelSpec
+
+DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "iq4_nl")
+# Assumed fractions of the roofline reached on the device (round numbers, NOT fitted: llama.cpp's decode is a
+# memory-bound matrix-vector stream that rarely exceeds ~half of peak bandwidth on small models, where per-token
+# overheads weigh most; prefill against datasheet-derived FP16 peaks). Replaced by issue 13 item 0's calibration.
+DECODE_EFFICIENCY = 0.5
+PREFILL_EFFICIENCY = 0.3
+UBATCH = 512  # llama.cpp's default n_ubatch: the compute buffers below are sized for one micro-batch
+HOW = "projected (bandwidth roofline × assumed efficiency)"
+
+
+@dataclass
+class PlanArgs:
+    device: str  # registry key (profiling/devices.py), e.g. jetson-orin-nano-8gb
+    context: int = 4096  # tokens of context the model must hold (KV cache and decode depth)
+    min_decode: float | None = None  # required decode tok/s at that context
+    min_prefill: float | None = None  # required prefill tok/s for a prompt of that context
+    max_memory_gb: float | None = None  # memory budget in GB (default: the device's usable memory)
+    grow: bool = False  # also consider LLaMA Pro expansions (N groups × P copies)
+    prune: bool = False  # also consider depth-pruned variants (1/8, 1/4, 3/8 of the blocks dropped)
+    types: tuple = DEFAULT_TYPES  # GGUF types considered
+    kv_types: tuple = KV_CACHE_TYPES  # KV-cache element types considered
+    decode_efficiency: float = DECODE_EFFICIENCY  # assumed fraction of the decode bandwidth roofline
+    prefill_efficiency: float = PREFILL_EFFICIENCY  # assumed fraction of the prefill compute roofline
+    quality: str | None = None  # slm.json of a profile sweep or export of this model: KLD / perplexity per type
+    extra: dict = field(default_factory=dict)  # free-form notes carried into the record
+
+    def __post_init__(self):
+        get_device(self.device)  # one-line error for an unknown key
+        if self.context < 1:
+            raise SlmError(f"--context must be ≥ 1 (got {self.context})")
+        for k in ("min_decode", "min_prefill", "max_memory_gb"):
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
+                raise SlmError(f"--{k.replace('_', '-')} must be > 0 (got {getattr(self, k)})")
+        if not 0 < self.decode_efficiency <= 1 or not 0 < self.prefill_efficiency <= 1:
+            raise SlmError("efficiencies must be in (0, 1]: they are fractions of the roofline")
+        self.types = parse_types(self.types, have_imatrix=False)
+        for t in self.kv_types:
+            kv_element_bytes(t)
+        if self.quality and not Path(self.quality).is_file():
+            raise SlmError(f"--quality file {self.quality} not found: pass the slm.json of a profile or export run")
+
+
+def depths(layers: int, grow: bool, prune: bool) -> list[tuple[int, str]]:
+    """(depth, how it is reached): the model itself, LLaMA Pro expansions N×P up to 1.5 L (the smallest P per depth),
+    and prunes of L/8, L/4, 3L/8 blocks."""
+    out = {layers: "as is"}
+    if grow:
+        for p in range(1, layers + 1):  # P ascending: copies spread over many groups, as LLaMA Pro does
+            for n in (g for g in range(1, layers + 1) if layers % g == 0 and p <= layers // g):
+                d = layers + n * p
+                if d <= 1.5 * layers and d not in out:
+                    out[d] = f"expand N={n} P={p}"
+    if prune:
+        for k in sorted({max(1, layers * f // 8) for f in (1, 2, 3)}):
+            if k < layers:
+                out.setdefault(layers - k, f"prune K={k}")
+    return sorted(out.items())
+
+
+def compute_bytes(spec: ModelSpec, context: int) -> float:
+    """Estimated llama.cpp compute buffers: one micro-batch's f32 logits (UBATCH × vocab) and one layer's attention
+    scores (UBATCH × context × heads) — an estimate; llama.cpp's graph allocator sizes the real buffers."""
+    return 4.0 * UBATCH * (spec.vocab + min(context, spec.max_context) * spec.heads)
+
+
+def load_quality(path: str | None) -> dict:
+    """type → {kld, ppl, source} from a profile sweep (result.sweep rows) or an export (result.validation)."""
+    if not path:
+        return {}
+    rec = json.loads(Path(path).read_text()).get("result") or {}
+    out = {}
+    for r in rec.get("sweep") or []:
+        out[r["type"]] = {"kld": r.get("kld_vs_ref"), "ppl": r.get("ppl"), "source": f"sweep in {path} (KLD vs "
+                                                                                    f"{r.get('reference')})"}
+    for t, v in ((rec.get("validation") or {}).get("gguf") or {}).items():
+        out.setdefault(t, {"kld": (v.get("kld") or {}).get("kld_mean"), "ppl": v.get("perplexity"),
+                           "source": f"export validation in {path} (KLD vs the f16 export)"})
+    if not out:
+        raise SlmError(f"{path} holds no quant sweep or export validation: pass the slm.json of `slm profile --quant` "
+                       "or `slm export`")
+    return out
+
+
+def candidates(spec: ModelSpec, args: PlanArgs) -> list[dict]:
+    """Every depth × type × KV type with size, memory at the context, projected speeds, quality and budget checks."""
+    dev = get_device(args.device)
+    budget = min(dev.usable_bytes, args.max_memory_gb * 1e9) if args.max_memory_gb else dev.usable_bytes
+    quality = load_quality(args.quality)
+    rows = []
+    for d, how in depths(spec.layers, args.grow, args.prune):
+        s = dataclasses.replace(spec, layers=d)
+        for t in args.types:
+            f = fallbacks_for(s, t)
+            for kvt in args.kv_types:
+                rows.append(_row(s, how, t, f, kvt, args, dev, budget, quality.get(t) if how == "as is" else None))
+    rows.sort(key=lambda r: (not r["meets_budget"], -r["decode_tok_s"]))
+    _mark_pareto(rows)
+    return rows
+
+
+def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev, budget: float, q) -> dict:
+    per_tok = s.kv_bytes_per_token(kv_element_bytes(kvt))
+    weights, kv, comp = f["tensor_bytes"], per_tok * args.context, compute_bytes(s, args.context)
+    decode = decode_bound(dev.bandwidth_GBps * 1e9, weights, per_tok, args.context) * args.decode_efficiency
+    prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * args.prefill_efficiency
+    fits = weights + kv + comp <= budget
+    ok = fits and decode >= (args.min_decode or 0) and prefill >= (args.min_prefill or 0)
+    return {"layers": s.layers, "variant": how, "type": t, "kv_type": kvt, "params": f["params"],
+            "file_bytes": weights, "bits_per_weight": f["bits_per_weight"], "fallbacks": len(f["fallbacks"]),
+            "holds": f["holds"] or get_type(t).is_float, "weights_bytes": weights, "kv_bytes": kv,
+            "compute_bytes": comp, "memory_bytes": weights + kv + comp, "budget_bytes": budget, "fits": fits,
+            "decode_tok_s": decode, "prefill_tok_s": prefill, "meets_budget": ok,
+            "kld": q["kld"] if q else None, "ppl": q["ppl"] if q else None,
+            "quality_source": q["source"] if q else "unknown (no sweep of this variant)"}
+
+
+def _mark_pareto(rows: list[dict]) -> None:
+    """pareto = no other candidate is at least as fast and as small (memory) and strictly better in one."""
+    for r in rows:
+        r["pareto"] = not any(o["decode_tok_s"] >= r["decode_tok_s"] and o["memory_bytes"] <= r["memory_bytes"]
+                              and (o["decode_tok_s"] > r["decode_tok_s"] or o["memory_bytes"] < r["memory_bytes"])
+                              for o in rows)
+
+
+def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
+    """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates."""
+    dev = get_device(args.device)
+    rows = candidates(spec, args)
+    from slm.gguf import fallback_warning
+
+    return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(), "context": args.context,
+            "args": {k: v for k, v in dataclasses.asdict(args).items()},
+            "how": {"speed": f"{HOW}: decode = device bandwidth / (weights + KV at depth {args.context}) × "
+                             f"{args.decode_efficiency}; prefill = device FP16 (datasheet INT8 sparse TOPS / 4) / FLOPs "
+                             f"per token × {args.prefill_efficiency}; the efficiencies are assumptions, not fitted "
+                             "to device measurements",
+                    "memory": "GGUF tensor bytes as llama.cpp writes this shape (fallbacks included) + KV cache at "
+                              f"the context + compute buffers estimated for a {UBATCH}-token micro-batch; against the "
+                              f"device's memory less {dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
+                    "quality": "from " + (args.quality or "no sweep: unknown")},
+            "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
+            "candidates": rows, "recommended": [r for r in rows if r["meets_budget"] and r["pareto"]][:5]}
+
+
+def table_rows(result: dict, n: int | None = None) -> list[list]:
+    """The ranked table as printed and rendered."""
+    def mib(b):
+        return round(b / 2**20, 1)
+
+    return [[i + 1, r["layers"], r["variant"], r["type"], r["kv_type"], round(r["bits_per_weight"], 2), mib(r["file_bytes"]),
+             mib(r["memory_bytes"]), "yes" if r["fits"] else "no", round(r["decode_tok_s"], 1),
+             round(r["prefill_tok_s"]), "unknown" if r["kld"] is None else round(r["kld"], 4),
+             "yes" if r["meets_budget"] else "no", "*" if r["pareto"] else ""]
+            for i, r in enumerate(result["candidates"][:n])]
+
+
+COLUMNS = ["rank", "layers", "variant", "type", "KV", "bits/w", "file MiB", "memory MiB", "fits", "decode tok/s*",
+           "prefill tok/s*", "KLD", "meets budget", "Pareto"]
+
+
+def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ()) -> Path:
+    """out/plan.json, slm.json and report.html (speed vs size chart, ranked table), through the output guard."""
+    from slm.io import atomic_dir
+    from slm.record import atomic_write_text, write_record
+    from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+
+    rows = result["candidates"]
+    with atomic_dir(out, force, [p for p in inputs if p]) as tmp:
+        atomic_write_text(tmp / "plan.json", json.dumps(result, indent=2))
+        fig, ax = new_figure(7.5, 3.6)
+        for ok, color, label in ((True, "#2f8f4e", "meets budget"), (False, "#b0b0b0", "misses budget")):
+            sel = [r for r in rows if r["meets_budget"] == ok]
+            ax.scatter([r["memory_bytes"] / 2**20 for r in sel], [r["decode_tok_s"] for r in sel], s=14, c=color,
+                       label=label)
+        ax.axvline(rows[0]["budget_bytes"] / 2**20, color="#c0392b", lw=1, ls="--", label="memory budget")
+        ax.set_xlabel("memory at the context (MiB)")
+        ax.set_ylabel("decode tok/s (projected)")
+        ax.set_title(f"{result['device']['name']} at {result['context']} tokens")
+        ax.legend(fontsize=8)
+        summary = {"device": result["device"]["name"], "context": result["context"],
+                   "candidates": len(rows), "meet the budget": sum(r["meets_budget"] for r in rows),
+                   "types that hold on this shape": ", ".join(result["types_that_hold"])}
+        notes = [result["how"]["speed"], result["how"]["memory"], "quality: " + result["how"]["quality"],
+                 "* speeds are projected, never measured"] + ([result["fallback_warning"]]
+                                                              if result["fallback_warning"] else [])
+        write_record(tmp, "plan", result["args"], inputs={"model": inputs[0]} if inputs and inputs[0] else None,
+                     result={k: v for k, v in result.items() if k != "candidates"} | {"summary": summary})
+        render_report(tmp / "report.html", f"plan: {Path(result['model']).name or 'config'} on {result['device']['key']}",
+                      "plan", summary, [Figure("Speed vs memory", svg_of(fig), result["how"]["speed"])],
+                      [Table("Candidates (ranked: meets budget first, then decode speed)", COLUMNS, table_rows(result),
+                             highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes)
+    return out

@@ -1,0 +1,59 @@
+"""slm plan: which depth × quant type × KV type fits a device at a context, and its projected speed."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="candidates (depth, GGUF type, KV type) against a device's memory and speed")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("model", nargs="?", help="HF checkpoint folder or GGUF")
+    src.add_argument("--config", help="a config.json (plan a model before it has weights)")
+    p.add_argument("--device", required=True, help="device key, e.g. jetson-orin-nano-8gb")
+    p.add_argument("--context", type=int, default=4096, help="context the model must hold (tokens)")
+    p.add_argument("--min-decode", type=float, help="required decode tok/s at the context")
+    p.add_argument("--min-prefill", type=float, help="required prefill tok/s")
+    p.add_argument("--max-memory", type=float, help="memory budget in GB (default: the device's usable memory)")
+    p.add_argument("--grow", action="store_true", help="also consider LLaMA Pro expansions")
+    p.add_argument("--prune", action="store_true", help="also consider depth-pruned variants")
+    p.add_argument("--types", help="GGUF types considered (comma-separated)")
+    p.add_argument("--quality", help="slm.json of a profile sweep or export of this model (KLD, perplexity)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("-o", "--out", help="write plan.json, slm.json and report.html into this folder")
+    p.add_argument("--top", type=int, default=15, help="rows printed")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from slm.profiling.plan import COLUMNS, DEFAULT_TYPES, PlanArgs, plan, table_rows, write_plan
+    from slm.spec import load_spec
+
+    source = args.model or args.config
+    pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode, min_prefill=args.min_prefill,
+                  max_memory_gb=args.max_memory, grow=args.grow, prune=args.prune, quality=args.quality,
+                  types=args.types or DEFAULT_TYPES)
+    if args.out:
+        from slm.io import check_output
+
+        check_output(Path(args.out), args.force, [source])
+    result = plan(load_spec(source), pa, model=str(source))
+    if result["fallback_warning"]:
+        print(result["fallback_warning"], file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        rows = [COLUMNS] + [[str(c) for c in r] for r in table_rows(result, args.top)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+        for r in rows:
+            print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        print(f"* {result['how']['speed']}")
+        n = sum(r["meets_budget"] for r in result["candidates"])
+        print(f"{n} of {len(result['candidates'])} candidates meet the budget on {result['device']['name']}")
+    if args.out:
+        write_plan(Path(args.out), result, args.force, (source,))
+        print(f"report: {args.out}/report.html")
+    return 0

@@ -1,0 +1,116 @@
+"""slm plan on the bundled model's shape and on public configs (fast: shapes only, nothing loaded)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from slm.errors import SlmError
+from slm.gguf import kv_element_bytes
+from slm.profiling.devices import get_device
+from slm.profiling.plan import PlanArgs, candidates, depths, plan
+from slm.spec import ModelSpec, spec_from_config
+
+SMOLLM2 = ModelSpec("llama", 30, 576, 1536, 9, 3, 64, 49152, 8192, True, False, False, "bfloat16")
+LLAMA32_3B = spec_from_config({"model_type": "llama", "num_hidden_layers": 28, "hidden_size": 3072,
+                               "intermediate_size": 8192, "num_attention_heads": 24, "num_key_value_heads": 8,
+                               "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072,
+                               "tie_word_embeddings": True, "torch_dtype": "bfloat16"})
+
+
+def _row(rows, layers=None, **kw):
+    return next(r for r in rows if all(r[k] == v for k, v in kw.items()) and (layers is None or r["layers"] == layers))
+
+
+def test_bundled_shape_real_bits_and_projection():
+    rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", context=4096))
+    q6 = _row(rows, type="q6_k", kv_type="f16")
+    assert q6["fallbacks"] == 180 and not q6["holds"] and 8.0 < q6["bits_per_weight"] < 8.5
+    assert _row(rows, type="q8_0", kv_type="f16")["holds"]
+    # decode = bandwidth / (weights + KV at depth 4096) × assumed efficiency, exactly
+    kv_tok = SMOLLM2.kv_bytes_per_token(kv_element_bytes("f16"))
+    want = 68e9 / (q6["weights_bytes"] + kv_tok * 4096) * 0.5
+    assert q6["decode_tok_s"] == pytest.approx(want)
+    assert q6["kv_bytes"] == kv_tok * 4096 and q6["fits"]
+    # a smaller file and cache decode faster
+    assert _row(rows, type="q4_0", kv_type="q4_0")["decode_tok_s"] > q6["decode_tok_s"]
+    assert all(r["kld"] is None and r["quality_source"].startswith("unknown") for r in rows)
+
+
+def test_llama_3b_on_orin_nano_at_4k_above_20_tok_s():
+    res = plan(LLAMA32_3B, PlanArgs(device="jetson-orin-nano-8gb", context=4096, min_decode=20))
+    rows = res["candidates"]
+    assert not _row(rows, type="f16", kv_type="f16")["fits"]  # 6.4 GB of weights + KV > 6 GiB usable
+    q4 = _row(rows, type="q4_0", kv_type="f16")
+    assert q4["fits"] and q4["decode_tok_s"] < 20 and not q4["meets_budget"]  # memory-bound: ~1.9 GB per token
+    ranks = [r["meets_budget"] for r in rows]
+    assert ranks == sorted(ranks, reverse=True)  # budget-meeting rows first
+    assert res["recommended"] == [r for r in rows if r["meets_budget"] and r["pareto"]][:5]
+    assert "assumed efficiency" in res["how"]["speed"] and res["types_that_hold"][:2] == ["q8_0", "q6_k"]
+    assert res["fallback_warning"] is None  # 3072 and 8192 are multiples of 256
+
+
+def test_memory_budget_and_ranking():
+    rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nx-16gb", context=4096, max_memory_gb=0.3))
+    assert all(r["budget_bytes"] == 0.3e9 for r in rows)
+    assert {r["meets_budget"] for r in rows} == {True, False}
+    assert all(r["memory_bytes"] <= 0.3e9 for r in rows if r["meets_budget"])
+    speeds = [r["decode_tok_s"] for r in rows if r["meets_budget"]]
+    assert speeds == sorted(speeds, reverse=True)
+    assert sum(r["pareto"] for r in rows) >= 1
+
+
+def test_depths_grow_and_prune():
+    d = dict(depths(30, grow=True, prune=True))
+    assert d[30] == "as is" and d[36] == "expand N=6 P=1" and d[27] == "prune K=3" and d[19] == "prune K=11"
+    assert max(d) <= 45 and set(dict(depths(30, False, False))) == {30}
+    rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", grow=True, types=("q8_0",), kv_types=("f16",)))
+    assert len(rows) == len(dict(depths(30, True, False)))
+    assert _row(rows, 36, type="q8_0")["params"] > _row(rows, 30, type="q8_0")["params"]
+
+
+def test_quality_only_from_a_sweep_of_this_model(tmp_path):
+    rec = {"result": {"validation": {"gguf": {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7}}}}}
+    (tmp_path / "slm.json").write_text(json.dumps(rec))
+    rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0", "q4_0"),
+                                        quality=str(tmp_path / "slm.json")))
+    assert _row(rows, 30, type="q8_0", kv_type="f16")["kld"] == 0.004
+    assert _row(rows, 30, type="q4_0", kv_type="f16")["kld"] is None  # not in the sweep: unknown
+    assert _row(rows, 27, type="q8_0", kv_type="f16")["kld"] is None  # a pruned model is another model
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(SlmError, match="no quant sweep"):
+        candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", quality=str(tmp_path / "empty.json")))
+
+
+@pytest.mark.parametrize("kw,msg", [({"device": "pi5"}, "unknown device"), ({"context": 0}, "--context"),
+                                    ({"min_decode": -1}, "--min-decode"), ({"types": ("q9",)}, "unknown GGUF type"),
+                                    ({"decode_efficiency": 2}, "efficiencies")])
+def test_bad_args_one_line(kw, msg):
+    with pytest.raises(SlmError, match=msg) as e:
+        PlanArgs(**{"device": "jetson-orin-nano-8gb", **kw})
+    assert "\n" not in str(e.value)
+
+
+def test_cli_plan_writes_report(tiny, tmp_path, capsys):
+    from slm.cli import main
+
+    d = tiny("llama")
+    capsys.readouterr()
+    out = tmp_path / "plan"
+    assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "--context", "256", "--prune", "-o", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "decode tok/s*" in printed.out and "projected (bandwidth roofline" in printed.out
+    assert "types that hold on this shape" in printed.err  # hidden 64: K-quants fall back, said before the table
+    res = json.loads((out / "plan.json").read_text())
+    assert res["candidates"] and (out / "slm.json").is_file()
+    html = (out / "report.html").read_text()
+    assert "Speed vs memory" in html and "<svg" in html
+    assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "-o", str(d / "p")]) == 2  # guarded output
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**dataclasses.asdict(SMOLLM2), "model_type": "llama", "num_hidden_layers": 30,
+                               "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+                               "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}))
+    assert main(["plan", "--config", str(cfg), "--device", "orin-nano", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"]["key"] == get_device("orin-nano").key
