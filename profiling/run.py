@@ -63,7 +63,7 @@ class ProfileArgs:
     full_all: bool = False  # run the full protocol on every backend
 
     def __post_init__(self):
-        self.quant = parse_types(self.quant)
+        self.quant = parse_types(self.quant, have_imatrix=False)  # the sweep has no importance matrix: refuse now
         names = self.backends.split(",") if isinstance(self.backends, str) else self.backends
         self.backends = tuple(b.strip() for b in names if b.strip())
         for b in self.backends:

@@ -53,7 +53,7 @@ def quantize(src: Path | str, dst: Path | str, qtype: str, imatrix: dict | None 
     if imatrix:
         p.imatrix = _imatrix_param(L, imatrix, keep)
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")  # per process (two profiles may share a cache dir)
     with captured_logs() as lines:
         rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p))
     if rc != 0 or not tmp.is_file():

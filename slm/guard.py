@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -105,6 +106,23 @@ def _read_lock(lock: Path) -> dict:
 _HELD: dict[Path, int] = {}  # locks this process holds → nesting depth (a verb's guard around a library's)
 
 
+_HALF_WRITTEN_S = 10.0  # a lock with no readable owner younger than this may be mid-write by its creator
+
+
+def _stale_owner(lock: Path, me: dict) -> tuple[bool, int, str]:
+    """(stale?, pid, host) of an existing lock: stale when its PID is dead on this host, or when it holds no owner
+    at all (its writer died between creating and filling it, or the disk was full) and is older than a moment."""
+    owner = _read_lock(lock)
+    pid, host = int(owner.get("pid", 0) or 0), str(owner.get("host", "?"))
+    if not pid:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return True, 0, host
+        return age > _HALF_WRITTEN_S, 0, host
+    return host == me["host"] and not pid_alive(pid), pid, host
+
+
 def acquire_lock(out: Path, force: bool = False) -> Path:
     """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it. Re-entrant within
     one process: a verb may guard its output early (before long work) and the atomic writer guard it again."""
@@ -113,23 +131,30 @@ def acquire_lock(out: Path, force: bool = False) -> Path:
         _HELD[lock] += 1
         return lock
     me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
+    for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _read_lock(lock)
-            pid, host = int(owner.get("pid", 0) or 0), owner.get("host", "?")
-            if host == me["host"] and not pid_alive(pid):
-                if not force:
-                    raise SlmError(f"output {out} has a stale lock {lock.name} from PID {pid}, which is no longer "
-                                   "running: pass --force to break it") from None
-                _say(f"breaking the stale lock of PID {pid} on {out}")
-                lock.unlink(missing_ok=True)
-                continue
-            raise SlmError(f"output {out} locked by PID {pid} on {host}: wait for that run to finish or choose "
-                           "another output") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+            stale, pid, host = _stale_owner(lock, me)
+            if not stale:
+                raise SlmError(f"output {out} locked by PID {pid or '?'} on {host}: wait for that run to finish or "
+                               "choose another output") from None
+            if not force:
+                raise SlmError(f"output {out} has a stale lock {lock.name} from PID {pid or '?'}, which is no longer "
+                               "running: pass --force to break it") from None
+            # Break it by renaming (atomic: of two runs breaking the same lock only one rename succeeds), then retry.
+            with contextlib.suppress(FileNotFoundError):
+                broken = lock.with_name(f"{lock.name}.broken-{os.getpid()}")
+                os.rename(lock, broken)
+                broken.unlink()
+                _say(f"broke the stale lock of PID {pid or '?'} on {out}")
+            continue
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+        except BaseException:
+            lock.unlink(missing_ok=True)  # an empty lock would block the next run
+            raise
         _HELD[lock] = 1
         return lock
     raise SlmError(f"cannot lock output {out}: another run keeps taking {lock.name}; try again")
@@ -158,6 +183,9 @@ def guard_output(out: Path | str, inputs: Iterable[Path | str | None] = (), forc
         check_writable(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = acquire_lock(out, force)
+        if out.exists() and not (force or exists_ok) and _HELD[lock] == 1:  # another run finished it meanwhile
+            release_lock(lock)
+            raise SlmError(f"output {out} already exists: choose another path or pass --force to replace it")
     except BaseException:
         _remove_empty(made)
         raise

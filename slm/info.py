@@ -27,7 +27,7 @@ def write_info(model_dir: Path | str, out: Path | str, force: bool = False, titl
             for m in s["memory"]]
     memory = Table("Memory at context (fp32 weights, f16 KV cache)",
                    ["context", "weights MiB", "KV MiB", "total MiB", "KV share"], rows)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=[model_dir]) as tmp:
         render_report(tmp / "report.html", title or f"{Path(model_dir).name}: model spec", "info", summary, [],
                       [memory], notes=["computed from config.json (analytic, no measurement)"])
         return write_record(tmp, "info", {"model": str(model_dir)}, result={"summary": summary, "spec": s})

@@ -294,9 +294,14 @@ def cache_kwarg(model) -> str:
 
 
 def save_model(model, out: Path | str, tokenizer=None, src: Path | None = None, force: bool = False,
-               max_shard_size: str = "2GB", inputs: Iterable[Path | str | None] = ()) -> Path:
-    """save_pretrained into an atomic directory; tokenizer/aux files from `tokenizer` or copied from `src`."""
+               max_shard_size: str = "2GB", inputs: Iterable[Path | str | None] = (), record: dict | None = None) -> Path:
+    """save_pretrained into an atomic directory; tokenizer/aux files from `tokenizer` or copied from `src`;
+    `record`: write_record's keyword arguments, so slm.json lands inside the same atomic write."""
+    from slm.record import write_record
+
     with atomic_dir(out, force, [src, *inputs]) as tmp:
+        if record is not None:
+            write_record(tmp, **record)
         model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -322,7 +327,7 @@ def default_gguf() -> Path:
 
 
 def import_gguf(gguf: Path | str | None, out: Path | str, dtype: str = "float32", force: bool = False) -> Path:
-    """Turn a GGUF into an HF checkpoint. transformers dequantizes the weights on load."""
+    """Turn a GGUF into an HF checkpoint (with its slm.json). transformers dequantizes the weights on load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from slm.gguf import read_header, spec_from_gguf
@@ -344,4 +349,5 @@ def import_gguf(gguf: Path | str | None, out: Path | str, dtype: str = "float32"
     model.is_quantized = False
     if model.generation_config is None or not model.generation_config.to_diff_dict():
         model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return save_model(model, out, tokenizer=tok, force=force, inputs=[gguf])
+    record = {"kind": "import", "args": {"gguf": str(gguf), "dtype": dtype}, "inputs": {"gguf": gguf}}
+    return save_model(model, out, tokenizer=tok, force=force, inputs=[gguf], record=record)

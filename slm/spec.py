@@ -157,7 +157,7 @@ def spec_from_config(config: dict) -> ModelSpec:
 def load_spec(model: str | Path) -> ModelSpec:
     """ModelSpec of a checkpoint folder, a bare config.json or a GGUF file."""
     p = Path(model)
-    if p.suffix == ".gguf":
+    if p.suffix.lower() == ".gguf":
         from slm.gguf import spec_from_gguf
 
         return spec_from_gguf(p)

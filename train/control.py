@@ -43,7 +43,7 @@ def run_guard(args: TrainArgs, dist: Dist) -> Iterator[None]:
                 stack.enter_context(guard_output(args.out, [args.model, args.init, args.data],
                                                  force=args.force or args.resume, exists_ok=True))
                 clean_stale_temps(Path(args.out) / "checkpoints", "step-")  # checkpoint writes of killed runs
-            except SlmError as e:
+            except Exception as e:  # any failure (not only SlmError) must reach the other ranks, or they hang
                 refused = e
         if dist.sum(float(refused is not None)) > 0:
             raise refused or SlmError(f"rank 0 refused the output {args.out}: see its error")

@@ -85,7 +85,7 @@ def train(args: TrainArgs) -> dict:
     """Run (or resume) a training run. Returns {"out", "model", "steps", "final": metrics, "summary", ...}; a run
     stopped by SIGINT/SIGTERM returns with "interrupted" and "signal" after saving a checkpoint."""
     dist = Dist(args)
-    with run_guard(args, dist), StopOnSignal(dist) as stop, hf_progress(args.progress):  # `out` locked until the end
+    with run_guard(args, dist), hf_progress(args.progress):  # `out` locked until the end
         plan = plan_run(args, dist)  # 1. plan: every check on user input, before any weights are read
         if dist.main and not args.resume and plan.run.exists():
             shutil.rmtree(plan.run)  # --force: only now, after the guard and every check passed
@@ -97,19 +97,24 @@ def train(args: TrainArgs) -> dict:
         if dist.main and not args.resume:
             save_recipe(plan.run, args)
         t_run = time.perf_counter()
-        last_eval = fit(args, plan, dist, parts, metrics, stop)
-        if not stop.flag:
-            if plan.heldout and plan.total > parts.start:
-                last_eval = evaluate(args, plan, dist, parts, metrics, plan.total)
-            if plan.total > parts.start or not ckpt.latest(plan.run):
-                save(args, plan, dist, parts, plan.total)
-        return _finish(args, dist, plan, parts, metrics, last_eval, stop.signum, time.perf_counter() - t_run)
+        # Signals save a checkpoint from here on; before, the CLI's handlers stop at once (nothing to save yet).
+        # `signum` is what every rank agreed on inside fit(): a signal after its last sync is not acted on, so
+        # all ranks take the same path through the final (collective) evaluation and save.
+        with StopOnSignal(dist) as stop:
+            last_eval, signum = fit(args, plan, dist, parts, metrics, stop)
+            if not signum:
+                if plan.heldout and plan.total > parts.start:
+                    last_eval = evaluate(args, plan, dist, parts, metrics, plan.total)
+                if plan.total > parts.start or not ckpt.latest(plan.run):
+                    save(args, plan, dist, parts, plan.total)
+        return _finish(args, dist, plan, parts, metrics, last_eval, signum, time.perf_counter() - t_run)
 
 
-def fit(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, metrics: Metrics, stop: StopOnSignal) -> dict:
+def fit(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, metrics: Metrics,
+        stop: StopOnSignal) -> tuple[dict, int]:
     """Steps 3-5 from parts.start until the end or a signal (which saves a checkpoint and stops); returns the
-    last held-out evaluation."""
-    last_eval = {}
+    last held-out evaluation and the signal every rank stopped on (0: none)."""
+    last_eval, signum = {}, 0
     if parts.start == 0 and plan.heldout:
         last_eval = evaluate(args, plan, dist, parts, metrics, 0)
     parts.model.train()
@@ -126,11 +131,12 @@ def fit(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, metrics: Metrics,
             if _due(args.eval_every, done, plan.total) and plan.heldout:  # 4. evaluate
                 last_eval = evaluate(args, plan, dist, parts, metrics, done)
             if stop.flag:  # 5. save: Ctrl-C or SIGTERM leaves a checkpoint that --resume continues from
+                signum = stop.signum  # synced above: the same on every rank
                 save(args, plan, dist, parts, done)
                 break
             if _due(args.save_every, done, plan.total):
                 save(args, plan, dist, parts, done)
-    return last_eval
+    return last_eval, signum
 
 
 def _due(every: int, done: int, total: int) -> bool:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import threading
 
 from slm import __version__
 from slm.errors import SlmError
@@ -24,12 +25,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (what `timeout`, Slurm and Kubernetes send) becomes SystemExit(143), so every `finally` runs: the
+    output guard releases its lock and atomic writers remove their temporaries. `slm train` installs its own
+    handler on top (save a checkpoint, then stop)."""
+    import signal
+
+    def _stop(signum, frame):
+        print("stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, _stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        _exit_on_sigterm()
     try:
         rc = args.func(args)
     except SlmError as e:

@@ -44,7 +44,6 @@ def cmd_info(args) -> int:
 
 def cmd_import(args) -> int:
     from slm.io import default_gguf, import_gguf
-    from slm.record import write_record
 
     if args.default and args.gguf and args.out:
         from slm.errors import SlmError
@@ -55,6 +54,5 @@ def cmd_import(args) -> int:
     gguf = Path(args.gguf) if args.gguf and not args.default else default_gguf()
     out = Path(out_arg) if out_arg else Path("models") / gguf.stem
     import_gguf(gguf, out, dtype=args.dtype, force=args.force)
-    write_record(out, "import", {"gguf": str(gguf), "dtype": args.dtype}, inputs={"gguf": gguf})
     print(f"imported {gguf.name} → {out}")
     return 0

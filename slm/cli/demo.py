@@ -99,12 +99,9 @@ def steps(ctx: dict) -> list[Step]:
 
 # ---- the steps (each reached only when its output is not done, or with --force) ----------------------------
 def run_import(ctx: dict, out: Path) -> None:
-    from slm.io import default_gguf, import_gguf
-    from slm.record import write_record
+    from slm.io import import_gguf
 
-    gguf = default_gguf()
-    import_gguf(gguf, out, force=True)
-    write_record(out, "import", {"gguf": str(gguf)}, inputs={"gguf": gguf})
+    import_gguf(None, out, force=True)  # the bundled GGUF; slm.json written inside the same atomic write
 
 
 def run_info(ctx: dict, out: Path) -> None:

@@ -19,12 +19,12 @@ def register(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from slm.io import check_output
+    from slm.guard import guard_output
     from slm.report.compare import compare
 
     out = Path(args.out) if args.out else Path("reports") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs)) / "index.html"
-    check_output(out, args.force)
-    print(f"compare → {compare(args.runs, out)}")
+    with guard_output(out, args.runs, args.force):  # never over one of the runs it reads, even with --force
+        print(f"compare → {compare(args.runs, out)}")
     return 0
 
 

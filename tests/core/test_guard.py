@@ -126,3 +126,39 @@ def test_a_failed_block_leaves_no_parent_folders_it_made(tmp_path):
     with guard_output(out):
         out.mkdir()
     assert out.is_dir() and not lock_path(out).exists()
+
+
+def test_an_empty_lock_is_stale_once_old_and_force_breaks_it(tmp_path):
+    """A writer killed between creating its lock and filling it (or a full disk) leaves an empty lock."""
+    out = tmp_path / "o"
+    lock = lock_path(out)
+    lock.write_text("")
+    with pytest.raises(SlmError, match="locked by PID"):  # young: its writer may still be filling it
+        with guard_output(out, force=True):
+            pass
+    old = lock.stat().st_mtime - 60
+    os.utime(lock, (old, old))
+    with pytest.raises(SlmError, match="stale lock"):
+        with guard_output(out):
+            pass
+    with guard_output(out, force=True):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+
+
+def test_sigterm_in_any_verb_releases_the_lock_and_removes_temporaries(tmp_path):
+    """`timeout slm export …` sends SIGTERM: the CLI turns it into a normal exit, so the guard's cleanup runs."""
+    out = tmp_path / "o"
+    code = ("import os, signal, sys, time\n"
+            "from slm.cli import _exit_on_sigterm\n"
+            "from slm.io import atomic_dir\n"
+            "_exit_on_sigterm()\n"
+            f"with atomic_dir({str(out)!r}) as tmp:\n"
+            "    (tmp / 'x').write_text('partial')\n"
+            "    print('ready', flush=True)\n"
+            "    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.terminate()
+    assert p.wait(timeout=30) == 143
+    assert sorted(x.name for x in tmp_path.iterdir()) == []  # no lock, no .o.tmp-PID, no output
