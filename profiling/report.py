@@ -4,9 +4,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+from slm.report.figures import humanise
+from slm.report.render import Figure, Table, fmt, new_figure, render_report, svg_of
 
 MIB = 2**20
+DISTURBED, WIDE = "†", "‡"  # marks after a figure: measured under interference / interval wider than the target
+LEGEND = (f"{DISTURBED} measured while other processes used more than {{share:.0%}} of the CPU (interference: no "
+          f"conclusion drawn from it); {WIDE} 95 % interval wider than ±{{target:.0%}} of the mean when the time cap "
+          "was hit; ± = 95 % interval (Student t over the repetitions, repeated until within the target or the cap)")
+
+
+def _legend(res: dict) -> str:
+    from slm.profiling.hostload import DISTURBED_SHARE
+
+    return LEGEND.format(share=DISTURBED_SHARE, target=res["args"]["bench"].get("target_ci", 0.03))
+
+
+def pm(r: dict, key: str = "tok_s", ci_key: str = "ci95", std_key: str = "tok_s_std") -> str:
+    """'mean ± 95 % half-width' with the marks; rows from schema 1 show ± std, as they were recorded."""
+    ci = r.get(ci_key)
+    text = f"{r[key]:.1f} ± {ci:.1f}" if ci is not None else f"{r[key]:.1f} ± {r.get(std_key) or 0:.1f} (std)"
+    marks = (DISTURBED if r.get(ci_key.replace("ci95", "disturbed")) else "") + (WIDE if r.get("wide") else "")
+    return text + (f" {marks}" if marks else "")
+
+
+def _sweep_marks(r: dict, k: str) -> str:
+    """A sweep speed (k = pp or tg) with its interval and marks."""
+    wide = r.get(f"{k}_tok_s_ci95") is not None and r[f"{k}_tok_s_ci95"] / r[f"{k}_tok_s"] > 0.03
+    return pm({**r, "wide": wide}, f"{k}_tok_s", f"{k}_tok_s_ci95", f"{k}_tok_s_std")
 
 
 def _speed_fig(res: dict, kind: str) -> Figure:
@@ -14,8 +39,13 @@ def _speed_fig(res: dict, kind: str) -> Figure:
     key = "n_tokens" if kind == "prefill" else "depth"
     for name, b in res["backends"].items():
         rows = [r for r in b["rows"] if r["kind"] == kind]
-        ax.errorbar([r[key] for r in rows], [r["tok_s"] for r in rows], yerr=[r["tok_s_std"] for r in rows],
-                    marker="o", capsize=3, label=f"{name} ({res['how']})")
+        ax.errorbar([r[key] for r in rows], [r["tok_s"] for r in rows], capsize=3, marker="o",
+                    yerr=[r["ci95"] if r.get("ci95") is not None else r["tok_s_std"] for r in rows],
+                    label=f"{name} ({res['how']})")
+        bad = [r for r in rows if r.get("disturbed")]
+        if bad:
+            ax.plot([r[key] for r in bad], [r["tok_s"] for r in bad], "x", color="red", ms=10, mew=2,
+                    label=f"{name}: disturbed (other processes used the CPU)")
     p = res.get("projection")
     if p:
         rows = [r for r in p["rows"] if r["kind"] == kind and r["tok_s"]]
@@ -28,8 +58,10 @@ def _speed_fig(res: dict, kind: str) -> Figure:
         ax.set_yscale("log")
     ax.set_title("prefill speed vs prompt length" if kind == "prefill" else "decode speed vs depth")
     ax.legend(fontsize=7)
-    how = (f"{res['how']}, {res['threads']} threads; mean ± std over {res['args']['bench']['reps']} repetitions after "
-           f"{res['args']['bench']['warmup']} warm-up (random token ids, llama-bench protocol)")
+    b = res["args"]["bench"]
+    how = (f"{res['how']}, {res['threads']} threads; mean ± 95 % interval over at least {b['reps']} repetitions "
+           f"(repeated until within ±{b.get('target_ci', 0.03):.0%} or {b.get('time_cap_s', 0):g} s) after {b['warmup']} "
+           "warm-up (random token ids, llama-bench protocol); red ×: measured under interference")
     return Figure(ax.get_title(), svg_of(fig), how + ("; dashed: projected (see the projection table)" if p else ""))
 
 
@@ -106,11 +138,15 @@ def write(res: dict, out_html: Path, title: str) -> Path:
         figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode"), _roofline_fig(res)]
         for name, b in res["backends"].items():
             pr = b.get("protocol", res["args"]["bench"])
-            tables.append(Table(f"{name}: measured ({b['threads']} threads, {pr['reps']} reps after {pr['warmup']} "
+            rows = b["rows"]
+            tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after {pr['warmup']} "
                                 f"warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
-                                ["test", "tok/s", "± std", "TTFT ms", "roofline tok/s", "fraction of roofline"],
-                                [[r["test"], r["tok_s"], r["tok_s_std"], r.get("ttft_ms"), r["roofline_tok_s"],
-                                  r["roofline_fraction"]] for r in b["rows"]], note=res["how"]))
+                                ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "TTFT ms", "roofline tok/s",
+                                 "fraction of roofline"],
+                                [[r["test"], pm(r), r.get("reps", pr["reps"]), _share(r.get("other_cpu_share")),
+                                  r.get("ttft_ms"), r["roofline_tok_s"], r["roofline_fraction"]] for r in rows],
+                                note=f"{res['how']}. {_legend(res)}",
+                                highlight=[i for i, r in enumerate(rows) if r.get("disturbed") or r.get("wide")]))
     figs.append(_kv_fig(res))
     if res["kv"]["measured"]:
         tables.append(Table("KV cache: llama.cpp allocation vs analytic", ["context", "cells", "type", "KV MiB (llama.cpp)",
@@ -121,12 +157,15 @@ def write(res: dict, out_html: Path, title: str) -> Path:
     if "sweep" in res:
         figs.append(_pareto_fig(res))
         rows = res["sweep"]["rows"]
-        tables.append(Table("quantization sweep", ["type", "MiB", "bpw", "pp tok/s", "tg tok/s", "tg roofline",
-                                                   "perplexity", "KLD", "KLD p99", "tensor types"],
-                            [[r["type"], r["size_bytes"] / MIB, r["bits_per_weight"], r["pp_tok_s"], r["tg_tok_s"],
+        tables.append(Table("quantization sweep", ["type", "MiB", "bpw", "prefill tok/s ± 95 %", "decode tok/s ± 95 %",
+                                                   "decode share of roofline", "perplexity", "KLD", "KLD p99",
+                                                   "tensor types"],
+                            [[r["type"], r["size_bytes"] / MIB, r["bits_per_weight"], _sweep_marks(r, "pp"),
+                              _sweep_marks(r, "tg"),
                               r["tg_roofline_fraction"], r["ppl"], r["kld_vs_ref"], r["kld_p99"],
                               ", ".join(f"{k}×{v}" for k, v in sorted(r["tensor_types"].items()))] for r in rows],
-                            note=f"perplexity and KLD scored over the {_scoring(res)}. " + res["sweep"]["answer"]))
+                            note=f"perplexity and KLD scored over the {_scoring(res)}. {_legend(res)}. "
+                                 + res["sweep"]["answer"]))
     p = res.get("projection")
     if p:
         d = p["device"]
@@ -134,21 +173,33 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                             ["test", "projected tok/s", "device bound tok/s", "host efficiency", "fits", "memory MiB"],
                             [[r["test"], r["tok_s"], r["device_bound_tok_s"], r["host_efficiency"], r["fits"],
                               r["memory_needed"] / MIB] for r in p["rows"]],
-                            note="projected: " + "; ".join(f"{k}={v}" for k, v in p["inputs"].items()) + f"; source: {d['source']}",
+                            note="projected from: " + "; ".join(f"{humanise(k)} {fmt(v)}" for k, v in p["inputs"].items())
+                                 + f"; source: {d['source']}",
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
     return render_report(out_html, title, "profile", headline(res), figs, tables, notes=res["notes"])
 
 
+def _share(v) -> str:
+    return "–" if v is None else f"{v:.0%}"
+
+
 def headline(res: dict) -> dict:
-    """The few figures shown at the top (slm.json keeps the full flat summary)."""
+    """The few figures shown at the top, by summary key (the page labels them through slm.report.figures)."""
     s = res["summary"]
     keep = ["how", "threads", "host_bandwidth_GBps", "host_gflops", "kv_bytes_per_token_f16", "kv_crossover_context_f16",
             "device", "projected.flagged_tests"]
     out = {k: s[k] for k in keep if k in s}
-    for name, b in res["backends"].items():
-        for r in b["rows"]:
-            if r["test"] in (f"pp{max(res['args']['bench']['pp'])}", f"tg{res['args']['bench']['tg']}@d0"):
-                out[f"{name} {r['test']} tok/s"] = round(r["tok_s"], 1)
+    b = res["args"]["bench"]
+    for name, be in res["backends"].items():
+        for r in be["rows"]:
+            if r["test"] in (f"pp{max(b['pp'])}", f"tg{b['tg']}@d0"):
+                out[f"{name}.{r['test']}.tok_s"] = pm(r) + " tok/s"
+    rows = [r for be in res["backends"].values() for r in be["rows"]]
+    if rows and "disturbed" in rows[0]:
+        n = sum(1 for r in rows if r["disturbed"])
+        out["measurement conditions"] = (f"{n} of {len(rows)} tests measured under interference ({DISTURBED}): "
+                                         "measure again on a quiet machine before drawing conclusions" if n else
+                                         f"quiet: no test saw other processes take CPU ({len(rows)} tests)")
     if "sweep" in res:
         out["does a lower bit-width always run faster here?"] = res["sweep"]["answer"]
     return out

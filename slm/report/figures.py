@@ -61,6 +61,8 @@ REGISTRY: tuple[Fig, ...] = (
     _set(r"arch", "architecture"), _set(r"method", "method"), _set(r"ranks", "training processes (ranks)"),
     _set(r"(quant\.)?ppl_scoring", "tokens scored for perplexity / KLD"), _set(r"target", "merge target"),
     _set(r"inputs", "inputs"), _set(r"runs", "runs compared"),
+    _set(r"measurement conditions", "measurement conditions"),  # profile report headline (profiling/report.py)
+    _set(r"does a lower bit-width always run faster here\?", "does a lower bit-width always run faster here?"),
     # ---- profile (slm.profiling.run.summary) -------------------------------------------------------------------
     Fig(r"projected\.pp(?P<n>\d+)\.tok_s", "prefill of {n} tokens on the device (projected)", **_SPEED, how="projected"),
     Fig(r"projected\.tg(?P<n>\d+)@d(?P<d>\d+)\.tok_s", "decode at depth {d} on the device (projected)", **_SPEED,

@@ -83,8 +83,8 @@ def lineup(summaries: list[dict]) -> list[Line]:
         if not r.setting and ests[0] is None:  # text figures: same or not
             changes = [None if v is None else Change(None, None, "same" if v == raws[0] else "differs") for v in raws[1:]]
         differs = len({json.dumps(v, sort_keys=True, default=str) for v in raws}) > 1
-        lines.append(Line(k, r.label, r.unit, r.group, [cell(e, v, r.unit) for e, v in zip(ests, raws)], changes,
-                          differs))
+        cells = [("–" if v is None else v) if r.setting else cell(e, v, r.unit) for e, v in zip(ests, raws)]
+        lines.append(Line(k, r.label, r.unit, r.group, cells, changes, differs))
     return lines
 
 
@@ -116,6 +116,7 @@ def sentences(lines: list[Line], labels: list[str], most: int = 4) -> list[str]:
             head += f"; within noise: {', '.join(ln.label for ln in noise[:most])}" + (
                 f" and {len(noise) - most} more" if len(noise) > most else "")
         if busy:
-            head += f"; not judged (measured under interference): {', '.join(ln.label for ln in busy[:most])}"
+            head += f"; not judged (measured under interference): {', '.join(ln.label for ln in busy[:most])}" + (
+                f" and {len(busy) - most} more" if len(busy) > most else "")
         out.append(head + ".")
     return out
