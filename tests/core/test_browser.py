@@ -58,3 +58,26 @@ def test_table_sorts_on_click(browser, reports, tmp_path):
     page.click("table.sortable th >> nth=0")
     page.click("table.sortable th >> nth=0")  # second click: descending
     assert first() == "8" and errors == []
+
+
+def test_compare_of_profiles_reads_in_words(browser, tmp_path):
+    """Two profiles with intervals: the sentence on top, ± per figure, the interference mark and its legend."""
+    from slm.record import write_record
+
+    def run(name, decode, disturbed=False):
+        d = tmp_path / name
+        d.mkdir()
+        s = {"schema_version": 2, "threads": 2, "how": "measured on this host"}
+        for k, v in (("llama.cpp.tg128@d0.tok_s", decode), ("llama.cpp.pp512.tok_s", 900.0)):
+            s |= {k: v, f"{k}.std": 2.0, f"{k}.n": 10, f"{k}.disturbed": disturbed}
+        write_record(d, "profile", {}, result={"summary": s})
+        return d
+
+    out = compare([run("base", 141.2), run("x36-cpt", 125.1), run("busy", 60.0, disturbed=True)], tmp_path / "c.html")
+    page, errors = open_report(browser, out, shot_dir(tmp_path) / "compare_profiles.png")
+    assert_renders(page, errors)
+    text = page.inner_text("body")
+    assert "B: x36-cpt vs A: base: decode at depth 0 (llama.cpp, 128 tokens) -11.4% ± 1.4%" in text
+    assert "C: busy vs A: base: no significant difference" in text and "not judged" in text
+    assert "60 ± 1.431 †" in text and "† measured while other processes used the CPU" in text
+    assert "llama.cpp.tg128" not in text and "schema_version" not in text
