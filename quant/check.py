@@ -49,15 +49,16 @@ def _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads) -> dict:
     from transformers import AutoTokenizer
 
     from slm.io import load_model, read_config
+    from slm.spec import spec_from_config
 
     from .gguf_write import has_tokenizer
 
     # ---- the HF reference: logits on the prompts, perplexity on the text, one greedy generation ---------------
-    config = read_config(model_dir)
+    spec = spec_from_config(read_config(model_dir))
     tok = AutoTokenizer.from_pretrained(str(model_dir)) if has_tokenizer(model_dir) else None
-    scoring = S.Scoring("all", min(n_ctx, config.get("max_position_embeddings", n_ctx)))
-    prompts = V.prompt_ids(tok, config["vocab_size"])
-    text_ids = _text_ids(tok, text, config["vocab_size"], scoring.n_ctx)
+    scoring = S.Scoring("all", min(n_ctx, spec.max_context))
+    prompts = V.prompt_ids(tok, spec.vocab)
+    text_ids = _text_ids(tok, text, spec.vocab, scoring.n_ctx)
     ctx = max(scoring.n_ctx, max(len(p) for p in prompts) + GEN_TOKENS + 1)
     model = load_model(model_dir, "float32").eval()
     ref_logits = [V.hf_logits(model, p) for p in prompts]

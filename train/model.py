@@ -12,6 +12,7 @@ import torch
 
 from slm.errors import SlmError
 from slm.io import load_model, read_config
+from slm.spec import spec_from_config
 
 from .args import TrainArgs
 
@@ -37,7 +38,7 @@ def check_model(args: TrainArgs, model_dir: Path) -> dict:
 
 def trainable_layers(args: TrainArgs, cfg: dict) -> list[int]:
     """Decoder layers whose weights change (for LoRA: those with adapters)."""
-    n = cfg["num_hidden_layers"]
+    n = spec_from_config(cfg).layers
     sel = args.lora_layers if args.trainable == "lora" else args.trainable
     if sel in ("full", "all"):
         return list(range(n))

@@ -45,10 +45,11 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
     run = Path(args.out)
     model_dir = ckpt.resolve_init(Path(args.init)) if args.init else Path(args.model)
     cfg = check_model(args, model_dir)
+    spec = spec_from_config(cfg)
     train = open_data(args.data, "train")
     vocab = data_vocab(args.data)
-    if vocab > cfg["vocab_size"]:
-        raise SlmError(f"the data's tokenizer has {vocab} tokens but the model only {cfg['vocab_size']}: "
+    if vocab > spec.vocab:
+        raise SlmError(f"the data's tokenizer has {vocab} tokens but the model only {spec.vocab}: "
                        "prepare the data with this model's tokenizer (--tokenizer MODEL)")
     unknown = sorted(set(args.mixture) - set(train))
     if unknown:
@@ -61,7 +62,6 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
         raise SlmError(f"global_batch {args.global_batch} is not a multiple of micro_batch × ranks = {per_rank}")
     _check_run_folder(args, run)
     layers = trainable_layers(args, cfg)
-    spec = spec_from_config(cfg)
     _check_disk(args, run, spec, layers)
     fpt = flops_per_token(spec, args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
     peak = peak_flops(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else None

@@ -24,7 +24,7 @@ from slm.errors import SlmError
 from slm.guard import guard_output
 from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, copy_aux_files, write_config
 from slm.record import write_record
-from slm.spec import check_supported
+from slm.spec import spec_from_config
 from slm.surgery.layers import prior_record, split_layer_name
 from slm.surgery.merge_ops import dot64, slerp, t_for_layer
 from slm.surgery.report import write_merge_report
@@ -136,8 +136,7 @@ class _Source:
             raise SlmError(f"merge input {path} is not a checkpoint folder")
         self.path = path
         self.r = TensorReader(path)
-        check_supported(self.r.config)
-        self.layers = self.r.config["num_hidden_layers"]
+        self.layers = spec_from_config(self.r.config).layers  # checks the architecture and shape keys too
 
     def name_for(self, name: str) -> str:
         if name == "lm_head.weight" and name not in self.r and "model.embed_tokens.weight" in self.r:
