@@ -48,29 +48,48 @@ def scoring_of(v: dict) -> str:
     return (v.get("scoring") or {}).get("what") or f"every token of non-overlapping {v['n_ctx']}-token windows"
 
 
+def _holds(f: dict) -> str:
+    """What the file really contains: its tensor types by count, the main one first."""
+    by = f.get("by_type") or {}
+    parts = sorted(by.items(), key=lambda kv: -kv[1]["tensors"])
+    return ", ".join(f"{k}×{e['tensors']}" for k, e in parts) or f.get("main_type", "")
+
+
+ARTIFACT_COLUMNS = ["artifact (type asked)", "what the file holds", "size (MB)", "bits per weight", "tensors fell back",
+                    "top-1 vs HF", "max rel. err vs HF", "perplexity", "KLD vs f16", "top-1 vs f16"]
+
+
+def artifacts_table(result: dict) -> Table:
+    """One row per artifact — the type asked, what the file really holds, size, real bits per weight, fallbacks,
+    parity with HF and quality vs f16 — with the HF model as the reference row."""
+    v = result["validation"] or {}
+    rows = [["HF model (f32, reference)", "float32", None, 32.0, None, 1.0, 0.0, v["hf"]["perplexity"], None, None]] \
+        if v else []
+    for f in result["files"]:
+        r = (v.get(f["format"]) or {}).get(f["type"]) or {}
+        k = r.get("kld") or {}
+        rows.append([f"{f['format'].upper()} {f['type']}", _holds(f), f["size_bytes"] / 1e6, f["bits_per_weight"],
+                     len(f["fallbacks"]) if f["format"] == "gguf" else None, r.get("top1_agree"), r.get("max_rel_err"),
+                     r.get("perplexity"), k.get("kld_mean"), k.get("top1_agree")])
+    note = ("bits per weight = 8 × tensor bytes / parameters, read back from each file's tensor table (ONNX: folder "
+            "bytes / parameters); a type falls back where a tensor's rows do not fit its blocks (K-quants need "
+            "multiples of 256)")
+    if v:
+        note += (f"; logits on {len(v['prompts'])} fixed prompts (every position), relative error = max |Δ| / max |HF "
+                 f"logit|; perplexity and KLD scored over {scoring_of(v)}")
+    return Table("Artifacts", ARTIFACT_COLUMNS, rows, note=note,
+                 highlight=[i + bool(v) for i, f in enumerate(result["files"]) if f["fallbacks"]])
+
+
 def write_report(out_html: Path, result: dict) -> Path:
     v = result["validation"]
-    files = Table("Files", ["format", "type", "file", "size (MB)", "bits per weight", "main type", "fallback tensors", "ggml types"],
-                  [[f["format"], f["type"], f["path"], f["size_bytes"] / 1e6, f["bits_per_weight"], f["main_type"],
-                    len(f["fallbacks"]), ", ".join(f"{k}×{e['tensors']}" for k, e in (f.get("by_type") or {}).items())]
-                   for f in result["files"]],
-                  note="bits per weight = 8 × tensor bytes / parameters, read back from each file's tensor table "
-                       "(ONNX: folder bytes / parameters)")
-    tables = [files]
+    tables = [artifacts_table(result)]
     figures = []
     if v:
-        rows = [["HF (f32)", "", "", 1.0, v["hf"]["perplexity"], "", "", v["hf"]["generation"]]]
-        for f in result["files"]:
-            r = v.get(f["format"], {}).get(f["type"])
-            if r:
-                k = r.get("kld") or {}
-                rows.append([f"{f['format']} {f['type']}", r["max_rel_err"], r["max_abs_err"], r["top1_agree"],
-                             r["perplexity"], k.get("kld_mean"), k.get("top1_agree"), r["generation"]])
-        tables.append(Table("Parity and quality", ["artifact", "max rel. err vs HF", "max abs err", "top-1 vs HF",
-                                                   "perplexity", "KLD vs f16", "top-1 vs f16", "greedy generation"],
-                            rows, note=f"logits on {len(v['prompts'])} fixed prompts (every position); relative error = "
-                                       "max |Δ| / max |HF logit| per prompt; perplexity and KLD scored over "
-                                       f"{scoring_of(v)}; generation from the first prompt"))
+        gens = [["HF (f32)", v["hf"]["generation"]]] + [
+            [f"{f['format'].upper()} {f['type']}", r["generation"]] for f in result["files"]
+            if (r := (v.get(f["format"]) or {}).get(f["type"]))]
+        tables.append(Table("Greedy generation from the first prompt", ["artifact", "text"], gens))
         if v.get("failed"):
             tables.append(Table("Artifacts that failed to run", ["artifact", "error"], [[k, e] for k, e in v["failed"].items()],
                                 note="the file is kept; the runtime raised this while validating it"))
@@ -93,4 +112,6 @@ def write_report(out_html: Path, result: dict) -> Path:
              "importance matrix: computed from the calibration text" if result["imatrix"] else "no importance matrix",
              "timings (s): " + ", ".join(f"{k} {t:.1f}" for k, t in result["timings_s"].items())]
     links = [(f["path"], f["path"]) for f in result["files"]]
-    return render_report(out_html, f"Export of {result['name']}", "export", result["summary"], figures, tables, notes, links)
+    # the top keeps the run's own figures; each artifact's are in its row of the table (slm.json keeps them all)
+    head = {k: x for k, x in result["summary"].items() if not k.startswith(("gguf_", "onnx_"))}
+    return render_report(out_html, f"Export of {result['name']}", "export", head, figures, tables, notes, links)

@@ -115,3 +115,7 @@ def test_compare_lines_up_two_profiles(browser, runs, tmp_path):
     text = page.inner_text("body")
     assert "profile-nx" in text and "profile-nano" in text
     assert "jetson-orin-nano-8gb" in text and "jetson-orin-nx-16gb" in text  # the args that differ are shown
+    # figures by label with ± and a verdict, a sentence on top, settings apart; no machine keys
+    assert "B: profile-nano vs A: profile-nx: " in text and "Settings (how the runs were made" in text
+    assert "decode at depth 0 (llama.cpp, 32 tokens)" in text and " ± " in text
+    assert "llama.cpp.tg32" not in text and "schema_version" not in text
