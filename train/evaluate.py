@@ -120,6 +120,19 @@ def forgetting(scores: list[dict], tasks: list[str]) -> dict:
     return {"op": op, "bwt": bwt, "score": "−loss (nats/token)", "earlier_tasks": earlier}
 
 
+def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> dict:
+    """`slm eval`: evaluate, and with `out` write slm.json + report.html there — the output checked (never one of
+    the models or the data, even with force) and locked before the long evaluation."""
+    if out is None:
+        return evaluate(args)
+    from slm.guard import guard_output
+
+    with guard_output(out, [*args.models, args.data], force):
+        result = evaluate(args)
+        write_eval(out, args, result, force)
+    return result
+
+
 def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> Path:
     """slm.json + report.html (perplexity matrix and, with tasks, OP/BWT) into `out`."""
     from dataclasses import asdict

@@ -79,22 +79,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from slm.train.evaluate import EvalArgs, evaluate, write_eval
+    from slm.train.evaluate import EvalArgs, run_eval
 
     eargs = EvalArgs(models=args.models, data=args.data, sets=args.sets.split(",") if args.sets else [],
                      tasks=args.tasks.split(",") if args.tasks is not None else [], seq_len=args.seq_len,
                      tokens=args.tokens)
-    if args.out:
-        from slm.io import check_output
-
-        check_output(Path(args.out), args.force, [*args.models, args.data])  # before the long evaluation
-    res = evaluate(eargs)
+    res = run_eval(eargs, Path(args.out) if args.out else None, args.force)
     for m, row in zip(res["models"], res["matrix"]):
         print(m + ": " + ", ".join(f"{k} ppl {v['ppl']:.3f}" for k, v in row.items()))
     if "forgetting" in res:
         f = res["forgetting"]
         print(f"OP {f['op']:.4f}  BWT {f['bwt']:+.4f}  (score = −loss, nats/token)")
     if args.out:
-        write_eval(Path(args.out), eargs, res, force=args.force)
         print(f"report: {args.out}/report.html")
     return 0
