@@ -1,7 +1,7 @@
 """`slm plan`: which depth × GGUF type × KV-cache type of a model fits a device at a context, and how fast it could
 run there — before any training or export.
 
-Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf.fallbacks_for (the types llama.cpp
+Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf_mix.fallbacks_for (the types llama.cpp
 really writes on this shape, fallbacks included), KV bytes from the spec, speeds from the roofline bounds of
 profiling/roofline.py on the device's datasheet bandwidth and compute times an ASSUMED efficiency (stated in every
 output; not calibrated against device measurements — issue 13 item 0). Quality (KLD, perplexity) comes only from
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
-from slm.gguf import KV_CACHE_TYPES, fallbacks_for, get_type, kv_element_bytes, parse_types, types_that_hold
+from slm.gguf import KV_CACHE_TYPES, get_type, kv_element_bytes, parse_types
+from slm.gguf_mix import fallbacks_for, types_that_hold
 from slm.profiling.devices import GIB, get_device
 from slm.profiling.roofline import decode_bound, prefill_bound
 from slm.spec import ModelSpec
@@ -149,7 +150,7 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
     """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates."""
     dev = get_device(args.device)
     rows = candidates(spec, args)
-    from slm.gguf import fallback_warning
+    from slm.gguf_mix import fallback_warning
 
     return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(), "context": args.context,
             "args": {k: v for k, v in dataclasses.asdict(args).items()},

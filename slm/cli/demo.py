@@ -144,8 +144,12 @@ def run_train(ctx: dict, out: Path) -> None:
     args = TrainArgs(**{**PRESETS["cpt"], **CPT, "preset": "cpt", "trainable": "expanded",
                         "model": str(ctx["expanded"]), "data": str(ctx["data"]), "out": str(out),
                         "resume": resume, "force": not resume})
-    if train(args)["interrupted"]:
-        raise KeyboardInterrupt  # the loop saved a checkpoint; the next `slm demo` resumes from it
+    res = train(args)
+    if res["interrupted"]:  # the loop saved a checkpoint; the next `slm demo` resumes from it
+        if res.get("signal") == "SIGTERM":
+            print("demo stopped by SIGTERM in step train (checkpoint saved): run `slm demo` again to go on")
+            raise SystemExit(143)  # what `timeout` and schedulers expect, as `slm train` itself exits
+        raise KeyboardInterrupt
 
 
 def run_merge(ctx: dict, out: Path) -> None:

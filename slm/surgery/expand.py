@@ -56,7 +56,7 @@ def _warn_quant_shape(model: Path, layers: int) -> None:
     import dataclasses
     import sys
 
-    from slm.gguf import fallback_warning
+    from slm.gguf_mix import fallback_warning
 
     spec = dataclasses.replace(load_spec(model), layers=layers)
     warning = fallback_warning(spec, ["q6_k", "q4_k_m"])  # the K-quants an edge export usually asks for

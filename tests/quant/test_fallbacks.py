@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from slm.gguf import fallbacks_for, predict_types, read_header, types_that_hold
+from slm.gguf import read_header
+from slm.gguf_mix import fallbacks_for, predict_types, types_that_hold
 from slm.quant.gguf_write import write_gguf
 from slm.quant.quantize import inspect_gguf, quantize
 from slm.spec import ModelSpec, load_spec
