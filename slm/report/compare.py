@@ -13,7 +13,7 @@ from pathlib import Path
 from slm.errors import SlmError
 from slm.record import read_record
 from slm.report.figures import is_companion, lookup, value_text
-from slm.report.lineup import LEGEND, by_group, estimate, lineup, sentences
+from slm.report.lineup import LEGEND, MARK_DISTURBED, by_group, estimate, lineup, sentences
 from slm.report.render import Figure, Table, new_figure, render_report, svg_of
 
 
@@ -80,11 +80,33 @@ def _key_only(kind: str, names: list[str]) -> list[str]:
     return list(dict.fromkeys(n for p in pats for n in names if re.fullmatch(p, n))) or names
 
 
-def key_figures(kind: str, summary: dict) -> str:
-    """One line of `label value unit; …` for the index (labels and units from slm.report.figures)."""
-    s = {k: v for k, v in _flat(summary).items() if not is_companion(k) and not lookup(k).setting}
-    keys = [k for k in s if not isinstance(s[k], str) or len(s[k]) < 40]  # no sentences in a table cell
-    return "; ".join(f"{lookup(k).label} {value_text(s[k], lookup(k).unit)}" for k in _key_only(kind, keys)[:MAX_KEY_FIGURES])
+def key_figures(kind: str, summary: dict, most: int = MAX_KEY_FIGURES) -> str:
+    """`label: value unit; …` for the index — labels and units from slm.report.figures, ± where the run recorded
+    an interval, † where it was measured under interference."""
+    s = _flat(summary)
+    keys = [k for k in s if not is_companion(k) and not lookup(k).setting
+            and (not isinstance(s[k], str) or len(s[k]) < 40)]  # no sentences in a table cell
+    out = []
+    for k in _key_only(kind, keys)[:most]:
+        r, e = lookup(k), estimate(s, k)
+        text = value_text(s[k], r.unit) if e is None or e.ci is None else f"{e.mean:.1f} ± {e.ci:.1f} {r.unit}".strip()
+        out.append(f"{r.label}: {text}" + (f" {MARK_DISTURBED}" if e is not None and e.disturbed else ""))
+    return "; ".join(out)
+
+
+def how_obtained(kind: str, summary: dict) -> str:
+    """How a run's figures were obtained, in words (the run's own `how` where it recorded one)."""
+    how = summary.get("how") if isinstance(summary.get("how"), str) else HOW_BY_KIND.get(kind, "")
+    if any(lookup(k).how == "projected" for k in summary):
+        how += f"; {summary.get('device', 'device')} figures projected"
+    return how
+
+
+HOW_BY_KIND = {"info": "analytic, from config.json", "export": "measured on this host (validation)",
+               "train": "measured on this host during training", "eval": "measured on this host",
+               "expand": "computed from the weights written", "upscale": "computed from the weights written",
+               "merge": "computed from the weights written", "data": "counted while tokenizing",
+               "import": "read from the GGUF", "compare": "read from the compared runs"}
 
 
 def compare(runs: list[Path | str], out_html: Path | str) -> Path:
@@ -192,19 +214,34 @@ def _rel_link(from_html: Path, run_dir: Path) -> str:
 
 
 def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path:
-    """reports/index.html: every run under reports_dir with its kind, date, key figures and a link."""
+    """reports/index.html: the comparisons first, then every run with its kind, date, three to five key figures in
+    words and units, how they were obtained, and a link."""
     reports_dir = Path(reports_dir)
-    rows = []
+    runs, comps = [], []
     for d in sorted(p for p in reports_dir.iterdir() if p.is_dir()):
         rec = read_record(d)
         if rec is None:
             continue
-        key = key_figures(rec["kind"], rec.get("result", {}).get("summary", {}))
+        summary = _flat(rec.get("result", {}).get("summary", {}))
         created = rec.get("created", "")[:16].replace("T", " ")
-        rows.append((d.name, rec["kind"], created, key, _rel_link(reports_dir / "index.html", d)))
-    if not rows:
+        link = _rel_link(reports_dir / "index.html", d)
+        if rec["kind"] == "compare":
+            comps.append(([d.name, created, str(summary.get("runs", ""))], link))
+        else:
+            runs.append(([d.name, rec["kind"], created, key_figures(rec["kind"], summary, INDEX_FIGURES),
+                          how_obtained(rec["kind"], summary)], link))
+    if not runs and not comps:
         raise SlmError(f"no runs with slm.json under {reports_dir}")
-    table = Table("Runs", ["run", "kind", "created", "key figures"], [list(r[:4]) for r in rows],
-                  note="Each run folder holds its own self-contained report and slm.json; click a run to open it.",
-                  links=[r[4] for r in rows])
-    return render_report(reports_dir / "index.html", title, "index", {"runs": len(rows)}, [], [table])
+    tables = []
+    if comps:
+        tables.append(Table("Comparisons", ["comparison", "created", "runs"], [r for r, _ in comps],
+                            note="each says on top what changed and what stayed within noise",
+                            links=[h for _, h in comps]))
+    tables.append(Table("Runs", ["run", "kind", "created", "key figures", "how obtained"], [r for r, _ in runs],
+                        note=f"Click a run to open its report. {MARK_DISTURBED} measured while other processes used "
+                             "the CPU; ± = 95 % interval over the repetitions.", links=[h for _, h in runs]))
+    return render_report(reports_dir / "index.html", title, "index", {"runs listed": len(runs), "comparisons": len(comps)},
+                         [], tables)
+
+
+INDEX_FIGURES = 5  # key figures per run on the index: what a reader takes in at a glance

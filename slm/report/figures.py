@@ -61,6 +61,7 @@ REGISTRY: tuple[Fig, ...] = (
     _set(r"arch", "architecture"), _set(r"method", "method"), _set(r"ranks", "training processes (ranks)"),
     _set(r"(quant\.)?ppl_scoring", "tokens scored for perplexity / KLD"), _set(r"target", "merge target"),
     _set(r"inputs", "inputs"), _set(r"runs", "runs compared"),
+    _set(r"comparisons", "comparisons"), _set(r"runs listed", "runs"),  # the index's own headline
     _set(r"measurement conditions", "measurement conditions"),  # profile report headline (profiling/report.py)
     _set(r"does a lower bit-width always run faster here\?", "does a lower bit-width always run faster here?"),
     # ---- profile (slm.profiling.run.summary) -------------------------------------------------------------------

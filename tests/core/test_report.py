@@ -66,7 +66,22 @@ def test_index_lists_every_run(tmp_path):
     (tmp_path / "stray").mkdir()  # folders without slm.json are not runs
     text = build_index(tmp_path).read_text()
     assert text.count('href="01-expand/report.html"') == 1 and "02-profile" in text and "stray" not in text
-    assert "decode tok/s 50.5" in text
+    assert "decode tok/s: 50.5" in text and "layers after the step: 36" in text  # labels from the registry
+    assert "computed from the weights written" in text  # how each run's figures were obtained
+
+
+def test_index_lists_comparisons_and_figures_in_words(tmp_path):
+    s = {"how": "measured on this host", "device": "jetson-orin-nx-16gb", "llama.cpp.tg128@d0.tok_s": 141.2,
+         "llama.cpp.tg128@d0.tok_s.std": 2.0, "llama.cpp.tg128@d0.tok_s.n": 10, "llama.cpp.tg128@d0.tok_s.disturbed": True,
+         "projected.tg128@d0.tok_s": 60.1, "schema_version": 2, "threads": 2}
+    _run(tmp_path, "03-profile", "profile", s)
+    _run(tmp_path, "09-compare", "compare", {"runs": "a, b"})
+    text = build_index(tmp_path).read_text()
+    assert "<h2>Comparisons</h2>" in text and 'href="09-compare/report.html"' in text
+    assert "decode at depth 0 (llama.cpp, 128 tokens): 141.2 ± 1.4 tok/s †" in text
+    assert "decode at depth 0 on the device (projected): 60.1 tok/s" in text
+    assert "measured on this host; jetson-orin-nx-16gb figures projected" in text
+    assert "schema_version" not in text and "result schema version" not in text  # settings are not key figures
 
 
 def test_record_has_versions_and_hashes(tmp_path, tiny):
