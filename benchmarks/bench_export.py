@@ -91,7 +91,7 @@ def main() -> None:
     try:
         model = Path(a.model) if a.model else work / "smollm2-135m"
         if not a.model:
-            from slm.io import import_gguf
+            from slm.gguf_import import import_gguf
 
             import_gguf(None, model)
         f32_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))

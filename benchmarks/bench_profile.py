@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
     a = ap.parse_args()
-    from slm.io import default_gguf
+    from slm.gguf_import import default_gguf
 
     gguf = Path(a.gguf) if a.gguf else default_gguf()
     exe = build_llama_bench()

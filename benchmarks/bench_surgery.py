@@ -68,7 +68,7 @@ def main() -> None:
     if len(sys.argv) > 1:
         src = Path(sys.argv[1])
     else:
-        from slm.io import import_gguf
+        from slm.gguf_import import import_gguf
 
         src = import_gguf(None, work / "smollm2")
     # a second, different checkpoint for the merge: the same model with its layers in reverse order

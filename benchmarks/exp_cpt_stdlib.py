@@ -38,7 +38,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from slm.corpus import stdlib_corpus
-    from slm.io import import_gguf
+    from slm.gguf_import import import_gguf
     from slm.surgery.expand import ExpandArgs, expand
     from slm.train.args import load_recipe
     from slm.train.data import DataArgs, Source, prepare

@@ -184,7 +184,7 @@ COLUMNS = ["rank", "layers", "variant", "type", "KV", "bits/w", "file MiB", "mem
 
 def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ()) -> Path:
     """out/plan.json, slm.json and report.html (speed vs size chart, ranked table), through the output guard."""
-    from slm.io import atomic_dir
+    from slm.guard import atomic_dir
     from slm.record import atomic_write_text, write_record
     from slm.report.render import Figure, Table, new_figure, render_report, svg_of
 

@@ -209,7 +209,7 @@ def save(res: dict, out: Path, args: dict, model: str | None, force: bool = Fals
     """profile.json + slm.json + index.html, written into a temp folder renamed into place."""
     import json
 
-    from slm.io import atomic_dir
+    from slm.guard import atomic_dir
     from slm.record import write_record
 
     args = {k: v for k, v in args.items() if k != "func"}

@@ -19,7 +19,8 @@ from pathlib import Path
 from slm.errors import SlmError
 from slm.gguf import FLOAT_TYPES, QUANT_TYPES, parse_types, size_upper_bound
 from slm.gguf_mix import fallback_warning
-from slm.io import atomic_dir, check_output, read_config
+from slm.io import read_config
+from slm.guard import atomic_dir, check_output
 from slm.record import write_record
 from slm.spec import ModelSpec, spec_from_config
 

@@ -207,3 +207,37 @@ def _remove_empty(folders: list[Path]) -> None:
             p.rmdir()
         except OSError:
             return
+
+
+# ---- the atomic writer every output folder goes through ------------------------------------------------------
+@contextlib.contextmanager
+def atomic_dir(out: Path | str, force: bool = False, inputs: Iterable[Path | str | None] = ()) -> Iterator[Path]:
+    """Yield a temp directory beside `out`; on success it replaces `out`, on failure it is removed.
+
+    Written through slm.guard: refuses an existing `out` unless force, and an `out` that is, contains or lies
+    inside one of `inputs` even with force; holds `out`'s lock while writing.
+    """
+    out = Path(out)
+    with guard_output(out, inputs, force):
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output(out: Path | str, force: bool, inputs: Iterable[Path | str | None] = ()) -> None:
+    """The cheap checks of slm.guard, before long work: not an input, not existing (unless force), writable."""
+    out = Path(out)
+    check_not_input(out, inputs)
+    if out.exists() and not force:
+        raise SlmError(f"output {out} already exists: choose another path or pass --force to replace it")
+    check_writable(out)

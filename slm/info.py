@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slm.io import atomic_dir
+from slm.guard import atomic_dir
 from slm.record import write_record
 from slm.report.render import Table, render_report
 from slm.spec import load_spec

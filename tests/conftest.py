@@ -62,7 +62,7 @@ def tiny(tmp_path):
 @pytest.fixture(scope="session")
 def real_model(tmp_path_factory) -> Path:
     """The bundled SmolLM2-135M-Instruct imported from its GGUF into an fp32 HF checkpoint (once per session)."""
-    from slm.io import import_gguf
+    from slm.gguf_import import import_gguf
 
     out = tmp_path_factory.mktemp("real") / "smollm2-135m"
     return import_gguf(None, out)

@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
     two tiny CPT runs (expanded blocks vs LoRA), a compare page for each pair and the index."""
     import torch
 
-    from slm.io import default_gguf
+    from slm.gguf_import import default_gguf
     from slm.surgery.expand import ExpandArgs, expand
     from slm.train.args import load_recipe
     from slm.train.data import DataArgs, Source, prepare

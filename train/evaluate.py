@@ -137,7 +137,7 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
     """slm.json + report.html (perplexity matrix and, with tasks, OP/BWT) into `out`."""
     from dataclasses import asdict
 
-    from slm.io import atomic_dir
+    from slm.guard import atomic_dir
     from slm.record import write_record
     from slm.report.render import Table, render_report
 

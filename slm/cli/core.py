@@ -43,7 +43,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from slm.io import default_gguf, import_gguf
+    from slm.gguf_import import default_gguf, import_gguf
 
     if args.default and args.gguf and args.out:
         from slm.errors import SlmError

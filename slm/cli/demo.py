@@ -99,7 +99,7 @@ def steps(ctx: dict) -> list[Step]:
 
 # ---- the steps (each reached only when its output is not done, or with --force) ----------------------------
 def run_import(ctx: dict, out: Path) -> None:
-    from slm.io import import_gguf
+    from slm.gguf_import import import_gguf
 
     import_gguf(None, out, force=True)  # the bundled GGUF; slm.json written inside the same atomic write
 
@@ -230,7 +230,7 @@ def _run_step(con, step: Step, ctx: dict, out: Path) -> bool:
 
 
 def _compare(runs: list[Path], out: Path) -> None:
-    from slm.io import atomic_dir
+    from slm.guard import atomic_dir
     from slm.record import write_record
     from slm.report.compare import compare
 

@@ -37,7 +37,7 @@ def cmd_plan(args) -> int:
                   max_memory_gb=args.max_memory, grow=args.grow, prune=args.prune, quality=args.quality,
                   types=args.types or DEFAULT_TYPES)
     if args.out:
-        from slm.io import check_output
+        from slm.guard import check_output
 
         check_output(Path(args.out), args.force, [source])
     result = plan(load_spec(source), pa, model=str(source))

@@ -22,7 +22,8 @@ import torch
 from slm import recipe as recipe_io
 from slm.errors import SlmError
 from slm.guard import guard_output
-from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, copy_aux_files, write_config
+from slm.io import DTYPES, ShardedWriter, TensorReader, copy_aux_files, write_config
+from slm.guard import atomic_dir
 from slm.record import write_record
 from slm.spec import spec_from_config
 from slm.surgery.layers import prior_record, split_layer_name

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from slm.errors import SlmError
-from slm.io import check_output, load_model
+from slm.io import load_model
+from slm.guard import check_output
 from slm.spec import load_spec
 from slm.surgery.restack import restack
 

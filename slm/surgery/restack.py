@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from slm.errors import SlmError
-from slm.io import DTYPES, ShardedWriter, TensorReader, atomic_dir, copy_aux_files, write_config
+from slm.io import DTYPES, ShardedWriter, TensorReader, copy_aux_files, write_config
+from slm.guard import atomic_dir
 from slm.record import write_record
 from slm.spec import check_supported
 from slm.surgery.layers import check_layer_tensors, compose_record, layer_name, remap_config, split_layer_name

@@ -108,7 +108,7 @@ def test_damaged_files_give_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_header_of_the_bundled_model():
-    from slm.io import default_gguf
+    from slm.gguf_import import default_gguf
 
     c = contents(default_gguf())
     assert c["architecture"] == "llama" and c["main_type"] == "Q4_1"

@@ -151,7 +151,7 @@ def test_sigterm_in_any_verb_releases_the_lock_and_removes_temporaries(tmp_path)
     out = tmp_path / "o"
     code = ("import os, signal, sys, time\n"
             "from slm.cli import _exit_on_sigterm\n"
-            "from slm.io import atomic_dir\n"
+            "from slm.guard import atomic_dir\n"
             "_exit_on_sigterm()\n"
             f"with atomic_dir({str(out)!r}) as tmp:\n"
             "    (tmp / 'x').write_text('partial')\n"

@@ -14,7 +14,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def gguf() -> Path:
-    from slm.io import default_gguf
+    from slm.gguf_import import default_gguf
 
     return default_gguf()
 
