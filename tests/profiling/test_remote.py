@@ -34,7 +34,7 @@ def test_ssh_end_to_end(sshd, gguf, tmp_path, capsys):
     rc = main(_argv(sshd, gguf, out, "--quick", "--json", "--backends", "llama.cpp"))
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["schema_version"] == 1
+    assert res["schema_version"] == 2
     assert res["how"].startswith("measured over SSH on ")
     rows = res["backends"]["llama.cpp"]["rows"]
     assert rows and all(r["how"] == res["how"] and r["tok_s"] > 0 for r in rows)
