@@ -1,10 +1,13 @@
 """Jetson devices: the registry (design.md's table, each figure with its source), on-device detection, and the
-projection of host measurements onto a device.
+projection of a model onto a device.
 
-Projection (labelled "projected" wherever shown, with these inputs): decode on the device runs at the same
-fraction of its bandwidth roofline as decode here does of ours, prefill at the same fraction of its compute peak.
-Device compute for prefill is taken as dense FP16 ≈ the datasheet's sparse INT8 TOPS / 4 (sparsity ×2, INT8 vs
-FP16 ×2) — an assumption stated in every projection; Thor's figure is FP4 sparse TFLOPS, so / 8.
+Projection (labelled "projected" wherever shown): decode comes from the calibrated device model in
+slm.profiling.calibration — fitted to published Jetson Orin measurements (slm.profiling.calibration_table), with
+its held-out error stated on every projected figure. It never depends on what this host measured: a host's own
+efficiency is shown beside it as a host figure, not used to scale the device (a CPU's efficiency says nothing of
+llama.cpp's CUDA kernels on an Orin GPU). On a Jetson the profile measures instead of projecting.
+Prefill is not calibrated: device compute is taken as dense FP16 ≈ the datasheet's sparse INT8 TOPS / 4 (sparsity
+×2, INT8 vs FP16 ×2; Thor's figure is FP4 sparse TFLOPS, so / 8), times an assumed fraction, labelled as such.
 """
 
 from __future__ import annotations
@@ -101,14 +104,15 @@ def fits(device: Device, weight_bytes: float, kv_bytes: float, compute_bytes: fl
     return weight_bytes + kv_bytes + compute_bytes <= device.usable_bytes
 
 
-def project(device: Device, host: dict, rows: list[dict], weight_bytes: float, kv_per_token: float, spec,
-            compute_bytes: float = 0.0) -> list[dict]:
-    """Project measured host rows (protocol rows with roofline fractions) onto `device`.
+def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token: float, spec,
+            compute_bytes: float = 0.0, backend: str = "llama.cpp CUDA") -> list[dict]:
+    """Project the protocol's tests onto `device` with the calibrated model (slm.profiling.calibration).
 
-    Each projected row carries its inputs; a test whose context does not fit the device's memory is flagged
-    (fits=False) and gets no speed.
+    Each projected row carries its calibration and expected error; a test whose context does not fit the device's
+    memory is flagged (fits=False) and gets no speed. A row's measured `roofline_fraction` (this host's) is kept as
+    `host_efficiency` for display only.
     """
-    from slm.profiling.roofline import decode_bound, prefill_bound
+    from slm.profiling.calibration import project_decode, project_prefill
 
     out = []
     for r in rows:
@@ -116,12 +120,12 @@ def project(device: Device, host: dict, rows: list[dict], weight_bytes: float, k
         kv = kv_per_token * ctx
         ok = fits(device, weight_bytes, kv, compute_bytes)
         if r["kind"] == "decode":
-            bound = decode_bound(device.bandwidth_GBps * 1e9, weight_bytes, kv_per_token, r["depth"])
+            p = project_decode(device, weight_bytes, kv_per_token, r["depth"] + r["n_tokens"] / 2, backend)
         else:
-            bound = prefill_bound(device.fp16_tflops * 1e12, spec, r["n_tokens"])
-        eff = r.get("roofline_fraction")
+            p = project_prefill(device, spec, r["n_tokens"])
         out.append({"test": r["test"], "kind": r["kind"], "n_tokens": r["n_tokens"], "depth": r["depth"],
                     "device": device.key, "how": "projected", "fits": ok, "memory_needed": weight_bytes + kv + compute_bytes,
-                    "memory_usable": device.usable_bytes, "device_bound_tok_s": bound, "host_efficiency": eff,
-                    "tok_s": (eff * bound) if (ok and eff is not None) else None})
+                    "memory_usable": device.usable_bytes, "device_bound_tok_s": p["device_bound_tok_s"],
+                    "calibration": p["calibration"], "expected_error": p["expected_error"],
+                    "host_efficiency": r.get("roofline_fraction"), "tok_s": p["tok_s"] if ok else None})
     return out

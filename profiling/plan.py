@@ -2,10 +2,11 @@
 run there — before any training or export.
 
 Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf_mix.fallbacks_for (the types llama.cpp
-really writes on this shape, fallbacks included), KV bytes from the spec, speeds from the roofline bounds of
-profiling/roofline.py on the device's datasheet bandwidth and compute times an ASSUMED efficiency (stated in every
-output; not calibrated against device measurements — issue 13 item 0). Quality (KLD, perplexity) comes only from
-an existing sweep or export of this very model; otherwise it is "unknown", never guessed.
+really writes on this shape, fallbacks included), KV bytes from the spec, decode speed from the calibrated device
+model (slm.profiling.calibration: fitted to published Jetson Orin measurements, its held-out error stated in every
+output), prefill from the datasheet-derived compute bound × an ASSUMED fraction (not calibrated: no published
+points; said so). Quality (KLD, perplexity) comes only from an existing sweep or export of this very model;
+otherwise it is "unknown", never guessed.
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ from pathlib import Path
 from slm.errors import SlmError
 from slm.gguf import KV_CACHE_TYPES, get_type, kv_element_bytes, parse_types
 from slm.gguf_mix import fallbacks_for, types_that_hold
+from slm.profiling.calibration import PREFILL_ASSUMED, calibration_for, project_decode
 from slm.profiling.devices import GIB, get_device
-from slm.profiling.roofline import decode_bound, prefill_bound
+from slm.profiling.roofline import prefill_bound
 from slm.spec import ModelSpec
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "iq4_nl")
-# Assumed fractions of the roofline reached on the device (round numbers, NOT fitted: llama.cpp's decode is a
-# memory-bound matrix-vector stream that rarely exceeds ~half of peak bandwidth on small models, where per-token
-# overheads weigh most; prefill against datasheet-derived FP16 peaks). Replaced by issue 13 item 0's calibration.
-DECODE_EFFICIENCY = 0.5
-PREFILL_EFFICIENCY = 0.3
 UBATCH = 512  # llama.cpp's default n_ubatch: the compute buffers below are sized for one micro-batch
-HOW = "projected (bandwidth roofline × assumed efficiency)"
+HOW = "projected (calibrated device model)"
 
 
 @dataclass
@@ -43,8 +40,8 @@ class PlanArgs:
     prune: bool = False  # also consider depth-pruned variants (1/8, 1/4, 3/8 of the blocks dropped)
     types: tuple = DEFAULT_TYPES  # GGUF types considered
     kv_types: tuple = KV_CACHE_TYPES  # KV-cache element types considered
-    decode_efficiency: float = DECODE_EFFICIENCY  # assumed fraction of the decode bandwidth roofline
-    prefill_efficiency: float = PREFILL_EFFICIENCY  # assumed fraction of the prefill compute roofline
+    backend: str = "llama.cpp CUDA"  # whose calibration projects decode (slm.profiling.calibration.GROUPS)
+    prefill_efficiency: float = PREFILL_ASSUMED  # assumed fraction of the prefill compute bound (not calibrated)
     quality: str | None = None  # slm.json of a profile sweep or export of this model: KLD / perplexity per type
     extra: dict = field(default_factory=dict)  # free-form notes carried into the record
 
@@ -55,7 +52,7 @@ class PlanArgs:
         for k in ("min_decode", "min_prefill", "max_memory_gb"):
             if getattr(self, k) is not None and getattr(self, k) <= 0:
                 raise SlmError(f"--{k.replace('_', '-')} must be > 0 (got {getattr(self, k)})")
-        if not 0 < self.decode_efficiency <= 1 or not 0 < self.prefill_efficiency <= 1:
+        if not 0 < self.prefill_efficiency <= 1:
             raise SlmError("efficiencies must be in (0, 1]: they are fractions of the roofline")
         self.types = parse_types(self.types, have_imatrix=False)
         for t in self.kv_types:
@@ -125,7 +122,7 @@ def candidates(spec: ModelSpec, args: PlanArgs) -> list[dict]:
 def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev, budget: float, q) -> dict:
     per_tok = s.kv_bytes_per_token(kv_element_bytes(kvt))
     weights, kv, comp = f["tensor_bytes"], per_tok * args.context, compute_bytes(s, args.context)
-    decode = decode_bound(dev.bandwidth_GBps * 1e9, weights, per_tok, args.context) * args.decode_efficiency
+    decode = project_decode(dev, weights, per_tok, args.context, args.backend)["tok_s"]
     prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * args.prefill_efficiency
     fits = weights + kv + comp <= budget
     ok = fits and decode >= (args.min_decode or 0) and prefill >= (args.min_prefill or 0)
@@ -152,12 +149,16 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
     rows = candidates(spec, args)
     from slm.gguf_mix import fallback_warning
 
+    fit, backend, caveat = calibration_for(args.backend, dev.key)
+    calib = fit.label(backend) + (f" ({caveat})" if caveat else "")
+
     return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(), "context": args.context,
             "args": {k: v for k, v in dataclasses.asdict(args).items()},
-            "how": {"speed": f"{HOW}: decode = device bandwidth / (weights + KV at depth {args.context}) × "
-                             f"{args.decode_efficiency}; prefill = device FP16 (datasheet INT8 sparse TOPS / 4) / FLOPs "
-                             f"per token × {args.prefill_efficiency}; the efficiencies are assumptions, not fitted "
-                             "to device measurements",
+            "how": {"speed": f"{HOW}: decode at depth {args.context} = {calib}: (weights + KV) / "
+                             f"({fit.efficiency:.2f} × device bandwidth) + {fit.overhead_s[backend] * 1e3:.1f} ms per "
+                             f"token; prefill not calibrated = device FP16 (datasheet INT8 sparse TOPS / 4) / FLOPs "
+                             f"per token × {args.prefill_efficiency} (assumed)",
+                    "calibration": calib, "decode_expected_error": fit.held_out_error,
                     "memory": "GGUF tensor bytes as llama.cpp writes this shape (fallbacks included) + KV cache at "
                               f"the context + compute buffers estimated for a {UBATCH}-token micro-batch; against the "
                               f"device's memory less {dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",

@@ -25,8 +25,6 @@ BACKENDS = ("llama.cpp", "torch", "onnxruntime-genai")
 # `--quick`: short tests for a first look or a CI run
 QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2, "time_cap_s": 4.0}, "sweep_pp": 128, "sweep_tg": 16,
          "ppl_chunks": 2, "kv_contexts": (512, 2048)}
-# Used only when projecting a config with no weights and this host has never been measured (stated as assumed).
-ASSUMED_EFFICIENCY = {"decode": 0.5, "prefill": 0.25}
 
 
 @dataclass
@@ -250,26 +248,29 @@ def _planned_weight_bytes(spec, args: ProfileArgs) -> float:
 
 
 def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: ProfileArgs) -> dict:
+    """The protocol's tests projected onto `dev` by the calibrated device model (slm.profiling.calibration): the
+    same inputs give the same projection whatever this host measured or cached; measured host rows only lend their
+    test list and show their own efficiency as a host figure."""
+    from slm.profiling.calibration import PREFILL_HOW, calibration_for
+
     kv_tok = kv.kv_bytes(spec, 1, "f16")
     main = res["backends"].get("llama.cpp")
-    if main:
-        rows, eff_from = main["rows"], "measured llama.cpp efficiency on this host (fraction of roofline per test)"
-    else:  # no weights: use this host's last measured efficiency, else an assumption
-        eff = res["host"].get("efficiency") or ASSUMED_EFFICIENCY
-        eff_from = ("last measured llama.cpp efficiency on this host" if res["host"].get("efficiency")
-                    else f"assumed efficiency {ASSUMED_EFFICIENCY} (this host has never been measured)")
-        b = args.bench
-        rows = [{"test": f"pp{n}", "kind": "prefill", "n_tokens": n, "depth": 0, "roofline_fraction": eff["prefill"]}
-                for n in b.pp] + [{"test": f"tg{b.tg}@d{d}", "kind": "decode", "n_tokens": b.tg, "depth": d,
-                                   "roofline_fraction": eff["decode"]} for d in b.depths]
-    proj = devices.project(dev, res["host"], rows, weight_bytes, kv_tok, spec, compute)
+    b = args.bench
+    rows = main["rows"] if main else (
+        [{"test": f"pp{n}", "kind": "prefill", "n_tokens": n, "depth": 0} for n in b.pp]
+        + [{"test": f"tg{b.tg}@d{d}", "kind": "decode", "n_tokens": b.tg, "depth": d} for d in b.depths])
+    proj = devices.project(dev, rows, weight_bytes, kv_tok, spec, compute)
+    fit, backend, caveat = calibration_for("llama.cpp CUDA", dev.key)
     fit_ctx = [r["context"] for r in res["kv"]["analytic"]["f16"]["rows"]
                if devices.fits(dev, weight_bytes, r["kv_cache"], compute)]
     return {"device": dev.to_dict(), "how": "projected", "rows": proj, "max_context_that_fits_f16_kv": max(fit_ctx, default=0),
+            "calibration": fit.label(backend) + (f" ({caveat})" if caveat else ""), "expected_error": fit.held_out_error,
             "inputs": {"weight_bytes": weight_bytes, "kv_bytes_per_token_f16": kv_tok, "compute_buffer_bytes": compute,
-                       "host_bandwidth_Bps": res["host"]["bandwidth_Bps"], "host_flops": res["host"]["flops"],
                        "device_bandwidth_GBps": dev.bandwidth_GBps, "device_fp16_tflops_assumed": dev.fp16_tflops,
-                       "efficiency_from": eff_from, "os_reserve_gib": devices.OS_RESERVE_GIB},
+                       "decode_efficiency_fitted": fit.efficiency, "decode_overhead_s_fitted": fit.overhead_s[backend],
+                       "decode_from": fit.label(backend), "prefill_from": PREFILL_HOW,
+                       "host_figures": "shown as measured here, not used to scale the device",
+                       "os_reserve_gib": devices.OS_RESERVE_GIB},
             "flagged": [r["test"] for r in proj if not r["fits"]]}
 
 
@@ -309,4 +310,5 @@ def summary(res: dict) -> dict:
         for r in p["rows"]:
             s[f"projected.{r['test']}.tok_s"] = None if r["tok_s"] is None else round(r["tok_s"], 2)
         s["projected.flagged_tests"] = len(p["flagged"])
+        s["projected.decode_expected_error"] = round(p["expected_error"], 3)  # held-out error of its calibration
     return s

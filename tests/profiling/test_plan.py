@@ -9,6 +9,7 @@ import pytest
 
 from slm.errors import SlmError
 from slm.gguf import kv_element_bytes
+from slm.profiling.calibration import fit_all
 from slm.profiling.devices import get_device
 from slm.profiling.plan import PlanArgs, candidates, depths, plan
 from slm.spec import ModelSpec, spec_from_config
@@ -29,9 +30,10 @@ def test_bundled_shape_real_bits_and_projection():
     q6 = _row(rows, type="q6_k", kv_type="f16")
     assert q6["fallbacks"] == 180 and not q6["holds"] and 8.0 < q6["bits_per_weight"] < 8.5
     assert _row(rows, type="q8_0", kv_type="f16")["holds"]
-    # decode = bandwidth / (weights + KV at depth 4096) × assumed efficiency, exactly
+    # decode = 1 / ((weights + KV at depth 4096) / (fitted efficiency × bandwidth) + fitted overhead), exactly
     kv_tok = SMOLLM2.kv_bytes_per_token(kv_element_bytes("f16"))
-    want = 68e9 / (q6["weights_bytes"] + kv_tok * 4096) * 0.5
+    fit = fit_all()["llama.cpp"]
+    want = 1 / ((q6["weights_bytes"] + kv_tok * 4096) / (fit.efficiency * 68e9) + fit.overhead_s["llama.cpp CUDA"])
     assert q6["decode_tok_s"] == pytest.approx(want)
     assert q6["kv_bytes"] == kv_tok * 4096 and q6["fits"]
     # a smaller file and cache decode faster
@@ -48,7 +50,9 @@ def test_llama_3b_on_orin_nano_at_4k_above_20_tok_s():
     ranks = [r["meets_budget"] for r in rows]
     assert ranks == sorted(ranks, reverse=True)  # budget-meeting rows first
     assert res["recommended"] == [r for r in rows if r["meets_budget"] and r["pareto"]][:5]
-    assert "assumed efficiency" in res["how"]["speed"] and res["types_that_hold"][:2] == ["q8_0", "q6_k"]
+    assert "llama.cpp calibration (llama.cpp CUDA) on 9 published Orin points" in res["how"]["speed"]
+    assert "prefill not calibrated" in res["how"]["speed"] and res["how"]["decode_expected_error"] < 0.25
+    assert res["types_that_hold"][:2] == ["q8_0", "q6_k"]
     assert res["fallback_warning"] is None  # 3072 and 8192 are multiples of 256
 
 
@@ -86,7 +90,7 @@ def test_quality_only_from_a_sweep_of_this_model(tmp_path):
 
 @pytest.mark.parametrize("kw,msg", [({"device": "pi5"}, "unknown device"), ({"context": 0}, "--context"),
                                     ({"min_decode": -1}, "--min-decode"), ({"types": ("q9",)}, "unknown GGUF type"),
-                                    ({"decode_efficiency": 2}, "efficiencies")])
+                                    ({"prefill_efficiency": 2}, "efficiencies")])
 def test_bad_args_one_line(kw, msg):
     with pytest.raises(SlmError, match=msg) as e:
         PlanArgs(**{"device": "jetson-orin-nano-8gb", **kw})
@@ -101,7 +105,7 @@ def test_cli_plan_writes_report(tiny, tmp_path, capsys):
     out = tmp_path / "plan"
     assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "--context", "256", "--prune", "-o", str(out)]) == 0
     printed = capsys.readouterr()
-    assert "decode tok/s*" in printed.out and "projected (bandwidth roofline" in printed.out
+    assert "decode tok/s*" in printed.out and "projected (calibrated device model)" in printed.out
     assert "types that hold on this shape" in printed.err  # hidden 64: K-quants fall back, said before the table
     res = json.loads((out / "plan.json").read_text())
     assert res["candidates"] and (out / "slm.json").is_file()
