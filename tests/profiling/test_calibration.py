@@ -1,0 +1,131 @@
+"""The calibrated device model: the cited table, the fit the docs state, held-out errors, and projections that do
+not move with this host's cache (issue 13 item 0)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+import pytest
+
+from slm.cli import main
+from slm.profiling import calibration, roofline
+from slm.profiling.calibration import GROUPS, fit_all, project_decode
+from slm.profiling.calibration_table import POINTS
+from slm.profiling.devices import DEVICES, get_device
+
+LLAMA32_3B = {"model_type": "llama", "num_hidden_layers": 28, "hidden_size": 3072, "intermediate_size": 8192,
+              "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+              "max_position_embeddings": 131072, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}
+
+
+def test_table_is_cited_and_spans_devices_and_sizes():
+    assert len(POINTS) >= 15 and len({p.key for p in POINTS}) == len(POINTS)
+    assert all(p.source.startswith("https://") and p.note and p.device in DEVICES for p in POINTS)
+    assert all(p.role in ("fit", "held-out", "excluded") and p.decode_tok_s > 0 for p in POINTS)
+    used = [p for p in POINTS if p.role != "excluded"]
+    assert len({p.device for p in used}) >= 2
+    assert min(p.params for p in used) <= 135e6 and max(p.params for p in used) >= 8e9
+    # a row whose depth is stated must carry its KV shape (else its bytes per token would be wrong)
+    assert all(p.kv_bytes_per_token > 0 for p in POINTS if p.depth)
+
+
+# The numbers calibration.py's docstring states; the fit recomputed from the table must reproduce them.
+DOC = {"llama.cpp": {"efficiency": 0.62, "overhead_ms": {"llama.cpp CUDA": 4.0, "Ollama": 7.1}, "rms": 0.28,
+                     "n": (9, 3)},
+       "MLC": {"efficiency": 0.86, "overhead_ms": {"MLC": 4.9}, "rms": 0.32, "n": (10, 3)}}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_fit_reproduces_the_documented_parameters(group):
+    f, d = fit_all()[group], DOC[group]
+    assert f.efficiency == pytest.approx(d["efficiency"], abs=0.01)
+    assert 0 < f.efficiency <= 1  # a fraction of the datasheet bandwidth
+    for b, ms in d["overhead_ms"].items():
+        assert f.overhead_s[b] * 1e3 == pytest.approx(ms, abs=0.1) and f.overhead_s[b] > 0
+    assert f.rms == pytest.approx(d["rms"], abs=0.01)
+    assert (len(f.residuals), len(f.held_out)) == d["n"]
+    # every fitted point is reproduced within the residual range the docs state (worst +71 %)
+    assert max(abs(v) for v in f.residuals.values()) < 0.72
+
+
+def _doc_row(group: str) -> str:
+    return next(line for line in calibration.__doc__.splitlines() if line.startswith(f"| {group}"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_docstring_held_out_errors_are_the_computed_ones(group):
+    """The held-out column of the docstring's table, parsed, equals the errors computed from the table now."""
+    cells = _doc_row(group).split("|")
+    stated = sorted(float(v.replace("−", "-")) for v in re.findall(r"([+−-]\d+\.\d) %", cells[-2]))
+    computed = sorted(round(v * 100, 1) for v in fit_all()[group].held_out.values())
+    assert stated == pytest.approx(computed, abs=0.05)
+    lo, hi = (float(v.replace("−", "-")) for v in re.findall(r"([+−-]\d+) %", cells[5])[:2])
+    res = fit_all()[group].residuals.values()
+    assert (round(min(res) * 100), round(max(res) * 100)) == (lo, hi)
+
+
+def test_held_out_error_meets_the_target_for_llama_cpp():
+    """Issue 13: decode within ±25 % on held-out points for models 135M–8B (llama.cpp CUDA calibration)."""
+    f = fit_all()["llama.cpp"]
+    held = {p.key: p for p in POINTS if p.key in f.held_out}
+    assert {p.params for p in held.values()} >= {134.5e6, 8.0e9}  # both ends of the range are tested
+    assert f.held_out_error < 0.25 and all(135e6 * 0.99 <= p.params <= 8e9 for p in held.values())
+    # MLC misses it on Gemma-2-2B, as the docs say; its other held-out points are within ±12 %
+    m = fit_all()["MLC"].held_out
+    assert m["mlc-gemma2-2b-super"] > 0.25 and all(abs(v) < 0.12 for k, v in m.items() if "gemma" not in k)
+
+
+def test_decode_model_shape():
+    dev = get_device("jetson-orin-nano-8gb")
+    small, big = (project_decode(dev, w, 0.0, 0) for w in (1e8, 4e9))
+    f = fit_all()["llama.cpp"]
+    # small models are overhead-bound, big ones bandwidth-bound; the bound is never exceeded
+    assert small["tok_s"] == pytest.approx(1 / (1e8 / (f.efficiency * 68e9) + f.overhead_s["llama.cpp CUDA"]))
+    assert small["tok_s"] < 0.3 * small["device_bound_tok_s"] and big["tok_s"] > 0.5 * big["device_bound_tok_s"]
+    deep = project_decode(dev, 4e9, 1e5, 8192)
+    assert deep["tok_s"] < big["tok_s"] and deep["bytes_per_token"] == 4e9 + 1e5 * 8192
+    assert "on 9 published Orin points" in big["calibration"] and big["expected_error"] == f.held_out_error
+    thor = project_decode(get_device("jetson-agx-thor"), 4e9, 0.0, 0)
+    assert "extrapolated" in thor["calibration"]
+
+
+def _profile(tmp_path, capsys, name, cfg, device, quant):
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps(cfg))
+    assert main(["profile", "--config", str(p), "--json", "-o", str(tmp_path / name), "--quant", quant,
+                 "--device", device]) == 0
+    return json.loads(capsys.readouterr().out)["projection"]
+
+
+def test_projection_does_not_move_with_host_json(tmp_path, capsys, monkeypatch):
+    """The issue's reproduction: a busy 2-thread CPU profile (efficiency 0.063) vs a quiet one (0.79) in
+    ~/.cache/slm/host.json gave a 12× different projection. Now both give the same one."""
+    original = roofline.cached_peaks
+    outs = []
+    for i, eff in enumerate((0.063, 0.79)):
+        cache = tmp_path / f"host{i}.json"
+        key = roofline.host_key(2)
+        cache.write_text(json.dumps({key: {"key": key, "bandwidth_Bps": 1e10 * (i + 1), "flops": 1e11 * (i + 1),
+                                           "efficiency": {"decode": eff, "prefill": eff}}}))
+        monkeypatch.setattr(roofline, "cached_peaks", functools.partial(original, cache=cache))
+        assert roofline.cached_peaks(2)["efficiency"]["decode"] == eff  # the cache really differs
+        outs.append(_profile(tmp_path, capsys, f"p{i}", LLAMA32_3B, "jetson-orin-nano-8gb", "q4_k_m"))
+    a, b = ([(r["test"], r["tok_s"], r["calibration"]) for r in o["rows"]] for o in outs)
+    assert a == b and outs[0]["calibration"] == outs[1]["calibration"]
+
+
+def test_llama_3b_q4_k_m_on_orin_nano_is_plausible(tmp_path, capsys):
+    """The issue saw 2.4 tok/s. Published for this model: MLC 27.7 tok/s on the same Orin Nano 8GB (68 GB/s) —
+    MLC reaches 0.86 of bandwidth against llama.cpp's 0.62, so it is the upper end — and Ollama (llama.cpp's
+    kernels) ~30 tok/s at 102 GB/s, i.e. ~20 at 68 GB/s were it all bandwidth. llama.cpp CUDA must land between
+    that scaled figure less the ±25 % target and MLC's."""
+    p = _profile(tmp_path, capsys, "l3b", LLAMA32_3B, "jetson-orin-nano-8gb", "q4_k_m")
+    pub = {q.key: q.decode_tok_s for q in POINTS}
+    low, high = 0.75 * pub["ollama-llama3.2-3b"] * 68 / 102, pub["mlc-llama3.2-3b"]
+    dec = [r for r in p["rows"] if r["kind"] == "decode"]
+    assert dec and all(low <= r["tok_s"] <= high for r in dec if r["depth"] <= 512)
+    assert min(r["tok_s"] for r in dec) > 5 * 2.4  # the old answer was ~8× too low
+    assert "llama.cpp calibration" in p["calibration"] and p["expected_error"] < 0.25
+    assert all(r["calibration"].startswith("not calibrated") for r in p["rows"] if r["kind"] == "prefill")
