@@ -67,7 +67,7 @@ def jetson_power_mode() -> str | None:
     if not (on_jetson() and exe):
         return None
     try:
-        out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return next((ln.strip() for ln in out.splitlines() if ln.strip()), None)

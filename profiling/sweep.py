@@ -10,6 +10,7 @@ its llama.cpp wrapper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Callable
 
@@ -119,12 +120,12 @@ def answer(rows: list[dict]) -> str:
     by_bits = sorted(rows, key=lambda r: -r["bits_per_weight"])
     lines = []
     for key, what in (("tg_tok_s", "decode"), ("pp_tok_s", "prefill")):
-        pairs = [(a, b) for a, b in zip(by_bits, by_bits[1:]) if b[key] < a[key]]
+        pairs = [(a, b) for a, b in pairwise(by_bits) if b[key] < a[key]]
         busy = [(a, b) for a, b in pairs if a.get(key + "_disturbed") or b.get(key + "_disturbed")]
         slower = [(a, b) for a, b in pairs if (a, b) not in busy and interval(b, key)[1] < interval(a, key)[0]]
         noise = [(a, b) for a, b in pairs if (a, b) not in busy and (a, b) not in slower]
 
-        def ex(ps):
+        def ex(ps, key=key):
             return "; ".join(f"{b['type']} ({b['bits_per_weight']:.2f} bpw) {_pm(b, key)} vs {a['type']} "
                              f"({a['bits_per_weight']:.2f} bpw) {_pm(a, key)}" for a, b in ps)
         if slower:

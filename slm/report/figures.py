@@ -52,7 +52,7 @@ def _x(pattern: str, label: str, unit: str = "", better: str = "", group: str = 
     return Fig(pattern, label, unit, better, group, how, exact=True)
 
 
-_SPEED = dict(unit="tok/s", better="higher", group="speed")
+_SPEED = {"unit": "tok/s", "better": "higher", "group": "speed"}
 _TYPE = r"(?P<t>[a-z0-9_]+)"
 REGISTRY: tuple[Fig, ...] = (
     # ---- settings: how a run was made, shown apart and never compared as figures ---------------------------------
@@ -70,6 +70,8 @@ REGISTRY: tuple[Fig, ...] = (
         how="projected"),
     Fig(r"(?P<b>.+?)\.pp(?P<n>\d+)\.tok_s", "prefill of {n} tokens ({b})", **_SPEED),
     Fig(r"(?P<b>.+?)\.tg(?P<n>\d+)@d(?P<d>\d+)\.tok_s", "decode at depth {d} ({b}, {n} tokens)", **_SPEED),
+    _x(r"projected\.decode_expected_error", "expected error of the projected decode speed (held-out calibration)",
+       "share", "lower", "speed", "projected"),
     _x(r"projected\.flagged_tests", "projected tests that do not fit the device's memory", "", "lower", "memory",
        "projected"),
     Fig(r"(?P<b>.+?)\.pp(?P<n>\d+)\.roofline_fraction", "prefill of {n} tokens: share of the roofline ({b})", "share",

@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-
 from slm.profiling.hostload import DISTURBED_SHARE, Window
 from slm.profiling.protocol import BenchArgs, run_tests
+
 from slm.report.uncertainty import Estimate, change, ci95, ci95_of, t975
 
 
