@@ -148,14 +148,16 @@ def prefill_bound(flops: float, spec: ModelSpec, n_prompt: int) -> float:
 
 
 def cached_peaks(threads: int, cache: Path = CACHE) -> dict:
-    """The cached figures (and last measured efficiency) without measuring; zeros when none (config-only runs)."""
+    """The cached figures (and last measured efficiency, a host figure) without measuring; zeros when none. Device
+    projections never read it: they come from slm.profiling.calibration alone."""
     data = json.loads(cache.read_text()) if cache.is_file() else {}
     return data.get(host_key(threads), {"key": host_key(threads), "bandwidth_Bps": 0.0, "flops": 0.0,
                                         "how": "not measured"})
 
 
 def save_efficiency(threads: int, summary: dict, cache: Path = CACHE) -> None:
-    """Remember the median llama.cpp roofline fractions of the last measured run (for weight-less projections)."""
+    """Remember the median llama.cpp roofline fractions of the last measured run, as this host's own figure (shown
+    with host results; never used to scale a device projection — see slm.profiling.calibration)."""
     import statistics
 
     data = json.loads(cache.read_text()) if cache.is_file() else {}
