@@ -36,8 +36,8 @@ def cell(e: Estimate | None, raw, unit: str):
     if e is None:
         return "–" if raw is None else value_text(raw, unit)
     mark = f" {MARK_DISTURBED}" if e.disturbed else ""
-    if e.exact:
-        return raw if not mark else f"{fmt(raw)}{mark}"
+    if e.exact:  # the bare number (sortable) unless the unit reads better scaled (bytes → MiB, shares → %)
+        return f"{value_text(raw, unit)}{mark}" if unit in ("bytes", "share") or mark else raw
     if e.ci is None:
         return f"{fmt(raw)} (no interval){mark}"
     return f"{fmt(e.mean)} ± {fmt(e.ci)}{mark}"
