@@ -22,6 +22,17 @@ COLUMNS = ["run", "trainable params", "code ppl before", "code ppl after", "gene
 
 
 def main() -> None:
+    a = _args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    base, x36, data, prep = _inputs(a, work)
+    results, curves = _runs(a, work, base, x36, data)
+    english = _english(a, work, base, results)
+    rows, summary = _table(results, english)
+    _report(a, prep, rows, summary, curves)
+
+
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="reports/cpt-stdlib")
     ap.add_argument("--work", default="/tmp/slm-cpt-stdlib", help="models, data and runs")
@@ -35,19 +46,16 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--runs", default="expanded,full,lora")
     ap.add_argument("--report-only", action="store_true", help="assemble the report from finished runs in --work")
-    a = ap.parse_args()
+    return ap.parse_args()
 
+
+def _inputs(a, work: Path):
+    """The base model, its 30→36 expansion and the prepared stdlib corpus (each made once, then reused)."""
     from slm.corpus import stdlib_corpus
     from slm.gguf_import import import_gguf
     from slm.surgery.expand import ExpandArgs, expand
-    from slm.train.args import load_recipe
     from slm.train.data import DataArgs, Source, prepare
-    from slm.train.evaluate import forgetting
-    from slm.train.loop import train
-    from slm.train.report import write_comparison_report
 
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
     base = Path(a.base) if a.base else work / "smol-hf"
     if not a.base and not base.exists():
         import_gguf(None, base)
@@ -58,44 +66,61 @@ def main() -> None:
     data = work / "data"
     # up to date (no work) when the corpus is unchanged
     prep = prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
-                            str(base), heldout=0.05, force=True,
-                            workers=2), data)
+                            str(base), heldout=0.05, force=True, workers=2), data)
     print(json.dumps({k: {x: v[x] for x in ("train_tokens", "heldout_tokens")} for k, v in prep["sources"].items()}))
+    return base, x36, data, prep
+
+
+def _curves(run: Path) -> tuple[list, list]:
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in steps if "loss" in x], [x for x in steps if "eval" in x]
+
+
+def _runs(a, work: Path, base: Path, x36: Path, data: Path) -> tuple[dict, dict]:
+    """Train each kind on the same budget (or, with --report-only, read the finished runs)."""
+    from slm.record import read_record
+    from slm.train.args import load_recipe
+    from slm.train.loop import train
 
     results, curves = {}, {}
     for kind in a.runs.split(","):
+        run = work / f"run-{kind}"
         if a.report_only:
-            from slm.record import read_record
-
-            results[kind] = read_record(work / f"run-{kind}")["result"]
-            steps = [json.loads(x) for x in (work / f"run-{kind}" / "metrics.jsonl").read_text().splitlines()]
-            curves[kind] = ([x for x in steps if "loss" in x], [x for x in steps if "eval" in x])
+            results[kind], curves[kind] = read_record(run)["result"], _curves(run)
             continue
         model = x36 if kind == "expanded" else base
         lr = a.lr / 10 if kind == "full" else a.lr
         args = load_recipe(None, [
-            "preset=cpt", f"model={model}", f"data={data}", f"out={work / ('run-' + kind)}", f"trainable={kind}",
+            "preset=cpt", f"model={model}", f"data={data}", f"out={run}", f"trainable={kind}",
             f"steps={a.steps}", f"seq_len={a.seq_len}", f"global_batch={a.batch}", f"micro_batch={a.batch}",
             f"lr={lr}", f"eval_tokens={a.eval_tokens}", "eval_every=0",
             "keep_last=1", "force=true"])
-        res = train(args)
-        results[kind] = res
-        steps = [json.loads(x) for x in (Path(res["out"]) / "metrics.jsonl").read_text().splitlines()]
-        curves[kind] = ([x for x in steps if "loss" in x], [x for x in steps if "eval" in x])
+        results[kind] = train(args)
+        curves[kind] = _curves(Path(results[kind]["out"]))
+    return results, curves
 
-    # A second general set that is not about Python: the license texts that ship with the OS (English legal
-    # prose), evaluated on the base model and on every run's final model.
-    english = {}
+
+def _english(a, work: Path, base: Path, results: dict) -> dict:
+    """A second general set that is not about Python: the license texts that ship with the OS (English legal
+    prose), evaluated on the base model and on every run's final model."""
     lic = Path("/usr/share/common-licenses")
-    if lic.is_dir():
-        from slm.train.evaluate import EvalArgs, evaluate
+    if not lic.is_dir():
+        return {}
+    from slm.train.data import DataArgs, Source, prepare
+    from slm.train.evaluate import EvalArgs, evaluate
 
-        edata = work / "data-english"
-        prepare(DataArgs([Source("english", str(lic), heldout=1.0)], str(base), workers=1, force=True), edata)
-        ev = evaluate(EvalArgs(models=[str(base)] + [r["model"] for r in results.values()], data=str(edata),
-                               seq_len=a.seq_len, tokens=a.eval_tokens, micro_batch=4))
-        english = {"base": ev["matrix"][0]["english"]["ppl"]}
-        english.update({k: ev["matrix"][i + 1]["english"]["ppl"] for i, k in enumerate(results)})
+    edata = work / "data-english"
+    prepare(DataArgs([Source("english", str(lic), heldout=1.0)], str(base), workers=1, force=True), edata)
+    ev = evaluate(EvalArgs(models=[str(base)] + [r["model"] for r in results.values()], data=str(edata),
+                           seq_len=a.seq_len, tokens=a.eval_tokens, micro_batch=4))
+    english = {"base": ev["matrix"][0]["english"]["ppl"]}
+    english.update({k: ev["matrix"][i + 1]["english"]["ppl"] for i, k in enumerate(results)})
+    return english
+
+
+def _table(results: dict, english: dict) -> tuple[list, dict]:
+    """One row per run (and the printed table): perplexity before/after, OP/BWT, tok/s."""
+    from slm.train.evaluate import forgetting
 
     rows, summary = [], {}
     print(f"\n{'run':10} {'params':>10} {'code ppl':>17} {'general ppl':>17} {'OP':>8} {'BWT':>8} {'tok/s':>7}")
@@ -115,9 +140,16 @@ def main() -> None:
         print(f"{kind:10} {s['trainable params']:>10,} {ev0['code']['ppl']:>7.3f} → {ev1['code']['ppl']:<7.3f} "
               f"{ev0['general']['ppl']:>7.3f} → {ev1['general']['ppl']:<7.3f} {f['op']:>8.4f} {f['bwt']:>+8.4f} "
               f"{s['tok/s (median)']:>7.0f}  english {english.get('base', 0):.3f} → {english.get(kind, 0):.3f}")
-    notes = [f"corpus: {prep['sources']['code']['train_tokens']:,} code training tokens from the Python {sysconfig.get_python_version()} "
-             f"standard library (no tests, no site-packages); general held-out = pydoc_data.topics prose "
-             f"({prep['sources']['general']['heldout_tokens']:,} held-out tokens), never trained on",
+    return rows, summary
+
+
+def _report(a, prep: dict, rows: list, summary: dict, curves: dict) -> None:
+    from slm.train.report import write_comparison_report
+
+    notes = [f"corpus: {prep['sources']['code']['train_tokens']:,} code training tokens from the Python "
+             f"{sysconfig.get_python_version()} standard library (no tests, no site-packages); general held-out = "
+             f"pydoc_data.topics prose ({prep['sources']['general']['heldout_tokens']:,} held-out tokens), never "
+             "trained on",
              f"budget per run: {a.steps} steps × {a.batch} × {a.seq_len} tokens, cosine lr with 6 % warm-up; "
              f"lr {a.lr} for expanded and LoRA, {a.lr / 10} for full (full fine-tuning diverges at higher lr)",
              "expanded = SmolLM2-135M expanded 30→36 (LLaMA Pro, N=6, P=1), only the 6 new blocks train; "
