@@ -124,3 +124,19 @@ def test_profile_beside_a_busy_loop_is_flagged_disturbed(tiny_gguf):
     for r in busy:
         assert r["disturbed"] and r["other_cpu_share"] > 0.25, r  # one burning core of two: ~50 % of the machine
         assert any("other processes used" in f for f in r["flags"]) and r["window_s"] >= 1.0
+
+
+def test_sweep_answer_draws_no_conclusion_inside_the_noise():
+    from slm.profiling.sweep import answer
+
+    def row(t, bpw, tg, ci, disturbed=False):
+        return {"type": t, "bits_per_weight": bpw, "pp_tok_s": 500.0, "pp_tok_s_ci95": 5.0, "tg_tok_s": tg,
+                "tg_tok_s_ci95": ci, "tg_tok_s_disturbed": disturbed}
+
+    # issue 11's sweep: q6_k 41.5 vs q8_0 132 while a neighbour ran — flagged, not worded as "fewer bits ran slower"
+    a = answer([row("q8_0", 8.5, 132.2, 3.0), row("q6_k", 6.6, 41.5, 30.0, disturbed=True)])
+    assert "decode: yes" in a and "fewer bits ran slower" not in a and "decode disturbed" in a
+    a = answer([row("q8_0", 8.5, 132.2, 6.0), row("q6_k", 6.6, 128.0, 6.0)])  # overlapping intervals
+    assert "fewer bits ran slower" not in a and "decode within noise (intervals overlap" in a
+    a = answer([row("q8_0", 8.5, 132.2, 2.0), row("q6_k", 6.6, 120.0, 2.0)])  # apart: a finding
+    assert a.startswith("decode: no — fewer bits ran slower in 1 step(s), intervals apart: q6_k (6.60 bpw) 120.0 ± 2.0")
