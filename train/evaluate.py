@@ -7,6 +7,10 @@ Forgetting, as in LLaMA Pro's ablation (after Lopez-Paz & Ranzato 2017, GEM): R[
 stage i, where a higher score is better. Here the score is −loss (nats/token). OP = mean_j R[last][j];
 BWT = mean over tasks j learned before the last stage of (R[last][j] − R[stage that learned j][j]);
 negative BWT = forgetting.
+
+With `probe="instruct"` the instruction-following probe (probe.py) is one more column, `instruct-probe`: its
+reference is the first model's own greedy answers, its loss (± standard error over tokens) enters the score
+matrix, and it counts as learned by the first stage, so OP/BWT over several stages include it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from slm.errors import SlmError
 
 from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
+from .probe import PROBE_SET
 
 
 def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocast: bool) -> tuple[torch.Tensor, int]:
@@ -69,17 +74,23 @@ def perplexity(model, splits: dict, seq_len: int, max_tokens: int, device: torch
 @dataclass
 class EvalArgs:
     models: list  # stage checkpoints in order (HF folders, checkpoint folders or run folders)
-    data: str  # prepared data folder (its held-out splits are the sets)
+    data: str = ""  # prepared data folder (its held-out splits are the sets); "" = the probe alone
     sets: list = field(default_factory=list)  # set names (default: every source)
     tasks: list = field(default_factory=list)  # the task each stage learned (one per model; "" = none)
     seq_len: int = 512  # tokens per evaluation sequence
     tokens: int = 16384  # held-out tokens per set
     micro_batch: int = 4  # sequences per forward pass
     device: str = "auto"  # auto | cpu | cuda
+    probe: str = ""  # "" | instruct: the instruction-following probe (reference = the first model's answers)
+    probe_prompts: int = 80  # held-out probe prompts (0 = all)
 
     def __post_init__(self):
         if not self.models:
             raise SlmError("slm eval needs at least one model")
+        if self.probe not in ("", "instruct"):
+            raise SlmError(f"--probe {self.probe!r} is not a probe: use --probe instruct")
+        if not self.data and not self.probe:
+            raise SlmError("slm eval needs --data (held-out sets), --probe instruct, or both")
         if self.tasks and len(self.tasks) != len(self.models):
             raise SlmError(f"--tasks names {len(self.tasks)} tasks for {len(self.models)} models: give one per model")
         if self.seq_len < 2 or self.tokens < 1 or self.micro_batch < 1:
@@ -92,28 +103,47 @@ def evaluate(args: EvalArgs) -> dict:
 
     from .checkpoint import resolve_init
 
-    splits = heldout_sets(args.data, args.sets, "--sets")
-    if not any(s.n_tokens for s in splits.values()):
+    splits = heldout_sets(args.data, args.sets, "--sets") if args.data else {}
+    if args.data and not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
     dirs = [resolve_init(Path(m)) for m in args.models]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    rows = []
+    rows, reference = [], None
     for d in dirs:
         model = load_model(d, "float32", attn_implementation="sdpa").to(device)
         rows.append(perplexity(model, splits, args.seq_len, args.tokens, device, args.micro_batch,
                                autocast=device.type == "cuda"))
+        if args.probe:
+            reference = _probe_into(rows[-1], model, d, reference, args, device)
         del model
-    result = {"models": [str(d) for d in dirs], "sets": list(splits), "matrix": rows}
-    if args.tasks:
-        result["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], args.tasks)
+    names = list(splits) + ([PROBE_SET] if args.probe else [])
+    result = {"models": [str(d) for d in dirs], "sets": names, "matrix": rows}
+    if args.tasks or (args.probe and len(dirs) > 1):
+        tasks = args.tasks or [""] * len(dirs)
+        also = {PROBE_SET: 0} if args.probe and PROBE_SET not in tasks else {}
+        result["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], tasks, also)
     return result
 
 
-def forgetting(scores: list[dict], tasks: list[str]) -> dict:
-    """OP and BWT from a stage × task score matrix (higher is better). tasks[i] = the task stage i learned."""
+def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args: EvalArgs, device) -> dict:
+    """Add the probe's figures to `row` under PROBE_SET; the first model's answers become the reference."""
+    from .probe import ProbeArgs, chat_tokenizer, make_reference, score
+
+    pargs = ProbeArgs(prompts=args.probe_prompts, device=str(device))
+    tok = chat_tokenizer(model_dir)
+    answers = None
+    if reference is None:
+        reference, answers = make_reference(model, tok, pargs, device, str(model_dir))
+    row[PROBE_SET] = score(model, tok, reference, pargs, device, answers)
+    return reference
+
+
+def forgetting(scores: list[dict], tasks: list[str], also: dict | None = None) -> dict:
+    """OP and BWT from a stage × task score matrix (higher is better). tasks[i] = the task stage i learned;
+    `also` maps further tasks to the stage that learned them (the probe: stage 0)."""
     last = scores[-1]
-    learned = {t: i for i, t in enumerate(tasks) if t}
+    learned = {**(also or {}), **{t: i for i, t in enumerate(tasks) if t}}
     op = sum(last.values()) / len(last)
     earlier = [t for t, i in learned.items() if i < len(scores) - 1 and t in last]
     bwt = sum(last[t] - scores[learned[t]][t] for t in earlier) / len(earlier) if earlier else 0.0
@@ -127,7 +157,7 @@ def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> di
         return evaluate(args)
     from slm.guard import guard_output
 
-    with guard_output(out, [*args.models, args.data], force):
+    with guard_output(out, [*args.models, args.data or None], force):
         result = evaluate(args)
         write_eval(out, args, result, force)
     return result
@@ -150,11 +180,29 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
     rows = [[_short(m)] + [row.get(k, {}).get("ppl") for k in sets] for m, row in zip(result["models"], result["matrix"])]
     tables = [Table("Held-out perplexity (stage × set)", ["model"] + sets, rows,
                     note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated")]
-    with atomic_dir(out, force, [*args.models, args.data]) as tmp:  # never over a model or the data
+    if args.probe:
+        tables.append(probe_table(result))
+    with atomic_dir(out, force, [*args.models, args.data or None]) as tmp:  # never over a model or the data
         write_record(tmp, "eval", asdict(args), {}, result)
         render_report(tmp / "report.html", "eval: held-out perplexity", "eval", summary, [], tables,
                       notes=["score for OP/BWT = −loss (nats/token); BWT < 0 means forgetting"])
     return out
+
+
+def probe_table(result: dict) -> "Table":
+    """The probe's figures per stage, each with its uncertainty."""
+    from slm.report.render import Table
+
+    def pct(r: dict) -> str:
+        return f"{100 * r['rate']:.1f} % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] ({r['k']}/{r['n']})"
+
+    rows = [[_short(m), f"{p['loss']:.4f} ± {p['loss_se']:.4f}", pct(p["exact"]), pct(p["extract"]), pct(p["ended"])]
+            for m, row in zip(result["models"], result["matrix"]) if (p := row.get(PROBE_SET))]
+    return Table("Instruction probe (held-out chat prompts; reference = the first model's greedy answers)",
+                 ["model", "loss of reference answers (nats/token) ± s.e.", "exact match [Wilson 95 % CI]",
+                  "answer in first line [CI]", "ends its turn [CI]"], rows,
+                 note="loss: prompt tokens masked, s.e. over answer tokens; exact: normalised case, punctuation, "
+                      "articles, numbers; ends its turn: end-of-turn token within the generation budget")
 
 
 def _short(model: str) -> str:

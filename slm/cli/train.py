@@ -32,9 +32,13 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="held-out perplexity of one or more models; OP/BWT over stages")
+    p = sub.add_parser("eval", help="held-out perplexity and the instruction probe of models; OP/BWT over stages")
     p.add_argument("models", nargs="+", help="models in stage order (HF folders, checkpoints or run folders)")
-    p.add_argument("--data", required=True, help="prepared data folder (its held-out splits are the sets)")
+    p.add_argument("--data", help="prepared data folder (its held-out splits are the sets)")
+    p.add_argument("--probe", choices=["instruct"], help="instruction-following probe in chat format (reference: "
+                   "the first model's greedy answers); counts as learned by the first stage in OP/BWT")
+    p.add_argument("--probe-prompts", type=int, default=80, help="held-out probe prompts (0 = all)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--sets", help="comma-separated set names (default: all)")
     p.add_argument("--tasks", help="comma-separated: the task each model's stage learned ('' = none), for OP/BWT")
     p.add_argument("--seq-len", type=int, default=512)
@@ -81,15 +85,27 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from slm.train.evaluate import EvalArgs, run_eval
 
-    eargs = EvalArgs(models=args.models, data=args.data, sets=args.sets.split(",") if args.sets else [],
+    eargs = EvalArgs(models=args.models, data=args.data or "", sets=args.sets.split(",") if args.sets else [],
                      tasks=args.tasks.split(",") if args.tasks is not None else [], seq_len=args.seq_len,
-                     tokens=args.tokens)
+                     tokens=args.tokens, probe=args.probe or "", probe_prompts=args.probe_prompts)
     res = run_eval(eargs, Path(args.out) if args.out else None, args.force)
+    if args.json:
+        print(json.dumps(res, indent=1, default=str))
+        return 0
     for m, row in zip(res["models"], res["matrix"]):
-        print(m + ": " + ", ".join(f"{k} ppl {v['ppl']:.3f}" for k, v in row.items()))
+        print(m + ": " + ", ".join(_eval_cell(k, v) for k, v in row.items()))
     if "forgetting" in res:
         f = res["forgetting"]
         print(f"OP {f['op']:.4f}  BWT {f['bwt']:+.4f}  (score = −loss, nats/token)")
     if args.out:
         print(f"report: {args.out}/report.html")
     return 0
+
+
+def _eval_cell(name: str, v: dict) -> str:
+    if "exact" not in v:
+        return f"{name} ppl {v['ppl']:.3f}"
+    e, x, t = v["exact"], v["extract"], v["ended"]
+    return (f"{name} loss {v['loss']:.4f} ± {v['loss_se']:.4f}, exact {e['rate']:.1%} [{e['ci95'][0]:.1%}, "
+            f"{e['ci95'][1]:.1%}], in first line {x['rate']:.1%} [{x['ci95'][0]:.1%}, {x['ci95'][1]:.1%}], "
+            f"ends turn {t['rate']:.1%} [{t['ci95'][0]:.1%}, {t['ci95'][1]:.1%}]")
