@@ -30,7 +30,11 @@ WHOLE_MIN = {"seq_len": 1, "global_batch": 1, "micro_batch": 1, "lora_r": 1, "lo
 REAL_RANGE = {"lr": (0, math.inf, False, False), "eps": (0, math.inf, False, False),
               "min_lr_ratio": (0, 1, True, True), "warmup_ratio": (0, 1, True, True),
               "weight_decay": (0, math.inf, True, False), "grad_clip": (0, math.inf, True, False)}
-BOOLS = ("eval", "progress", "report", "compile", "resume", "force", "activation_checkpointing")
+BOOLS = ("eval", "progress", "report", "resume", "force", "activation_checkpointing")
+# Fields naming one of a few things (`compile` also takes true/false).
+CHOICES = {"dtype": ("auto", "float32", "bfloat16"), "device": ("auto", "cpu", "cuda"),
+           "attn": ("auto", "flex", "flash", "sdpa", "eager"), "loss": ("auto", "chunked", "plain", "liger"),
+           "compile": ("auto", True, False), "fsdp": ("auto", "off")}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -67,13 +71,14 @@ class TrainArgs:
     seed: int = 0  # data order, init of new parameters (LoRA), dropout
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
     device: str = "auto"  # auto | cpu | cuda
-    attn: str = "auto"  # auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager
+    attn: str = "auto"  # auto (CUDA: flash with flash-attn installed, else flex; CPU: sdpa) | flex | flash | sdpa | eager
+    loss: str = "auto"  # auto (liger on CUDA when installed, else chunked) | chunked (LM head + CE by token chunks) | plain | liger
     activation_checkpointing: bool = False  # recompute each block in backward (less memory, ~30 % more time)
     fsdp: str = "auto"  # auto (FSDP2 when launched by torchrun with > 1 rank) | off
     log_every: int = 1  # steps between metrics lines
     progress: bool = True  # rich progress bar
     report: bool = True  # write report.html at the end
-    compile: bool = False  # torch.compile the model (CUDA)
+    compile: str | bool = "auto"  # auto (on for CUDA, off for CPU) | true | false: torch.compile per decoder block
     resume: bool = False  # continue from the newest complete checkpoint in out/checkpoints (full state)
     init: str | None = None  # start from these weights only (a checkpoint or HF folder); fresh optimizer/data
     force: bool = False  # replace an existing run folder (without it, an existing `out` needs resume=true)
@@ -105,10 +110,10 @@ class TrainArgs:
                 raise SlmError(f"{name}={layers!r}: use a word (expanded, full, lora, all) or a list of layer indices")
         if isinstance(self.lora_layers, str) and self.lora_layers not in ("all", "expanded"):
             raise SlmError(f"lora_layers={self.lora_layers!r}: use all, expanded or a list of layer indices")
-        for name, allowed in (("dtype", ("auto", "float32", "bfloat16")), ("device", ("auto", "cpu", "cuda")),
-                              ("attn", ("auto", "sdpa", "eager", "flash_attention_2")), ("fsdp", ("auto", "off"))):
-            if getattr(self, name) not in allowed:
-                raise SlmError(f"{name}={getattr(self, name)!r}: use {', '.join(allowed)}")
+        for name, allowed in CHOICES.items():
+            v = getattr(self, name)
+            if not any(v is a or (isinstance(a, str) and v == a) for a in allowed):
+                raise SlmError(f"{name}={v!r}: use {', '.join(str(a).lower() for a in allowed)}")
         for name in BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise SlmError(f"{name}={getattr(self, name)!r}: use true or false")

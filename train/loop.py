@@ -33,8 +33,10 @@ from . import checkpoint as ckpt
 from .args import TrainArgs
 from .control import Metrics, StopOnSignal, check_step_finite, check_weights_finite, hf_progress, run_guard
 from .dist import Dist
-from .evaluate import perplexity, token_loss
-from .model import attn_implementation, build_model, param_groups, shard_fsdp2
+from .attention import AttnInputs
+from .evaluate import perplexity
+from .loss import LossHead, micro_loss
+from .model import build_model, compile_blocks, param_groups, shard_fsdp2, wants_compile
 from .pack import IGNORE
 from .plan import Plan, plan_run
 
@@ -54,9 +56,11 @@ class Parts:
     model: torch.nn.Module  # the model (FSDP2-sharded and/or compiled as the recipe asks)
     opt: torch.optim.Optimizer  # AdamW over the trainable parameters only
     sched: torch.optim.lr_scheduler.LambdaLR  # lr_at: linear warm-up, cosine to min_lr_ratio
+    attn_inputs: AttnInputs  # segment ids → what isolates packed documents on the attention path
+    head: LossHead | None = None  # the LM head computing the loss by chunks (train/loss.py); None: loss=plain
     fsdp: bool = False  # sharded with FSDP2 (torchrun with > 1 rank)
     autocast: bool = False  # bf16 autocast in forward (FSDP2 casts through its MixedPrecisionPolicy instead)
-    use_mask: bool = True  # pass the 4-D block-diagonal mask (flash-attn varlen isolates documents without it)
+    use_mask: bool = True  # evaluation passes the 4-D block-diagonal mask (flash-attn varlen isolates documents without it)
     n_trainable: int = 0  # trainable parameters
     start: int = 0  # the first step to run: 0, or the step of the checkpoint resumed
 
@@ -64,20 +68,22 @@ class Parts:
 def build(args: TrainArgs, plan: Plan, dist: Dist) -> Parts:
     """Model, optimizer and schedule; on --resume, their state, the RNG and the step from the newest checkpoint."""
     torch.manual_seed(args.seed)
-    attn = attn_implementation(args, dist.device)
     bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and dist.device.type == "cuda")
-    model = build_model(args, plan.model_dir, plan.cfg, dist.device, attn)
+    model, head = build_model(args, plan.model_dir, plan.cfg, dist.device, plan.attn, plan.loss)
+    if wants_compile(args, dist.device):
+        compile_blocks(model)  # regional: one decoder block's compile time, names unchanged
     fsdp = dist.on and args.fsdp == "auto"
     if fsdp:
         shard_fsdp2(model, dist.device, bf16)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cuda = dist.device.type == "cuda"  # fused AdamW: one kernel for all parameters (torch.optim.AdamW docs)
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=tuple(args.betas), eps=args.eps,
-                            foreach=dist.device.type == "cuda")
+                            fused=cuda or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, plan.total, args))
-    if args.compile:
-        model = torch.compile(model)
     start = ckpt.load(ckpt.latest(plan.run), model, opt, sched)["step"] if args.resume else 0
-    return Parts(model, opt, sched, fsdp=fsdp, autocast=bf16 and not fsdp, use_mask=attn != "flash_attention_2",
+    autocast = bf16 and not fsdp
+    attn_inputs = AttnInputs(plan.attn, torch.bfloat16 if autocast else torch.float32)
+    return Parts(model, opt, sched, attn_inputs, head, fsdp=fsdp, autocast=autocast, use_mask=plan.attn != "flash",
                  n_trainable=n_trainable, start=start)
 
 
@@ -159,7 +165,7 @@ def train_step(args: TrainArgs, plan: Plan, dist: Dist, parts: Parts, step: int)
     for m, b in enumerate(micro):
         if parts.fsdp:
             parts.model.set_requires_gradient_sync(m == plan.accum - 1)
-        loss, _ = token_loss(parts.model, b, dist.device, parts.use_mask, parts.autocast)
+        loss = micro_loss(parts.model, parts.head, b, dist.device, parts.attn_inputs, parts.autocast)
         # FSDP averages gradients over ranks; × world makes the result the global per-token mean.
         (loss * (dist.world / count)).backward()
         loss_sum += float(loss.detach())

@@ -15,6 +15,8 @@ from slm.io import load_model, read_config
 from slm.spec import spec_from_config
 
 from .args import TrainArgs
+from .attention import HF_NAME
+from .loss import install_loss_head
 
 
 def check_model(args: TrainArgs, model_dir: Path) -> dict:
@@ -47,34 +49,16 @@ def trainable_layers(args: TrainArgs, cfg: dict) -> list[int]:
     return sorted(sel)
 
 
-def attn_implementation(args: TrainArgs, device: torch.device) -> str:
-    if args.attn != "auto":
-        return args.attn
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
-
-
-def build_model(args: TrainArgs, model_dir: Path, cfg: dict, device: torch.device, attn: str):
-    """The HF model with requires_grad set per the recipe (LoRA-wrapped when trainable=lora)."""
-    model = load_model(model_dir, "float32", attn_implementation=attn)
+def build_model(args: TrainArgs, model_dir: Path, cfg: dict, device: torch.device, attn: str, loss: str):
+    """The HF model on `device` with requires_grad set per the recipe (LoRA-wrapped when trainable=lora), attention
+    `attn` (train/attention.py) and, unless loss=plain, the LM head swapped for a LossHead (train/loss.py).
+    Returns (model, LossHead or None)."""
+    model = load_model(model_dir, "float32", attn_implementation=HF_NAME[attn])
     model.config.use_cache = False
+    head = install_loss_head(model, loss)
     layers = trainable_layers(args, cfg)
     if args.trainable == "lora":
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise SlmError("trainable=lora needs peft: `pip install peft`") from None
-        torch.manual_seed(args.seed)  # LoRA's A matrices are random: same seed, same run
-        lc = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(args.lora_targets),
-                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                        layers_to_transform=None if args.lora_layers == "all" else layers)
-        model = get_peft_model(model, lc)
+        model = _lora(args, model, layers)
     elif args.trainable == "full":
         model.requires_grad_(True)
     else:
@@ -82,10 +66,37 @@ def build_model(args: TrainArgs, model_dir: Path, cfg: dict, device: torch.devic
         for i in layers:
             decoder_layers(model)[i].requires_grad_(True)
     if args.activation_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so frozen blocks below the lowest trainable
+        # one run forward only (no input gradient) and are not checkpointed: nothing there is recomputed.
         hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if args.trainable != "full":
-            hf_model(model).enable_input_require_grads()
-    return model.to(device)
+        for layer in decoder_layers(model)[:min(layers)]:
+            layer.gradient_checkpointing = False
+    return model.to(device), head
+
+
+def _lora(args: TrainArgs, model, layers: list[int]):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise SlmError("trainable=lora needs peft: `pip install peft`") from None
+    torch.manual_seed(args.seed)  # LoRA's A matrices are random: same seed, same run
+    lc = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(args.lora_targets),
+                    lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                    layers_to_transform=None if args.lora_layers == "all" else layers)
+    return get_peft_model(model, lc)
+
+
+def compile_blocks(model) -> None:
+    """Regional compilation: torch.compile each decoder block in place (PyTorch tutorial "Reducing torch.compile
+    cold start compilation time with regional compilation"): the blocks share one graph, so compile time is one
+    block's, and module names (state dicts, checkpoints) are unchanged. Dynamo skips FSDP2's hooks by default."""
+    for layer in decoder_layers(model):
+        layer.compile(dynamic=False)
+
+
+def wants_compile(args: TrainArgs, device: torch.device) -> bool:
+    """compile=auto: on for CUDA, off for CPU (the compile time is not repaid on CPU)."""
+    return device.type == "cuda" if args.compile == "auto" else bool(args.compile)
 
 
 def hf_model(model):

@@ -14,9 +14,11 @@ from slm.spec import ModelSpec, spec_from_config
 
 from . import checkpoint as ckpt
 from .args import TrainArgs
+from .attention import check_attn
 from .dist import Dist
 from .evaluate import heldout_sets
 from .flops import flops_per_token, peak_flops
+from .loss import check_loss
 from .model import check_model, trainable_layers
 from .pack import Sampler, data_vocab, open_data
 
@@ -34,6 +36,8 @@ class Plan:
     accum: int  # micro-batches per optimizer step on each rank
     flops_per_token: float  # training FLOPs per token (train/flops.py), for MFU
     peak_flops: float | None = None  # the device's dense bf16 peak (CUDA, known device); None: no MFU
+    attn: str = "sdpa"  # the attention path resolved from `attn` (train/attention.py): flex | flash | sdpa | eager
+    loss: str = "chunked"  # the loss resolved from `loss` (train/loss.py): chunked | liger | plain
 
     def __post_init__(self):
         if self.total < 1 or self.accum < 1:
@@ -43,6 +47,7 @@ class Plan:
 def plan_run(args: TrainArgs, dist: Dist) -> Plan:
     """Every check that can fail on user input, before any weights are read."""
     run = Path(args.out)
+    attn, loss = check_attn(args.attn, dist.device), check_loss(args.loss, dist.device)
     model_dir = ckpt.resolve_init(Path(args.init)) if args.init else Path(args.model)
     cfg = check_model(args, model_dir)
     spec = spec_from_config(cfg)
@@ -66,7 +71,7 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
     fpt = flops_per_token(spec, args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
     peak = peak_flops(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else None
     return Plan(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(), args.global_batch // per_rank,
-                fpt, peak)
+                fpt, peak, attn, loss)
 
 
 def _check_run_folder(args: TrainArgs, run: Path) -> None:

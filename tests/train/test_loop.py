@@ -211,3 +211,41 @@ def test_resume_after_a_kill_mid_write(tiny_lm, tiny_data, tmp_path, capsys):
     assert "dropped 1 unreadable line" in err and f"PID {dead}" in err
     assert not (run / "checkpoints" / f".step-000004.tmp-{dead}").exists()
     assert _losses(run) == full  # steps 3 and 4 recomputed bit-identically, the partial line gone
+
+
+def test_frozen_blocks_stay_free_under_activation_checkpointing(tiny_expanded, tmp_path):
+    """trainable=expanded with activation checkpointing: frozen blocks get no gradient; blocks below the lowest new
+    one run forward once (nothing recomputed), checkpointed blocks from the lowest new one up run twice."""
+    from slm.io import read_config
+    from slm.train.attention import AttnInputs
+    from slm.train.loss import micro_loss
+    from slm.train.model import build_model, decoder_layers
+    from slm.train.pack import collate, label_window
+
+    args = _args(tiny_expanded, tmp_path, tmp_path / "run", "trainable=expanded", "activation_checkpointing=true")
+    cfg = read_config(tiny_expanded)
+    new = cfg["slm_surgery"]["new_layers"]
+    model, head = build_model(args, tiny_expanded, cfg, torch.device("cpu"), "sdpa", "chunked")
+    model.train()
+    calls = [0] * len(decoder_layers(model))
+    for i, layer in enumerate(decoder_layers(model)):
+        layer.self_attn.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    import numpy as np
+
+    seq = label_window(np.arange(41) % 200, np.zeros(41, np.int64), None)
+    micro_loss(model, head, collate([seq]), torch.device("cpu"), AttnInputs("sdpa", torch.float32), False).backward()
+    assert calls == [1 if i < min(new) else 2 for i in range(len(calls))]
+    for name, p in model.named_parameters():
+        trains = any(name.startswith(f"model.layers.{i}.") for i in new)
+        assert p.requires_grad == trains and (p.grad is not None) == trains, name
+
+
+def test_compile_auto_is_on_for_cuda_only():
+    from slm.train.model import wants_compile
+
+    base = ["model=m", "data=d", "out=o", "steps=1"]
+    auto, off, on = (load_recipe(None, base + extra) for extra in ([], ["compile=false"], ["compile=true"]))
+    assert wants_compile(auto, torch.device("cuda")) and not wants_compile(auto, torch.device("cpu"))
+    assert not wants_compile(off, torch.device("cuda")) and wants_compile(on, torch.device("cpu"))
+    with pytest.raises(SlmError, match=r"compile='maybe': use auto, true, false"):
+        load_recipe(None, base + ["compile=maybe"])

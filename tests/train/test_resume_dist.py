@@ -70,9 +70,10 @@ def test_torchrun_two_ranks_match_one_process(tiny_lm, tiny_data, tmp_path):
     steps = ["steps=3", "global_batch=4"]
     one = _run(_cli(model, data, tmp_path / "one", *steps, "micro_batch=2"))
     assert one.returncode == 0, one.stderr[-2000:]
+    # exactly the README's form, `torchrun --nproc-per-node G -m slm.cli train …` (torchrun is this module's script)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-                "--no-python"]
-    cmd = torchrun + _cli(model, data, tmp_path / "two", *steps, "micro_batch=1")
+                "-m", "slm.cli"]
+    cmd = torchrun + _cli(model, data, tmp_path / "two", *steps, "micro_batch=1")[1:]
     two = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
