@@ -119,6 +119,11 @@ ROWS = [
     Row("train-lr-inf", lambda w: train(w, "lr=.inf"), "lr=inf is not a finite number"),
     Row("train-betas-text", lambda w: train(w, "betas=[0.9, abc]"), "betas[1] must be a finite number in [0, 1)"),
     Row("train-warmup-over-one", lambda w: train(w, "warmup_ratio=1.5"), "warmup_ratio must be a finite number"),
+    # train: an attention path, loss or device this machine lacks, refused before any weights are read (issue 10)
+    Row("train-attn-flash-missing", lambda w: train(w, "attn=flash"), "attn=flash needs flash-attn: `pip install flash-attn"),
+    Row("train-attn-flex-on-cpu", lambda w: train(w, "attn=flex", "device=cpu"), "attn=flex trains on CUDA only"),
+    Row("train-loss-liger-missing", lambda w: train(w, "loss=liger"), "loss=liger needs liger-kernel"),
+    Row("train-device-cuda-missing", lambda w: train(w, "device=cuda"), "no CUDA device is visible: use device=cpu"),
     # train: a loss that turns NaN stops the run, keeping the last good checkpoint and writing no final model
     Row("train-loss-nan", lambda w: train(w, "lr=1e30", "save_every=1", "warmup_ratio=0", "steps=4"),
         "step 2: the", keeps=("out", "out/metrics.jsonl", "out/recipe.yaml", "out/checkpoints",
