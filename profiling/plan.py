@@ -114,9 +114,22 @@ def candidates(spec: ModelSpec, args: PlanArgs) -> list[dict]:
             f = fallbacks_for(s, t)
             for kvt in args.kv_types:
                 rows.append(_row(s, how, t, f, kvt, args, dev, budget, quality.get(t) if how == "as is" else None))
-    rows.sort(key=lambda r: (not r["meets_budget"], -r["decode_tok_s"]))
+    rows.sort(key=_rank_key(any(r["meets_budget"] and r["variant"] == "as is" for r in rows)))
     _mark_pareto(rows)
     return rows
+
+
+def _rank_key(as_is_meets: bool):
+    """Rank: meets the budget first; then the model as it is before a pruned one when the model as it is already
+    meets the budget (pruning costs quality that is not known here: it is for when nothing else is fast enough);
+    then the best known quality (lowest KLD), else the most bits per weight (closest to the source: quality is
+    not guessed, bits are its only proxy), the wider KV cache first; then the fastest decode."""
+    def key(r):
+        pruned_first = as_is_meets and r["variant"].startswith("prune")
+        kv_bits = -kv_element_bytes(r["kv_type"])  # a quantized KV cache costs quality too
+        quality = (0, r["kld"], kv_bits) if r["kld"] is not None else (1, -r["bits_per_weight"], kv_bits)
+        return (not r["meets_budget"], pruned_first, quality, -r["decode_tok_s"])
+    return key
 
 
 def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev, budget: float, q) -> dict:
@@ -165,6 +178,20 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
                     "quality": "from " + (args.quality or "no sweep: unknown")},
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
             "candidates": rows, "recommended": [r for r in rows if r["meets_budget"] and r["pareto"]][:5]}
+
+
+def run_plan(source: str | Path, args: PlanArgs, out: Path | None = None, force: bool = False) -> dict:
+    """`slm plan`: the plan of a model folder, GGUF or config.json; with `out`, written there (checked and locked
+    before the work, never over the source)."""
+    from slm.guard import guard_output
+    from slm.spec import load_spec
+
+    if out is None:
+        return plan(load_spec(source), args, model=str(source))
+    with guard_output(out, [source, args.quality], force):
+        result = plan(load_spec(source), args, model=str(source))
+        write_plan(out, result, force, (source,))
+    return result
 
 
 def table_rows(result: dict, n: int | None = None) -> list[list]:

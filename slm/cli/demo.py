@@ -92,6 +92,7 @@ def steps(ctx: dict) -> list[Step]:
         Step("export", lambda c: c["export"], run_export),
         Step("profile", lambda c: r / "profile-x36-cpt", run_profile),
         Step("profile-base", lambda c: r / "profile-base", run_profile_base),
+        Step("plan", lambda c: r / "plan-orin-nano", run_plan),
         Step("compare-expand", lambda c: r / "compare-expand", run_compare_expand),
         Step("compare-profiles", lambda c: r / "compare-profiles", run_compare_profiles),
     ]
@@ -196,6 +197,17 @@ def run_profile_base(ctx: dict, out: Path) -> None:
 
     profile_model(str(ctx["base"]), out, ProfileArgs(device="jetson", quant="q8_0,q4_k_m", backends=("llama.cpp",)),
                   force=True)
+
+
+def run_plan(ctx: dict, out: Path) -> None:
+    # What of the CPT model fits an Orin Nano 8GB at 4k context above 20 tok/s decode (issue 13's question):
+    # depth (as is, pruned) × GGUF type × KV type, projected by the calibrated device model; KLD and perplexity
+    # taken from this model's own export (the validated types), "unknown" for the others.
+    from slm.profiling.plan import PlanArgs, run_plan as plan_model
+
+    args = PlanArgs(device="jetson-orin-nano-8gb", context=4096, min_decode=20, prune=True,
+                    quality=str(ctx["export"] / "slm.json"))
+    plan_model(ctx["cpt"] / "final", args, out, force=True)
 
 
 def run_compare_expand(ctx: dict, out: Path) -> None:

@@ -29,18 +29,13 @@ def cmd_plan(args) -> int:
     import sys
     from pathlib import Path
 
-    from slm.profiling.plan import COLUMNS, DEFAULT_TYPES, PlanArgs, plan, table_rows, write_plan
-    from slm.spec import load_spec
+    from slm.profiling.plan import COLUMNS, DEFAULT_TYPES, PlanArgs, run_plan, table_rows
 
     source = args.model or args.config
     pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode, min_prefill=args.min_prefill,
                   max_memory_gb=args.max_memory, grow=args.grow, prune=args.prune, quality=args.quality,
                   types=args.types or DEFAULT_TYPES)
-    if args.out:
-        from slm.guard import check_output
-
-        check_output(Path(args.out), args.force, [source])
-    result = plan(load_spec(source), pa, model=str(source))
+    result = run_plan(source, pa, Path(args.out) if args.out else None, args.force)
     if result["fallback_warning"]:
         print(result["fallback_warning"], file=sys.stderr)
     if args.json:
@@ -54,6 +49,5 @@ def cmd_plan(args) -> int:
         n = sum(r["meets_budget"] for r in result["candidates"])
         print(f"{n} of {len(result['candidates'])} candidates meet the budget on {result['device']['name']}")
     if args.out:
-        write_plan(Path(args.out), result, args.force, (source,))
         print(f"report: {args.out}/report.html")
     return 0

@@ -61,9 +61,27 @@ def test_memory_budget_and_ranking():
     assert all(r["budget_bytes"] == 0.3e9 for r in rows)
     assert {r["meets_budget"] for r in rows} == {True, False}
     assert all(r["memory_bytes"] <= 0.3e9 for r in rows if r["meets_budget"])
-    speeds = [r["decode_tok_s"] for r in rows if r["meets_budget"]]
-    assert speeds == sorted(speeds, reverse=True)
+    ok = [r for r in rows if r["meets_budget"]]
+    assert rows[:len(ok)] == ok  # budget-meeting candidates first
+    # no quality known: most bits per weight first (the closest to the source), then the wider KV cache
+    bits = [round(r["bits_per_weight"], 6) for r in ok]
+    assert bits == sorted(bits, reverse=True)
     assert sum(r["pareto"] for r in rows) >= 1
+
+
+def test_pruned_depths_rank_after_the_model_as_is_when_it_meets_the_budget(tmp_path):
+    rec = {"result": {"validation": {"gguf": {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7},
+                                              "q4_0": {"kld": {"kld_mean": 0.3}, "perplexity": 50.0}}}}}
+    (tmp_path / "slm.json").write_text(json.dumps(rec))
+    rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0", "q4_0"),
+                                        min_decode=20, quality=str(tmp_path / "slm.json")))
+    first = rows[0]
+    assert first["variant"] == "as is" and first["type"] == "q8_0" and first["kv_type"] == "f16"  # lowest KLD
+    assert all(r["variant"].startswith("prune") for r in rows[6:])  # 2 types × 3 KV types as is, then the prunes
+    # too slow as is: the pruned depths come first
+    slow = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0",), kv_types=("f16",),
+                                        min_decode=rows[0]["decode_tok_s"] * 1.05))
+    assert slow[0]["meets_budget"] and slow[0]["variant"].startswith("prune")
 
 
 def test_depths_grow_and_prune():
