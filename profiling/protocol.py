@@ -8,6 +8,8 @@ sampled over each test (slm.profiling.hostload): a figure measured while other p
 one whose interval stayed wider than the target is `wide`; reports mark both and draw no conclusion from them. Prefill tests (ppN) time N prompt tokens from
 an empty cache; decode tests (tgN @ dD) first fill the cache with D tokens (untimed) and then time N single-token
 steps. Tokens are random ids, as in llama-bench, so no tokenizer is needed and nothing depends on text.
+Where the machine measures energy (a Jetson's INA3221 rails, a host's readable RAPL counters) each test also gets
+joules per token and tokens per joule over its timed runs (slm.profiling.energy); elsewhere they are None.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
 
 from slm.errors import SlmError
+from slm.profiling.energy import Meter, per_token
 from slm.profiling.hostload import Window, jetson_power_mode
 from slm.report.uncertainty import ci95_of
 
@@ -113,7 +116,7 @@ def measure(fn: Callable[[], float], n_tokens: int, args: BenchArgs) -> dict:
     with the machine's load over the timed runs and why the repetitions stopped."""
     for _ in range(args.warmup):
         fn()
-    window, t0, secs, stop = Window(), time.perf_counter(), [], "max_reps"
+    window, meter, t0, secs, stop = Window(), Meter().start(), time.perf_counter(), [], "max_reps"
     while len(secs) < args.max_reps:
         secs.append(fn())
         if len(secs) < args.reps:
@@ -125,8 +128,10 @@ def measure(fn: Callable[[], float], n_tokens: int, args: BenchArgs) -> dict:
         if time.perf_counter() - t0 >= args.time_cap_s:
             stop = "time_cap"
             break
+    energy = per_token(meter.stop(), sum(secs), n_tokens * len(secs))  # slm.profiling.energy: None where unmeasurable
     tps = [n_tokens / s for s in secs]
-    return {"tok_s": stats(tps), "ms": stats([s * 1e3 for s in secs]), "load": window.stop(), "stop": stop}
+    return {"tok_s": stats(tps), "ms": stats([s * 1e3 for s in secs]), "load": window.stop(), "stop": stop,
+            "energy": energy}
 
 
 def _row(test: str, kind: str, n: int, depth: int, m: dict, args: BenchArgs) -> dict:
@@ -141,7 +146,7 @@ def _row(test: str, kind: str, n: int, depth: int, m: dict, args: BenchArgs) -> 
             "reps": t["n"], "ci95": t["ci95"], "ci_rel": ci_rel, "stop": m["stop"], "disturbed": load.disturbed,
             "wide": wide, "flags": flags, "other_cpu_share": load.other_cpu_share, "cpu_mhz": load.cpu_mhz,
             "window_s": round(load.wall_s, 3), **({"jetson": load.jetson} if load.jetson else {}),
-            "samples_tok_s": t["samples"]}
+            **m.get("energy", {}), "samples_tok_s": t["samples"]}
 
 
 def run_tests(backend: Backend, args: BenchArgs, progress: Callable[[str], None] = lambda m: None) -> list[dict]:
