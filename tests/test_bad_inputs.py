@@ -228,6 +228,9 @@ ROWS += [
     Row("profile-shape-disagrees-with-bytes",
         lambda w: ["profile", bad_shape(w), "-o", w.out, "--backends", "torch"], "has shape"),
     Row("profile-out-is-model", lambda w: ["profile", w.M, "-o", w.M, "--force"], "is the input"),
+    Row("compare-out-is-a-run", lambda w: ["report", "compare", w.M, w.D, "-o", w.M, "--force"], "is the input"),
+    Row("compare-out-inside-a-run", lambda w: ["report", "compare", w.M, w.D, "-o", w.D / "cmp"],
+        "lies inside the input"),
 ]
 
 

@@ -242,14 +242,9 @@ def _run_step(con, step: Step, ctx: dict, out: Path) -> bool:
 
 
 def _compare(runs: list[Path], out: Path) -> None:
-    from slm.guard import atomic_dir
-    from slm.record import write_record
-    from slm.report.compare import compare
+    from slm.report.compare import compare_runs
 
-    with atomic_dir(out, force=True) as tmp:
-        compare(runs, tmp / "report.html")
-        write_record(tmp, "compare", {"runs": [str(r) for r in runs]},
-                     result={"summary": {"runs": ", ".join(r.name for r in runs)}})
+    compare_runs(runs, out, force=True)  # the same call as `slm report compare`
 
 
 def _done(out: Path) -> bool:

@@ -10,7 +10,8 @@ def register(sub) -> None:
     rs = p.add_subparsers(dest="report_verb", metavar="ACTION", required=True)
     c = rs.add_parser("compare", help="several runs (profile, export, train, expand, merge…) side by side")
     c.add_argument("runs", nargs="+", help="run folders holding slm.json")
-    c.add_argument("-o", "--out", default=None, help="output HTML (default: reports/compare-A-vs-B/index.html)")
+    c.add_argument("-o", "--out", default=None, help="output folder for index.html + slm.json "
+                                                     "(default: reports/compare-A-vs-B)")
     c.add_argument("--force", action="store_true")
     c.set_defaults(func=cmd_compare)
     i = rs.add_parser("index", help="rebuild reports/index.html from the run folders under it")
@@ -19,12 +20,10 @@ def register(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from slm.guard import guard_output
-    from slm.report.compare import compare
+    from slm.report.compare import compare_runs
 
-    out = Path(args.out) if args.out else Path("reports") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs)) / "index.html"
-    with guard_output(out, args.runs, args.force):  # never over one of the runs it reads, even with --force
-        print(f"compare → {compare(args.runs, out)}")
+    out = Path(args.out) if args.out else Path("reports") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs))
+    print(f"compare → {compare_runs(args.runs, out, args.force)}")
     return 0
 
 

@@ -245,3 +245,17 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
 
 
 INDEX_FIGURES = 5  # key figures per run on the index: what a reader takes in at a glance
+
+
+def compare_runs(runs: list[Path | str], out: Path | str, force: bool = False) -> Path:
+    """`slm report compare` (and the demo's compare steps): `out`/index.html and `out`/slm.json, written through the
+    output guard — never over one of the runs it reads, even with force. Returns the page."""
+    from slm.guard import atomic_dir
+    from slm.record import write_record
+
+    out = Path(out)
+    with atomic_dir(out, force, runs) as tmp:
+        compare(runs, tmp / "index.html")
+        write_record(tmp, "compare", {"runs": [str(r) for r in runs]},
+                     result={"summary": {"runs": ", ".join(Path(r).name for r in runs)}})
+    return out / "index.html"
