@@ -28,8 +28,9 @@ from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
 from .probe import PROBE_SET
 
 
-def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocast: bool) -> tuple[torch.Tensor, int]:
-    """(sum of next-token cross-entropy over labelled tokens, number of labelled tokens) for one batch."""
+def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocast: bool) -> tuple[torch.Tensor, int, float]:
+    """(sum of next-token cross-entropy over labelled tokens, number of labelled tokens, sum of squared token
+    losses — for the standard error) for one batch."""
     ids = batch["input_ids"].to(device)
     kw = {"position_ids": batch["position_ids"].to(device)}
     if use_mask:
@@ -37,8 +38,8 @@ def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocas
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=ids, **kw).logits
     labels = batch["labels"].to(device)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, int((labels != IGNORE).sum())
+    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    return losses.sum(), int((labels != IGNORE).sum()), float(losses.double().square().sum())
 
 
 def heldout_sets(data: Path | str, names: list[str], option: str) -> dict:
@@ -54,19 +55,21 @@ def heldout_sets(data: Path | str, names: list[str], option: str) -> dict:
 @torch.no_grad()
 def perplexity(model, splits: dict, seq_len: int, max_tokens: int, device: torch.device, micro_batch: int = 1,
                use_mask: bool = True, autocast: bool = False) -> dict:
-    """{set name: {"loss", "ppl", "tokens"}} on the first ~max_tokens held-out tokens of each set."""
+    """{set name: {"loss", "ppl", "tokens", "loss_se"}} on the first ~max_tokens held-out tokens of each set; loss_se
+    is the standard error of the mean token loss (token losses taken as independent: a lower bound)."""
     was_training = model.training
     model.eval()
     out = {}
     for name, split in splits.items():
         seqs = eval_sequences(split, seq_len, max_tokens)
-        total, count = 0.0, 0
+        total, count, squares = 0.0, 0, 0.0
         for k in range(0, len(seqs), micro_batch):
-            loss, n = token_loss(model, collate(seqs[k:k + micro_batch]), device, use_mask, autocast)
-            total += float(loss)
-            count += n
+            loss, n, sq = token_loss(model, collate(seqs[k:k + micro_batch]), device, use_mask, autocast)
+            total, count, squares = total + float(loss), count + n, squares + sq
         if count:
-            out[name] = {"loss": total / count, "ppl": math.exp(total / count), "tokens": count}
+            mean = total / count
+            var = max(squares / count - mean * mean, 0.0) * count / (count - 1) if count > 1 else float("nan")
+            out[name] = {"loss": mean, "ppl": math.exp(mean), "tokens": count, "loss_se": math.sqrt(var / count)}
     model.train(was_training)
     return out
 

@@ -102,6 +102,7 @@ def test_slm_eval_probe(tiny_lm, tiny_data, tmp_path, capsys):
                  "--seq-len", "32", "--tokens", "128", "--out", str(out)]) == 0
     res = json.loads((out / "slm.json").read_text())["result"]
     assert res["sets"][-1] == PROBE_SET and all(PROBE_SET in row for row in res["matrix"])
+    assert all(0 < row[k]["loss_se"] < row[k]["loss"] for row in res["matrix"] for k in ("code", "prose", PROBE_SET))
     f = res["forgetting"]
     assert f["earlier_tasks"] == [PROBE_SET]  # the probe is learned by stage 0
     p0, p1 = res["matrix"][0][PROBE_SET]["loss"], res["matrix"][1][PROBE_SET]["loss"]
