@@ -35,7 +35,7 @@ class OrtGenai(Closing):
         cfg = json.loads((folder / "genai_config.json").read_text())
         self.vocab = cfg["model"]["vocab_size"]
         self.max_len = cfg["model"].get("context_length", 2048)
-        self.og, self.threads = og, threads
+        self.og, self.threads, self.folder = og, threads, folder
         c = og.Config(str(folder))
         # the same thread count as the other backends (the builder leaves it to onnxruntime's default otherwise)
         c.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
@@ -85,8 +85,51 @@ class OrtGenai(Closing):
     def memory(self) -> dict:
         return {"weights": self.weight_bytes}
 
+    def op_profile(self, n_prompt: int, n_decode: int) -> dict:
+        """onnxruntime's own profiler on a second model (genai_config session_options.enable_profiling; the JSON is
+        written when the session ends): seconds per op_name of the "Node" events, the first model_run being the
+        prefill (append_tokens) and the later ones single-token decode steps."""
+        import gc
+        import glob
+        import tempfile
+
+        og = self.og
+        with tempfile.TemporaryDirectory() as tmp:
+            c = og.Config(str(self.folder))
+            c.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": self.threads, "inter_op_num_threads": 1,
+                "enable_profiling": f"{tmp}/ort"}}}}))
+            model = og.Model(c)
+            p = og.GeneratorParams(model)
+            p.set_search_options(max_length=n_prompt + n_decode + 1, do_sample=False)
+            g = og.Generator(model, p)
+            g.append_tokens(self._ids(n_prompt))
+            for _ in range(n_decode):
+                g.generate_next_token()
+            del g, p, model
+            gc.collect()
+            files = glob.glob(f"{tmp}/ort*.json")
+            if not files:
+                raise SlmError("onnxruntime wrote no profile: this onnxruntime-genai ignores enable_profiling")
+            events = json.loads(Path(files[0]).read_text())
+        return {"phases": _ort_phases(events), "threads": self.threads,
+                "how": "onnxruntime profiler (enable_profiling) node times per op type, in a separate session"}
+
     def close(self) -> None:
         self.model = None
+
+
+def _ort_phases(events: list) -> dict:
+    """{prefill|decode: {op_name: seconds}} from onnxruntime's chrome-trace events (dur in µs)."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    out: dict = {"prefill": {}, "decode": {}}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        ph = "prefill" if runs and e["ts"] <= runs[0][1] else "decode"
+        op = e.get("args", {}).get("op_name", "?")
+        out[ph][op] = out[ph].get(op, 0.0) + e["dur"] / 1e6
+    return out
 
 
 def spec_of(folder: Path) -> ModelSpec:
