@@ -31,7 +31,9 @@ def remote_argv(args: ProfileArgs, model: Path, remote: RemoteArgs) -> list[str]
     b = args.bench
     argv = ["--threads", str(args.threads), "--backends", ",".join(args.backends)]
     argv += ["--quick"] if args.quick else ["--pp", ",".join(map(str, b.pp)), "--tg", str(b.tg),
-                                             "--depths", ",".join(map(str, b.depths)), "--reps", str(b.reps)]
+                                             "--depths", ",".join(map(str, b.depths)), "--reps", str(b.reps),
+                                             "--time-cap", str(b.time_cap_s)]
+    argv += ["--target-ci", str(b.target_ci), "--max-reps", str(b.max_reps)] + (["--ops"] if args.ops else [])
     argv += ["--quant", ",".join(args.quant)] if args.quant else []
     return argv + ["-o", f"{remote.remote_dir}/{model.name}.profile", "--force"]
 

@@ -56,7 +56,9 @@ class BenchArgs:
         if self.reps < 1 or self.warmup < 0:
             raise SlmError("--reps must be ≥ 1 and warm-up ≥ 0")
         if not 0 < self.target_ci < 1 or self.time_cap_s <= 0 or self.max_reps < self.reps:
-            raise SlmError("target interval must be in (0, 1), the time cap > 0 s and max reps ≥ --reps")
+            raise SlmError(f"--target-ci must be in (0, 1) (got {self.target_ci}), --time-cap > 0 s (got {self.time_cap_s}) "
+                           f"and --max-reps ≥ --reps (got {self.max_reps} < {self.reps})" if self.max_reps < self.reps else
+                           f"--target-ci must be in (0, 1) (got {self.target_ci}) and --time-cap > 0 s (got {self.time_cap_s})")
         if self.threads < 1:
             raise SlmError("--threads must be ≥ 1")
 

@@ -59,6 +59,7 @@ class ProfileArgs:
     # torch and onnxruntime-genai get a lighter protocol by default (the two shortest prompts and depths, tg ≤ 32,
     # 2 repetitions): fp32 torch decodes ~10× slower than llama.cpp here and would dominate a 15-minute profile
     full_all: bool = False  # run the full protocol on every backend
+    ops: bool = False  # `--ops`: after the timed tests, a diagnostic pass per backend timing its operators (slm.profiling.ops)
 
     def __post_init__(self):
         self.quant = parse_types(self.quant, have_imatrix=False)  # the sweep has no importance matrix: refuse now
@@ -73,7 +74,8 @@ class ProfileArgs:
                 raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(KV_CACHE_TYPES)}")
         self.threads = self.threads or self.bench.threads
         if self.quick:
-            self.bench = BenchArgs(**QUICK["bench"], threads=self.threads, seed=self.bench.seed)
+            self.bench = BenchArgs(**QUICK["bench"], threads=self.threads, seed=self.bench.seed,
+                                   target_ci=self.bench.target_ci, max_reps=max(self.bench.max_reps, QUICK["bench"]["reps"]))
             self.sweep_pp, self.sweep_tg, self.ppl_chunks = QUICK["sweep_pp"], QUICK["sweep_tg"], QUICK["ppl_chunks"]
             self.kv_contexts = QUICK["kv_contexts"]
         else:
@@ -192,6 +194,7 @@ def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: s
             progress(f"{name}: loaded; running {len(bench.pp)} prefill and {len(bench.depths)} decode tests")
             rows = run_tests(b, bench, progress)
             mem = b.memory()
+            ops = _ops(name, b, bench, progress) if args.ops else None
         wb = mem.get("weights") or spec.weight_bytes()
         dtype_peak = host.get("peaks", {}).get(getattr(b, "dtype", ""), 0.0)  # torch: its dtype's peak
         peak = dtype_peak or host["flops"]
@@ -199,8 +202,19 @@ def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: s
         for r in rows:
             r["how"] = how
         out[b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": bench.threads,
-                       "protocol": bench.to_dict(), "weight_bytes": wb, "compute_peak_flops": peak}
+                       "protocol": bench.to_dict(), "weight_bytes": wb, "compute_peak_flops": peak,
+                       **({"ops": ops} if ops else {})}
     return out
+
+
+def _ops(name: str, b, bench: BenchArgs, progress: Callable[[str], None]) -> dict | None:
+    """The operator breakdown of a loaded backend, after its timed tests (a prompt of the longest tested length up to
+    one ubatch, 512 tokens, then up to 16 decode steps)."""
+    from slm.profiling.ops import PASS, breakdown
+
+    n_prompt = max([n for n in bench.pp if n <= 512] or [min(bench.pp)])
+    progress(f"{name}: operator profile (prefill of {n_prompt} tokens, decode steps)")
+    return breakdown(name, b, n_prompt, min(bench.tg or PASS["n_decode"], PASS["n_decode"]))
 
 
 def kv_section(inputs: Inputs, args: ProfileArgs, spec, weight_bytes: float, compute: float,

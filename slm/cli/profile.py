@@ -29,6 +29,12 @@ def register(sub) -> None:
     p.add_argument("--tg", type=int, default=128, help="tokens generated per decode test")
     p.add_argument("--depths", type=_ints, default=(0, 512, 2048), help="decode depths (comma list)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per test")
+    p.add_argument("--target-ci", type=float, default=0.03,
+                   help="repeat a test until its 95 %% interval is within ± this fraction of the mean (default 0.03)")
+    p.add_argument("--time-cap", type=float, default=10.0, help="seconds of timed runs after which a test stops repeating")
+    p.add_argument("--max-reps", type=int, default=30, help="most timed repetitions per test")
+    p.add_argument("--ops", action="store_true",
+                   help="also time each backend's operators (matmul, attention, norm, …) per phase in a separate pass")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all this process may use)")
     p.add_argument("--full-all", action="store_true", help="full protocol on torch/onnxruntime-genai too (default: lighter)")
     p.add_argument("--quick", action="store_true", help="short tests (pp64,256; tg32 @ d0,256; 2 reps; small sweep)")
@@ -45,8 +51,9 @@ def cmd_profile(args) -> int:
     from slm.profiling.protocol import BenchArgs
 
     pa = ProfileArgs(device=args.device, quant=args.quant, backends=args.backends, threads=args.threads,
-                     quick=args.quick, bench=BenchArgs(pp=args.pp, tg=args.tg, depths=args.depths, reps=args.reps),
-                     refresh_host=args.refresh_host, full_all=args.full_all)
+                     quick=args.quick, bench=BenchArgs(pp=args.pp, tg=args.tg, depths=args.depths, reps=args.reps,
+                                     target_ci=args.target_ci, time_cap_s=args.time_cap, max_reps=args.max_reps),
+                     refresh_host=args.refresh_host, full_all=args.full_all, ops=args.ops)
     remote = None
     if args.host:
         remote = RemoteArgs(args.host, args.port, Path(args.identity) if args.identity else None,

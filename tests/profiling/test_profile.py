@@ -134,8 +134,8 @@ def test_profile_args_parse_quant_once_and_presets():
         with pytest.raises(SlmError, match=msg):
             ProfileArgs(**bad)
     argv = remote_argv(q, Path("/x/m.gguf"), RemoteArgs("me@jetson", remote_dir="rd"))
-    assert argv == ["--threads", "1", "--backends", "llama.cpp,torch,onnxruntime-genai", "--quick", "--quant", "q4_0",
-                    "-o", "rd/m.gguf.profile", "--force"]
+    assert argv == ["--threads", "1", "--backends", "llama.cpp,torch,onnxruntime-genai", "--quick", "--target-ci", "0.03",
+                    "--max-reps", "30", "--quant", "q4_0", "-o", "rd/m.gguf.profile", "--force"]
     assert remote_argv(a, Path("m"), RemoteArgs("me@jetson"))[4:12] == ["--pp", "128,512,2048", "--tg", "128",
                                                                         "--depths", "0,512,2048", "--reps", "3"]
 
