@@ -1,0 +1,63 @@
+"""slm ablate on a tiny expanded chat model: four methods, the same data and token count, one report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slm.cli import main
+from slm.errors import SlmError
+from slm.train.ablate import AblateArgs, lora_rank, new_layer_params
+from slm.train.ablate_report import pareto
+
+
+def test_pareto_front():
+    pts = {"a": (0.1, 0.5), "b": (0.2, 0.4), "c": (0.0, 0.1), "d": (0.3, 0.9)}
+    assert sorted(pareto(pts)) == ["a", "c", "d"]  # b is beaten by a on both axes
+
+
+def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, tmp_path, capsys):
+    data, _ = tiny_data
+    recipe = tmp_path / "cpt.yaml"
+    recipe.write_text(f"model: {tiny_expanded}\ndata: {data}\nout: unused\nseq_len: 32\nglobal_batch: 2\n"
+                      "micro_batch: 2\nsteps: 1\nlr: 1e-3\neval: false\nprogress: false\nreport: false\n")
+    out = tmp_path / "ablate"
+    assert main(["ablate", str(recipe), "--budget", "128", "--out", str(out), "--probe-prompts", "2",
+                 "--eval-tokens", "128", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    methods = res["methods"]
+    assert list(methods) == ["expanded", "lora", "full", "freeze"]
+    assert {m["tokens"] for m in methods.values()} == {128} and {m["steps"] for m in methods.values()} == {2}
+    n_new, new, copied = new_layer_params(tiny_expanded)
+    assert new == [3, 7] and copied == [2, 5]
+    assert methods["expanded"]["trainable_params"] == n_new == methods["freeze"]["trainable_params"]
+    assert methods["freeze"]["trainable"] == [2, 5] and methods["full"]["trainable_params"] > n_new
+    r = methods["lora"]["lora_r"]
+    assert r == lora_rank(res["base"], n_new, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert abs(methods["lora"]["trainable_params"] - n_new) <= n_new / r  # matched within one rank step
+    # weight space: expansion leaves every original layer bit-identical; freeze-tuning changes exactly 2
+    assert methods["expanded"]["diff"]["changed layers"] == 0 and methods["expanded"]["diff"]["intruders"] == 0
+    assert methods["expanded"]["diff"]["new layers"] == 2 and methods["freeze"]["diff"]["changed layers"] == 2
+    assert methods["full"]["diff"]["changed layers"] == 6
+    for m in methods.values():
+        d = m["delta"][res["domain"]]
+        assert d["se"] > 0 and m["delta"][res["probe_set"]]["se"] > 0
+        assert set(m["forgetting"]["earlier_tasks"]) == {"prose", res["probe_set"]}
+    assert res["domain"] == "code"  # the heavier source (1.5 vs 1.0)
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "runs/lora/report.html" in html and "±" in html and "Pareto" in html
+    assert json.loads((out / "slm.json").read_text())["kind"] == "ablate"
+    # run again without --force: the finished runs are reused, not retrained
+    stamp = {m: (out / "runs" / m / "slm.json").stat().st_mtime_ns for m in methods}
+    assert main(["ablate", str(recipe), "--budget", "128", "--out", str(out), "--probe-prompts", "2",
+                 "--eval-tokens", "128", "--methods", "expanded,freeze", "--no-diff"]) == 0
+    assert all((out / "runs" / m / "slm.json").stat().st_mtime_ns == stamp[m] for m in ("expanded", "freeze"))
+    assert main(["ablate", str(recipe), "--budget", "256", "--out", str(out), "--methods", "expanded"]) == 2  # other budget
+
+
+def test_ablate_refuses_bad_arguments(tmp_path):
+    with pytest.raises(SlmError, match="methods"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), methods=["dora"])
+    with pytest.raises(SlmError, match="freeze"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), freeze="bottom")

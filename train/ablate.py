@@ -1,0 +1,225 @@
+"""`slm ablate`: LLaMA Pro's ablation as one command — the same data and token budget for four ways to spend it.
+
+- expanded: train only the blocks `slm expand` added (LLaMA Pro, Wu et al. 2024), on the recipe's expanded model;
+- lora: LoRA (Hu et al. 2021) on the original model, rank chosen so its trainable parameter count matches the
+  expanded run's (or the rank given);
+- full: full fine-tuning of the original model;
+- freeze: freeze-tuning of as many existing layers of the original model as the expansion added. Which ones: by
+  default the layers `expand` copied (the top block of each group), i.e. the same number at the same depths —
+  the only difference from block expansion is then "overwrite existing blocks" versus "add identity copies above
+  them", which is the question users ask of LLaMA Pro (why not unfreeze those layers?). `freeze=top` takes the
+  top-most layers instead (the usual freeze-tuning choice, e.g. Lee et al. 2019, "What Would Elsa Do? Freezing
+  Layers During Transformer Fine-Tuning").
+
+Every run is `slm.train.loop.train` with TrainArgs built from the recipe + overrides; then the original model and
+every final model are evaluated together (held-out sets ± s.e., the instruction probe with the original's answers
+as reference); forgetting is OP/BWT over the two stages (original → method); `slm diff` gives each method's
+weight-space picture (relative change, intruder dimensions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slm.errors import SlmError
+
+METHODS = ("expanded", "lora", "full", "freeze")
+
+
+@dataclass
+class AblateArgs:
+    recipe: str  # training recipe YAML; its `model` is an `slm expand` output, its data and schedule are shared
+    out: str  # ablation folder: runs/<method>/, slm.json, report.html
+    overrides: list = field(default_factory=list)  # key=value overrides of the recipe, applied to every run
+    budget: int = 0  # training tokens per method (0 = the recipe's steps × global_batch × seq_len)
+    base: str = ""  # the original model (default: the expanded model's own input, read from its slm.json)
+    methods: list = field(default_factory=lambda: list(METHODS))  # which of expanded, lora, full, freeze
+    lora_r: int = 0  # LoRA rank (0 = match the expanded run's trainable parameter count)
+    freeze: str = "copied"  # copied (the layers expand copied: same count, same depths) | top (top-most layers)
+    domain: str = ""  # the held-out set that is the training domain (default: the data's heaviest source)
+    probe_prompts: int = 80  # held-out instruction-probe prompts
+    eval_tokens: int = 16384  # held-out tokens per set
+    diff: bool = True  # weight-space diagnostics (slm diff) of every final model against the original
+    force: bool = False  # replace an existing ablation folder (without it, finished runs are reused)
+
+    def __post_init__(self):
+        bad = sorted(set(self.methods) - set(METHODS))
+        if bad or not self.methods:
+            raise SlmError(f"methods {bad or '[]'}: choose from {list(METHODS)}")
+        if self.freeze not in ("copied", "top"):
+            raise SlmError(f"freeze={self.freeze!r}: use copied or top")
+        if self.budget < 0 or self.lora_r < 0 or self.probe_prompts < 0 or self.eval_tokens < 1:
+            raise SlmError("budget ≥ 0, lora_r ≥ 0, probe_prompts ≥ 0 and eval_tokens ≥ 1 are needed")
+
+
+def base_of(expanded: Path, base: str) -> Path:
+    """The original model: given, or the input `slm expand` recorded in the expanded model's slm.json."""
+    from slm.record import read_record
+
+    if base:
+        return Path(base)
+    rec = read_record(expanded) or {}
+    path = rec.get("inputs", {}).get("model", {}).get("path") if rec.get("kind") in ("expand", None) else None
+    if not path:
+        raise SlmError(f"cannot tell which model {expanded} was expanded from: pass base=ORIGINAL (--base)")
+    return Path(path)
+
+
+def new_layer_params(expanded: Path) -> tuple[int, list[int], list[int]]:
+    """(parameters in the expanded model's new layers, their indices, the original layers they copy)."""
+    from slm.io import TensorReader
+    from slm.surgery.layers import prior_record, split_layer_name
+
+    r = TensorReader(expanded)
+    rec = prior_record(r.config)
+    new = rec["new_layers"]
+    if not new:
+        raise SlmError(f"{expanded} has no new layers in its slm_surgery record: the recipe's model must be an "
+                       "`slm expand` output")
+    n = sum(math.prod(r.shape(k)) for k in r.keys() if split_layer_name(k)[0] in set(new))
+    return n, new, sorted({rec["source_layers"][j] for j in new})
+
+
+def lora_rank(base: Path, n_params: int, targets: list[str]) -> int:
+    """The LoRA rank whose adapters (r × (in + out) per target matrix, every layer) hold about n_params."""
+    from slm.io import TensorReader
+    from slm.surgery.layers import split_layer_name
+
+    r = TensorReader(base)
+    per_rank = sum(sum(r.shape(k)) for k in r.keys() if split_layer_name(k)[0] is not None
+                   and k.endswith(".weight") and k.split(".")[-2] in targets and len(r.shape(k)) == 2)
+    if not per_rank:
+        raise SlmError(f"no LoRA target matrices {targets} in {base}")
+    return max(1, round(n_params / per_rank))
+
+
+def plan_runs(args: AblateArgs) -> tuple[dict, Path]:
+    """{method: TrainArgs} with the same data, schedule and token budget, and the original model."""
+    from .args import load_recipe
+
+    probe = load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / "probe"))
+    expanded = Path(probe.model)
+    base = base_of(expanded, args.base)
+    n_new, new, copied = new_layer_params(expanded)  # copied < new only when expand copied P > 1 blocks per group
+    top = list(range(_num_layers(base) - len(new), _num_layers(base)))
+    tokens = args.budget or probe.total_steps() * probe.global_batch * probe.seq_len
+    rank = args.lora_r or lora_rank(base, n_new, probe.lora_targets)
+    per = {"expanded": dict(model=str(expanded), trainable="expanded"),
+           "lora": dict(model=str(base), trainable="lora", lora_r=rank, lora_layers="all",
+                        lora_alpha=max(1, round(probe.lora_alpha / probe.lora_r * rank))),
+           "full": dict(model=str(base), trainable="full"),
+           "freeze": dict(model=str(base), trainable=copied if args.freeze == "copied" else top)}
+    runs = {m: load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / m), tokens=tokens,
+                           steps=0, resume=False, force=True, **per[m]) for m in args.methods}
+    return runs, base
+
+
+def _num_layers(model: Path) -> int:
+    from slm.io import read_config
+
+    return read_config(model)["num_hidden_layers"]
+
+
+IGNORED = {"force", "resume", "progress", "report", "init"}  # run settings that do not change what is trained
+
+
+def _finished(run: Path, targs) -> bool:
+    """The run folder holds a finished run of exactly these settings; other settings are refused (use --force)."""
+    from slm.record import read_record
+
+    rec = read_record(run) or {}
+    if not ((run / "final").is_dir() and rec.get("kind") == "train" and not rec.get("result", {}).get("interrupted")):
+        return False
+    want = {k: v for k, v in targs.to_dict().items() if k not in IGNORED}
+    have = {k: v for k, v in rec.get("args", {}).items() if k not in IGNORED}
+    if have != want:
+        key = next(k for k in want if have.get(k) != want[k])
+        raise SlmError(f"{run} was trained with {key}={have.get(key)!r}, this ablation asks {want[key]!r}: "
+                       "pass --force to redo the runs, or another --out")
+    return True
+
+
+def ablate(args: AblateArgs) -> dict:
+    """Train every method, evaluate them together against the original, diff their weights; write slm.json and
+    report.html into args.out. Finished runs in an existing folder are reused unless force."""
+    import shutil
+
+    from slm.guard import guard_output
+
+    from .args import load_recipe
+
+    data = load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / "x")).data
+    with guard_output(args.out, [args.recipe, data], args.force, exists_ok=True):
+        if args.force and Path(args.out).exists():
+            shutil.rmtree(args.out)
+        runs, base = plan_runs(args)
+        trained = {m: _train(t) for m, t in runs.items()}
+        result = _evaluate(args, base, data, runs, trained)
+        from .ablate_report import write_ablation
+
+        write_ablation(Path(args.out), args, result)
+    return result
+
+
+def _train(targs) -> dict:
+    """One method's run (reused when its folder already holds a finished run): its final model and counts."""
+    from slm.record import read_record
+
+    from .loop import train
+
+    run = Path(targs.out)
+    if _finished(run, targs):
+        res = read_record(run)["result"]
+    else:
+        res = train(targs)
+        if res["interrupted"]:
+            raise KeyboardInterrupt
+    s = res.get("summary", {})
+    steps = int(s.get("steps") or 0)
+    return {"run": str(run), "model": str(run / "final"), "steps": steps,
+            "tokens": steps * targs.global_batch * targs.seq_len, "trainable_params": s.get("trainable params"),
+            "trainable": targs.trainable, "lora_r": targs.lora_r if targs.trainable == "lora" else None}
+
+
+def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict) -> dict:
+    """The original and every final model on the held-out sets and the probe; OP/BWT and diff per method."""
+    from slm.surgery.diff import diff
+
+    from .evaluate import EvalArgs, evaluate, forgetting
+    from .probe import PROBE_SET
+
+    seq_len = min(next(iter(runs.values())).seq_len, 512)
+    ev = evaluate(EvalArgs(models=[str(base)] + [t["model"] for t in trained.values()], data=data, seq_len=seq_len,
+                           tokens=args.eval_tokens, probe="instruct", probe_prompts=args.probe_prompts))
+    sets = [s for s in ev["sets"] if s != PROBE_SET]
+    domain = args.domain or _heaviest(data, sets)
+    if domain not in sets:
+        raise SlmError(f"domain {domain!r} is not a held-out set of {data}: choose from {sets}")
+    row0, methods = ev["matrix"][0], {}
+    for (m, t), row in zip(trained.items(), ev["matrix"][1:]):
+        scores = [{k: -v["loss"] for k, v in r.items()} for r in (row0, row)]
+        general = {k: 0 for k in row if k != domain}  # what the original knew: the other sets and the probe
+        methods[m] = {**t, "eval": row, "forgetting": forgetting(scores, ["", domain], general),
+                      "delta": {k: _delta(row0[k], row[k]) for k in row}}
+        if args.diff:
+            methods[m]["diff"] = diff(t["model"], base)["summary"]
+    return {"base": str(base), "data": data, "domain": domain, "sets": ev["sets"], "original": row0,
+            "methods": methods, "probe_set": PROBE_SET}
+
+
+def _delta(a: dict, b: dict) -> dict:
+    """Loss change b − a (nats/token) with its standard error (independent estimates: √(se_a² + se_b²); the sets
+    are the same tokens for both, so this is conservative) and whether it is outside 1.96 s.e. (95 %)."""
+    d, se = b["loss"] - a["loss"], math.hypot(a.get("loss_se") or 0.0, b.get("loss_se") or 0.0)
+    return {"change": d, "se": se, "significant": abs(d) > 1.96 * se}
+
+
+def _heaviest(data: str, sets: list[str]) -> str:
+    """The data's source with the largest mixture weight among the held-out sets (the training domain)."""
+    from slm.record import read_record
+
+    src = (read_record(Path(data)) or {}).get("result", {}).get("sources", {})
+    weighted = [(src.get(s, {}).get("weight", 0), s) for s in sets]
+    return max(weighted)[1] if weighted else sets[0]

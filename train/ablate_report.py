@@ -1,0 +1,99 @@
+"""The ablation's slm.json and report.html: a Pareto figure (domain gain vs instruction-probe loss rise), the table
+with every figure's uncertainty, OP/BWT, each method's weight-space picture, and links to every run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _pm(d: dict) -> str:
+    """A loss change ± its s.e.; marked when inside the 95 % band (|Δ| ≤ 1.96 s.e.)."""
+    return f"{d['change']:+.4f} ± {d['se']:.4f}" + ("" if d["significant"] else " (within noise)")
+
+
+def _pct(r: dict) -> str:
+    return f"{100 * r['rate']:.1f} % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+
+
+def pareto(points: dict) -> list[str]:
+    """Methods no other beats on both axes: (forgetting x, lower better; gain y, higher better)."""
+    return [m for m, (x, y) in points.items()
+            if not any(x2 <= x and y2 >= y and (x2, y2) != (x, y) for m2, (x2, y2) in points.items() if m2 != m)]
+
+
+def _figure(result: dict):
+    from slm.report.render import Figure, new_figure, svg_of
+
+    dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
+    pts = {m: (r["delta"][probe]["change"], -r["delta"][dom]["change"]) for m, r in methods.items()}
+    front = set(pareto(pts))
+    fig, ax = new_figure(6.5, 4.0)
+    for m, (x, y) in pts.items():
+        d = methods[m]["delta"]
+        ax.errorbar(x, y, xerr=1.96 * d[probe]["se"], yerr=1.96 * d[dom]["se"], fmt="o", capsize=3,
+                    color="#e07a2f" if m in front else "#4a78b5")
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.axvline(0, color="#999", lw=0.8)
+    ax.set_xlabel("instruction-probe loss rise (nats/token; right = more forgetting)")
+    ax.set_ylabel(f"domain loss gain on '{dom}' (nats/token; up = better)")
+    ax.set_title("Domain gain vs forgetting, same data and token budget (orange: Pareto front)")
+    return Figure("Domain gain vs forgetting", svg_of(fig),
+                  "measured here: held-out losses of each final model against the original; bars are 95 % (1.96 s.e.)")
+
+
+def _tables(result: dict) -> list:
+    from slm.report.render import Table
+
+    dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
+    others = [s for s in result["sets"] if s not in (dom, probe)]
+    rows, links = [], []
+    for m, r in methods.items():
+        how = f"r = {r['lora_r']}" if r["lora_r"] else (r["trainable"] if isinstance(r["trainable"], str)
+                                                         else f"layers {r['trainable']}")
+        p = r["eval"][probe]
+        rows.append([m, how, r["trainable_params"], r["tokens"], _pm(r["delta"][dom]),
+                     "; ".join(f"{s} {_pm(r['delta'][s])}" for s in others) or "—", _pm(r["delta"][probe]),
+                     _pct(p["exact"]), _pct(p["extract"]), _pct(p["ended"]), r["forgetting"]["op"],
+                     r["forgetting"]["bwt"]])
+        links.append(f"runs/{m}/report.html")
+    o = result["original"][probe]
+    main = Table("Methods (loss changes vs the original model, nats/token ± s.e.; negative = lower loss)",
+                 ["method", "trainable", "trainable params", "tokens", f"Δ loss {dom} (domain)", "Δ loss other sets",
+                  "Δ probe loss", "probe exact [95 % CI]", "answer in first line [CI]", "ends its turn [CI]", "OP",
+                  "BWT"], rows, links=links,
+                 note=f"original model: probe exact {_pct(o['exact'])}, in first line {_pct(o['extract'])}, ends its "
+                      f"turn {_pct(o['ended'])}; OP/BWT score = −loss over the domain, the other sets and the probe")
+    tables = [main]
+    if all("diff" in r for r in methods.values()):
+        tables.append(Table("Weight space against the original (slm diff)",
+                            ["method", "layers compared", "new layers", "changed layers", "intruder dimensions",
+                             "largest layer change"],
+                            [[m, r["diff"]["layers"] - r["diff"]["new layers"], r["diff"]["new layers"],
+                              r["diff"]["changed layers"], r["diff"]["intruders"], r["diff"]["max layer change"]]
+                             for m, r in methods.items()],
+                            note="intruder dimensions: Shuttleworth et al. 2024, top 10 singular vectors, ε = 0.5"))
+    return tables
+
+
+def write_ablation(out: Path, args, result: dict) -> Path:
+    """slm.json + report.html into the ablation folder (files written atomically; the runs stay beside them)."""
+    from slm.record import write_record
+    from slm.report.render import render_report
+
+    dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
+    gain = {m: -r["delta"][dom]["change"] for m, r in methods.items()}
+    rise = {m: r["delta"][probe]["change"] for m, r in methods.items()}
+    summary = {f"{m} domain loss gain": gain[m] for m in methods}
+    summary.update({f"{m} probe loss rise": rise[m] for m in methods})
+    front = pareto({m: (rise[m], gain[m]) for m in methods})
+    lead = [f"Same data and {next(iter(methods.values()))['tokens']:,} training tokens per method; domain "
+            f"'{dom}'. On the Pareto front (most domain gain for least instruction-probe loss rise): {', '.join(front)}.",
+            "Differences inside 1.96 standard errors are marked 'within noise'."]
+    write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result)
+    render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", summary,
+                  [_figure(result)], _tables(result), lead=lead,
+                  links=[(m, f"runs/{m}/report.html") for m in methods],
+                  notes=[f"{k} = {v}" for k, v in asdict(args).items() if v not in ("", [], None)])
+    return out
