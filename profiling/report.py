@@ -142,11 +142,15 @@ def write(res: dict, out_html: Path, title: str) -> Path:
             tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after {pr['warmup']} "
                                 f"warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
                                 ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "TTFT ms", "roofline tok/s",
-                                 "fraction of roofline"],
+                                 "fraction of roofline", "energy J/token", "tokens per J"],
                                 [[r["test"], pm(r), r.get("reps", pr["reps"]), _share(r.get("other_cpu_share")),
-                                  r.get("ttft_ms"), r["roofline_tok_s"], r["roofline_fraction"]] for r in rows],
-                                note=f"{res['how']}. {_legend(res)}",
+                                  r.get("ttft_ms"), r["roofline_tok_s"], r["roofline_fraction"], *_energy(r)]
+                                 for r in rows],
+                                note=f"{res['how']}. {_legend(res)}. Energy: {_energy_how(rows)}",
                                 highlight=[i for i, r in enumerate(rows) if r.get("disturbed") or r.get("wide")]))
+        ops = _ops_fig(res)
+        figs += [ops] if ops else []
+        tables += _ops_table(res)
     figs.append(_kv_fig(res))
     if res["kv"]["measured"]:
         tables.append(Table("KV cache: llama.cpp allocation vs analytic", ["context", "cells", "type", "KV MiB (llama.cpp)",
@@ -177,6 +181,59 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                                  + f"; source: {d['source']}",
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
     return render_report(out_html, title, "profile", headline(res), figs, tables, notes=res["notes"])
+
+
+def _energy(r: dict) -> list:
+    """J/token and tokens/J as measured, or 'not measurable here' (never a zero)."""
+    if r.get("j_per_token") is None:
+        return ["not measurable here"] * 2
+    return [f"{r['j_per_token']:.3g}", f"{r['tok_per_j']:.3g}" if r.get("tok_per_j") else "–"]
+
+
+def _energy_how(rows: list[dict]) -> str:
+    """How the energy column was obtained (rails named), or why it is empty (runs before energy: not recorded)."""
+    r = next((r for r in rows if r.get("j_per_token") is not None), rows[0] if rows else {})
+    return r.get("energy_how") or "not recorded in this run"
+
+
+def _ops_fig(res: dict) -> Figure | None:
+    """Where the time goes: a stacked bar of time share by operator kind per backend × phase (slm profile --ops)."""
+    from slm.profiling.ops import KINDS
+
+    bars = [(f"{name}\n{ph}", p["shares"]) for name, b in res["backends"].items() if b.get("ops")
+            for ph, p in b["ops"]["phases"].items()]
+    if not bars:
+        return None
+    fig, ax = new_figure()
+    left = [0.0] * len(bars)
+    for k in KINDS:
+        w = [sh.get(k, 0.0) for _, sh in bars]
+        ax.barh([lb for lb, _ in bars], w, left=left, label=k)
+        for i, v in enumerate(w):
+            if v >= 0.06:
+                ax.text(left[i] + v / 2, i, f"{v:.0%}", ha="center", va="center", fontsize=7, color="white")
+        left = [a + b for a, b in zip(left, w)]
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the operator time")
+    ax.set_title("where the time goes: operator kinds per phase")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    hows = "; ".join(f"{name}: {b['ops']['how']} (prefill of {b['ops']['n_prompt']} tokens, {b['ops']['n_decode']} "
+                     "decode steps)" for name, b in res["backends"].items() if b.get("ops"))
+    return Figure(ax.get_title(), svg_of(fig), f"{res['how']}; {hows}. Decode's weight matmuls multiply a matrix by "
+                  "one token's vector (mul_mat_vec); a diagnostic pass, slower than the timed tests, so only shares count")
+
+
+def _ops_table(res: dict) -> list[Table]:
+    """The shares behind the operator chart, with each phase's costliest nodes."""
+    from slm.profiling.ops import KINDS
+
+    rows = [[name, ph, *[f"{p['shares'].get(k, 0):.1%}" for k in KINDS],
+             ", ".join(f"{op} {s:.0%}" for op, s in p["top"][:3])]
+            for name, b in res["backends"].items() if b.get("ops") for ph, p in b["ops"]["phases"].items()]
+    return [Table("where the time goes: share of operator time", ["backend", "phase", *KINDS, "costliest ops"], rows,
+                  note="slm profile --ops: a separate diagnostic pass after the timed tests (see the chart's caption)")] \
+        if rows else []
 
 
 def _share(v) -> str:

@@ -305,6 +305,9 @@ def summary(res: dict) -> dict:
             s[f"{name}.{r['test']}.tok_s"] = round(r["tok_s"], 3)
             _spread(s, f"{name}.{r['test']}.tok_s", r.get("tok_s_std"), r.get("reps"), r.get("disturbed"))
             s[f"{name}.{r['test']}.roofline_fraction"] = round(r["roofline_fraction"], 4)
+            for k in ("j_per_token", "tok_per_j"):  # only where measured (slm.profiling.energy): never a zero
+                if r.get(k) is not None:
+                    s[f"{name}.{r['test']}.{k}"] = round(r[k], 6)
         s[f"{name}.peak_rss_mib"] = round(b["peak_rss"] / 2**20, 1)
     f16 = res["kv"]["analytic"].get("f16")
     if f16:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from slm.errors import SlmError
 
-GROUPS = ("speed", "memory", "size", "quality", "training", "model", "setting")  # in the order compare shows them
+GROUPS = ("speed", "energy", "memory", "size", "quality", "training", "model", "setting")  # in the order compare shows them
 HOWS = ("measured", "projected", "analytic", "file", "setting")  # measured: where, the run's own `how` says
 BETTER = ("higher", "lower", "")
 COMPANIONS = (".std", ".n", ".disturbed")  # suffixes carrying a figure's spread (slm.profiling.run._spread)
@@ -78,6 +78,15 @@ REGISTRY: tuple[Fig, ...] = (
         "higher", "speed"),
     Fig(r"(?P<b>.+?)\.tg(?P<n>\d+)@d(?P<d>\d+)\.roofline_fraction", "decode at depth {d}: share of the roofline ({b})",
         "share", "higher", "speed"),
+    # energy (slm.profiling.energy): INA3221 rails on a Jetson, RAPL on a host; absent where not measurable
+    Fig(r"(?P<b>.+?)\.pp(?P<n>\d+)\.j_per_token", "prefill of {n} tokens: energy per token ({b})", "J/token", "lower",
+        "energy"),
+    Fig(r"(?P<b>.+?)\.tg(?P<n>\d+)@d(?P<d>\d+)\.j_per_token", "decode at depth {d}: energy per token ({b})", "J/token",
+        "lower", "energy"),
+    Fig(r"(?P<b>.+?)\.pp(?P<n>\d+)\.tok_per_j", "prefill of {n} tokens: tokens per joule ({b})", "tok/J", "higher",
+        "energy"),
+    Fig(r"(?P<b>.+?)\.tg(?P<n>\d+)@d(?P<d>\d+)\.tok_per_j", "decode at depth {d}: tokens per joule ({b})", "tok/J",
+        "higher", "energy"),
     Fig(r"(?P<b>.+?)\.peak_rss_mib", "peak resident memory ({b})", "MiB", "lower", "memory"),
     Fig(r"host_bandwidth_GBps", "host memory bandwidth", "GB/s", "higher", "speed"),
     Fig(r"host_gflops", "host matmul peak", "GFLOP/s", "higher", "speed"),

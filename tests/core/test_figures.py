@@ -13,7 +13,8 @@ from slm.report.figures import is_companion, lookup
 def _profile_summary() -> dict:
     from slm.profiling.run import summary
 
-    row = {"tok_s": 100.0, "tok_s_std": 2.0, "reps": 5, "disturbed": False, "roofline_fraction": 0.5}
+    row = {"tok_s": 100.0, "tok_s_std": 2.0, "reps": 5, "disturbed": False, "roofline_fraction": 0.5,
+           "j_per_token": 0.02, "tok_per_j": 50.0}
     sweep_row = {"size_bytes": 10, "bits_per_weight": 8.5, "pp_tok_s": 9.0, "tg_tok_s": 3.0, "ppl": 5.0,
                  "kld_vs_ref": 0.0, "pp_tok_s_std": 0.1, "pp_tok_s_reps": 3, "tg_tok_s_std": 0.1, "tg_tok_s_reps": 3}
     res = {"how": "measured on this host", "model": {"params": 10}, "threads": 2,
@@ -76,6 +77,10 @@ def test_every_summary_key_has_a_registry_entry(tiny, tmp_path):
     assert lookup("gguf_q6_k_fallbacks").label == "GGUF q6_k: tensors that fell back to another type"
     assert lookup("onnx_int4_max_rel_err").exact and not lookup("quant.q8_0.tg_tok_s").exact
     assert lookup("a_new_key.x").label == "a new key x"  # unknown: humanised, never raw
+    e = lookup("llama.cpp.tg128@d0.j_per_token")
+    assert (e.label, e.unit, e.better, e.group) == ("decode at depth 0: energy per token (llama.cpp)", "J/token", "lower",
+                                                    "energy")
+    assert lookup("torch.pp512.tok_per_j").better == "higher" and "llama.cpp.pp512.j_per_token" in keys["profile"]
 
 
 def _profile_run(tmp_path, name, decode, prefill, std=2.0, n=10, disturbed=False):
