@@ -113,3 +113,17 @@ def test_slm_eval_probe(tiny_lm, tiny_data, tmp_path, capsys):
     only = json.loads(capsys.readouterr().out)
     assert only["sets"] == [PROBE_SET] and "forgetting" not in only
     assert main(["eval", str(a)]) == 2  # neither --data nor --probe
+
+
+@pytest.mark.slow
+def test_probe_on_the_bundled_model(real_model, tmp_path):
+    """The default probe (80 held-out prompts, 32 new tokens) on SmolLM2-135M-Instruct, 1 thread: the model's own
+    answers score a low loss, it ends most turns, and it gets some known answers right in its first line."""
+    import time
+
+    t = time.perf_counter()
+    ref = build_probe(real_model, tmp_path / "probe")
+    f = ref["figures"]
+    print(f"\nprobe on {real_model.name}: {time.perf_counter() - t:.0f} s, loss {f['loss']:.4f} ± {f['loss_se']:.4f} "
+          f"({f['tokens']} tokens), exact {f['exact']}, first line {f['extract']}, ended {f['ended']}")
+    assert f["prompts"] == 80 and f["loss"] < 1.5 and f["ended"]["rate"] > 0.5 and f["extract"]["rate"] > 0.15
