@@ -58,3 +58,24 @@ def test_onnxruntime_profiler_breakdown(tiny, tmp_path):
         res = ops.breakdown("onnxruntime-genai", b, 16, 4)
     _check(res)
     assert "onnxruntime profiler" in res["how"]
+
+
+def test_profile_with_ops_shows_the_breakdown_and_no_invented_energy(tiny, tmp_path, monkeypatch):
+    import json
+
+    from slm.cli import main
+    from slm.profiling import energy
+    from slm.quant.gguf_write import write_gguf
+
+    monkeypatch.setattr(energy, "SYSFS", str(tmp_path / "no-sysfs"))  # a machine with neither INA3221 nor RAPL
+    g = write_gguf(tiny(), tmp_path / "t.gguf", "f32")
+    out = tmp_path / "p"
+    assert main(["profile", str(g), "--backends", "llama.cpp", "--pp", "16", "--tg", "4", "--depths", "0", "--reps", "1",
+                 "--max-reps", "2", "--time-cap", "0.5", "--threads", "1", "--ops", "-o", str(out)]) == 0
+    res = json.loads((out / "profile.json").read_text())
+    b = res["backends"]["llama.cpp"]
+    _check(b["ops"])
+    assert all(r["j_per_token"] is None and r["energy_how"].startswith("not measurable here") for r in b["rows"])
+    assert not any("j_per_token" in k for k in res["summary"])  # absent, never a zero
+    html = (out / "index.html").read_text()
+    assert "where the time goes" in html and "not measurable here" in html and "cb_eval" in html
