@@ -18,7 +18,7 @@ time on a Jetson.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 KINDS = ("matmul", "attention", "norm", "rope", "elementwise", "other")  # the chart's stacking order
 PASS = {"n_prompt": 128, "n_decode": 16}  # the diagnostic pass: one prefill of this many tokens, then decode steps

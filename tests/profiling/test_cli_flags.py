@@ -7,10 +7,11 @@ import argparse
 from pathlib import Path
 
 import pytest
-from slm.cli import main
-from slm.cli.profile import register
 from slm.profiling.api import ProfileArgs, RemoteArgs, remote_argv
 from slm.profiling.protocol import BenchArgs
+
+from slm.cli import main
+from slm.cli.profile import register
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -63,9 +63,10 @@ def test_onnxruntime_profiler_breakdown(tiny, tmp_path):
 def test_profile_with_ops_shows_the_breakdown_and_no_invented_energy(tiny, tmp_path, monkeypatch):
     import json
 
-    from slm.cli import main
     from slm.profiling import energy
     from slm.quant.gguf_write import write_gguf
+
+    from slm.cli import main
 
     monkeypatch.setattr(energy, "SYSFS", str(tmp_path / "no-sysfs"))  # a machine with neither INA3221 nor RAPL
     g = write_gguf(tiny(), tmp_path / "t.gguf", "f32")
