@@ -30,7 +30,7 @@ METHODS = ("expanded", "lora", "full", "freeze")
 
 @dataclass
 class AblateArgs:
-    recipe: str  # training recipe YAML; its `model` is an `slm expand` output, its data and schedule are shared
+    recipe: str  # training recipe YAML ("" = overrides only); its `model` is an `slm expand` output
     out: str  # ablation folder: runs/<method>/, slm.json, report.html
     overrides: list = field(default_factory=list)  # key=value overrides of the recipe, applied to every run
     budget: int = 0  # training tokens per method (0 = the recipe's steps × global_batch × seq_len)
@@ -151,7 +151,7 @@ def ablate(args: AblateArgs) -> dict:
     from .args import load_recipe
 
     data = load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / "x")).data
-    with guard_output(args.out, [args.recipe, data], args.force, exists_ok=True):
+    with guard_output(args.out, [args.recipe or None, data], args.force, exists_ok=True):
         if args.force and Path(args.out).exists():
             shutil.rmtree(args.out)
         runs, base = plan_runs(args)
