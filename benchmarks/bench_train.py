@@ -4,10 +4,12 @@ CPU (default): the real model expanded 30→36 (SmolLM2-135M), seq 512, batch 1,
 in its own process (peak RSS = that process's ru_maxrss), the first step is excluded from the median.
 
     .venv/bin/python benchmarks/bench_train.py [--model /tmp/smol-x36] [--steps 5] [--seq-len 512]
-    python3 benchmarks/bench_train.py --gpu        # CUDA: bf16 autocast, SDPA (or flash-attn 2 if installed)
+    .venv/bin/python benchmarks/bench_train.py --loss      # chunked LM-head CE vs plain: time and peak memory
+    python3 benchmarks/bench_train.py --gpu [--dry-run]    # issue 10's GPU table (bench_train_gpu.py)
 
-GPU mode uses random weights with the real model's architecture (SmolLM2-135M expanded to 36 layers) and a
-~1.1B Llama config (TinyLlama's shape with the SmolLM2 vocabulary): throughput does not depend on the values.
+GPU mode (benchmarks/bench_train_gpu.py) uses random weights with real architectures: ours vs a plain
+FlexAttention reference loop on a ~1.1B Llama, expanded vs full on the 1.1B expanded 22 → 33, a ~3B full
+fine-tune, torchrun 1-rank FSDP2 vs plain; `--dry-run` runs every row on CPU with a tiny Llama.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-ONE_B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-             num_key_value_heads=4, max_position_embeddings=4096, vocab_size=49152, tie_word_embeddings=False)
 
 
 def stdlib_data(work: Path, tokenizer: Path, files: int = 300) -> Path:
@@ -138,76 +138,83 @@ def cpu_table(a) -> None:
         print(f"expanded / full: step time {e['step_s'] / f['step_s']:.2f}×, optimizer memory {e['trainable'] / f['trainable']:.2f}×")
 
 
-def gpu_table(a) -> None:
-    """bf16 tok/s and MFU for the real model's architecture (x36) and a ~1.1B Llama, random weights."""
+def loss_one(kind: str, tokens: int, hidden: int, vocab: int, repeat: int = 3) -> dict:
+    """One LM head + CE forward and backward (plain: fp32 logits then F.cross_entropy; chunked: train/loss.py):
+    median time and the peak RSS it added over its inputs."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    import torch.nn.functional as F
 
-    from slm.io import read_config
+    from slm.train.loss import chunked_cross_entropy
 
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    data = stdlib_data(work, Path(a.tokenizer), files=400)
-    x36 = read_config(Path(a.tokenizer)) if (Path(a.tokenizer) / "config.json").is_file() else None
-    configs = {}
-    if x36:
-        configs["smollm2-x36"] = {k: v for k, v in x36.items() if k not in ("architectures", "dtype")}
-    configs["llama-1.1b"] = ONE_B
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flash-attn: "
-          f"{'yes' if _has_flash() else 'no (SDPA with the 4-D block mask)'}")
-    for name, cfg in configs.items():
-        if a.only and name != a.only:
-            continue
-        d = work / name
-        if not d.exists():
-            torch.manual_seed(0)
-            m = AutoModelForCausalLM.from_config(LlamaConfig(**{k: v for k, v in cfg.items() if k != "model_type"}))
-            m.config.slm_surgery = cfg.get("slm_surgery")
-            m.save_pretrained(str(d))
-            del m
-        for kind, seq, batch in a.gpu_runs(name):
-            try:
-                r = run_ours(kind, d, data, work, a.steps, seq, batch, a.extra)
-            except Exception as e:  # noqa: BLE001 - report and go on with the next configuration
-                print(f"{name} {kind}: {type(e).__name__}: {e}")
-                continue
-            mem = torch.cuda.max_memory_allocated() / 1e9
-            torch.cuda.reset_peak_memory_stats()
-            print(f"{name:12} {kind:9} seq {seq:5} batch {batch:3}  {r['tok_s']:>10.0f} tok/s  MFU {r.get('mfu', 0):.1%}  "
-                  f"peak {mem:.1f} GB", flush=True)
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(tokens, hidden, generator=gen, requires_grad=True)
+    w = (torch.randn(vocab, hidden, generator=gen) * 0.02).requires_grad_()
+    y = torch.randint(0, vocab, (tokens,), generator=gen)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        if kind == "plain":
+            loss = F.cross_entropy((h @ w.t()).float(), y, reduction="sum")
+        else:
+            loss = chunked_cross_entropy(h, w, y)
+        loss.backward()
+        times.append(time.perf_counter() - t0)
+        h.grad = w.grad = None
+    return {"s": sorted(times)[len(times) // 2],
+            "added_gb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1e6}
 
 
-def _has_flash() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
+def loss_table(a) -> None:
+    """chunked vs plain CE over the LM head (SmolLM2: hidden 576 × vocab 49 152, fp32), each in its own process."""
+    print(f"LM head + CE, hidden 576, vocab 49152, fp32, CPU ({os.cpu_count()} cores shared), forward + backward, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print(f"{'tokens':>7} {'plain s':>8} {'chunked s':>10} {'plain +RSS GB':>14} {'chunked +RSS GB':>16}")
+    for tokens in (512, 2048, 8192):
+        r = {}
+        for kind in ("plain", "chunked"):
+            out = subprocess.run([sys.executable, str(HERE), "--one", f"loss:{kind}:{tokens}"], capture_output=True,
+                                 text=True)
+            r[kind] = json.loads([x for x in out.stdout.splitlines() if x.startswith("RESULT ")][0][7:])
+        print(f"{tokens:>7} {r['plain']['s']:>8.3f} {r['chunked']['s']:>10.3f} {r['plain']['added_gb']:>14.2f} "
+              f"{r['chunked']['added_gb']:>16.2f}", flush=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description="training throughput and memory: CPU vs HF Trainer, or --gpu (issue 10)")
     ap.add_argument("--model", default="/tmp/smol-x36", help="expanded real model (CPU mode)")
-    ap.add_argument("--tokenizer", default="/tmp/smol-x36", help="folder with tokenizer.json (+ config.json) for GPU mode")
+    ap.add_argument("--tokenizer", default="/tmp/smol-x36", help="folder with tokenizer.json (GPU mode: its data)")
     ap.add_argument("--work", default="/tmp/slm-bench-train")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--gpu", action="store_true", help="issue 10's GPU table (benchmarks/bench_train_gpu.py)")
+    ap.add_argument("--dry-run", action="store_true", help="with --gpu: every row on CPU with a tiny Llama")
+    ap.add_argument("--loss", action="store_true", help="chunked LM-head cross-entropy vs plain (CPU)")
     ap.add_argument("--kinds", default="expanded,hf-trainer,full,lora", help="CPU mode: configurations to run")
     ap.add_argument("--ckpt", action="store_true", help="activation checkpointing")
-    ap.add_argument("--extra", nargs="*", default=[], help="more recipe overrides (GPU mode), e.g. compile=true")
-    ap.add_argument("--only", help="GPU mode: only this configuration (smollm2-x36 or llama-1.1b)")
+    ap.add_argument("--extra", nargs="*", default=[], help="more recipe overrides for our rows, e.g. loss=plain")
+    ap.add_argument("--only", help="GPU mode: only these rows, comma-separated (reference, ours, x33-full, "
+                                   "x33-expanded, 3b-full, fsdp-1-rank)")
+    ap.add_argument("--row-timeout", type=int, default=900, help="GPU mode: seconds per row")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    a.gpu_runs = lambda name: ([("expanded", 2048, 16), ("full", 2048, 16)] if name == "smollm2-x36"
-                               else [("full", 2048, 8)])
-    if a.one:
+    if a.one and a.one.startswith("loss:"):
+        _, kind, tokens = a.one.split(":")
+        print("RESULT " + json.dumps(loss_one(kind, int(tokens), 576, 49152)), flush=True)
+    elif a.one and a.one.startswith("gpu:"):
+        import bench_train_gpu
+
+        bench_train_gpu.one_gpu_row(a)
+    elif a.one:
         one(a)
     elif a.gpu:
-        gpu_table(a)
+        import bench_train_gpu
+
+        bench_train_gpu.gpu_table(a, stdlib_data)
+    elif a.loss:
+        loss_table(a)
     else:
         cpu_table(a)
 

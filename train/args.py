@@ -34,7 +34,7 @@ BOOLS = ("eval", "progress", "report", "resume", "force", "activation_checkpoint
 # Fields naming one of a few things (`compile` also takes true/false).
 CHOICES = {"dtype": ("auto", "float32", "bfloat16"), "device": ("auto", "cpu", "cuda"),
            "attn": ("auto", "flex", "flash", "sdpa", "eager"), "loss": ("auto", "chunked", "plain", "liger"),
-           "compile": ("auto", True, False), "fsdp": ("auto", "off")}
+           "compile": ("auto", True, False), "fsdp": ("auto", True, False)}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -74,7 +74,7 @@ class TrainArgs:
     attn: str = "auto"  # auto (CUDA: flash with flash-attn installed, else flex; CPU: sdpa) | flex | flash | sdpa | eager
     loss: str = "auto"  # auto (liger on CUDA when installed, else chunked) | chunked (LM head + CE by token chunks) | plain | liger
     activation_checkpointing: bool = False  # recompute each block in backward (less memory, ~30 % more time)
-    fsdp: str = "auto"  # auto (FSDP2 when launched by torchrun with > 1 rank) | off
+    fsdp: str | bool = "auto"  # auto (FSDP2 when torchrun starts > 1 rank) | on (FSDP2 also for 1 rank) | off
     log_every: int = 1  # steps between metrics lines
     progress: bool = True  # rich progress bar
     report: bool = True  # write report.html at the end
@@ -98,6 +98,7 @@ class TrainArgs:
 
     def _check_choices(self) -> None:
         """Fields that name one of a few things, and the on/off switches."""
+        self.fsdp = {"on": True, "off": False}.get(self.fsdp, self.fsdp) if isinstance(self.fsdp, str) else self.fsdp
         if self.preset is not None and self.preset not in PRESETS:
             raise SlmError(f"unknown preset {self.preset!r}: use one of {sorted(PRESETS)}")
         t = self.trainable

@@ -72,7 +72,7 @@ def build(args: TrainArgs, plan: Plan, dist: Dist) -> Parts:
     model, head = build_model(args, plan.model_dir, plan.cfg, dist.device, plan.attn, plan.loss)
     if wants_compile(args, dist.device):
         compile_blocks(model)  # regional: one decoder block's compile time, names unchanged
-    fsdp = dist.on and args.fsdp == "auto"
+    fsdp = dist.on and args.fsdp is not False
     if fsdp:
         shard_fsdp2(model, dist.device, bf16)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
