@@ -28,7 +28,7 @@ def test_interrupted_run_is_not_done(tmp_path):
 
 def test_plan_covers_the_whole_lab(tmp_path):
     names = [s.name for s in steps({"root": tmp_path, "models": tmp_path / "m", "runs": tmp_path / "r"})]
-    assert names == ["import", "info", "expand", "data", "train", "merge", "eval", "export", "profile",
+    assert names == ["import", "info", "expand", "data", "train", "merge", "eval", "ablate", "export", "profile",
                      "profile-base", "plan", "compare-expand", "compare-profiles"]
 
 

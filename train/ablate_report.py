@@ -22,6 +22,30 @@ def pareto(points: dict) -> list[str]:
             if not any(x2 <= x and y2 >= y and (x2, y2) != (x, y) for m2, (x2, y2) in points.items() if m2 != m)]
 
 
+def headline(result: dict) -> str:
+    """The reports index's first sentence: which method gained the most on the domain per unit of forgetting
+    (instruction-probe loss rise), with both changes' s.e.; no winner is named from differences inside the noise."""
+    dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
+    tokens = next(iter(methods.values()))["tokens"]
+    gains = {m: r["delta"][dom] for m, r in methods.items() if r["delta"][dom]["significant"]
+             and r["delta"][dom]["change"] < 0}
+    head = f"LLaMA Pro ablation ({tokens:,} training tokens per method, domain '{dom}'): "
+    if not gains:
+        return head + "no method's domain gain is outside the noise at this budget."
+
+    def per_forgetting(m: str) -> float:  # gain per unit of probe loss rise; a rise inside the noise counts as none
+        rise = methods[m]["delta"][probe]
+        r = rise["change"] if rise["significant"] and rise["change"] > 0 else 0.0
+        return -gains[m]["change"] / r if r else float("inf")
+
+    best = max(gains, key=lambda m: (per_forgetting(m), -gains[m]["change"]))
+    rise = methods[best]["delta"][probe]
+    forgot = (f"instruction-probe loss {rise['change']:+.3f} ± {rise['se']:.3f}"
+              + ("" if rise["significant"] else ", within noise: no measurable forgetting"))
+    return (head + f"{best} gained the most per unit of forgetting: domain loss {gains[best]['change']:+.3f} ± "
+            f"{gains[best]['se']:.3f} nats/token, {forgot}.")
+
+
 def _figure(result: dict):
     from slm.report.render import Figure, new_figure, svg_of
 
@@ -88,9 +112,10 @@ def write_ablation(out: Path, args, result: dict) -> Path:
     summary = {f"{m} domain loss gain": gain[m] for m in methods}
     summary.update({f"{m} probe loss rise": rise[m] for m in methods})
     front = pareto({m: (rise[m], gain[m]) for m in methods})
-    lead = [f"Same data and {next(iter(methods.values()))['tokens']:,} training tokens per method; domain "
+    lead = [headline(result), f"Same data and {next(iter(methods.values()))['tokens']:,} training tokens per method; domain "
             f"'{dom}'. On the Pareto front (most domain gain for least instruction-probe loss rise): {', '.join(front)}.",
             "Differences inside 1.96 standard errors are marked 'within noise'."]
+    result = {**result, "headline": headline(result)}  # the reports index leads with it
     write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result)
     render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", summary,
                   [_figure(result)], _tables(result), lead=lead,

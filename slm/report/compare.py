@@ -217,11 +217,13 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
     """reports/index.html: the comparisons first, then every run with its kind, date, three to five key figures in
     words and units, how they were obtained, and a link."""
     reports_dir = Path(reports_dir)
-    runs, comps = [], []
+    runs, comps, lead = [], [], []
     for d in sorted(p for p in reports_dir.iterdir() if p.is_dir()):
         rec = read_record(d)
         if rec is None:
             continue
+        if rec.get("result", {}).get("headline"):  # a run's own one-sentence result (e.g. the ablation's)
+            lead.append(str(rec["result"]["headline"]))
         summary = _flat(rec.get("result", {}).get("summary", {}))
         created = rec.get("created", "")[:16].replace("T", " ")
         link = _rel_link(reports_dir / "index.html", d)
@@ -241,7 +243,7 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
                         note=f"Click a run to open its report. {MARK_DISTURBED} measured while other processes used "
                              "the CPU; ± = 95 % interval over the repetitions.", links=[h for _, h in runs]))
     return render_report(reports_dir / "index.html", title, "index", {"runs listed": len(runs), "comparisons": len(comps)},
-                         [], tables)
+                         [], tables, lead=lead or None)
 
 
 INDEX_FIGURES = 5  # key figures per run on the index: what a reader takes in at a glance

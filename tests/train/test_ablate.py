@@ -61,3 +61,28 @@ def test_ablate_refuses_bad_arguments(tmp_path):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), methods=["dora"])
     with pytest.raises(SlmError, match="freeze"):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), freeze="bottom")
+
+
+def _delta(change, se):
+    return {"change": change, "se": se, "significant": abs(change) > 1.96 * se}
+
+
+def test_headline_names_the_best_gain_per_forgetting_and_never_a_winner_inside_the_noise():
+    from slm.train.ablate_report import headline
+
+    def result(**methods):
+        return {"domain": "code", "probe_set": "instruct-probe",
+                "methods": {m: {"tokens": 2048, "delta": {"code": _delta(*d), "instruct-probe": _delta(*p)}}
+                            for m, (d, p) in methods.items()}}
+
+    # full gains most but forgets; expanded gains less with a probe rise inside the noise → expanded
+    r = result(expanded=((-0.20, 0.02), (0.01, 0.02)), full=((-0.30, 0.02), (0.15, 0.02)),
+               lora=((-0.25, 0.02), (0.10, 0.02)))
+    assert "expanded gained the most per unit of forgetting" in headline(r)
+    assert "no measurable forgetting" in headline(r)
+    # every method forgets: the best ratio wins (lora 0.25/0.05 = 5 > full 0.30/0.15 = 2)
+    r = result(full=((-0.30, 0.02), (0.15, 0.02)), lora=((-0.25, 0.02), (0.05, 0.01)))
+    assert "lora gained the most" in headline(r) and "+0.050 ± 0.010" in headline(r)
+    # no domain gain outside the noise: nobody is named
+    r = result(full=((-0.01, 0.02), (0.15, 0.02)), lora=((0.02, 0.02), (0.0, 0.01)))
+    assert "no method's domain gain is outside the noise" in headline(r)
