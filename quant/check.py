@@ -37,6 +37,16 @@ def validate_exports(model_dir: Path, ggufs: dict[str, Path], onnx: dict[str, Pa
         torch.set_num_threads(old)
 
 
+def text_ids(model_dir: Path, text: str, vocab_size: int, n_ctx: int) -> list[int]:
+    """The held-out text's token ids as validation scores them (the model's tokenizer, or fixed ids without one)."""
+    from transformers import AutoTokenizer
+
+    from .gguf_write import has_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir)) if has_tokenizer(model_dir) else None
+    return _text_ids(tok, text, vocab_size, n_ctx)
+
+
 def _text_ids(tok, text: str, vocab_size: int, n_ctx: int) -> list[int]:
     if tok is not None:
         return tok.encode(text)

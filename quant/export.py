@@ -24,7 +24,7 @@ from slm.guard import atomic_dir, check_output
 from slm.record import write_record
 from slm.spec import ModelSpec, spec_from_config
 
-from . import gguf_write, onnx_export, quantize as Q
+from . import gguf_write, onnx_export, onnx_search, quantize as Q
 from .validate import HELD_OUT_TEXT
 
 DISK_MARGIN = 1.1
@@ -35,7 +35,8 @@ class ExportArgs:
     """What to export and how to check it."""
 
     gguf: list[str] = field(default_factory=lambda: ["q8_0"])  # GGUF types (f32, f16, bf16, q8_0, q6_k, q4_k_m, …)
-    onnx: list[str] = field(default_factory=list)  # ONNX precisions: int4, int8, fp16, fp32
+    onnx: list[str] = field(default_factory=list)  # ONNX precisions: int4 (int4:all, int4:NAME), int8, fp16, fp32
+    int4: str = "search"  # int4 recipes: search (the default list), all, or one name (onnx_search.CANDIDATES)
     ep: str = "cpu"  # ONNX execution provider the graph is built for: cpu or cuda
     validate: bool = True  # compare every artifact with the HF model (logits, perplexity, KLD, generations)
     imatrix: str | None = None  # calibration text file → importance matrix for the quantizer
@@ -52,7 +53,11 @@ class ExportArgs:
             self.onnx = [t for t in self.onnx.split(",") if t.strip()]
         if not self.gguf and not self.onnx:
             raise SlmError("nothing to export: pass --gguf TYPES and/or --onnx PRECISIONS")
-        self.onnx = onnx_export.check_onnx(self.onnx, self.ep)
+        for item in self.onnx:  # "int4:NAME" names the int4 recipe; refused here, before any work
+            if item.strip().lower().startswith("int4:"):
+                self.int4 = onnx_search.parse_int4(item.strip())
+        self.int4 = onnx_search.parse_int4(f"int4:{self.int4}")
+        self.onnx = onnx_export.check_onnx([t.split(":", 1)[0] for t in self.onnx], self.ep)
         if self.threads is not None and self.threads < 1:
             raise SlmError(f"threads must be at least 1, got {self.threads}")
         if self.n_ctx < 16:
@@ -162,17 +167,38 @@ def write_ggufs(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict)
     return paths, files
 
 
-def write_onnx(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict) -> tuple[dict, list]:
-    """One onnxruntime-genai folder per precision; returns precision → folder and the file entries."""
-    dirs, files = {}, []
+def _int4_inputs(p: Plan, args: ExportArgs, tmp: Path, work: Path) -> onnx_search.Inputs:
+    """The scored tokens and the GPTQ calibration windows, both from the validation text and disjoint."""
+    from . import check
+
+    n_ctx = min(args.n_ctx, p.spec.max_context)
+    ids = check.text_ids(p.model_dir, p.text, p.spec.vocab, n_ctx)
+    score_ids, calibration = onnx_search.split_text(ids, n_ctx)
+    return onnx_search.Inputs(p.model_dir.resolve(), args.ep, work / "int4", tmp / "logs", score_ids, calibration)
+
+
+def write_onnx(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict) -> tuple[dict, list, dict | None]:
+    """One onnxruntime-genai folder per precision (int4: the search's kept candidate); returns precision → folder,
+    the file entries and the int4 search record."""
+    from .score import Scoring
+
+    dirs, files, int4 = {}, [], None
     for prec in args.onnx:
         d = dirs[prec] = tmp / f"onnx-{prec}"
-        _timed(timings, f"onnx_{prec}", onnx_export.build_onnx, p.model_dir.resolve(), d, prec, args.ep,
-               work / "onnx-cache", tmp / "logs" / f"onnx-{prec}.log")
+        if prec == "int4":
+            inp = _int4_inputs(p, args, tmp, work)
+            inp.work.mkdir(parents=True, exist_ok=True)
+            scoring = Scoring("all", min(args.n_ctx, p.spec.max_context))
+            int4 = _timed(timings, "onnx_int4", onnx_search.search, args.int4, inp, p.spec, scoring, d)
+        else:
+            _timed(timings, f"onnx_{prec}", onnx_export.build_onnx, p.model_dir.resolve(), d, prec, args.ep,
+                   work / "onnx-cache", tmp / "logs" / f"onnx-{prec}.log")
         size = onnx_export.dir_size(d)
         files.append({"format": "onnx", "type": prec, "path": d.name, "size_bytes": size,
                       "bits_per_weight": 8 * size / p.spec.params, "main_type": prec, "fallbacks": [], "mixed": []})
-    return dirs, files
+        if prec == "int4":
+            files[-1]["settings"] = {"candidate": int4["kept"], **int4["settings"]}
+    return dirs, files, int4
 
 
 def export(model_dir: Path | str, out_dir: Path | str | None = None, args: ExportArgs | None = None) -> dict:
@@ -187,7 +213,7 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
         work.mkdir()
         (tmp / "logs").mkdir()
         paths, gguf_files = write_ggufs(p, args, tmp, work, timings)
-        onnx_dirs, onnx_files = write_onnx(p, args, tmp, work, timings)
+        onnx_dirs, onnx_files, int4 = write_onnx(p, args, tmp, work, timings)
         validation = None
         if args.validate:
             from .check import validate_exports
@@ -198,7 +224,8 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
         timings["total"] = time.time() - t0
         result = {"model": str(model_dir), "name": p.name, "arch": p.arch, "params": p.spec.params,
                   "files": gguf_files + onnx_files, "validation": validation, "timings_s": timings,
-                  "imatrix": bool(p.imatrix), "pre_tokenizer": p.vocab["pre"] if p.vocab else None}
+                  "imatrix": bool(p.imatrix), "pre_tokenizer": p.vocab["pre"] if p.vocab else None,
+                  "onnx_int4": int4}
         result["summary"] = summarize(result)
         write_record(tmp, "export", asdict(args), inputs={"model": model_dir}, result=result)
         from .report import write_report
@@ -224,6 +251,8 @@ def summarize(result: dict) -> dict:
         s[f"{k}_bpw"] = round(f["bits_per_weight"], 3)
         if f["format"] == "gguf":
             s[f"{k}_fallbacks"] = len(f["fallbacks"])
+        if f.get("settings"):
+            s[f"{k}_recipe"] = f["settings"]["candidate"]
         r = (v.get(f["format"]) or {}).get(f["type"])
         if r:
             s[f"{k}_max_rel_err"] = r["max_rel_err"]

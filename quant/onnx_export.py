@@ -38,10 +38,15 @@ def check_onnx(precisions: list[str], ep: str) -> list[str]:
     return out
 
 
-def build_onnx(model_dir: Path, out_dir: Path, precision: str, ep: str, cache_dir: Path, log: Path) -> Path:
-    """Run `python -m onnxruntime_genai.models.builder` into out_dir; its output goes to `log`."""
+def build_onnx(model_dir: Path, out_dir: Path, precision: str, ep: str, cache_dir: Path, log: Path,
+               extra: dict | None = None) -> Path:
+    """Run `python -m onnxruntime_genai.models.builder` into out_dir; its output goes to `log`.
+
+    extra: the builder's `--extra_options` (algo_config, matmul_mixed_precision, block_size, …; builder.py's help)."""
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out_dir),
            "-p", precision, "-e", ep, "-c", str(cache_dir)]
+    if extra:
+        cmd += ["--extra_options", *[f"{k}={v}" for k, v in extra.items()]]
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0 or not (out_dir / "genai_config.json").is_file():

@@ -1,0 +1,195 @@
+"""`--onnx int4`: try several int4 recipes, score each by KLD on held-out text, keep the best that fits.
+
+Candidates come from two places: onnxruntime-genai's model builder (`--extra_options`: `algo_config`,
+`matmul_mixed_precision`, `block_size`; builder.py's help) and onnxruntime's `MatMulNBitsQuantizer` run on the
+builder's fp32 folder (RTN, HQQ, GPTQ; onnx_ortq.py). Each is scored with the one scorer (score.py, mode `all`)
+as KL(P_fp32-HF ‖ P_candidate) on the first part of the validation text; GPTQ calibrates on the part after it,
+never on the tokens that are scored. The kept candidate has the lowest KLD among those whose weights (model.onnx +
+its data) are no larger than a GGUF q4_k_m of the same shape (slm.gguf_mix.fallbacks_for, no quantizing needed).
+
+    --onnx int4          the default list (DEFAULT_SEARCH, ~3 min on the 135M model, 2 cores)
+    --onnx int4:all      every candidate
+    --onnx int4:NAME     only NAME (not scored here: validation scores it)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slm.errors import SlmError
+
+from . import onnx_export
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One int4 recipe."""
+
+    tool: str  # "builder" (onnxruntime-genai --extra_options) or "ort" (MatMulNBitsQuantizer on the fp32 folder)
+    options: dict = field(default_factory=dict)  # builder: its extra_options; ort: algo, block_size, symmetric
+    note: str = ""  # one line for the report
+
+
+CANDIDATES: dict[str, Candidate] = {
+    "default": Candidate("builder", {}, "builder default: RTN symmetric, block 32, accuracy_level 4"),
+    "k_quant": Candidate("builder", {"algo_config": "k_quant"}, "builder k-quant (llama.cpp-style scale search)"),
+    "default_b128": Candidate("builder", {"block_size": 128}, "builder RTN with blocks of 128 (smaller, coarser)"),
+    "rtn_last": Candidate("builder", {"algo_config": "rtn", "matmul_mixed_precision": "last_matmul:int8"},
+                          "builder RTN, LM head int8"),
+    "k_quant_last": Candidate("builder", {"algo_config": "k_quant", "matmul_mixed_precision": "last_matmul:int8"},
+                              "builder k-quant, LM head int8"),
+    "k_quant_mixed": Candidate("builder", {"algo_config": "k_quant",
+                                           "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
+                               "builder k-quant, LM head and llama.cpp's sensitive layers int8"),
+    "rtn": Candidate("ort", {"algo": "rtn", "block_size": 32, "symmetric": False},
+                     "onnxruntime RTN, asymmetric, block 32"),
+    "hqq": Candidate("ort", {"algo": "hqq", "block_size": 32}, "onnxruntime HQQ (Badri & Shaji 2023), block 32"),
+    "hqq_b64": Candidate("ort", {"algo": "hqq", "block_size": 64}, "onnxruntime HQQ, block 64"),
+    "gptq": Candidate("ort", {"algo": "gptq", "block_size": 32, "symmetric": False},
+                      "onnxruntime GPTQ (Frantar et al. 2022), asymmetric, block 32, calibrated"),
+}
+# Measured on SmolLM2-135M, 2 shared cores (build + score s): default 8+3, k_quant_mixed 25+2, hqq 44+7 (with the
+# shared fp32 build), hqq_b64 ~40; gptq 599+5 with 2 × 512 calibration tokens (a full fp32 pass per distinct MatMul
+# input per window) and no gain over RTN there — so GPTQ is in `int4:all`, not in the default list.
+DEFAULT_SEARCH = ("default", "k_quant_mixed", "hqq", "hqq_b64")
+SCORE_TOKENS = 512  # at most this many tokens scored; the rest of the text calibrates GPTQ
+CALIB_WINDOWS = 2  # GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)
+
+
+def parse_int4(item: str) -> str:
+    """'int4' → 'search', 'int4:all' → 'all', 'int4:NAME' → NAME; SlmError for an unknown name (before any work)."""
+    name = item.split(":", 1)[1].strip().lower() if ":" in item else "search"
+    if name not in ("search", "all") and name not in CANDIDATES:
+        raise SlmError(f"unknown ONNX int4 candidate {name!r}: choose all or one of {', '.join(CANDIDATES)}")
+    return name
+
+
+def names_for(choice: str) -> list[str]:
+    return list(DEFAULT_SEARCH if choice == "search" else CANDIDATES if choice == "all" else [choice])
+
+
+def size_bound(spec) -> int:
+    """Tensor bytes of a GGUF q4_k_m of this shape, fallbacks included (slm.gguf_mix, computed, not quantized)."""
+    from slm.gguf_mix import fallbacks_for
+
+    return int(fallbacks_for(spec, "q4_k_m")["tensor_bytes"])
+
+
+def weight_bytes(folder: Path) -> int:
+    """model.onnx and its external data: what the candidate's weights cost (tokenizer files excluded)."""
+    return sum(p.stat().st_size for p in folder.glob("model.onnx*") if p.is_file())
+
+
+@dataclass
+class Inputs:
+    """What every candidate is built from and scored on."""
+
+    model_dir: Path  # HF checkpoint
+    ep: str  # execution provider
+    work: Path  # scratch folder (candidates, fp32 build, builder cache)
+    logs: Path  # builder logs
+    score_ids: list[int]  # token ids scored (KLD vs the fp32 HF model)
+    calibration: list[list[int]]  # GPTQ windows, disjoint from score_ids
+
+
+def build(name: str, inp: Inputs) -> Path:
+    """Build candidate `name` into work/int4-NAME."""
+    c, out = CANDIDATES[name], inp.work / f"int4-{name}"
+    cache = inp.work / "onnx-cache"
+    if c.tool == "builder":
+        return onnx_export.build_onnx(inp.model_dir, out, "int4", inp.ep, cache, inp.logs / f"onnx-int4-{name}.log",
+                                      extra=c.options)
+    fp32 = inp.work / "fp32"
+    if not (fp32 / "genai_config.json").is_file():
+        onnx_export.build_onnx(inp.model_dir, fp32, "fp32", inp.ep, cache, inp.logs / "onnx-fp32-for-int4.log")
+    o = c.options
+    if o["algo"] == "gptq" and not inp.calibration:
+        raise RuntimeError("no calibration text left after the scored tokens: pass a longer --eval-text")
+    from .onnx_ortq import quantize_folder
+
+    return quantize_folder(fp32, out, o["algo"], o["block_size"], o.get("symmetric", False),
+                           4 if inp.ep == "cpu" else None, inp.calibration)
+
+
+def score_candidate(folder: Path, ref, inp: Inputs, scoring) -> dict:
+    """KLD of the candidate against the fp32 HF reference on the scored tokens (score.py, the one scorer)."""
+    from . import score as S, validate as V
+
+    m = V.open_onnx(folder)
+    got = S.score(lambda w: V.onnx_logits(m, w), inp.score_ids, scoring)
+    del m
+    return {**S.kld(ref, got, scoring), "perplexity": S.perplexity(got, scoring)["perplexity"]}
+
+
+def _reference(model_dir: Path, ids: list[int], scoring):
+    from slm.io import load_model
+
+    from . import score as S, validate as V
+
+    model = load_model(model_dir, "float32").eval()
+    return S.score(lambda w: V.hf_logits(model, w), ids, scoring)
+
+
+def _row(name: str, folder: Path | None, built_s: float, scored: dict | None, bound: int, err: str = "") -> dict:
+    c = CANDIDATES[name]
+    row = {"name": name, "tool": c.tool, "options": dict(c.options), "note": c.note, "build_s": round(built_s, 1)}
+    if folder is not None:
+        row.update(size_bytes=onnx_export.dir_size(folder), weight_bytes=weight_bytes(folder))
+        row["fits"] = row["weight_bytes"] <= bound
+    if scored:
+        row.update(kld=scored["kld_mean"], kld_p99=scored["kld_p99"], top1=scored["top1_agree"],
+                   perplexity=scored["perplexity"], score_s=round(scored["seconds"], 1))
+    if err:
+        row["error"] = err
+    return row
+
+
+def pick(rows: list[dict]) -> str:
+    """Lowest KLD among scored candidates that fit the bound; none fits: the smallest scored one."""
+    scored = [r for r in rows if "kld" in r]
+    if not scored:
+        raise RuntimeError("no ONNX int4 candidate could be built and scored: " +
+                           "; ".join(f"{r['name']}: {r.get('error', '?')}" for r in rows))
+    fit = [r for r in scored if r["fits"]]
+    return min(fit, key=lambda r: r["kld"])["name"] if fit else min(scored, key=lambda r: r["weight_bytes"])["name"]
+
+
+def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
+    """Build (and, for more than one, score) the candidates of `choice`; move the kept one to `dest`."""
+    names, bound = names_for(choice), size_bound(spec)
+    ref = _reference(inp.model_dir, inp.score_ids, scoring) if len(names) > 1 else None
+    rows = []
+    for name in names:
+        t, folder, scored, err = time.time(), None, None, ""
+        try:
+            folder = build(name, inp)
+        except RuntimeError as e:  # one recipe failing is a finding, not the end of the export
+            err = str(e).splitlines()[0][:300]
+        built = time.time() - t
+        if folder is not None and ref is not None:
+            t = time.time()
+            scored = {**score_candidate(folder, ref, inp, scoring), "seconds": time.time() - t}
+        rows.append(_row(name, folder, built, scored, bound, err))
+    kept = pick(rows) if ref is not None else names[0]
+    if ref is None and "error" in rows[0]:
+        raise RuntimeError(f"ONNX int4 {kept} failed: {rows[0]['error']}")
+    shutil.move(str(inp.work / f"int4-{kept}"), str(dest))
+    for name in names:
+        shutil.rmtree(inp.work / f"int4-{name}", ignore_errors=True)
+    return {"kept": kept, "settings": {"tool": CANDIDATES[kept].tool, **CANDIDATES[kept].options},
+            "note": CANDIDATES[kept].note, "choice": choice, "candidates": rows, "bound_bytes": bound,
+            "bound_from": "tensor bytes of a GGUF q4_k_m of this shape (slm.gguf_mix.fallbacks_for)",
+            "fits": next(r for r in rows if r["name"] == kept).get("fits"),
+            "reference": "fp32 HF model", "scoring": scoring.to_dict() if ref is not None else None,
+            "score_tokens": len(inp.score_ids), "calibration_tokens": sum(map(len, inp.calibration))}
+
+
+def split_text(ids: list[int], n_ctx: int) -> tuple[list[int], list[list[int]]]:
+    """Scored ids (the first min(SCORE_TOKENS, 2/3) of the text) and the GPTQ calibration windows after them."""
+    n = min(SCORE_TOKENS, max(2, len(ids) * 2 // 3))
+    rest = ids[n:]
+    windows = [rest[i:i + n_ctx] for i in range(0, len(rest), n_ctx)][:CALIB_WINDOWS]
+    return ids[:n], [w for w in windows if len(w) >= 16]
