@@ -51,10 +51,12 @@ CANDIDATES: dict[str, Candidate] = {
     "gptq": Candidate("ort", {"algo": "gptq", "block_size": 32, "symmetric": False},
                       "onnxruntime GPTQ (Frantar et al. 2022), asymmetric, block 32, calibrated"),
 }
-# Measured on SmolLM2-135M, 2 shared cores (build + score s): default 8+3, k_quant_mixed 25+2, hqq 44+7 (with the
-# shared fp32 build), hqq_b64 ~40; gptq 599+5 with 2 × 512 calibration tokens (a full fp32 pass per distinct MatMul
-# input per window) and no gain over RTN there — so GPTQ is in `int4:all`, not in the default list.
-DEFAULT_SEARCH = ("default", "k_quant_mixed", "hqq", "hqq_b64")
+# Measured on SmolLM2-135M (2 shared cores, KLD vs fp32 HF on the first 512 tokens of GPL-3; build + score s):
+# default 0.453 (11.5+4.8), k_quant 0.480 (41+3), default_b128 0.768 (17+4), rtn_last 0.565 (13+3), k_quant_last
+# 0.364 (39+4), k_quant_mixed 0.274 but 108 MiB of weights > the bound (38+5), rtn 0.451 (15+2, incl. the 7 s fp32
+# build), hqq 0.082 (6.5+1.8), hqq_b64 0.456 (13.5+2.5); gptq 0.464 (599+5 with 2 × 512 calibration tokens: a full
+# fp32 pass per distinct MatMul input per window) — GPTQ is in `int4:all` only. This list: ~150 s + the reference.
+DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64")
 SCORE_TOKENS = 512  # at most this many tokens scored; the rest of the text calibrates GPTQ
 CALIB_WINDOWS = 2  # GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)
 

@@ -219,6 +219,8 @@ ROWS += [
     Row("export-shape-disagrees-with-bytes", lambda w: ["export", bad_shape(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
         "has shape"),
     Row("export-unknown-type", lambda w: ["export", w.M, "-o", w.out, "--gguf", "q7_x"], "unknown GGUF type 'q7_x'"),
+    Row("export-unknown-int4-candidate", lambda w: ["export", w.M, "-o", w.out, "--onnx", "int4:awq"],
+        "unknown ONNX int4 candidate 'awq'"),
     Row("profile-out-unwritable", lambda w: ["profile", w.M, "-o", "/proc/slm-bad-input", "--backends", "torch"],
         "choose a writable output path"),
     Row("profile-unknown-quant", lambda w: ["profile", w.M, "-o", w.out, "--quant", "q7_x"],

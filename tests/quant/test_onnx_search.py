@@ -1,0 +1,132 @@
+"""`--onnx int4` tries several int4 recipes and keeps the lowest KLD that fits a q4_k_m's size (issue 13 item 4).
+
+Fast tests use a tiny random Llama with tied embeddings and a byte tokenizer (the builder needs tokenizer.json);
+the slow one the bundled SmolLM2-135M."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slm.errors import SlmError
+from slm.quant import onnx_search as O, validate as V
+from slm.quant.export import ExportArgs, export
+from slm.quant.score import Scoring
+from tests.train.conftest import VOCAB, save_byte_tokenizer
+
+TEXT = "The keeper lit the lamp at dusk and wrote the wind, the sea and the ships in the log. " * 8
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(tmp_path_factory):
+    from tests.conftest import make_tiny
+
+    m = make_tiny(tmp_path_factory.mktemp("o4") / "tiny", tied=True, vocab_size=VOCAB)
+    save_byte_tokenizer(m)
+    return m
+
+
+def _inputs(model, tmp_path) -> O.Inputs:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(model)).encode(TEXT)
+    score_ids, calib = O.split_text(ids, 64)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "logs").mkdir()
+    return O.Inputs(model, "cpu", tmp_path / "work", tmp_path / "logs", score_ids, calib)
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_tok, tmp_path_factory):
+    """One search over two recipes (builder RTN and onnxruntime HQQ) with no size limit that binds."""
+    from slm.io import read_config
+    from slm.spec import spec_from_config
+
+    tmp = tmp_path_factory.mktemp("search")
+    inp = _inputs(tiny_tok, tmp)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(O, "DEFAULT_SEARCH", ("default", "hqq"))
+    mp.setattr(O, "size_bound", lambda spec: 10**12)
+    try:
+        res = O.search("search", inp, spec_from_config(read_config(tiny_tok)), Scoring("all", 64), tmp / "kept")
+    finally:
+        mp.undo()
+    return res, tmp, inp
+
+
+def test_search_scores_every_candidate_and_keeps_the_lowest_kld(searched):
+    res, tmp, inp = searched
+    rows = {r["name"]: r for r in res["candidates"]}
+    assert list(rows) == ["default", "hqq"]
+    for r in rows.values():
+        assert r["kld"] > 0 and r["weight_bytes"] > 0 and r["fits"] and r["build_s"] >= 0, r
+    assert res["kept"] == min(rows, key=lambda n: rows[n]["kld"])
+    assert res["settings"]["tool"] == O.CANDIDATES[res["kept"]].tool
+    assert res["score_tokens"] == len(inp.score_ids) and res["calibration_tokens"] > 0
+    assert (tmp / "kept" / "genai_config.json").is_file()
+    assert not list(inp.work.glob("int4-*"))  # the candidates not kept are gone
+    # the kept folder runs in onnxruntime-genai and gives the logits its KLD was measured on
+    assert V.onnx_logits(tmp / "kept", inp.score_ids[:8]).shape == (8, VOCAB)
+
+
+def test_the_size_bound_overrides_a_lower_kld():
+    rows = [{"name": "small", "kld": 0.5, "weight_bytes": 90, "fits": True},
+            {"name": "best", "kld": 0.1, "weight_bytes": 120, "fits": False},
+            {"name": "mid", "kld": 0.3, "weight_bytes": 95, "fits": True},
+            {"name": "broken", "error": "builder failed", "weight_bytes": 1}]
+    assert O.pick(rows) == "mid"
+    assert O.pick([dict(r, fits=False) for r in rows[:3]]) == "small"  # nothing fits: the smallest, flagged unfit
+    with pytest.raises(RuntimeError, match="broken: builder failed"):
+        O.pick(rows[3:])
+
+
+def test_hqq_ties_the_embedding_to_the_quantized_head(searched, tiny_tok, tmp_path):
+    """The ORT path shares the head's int4 blocks with the embedding (no fp32 table left behind)."""
+    import onnx
+
+    inp = _inputs(tiny_tok, tmp_path)
+    folder = O.build("hqq", inp)
+    g = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    ops = {n.op_type for n in g.node}
+    assert "GatherBlockQuantized" in ops and "Transpose" not in ops and "MatMul" not in ops
+    assert not [i for i in g.initializer if i.name == "lm_head.MatMul.weight"]
+
+
+def test_calibration_never_overlaps_the_scored_tokens():
+    ids = list(range(3000))
+    scored, windows = O.split_text(ids, 512)
+    assert scored == ids[:O.SCORE_TOKENS]
+    flat = [t for w in windows for t in w]
+    assert flat and not set(flat) & set(scored) and len(windows) <= O.CALIB_WINDOWS
+
+
+def test_named_candidate_is_the_only_one_built(tiny_tok, tmp_path):
+    res = export(tiny_tok, tmp_path / "out", ExportArgs(gguf=[], onnx=["int4:hqq"], validate=False, threads=1))
+    r = res["onnx_int4"]
+    assert r["kept"] == "hqq" and [c["name"] for c in r["candidates"]] == ["hqq"] and r["choice"] == "hqq"
+    f = next(f for f in res["files"] if f["type"] == "int4")
+    assert f["settings"]["candidate"] == "hqq" and res["summary"]["onnx_int4_recipe"] == "hqq"
+    record = json.loads((tmp_path / "out" / "slm.json").read_text())
+    assert record["args"]["int4"] == "hqq" and record["result"]["onnx_int4"]["kept"] == "hqq"
+    assert (tmp_path / "out" / "onnx-int4" / "model.onnx").is_file()
+
+
+def test_int4_names_are_parsed_and_unknown_ones_refused():
+    assert ExportArgs(gguf=[], onnx=["int4"]).int4 == "search"
+    assert ExportArgs(gguf=[], onnx="int4:ALL,fp32").int4 == "all"
+    a = ExportArgs(gguf=[], onnx=["int4:k_quant_mixed"])
+    assert a.int4 == "k_quant_mixed" and a.onnx == ["int4"]
+    with pytest.raises(SlmError, match="unknown ONNX int4 candidate 'awq'"):
+        ExportArgs(gguf=[], onnx=["int4:awq"])
+
+
+@pytest.mark.slow
+def test_real_model_kept_int4_beats_the_builder_default(real_model, tmp_path):
+    """SmolLM2-135M: the default search keeps a recipe with lower KLD than the builder's default, within the bound."""
+    res = export(real_model, tmp_path / "out", ExportArgs(gguf=[], onnx=["int4"], validate=False, threads=1))
+    r = res["onnx_int4"]
+    rows = {c["name"]: c for c in r["candidates"]}
+    kept = rows[r["kept"]]
+    assert kept["fits"] and kept["weight_bytes"] <= r["bound_bytes"]
+    assert kept["kld"] < rows["default"]["kld"], rows
