@@ -86,12 +86,13 @@ def _lora(args: TrainArgs, model, layers: list[int]):
     return get_peft_model(model, lc)
 
 
-def compile_blocks(model) -> None:
+def compile_blocks(model, backend: str = "inductor") -> None:
     """Regional compilation: torch.compile each decoder block in place (PyTorch tutorial "Reducing torch.compile
-    cold start compilation time with regional compilation"): the blocks share one graph, so compile time is one
-    block's, and module names (state dicts, checkpoints) are unchanged. Dynamo skips FSDP2's hooks by default."""
+    cold start compilation time with regional compilation"): identical blocks share one graph (parameters are graph
+    inputs, not constants), so compile time is one block's, and module names (state dicts, checkpoints) are
+    unchanged. Dynamo skips FSDP2's hooks by default."""
     for layer in decoder_layers(model):
-        layer.compile(dynamic=False)
+        layer.compile(backend=backend, dynamic=False)
 
 
 def wants_compile(args: TrainArgs, device: torch.device) -> bool:

@@ -249,3 +249,35 @@ def test_compile_auto_is_on_for_cuda_only():
     assert not wants_compile(off, torch.device("cuda")) and wants_compile(on, torch.device("cpu"))
     with pytest.raises(SlmError, match=r"compile='maybe': use auto, true, false"):
         load_recipe(None, base + ["compile=maybe"])
+
+
+def test_regional_compile_shares_one_graph_across_blocks(tiny_expanded, tmp_path):
+    """compile per decoder block: 8 blocks (2 trainable, 6 frozen) trace into one graph per kind of block — (input
+    needs grad, weights need grad) ∈ 2 × 2, so at most 4 whatever the depth, under dynamo's recompile limit of 8 —
+    and give the eager loss (dynamo's eager backend: the tracing is what is checked, cheaply, on CPU)."""
+    import numpy as np
+    import torch._dynamo
+
+    from slm.io import read_config
+    from slm.train.attention import AttnInputs
+    from slm.train.loss import micro_loss
+    from slm.train.model import build_model, compile_blocks
+    from slm.train.pack import collate, label_window
+
+    args = _args(tiny_expanded, tmp_path, tmp_path / "run", "trainable=expanded")
+    cfg = read_config(tiny_expanded)
+    seq = collate([label_window(np.arange(33) % 200, np.repeat([0, 1], [20, 13]), None)])
+    losses = []
+    for compiled in (False, True):
+        model, head = build_model(args, tiny_expanded, cfg, torch.device("cpu"), "sdpa", "chunked")
+        if compiled:
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
+            compile_blocks(model, backend="eager")
+        loss = micro_loss(model, head, seq, torch.device("cpu"), AttnInputs("sdpa", torch.float32), False)
+        loss.backward()
+        losses.append(float(loss))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 4, graphs  # not one per block
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    torch._dynamo.reset()
