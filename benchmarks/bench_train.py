@@ -31,8 +31,11 @@ def stdlib_data(work: Path, tokenizer: Path, files: int = 300) -> Path:
     from slm.corpus import stdlib_corpus
     from slm.train.data import DataArgs, Source, prepare
 
+    if (work / "data" / "slm.json").is_file():  # prepared by an earlier run into the same --work
+        return work / "data"
     code, _ = stdlib_corpus(work, files)
-    prepare(DataArgs([Source("code", str(code))], str(tokenizer), heldout=0.0, workers=1, progress=False), work / "data")
+    prepare(DataArgs([Source("code", str(code))], str(tokenizer), heldout=0.0, workers=min(8, os.cpu_count() or 1),
+                     progress=False), work / "data")
     return work / "data"
 
 
@@ -104,7 +107,7 @@ def one(a) -> None:
     if a.one == "hf-trainer":
         r = run_hf_trainer(Path(a.model), data, work, a.steps, a.seq_len, a.batch)
     else:
-        extra = ["activation_checkpointing=true"] if a.ckpt else []
+        extra = (["activation_checkpointing=true"] if a.ckpt else []) + a.extra
         r = run_ours(a.one, Path(a.model), data, work, a.steps, a.seq_len, a.batch, extra)
     r["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("RESULT " + json.dumps(r), flush=True)
@@ -117,7 +120,8 @@ def cpu_table(a) -> None:
     rows = {}
     for kind in a.kinds.split(","):
         cmd = [sys.executable, str(HERE), "--one", kind, "--model", a.model, "--data", str(data), "--work", str(work),
-               "--steps", str(a.steps), "--seq-len", str(a.seq_len), "--batch", str(a.batch)]
+               "--steps", str(a.steps), "--seq-len", str(a.seq_len), "--batch", str(a.batch)] + (
+            ["--extra", *a.extra] if a.extra else [])
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
@@ -195,7 +199,7 @@ def main() -> None:
     ap.add_argument("--ckpt", action="store_true", help="activation checkpointing")
     ap.add_argument("--extra", nargs="*", default=[], help="more recipe overrides for our rows, e.g. loss=plain")
     ap.add_argument("--only", help="GPU mode: only these rows, comma-separated (reference, ours, x33-full, "
-                                   "x33-expanded, 3b-full, fsdp-1-rank)")
+                                   "x33-expanded, 3b-full, fsdp-1-rank, ours-chunked)")
     ap.add_argument("--row-timeout", type=int, default=900, help="GPU mode: seconds per row")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)

@@ -156,7 +156,9 @@ def ROWS(a) -> dict:  # noqa: N802 - a table
     dev = ["device=cpu", "dtype=float32"] if a.dry_run else []
     big = "tiny" if a.dry_run else "1.1b"
     m1, mx, m3 = (work / f"{big}", work / f"{big}-x33", work / ("tiny" if a.dry_run else "3b"))
-    return {
+    from slm.train.loss import has_liger
+
+    rows = {
         "reference": dict(model=m1, kind="reference", seq=seq, batch=b1, extra=[]),
         "ours": dict(model=m1, kind="full", seq=seq, batch=b1, extra=dev),
         "x33-full": dict(model=mx, kind="full", seq=seq, batch=b1, extra=dev),
@@ -164,6 +166,9 @@ def ROWS(a) -> dict:  # noqa: N802 - a table
         "3b-full": dict(model=m3, kind="full", seq=seq, batch=b3, extra=dev + ["activation_checkpointing=true"]),
         "fsdp-1-rank": dict(model=m1, kind="full", seq=seq, batch=b1, extra=dev + ["fsdp=on"], torchrun=True),
     }
+    if has_liger() and not a.dry_run:  # loss=auto is liger here: is it faster than chunked? (issue 10: measure)
+        rows["ours-chunked"] = dict(model=m1, kind="full", seq=seq, batch=b1, extra=["loss=chunked"])
+    return rows
 
 
 def gpu_table(a, stdlib_data) -> None:
@@ -173,14 +178,17 @@ def gpu_table(a, stdlib_data) -> None:
     work.mkdir(parents=True, exist_ok=True)
     cfg1, cfg3 = (TINY, TINY) if a.dry_run else (ONE_B, THREE_B)
     big = "tiny" if a.dry_run else "1.1b"
-    make_expanded(make_model(work / big, cfg1), work / f"{big}-x33", cfg1["num_hidden_layers"] // 2)
-    if not a.dry_run:
+    chosen = {k: r for k, r in ROWS(a).items() if not a.only or k in a.only.split(",")}
+    needed = {r["model"].name for r in chosen.values()}  # only the models the chosen rows train
+    if needed & {big, f"{big}-x33"}:
+        make_model(work / big, cfg1)
+    if f"{big}-x33" in needed:
+        make_expanded(work / big, work / f"{big}-x33", cfg1["num_hidden_layers"] // 2)
+    if "3b" in needed:
         make_model(work / "3b", cfg3)
     data = stdlib_data(work, Path(a.tokenizer), files=40 if a.dry_run else 400)
     rows = {}
-    for name, row in ROWS(a).items():
-        if a.only and name not in a.only.split(","):
-            continue
+    for name, row in chosen.items():
         rows[name] = _run_row(a, name, row, data)
         print(name, rows[name], flush=True)
     dev = "CPU dry run (tiny Llama, sdpa, fp32)" if a.dry_run else torch.cuda.get_device_name()
@@ -228,6 +236,9 @@ def print_table(rows: dict, a) -> None:
         e, f = ok["x33-expanded"], ok["x33-full"]
         print(f"x33 expanded / full: step time {e['step_s'] / f['step_s']:.2f}× (train/flops.py predicts "
               f"{_predicted_ratio(a):.2f}), optimizer memory {e['trainable'] / f['trainable']:.2f}× (trainable share)")
+    if "ours-chunked" in ok and "ours" in ok:
+        print(f"loss liger / chunked: {ok['ours']['tok_s'] / ok['ours-chunked']['tok_s']:.2f}× tok/s, peak "
+              f"{ok['ours']['peak_gb']:.1f} vs {ok['ours-chunked']['peak_gb']:.1f} GB")
     if "fsdp-1-rank" in ok and "ours" in ok:
         print(f"torchrun 1 rank FSDP2 / plain: {ok['fsdp-1-rank']['tok_s'] / ok['ours']['tok_s']:.2f}× (target ≥ 0.95×)")
 

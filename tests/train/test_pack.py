@@ -110,3 +110,22 @@ def test_sft_loss_only_on_assistant_tokens(tiny_lm, tmp_path):
     has_grad = logits.grad[0].abs().sum(-1) > 0
     assert torch.equal(has_grad, labelled)
     assert 0 < int(labelled.sum()) < len(ids) - 1
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_flex()), reason="FlexAttention's backward needs CUDA")
+def test_flex_trains_like_sdpa_on_cuda(tiny_lm):
+    """Forward and backward through FlexAttention with the document BlockMask = sdpa with the dense mask."""
+    from slm.train.loss import install_loss_head, micro_loss
+
+    rng = np.random.default_rng(1)
+    seqs = [label_window(rng.integers(0, 256, 97), np.repeat([0, 1, 2], [40, 30, 27]), None) for _ in range(2)]
+    batch, dev, out = collate(seqs), torch.device("cuda"), {}
+    for attn in ("sdpa", "flex"):
+        model = load_model(tiny_lm(), attn_implementation=HF_NAME[attn]).to(dev)
+        head = install_loss_head(model, "chunked")
+        loss = micro_loss(model, head, batch, dev, AttnInputs(attn, torch.float32), autocast=False)
+        loss.backward()
+        out[attn] = (float(loss), {n: p.grad for n, p in model.named_parameters()})
+    assert out["flex"][0] == pytest.approx(out["sdpa"][0], rel=1e-4)
+    for n, g in out["sdpa"][1].items():
+        torch.testing.assert_close(out["flex"][1][n], g, rtol=1e-3, atol=1e-4, msg=n)
