@@ -8,7 +8,9 @@ def register(sub) -> None:
     p.add_argument("model", help="HF checkpoint folder")
     p.add_argument("--gguf", help="comma-separated GGUF types, e.g. q8_0,q6_k,q4_k_m (also f32, f16, bf16); "
                                   "default q8_0 unless only --onnx is given")
-    p.add_argument("--onnx", default="", help="comma-separated ONNX precisions: int4, int8, fp16, fp32")
+    p.add_argument("--onnx", default="", help="comma-separated ONNX precisions: int4 (searches recipes, keeps the "
+                                              "lowest KLD within q4_k_m's size), int4:all, int4:NAME (e.g. int4:hqq), "
+                                              "int8, fp16, fp32")
     p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"], help="ONNX execution provider")
     p.add_argument("-o", "--out", help="output folder (default: <model>-export beside the model)")
     p.add_argument("--no-validate", action="store_true", help="skip the comparison with the HF model")

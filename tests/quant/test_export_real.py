@@ -19,7 +19,8 @@ GGUF_TYPES = ["f32", "q8_0", "q6_k", "q4_k_m"]
 def real_export(real_model, tmp_path_factory):
     """One validated export per session: 4 GGUF types + ONNX int4 and fp32 (≈ 2 min on 1 thread)."""
     out = tmp_path_factory.mktemp("export") / "smol-export"
-    res = export(real_model, out, ExportArgs(gguf=GGUF_TYPES, onnx=["int4", "fp32"], threads=1))
+    # int4:hqq is the recipe the int4 search keeps on this model; the search itself is tests/quant/test_onnx_search
+    res = export(real_model, out, ExportArgs(gguf=GGUF_TYPES, onnx=["int4:hqq", "fp32"], threads=1))
     return out, res
 
 

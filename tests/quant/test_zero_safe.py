@@ -29,7 +29,8 @@ def zero_export(real_model, tmp_path_factory):
     x36 = tmp / "x36"
     rec = expand(real_model, x36, ExpandArgs(groups=6, copies=1, parity=False))
     assert len(rec["zeroed_tensors"]) == 12  # o_proj + down_proj of the 6 new blocks, all zero
-    return export(x36, tmp / "x36-export", ExportArgs(gguf=GGUF, onnx=["int4"], threads=1))
+    # int4:hqq: the recipe the int4 search keeps on this model (HQQ on all-zero o_proj/down_proj is the risky case)
+    return export(x36, tmp / "x36-export", ExportArgs(gguf=GGUF, onnx=["int4:hqq"], threads=1))
 
 
 def test_every_type_of_an_untrained_expansion_is_finite_and_agrees(zero_export):
