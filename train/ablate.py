@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from slm.errors import SlmError
 
 METHODS = ("expanded", "lora", "full", "freeze")
@@ -192,7 +194,8 @@ def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict
 
     seq_len = min(next(iter(runs.values())).seq_len, 512)
     ev = evaluate(EvalArgs(models=[str(base)] + [t["model"] for t in trained.values()], data=data, seq_len=seq_len,
-                           tokens=args.eval_tokens, probe="instruct", probe_prompts=args.probe_prompts))
+                           tokens=args.eval_tokens, probe="instruct", probe_prompts=args.probe_prompts),
+                  keep_tokens=True)
     sets = [s for s in ev["sets"] if s != PROBE_SET]
     domain = args.domain or _heaviest(data, sets)
     if domain not in sets:
@@ -201,19 +204,33 @@ def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict
     for (m, t), row in zip(trained.items(), ev["matrix"][1:]):
         scores = [{k: -v["loss"] for k, v in r.items()} for r in (row0, row)]
         general = {k: 0 for k in row if k != domain}  # what the original knew: the other sets and the probe
-        methods[m] = {**t, "eval": row, "forgetting": forgetting(scores, ["", domain], general),
+        methods[m] = {**t, "eval": _public(row), "forgetting": forgetting(scores, ["", domain], general),
                       "delta": {k: _delta(row0[k], row[k]) for k in row}}
         if args.diff:
             methods[m]["diff"] = diff(t["model"], base)["summary"]
-    return {"base": str(base), "data": data, "domain": domain, "sets": ev["sets"], "original": row0,
+    return {"base": str(base), "data": data, "domain": domain, "sets": ev["sets"], "original": _public(row0),
             "methods": methods, "probe_set": PROBE_SET}
 
 
 def _delta(a: dict, b: dict) -> dict:
-    """Loss change b − a (nats/token) with its standard error (independent estimates: √(se_a² + se_b²); the sets
-    are the same tokens for both, so this is conservative) and whether it is outside 1.96 s.e. (95 %)."""
-    d, se = b["loss"] - a["loss"], math.hypot(a.get("loss_se") or 0.0, b.get("loss_se") or 0.0)
-    return {"change": d, "se": se, "significant": abs(d) > 1.96 * se}
+    """Loss change b − a (nats/token), its standard error and whether it is outside 1.96 s.e. (95 %). Both models
+    are scored on the same tokens, so the s.e. is the paired one — of the per-token differences (a paired t
+    interval); √(se_a² + se_b²) would treat two highly correlated estimates as independent and call real changes
+    noise. Without per-token losses it falls back to that conservative bound, and says which it used."""
+    d = b["loss"] - a["loss"]
+    ta, tb = a.get("_tokens"), b.get("_tokens")
+    if ta is not None and tb is not None and len(ta) == len(tb) > 1:
+        diff = np.asarray(tb, dtype=np.float64) - np.asarray(ta, dtype=np.float64)
+        se, how = float(diff.std(ddof=1) / math.sqrt(len(diff))), "paired"
+    else:
+        se, how = math.hypot(a.get("loss_se") or 0.0, b.get("loss_se") or 0.0), "independent (conservative)"
+    return {"change": d, "se": se, "significant": abs(d) > 1.96 * se, "se_how": how}
+
+
+def _public(row: dict) -> dict:
+    """A result row without its in-memory per-token losses (what slm.json and reports get)."""
+    return {k: {x: y for x, y in v.items() if not x.startswith("_")} if isinstance(v, dict) else v
+            for k, v in row.items()}
 
 
 def _heaviest(data: str, sets: list[str]) -> str:

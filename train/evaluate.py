@@ -28,9 +28,10 @@ from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
 from .probe import PROBE_SET
 
 
-def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocast: bool) -> tuple[torch.Tensor, int, float]:
+def token_loss(model, batch: dict, device: torch.device, use_mask: bool,
+               autocast: bool) -> tuple[torch.Tensor, int, float, torch.Tensor]:
     """(sum of next-token cross-entropy over labelled tokens, number of labelled tokens, sum of squared token
-    losses — for the standard error) for one batch."""
+    losses — for the standard error, and the labelled tokens' losses themselves — for paired comparisons)."""
     ids = batch["input_ids"].to(device)
     kw = {"position_ids": batch["position_ids"].to(device)}
     if use_mask:
@@ -39,7 +40,8 @@ def token_loss(model, batch: dict, device: torch.device, use_mask: bool, autocas
         logits = model(input_ids=ids, **kw).logits
     labels = batch["labels"].to(device)
     losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
-    return losses.sum(), int((labels != IGNORE).sum()), float(losses.double().square().sum())
+    kept = losses[labels.flatten() != IGNORE].double().cpu()
+    return losses.sum(), int(kept.numel()), float(kept.square().sum()), kept
 
 
 def heldout_sets(data: Path | str, names: list[str], option: str) -> dict:
@@ -54,7 +56,7 @@ def heldout_sets(data: Path | str, names: list[str], option: str) -> dict:
 
 @torch.no_grad()
 def perplexity(model, splits: dict, seq_len: int, max_tokens: int, device: torch.device, micro_batch: int = 1,
-               use_mask: bool = True, autocast: bool = False) -> dict:
+               use_mask: bool = True, autocast: bool = False, keep_tokens: bool = False) -> dict:
     """{set name: {"loss", "ppl", "tokens", "loss_se"}} on the first ~max_tokens held-out tokens of each set; loss_se
     is the standard error of the mean token loss (token losses taken as independent: a lower bound)."""
     was_training = model.training
@@ -62,14 +64,17 @@ def perplexity(model, splits: dict, seq_len: int, max_tokens: int, device: torch
     out = {}
     for name, split in splits.items():
         seqs = eval_sequences(split, seq_len, max_tokens)
-        total, count, squares = 0.0, 0, 0.0
+        total, count, squares, kept = 0.0, 0, 0.0, []
         for k in range(0, len(seqs), micro_batch):
-            loss, n, sq = token_loss(model, collate(seqs[k:k + micro_batch]), device, use_mask, autocast)
+            loss, n, sq, tok = token_loss(model, collate(seqs[k:k + micro_batch]), device, use_mask, autocast)
             total, count, squares = total + float(loss), count + n, squares + sq
+            kept += [tok] if keep_tokens else []
         if count:
             mean = total / count
             var = max(squares / count - mean * mean, 0.0) * count / (count - 1) if count > 1 else float("nan")
             out[name] = {"loss": mean, "ppl": math.exp(mean), "tokens": count, "loss_se": math.sqrt(var / count)}
+            if keep_tokens:  # in memory only (never written): paired differences between models on the same tokens
+                out[name]["_tokens"] = torch.cat(kept).numpy()
     model.train(was_training)
     return out
 
@@ -100,8 +105,9 @@ class EvalArgs:
             raise SlmError("seq_len ≥ 2, tokens ≥ 1 and micro_batch ≥ 1 are needed")
 
 
-def evaluate(args: EvalArgs) -> dict:
-    """Perplexity of every model on every set, and OP/BWT when tasks are given. Returns the result dict."""
+def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
+    """Perplexity of every model on every set, and OP/BWT when tasks are given. Returns the result dict; with
+    keep_tokens every row's sets also hold `_tokens`, the per-token losses (numpy, in memory: strip before writing)."""
     from slm.io import load_model
 
     from .checkpoint import resolve_init
@@ -116,9 +122,9 @@ def evaluate(args: EvalArgs) -> dict:
     for d in dirs:
         model = load_model(d, "float32", attn_implementation="sdpa").to(device)
         rows.append(perplexity(model, splits, args.seq_len, args.tokens, device, args.micro_batch,
-                               autocast=device.type == "cuda"))
+                               autocast=device.type == "cuda", keep_tokens=keep_tokens))
         if args.probe:
-            reference = _probe_into(rows[-1], model, d, reference, args, device)
+            reference = _probe_into(rows[-1], model, d, reference, args, device, keep_tokens)
         del model
     names = list(splits) + ([PROBE_SET] if args.probe else [])
     result = {"models": [str(d) for d in dirs], "sets": names, "matrix": rows}
@@ -129,7 +135,8 @@ def evaluate(args: EvalArgs) -> dict:
     return result
 
 
-def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args: EvalArgs, device) -> dict:
+def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args: EvalArgs, device,
+                keep_tokens: bool = False) -> dict:
     """Add the probe's figures to `row` under PROBE_SET; the first model's answers become the reference."""
     from .probe import ProbeArgs, chat_tokenizer, make_reference, score
 
@@ -138,7 +145,7 @@ def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args:
     answers = None
     if reference is None:
         reference, answers = make_reference(model, tok, pargs, device, str(model_dir))
-    row[PROBE_SET] = score(model, tok, reference, pargs, device, answers)
+    row[PROBE_SET] = score(model, tok, reference, pargs, device, answers, keep_tokens)
     return reference
 
 

@@ -179,8 +179,10 @@ def make_reference(model, tok, args: ProbeArgs, device, model_name: str = "") ->
     return ref, answers
 
 
-def score(model, tok, ref: dict, args: ProbeArgs, device, answers: list[dict] | None = None) -> dict:
-    """The probe's figures for one model against a reference (answers: this model's, when already generated)."""
+def score(model, tok, ref: dict, args: ProbeArgs, device, answers: list[dict] | None = None,
+          keep_tokens: bool = False) -> dict:
+    """The probe's figures for one model against a reference (answers: this model's, when already generated);
+    keep_tokens adds `_tokens`, the reference answers' per-token losses (in memory, for paired comparisons)."""
     if ref["vocab"] != len(tok):
         raise SlmError(f"the probe reference was built with a {ref['vocab']}-token tokenizer, this model has "
                        f"{len(tok)}: build the reference from this model family's stage 0")
@@ -194,7 +196,8 @@ def score(model, tok, ref: dict, args: ProbeArgs, device, answers: list[dict] | 
     mean = sum(nll) / n if n else float("nan")
     se = math.sqrt(sum((x - mean) ** 2 for x in nll) / (n - 1) / n) if n > 1 else float("nan")
     facts = [(r, a) for r, a in zip(rows, answers) if r["answer"] is not None]
-    return {"prompts": len(rows), "loss": mean, "loss_se": se, "ppl": math.exp(mean), "tokens": n,
+    out = {"_tokens": nll} if keep_tokens else {}
+    return {**out, "prompts": len(rows), "loss": mean, "loss_se": se, "ppl": math.exp(mean), "tokens": n,
             "exact": rate(sum(exact_match(a["text"], r["answer"]) for r, a in facts), len(facts)),
             "extract": rate(sum(extract_match(a["text"], r["answer"]) for r, a in facts), len(facts)),
             "ended": rate(sum(a["ended"] for a in answers), len(answers)),

@@ -86,3 +86,21 @@ def test_headline_names_the_best_gain_per_forgetting_and_never_a_winner_inside_t
     # no domain gain outside the noise: nobody is named
     r = result(full=((-0.01, 0.02), (0.15, 0.02)), lora=((0.02, 0.02), (0.0, 0.01)))
     assert "no method's domain gain is outside the noise" in headline(r)
+
+
+def test_loss_changes_are_paired_over_the_same_tokens():
+    """Two models scored on the same tokens: a small consistent shift is significant with the paired s.e., though
+    each model's own spread (√(se_a² + se_b²)) would call it noise; without per-token losses the bound is used."""
+    import numpy as np
+
+    from slm.train.ablate import _delta, _public
+
+    rng = np.random.default_rng(0)
+    a = rng.gamma(2.0, 1.5, 2000)  # per-token losses with a wide spread
+    b = a - 0.05 + rng.normal(0, 0.05, a.size)  # the same tokens, 0.05 nats lower
+    row = lambda t: {"loss": float(t.mean()), "loss_se": float(t.std(ddof=1) / np.sqrt(t.size)), "_tokens": t}
+    paired = _delta(row(a), row(b))
+    assert paired["se_how"] == "paired" and paired["significant"]
+    assert paired["se"] == pytest.approx((b - a).std(ddof=1) / np.sqrt(a.size))
+    bound = _delta(_public({"x": row(a)})["x"], _public({"x": row(b)})["x"])
+    assert bound["se_how"].startswith("independent") and not bound["significant"] and bound["se"] > 10 * paired["se"]
