@@ -205,7 +205,12 @@ def _run_row(a, name: str, row: dict, data: Path) -> dict | None:
     if a.extra:
         cmd += ["--extra", *a.extra]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": f"{HERE.parent}:{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.row_timeout)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.row_timeout)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        print(f"{name}: over --row-timeout {a.row_timeout} s\n{err[-2000:]}", flush=True)
+        return None
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     if not line:
         print(f"{name}: failed (exit {out.returncode})\n{out.stderr[-3000:]}", flush=True)

@@ -71,6 +71,12 @@ class AttnInputs:
         self._block_mask = None
         self.built = 0  # BlockMasks built (the cache is tested)
 
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """flash: the micro-batch as one row — transformers finds packed documents from position ids only when the
+        batch is a single row (modeling_flash_attention_utils._is_packed_sequence); each row starts at position 0,
+        so every row stays its own document(s). Other paths: unchanged."""
+        return x.reshape(1, -1) if self.path == "flash" else x
+
     def __call__(self, segments: torch.Tensor) -> dict:
         if self.path == "flash":
             return {}  # position ids alone: varlen attention per document

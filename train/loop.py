@@ -58,7 +58,7 @@ class Parts:
     sched: torch.optim.lr_scheduler.LambdaLR  # lr_at: linear warm-up, cosine to min_lr_ratio
     attn_inputs: AttnInputs  # segment ids → what isolates packed documents on the attention path
     head: LossHead | None = None  # the LM head computing the loss by chunks (train/loss.py); None: loss=plain
-    fsdp: bool = False  # sharded with FSDP2 (torchrun with > 1 rank)
+    fsdp: bool = False  # sharded with FSDP2 (torchrun with > 1 rank, or fsdp=on)
     autocast: bool = False  # bf16 autocast in forward (FSDP2 casts through its MixedPrecisionPolicy instead)
     use_mask: bool = True  # evaluation passes the 4-D block-diagonal mask (flash-attn varlen isolates documents without it)
     n_trainable: int = 0  # trainable parameters

@@ -125,10 +125,9 @@ def install_loss_head(hf, kind: str) -> LossHead | None:
 
 def micro_loss(model, head: LossHead | None, batch: dict, device: torch.device, attn_inputs, autocast: bool) -> torch.Tensor:
     """Summed next-token CE over the labelled tokens of one micro-batch (the loop divides by the global count)."""
-    ids = batch["input_ids"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    kw = {"position_ids": batch["position_ids"].to(device, non_blocking=True),
-          **attn_inputs(batch["segments"].to(device, non_blocking=True))}
+    ids, labels, pos = (attn_inputs.rows(batch[k].to(device, non_blocking=True))
+                        for k in ("input_ids", "labels", "position_ids"))
+    kw = {"position_ids": pos, **attn_inputs(batch["segments"].to(device, non_blocking=True))}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         if head is not None:
             head.labels = labels

@@ -91,6 +91,13 @@ def compile_blocks(model, backend: str = "inductor") -> None:
     cold start compilation time with regional compilation"): identical blocks share one graph (parameters are graph
     inputs, not constants), so compile time is one block's, and module names (state dicts, checkpoints) are
     unchanged. Dynamo skips FSDP2's hooks by default."""
+    import torch._dynamo
+
+    # one graph per kind of block: (input needs grad, weights need grad) in training, × evaluation (no grad, the
+    # dense mask): up to 8 — dynamo's default recompile limit, past which blocks silently run eager
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.7
+    setattr(cfg, name, max(getattr(cfg, name), 16))
     for layer in decoder_layers(model):
         layer.compile(backend=backend, dynamic=False)
 

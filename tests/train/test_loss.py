@@ -131,3 +131,22 @@ def test_choices_that_cannot_run_here_are_refused(monkeypatch):
         check_attn("flash", CPU)
     with pytest.raises(SlmError, match="loss=liger runs on CUDA only|loss=liger needs liger-kernel"):
         check_loss("liger", CPU)
+
+
+def test_flash_path_feeds_the_micro_batch_as_one_row():
+    """flash-attn varlen in transformers isolates packed documents only for a single row: the loop flattens the
+    micro-batch (each row starts at position 0, so rows stay separate documents)."""
+    import numpy as np
+
+    seen = {}
+
+    class Stub(torch.nn.Module):
+        def forward(self, input_ids, position_ids, **kw):
+            seen.update(ids=input_ids.shape, pos=position_ids.clone(), kw=kw)
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 5, requires_grad=True)})()
+
+    rows = [label_window(np.arange(9) % 5, np.repeat([0, 1], [4, 5]), None) for _ in range(2)]
+    loss = micro_loss(Stub(), None, collate(rows), CPU, AttnInputs("flash", torch.float32), autocast=False)
+    assert seen["ids"] == (1, 16) and seen["kw"] == {}  # no mask: varlen from position ids
+    assert seen["pos"][0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3] * 2
+    assert float(loss) == pytest.approx(np.log(5) * 2 * 7)  # uniform logits; 7 labelled tokens per row
