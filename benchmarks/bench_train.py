@@ -28,8 +28,9 @@ HERE = Path(__file__).resolve()
 
 def stdlib_data(work: Path, tokenizer: Path, files: int = 300) -> Path:
     # Throughput does not depend on the text: any code will do, so the demo's corpus (its code half only).
-    from slm.corpus import stdlib_corpus
     from slm.train.data import DataArgs, Source, prepare
+
+    from slm.corpus import stdlib_corpus
 
     if (work / "data" / "slm.json").is_file():  # prepared by an earlier run into the same --work
         return work / "data"
@@ -60,10 +61,10 @@ def run_hf_trainer(model_dir: Path, data: Path, work: Path, steps: int, seq: int
     """transformers.Trainer on the same sequences, same frozen layers, optimizer and schedule (no packing mask:
     the plain causal LM a Trainer user would run)."""
     import torch
+    from slm.train.pack import Sampler, open_data
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from slm.io import load_model, read_config
-    from slm.train.pack import Sampler, open_data
 
     model = load_model(model_dir, attn_implementation="sdpa")
     model.config.use_cache = False
@@ -147,7 +148,6 @@ def loss_one(kind: str, tokens: int, hidden: int, vocab: int, repeat: int = 3) -
     median time and the peak RSS it added over its inputs."""
     import torch
     import torch.nn.functional as F
-
     from slm.train.loss import chunked_cross_entropy
 
     gen = torch.Generator().manual_seed(0)

@@ -63,10 +63,9 @@ def reference_loop(model_dir: Path, data: Path, steps: int, seq: int, batch: int
     BlockMask, per-block compile, bf16 autocast over fp32 weights, fused AdamW, logits + cross-entropy."""
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM
-
     from slm.train.attention import document_block_mask
     from slm.train.pack import IGNORE, Sampler, open_data
+    from transformers import AutoModelForCausalLM
 
     dev = torch.device("cpu" if dry else "cuda")
     impl = "sdpa" if dry else "flex_attention"  # no FlexAttention backward on CPU
@@ -149,7 +148,7 @@ def one_gpu_row(a) -> None:
     print("RESULT " + json.dumps(r), flush=True)
 
 
-def ROWS(a) -> dict:  # noqa: N802 - a table
+def ROWS(a) -> dict:
     """name → what one row runs: model folder, kind (reference | full | expanded), seq, batch, recipe extras."""
     work = Path(a.work)
     seq, b1, b3 = (64, 2, 1) if a.dry_run else (2048, 8, 4)
@@ -249,9 +248,10 @@ def print_table(rows: dict, a) -> None:
 
 
 def _predicted_ratio(a) -> float:
+    from slm.train.flops import flops_per_token
+
     from slm.io import read_config
     from slm.spec import spec_from_config
-    from slm.train.flops import flops_per_token
 
     cfg = read_config(Path(a.work) / ("tiny-x33" if a.dry_run else "1.1b-x33"))
     spec, seq = spec_from_config(cfg), ROWS(a)["x33-full"]["seq"]

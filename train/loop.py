@@ -31,9 +31,9 @@ from slm.record import write_record
 
 from . import checkpoint as ckpt
 from .args import TrainArgs
+from .attention import AttnInputs
 from .control import Metrics, StopOnSignal, check_step_finite, check_weights_finite, hf_progress, run_guard
 from .dist import Dist
-from .attention import AttnInputs
 from .evaluate import perplexity
 from .loss import LossHead, micro_loss
 from .model import build_model, compile_blocks, param_groups, shard_fsdp2, wants_compile

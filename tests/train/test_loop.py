@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from slm.errors import SlmError
 from slm.train import checkpoint as ckpt
 from slm.train.args import PRESETS, load_recipe
 from slm.train.loop import train
+
+from slm.errors import SlmError
 
 
 def _args(model, data, out, *extra):
@@ -216,11 +216,12 @@ def test_resume_after_a_kill_mid_write(tiny_lm, tiny_data, tmp_path, capsys):
 def test_frozen_blocks_stay_free_under_activation_checkpointing(tiny_expanded, tmp_path):
     """trainable=expanded with activation checkpointing: frozen blocks get no gradient; blocks below the lowest new
     one run forward once (nothing recomputed), checkpointed blocks from the lowest new one up run twice."""
-    from slm.io import read_config
     from slm.train.attention import AttnInputs
     from slm.train.loss import micro_loss
     from slm.train.model import build_model, decoder_layers
     from slm.train.pack import collate, label_window
+
+    from slm.io import read_config
 
     args = _args(tiny_expanded, tmp_path, tmp_path / "run", "trainable=expanded", "activation_checkpointing=true")
     cfg = read_config(tiny_expanded)
@@ -257,12 +258,12 @@ def test_regional_compile_shares_one_graph_across_blocks(tiny_expanded, tmp_path
     and give the eager loss (dynamo's eager backend: the tracing is what is checked, cheaply, on CPU)."""
     import numpy as np
     import torch._dynamo
-
-    from slm.io import read_config
     from slm.train.attention import AttnInputs
     from slm.train.loss import micro_loss
     from slm.train.model import build_model, compile_blocks
     from slm.train.pack import collate, label_window
+
+    from slm.io import read_config
 
     args = _args(tiny_expanded, tmp_path, tmp_path / "run", "trainable=expanded")
     cfg = read_config(tiny_expanded)

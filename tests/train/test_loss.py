@@ -6,12 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from slm.train.attention import AttnInputs, check_attn
+from slm.train.loss import (
+    LossHead,
+    check_loss,
+    chunked_cross_entropy,
+    has_liger,
+    install_loss_head,
+    micro_loss,
+)
+from slm.train.pack import IGNORE, collate, label_window
 
 from slm.errors import SlmError
 from slm.io import load_model
-from slm.train.attention import AttnInputs, check_attn
-from slm.train.loss import LossHead, check_loss, chunked_cross_entropy, has_liger, install_loss_head, micro_loss
-from slm.train.pack import IGNORE, collate, label_window
 
 from .conftest import VOCAB
 
@@ -112,7 +119,7 @@ def test_liger_equals_plain_on_cuda():
 
 
 def test_choices_that_cannot_run_here_are_refused(monkeypatch):
-    import slm.train.attention as attention
+    from slm.train import attention
 
     cuda = torch.device("cuda")
     assert check_attn("auto", CPU) == "sdpa" and check_loss("auto", CPU) == "chunked"

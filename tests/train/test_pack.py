@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from slm.train.attention import HF_NAME, AttnInputs, has_flash, has_flex
+from slm.train.data import tokenize_doc
+from slm.train.pack import IGNORE, block_causal_mask, collate, label_window
 
 from slm.io import load_model
-from slm.train.data import tokenize_doc
-from slm.train.attention import HF_NAME, AttnInputs, has_flash, has_flex
-from slm.train.pack import IGNORE, block_causal_mask, collate, label_window
 
 from .conftest import write_chat
 
