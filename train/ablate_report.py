@@ -3,6 +3,7 @@ with every figure's uncertainty, OP/BWT, each method's weight-space picture, and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,17 +34,29 @@ def headline(result: dict) -> str:
     if not gains:
         return head + "no method's domain gain is outside the noise at this budget."
 
-    def per_forgetting(m: str) -> float:  # gain per unit of probe loss rise; a rise inside the noise counts as none
-        rise = methods[m]["delta"][probe]
-        r = rise["change"] if rise["significant"] and rise["change"] > 0 else 0.0
-        return -gains[m]["change"] / r if r else float("inf")
+    def ratio(m: str) -> tuple[float, float]:
+        """Domain gain per unit of probe loss rise, with its s.e. by the delta method (first order: the relative
+        errors of gain and rise add in quadrature); a rise inside the noise counts as none (infinite ratio)."""
+        g, rise = gains[m], methods[m]["delta"][probe]
+        if not (rise["significant"] and rise["change"] > 0):
+            return float("inf"), 0.0
+        r = -g["change"] / rise["change"]
+        return r, r * math.hypot(g["se"] / g["change"], rise["se"] / rise["change"])
 
-    best = max(gains, key=lambda m: (per_forgetting(m), -gains[m]["change"]))
-    rise = methods[best]["delta"][probe]
+    ranked = sorted(gains, key=lambda m: (ratio(m)[0], -gains[m]["change"]), reverse=True)
+    best, rise = ranked[0], methods[ranked[0]]["delta"][probe]
     forgot = (f"instruction-probe loss {rise['change']:+.3f} ± {rise['se']:.3f}"
               + ("" if rise["significant"] else ", within noise: no measurable forgetting"))
-    return (head + f"{best} gained the most per unit of forgetting: domain loss {gains[best]['change']:+.3f} ± "
-            f"{gains[best]['se']:.3f} nats/token, {forgot}.")
+    gain = f"domain loss {gains[best]['change']:+.3f} ± {gains[best]['se']:.3f} nats/token, {forgot}"
+    (r1, s1) = ratio(best)
+    tied = [m for m in ranked[1:] if math.isfinite(r1) and (lambda r2, s2: r1 - 1.96 * s1 <= r2 + 1.96 * s2)(*ratio(m))]
+    if tied:  # the ratios' 95 % intervals overlap: no single winner
+        each = ", ".join(f"{m} {ratio(m)[0]:.2f} ± {ratio(m)[1]:.2f}" for m in [best, *tied])
+        names = [best, *tied]
+        who = f"{', '.join(names[:-1])} and {names[-1]}"
+        return (head + f"{who} gained about as much per unit of forgetting (domain gain / "
+                f"probe rise: {each}, intervals overlap); {best}: {gain}.")
+    return head + f"{best} gained the most per unit of forgetting: {gain}."
 
 
 def _figure(result: dict):

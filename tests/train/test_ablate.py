@@ -104,3 +104,15 @@ def test_loss_changes_are_paired_over_the_same_tokens():
     assert paired["se"] == pytest.approx((b - a).std(ddof=1) / np.sqrt(a.size))
     bound = _delta(_public({"x": row(a)})["x"], _public({"x": row(b)})["x"])
     assert bound["se_how"].startswith("independent") and not bound["significant"] and bound["se"] > 10 * paired["se"]
+
+
+def test_headline_names_no_single_winner_when_the_ratios_overlap():
+    from slm.train.ablate_report import headline
+
+    r = {"domain": "code", "probe_set": "instruct-probe",
+         "methods": {"expanded": {"tokens": 2048, "delta": {"code": _delta(-0.039, 0.009),
+                                                            "instruct-probe": _delta(0.027, 0.009)}},
+                     "freeze": {"tokens": 2048, "delta": {"code": _delta(-0.057, 0.012),
+                                                          "instruct-probe": _delta(0.044, 0.012)}}}}
+    h = headline(r)
+    assert "expanded and freeze gained about as much" in h and "intervals overlap" in h
