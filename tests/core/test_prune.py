@@ -54,7 +54,7 @@ def test_planted_identity_blocks_are_dropped(tiny, tmp_path):
     slm = json.loads((out / "slm.json").read_text())
     assert slm["result"]["heldout"]["perplexity_after"] == h["perplexity_after"]
     html = (out / "report.html").read_text()
-    assert "Block influence" in html and "held-out ppl after" in html
+    assert "Block influence" in html and "held-out perplexity after pruning" in html  # labelled by the registry
 
 
 def test_pruned_model_loads_with_fewer_layers(tiny, tmp_path):
