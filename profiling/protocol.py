@@ -119,18 +119,21 @@ def measure(fn: Callable[[], float], n_tokens: int, args: BenchArgs) -> dict:
     for _ in range(args.warmup):
         fn()
     window, meter, t0, secs, stop = Window(), Meter().start(), time.perf_counter(), [], "max_reps"
-    while len(secs) < args.max_reps:
-        secs.append(fn())
-        if len(secs) < args.reps:
-            continue
-        rel = _rel([n_tokens / s for s in secs])
-        if rel is not None and rel <= args.target_ci:
-            stop = "interval"
-            break
-        if time.perf_counter() - t0 >= args.time_cap_s:
-            stop = "time_cap"
-            break
-    energy = per_token(meter.stop(), sum(secs), n_tokens * len(secs))  # slm.profiling.energy: None where unmeasurable
+    try:
+        while len(secs) < args.max_reps:
+            secs.append(fn())
+            if len(secs) < args.reps:
+                continue
+            rel = _rel([n_tokens / s for s in secs])
+            if rel is not None and rel <= args.target_ci:
+                stop = "interval"
+                break
+            if time.perf_counter() - t0 >= args.time_cap_s:
+                stop = "time_cap"
+                break
+    finally:
+        metered = meter.stop()  # the sampling thread ends even when a run fails
+    energy = per_token(metered, sum(secs), n_tokens * len(secs))  # slm.profiling.energy: None where unmeasurable
     tps = [n_tokens / s for s in secs]
     return {"tok_s": stats(tps), "ms": stats([s * 1e3 for s in secs]), "load": window.stop(), "stop": stop,
             "energy": energy}

@@ -74,8 +74,13 @@ class ProfileArgs:
                 raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(KV_CACHE_TYPES)}")
         self.threads = self.threads or self.bench.threads
         if self.quick:
-            self.bench = BenchArgs(**QUICK["bench"], threads=self.threads, seed=self.bench.seed,
-                                   target_ci=self.bench.target_ci, max_reps=max(self.bench.max_reps, QUICK["bench"]["reps"]))
+            cap = self.bench.time_cap_s if self.bench.time_cap_s != BenchArgs.time_cap_s else QUICK["bench"]["time_cap_s"]
+            if self.bench.max_reps < QUICK["bench"]["reps"]:
+                raise SlmError(f"--max-reps {self.bench.max_reps} is below --quick's {QUICK['bench']['reps']} "
+                               "repetitions: raise --max-reps or drop --quick")
+            quick = {k: v for k, v in QUICK["bench"].items() if k != "time_cap_s"}
+            self.bench = BenchArgs(**quick, threads=self.threads, seed=self.bench.seed, target_ci=self.bench.target_ci,
+                                   max_reps=self.bench.max_reps, time_cap_s=cap)  # the user's cap wins over quick's
             self.sweep_pp, self.sweep_tg, self.ppl_chunks = QUICK["sweep_pp"], QUICK["sweep_tg"], QUICK["ppl_chunks"]
             self.kv_contexts = QUICK["kv_contexts"]
         else:

@@ -153,8 +153,8 @@ def pick(rows: list[dict]) -> str:
     """Lowest KLD among scored candidates that fit the bound; none fits: the smallest scored one."""
     scored = [r for r in rows if "kld" in r]
     if not scored:
-        raise RuntimeError("no ONNX int4 candidate could be built and scored: " +
-                           "; ".join(f"{r['name']}: {r.get('error', '?')}" for r in rows))
+        raise SlmError("no ONNX int4 candidate could be built and scored: " +
+                       "; ".join(f"{r['name']}: {r.get('error', '?')}" for r in rows))
     fit = [r for r in scored if r["fits"]]
     return min(fit, key=lambda r: r["kld"])["name"] if fit else min(scored, key=lambda r: r["weight_bytes"])["name"]
 
@@ -177,7 +177,8 @@ def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
         rows.append(_row(name, folder, built, scored, bound, err))
     kept = pick(rows) if ref is not None else names[0]
     if ref is None and "error" in rows[0]:
-        raise RuntimeError(f"ONNX int4 {kept} failed: {rows[0]['error']}")
+        raise SlmError(f"ONNX int4 {kept} failed: {rows[0]['error']}: pick another recipe (--onnx int4) or fix the "
+                       "input")
     shutil.move(str(inp.work / f"int4-{kept}"), str(dest))
     for name in names:
         shutil.rmtree(inp.work / f"int4-{name}", ignore_errors=True)

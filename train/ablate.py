@@ -137,8 +137,8 @@ def _finished(run: Path, targs) -> bool:
     want = {k: v for k, v in targs.to_dict().items() if k not in IGNORED}
     have = {k: v for k, v in rec.get("args", {}).items() if k not in IGNORED}
     if have != want:
-        key = next(k for k in want if have.get(k) != want[k])
-        raise SlmError(f"{run} was trained with {key}={have.get(key)!r}, this ablation asks {want[key]!r}: "
+        key = next((k for k in sorted(want.keys() | have.keys()) if have.get(k) != want.get(k)), "?")
+        raise SlmError(f"{run} was trained with {key}={have.get(key)!r}, this ablation asks {want.get(key)!r}: "
                        "pass --force to redo the runs, or another --out")
     return True
 
@@ -152,8 +152,11 @@ def ablate(args: AblateArgs) -> dict:
 
     from .args import load_recipe
 
-    data = load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / "x")).data
-    with guard_output(args.out, [args.recipe or None, data], args.force, exists_ok=True):
+    probe = load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / "x"))
+    data, expanded = probe.data, Path(probe.model)
+    # the models are inputs too: --force wipes the output folder, and slm.json there is what base_of reads
+    with guard_output(args.out, [args.recipe or None, data, expanded, base_of(expanded, args.base)], args.force,
+                      exists_ok=True):
         if args.force and Path(args.out).exists():
             shutil.rmtree(args.out)
         runs, base = plan_runs(args)
@@ -196,7 +199,7 @@ def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict
     ev = evaluate(EvalArgs(models=[str(base)] + [t["model"] for t in trained.values()], data=data, seq_len=seq_len,
                            tokens=args.eval_tokens, probe="instruct", probe_prompts=args.probe_prompts),
                   keep_tokens=True)
-    sets = [s for s in ev["sets"] if s != PROBE_SET]
+    sets = [s for s in ev["sets"] if s != PROBE_SET and s in ev["matrix"][0]]  # a set with no held-out tokens has no row
     domain = args.domain or _heaviest(data, sets)
     if domain not in sets:
         raise SlmError(f"domain {domain!r} is not a held-out set of {data}: choose from {sets}")

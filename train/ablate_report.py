@@ -49,11 +49,20 @@ def headline(result: dict) -> str:
               + ("" if rise["significant"] else ", within noise: no measurable forgetting"))
     gain = f"domain loss {gains[best]['change']:+.3f} ± {gains[best]['se']:.3f} nats/token, {forgot}"
     (r1, s1) = ratio(best)
-    tied = [m for m in ranked[1:] if math.isfinite(r1) and (lambda r2, s2: r1 - 1.96 * s1 <= r2 + 1.96 * s2)(*ratio(m))]
+    if math.isfinite(r1):  # ratios whose 95 % intervals overlap the best one's
+        tied = [m for m in ranked[1:] if (lambda r2, s2: r1 - 1.96 * s1 <= r2 + 1.96 * s2)(*ratio(m))]
+    else:  # no measurable forgetting: tied with every such method whose domain gain overlaps the best one's
+        g1 = gains[best]
+        tied = [m for m in ranked[1:] if not math.isfinite(ratio(m)[0])
+                and abs(g1["change"] - gains[m]["change"]) <= 1.96 * math.hypot(g1["se"], gains[m]["se"])]
     if tied:  # the ratios' 95 % intervals overlap: no single winner
-        each = ", ".join(f"{m} {ratio(m)[0]:.2f} ± {ratio(m)[1]:.2f}" for m in [best, *tied])
         names = [best, *tied]
         who = f"{', '.join(names[:-1])} and {names[-1]}"
+        if not math.isfinite(r1):
+            each = ", ".join(f"{m} {gains[m]['change']:+.3f} ± {gains[m]['se']:.3f}" for m in names)
+            return (head + f"{who} learned the domain with no measurable forgetting, gains overlapping (domain loss "
+                    f"{each} nats/token); {best}: {gain}.")
+        each = ", ".join(f"{m} {ratio(m)[0]:.2f} ± {ratio(m)[1]:.2f}" for m in names)
         return (head + f"{who} gained about as much per unit of forgetting (domain gain / "
                 f"probe rise: {each}, intervals overlap); {best}: {gain}.")
     return head + f"{best} gained the most per unit of forgetting: {gain}."

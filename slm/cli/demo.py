@@ -287,3 +287,6 @@ def _publish(out: Path, dest: Path) -> None:
     shutil.copy2(page, dest / "index.html")
     if (out / "slm.json").is_file():
         shutil.copy2(out / "slm.json", dest / "slm.json")
+    for sub in sorted(out.glob("runs/*/report.html")):  # pages a report links to (the ablation's runs)
+        (dest / sub.parent.relative_to(out)).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(sub, dest / sub.relative_to(out))

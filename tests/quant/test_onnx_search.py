@@ -77,7 +77,7 @@ def test_the_size_bound_overrides_a_lower_kld():
             {"name": "broken", "error": "builder failed", "weight_bytes": 1}]
     assert O.pick(rows) == "mid"
     assert O.pick([dict(r, fits=False) for r in rows[:3]]) == "small"  # nothing fits: the smallest, flagged unfit
-    with pytest.raises(RuntimeError, match="broken: builder failed"):
+    with pytest.raises(SlmError, match="broken: builder failed"):
         O.pick(rows[3:])
 
 

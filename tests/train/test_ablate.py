@@ -116,3 +116,14 @@ def test_headline_names_no_single_winner_when_the_ratios_overlap():
                                                           "instruct-probe": _delta(0.044, 0.012)}}}}
     h = headline(r)
     assert "expanded and freeze gained about as much" in h and "intervals overlap" in h
+
+
+def test_headline_ties_methods_without_measurable_forgetting_whose_gains_overlap():
+    from slm.train.ablate_report import headline
+
+    r = {"domain": "code", "probe_set": "instruct-probe",
+         "methods": {"expanded": {"tokens": 2048, "delta": {"code": _delta(-0.050, 0.010),
+                                                            "instruct-probe": _delta(0.001, 0.01)}},
+                     "freeze": {"tokens": 2048, "delta": {"code": _delta(-0.049, 0.010),
+                                                          "instruct-probe": _delta(-0.002, 0.01)}}}}
+    assert "expanded and freeze learned the domain with no measurable forgetting, gains overlapping" in headline(r)
