@@ -137,7 +137,7 @@ def write_ablation(out: Path, args, result: dict) -> Path:
     lead = [headline(result), f"Same data and {next(iter(methods.values()))['tokens']:,} training tokens per method; domain "
             f"'{dom}'. On the Pareto front (most domain gain for least instruction-probe loss rise): {', '.join(front)}.",
             "Differences inside 1.96 standard errors are marked 'within noise'."]
-    result = {**result, "headline": headline(result)}  # the reports index leads with it
+    result = {**result, "headline": headline(result), "summary": summary}  # the reports index leads with the headline
     write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result)
     render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", summary,
                   [_figure(result)], _tables(result), lead=lead,

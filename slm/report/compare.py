@@ -69,6 +69,7 @@ KEY_FIGURES = {
     "export": [r"hf_perplexity", r"(gguf|onnx)_\w+_ppl", r"(gguf|onnx)_\w+_mb"],
     "eval": [r"OP", r"BWT", r".* ppl"],
     "train": [r".* ppl before", r".* ppl", r"trainable params", r"tok/s \(median\)"],
+    "ablate": [r".* domain loss gain", r".* probe loss rise"],
 }
 MAX_KEY_FIGURES = 10
 MAX_BARS = 24  # bars in a compare figure
@@ -98,7 +99,7 @@ def how_obtained(kind: str, summary: dict) -> str:
     """How a run's figures were obtained, in words (the run's own `how` where it recorded one)."""
     how = summary.get("how") if isinstance(summary.get("how"), str) else HOW_BY_KIND.get(kind, "")
     if any(lookup(k).how == "projected" for k in summary):
-        how += f"; {summary.get('device', 'device')} figures projected"
+        how = "; ".join(x for x in (how, f"{summary.get('device', 'device')} figures projected") if x)
     return how
 
 
@@ -106,7 +107,10 @@ HOW_BY_KIND = {"info": "analytic, from config.json", "export": "measured on this
                "train": "measured on this host during training", "eval": "measured on this host",
                "expand": "computed from the weights written", "upscale": "computed from the weights written",
                "merge": "computed from the weights written", "data": "counted while tokenizing",
-               "import": "read from the GGUF", "compare": "read from the compared runs"}
+               "import": "read from the GGUF", "compare": "read from the compared runs",
+               "ablate": "measured on this host (held-out losses, paired s.e. over the same tokens)",
+               "plan": "projected by the calibrated device model", "prune": "measured on this host (held-out text)",
+               "diff": "computed from the weights"}
 
 
 def compare(runs: list[Path | str], out_html: Path | str) -> Path:
