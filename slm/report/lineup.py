@@ -12,9 +12,11 @@ from slm.report.render import fmt
 from slm.report.uncertainty import Change, Estimate, change, ci95
 
 # Smallest change of a timed figure called significant, whatever its intervals: within-run intervals miss what
-# drifts between runs (CPU frequency, cache state, a neighbour between the runs); on this 2-core host back-to-back
-# quiet profiles of one GGUF differ by a few per cent. Exact figures (sizes, scores) have no floor.
-TIMED_FLOOR = 0.05
+# drifts between runs (CPU frequency, cache state, a neighbour between the runs). Measured on this 2-core host: two
+# quiet back-to-back `--quick` profiles of one q8_0 GGUF (0 % other-process CPU) differed by 6.2 % at tg32@d256
+# while each run's own 95 % interval was ±3 %; the brief puts run-to-run spread here at 10–20 %. Exact figures
+# (sizes, scores) have no floor.
+TIMED_FLOOR = 0.10
 MARK_DISTURBED = "†"  # shown after a value measured while other processes used the CPU
 LEGEND = (f"{MARK_DISTURBED} measured while other processes used the CPU (not judged); ± = 95 % interval (Student t "
           "over the repetitions); 'no interval': the run recorded no repetitions for it; exact figures (sizes, counts, "
