@@ -20,7 +20,8 @@ def main() -> None:
     worst = {}
     for group, fit in fits.items():
         print(f"\n{group}: efficiency {fit.efficiency:.2f} of datasheet bandwidth, overhead "
-              + ", ".join(f"{b} {s * 1e3:.1f} ms/token" for b, s in fit.overhead_s.items()))
+              + ", ".join(f"{b} {s * 1e3:.1f} ms/token" for b, s in fit.overhead_s.items())
+              + "".join(f"; {f} family efficiency {e:.2f}" for f, e in fit.family_efficiency.items()))
         print(f"{'role':9} {'point':28} {'device':28} {'params':>8} {'published':>10} {'projected':>10} {'error':>8}")
         errors = {**fit.residuals, **fit.held_out, **fit.excluded}
         for p in sorted((p for p in POINTS if p.backend in GROUPS[group]), key=lambda p: (p.role, p.params)):

@@ -3,7 +3,8 @@
 Model (per kernel family, fitted on Jetson Orin points; slm.profiling.calibration_table holds the cited data):
 
     decode seconds per token = bytes read per token / (efficiency × device bandwidth) + overhead[backend]
-    bytes read per token     = weight bytes of the file + KV bytes per token × depth
+    bytes read per token     = weight bytes streamed (all but an untied input embedding: a lookup reads one
+                               row of it) + KV bytes per token × depth
 
 The overhead is a fixed cost per token (kernel launches, sampling, the server loop); it dominates small models.
 Efficiency and overheads are fitted by least squares on the RELATIVE error (each point's predicted time divided
@@ -12,21 +13,30 @@ by its measured time, minus one), so a 135M model at 165 tok/s weighs as much as
 Groups, and why they are pooled: published points are thin, so every Orin module is pooled (one Ampere sm_87
 iGPU design; the bandwidth term carries the difference between Orin Nano 68 GB/s, Nano Super 102 GB/s and AGX
 Orin 204.8 GB/s), and llama.cpp CUDA is pooled with Ollama, which runs llama.cpp's CUDA kernels behind a server:
-one efficiency (the kernels) and one overhead per backend (the host loop around them). MLC is its own group.
-Each group's held-out points were chosen in the table (role) before fitting.
+one efficiency (the kernels) and one overhead per backend (the host loop around them). MLC is its own group,
+with its own efficiency for Gemma-2 (FAMILY_TERMS says why). Each group's held-out points were chosen in the
+table (role) before any fit was run, and no held-out point has been moved since.
 
 Fit (computed from the table by `fit_all`; tests/profiling/test_calibration.py recomputes it and holds these
 numbers to ±0.02 / ±1 point, so this text cannot drift from the data):
 
 | group | points fitted / held out | efficiency | overhead ms/token | fit residuals | held-out errors |
 |---|---|---|---|---|---|
-| llama.cpp (llama.cpp CUDA + Ollama), Orin | 9 / 3 | 0.62 | llama.cpp CUDA 4.0, Ollama 7.1 | −17 % … +71 % (RMS 28 %) | +12.7 % (SmolLM-135M Q2_K, Nano Super), +1.7 % (8B Q4_K_M, AGX), −10.2 % (Llama-3.2-3B Ollama, Nano Super) |
-| MLC, Orin | 10 / 3 | 0.86 | 4.9 | −15 % … +69 % (RMS 32 %) | −9.2 % (Llama-3.2-3B), +31.7 % (Gemma-2-2B), −11.0 % (Phi-3.5-mini), all Nano Super |
+| llama.cpp (llama.cpp CUDA + Ollama), Orin | 9 / 3 | 0.62 | llama.cpp CUDA 4.0, Ollama 7.2 | −18 % … +69 % (RMS 28 %) | +12.9 % (SmolLM-135M Q2_K, Nano Super), +4.4 % (8B Q4_K_M, AGX), −11.1 % (Llama-3.2-3B Ollama, Nano Super) |
+| MLC, Orin | 10 / 3 | 0.91 (Gemma-2 0.53) | MLC 5.6 | −7 % … +8 % (RMS 4 %) | −7.1 % (Llama-3.2-3B), −12.1 % (Gemma-2-2B), −6.5 % (Phi-3.5-mini), all Nano Super |
 
-The largest residuals are Gemma-2 under MLC (predicted 32–69 % too fast: its 256-wide heads and 256k vocabulary
-cost more than their bytes) and Qwen2.5-0.5B under Ollama (+71 %: at 0.5B the server's overhead varies more than
-one constant captures). The llama.cpp CUDA calibration meets the ±25 % held-out target for 135M–8B (worst
-+12.7 %); MLC misses it on Gemma-2-2B (+31.7 %) and meets it on the other two (≤ 11 %).
+Both calibrations meet the ±25 % held-out target for 135M–8B (worst +12.9 % and −12.1 %). The largest remaining
+residual is Qwen2.5-0.5B under Ollama (+69 %: at 0.5B the server's overhead varies more than one constant
+captures); llama.cpp's fit RMS (28 %) is wider than its held-out errors, so ±28 % is the honest expectation.
+
+How this fit came to be (so its held-out errors are read for what they are): the first fit (2026-11) streamed
+the whole file per token and pooled Gemma-2 with the rest of MLC: MLC efficiency 0.86, held-out Gemma-2-2B
++31.7 % (missed the target), fitted Gemma-2 points +48 … +69 %. The second fit (this one) made two changes, both
+motivated by the FITTED points and by how decode works, not by the held-out point: an untied input embedding is
+a lookup, not a stream (Llama-3.1-8B, Qwen2.5-7B, Phi-3.5, TinyLlama, Llama-2 carry one); and MLC's Gemma-2
+points get their own efficiency. That the held-out Gemma-2-2B Super error was known when the second change was
+made is a weakness of this test: read its −12.1 % as a check of the family term's consistency (2B Super
+predicted from 2B Nano and 9B), not as a blind test.
 
 Prefill is NOT calibrated: no published Orin prefill figure was found for a dense model. A projected prefill is
 the datasheet-derived FP16 bound (devices.Device.fp16_tflops) × an assumed 0.3, labelled as such everywhere.
@@ -38,6 +48,7 @@ table and the device registry only, never on ~/.cache/slm/host.json.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -47,6 +58,13 @@ from slm.errors import SlmError
 from slm.profiling.calibration_table import POINTS, Point
 
 GROUPS = {"llama.cpp": ("llama.cpp CUDA", "Ollama"), "MLC": ("MLC",)}  # kernel family → backends sharing it
+# Architectures a group fits its own efficiency for. MLC's three FITTED Gemma-2 points ran 39–60 % slower than the
+# pooled model predicted (Gemma-2-2B Nano, 9B Nano and Super) while every other fitted point was within ±15 %:
+# MLC's Gemma-2 kernels (256-wide heads, logit soft-capping, four norms a block) reach less of the bandwidth.
+# Ollama's one Gemma-2 point shows no such effect (−18 %, within the group's spread), so llama.cpp has no term.
+# slm projects Llama-family models only (slm.spec.SUPPORTED): a family term keeps Gemma-2 from biasing their
+# efficiency and is itself tested on the held-out Gemma-2-2B Super point.
+FAMILY_TERMS = {"llama.cpp": (), "MLC": ("gemma2",)}
 PREFILL_ASSUMED = 0.3  # fraction of the datasheet-derived FP16 bound (assumption: no published prefill points)
 PREFILL_HOW = (f"not calibrated: {PREFILL_ASSUMED} × the datasheet-derived FP16 bound (sparse INT8 TOPS / 4), an "
                "assumption — no published Orin prefill points")
@@ -63,17 +81,20 @@ class Fit:
     """One kernel family's fitted decode model, with how well it does on the published points."""
 
     group: str
-    efficiency: float  # fraction of the datasheet bandwidth the weight/KV stream reaches
+    efficiency: float  # fraction of the datasheet bandwidth the weight/KV stream reaches (Llama family)
     overhead_s: dict  # backend → fixed seconds per token
     residuals: dict  # point key → predicted/measured − 1, fitted points
     held_out: dict  # the same for held-out points
     excluded: dict  # the same for excluded points (reported, not used)
+    family_efficiency: dict = dataclasses.field(default_factory=dict)  # architecture → its own efficiency
 
-    def seconds_per_token(self, backend: str, bytes_per_token: float, bandwidth_Bps: float) -> float:
-        return bytes_per_token / (self.efficiency * bandwidth_Bps) + self.overhead_s[backend]
+    def seconds_per_token(self, backend: str, bytes_per_token: float, bandwidth_Bps: float,
+                          family: str = "llama") -> float:
+        eff = self.family_efficiency.get(family, self.efficiency)
+        return bytes_per_token / (eff * bandwidth_Bps) + self.overhead_s[backend]
 
     def predict(self, p: Point) -> float:
-        return 1.0 / self.seconds_per_token(p.backend, p.bytes_per_token, _bandwidth(p.device))
+        return 1.0 / self.seconds_per_token(p.backend, p.bytes_per_token, _bandwidth(p.device), p.family)
 
     @property
     def held_out_error(self) -> float:
@@ -91,26 +112,35 @@ class Fit:
     def to_dict(self) -> dict:
         return {"group": self.group, "efficiency": self.efficiency, "overhead_s": dict(self.overhead_s),
                 "fit_rms": self.rms, "held_out_error": self.held_out_error, "residuals": dict(self.residuals),
-                "held_out": dict(self.held_out), "excluded": dict(self.excluded)}
+                "held_out": dict(self.held_out), "excluded": dict(self.excluded),
+                "family_efficiency": dict(self.family_efficiency)}
 
 
 def fit_group(group: str, points: tuple[Point, ...] = POINTS) -> Fit:
-    """Least squares on relative error: minimise Σ ((x_i / e + c_b(i)) / t_i − 1)² over 1/e and each c_b."""
-    backends = GROUPS[group]
+    """Least squares on relative error: minimise Σ ((x_i / e_f(i) + c_b(i)) / t_i − 1)² over 1/e for the Llama
+    family and each of the group's FAMILY_TERMS, and each backend's overhead c_b."""
+    backends, families = GROUPS[group], FAMILY_TERMS[group]
     mine = [p for p in points if p.backend in backends]
     fit = [p for p in mine if p.role == "fit"]
-    if len(fit) < len(backends) + 1:
-        raise SlmError(f"calibration group {group} has {len(fit)} fit points: too few for {len(backends) + 1} parameters")
+    n_params = 1 + len(families) + len(backends)
+    if len(fit) < n_params + 1:
+        raise SlmError(f"calibration group {group} has {len(fit)} fit points: too few for {n_params} parameters")
     t = np.array([1.0 / p.decode_tok_s for p in fit])
     x = np.array([p.bytes_per_token / _bandwidth(p.device) for p in fit])
-    cols = [x / t] + [np.array([p.backend == b for p in fit], dtype=float) / t for b in backends]
+    own = [np.array([p.family == f for p in fit], dtype=float) for f in families]
+    base = 1.0 - sum(own, np.zeros(len(fit)))
+    cols = ([x * base / t] + [x * m / t for m in own]
+            + [np.array([p.backend == b for p in fit], dtype=float) / t for b in backends])
     sol, *_ = np.linalg.lstsq(np.column_stack(cols), np.ones(len(fit)), rcond=None)
-    partial = Fit(group, float(1.0 / sol[0]), dict(zip(backends, map(float, sol[1:]))), {}, {}, {})
+    k = 1 + len(families)
+    partial = Fit(group, float(1.0 / sol[0]), dict(zip(backends, map(float, sol[k:]))), {}, {}, {},
+                  {f: float(1.0 / v) for f, v in zip(families, sol[1:k])})
 
     def errors(role):
         return {p.key: partial.predict(p) / p.decode_tok_s - 1 for p in mine if p.role == role}
 
-    return Fit(group, partial.efficiency, partial.overhead_s, errors("fit"), errors("held-out"), errors("excluded"))
+    return dataclasses.replace(partial, residuals=errors("fit"), held_out=errors("held-out"),
+                               excluded=errors("excluded"))
 
 
 @functools.cache
@@ -128,9 +158,18 @@ def calibration_for(backend: str, device_key: str) -> tuple[Fit, str, str]:
             f"extrapolated: no published Jetson points for {backend}; the llama.cpp CUDA calibration is used")
 
 
+def streamed_weight_bytes(spec, weight_bytes: float) -> float:
+    """Weight bytes a decode step reads: all of them but an untied input embedding, of which a lookup reads one
+    row (calibration_table's rule). The embedding's share is taken at the file's mean bits per weight."""
+    if spec.tied:
+        return weight_bytes
+    return weight_bytes * (1 - spec.vocab * spec.hidden / spec.params)
+
+
 def project_decode(device, weight_bytes: float, kv_bytes_per_token: float, depth: float,
                    backend: str = "llama.cpp CUDA") -> dict:
-    """Projected decode tok/s at `depth` on `device` (a devices.Device), with the bound, calibration and error."""
+    """Projected decode tok/s at `depth` on `device` (a devices.Device), with the bound, calibration and error.
+    `weight_bytes` are the bytes streamed per token (streamed_weight_bytes), not necessarily the file's."""
     fit, b, caveat = calibration_for(backend, device.key)
     bw = device.bandwidth_GBps * 1e9
     per_token = weight_bytes + kv_bytes_per_token * depth

@@ -8,6 +8,11 @@ depth 0, where the shape does not matter. Weight bytes are the file size where t
 parameters × nominal bits per weight / 8 (slm.gguf.TYPES[q].bpw for GGUF types; MLC's q4f16 = 4-bit weights plus
 one fp16 scale per 32 → 4.5 bits).
 
+Bytes read per token: a decode step streams every weight matrix once, except an UNTIED input embedding, of which
+a lookup reads one row (llama.cpp's get_rows, MLC's take): its vocab × hidden parameters (`embed_params`, from
+config.json; 0 when tied, where the same matrix is streamed as the LM head) are taken out of the weight bytes.
+`family` names an architecture whose kernels the fit may treat apart (slm.profiling.calibration.FAMILY_TERMS).
+
 `role` was set before any fit was run: "fit" points fit the model, "held-out" points only test it, "excluded"
 points are kept for the record (and their error reported) but neither fit nor test it, with the reason in the note.
 """
@@ -57,6 +62,8 @@ class Point:
     file_bytes: float | None = None  # model file size when the source states it
     kv_bytes_per_token: float = 0.0  # f16 KV per token of this shape (config.json)
     depth: int = 0  # mean tokens in the cache while decoding; 0 where the source does not say
+    embed_params: float = 0.0  # vocab × hidden of an untied input embedding (config.json); 0 when tied
+    family: str = "llama"  # architecture family: "gemma2" for Gemma-2 (256-wide heads, four norms a block)
 
     @property
     def weight_bytes(self) -> float:
@@ -64,21 +71,22 @@ class Point:
 
     @property
     def bytes_per_token(self) -> float:
-        return self.weight_bytes + self.kv_bytes_per_token * self.depth
+        streamed = self.weight_bytes * (1 - self.embed_params / self.params)
+        return streamed + self.kv_bytes_per_token * self.depth
 
 
-def _mlc(key, mode_dev, model, params, tok_s, role="fit", note=""):
+def _mlc(key, mode_dev, model, params, tok_s, role="fit", note="", embed=0.0, family="llama"):
     mode = "original (15 W, 68 GB/s)" if mode_dev == NANO else "Super (MAXN SUPER, 102 GB/s)"
     return Point(key, mode_dev, mode, "MLC", model, params, MLC_Q4, tok_s, NV_SUPER,
                  f"NVIDIA's 'LLM generation performance' chart, INT4 through MLC (read via {WAYFINDR}); depth not "
-                 f"stated (0 used); 4.5 bits assumed for INT4 (q4f16). {note}".strip(), role)
+                 f"stated (0 used); 4.5 bits assumed for INT4 (q4f16). {note}".strip(), role, embed_params=embed, family=family)
 
 
-def _ollama(key, model, params, q, tok_s, kv, role="fit", note=""):
+def _ollama(key, model, params, q, tok_s, kv, role="fit", note="", embed=0.0, family="llama"):
     return Point(key, SUPER, "25 W", "Ollama", model, params, TYPES[q].bpw, tok_s, JMORGAN,
                  f"Ollama eval rate '~{tok_s:g}' over ~1600 generated tokens (mean depth ≈ 800 used; prompt length not "
                  f"stated), read via {WAYFINDR}; quantization not stated — Ollama's default tag ({q}) assumed. "
-                 f"{note}".strip(), role, kv_bytes_per_token=kv, depth=800)
+                 f"{note}".strip(), role, kv_bytes_per_token=kv, depth=800, embed_params=embed, family=family)
 
 
 POINTS: tuple[Point, ...] = (
@@ -96,16 +104,17 @@ POINTS: tuple[Point, ...] = (
     Point("holohub-llama2-7b", AGX, "not stated", "llama.cpp CUDA", "Llama-2-7B 4-bit", 6.74e9, TYPES["q4_0"].bpw, 22.5,
           HOLOHUB, "IGX Orin iGPU, which the author says gives numbers identical to AGX Orin (Jan 2024 llama.cpp); "
           "prompt 'Once upon a time', generation length not stated (depth 0); '4-bit' type not stated (q4_0 "
-          "assumed)", "fit", kv_bytes_per_token=_kv(32, 32, 128)),
+          "assumed)", "fit", kv_bytes_per_token=_kv(32, 32, 128), embed_params=32000 * 4096),
     Point("holohub-llama2-13b", AGX, "not stated", "llama.cpp CUDA", "Llama-2-13B 4-bit", 13.0e9, TYPES["q4_0"].bpw,
-          13.3, HOLOHUB, "as holohub-llama2-7b", "fit", kv_bytes_per_token=_kv(40, 40, 128)),
+          13.3, HOLOHUB, "as holohub-llama2-7b", "fit", kv_bytes_per_token=_kv(40, 40, 128), embed_params=32000 * 5120),
     Point("holohub-llama2-70b", AGX, "not stated", "llama.cpp CUDA", "Llama-2-70B 4-bit", 69.0e9, TYPES["q4_0"].bpw,
           3.0, HOLOHUB, "as holohub-llama2-7b (outside the 135M–8B target range; kept: it pins the bandwidth term)",
-          "fit", kv_bytes_per_token=_kv(80, 8, 128)),
+          "fit", kv_bytes_per_token=_kv(80, 8, 128), embed_params=32000 * 8192),
     Point("minicpm-8b-q4km", AGX, "nvpmodel max + jetson_clocks", "llama.cpp CUDA", "MiniCPM4.1-8B Q4_K_M", 8.0e9,
           TYPES["q4_k_m"].bpw, 25.0, MINICPM, "'只能得到25t/s' (only 25 t/s); the reporter adds Qwen3-8B and "
           "DeepSeek-R1-0528-8B at the same quantization run no differently; AGX Orin memory size not stated (both "
-          "modules have 204.8 GB/s); parameters '8B' from the name; depth not stated (0)", "held-out"),
+          "modules have 204.8 GB/s); parameters '8B' from the name; depth not stated (0); embedding tying not verified "
+          "(untied assumed: 73448 × 4096, 3.8 % of the bytes)", "held-out", embed_params=73448 * 4096),
     # ---- llama.cpp CPU (one point: shown, not fitted) ---------------------------------------------------------
     Point("yzma-smollm-135m-q2k-cpu", SUPER, "not stated", "llama.cpp CPU", "SmolLM-135M Q2_K", 134.5e6,
           TYPES["q2_k"].bpw, 84.2, YZMA, "as yzma-smollm-135m-q2k on the 6 CPU cores (-nctx=8192). Excluded: the "
@@ -113,30 +122,31 @@ POINTS: tuple[Point, ...] = (
     # ---- Ollama (llama.cpp's CUDA kernels behind a server) on Orin Nano Super 25 W --------------------------------
     _ollama("ollama-llama3.2-1b", "Llama-3.2-1B", 1.24e9, "q4_k_m", 62, _kv(16, 8, 64)),
     _ollama("ollama-llama3.2-3b", "Llama-3.2-3B", 3.21e9, "q4_k_m", 30, _kv(28, 8, 128), "held-out"),
-    _ollama("ollama-tinyllama", "TinyLlama-1.1B", 1.10e9, "q4_0", 58, _kv(22, 4, 64)),
+    _ollama("ollama-tinyllama", "TinyLlama-1.1B", 1.10e9, "q4_0", 58, _kv(22, 4, 64), embed=32000 * 2048),
     _ollama("ollama-qwen2.5-0.5b", "Qwen2.5-0.5B", 0.494e9, "q4_k_m", 50, _kv(24, 2, 64)),
-    _ollama("ollama-gemma2-2b", "Gemma-2-2B", 2.61e9, "q4_0", 38, _kv(26, 4, 256)),
-    _ollama("ollama-phi3-3.8b", "Phi-3-mini (3.8B)", 3.82e9, "q4_0", 25, _kv(32, 32, 96)),
+    _ollama("ollama-gemma2-2b", "Gemma-2-2B", 2.61e9, "q4_0", 38, _kv(26, 4, 256), family="gemma2"),
+    _ollama("ollama-phi3-3.8b", "Phi-3-mini (3.8B)", 3.82e9, "q4_0", 25, _kv(32, 32, 96), embed=32064 * 3072),
     _ollama("ollama-qwen2-7b", "Qwen2-7B", 7.62e9, "q4_0", 8, _kv(28, 4, 128), "excluded",
             "Excluded: a 4.4 GB model on an 8 GB board leaves little room beside the OS and Ollama (eMMC swap is "
-            "reported on this board for 8B models); the same source's 3B runs at about twice its bandwidth share."),
+            "reported on this board for 8B models); the same source's 3B runs at about twice its bandwidth share.",
+            embed=152064 * 3584),
     # ---- MLC (NanoLLM / MLC API, INT4) on Orin Nano 8GB, original and Super mode ----------------------------------
-    _mlc("mlc-llama3.1-8b", NANO, "Llama-3.1-8B", 8.03e9, 14.0),
-    _mlc("mlc-llama3.1-8b-super", SUPER, "Llama-3.1-8B", 8.03e9, 19.14),
+    _mlc("mlc-llama3.1-8b", NANO, "Llama-3.1-8B", 8.03e9, 14.0, embed=128256 * 4096),
+    _mlc("mlc-llama3.1-8b-super", SUPER, "Llama-3.1-8B", 8.03e9, 19.14, embed=128256 * 4096),
     _mlc("mlc-llama3.2-3b", NANO, "Llama-3.2-3B", 3.21e9, 27.7),
     _mlc("mlc-llama3.2-3b-super", SUPER, "Llama-3.2-3B", 3.21e9, 43.07, "held-out"),
-    _mlc("mlc-qwen2.5-7b", NANO, "Qwen2.5-7B", 7.62e9, 14.2),
-    _mlc("mlc-qwen2.5-7b-super", SUPER, "Qwen2.5-7B", 7.62e9, 21.75),
-    _mlc("mlc-gemma2-2b", NANO, "Gemma-2-2B", 2.61e9, 21.5),
-    _mlc("mlc-gemma2-2b-super", SUPER, "Gemma-2-2B", 2.61e9, 34.97, "held-out"),
-    _mlc("mlc-gemma2-9b", NANO, "Gemma-2-9B", 9.24e9, 7.2),
-    _mlc("mlc-gemma2-9b-super", SUPER, "Gemma-2-9B", 9.24e9, 9.21),
-    _mlc("mlc-phi3.5-mini", NANO, "Phi-3.5-mini (3.8B)", 3.82e9, 24.7),
-    _mlc("mlc-phi3.5-mini-super", SUPER, "Phi-3.5-mini (3.8B)", 3.82e9, 38.1, "held-out"),
+    _mlc("mlc-qwen2.5-7b", NANO, "Qwen2.5-7B", 7.62e9, 14.2, embed=152064 * 3584),
+    _mlc("mlc-qwen2.5-7b-super", SUPER, "Qwen2.5-7B", 7.62e9, 21.75, embed=152064 * 3584),
+    _mlc("mlc-gemma2-2b", NANO, "Gemma-2-2B", 2.61e9, 21.5, family="gemma2"),
+    _mlc("mlc-gemma2-2b-super", SUPER, "Gemma-2-2B", 2.61e9, 34.97, "held-out", family="gemma2"),
+    _mlc("mlc-gemma2-9b", NANO, "Gemma-2-9B", 9.24e9, 7.2, family="gemma2"),
+    _mlc("mlc-gemma2-9b-super", SUPER, "Gemma-2-9B", 9.24e9, 9.21, family="gemma2"),
+    _mlc("mlc-phi3.5-mini", NANO, "Phi-3.5-mini (3.8B)", 3.82e9, 24.7, embed=32064 * 3072),
+    _mlc("mlc-phi3.5-mini-super", SUPER, "Phi-3.5-mini (3.8B)", 3.82e9, 38.1, "held-out", embed=32064 * 3072),
     _mlc("mlc-smollm2", NANO, "SmolLM2 (size not stated)", 1.71e9, 41.0, "excluded",
          "Excluded: the chart does not say which SmolLM2 (1.7B is the only size this speed fits; not used)."),
     _mlc("mlc-smollm2-super", SUPER, "SmolLM2 (size not stated)", 1.71e9, 64.5, "excluded", "Excluded: as mlc-smollm2."),
     Point("mlc-tinyllama", NANO, "not stated", "MLC", "TinyLlama-1.1B", 1.10e9, MLC_Q4, 68.0, AI_LAB_SLM,
           f"'about 68 tokens/sec' for TinyLlama on Orin Nano in the Jetson AI Lab SLM chart, as quoted in "
-          f"{NANOLLM_38} (MLC q4f16_ft); depth not stated (0)", "fit"),
+          f"{NANOLLM_38} (MLC q4f16_ft); depth not stated (0)", "fit", embed_params=32000 * 2048),
 )

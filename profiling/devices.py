@@ -112,7 +112,9 @@ def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token:
     memory is flagged (fits=False) and gets no speed. A row's measured `roofline_fraction` (this host's) is kept as
     `host_efficiency` for display only.
     """
-    from slm.profiling.calibration import project_decode, project_prefill
+    from slm.profiling.calibration import project_decode, project_prefill, streamed_weight_bytes
+
+    streamed = streamed_weight_bytes(spec, weight_bytes)
 
     out = []
     for r in rows:
@@ -120,7 +122,7 @@ def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token:
         kv = kv_per_token * ctx
         ok = fits(device, weight_bytes, kv, compute_bytes)
         if r["kind"] == "decode":
-            p = project_decode(device, weight_bytes, kv_per_token, r["depth"] + r["n_tokens"] / 2, backend)
+            p = project_decode(device, streamed, kv_per_token, r["depth"] + r["n_tokens"] / 2, backend)
         else:
             p = project_prefill(device, spec, r["n_tokens"])
         out.append({"test": r["test"], "kind": r["kind"], "n_tokens": r["n_tokens"], "depth": r["depth"],
