@@ -19,7 +19,7 @@ from pathlib import Path
 from slm.errors import SlmError
 from slm.gguf import KV_CACHE_TYPES, get_type, kv_element_bytes, parse_types
 from slm.gguf_mix import fallbacks_for, types_that_hold
-from slm.profiling.calibration import PREFILL_ASSUMED, calibration_for, project_decode
+from slm.profiling.calibration import PREFILL_ASSUMED, calibration_for, project_decode, streamed_weight_bytes
 from slm.profiling.devices import GIB, get_device
 from slm.profiling.roofline import prefill_bound
 from slm.spec import ModelSpec
@@ -78,10 +78,26 @@ def depths(layers: int, grow: bool, prune: bool) -> list[tuple[int, str]]:
     return sorted(out.items())
 
 
-def compute_bytes(spec: ModelSpec, context: int) -> float:
-    """Estimated llama.cpp compute buffers: one micro-batch's f32 logits (UBATCH × vocab) and one layer's attention
-    scores (UBATCH × context × heads) — an estimate; llama.cpp's graph allocator sizes the real buffers."""
-    return 4.0 * UBATCH * (spec.vocab + min(context, spec.max_context) * spec.heads)
+def compute_bytes(spec: ModelSpec, context: int, flash_attn: bool = True) -> float:
+    """llama.cpp's compute buffers for one micro-batch of u = min(UBATCH, context) tokens. The graph allocator
+    reuses memory between ops, so the buffer is the larger of two stages, not their sum (f32 = 4 bytes):
+      logits stage:    u × (vocab + 2 × hidden) × 4
+      attention stage: flash attention (llama.cpp's choice on CUDA; needed by q8_0/q4_0 KV): the f16 mask
+                       u × context × 2 + u × (2 × intermediate + 6 × hidden) × 4;
+                       without it: scores and f32 mask u × context × (heads + 1) × 4 + u × 2 × intermediate × 4.
+    Read off the allocations llama.cpp (CPU backend) logs for three shapes (SmolLM2-135M and two random Llamas,
+    vocab 8k–49k) at contexts 512–8192 with flash attention on and off: −4.2 % … +1.7 % over those 24 cases (the
+    6 × hidden term was set on one of them, vocab 8k with flash attention at 8192; tests/profiling/
+    test_compute_buffers.py holds ±10 %). CUDA's own buffers (e.g. a host-side copy of the inputs) are not
+    measured: no CUDA build here."""
+    u = min(UBATCH, context)
+    ctx = min(context, spec.max_context)
+    logits = 4.0 * u * (spec.vocab + 2 * spec.hidden)
+    if flash_attn:
+        attention = 2.0 * u * ctx + 4.0 * u * (2 * spec.intermediate + 6 * spec.hidden)
+    else:
+        attention = 4.0 * u * ctx * (spec.heads + 1) + 4.0 * u * 2 * spec.intermediate
+    return max(logits, attention)
 
 
 def load_quality(path: str | None) -> dict:
@@ -135,7 +151,7 @@ def _rank_key(as_is_meets: bool):
 def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev, budget: float, q) -> dict:
     per_tok = s.kv_bytes_per_token(kv_element_bytes(kvt))
     weights, kv, comp = f["tensor_bytes"], per_tok * args.context, compute_bytes(s, args.context)
-    decode = project_decode(dev, weights, per_tok, args.context, args.backend)["tok_s"]
+    decode = project_decode(dev, streamed_weight_bytes(s, weights), per_tok, args.context, args.backend)["tok_s"]
     prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * args.prefill_efficiency
     fits = weights + kv + comp <= budget
     ok = fits and decode >= (args.min_decode or 0) and prefill >= (args.min_prefill or 0)
@@ -167,13 +183,15 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
 
     return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(), "context": args.context,
             "args": {k: v for k, v in dataclasses.asdict(args).items()},
-            "how": {"speed": f"{HOW}: decode at depth {args.context} = {calib}: (weights + KV) / "
+            "how": {"speed": f"{HOW}: decode at depth {args.context} = {calib}: (weights streamed per token — all but "
+                             f"an untied input embedding — + KV) / "
                              f"({fit.efficiency:.2f} × device bandwidth) + {fit.overhead_s[backend] * 1e3:.1f} ms per "
                              f"token; prefill not calibrated = device FP16 (datasheet INT8 sparse TOPS / 4) / FLOPs "
                              f"per token × {args.prefill_efficiency} (assumed)",
                     "calibration": calib, "decode_expected_error": fit.held_out_error,
                     "memory": "GGUF tensor bytes as llama.cpp writes this shape (fallbacks included) + KV cache at "
-                              f"the context + compute buffers estimated for a {UBATCH}-token micro-batch; against the "
+                              f"the context + compute buffers for a {UBATCH}-token micro-batch with flash attention (the "
+                              "estimate is within ±5 % of llama.cpp's CPU allocations; CUDA's not checked); against the "
                               f"device's memory less {dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
                     "quality": "from " + (args.quality or "no sweep: unknown")},
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
