@@ -126,7 +126,8 @@ def score_candidate(folder: Path, ref, inp: Inputs, scoring) -> dict:
     return {**S.kld(ref, got, scoring), "perplexity": S.perplexity(got, scoring)["perplexity"]}
 
 
-def _reference(model_dir: Path, ids: list[int], scoring):
+def reference_scores(model_dir: Path, ids: list[int], scoring):
+    """The fp32 HF model's scores on `ids`: what every candidate's KLD is taken against."""
     from slm.io import load_model
 
     from . import score as S, validate as V
@@ -162,7 +163,7 @@ def pick(rows: list[dict]) -> str:
 def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
     """Build (and, for more than one, score) the candidates of `choice`; move the kept one to `dest`."""
     names, bound = names_for(choice), size_bound(spec)
-    ref = _reference(inp.model_dir, inp.score_ids, scoring) if len(names) > 1 else None
+    ref = reference_scores(inp.model_dir, inp.score_ids, scoring) if len(names) > 1 else None
     rows = []
     for name in names:
         t, folder, scored, err = time.time(), None, None, ""
