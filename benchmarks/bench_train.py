@@ -115,32 +115,44 @@ def one(a) -> None:
 
 
 def cpu_table(a) -> None:
+    """Each configuration in its own process; with --rounds N the configurations alternate N times, so each
+    ours/HF ratio is taken from neighbouring runs (this host is shared: compare ratios, not absolute speeds)."""
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     data = stdlib_data(work, Path(a.model))
-    rows = {}
-    for kind in a.kinds.split(","):
-        cmd = [sys.executable, str(HERE), "--one", kind, "--model", a.model, "--data", str(data), "--work", str(work),
-               "--steps", str(a.steps), "--seq-len", str(a.seq_len), "--batch", str(a.batch)] + (
-            ["--extra", *a.extra] if a.extra else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            print(f"{kind}: failed\n{out.stderr[-2000:]}")
-            continue
-        rows[kind] = json.loads(line[0][7:])
-        print(kind, rows[kind], flush=True)
-    print(f"\nCPU, {os.cpu_count()} cores shared with other jobs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}, "
-          f"fp32, seq {a.seq_len}, batch {a.batch}, median of {a.steps - 1} steps")
+    runs: dict[str, list[dict]] = {}
+    load = [os.getloadavg()[0]]
+    for _ in range(a.rounds):
+        for kind in a.kinds.split(","):
+            cmd = [sys.executable, str(HERE), "--one", kind, "--model", a.model, "--data", str(data), "--work",
+                   str(work), "--steps", str(a.steps), "--seq-len", str(a.seq_len), "--batch", str(a.batch)] + (
+                ["--extra", *a.extra] if a.extra else [])
+            out = subprocess.run(cmd, capture_output=True, text=True,
+                                 env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if not line:
+                print(f"{kind}: failed\n{out.stderr[-2000:]}")
+                continue
+            runs.setdefault(kind, []).append(json.loads(line[0][7:]))
+            load.append(os.getloadavg()[0])
+            print(kind, runs[kind][-1], flush=True)
+    print(f"\nCPU, {os.cpu_count()} cores shared with other jobs (1-min load average {min(load):.1f}–{max(load):.1f} "
+          f"during the runs), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}, fp32, seq {a.seq_len}, "
+          f"batch {a.batch}, median of {a.steps - 1} steps per run, {a.rounds} round(s)")
     print(f"{'config':12} {'trainable':>12} {'opt state MB':>13} {'step s':>8} {'tok/s':>8} {'peak RSS GB':>12}")
-    for k, r in rows.items():
+    for k, rs in runs.items():
+        r = sorted(rs, key=lambda x: x["tok_s"])[len(rs) // 2]
         print(f"{k:12} {r['trainable']:>12,} {8 * r['trainable'] / 1e6:>13.1f} {r['step_s']:>8.2f} {r['tok_s']:>8.1f} "
               f"{r['peak_rss_gb']:>12.2f}")
-    if "expanded" in rows and "hf-trainer" in rows:
-        print(f"ours / HF Trainer (expanded): {rows['expanded']['tok_s'] / rows['hf-trainer']['tok_s']:.2f}×")
-    if "expanded" in rows and "full" in rows:
-        e, f = rows["expanded"], rows["full"]
-        print(f"expanded / full: step time {e['step_s'] / f['step_s']:.2f}×, optimizer memory {e['trainable'] / f['trainable']:.2f}×")
+    for ours, other, what in (("expanded", "hf-trainer", "ours / HF Trainer (expanded), tok/s"),
+                              ("expanded", "full", "expanded / full, step time")):
+        if ours in runs and other in runs:
+            ratios = [(o["tok_s"] / h["tok_s"]) if other == "hf-trainer" else (o["step_s"] / h["step_s"])
+                      for o, h in zip(runs[ours], runs[other])]
+            print(f"{what}: " + ", ".join(f"{x:.2f}×" for x in ratios)
+                  + (f" (median {sorted(ratios)[len(ratios) // 2]:.2f}×)" if len(ratios) > 1 else ""))
+    if "expanded" in runs and "full" in runs:
+        print(f"expanded / full optimizer memory: {runs['expanded'][0]['trainable'] / runs['full'][0]['trainable']:.2f}×")
 
 
 def loss_one(kind: str, tokens: int, hidden: int, vocab: int, repeat: int = 3) -> dict:
@@ -196,6 +208,7 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="with --gpu: every row on CPU with a tiny Llama")
     ap.add_argument("--loss", action="store_true", help="chunked LM-head cross-entropy vs plain (CPU)")
     ap.add_argument("--kinds", default="expanded,hf-trainer,full,lora", help="CPU mode: configurations to run")
+    ap.add_argument("--rounds", type=int, default=1, help="CPU mode: alternate the configurations this many times")
     ap.add_argument("--ckpt", action="store_true", help="activation checkpointing")
     ap.add_argument("--extra", nargs="*", default=[], help="more recipe overrides for our rows, e.g. loss=plain")
     ap.add_argument("--only", help="GPU mode: only these rows, comma-separated (reference, ours, x33-full, "
