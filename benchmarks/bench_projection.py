@@ -4,13 +4,14 @@ test: target ±25 % for 135M–8B models), and excluded ones. Pure computation (
 
     .venv/bin/python benchmarks/bench_projection.py
 
-Prints one table per kernel family and the held-out summary.
+Prints one decode table per kernel family, the prefill table (llama-bench pp512, llama.cpp CUDA) and the held-out
+summary.
 """
 
 from __future__ import annotations
 
-from slm.profiling.calibration import GROUPS, fit_all
-from slm.profiling.calibration_table import POINTS
+from slm.profiling.calibration import GROUPS, fit_all, fit_prefill, prefill_bound_of
+from slm.profiling.calibration_table import POINTS, PREFILL_POINTS
 
 TARGET = 0.25  # issue 13: decode within ±25 % on held-out points for models from 135M to 8B
 
@@ -34,6 +35,15 @@ def main() -> None:
         worst[group] = max(held.values(), key=abs) if held else float("nan")
         print(f"fit RMS {fit.rms:.0%} over {len(fit.residuals)} points; held-out worst {worst[group]:+.1%} "
               f"over {len(held)} points")
+    pf = fit_prefill()
+    print(f"\nprefill (llama.cpp CUDA, pp512): efficiency {pf.efficiency:.2f} of the GPU's FP16 bound")
+    print(f"{'role':9} {'point':28} {'device':28} {'bound':>8} {'published':>10} {'projected':>10} {'error':>8}")
+    errors = {**pf.residuals, **pf.held_out, **pf.excluded}
+    for p in sorted(PREFILL_POINTS, key=lambda p: (p.role, p.key)):
+        bound = prefill_bound_of(p)
+        print(f"{p.role:9} {p.key[:28]:28} {p.device[:28]:28} {bound:8.0f} {p.prefill_tok_s:10.1f} "
+              f"{pf.efficiency * bound:10.1f} {errors[p.key]:+8.1%}")
+    worst["prefill"] = max(pf.held_out.values(), key=abs)
     print("\nheld-out target ±{:.0%}: ".format(TARGET)
           + "; ".join(f"{g} {'met' if abs(w) <= TARGET else 'missed'} (worst {w:+.1%})" for g, w in worst.items()))
 

@@ -35,6 +35,12 @@ WAYFINDR = "https://raw.githubusercontent.com/msmcs-robotics/WayfindR-driver/mai
 AI_LAB_SLM = "https://www.jetson-ai-lab.com/tutorial_slm.html"  # read through the NanoLLM issue below, which quotes it
 NANOLLM_38 = "https://github.com/dusty-nv/NanoLLM/issues/38"
 
+JUNWEI = ("https://github.com/JunweiLiang/MLLMs/blob/d065906ffdc7d580df7d33a4e35eda2a2148592f/"
+          "note_running_deepseek.md")
+TINY_AGENT = ("https://github.com/rhajamor/tiny_agent (its 'Jetson Orin Nano benchmark run, 2026-08-21' log, the raw "
+              "output behind its benchmarks.md; the log's path in the repository was not resolved)")
+NIXOS = "https://github.com/GiveThanksAlways/jetpack-nixos (examples/CROSS_FRAMEWORK_BENCHMARK.md, 2025-07-17 version)"
+
 NANO, SUPER, AGX = "jetson-orin-nano-8gb", "jetson-orin-nano-8gb-super", "jetson-agx-orin-64gb"
 MLC_Q4 = 4.5  # MLC q4f16_1 / q4f16_ft: 4-bit weights + an fp16 scale per group of 32 (assumed for "INT4")
 
@@ -110,6 +116,25 @@ POINTS: tuple[Point, ...] = (
     Point("holohub-llama2-70b", AGX, "not stated", "llama.cpp CUDA", "Llama-2-70B 4-bit", 69.0e9, TYPES["q4_0"].bpw,
           3.0, HOLOHUB, "as holohub-llama2-7b (outside the 135M–8B target range; kept: it pins the bandwidth term)",
           "fit", kv_bytes_per_token=_kv(80, 8, 128), embed_params=32000 * 8192),
+    # llama-bench tg128 rows of the tables the prefill points below come from; added after the decode fit was made
+    # and held out of it (never fitted). tg128 from an empty cache: mean depth 64.
+    Point("tiny-agent-qwen2.5-3b-tg128", SUPER, "MAXN_SUPER", "llama.cpp CUDA", "Qwen2.5-3B-Instruct Q4_K_M", 3.09e9,
+          None, 23.85, TINY_AGENT, "llama-bench -ngl 99 -p 512 -n 128 -r 3, build 873e5d8, L4T R36.5, CUDA 12.6: "
+          "'23.85 ± 0.01'; file 1.79 GiB as the table states; tied embedding", "held-out", file_bytes=1.79 * 2**30,
+          kv_bytes_per_token=_kv(36, 2, 128), depth=64),
+    Point("junwei-qwen-14b-tg128", AGX, "not stated (listed after the MAXN run)", "llama.cpp CUDA",
+          "DeepSeek-R1-Distill-Qwen-14B Q4_K_M", 14.77e9, None, 14.49, JUNWEI, "llama-bench --flash-attn 1, build "
+          "55ac8c77 (4675), JetPack 5: '14.49'; file 8.37 GiB as stated; outside the 135M–8B target range",
+          "held-out", file_bytes=8.37 * 2**30, kv_bytes_per_token=_kv(48, 8, 128), depth=64,
+          embed_params=152064 * 5120),
+    Point("junwei-qwen-32b-tg128", AGX, "MAXN (nvpmodel -m 0)", "llama.cpp CUDA", "DeepSeek-R1-Distill-Qwen-32B Q4_K_M",
+          32.76e9, None, 6.84, JUNWEI, "as junwei-qwen-14b-tg128: '6.84 ± 0.01'; file 18.48 GiB; outside the target "
+          "range", "held-out", file_bytes=18.48 * 2**30, kv_bytes_per_token=_kv(64, 8, 128), depth=64,
+          embed_params=152064 * 5120),
+    Point("junwei-qwen-32b-tg128-30w", AGX, "30 W (nvpmodel -m 2)", "llama.cpp CUDA",
+          "DeepSeek-R1-Distill-Qwen-32B Q4_K_M", 32.76e9, None, 5.37, JUNWEI, "as junwei-qwen-32b-tg128 in the 30 W "
+          "mode: '5.37 ± 0.01'. Excluded: the registry's figures are the MAXN mode's", "excluded",
+          file_bytes=18.48 * 2**30, kv_bytes_per_token=_kv(64, 8, 128), depth=64, embed_params=152064 * 5120),
     Point("minicpm-8b-q4km", AGX, "nvpmodel max + jetson_clocks", "llama.cpp CUDA", "MiniCPM4.1-8B Q4_K_M", 8.0e9,
           TYPES["q4_k_m"].bpw, 25.0, MINICPM, "'只能得到25t/s' (only 25 t/s); the reporter adds Qwen3-8B and "
           "DeepSeek-R1-0528-8B at the same quantization run no differently; AGX Orin memory size not stated (both "
@@ -149,4 +174,54 @@ POINTS: tuple[Point, ...] = (
     Point("mlc-tinyllama", NANO, "not stated", "MLC", "TinyLlama-1.1B", 1.10e9, MLC_Q4, 68.0, AI_LAB_SLM,
           f"'about 68 tokens/sec' for TinyLlama on Orin Nano in the Jetson AI Lab SLM chart, as quoted in "
           f"{NANOLLM_38} (MLC q4f16_ft); depth not stated (0)", "fit", embed_params=32000 * 2048),
+)
+
+
+# ---- prefill: llama-bench pp512 on Orin GPUs (llama.cpp CUDA) -----------------------------------------------------
+@dataclass(frozen=True)
+class PrefillPoint:
+    """One published prompt-processing speed, with the model shape its FLOPs per token are computed from."""
+
+    key: str
+    device: str
+    power_mode: str
+    model: str
+    config: dict  # the model's config.json shape (model_type, layers, hidden, …), for slm.spec.spec_from_config
+    n_prompt: int  # tokens in the prompt (llama-bench ppN)
+    prefill_tok_s: float
+    source: str
+    note: str
+    role: str = "fit"  # fit | held-out | excluded, set before fitting
+
+
+def _qwen2(layers, hidden, inter, heads, kv, vocab, tied):
+    return {"model_type": "qwen2", "num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": inter,
+            "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": vocab, "tie_word_embeddings": tied,
+            "max_position_embeddings": 32768}
+
+
+QWEN25_3B = _qwen2(36, 2048, 11008, 16, 2, 151936, True)
+QWEN25_14B = _qwen2(48, 5120, 13824, 40, 8, 152064, False)
+QWEN25_32B = _qwen2(64, 5120, 27648, 40, 8, 152064, False)
+LLAMA32_1B = {**_qwen2(16, 2048, 8192, 32, 8, 128256, True), "model_type": "llama"}
+LLAMA32_3B = {**_qwen2(28, 3072, 8192, 24, 8, 128256, True), "model_type": "llama"}
+
+PREFILL_POINTS: tuple[PrefillPoint, ...] = (
+    PrefillPoint("tiny-agent-qwen2.5-3b-pp512", SUPER, "MAXN_SUPER", "Qwen2.5-3B-Instruct Q4_K_M", QWEN25_3B, 512,
+                 874.77, TINY_AGENT, "llama-bench -ngl 99 -p 512 -n 128 -r 3, build 873e5d8: '874.77 ± 28.22'"),
+    PrefillPoint("junwei-qwen-32b-pp512", AGX, "MAXN (nvpmodel -m 0)", "DeepSeek-R1-Distill-Qwen-32B Q4_K_M",
+                 QWEN25_32B, 512, 201.73, JUNWEI, "llama-bench --flash-attn 1, build 55ac8c77 (4675): '201.73 ± 0.11'"),
+    PrefillPoint("junwei-qwen-14b-pp512", AGX, "not stated (listed after the MAXN run)",
+                 "DeepSeek-R1-Distill-Qwen-14B Q4_K_M", QWEN25_14B, 512, 455.47, JUNWEI,
+                 "as junwei-qwen-32b-pp512: '455.47 ± 0.10'", "held-out"),
+    PrefillPoint("junwei-qwen-32b-pp512-30w", AGX, "30 W (nvpmodel -m 2)", "DeepSeek-R1-Distill-Qwen-32B Q4_K_M",
+                 QWEN25_32B, 512, 128.64, JUNWEI, "'128.64 ± 0.03'. Excluded: the registry's figures are the MAXN "
+                 "mode's", "excluded"),
+    PrefillPoint("nixos-llama3.2-1b-pp512", AGX, "not stated", "Llama-3.2-1B-Instruct Q4_K_M", LLAMA32_1B, 512,
+                 1554.29, NIXOS, "llama-bench -r 3, llama.cpp 9a5f57795, flash attention on: '1554.29'. Excluded: the "
+                 "same table's decode (34.8 tok/s for a 0.75 GB file) is a third of what the AGX's bandwidth gives "
+                 "elsewhere, so the board was in a low power mode or clock the source does not state", "excluded"),
+    PrefillPoint("nixos-llama3.2-3b-pp512", AGX, "not stated", "Llama-3.2-3B-Instruct Q6_K", LLAMA32_3B, 512, 507.21,
+                 NIXOS, "as nixos-llama3.2-1b-pp512: '507.21' (flash attention on). Excluded for the same reason",
+                 "excluded"),
 )

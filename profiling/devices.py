@@ -6,8 +6,13 @@ slm.profiling.calibration — fitted to published Jetson Orin measurements (slm.
 its held-out error stated on every projected figure. It never depends on what this host measured: a host's own
 efficiency is shown beside it as a host figure, not used to scale the device (a CPU's efficiency says nothing of
 llama.cpp's CUDA kernels on an Orin GPU). On a Jetson the profile measures instead of projecting.
-Prefill is not calibrated: device compute is taken as dense FP16 ≈ the datasheet's sparse INT8 TOPS / 4 (sparsity
-×2, INT8 vs FP16 ×2; Thor's figure is FP4 sparse TFLOPS, so / 8), times an assumed fraction, labelled as such.
+Prefill is projected against the GPU's dense FP16 throughput, taken as the GPU's sparse INT8 TOPS / 4 (sparsity ×2,
+INT8 vs FP16 ×2; Thor's figure is FP4 sparse TFLOPS, so / 8), times an efficiency fitted to published llama-bench
+pp512 figures (slm.profiling.calibration). Only the GPU counts: the datasheet's "AI performance" of the AGX and NX
+modules adds their DLAs, which llama.cpp does not use (AGX Orin 64GB: 275 = 170 GPU + 105 DLA, NVIDIA's Jetson AGX
+Orin technical brief). The GPU share of the other modules is their tensor cores × maximum GPU clock at the AGX Orin
+64GB's rate (170 TOPS / (64 tensor cores × 1.3 GHz)); it reproduces the Orin Nano's 40 and the Nano Super's 67,
+which have no DLA.
 """
 
 from __future__ import annotations
@@ -35,18 +40,19 @@ class Device:
     ai_tops_kind: str  # what that figure counts
     cpu: str  # CPU cores
     source: str  # where the figures come from
+    gpu_tops: float = 0.0  # the GPU's share of ai_tops (without DLAs); 0: all of it (see the module docstring)
 
     @property
     def fp16_tflops(self) -> float:
-        """Assumed dense FP16 throughput derived from the datasheet AI figure (see module docstring)."""
-        return self.ai_tops / (8 if "FP4" in self.ai_tops_kind else 4)
+        """The GPU's dense FP16 throughput derived from its datasheet AI figure (see module docstring)."""
+        return (self.gpu_tops or self.ai_tops) / (8 if "FP4" in self.ai_tops_kind else 4)
 
     @property
     def usable_bytes(self) -> float:
         return (self.memory_gib - OS_RESERVE_GIB) * GIB
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "fp16_tflops_assumed": self.fp16_tflops, "usable_bytes": self.usable_bytes}
+        return {**asdict(self), "gpu_fp16_tflops": self.fp16_tflops, "usable_bytes": self.usable_bytes}
 
 
 INT8 = "INT8 sparse TOPS"
@@ -54,10 +60,11 @@ DEVICES = {d.key: d for d in [
     Device("jetson-orin-nano-8gb", "Jetson Orin Nano 8GB", 8, 68, 40, INT8, "6× Cortex-A78AE", _ORIN),
     Device("jetson-orin-nano-8gb-super", "Jetson Orin Nano 8GB (Super mode)", 8, 102, 67, INT8, "6× Cortex-A78AE",
            _NANO_SUPER),
-    Device("jetson-orin-nx-8gb", "Jetson Orin NX 8GB", 8, 102.4, 70, INT8, "6× Cortex-A78AE", _ORIN),
-    Device("jetson-orin-nx-16gb", "Jetson Orin NX 16GB", 16, 102.4, 100, INT8, "8× Cortex-A78AE", _ORIN),
-    Device("jetson-agx-orin-32gb", "Jetson AGX Orin 32GB", 32, 204.8, 200, INT8, "8× Cortex-A78AE", _ORIN),
-    Device("jetson-agx-orin-64gb", "Jetson AGX Orin 64GB", 64, 204.8, 275, INT8, "12× Cortex-A78AE", _ORIN),
+    # GPU shares: 32 tensor cores at 765 / 918 MHz (NX 8/16GB), 56 at 930 MHz (AGX 32GB), 64 at 1.3 GHz (AGX 64GB)
+    Device("jetson-orin-nx-8gb", "Jetson Orin NX 8GB", 8, 102.4, 70, INT8, "6× Cortex-A78AE", _ORIN, 50),
+    Device("jetson-orin-nx-16gb", "Jetson Orin NX 16GB", 16, 102.4, 100, INT8, "8× Cortex-A78AE", _ORIN, 60),
+    Device("jetson-agx-orin-32gb", "Jetson AGX Orin 32GB", 32, 204.8, 200, INT8, "8× Cortex-A78AE", _ORIN, 106),
+    Device("jetson-agx-orin-64gb", "Jetson AGX Orin 64GB", 64, 204.8, 275, INT8, "12× Cortex-A78AE", _ORIN, 170),
     Device("jetson-agx-thor", "Jetson AGX Thor (T5000)", 128, 273, 2070, "FP4 sparse TFLOPS", "14× Neoverse-V3AE",
            _THOR),
 ]}

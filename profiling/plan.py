@@ -4,8 +4,8 @@ run there — before any training or export.
 Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf_mix.fallbacks_for (the types llama.cpp
 really writes on this shape, fallbacks included), KV bytes from the spec, decode speed from the calibrated device
 model (slm.profiling.calibration: fitted to published Jetson Orin measurements, its held-out error stated in every
-output), prefill from the datasheet-derived compute bound × an ASSUMED fraction (not calibrated: no published
-points; said so). Quality (KLD, perplexity) comes only from an existing sweep or export of this very model;
+output), prefill from the GPU's FP16 bound × the efficiency fitted to published llama-bench pp512 figures (same
+module; fitted on 3B–32B models, an upper estimate below that). Quality (KLD, perplexity) comes only from an existing sweep or export of this very model;
 otherwise it is "unknown", never guessed.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from slm.errors import SlmError
 from slm.gguf import KV_CACHE_TYPES, get_type, kv_element_bytes, parse_types
 from slm.gguf_mix import fallbacks_for, types_that_hold
-from slm.profiling.calibration import PREFILL_ASSUMED, calibration_for, project_decode, streamed_weight_bytes
+from slm.profiling.calibration import calibration_for, fit_prefill, project_decode, streamed_weight_bytes
 from slm.profiling.devices import GIB, get_device
 from slm.profiling.roofline import prefill_bound
 from slm.spec import ModelSpec
@@ -41,7 +41,7 @@ class PlanArgs:
     types: tuple = DEFAULT_TYPES  # GGUF types considered
     kv_types: tuple = KV_CACHE_TYPES  # KV-cache element types considered
     backend: str = "llama.cpp CUDA"  # whose calibration projects decode (slm.profiling.calibration.GROUPS)
-    prefill_efficiency: float = PREFILL_ASSUMED  # assumed fraction of the prefill compute bound (not calibrated)
+    prefill_efficiency: float | None = None  # fraction of the GPU FP16 bound; None: the fitted one (calibration)
     quality: str | None = None  # slm.json of a profile sweep or export of this model: KLD / perplexity per type
     extra: dict = field(default_factory=dict)  # free-form notes carried into the record
 
@@ -52,7 +52,7 @@ class PlanArgs:
         for k in ("min_decode", "min_prefill", "max_memory_gb"):
             if getattr(self, k) is not None and getattr(self, k) <= 0:
                 raise SlmError(f"--{k.replace('_', '-')} must be > 0 (got {getattr(self, k)})")
-        if not 0 < self.prefill_efficiency <= 1:
+        if self.prefill_efficiency is not None and not 0 < self.prefill_efficiency <= 1:
             raise SlmError("efficiencies must be in (0, 1]: they are fractions of the roofline")
         self.types = parse_types(self.types, have_imatrix=False)
         for t in self.kv_types:
@@ -152,7 +152,8 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
     per_tok = s.kv_bytes_per_token(kv_element_bytes(kvt))
     weights, kv, comp = f["tensor_bytes"], per_tok * args.context, compute_bytes(s, args.context)
     decode = project_decode(dev, streamed_weight_bytes(s, weights), per_tok, args.context, args.backend)["tok_s"]
-    prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * args.prefill_efficiency
+    prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * (args.prefill_efficiency
+                                                                         or fit_prefill().efficiency)
     fits = weights + kv + comp <= budget
     ok = fits and decode >= (args.min_decode or 0) and prefill >= (args.min_prefill or 0)
     return {"layers": s.layers, "variant": how, "type": t, "kv_type": kvt, "params": f["params"],
@@ -186,8 +187,9 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
             "how": {"speed": f"{HOW}: decode at depth {args.context} = {calib}: (weights streamed per token — all but "
                              f"an untied input embedding — + KV) / "
                              f"({fit.efficiency:.2f} × device bandwidth) + {fit.overhead_s[backend] * 1e3:.1f} ms per "
-                             f"token; prefill not calibrated = device FP16 (datasheet INT8 sparse TOPS / 4) / FLOPs "
-                             f"per token × {args.prefill_efficiency} (assumed)",
+                             f"token; prefill = GPU FP16 (GPU sparse INT8 TOPS / 4) / FLOPs per token × "
+                             + (f"{args.prefill_efficiency} (given)" if args.prefill_efficiency else
+                                f"{fit_prefill().label}"),
                     "calibration": calib, "decode_expected_error": fit.held_out_error,
                     "memory": "GGUF tensor bytes as llama.cpp writes this shape (fallbacks included) + KV cache at "
                               f"the context + compute buffers for a {UBATCH}-token micro-batch with flash attention (the "

@@ -270,7 +270,7 @@ def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: Pr
     """The protocol's tests projected onto `dev` by the calibrated device model (slm.profiling.calibration): the
     same inputs give the same projection whatever this host measured or cached; measured host rows only lend their
     test list and show their own efficiency as a host figure."""
-    from slm.profiling.calibration import PREFILL_HOW, calibration_for
+    from slm.profiling.calibration import calibration_for, fit_prefill
 
     kv_tok = kv.kv_bytes(spec, 1, "f16")
     main = res["backends"].get("llama.cpp")
@@ -285,9 +285,9 @@ def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: Pr
     return {"device": dev.to_dict(), "how": "projected", "rows": proj, "max_context_that_fits_f16_kv": max(fit_ctx, default=0),
             "calibration": fit.label(backend) + (f" ({caveat})" if caveat else ""), "expected_error": fit.held_out_error,
             "inputs": {"weight_bytes": weight_bytes, "kv_bytes_per_token_f16": kv_tok, "compute_buffer_bytes": compute,
-                       "device_bandwidth_GBps": dev.bandwidth_GBps, "device_fp16_tflops_assumed": dev.fp16_tflops,
+                       "device_bandwidth_GBps": dev.bandwidth_GBps, "device_gpu_fp16_tflops": dev.fp16_tflops,
                        "decode_efficiency_fitted": fit.efficiency, "decode_overhead_s_fitted": fit.overhead_s[backend],
-                       "decode_from": fit.label(backend), "prefill_from": PREFILL_HOW,
+                       "decode_from": fit.label(backend), "prefill_from": fit_prefill().label,
                        "host_figures": "shown as measured here, not used to scale the device",
                        "os_reserve_gib": devices.OS_RESERVE_GIB},
             "flagged": [r["test"] for r in proj if not r["fits"]]}

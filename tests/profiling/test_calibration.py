@@ -33,7 +33,7 @@ def test_table_is_cited_and_spans_devices_and_sizes():
 
 # The numbers calibration.py's docstring states; the fit recomputed from the table must reproduce them.
 DOC = {"llama.cpp": {"efficiency": 0.62, "overhead_ms": {"llama.cpp CUDA": 4.0, "Ollama": 7.2}, "rms": 0.28,
-                     "n": (9, 3), "family": {}},
+                     "n": (9, 6), "family": {}},
        "MLC": {"efficiency": 0.91, "overhead_ms": {"MLC": 5.6}, "rms": 0.04, "n": (10, 3), "family": {"gemma2": 0.53}}}
 
 
@@ -73,10 +73,11 @@ def test_held_out_error_meets_the_target(group):
     """Issue 13: decode within ±25 % on held-out points for models 135M–8B, for each calibration."""
     f = fit_all()[group]
     held = {p.key: p for p in POINTS if p.key in f.held_out}
-    assert len(held) == 3 and f.held_out_error < 0.25
-    assert all(135e6 * 0.99 <= p.params <= 8e9 for p in held.values())
+    in_range = {k: p for k, p in held.items() if 135e6 * 0.99 <= p.params <= 8e9}
+    assert len(in_range) >= 3 and max(abs(f.held_out[k]) for k in in_range) < 0.25
     if group == "llama.cpp":
         assert {p.params for p in held.values()} >= {134.5e6, 8.0e9}  # both ends of the range are tested
+        assert f.held_out_error < 0.25  # and the larger models held out (14B, 32B) too
 
 
 def test_untied_embedding_is_a_lookup_not_a_stream():
@@ -146,4 +147,23 @@ def test_llama_3b_q4_k_m_on_orin_nano_is_plausible(tmp_path, capsys):
     assert dec and all(low <= r["tok_s"] <= high for r in dec if r["depth"] <= 512)
     assert min(r["tok_s"] for r in dec) > 5 * 2.4  # the old answer was ~8× too low
     assert "llama.cpp calibration" in p["calibration"] and p["expected_error"] < 0.25
-    assert all(r["calibration"].startswith("not calibrated") for r in p["rows"] if r["kind"] == "prefill")
+    pre = [r for r in p["rows"] if r["kind"] == "prefill"]
+    assert pre and all("prefill calibration" in r["calibration"] for r in pre)
+
+
+def test_prefill_fit_is_the_documented_one():
+    """calibration.py's prefill paragraph: efficiency 0.32, fitted residuals −3.4 % / +3.2 %, held-out 14B +4.1 %;
+    the GPU-only FP16 figure (DLAs out) is what lets one efficiency serve the AGX and the Nano."""
+    from slm.profiling.calibration import fit_prefill, prefill_bound_of
+    from slm.profiling.calibration_table import PREFILL_POINTS
+
+    f = fit_prefill()
+    assert f.efficiency == pytest.approx(0.32, abs=0.01)
+    assert sorted(round(v * 100, 1) for v in f.residuals.values()) == [-3.4, 3.2]
+    assert {k: round(v * 100, 1) for k, v in f.held_out.items()} == {"junwei-qwen-14b-pp512": 4.1}
+    assert all(p.source.startswith("https://") and p.note for p in PREFILL_POINTS)
+    # implied efficiency per fitted point: the AGX's and the Nano Super's agree within 10 %
+    implied = {p.device: p.prefill_tok_s / prefill_bound_of(p) for p in PREFILL_POINTS if p.role == "fit"}
+    assert max(implied.values()) / min(implied.values()) < 1.1
+    assert get_device("jetson-agx-orin-64gb").fp16_tflops == pytest.approx(170 / 4)  # GPU only, not 275 / 4
+    assert get_device("jetson-orin-nano-8gb-super").fp16_tflops == pytest.approx(67 / 4)  # no DLA on the Nano
