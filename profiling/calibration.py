@@ -27,9 +27,9 @@ numbers to ±0.02 / ±1 point, so this text cannot drift from the data):
 
 Both calibrations meet the ±25 % held-out target for 135M–8B (worst +21.1 % and −12.1 %). Three of llama.cpp's
 held-out points (the tg128 rows of the prefill sources below) were added after this fit was made, so they are
-blind: +21.1 %, −3.6 %, −7.4 %. The largest remaining
-residual is Qwen2.5-0.5B under Ollama (+69 %: at 0.5B the server's overhead varies more than one constant
-captures); llama.cpp's fit RMS (28 %) is wider than its held-out errors, so ±28 % is the honest expectation.
+blind: +21.1 %, −3.6 %, −7.4 %. The largest remaining residual is Qwen2.5-0.5B under Ollama (+69 %: at 0.5B the
+server's overhead varies more than one constant captures); llama.cpp's fit RMS (28 %) is wider than its held-out
+errors, so ±28 % is the honest expectation.
 
 How this fit came to be (so its held-out errors are read for what they are): the first fit (2026-11) streamed
 the whole file per token and pooled Gemma-2 with the rest of MLC: MLC efficiency 0.86, held-out Gemma-2-2B
