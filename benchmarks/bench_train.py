@@ -57,9 +57,10 @@ def run_ours(kind: str, model: Path, data: Path, work: Path, steps: int, seq: in
     return out
 
 
-def run_hf_trainer(model_dir: Path, data: Path, work: Path, steps: int, seq: int, batch: int) -> dict:
-    """transformers.Trainer on the same sequences, same frozen layers, optimizer and schedule (no packing mask:
-    the plain causal LM a Trainer user would run)."""
+def run_hf_trainer(model_dir: Path, data: Path, work: Path, steps: int, seq: int, batch: int,
+                   bf16: bool = False) -> dict:
+    """transformers.Trainer on the same sequences, same frozen layers, optimizer, schedule and precision (bf16
+    autocast when our rows get dtype=bfloat16; no packing mask: the plain causal LM a Trainer user would run)."""
     import torch
     from slm.train.pack import Sampler, open_data
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -95,7 +96,7 @@ def run_hf_trainer(model_dir: Path, data: Path, work: Path, steps: int, seq: int
                               learning_rate=2e-4, weight_decay=0.1, adam_beta2=0.95, adam_epsilon=1e-5,
                               lr_scheduler_type="cosine", warmup_steps=max(1, int(0.06 * steps)), max_grad_norm=1.0, logging_steps=1000,
                               save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                              dataloader_num_workers=0, disable_tqdm=True)
+                              dataloader_num_workers=0, disable_tqdm=True, bf16=bf16)
     Trainer(model=model, args=targs, train_dataset=DS(), callbacks=[Clock()]).train()
     med = sorted(times[1:])[len(times[1:]) // 2]
     return {"step_s": med, "tok_s": batch * seq / med, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
@@ -106,7 +107,7 @@ def one(a) -> None:
     work = Path(a.work)
     data = Path(a.data)
     if a.one == "hf-trainer":
-        r = run_hf_trainer(Path(a.model), data, work, a.steps, a.seq_len, a.batch)
+        r = run_hf_trainer(Path(a.model), data, work, a.steps, a.seq_len, a.batch, "dtype=bfloat16" in (a.extra or []))
     else:
         extra = (["activation_checkpointing=true"] if a.ckpt else []) + a.extra
         r = run_ours(a.one, Path(a.model), data, work, a.steps, a.seq_len, a.batch, extra)
