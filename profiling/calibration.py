@@ -240,20 +240,7 @@ def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA"
     bound = prefill_bound(device.fp16_tflops * 1e12, spec, n_tokens)
     caveats = [c for c in (
         "" if "orin" in device.key else f"no published points on {device.key}",
-        "" if backend == "llama.cpp CUDA" else f"no published prefill points for {backend}")if c]
+        "" if backend == "llama.cpp CUDA" else f"no published prefill points for {backend}") if c]
     return {"tok_s": fit.efficiency * bound, "device_bound_tok_s": bound,
             "calibration": fit.label + (f" (extrapolated: {'; '.join(caveats)})" if caveats else ""),
             "expected_error": fit.held_out_error, "efficiency": fit.efficiency}
-
-
-def table_rows() -> list[list]:
-    """Every published point with its prediction, for reports and docs."""
-    fits = fit_all()
-    out = []
-    for p in POINTS:
-        g = next((g for g, bs in GROUPS.items() if p.backend in bs), None)
-        pred = fits[g].predict(p) if g else None
-        out.append([p.key, p.device, p.backend, p.model, p.role, p.decode_tok_s,
-                    None if pred is None else round(pred, 1),
-                    None if pred is None else round(pred / p.decode_tok_s - 1, 3), p.source])
-    return out
