@@ -184,12 +184,7 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
 
     return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(), "context": args.context,
             "args": {k: v for k, v in dataclasses.asdict(args).items()},
-            "how": {"speed": f"{HOW}: decode at depth {args.context} = {calib}: (weights streamed per token — all but "
-                             f"an untied input embedding — + KV) / "
-                             f"({fit.efficiency:.2f} × device bandwidth) + {fit.overhead_s[backend] * 1e3:.1f} ms per "
-                             f"token; prefill = GPU FP16 (GPU sparse INT8 TOPS / 4) / FLOPs per token × "
-                             + (f"{args.prefill_efficiency} (given)" if args.prefill_efficiency else
-                                f"{fit_prefill().label}"),
+            "how": {"speed": _speed_how(args, fit, backend, calib, spec),
                     "calibration": calib, "decode_expected_error": fit.held_out_error,
                     "memory": "GGUF tensor bytes as llama.cpp writes this shape (fallbacks included) + KV cache at "
                               f"the context + compute buffers for a {UBATCH}-token micro-batch with flash attention (the "
@@ -198,6 +193,22 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
                     "quality": "from " + (args.quality or "no sweep: unknown")},
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
             "candidates": rows, "recommended": [r for r in rows if r["meets_budget"] and r["pareto"]][:5]}
+
+
+def _speed_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -> str:
+    """How the two speed columns were obtained, in sentences a reader can follow."""
+    decode = (f"{HOW}. Decode tok/s at depth {args.context}: (weights streamed per token — all but an untied input "
+              f"embedding — + KV cache) / ({fit.efficiency:.2f} × device bandwidth) + "
+              f"{fit.overhead_s[backend] * 1e3:.1f} ms per token; {calib.removeprefix('projected: ')}.")
+    if args.prefill_efficiency:
+        return decode + (f" Prefill tok/s of a {args.context}-token prompt: {args.prefill_efficiency} (given) × the "
+                         "GPU's FP16 throughput / FLOPs per token.")
+    pf = fit_prefill()
+    small = (" This model is below 3B, where no published point exists and kernel overheads, not FLOPs, may bound a "
+             "prompt: read prefill as an upper estimate." if spec.params < 3e9 else "")
+    return decode + (f" Prefill tok/s of a {args.context}-token prompt: {pf.efficiency:.2f} × the GPU's FP16 "
+                     f"throughput (GPU sparse INT8 TOPS / 4) / FLOPs per token; {pf.label.removeprefix('projected: ')}."
+                     + small)
 
 
 def run_plan(source: str | Path, args: PlanArgs, out: Path | None = None, force: bool = False) -> dict:
@@ -257,7 +268,9 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
                                                               if result["fallback_warning"] else [])
         write_record(tmp, "plan", result["args"], inputs={"model": inputs[0]} if inputs and inputs[0] else None,
                      result={k: v for k, v in result.items() if k != "candidates"} | {"summary": summary})
-        render_report(tmp / "report.html", f"plan: {Path(result['model']).name or 'config'} on {result['device']['key']}",
+        m = Path(result["model"])
+        name = f"{m.parent.name}/{m.name}" if m.name == "final" else m.name  # a run's final/ says nothing alone
+        render_report(tmp / "report.html", f"plan: {name or 'config'} on {result['device']['key']}",
                       "plan", summary, [Figure("Speed vs memory", svg_of(fig), result["how"]["speed"])],
                       [Table("Candidates (ranked: meets budget first, then decode speed)", COLUMNS, table_rows(result),
                              highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes)
