@@ -99,7 +99,10 @@ def how_obtained(kind: str, summary: dict) -> str:
     """How a run's figures were obtained, in words (the run's own `how` where it recorded one)."""
     how = summary.get("how") if isinstance(summary.get("how"), str) else HOW_BY_KIND.get(kind, "")
     if any(lookup(k).how == "projected" for k in summary):
-        how = "; ".join(x for x in (how, f"{summary.get('device', 'device')} figures projected") if x)
+        err = summary.get("projected.decode_expected_error")
+        proj = f"{summary.get('device', 'device')} figures projected" + (
+            f" (decode ±{err:.0%}: the calibration's held-out error)" if isinstance(err, (int, float)) else "")
+        how = "; ".join(x for x in (how, proj) if x)
     return how
 
 

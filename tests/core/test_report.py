@@ -73,14 +73,15 @@ def test_index_lists_every_run(tmp_path):
 def test_index_lists_comparisons_and_figures_in_words(tmp_path):
     s = {"how": "measured on this host", "device": "jetson-orin-nx-16gb", "llama.cpp.tg128@d0.tok_s": 141.2,
          "llama.cpp.tg128@d0.tok_s.std": 2.0, "llama.cpp.tg128@d0.tok_s.n": 10, "llama.cpp.tg128@d0.tok_s.disturbed": True,
-         "projected.tg128@d0.tok_s": 60.1, "schema_version": 2, "threads": 2}
+         "projected.tg128@d0.tok_s": 60.1, "projected.decode_expected_error": 0.211, "schema_version": 2, "threads": 2}
     _run(tmp_path, "03-profile", "profile", s)
     _run(tmp_path, "09-compare", "compare", {"runs": "a, b"})
     text = build_index(tmp_path).read_text()
     assert "<h2>Comparisons</h2>" in text and 'href="09-compare/report.html"' in text
     assert "decode at depth 0 (llama.cpp, 128 tokens): 141.2 ± 1.4 tok/s †" in text
     assert "decode at depth 0 on the device (projected): 60.1 tok/s" in text
-    assert "measured on this host; jetson-orin-nx-16gb figures projected" in text
+    assert ("measured on this host; jetson-orin-nx-16gb figures projected (decode ±21%: the calibration's held-out "
+            "error)") in text
     assert "schema_version" not in text and "result schema version" not in text  # settings are not key figures
 
 
