@@ -101,7 +101,7 @@ def how_obtained(kind: str, summary: dict) -> str:
     if any(lookup(k).how == "projected" for k in summary):
         err = summary.get("projected.decode_expected_error")
         proj = f"{summary.get('device', 'device')} figures projected" + (
-            f" (decode ±{err:.0%}: the calibration's held-out error)" if isinstance(err, (int, float)) else "")
+            f" (decode within ±{err:.0%} on published points held out of its calibration)" if isinstance(err, (int, float)) else "")
         how = "; ".join(x for x in (how, proj) if x)
     return how
 

@@ -80,8 +80,8 @@ def test_index_lists_comparisons_and_figures_in_words(tmp_path):
     assert "<h2>Comparisons</h2>" in text and 'href="09-compare/report.html"' in text
     assert "decode at depth 0 (llama.cpp, 128 tokens): 141.2 ± 1.4 tok/s †" in text
     assert "decode at depth 0 on the device (projected): 60.1 tok/s" in text
-    assert ("measured on this host; jetson-orin-nx-16gb figures projected (decode ±21%: the calibration's held-out "
-            "error)") in text
+    assert ("measured on this host; jetson-orin-nx-16gb figures projected (decode within ±21% on published points "
+            "held out of its calibration)") in text
     assert "schema_version" not in text and "result schema version" not in text  # settings are not key figures
 
 
