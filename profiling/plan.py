@@ -5,8 +5,8 @@ Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf
 really writes on this shape, fallbacks included), KV bytes from the spec, decode speed from the calibrated device
 model (slm.profiling.calibration: fitted to published Jetson Orin measurements, its held-out error stated in every
 output), prefill from the GPU's FP16 bound × the efficiency fitted to published llama-bench pp512 figures (same
-module; fitted on 3B–32B models, an upper estimate below that). Quality (KLD, perplexity) comes only from an existing sweep or export of this very model;
-otherwise it is "unknown", never guessed.
+module; fitted on 3B–32B models, an upper estimate below that). Quality (KLD, perplexity) comes only from an
+existing sweep or export of this very model; otherwise it is "unknown", never guessed.
 """
 
 from __future__ import annotations
