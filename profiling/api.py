@@ -17,7 +17,7 @@ from typing import Callable
 from slm.errors import SlmError
 from slm.guard import guard_output
 from slm.profiling.remote import RemoteArgs
-from slm.profiling.run import ProfileArgs
+from slm.profiling.args import ProfileArgs
 
 __all__ = ["ProfileArgs", "RemoteArgs", "profile_model", "remote_argv"]
 

@@ -12,7 +12,7 @@ from typing import Callable
 from slm.errors import SlmError
 from slm.gguf import FLOAT_TYPES, check_magic, contents
 from slm.profiling.ortgenai import is_onnx_dir
-from slm.profiling.run import Inputs
+from slm.profiling.args import Inputs
 
 CACHE = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm")) / "quant"
 

@@ -8,86 +8,20 @@ Inputs (see `Inputs`): a GGUF, an HF folder, an ONNX folder, GGUFs made by the e
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
 from slm.errors import SlmError
-from slm.gguf import KV_CACHE_TYPES, TYPES, parse_types, spec_from_gguf
+from slm.gguf import TYPES, spec_from_gguf
 from slm.profiling import devices, kv, roofline
+from slm.profiling.args import Inputs, ProfileArgs
 from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
 from slm.profiling.sweep import SweepArgs
 
 # 2: every measured row carries reps, ci95, ci_rel, disturbed, wide, flags, other_cpu_share (slm.profiling.protocol)
 # and the summary a `.std` / `.n` / `.disturbed` companion per speed; version-1 keys are all kept
 SCHEMA_VERSION = 2
-BACKENDS = ("llama.cpp", "torch", "onnxruntime-genai")
-# `--quick`: short tests for a first look or a CI run
-QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2, "time_cap_s": 4.0}, "sweep_pp": 128, "sweep_tg": 16,
-         "ppl_chunks": 2, "kv_contexts": (512, 2048)}
-
-
-@dataclass
-class Inputs:
-    """What there is to profile (any subset)."""
-
-    gguf: Path | None = None  # the GGUF the llama.cpp backend measures
-    hf: Path | None = None  # HF checkpoint for the torch backend
-    onnx: Path | None = None  # onnxruntime-genai folder
-    config: Path | None = None  # config.json when there are no weights
-    files: dict = field(default_factory=dict)  # quant type → GGUF already made (by the exporter)
-    source_note: str = ""  # e.g. "requantized from Q4_1", shown in the report
-
-
-@dataclass
-class ProfileArgs:
-    """What `slm profile` does."""
-
-    device: str = "host"  # 'host', a registry key, or 'jetson' (= Orin NX 16GB)
-    quant: str | tuple = ()  # sweep types, 'q8_0,q4_k_m' or a tuple (empty: no sweep); with a config: the type to project
-    backends: str | tuple = BACKENDS  # run those whose input exists ('llama.cpp,torch' or a tuple)
-    bench: BenchArgs = field(default_factory=BenchArgs)  # the protocol for the main backends
-    threads: int | None = None  # CPU threads for every backend (None: bench.threads, by default default_threads())
-    quick: bool = False  # short tests: QUICK's protocol (pp64,256; tg32 @ d0,256; 2 reps), sweep and KV contexts
-    sweep_pp: int = 512  # prefill length in the sweep
-    sweep_tg: int = 64  # decode length in the sweep
-    sweep_reps: int = 2  # repetitions in the sweep
-    ppl_chunks: int = 4  # perplexity chunks of 256 tokens
-    kv_types: tuple = ("f16", "q8_0", "q4_0")  # llama.cpp cache types to measure and chart
-    kv_contexts: tuple = (512, 2048, 8192)  # contexts at which llama.cpp's allocation is measured (≤ max)
-    refresh_host: bool = False  # re-measure this host's bandwidth and compute
-    # torch and onnxruntime-genai get a lighter protocol by default (the two shortest prompts and depths, tg ≤ 32,
-    # 2 repetitions): fp32 torch decodes ~10× slower than llama.cpp here and would dominate a 15-minute profile
-    full_all: bool = False  # run the full protocol on every backend
-    ops: bool = False  # `--ops`: after the timed tests, a diagnostic pass per backend timing its operators (slm.profiling.ops)
-
-    def __post_init__(self):
-        self.quant = parse_types(self.quant, have_imatrix=False)  # the sweep has no importance matrix: refuse now
-        names = self.backends.split(",") if isinstance(self.backends, str) else self.backends
-        self.backends = tuple(b.strip() for b in names if b.strip())
-        for b in self.backends:
-            if b not in BACKENDS:
-                raise SlmError(f"unknown backend {b!r}: choose from {', '.join(BACKENDS)}")
-        self.device = devices.get_device(self.device).key if self.device != "host" else "host"
-        for t in self.kv_types:
-            if t not in KV_CACHE_TYPES:
-                raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(KV_CACHE_TYPES)}")
-        self.threads = self.threads or self.bench.threads
-        if self.quick:
-            cap = self.bench.time_cap_s if self.bench.time_cap_s != BenchArgs.time_cap_s else QUICK["bench"]["time_cap_s"]
-            if self.bench.max_reps < QUICK["bench"]["reps"]:
-                raise SlmError(f"--max-reps {self.bench.max_reps} is below --quick's {QUICK['bench']['reps']} "
-                               "repetitions: raise --max-reps or drop --quick")
-            quick = {k: v for k, v in QUICK["bench"].items() if k != "time_cap_s"}
-            self.bench = BenchArgs(**quick, threads=self.threads, seed=self.bench.seed, target_ci=self.bench.target_ci,
-                                   max_reps=self.bench.max_reps, time_cap_s=cap)  # the user's cap wins over quick's
-            self.sweep_pp, self.sweep_tg, self.ppl_chunks = QUICK["sweep_pp"], QUICK["sweep_tg"], QUICK["ppl_chunks"]
-            self.kv_contexts = QUICK["kv_contexts"]
-        else:
-            self.bench = replace(self.bench, threads=self.threads)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _spec(inputs: Inputs):
