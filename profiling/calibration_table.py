@@ -13,8 +13,9 @@ a lookup reads one row (llama.cpp's get_rows, MLC's take): its vocab × hidden p
 config.json; 0 when tied, where the same matrix is streamed as the LM head) are taken out of the weight bytes.
 `family` names an architecture whose kernels the fit may treat apart (slm.profiling.calibration.FAMILY_TERMS).
 
-`role` was set before any fit was run: "fit" points fit the model, "held-out" points only test it, "excluded"
-points are kept for the record (and their error reported) but neither fit nor test it, with the reason in the note.
+`role` was set before any fit was run, except for the three llama-bench tg128 rows found later, which were held out
+from the start (never fitted): "fit" points fit the model, "held-out" points only test it, "excluded" points are
+kept for the record (and their error reported) but neither fit nor test it, with the reason in the note.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def compute_bytes(spec: ModelSpec, context: int, flash_attn: bool = True) -> flo
     Read off the allocations llama.cpp (CPU backend) logs for three shapes (SmolLM2-135M and two random Llamas,
     vocab 8k–49k) at contexts 512–8192 with flash attention on and off: −4.2 % … +1.7 % over those 24 cases (the
     6 × hidden term was set on one of them, vocab 8k with flash attention at 8192; tests/profiling/
-    test_compute_buffers.py holds ±10 %). CUDA's own buffers (e.g. a host-side copy of the inputs) are not
+    test_compute_buffers.py holds ±5 %). CUDA's own buffers (e.g. a host-side copy of the inputs) are not
     measured: no CUDA build here."""
     u = min(UBATCH, context)
     ctx = min(context, spec.max_context)
@@ -204,8 +204,9 @@ def _speed_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -
         return decode + (f" Prefill tok/s of a {args.context}-token prompt: {args.prefill_efficiency} (given) × the "
                          "GPU's FP16 throughput / FLOPs per token.")
     pf = fit_prefill()
-    small = (" This model is below 3B, where no published point exists and kernel overheads, not FLOPs, may bound a "
-             "prompt: read prefill as an upper estimate." if spec.params < 3e9 else "")
+    small = (f" This model is smaller than any published point ({pf.params_range[0] / 1e9:.1f}B), and kernel "
+             "overheads, not FLOPs, may bound its prompt: read prefill as an upper estimate."
+             if spec.params < 0.9 * pf.params_range[0] else "")
     return decode + (f" Prefill tok/s of a {args.context}-token prompt: {pf.efficiency:.2f} × the GPU's FP16 "
                      f"throughput (GPU sparse INT8 TOPS / 4) / FLOPs per token; {pf.label.removeprefix('projected: ')}."
                      + small)

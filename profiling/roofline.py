@@ -142,9 +142,16 @@ def decode_bound(bandwidth_Bps: float, weight_bytes: float, kv_bytes_per_token: 
     return bandwidth_Bps / (weight_bytes + kv_bytes_per_token * depth)
 
 
+def prefill_flops_per_token(spec: ModelSpec, n_prompt: int) -> float:
+    """Forward FLOPs per prompt token of an n_prompt prefill (mean attention context n/2) that computes logits for
+    the last token only, as llama.cpp does for a prompt batch (llama_batch_get_one: llama-bench's pp tests and our
+    timed prefill) and generation does: the LM head runs once per prompt, not once per token."""
+    return flops_per_token(spec, n_prompt / 2) - 2 * spec.vocab * spec.hidden * (1 - 1 / n_prompt)
+
+
 def prefill_bound(flops: float, spec: ModelSpec, n_prompt: int) -> float:
-    """tok/s upper bound of a prefill of n_prompt tokens (mean attention context n/2)."""
-    return flops / flops_per_token(spec, n_prompt / 2)
+    """tok/s upper bound of a prefill of n_prompt tokens (prefill_flops_per_token)."""
+    return flops / prefill_flops_per_token(spec, n_prompt)
 
 
 def cached_peaks(threads: int, cache: Path = CACHE) -> dict:

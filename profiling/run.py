@@ -62,7 +62,8 @@ def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_p
         # Where the test sits on the roofline plot. Prefill reads the weights once per ubatch of 512 tokens
         # (llama.cpp's default n_ubatch), decode once per token plus the cache so far.
         ctx = r["depth"] + r["n_tokens"] / 2 if r["kind"] == "decode" else r["n_tokens"] / 2
-        fpt = roofline.flops_per_token(spec, ctx)
+        fpt = (roofline.flops_per_token(spec, ctx) if r["kind"] == "decode"
+               else roofline.prefill_flops_per_token(spec, r["n_tokens"]))
         per_read = min(r["n_tokens"], 512) if r["kind"] == "prefill" else 1
         r["arith_intensity"] = per_read * fpt / (weight_bytes + (kv_per_tok * ctx if r["kind"] == "decode" else 0))
         r["attained_flops"] = r["tok_s"] * fpt

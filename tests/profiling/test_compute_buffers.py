@@ -11,7 +11,7 @@ from slm.quant.llamacpp import LlamaCpp
 from slm.spec import load_spec
 from tests.conftest import make_tiny
 
-TOLERANCE = 0.10  # compute_bytes' docstring: −4.2 % … +1.7 % measured over these shapes and contexts
+TOLERANCE = 0.05  # compute_bytes' docstring: −4.2 % … +1.7 % measured over these shapes and contexts
 SHAPES = {  # two shapes whose buffers are dominated by different stages: the logits (a) or the attention (b)
     "vocab32k": dict(hidden_size=256, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=2,
                      num_hidden_layers=2, vocab_size=32000, max_position_embeddings=8192),
