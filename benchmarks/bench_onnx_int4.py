@@ -5,7 +5,7 @@ GPL-3 (the issue's text; `slm export --eval-text` with that file scores exactly 
 
     .venv/bin/python benchmarks/bench_onnx_int4.py [--model DIR] [--text FILE] [--all] [--out DIR]
 
-About 3 minutes on 2 cores for the default candidate list; --all adds GPTQ (about one more minute here).
+About 3 minutes on 2 cores for the default candidate list; --all adds GPTQ (about 2.5 more minutes here).
 """
 
 from __future__ import annotations

@@ -121,9 +121,9 @@ def cpu_table(a) -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     data = stdlib_data(work, Path(a.model))
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, dict[int, dict]] = {}  # kind → round → result (a failed run leaves its round empty)
     load = [os.getloadavg()[0]]
-    for _ in range(a.rounds):
+    for rnd in range(a.rounds):
         for kind in a.kinds.split(","):
             cmd = [sys.executable, str(HERE), "--one", kind, "--model", a.model, "--data", str(data), "--work",
                    str(work), "--steps", str(a.steps), "--seq-len", str(a.seq_len), "--batch", str(a.batch)] + (
@@ -134,26 +134,30 @@ def cpu_table(a) -> None:
             if not line:
                 print(f"{kind}: failed\n{out.stderr[-2000:]}")
                 continue
-            runs.setdefault(kind, []).append(json.loads(line[0][7:]))
+            runs.setdefault(kind, {})[rnd] = json.loads(line[0][7:])
             load.append(os.getloadavg()[0])
-            print(kind, runs[kind][-1], flush=True)
-    print(f"\nCPU, {os.cpu_count()} cores shared with other jobs (1-min load average {min(load):.1f}–{max(load):.1f} "
-          f"during the runs), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}, fp32, seq {a.seq_len}, "
+            print(kind, runs[kind][rnd], flush=True)
+    dtype = "bf16 autocast" if "dtype=bfloat16" in a.extra else "fp32"
+    print(f"\nCPU, {os.cpu_count()} cores (1-min load average {min(load):.1f}–{max(load):.1f} during the runs), "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}, {dtype}, seq {a.seq_len}, "
           f"batch {a.batch}, median of {a.steps - 1} steps per run, {a.rounds} round(s)")
     print(f"{'config':12} {'trainable':>12} {'opt state MB':>13} {'step s':>8} {'tok/s':>8} {'peak RSS GB':>12}")
-    for k, rs in runs.items():
+    for k, by_round in runs.items():
+        rs = list(by_round.values())
         r = sorted(rs, key=lambda x: x["tok_s"])[len(rs) // 2]
         print(f"{k:12} {r['trainable']:>12,} {8 * r['trainable'] / 1e6:>13.1f} {r['step_s']:>8.2f} {r['tok_s']:>8.1f} "
               f"{r['peak_rss_gb']:>12.2f}")
     for ours, other, what in (("expanded", "hf-trainer", "ours / HF Trainer (expanded), tok/s"),
                               ("expanded", "full", "expanded / full, step time")):
         if ours in runs and other in runs:
+            pairs = [(runs[ours][n], runs[other][n]) for n in sorted(runs[ours]) if n in runs[other]]
             ratios = [(o["tok_s"] / h["tok_s"]) if other == "hf-trainer" else (o["step_s"] / h["step_s"])
-                      for o, h in zip(runs[ours], runs[other])]
+                      for o, h in pairs]
             print(f"{what}: " + ", ".join(f"{x:.2f}×" for x in ratios)
                   + (f" (median {sorted(ratios)[len(ratios) // 2]:.2f}×)" if len(ratios) > 1 else ""))
     if "expanded" in runs and "full" in runs:
-        print(f"expanded / full optimizer memory: {runs['expanded'][0]['trainable'] / runs['full'][0]['trainable']:.2f}×")
+        e, f = next(iter(runs["expanded"].values())), next(iter(runs["full"].values()))
+        print(f"expanded / full optimizer memory: {e['trainable'] / f['trainable']:.2f}×")
 
 
 def loss_one(kind: str, tokens: int, hidden: int, vocab: int, repeat: int = 3) -> dict:
