@@ -70,8 +70,8 @@ from slm.errors import SlmError
 from slm.profiling.calibration_table import POINTS, PREFILL_POINTS, Point, PrefillPoint
 
 GROUPS = {"llama.cpp": ("llama.cpp CUDA", "Ollama"), "MLC": ("MLC",)}  # kernel family → backends sharing it
-# Architectures a group fits its own efficiency for. MLC's three FITTED Gemma-2 points ran 39–60 % slower than the
-# pooled model predicted (Gemma-2-2B Nano, 9B Nano and Super) while every other fitted point was within ±15 %:
+# Architectures a group fits its own efficiency for. For MLC's three FITTED Gemma-2 points the pooled model predicted
+# speeds 39–60 % too high (Gemma-2-2B Nano, 9B Nano and Super) while every other fitted point was within ±15 %:
 # MLC's Gemma-2 kernels (256-wide heads, logit soft-capping, four norms a block) reach less of the bandwidth.
 # Ollama's one Gemma-2 point shows no such effect (−18 %, within the group's spread), so llama.cpp has no term.
 # slm projects Llama-family models only (slm.spec.SUPPORTED): a family term keeps Gemma-2 from biasing their
