@@ -250,11 +250,11 @@ def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA"
 
     fit = fit_prefill()
     bound = prefill_bound(device.fp16_tflops * 1e12, spec, n_tokens)
+    small = spec.params < 0.9 * fit.params_range[0]  # kernel overheads, not FLOPs, may bound small models
     caveats = [c for c in (
         "" if "orin" in device.key else f"no published points on {device.key}",
         "" if backend == "llama.cpp CUDA" else f"no published prefill points for {backend}",
-        "" if spec.params >= 0.9 * fit.params_range[0] else  # kernel overheads, not FLOPs, may bound small models
-        "no published point this small: an upper estimate") if c]
+        "no published point this small: an upper estimate, its error unknown" if small else "") if c]
     return {"tok_s": fit.efficiency * bound, "device_bound_tok_s": bound,
             "calibration": fit.label + (f" (extrapolated: {'; '.join(caveats)})" if caveats else ""),
-            "expected_error": fit.held_out_error, "efficiency": fit.efficiency}
+            "expected_error": None if small else fit.held_out_error, "efficiency": fit.efficiency}

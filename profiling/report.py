@@ -174,9 +174,12 @@ def write(res: dict, out_html: Path, title: str) -> Path:
     if p:
         d = p["device"]
         tables.append(Table(f"projected on {d['name']} ({d['bandwidth_GBps']} GB/s, {d['memory_gib']} GiB)",
-                            ["test", "projected tok/s", "device bound tok/s", "host efficiency", "fits", "memory MiB"],
-                            [[r["test"], r["tok_s"], r["device_bound_tok_s"], r["host_efficiency"], r["fits"],
-                              r["memory_needed"] / MIB] for r in p["rows"]],
+                            ["test", "projected tok/s", "expected error", "device bound tok/s", "host efficiency",
+                             "fits", "memory MiB"],
+                            [[r["test"], r["tok_s"],
+                              "unknown" if r.get("expected_error") is None else f"±{r['expected_error']:.0%}",
+                              r["device_bound_tok_s"], r["host_efficiency"], r["fits"], r["memory_needed"] / MIB]
+                             for r in p["rows"]],
                             note="projected from: " + "; ".join(f"{humanise(k)} {fmt(v)}" for k, v in p["inputs"].items())
                                  + f"; source: {d['source']}",
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))

@@ -222,7 +222,8 @@ def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: Pr
             "inputs": {"weight_bytes": weight_bytes, "kv_bytes_per_token_f16": kv_tok, "compute_buffer_bytes": compute,
                        "device_bandwidth_GBps": dev.bandwidth_GBps, "device_gpu_fp16_tflops": dev.fp16_tflops,
                        "decode_efficiency_fitted": fit.efficiency, "decode_overhead_s_fitted": fit.overhead_s[backend],
-                       "decode_from": fit.label(backend), "prefill_from": fit_prefill().label,
+                       "decode_from": fit.label(backend), "prefill_from": next(
+                           (r["calibration"] for r in proj if r["kind"] == "prefill"), fit_prefill().label),
                        "host_figures": "shown as measured here, not used to scale the device",
                        "os_reserve_gib": devices.OS_RESERVE_GIB},
             "flagged": [r["test"] for r in proj if not r["fits"]]}

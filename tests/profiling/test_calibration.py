@@ -180,4 +180,5 @@ def test_prefill_below_the_published_sizes_is_labelled_an_upper_estimate():
                                                    "intermediate_size": 512, "num_attention_heads": 4,
                                                    "num_key_value_heads": 2, "head_dim": 64}), 512)
     assert "upper estimate" in small["calibration"] and "upper estimate" not in big["calibration"]
+    assert small["expected_error"] is None and big["expected_error"] < 0.25
     assert big["calibration"].startswith("projected: llama.cpp CUDA prefill calibration")

@@ -66,8 +66,9 @@ def test_config_only_projection_fits(tmp_path, capsys):
     # every projected figure names the calibration that produced it and its expected error
     assert all(r["calibration"].startswith("projected: llama.cpp calibration") and r["expected_error"] < 0.25
                for r in p["rows"] if r["kind"] == "decode")
-    assert all(r["calibration"].startswith("projected: llama.cpp CUDA prefill calibration") and r["expected_error"]
-               < 0.25 for r in p["rows"] if r["kind"] == "prefill")
+    # this model is far below the smallest published prefill point: an upper estimate whose error is not known
+    assert all(r["calibration"].startswith("projected: llama.cpp CUDA prefill calibration") and "upper estimate" in
+               r["calibration"] and r["expected_error"] is None for r in p["rows"] if r["kind"] == "prefill")
     assert "host_figures" in p["inputs"] and "efficiency_from" not in p["inputs"]
     # decode slows down with depth (more KV read per token); the bound follows bandwidth / bytes
     dec = [r for r in p["rows"] if r["kind"] == "decode"]
