@@ -134,7 +134,6 @@ REGISTRY: tuple[Fig, ...] = (
         "quality"),
     _x(r"(?P<s>.+) instruct-probe ppl", "{s}: perplexity of the reference chat answers (instruction probe)", "",
        "lower", "quality", "measured"),
-    _x(r"new layers", "new layers", "", "", "model"),
     _x(r"changed layers", "layers whose weights changed", "", "", "model", "file"),
     _x(r"intruders", "intruder dimensions (Shuttleworth et al. 2024)", "", "lower", "model", "file"),
     _x(r"max layer change", "largest relative weight change of a layer", "", "", "model", "file"),
