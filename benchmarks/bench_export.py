@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 TYPES = ["q8_0", "q6_k", "q4_k_m"]
-QUANTIZE = ("import sys, llama_cpp as L; p = L.llama_model_quantize_default_params(); p.nthread = int(sys.argv[4]); "
+QUANTIZE = ("import sys, llama_cpp as L; p = L.llama_model_quantize_default_params(); "
+            "p.nthread = int(sys.argv[4]); "
             "p.ftype = getattr(L, 'LLAMA_FTYPE_MOSTLY_' + sys.argv[3].upper()); "
             "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))")
 
@@ -31,7 +32,8 @@ QUANTIZE = ("import sys, llama_cpp as L; p = L.llama_model_quantize_default_para
 def run(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of one process; raises if it fails."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     err = p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -63,7 +65,8 @@ def bench_slm(model: Path, work: Path, threads: int, validate: bool) -> dict:
     if not validate:
         cmd.append("--no-validate")
     wall, rss = run(cmd)
-    return {"wall": wall, "rss": rss, "sizes": {t: (out / f"{model.name}-{t}.gguf").stat().st_size for t in TYPES}}
+    return {"wall": wall, "rss": rss,
+            "sizes": {t: (out / f"{model.name}-{t}.gguf").stat().st_size for t in TYPES}}
 
 
 def bench_llama_cpp(model: Path, work: Path, threads: int, conv: Path, outtype: str) -> dict:
@@ -82,7 +85,8 @@ def bench_llama_cpp(model: Path, work: Path, threads: int, conv: Path, outtype: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="HF checkpoint (default: the bundled SmolLM2-135M-Instruct, imported once)")
+    ap.add_argument("--model",
+                    help="HF checkpoint (default: the bundled SmolLM2-135M-Instruct, imported once)")
     ap.add_argument("--llama-cpp", help="a llama.cpp source tree with convert_hf_to_gguf.py")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--validate", action="store_true", help="also time slm export with validation on")
@@ -97,16 +101,21 @@ def main() -> None:
         f32_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
         conv = llama_cpp_dir(a.llama_cpp)
         rows = [("slm export (F32 intermediate, no validation)", bench_slm(model, work, a.threads, False)),
-                ("llama.cpp convert --outtype f16 + quantize", bench_llama_cpp(model, work, a.threads, conv, "f16")),
-                ("llama.cpp convert --outtype f32 + quantize", bench_llama_cpp(model, work, a.threads, conv, "f32"))]
+                ("llama.cpp convert --outtype f16 + quantize",
+                 bench_llama_cpp(model, work, a.threads, conv, "f16")),
+                ("llama.cpp convert --outtype f32 + quantize",
+                 bench_llama_cpp(model, work, a.threads, conv, "f32"))]
         if a.validate:
             rows.append(("slm export with validation", bench_slm(model, work, a.threads, True)))
         print(f"\nmodel {model} — f32 weights {f32_bytes / 2**20:.0f} MiB; types {', '.join(TYPES)}; "
               f"{a.threads} threads; host CPUs {os.cpu_count()}\n")
-        print(f"| {'method':<46} | wall (s) | peak RSS (MiB) | RSS / f32 model | " + " | ".join(f"{t} (MiB)" for t in TYPES) + " |")
-        print("|" + "-" * 48 + "|---------:|---------------:|----------------:|" + "|".join("-" * (len(t) + 9) + ":" for t in TYPES) + "|")
+        print(f"| {'method':<46} | wall (s) | peak RSS (MiB) | RSS / f32 model | "
+              + " | ".join(f"{t} (MiB)" for t in TYPES) + " |")
+        print("|" + "-" * 48 + "|---------:|---------------:|----------------:|"
+              + "|".join("-" * (len(t) + 9) + ":" for t in TYPES) + "|")
         for name, r in rows:
-            print(f"| {name:<46} | {r['wall']:8.1f} | {r['rss'] / 2**20:14.0f} | {r['rss'] / f32_bytes:15.2f} | "
+            print(f"| {name:<46} | {r['wall']:8.1f} | {r['rss'] / 2**20:14.0f} | "
+                  f"{r['rss'] / f32_bytes:15.2f} | "
                   + " | ".join(f"{r['sizes'][t] / 2**20:{len(t) + 6}.1f}" for t in TYPES) + " |")
     finally:
         shutil.rmtree(work, ignore_errors=True)

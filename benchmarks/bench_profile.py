@@ -1,12 +1,12 @@
 """Benchmarks for `slm profile`'s llama.cpp backend.
 
-1. Agreement with llama.cpp's own `llama-bench` (built from the llama-cpp-python sdist's vendored llama.cpp, so the
-   same ggml as our wheel) on the same file and thread count: pp512 and tg128, target ±3%.
+1. Agreement with llama.cpp's own `llama-bench` (built from the llama-cpp-python sdist's vendored llama.cpp,
+   so the same ggml as our wheel) on the same file and thread count: pp512 and tg128, target ±3%.
 2. Profiler overhead: our figures vs a bare llama-cpp-python loop (llama_decode + perf_counter) over the same
    token counts, target ≤ 2%.
 
-The CPU is shared with other jobs, so each comparison is interleaved A B A B … (ROUNDS times) and the means of the
-A and B runs are compared: load drift hits both sides alike.
+The CPU is shared with other jobs, so each comparison is interleaved A B A B … (ROUNDS times) and the means of
+the A and B runs are compared: load drift hits both sides alike.
 
     .venv/bin/python benchmarks/bench_profile.py [--gguf FILE] [--threads 2] [--rounds 3]
 """
@@ -42,26 +42,29 @@ def build_llama_bench(jobs: int = 2) -> Path:
     if not src.is_dir():
         with tarfile.open(sdist) as tf:
             tf.extractall(root, filter="data")
-    subprocess.run(["cmake", "-S", str(src), "-B", str(root / "build"), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-                    "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                    "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
-    subprocess.run(["cmake", "--build", str(root / "build"), "--target", "llama-bench", "-j", str(jobs)], check=True)
+    subprocess.run(["cmake", "-S", str(src), "-B", str(root / "build"), "-G", "Ninja",
+                    "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF",
+                    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_CURL=OFF",
+                    "-DBUILD_SHARED_LIBS=OFF"], check=True)
+    subprocess.run(["cmake", "--build", str(root / "build"), "--target", "llama-bench", "-j", str(jobs)],
+                   check=True)
     return exe
 
 
 def llama_bench(exe: Path, gguf: Path, threads: int, pp: int, tg: int) -> dict:
     """One llama-bench sample of pp and tg (its own warm-up run first, -r 1)."""
-    out = subprocess.run([str(exe), "-m", str(gguf), "-t", str(threads), "-p", str(pp), "-n", str(tg), "-r", "1",
-                          "-o", "json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([str(exe), "-m", str(gguf), "-t", str(threads), "-p", str(pp), "-n", str(tg),
+                          "-r", "1", "-o", "json"], capture_output=True, text=True, check=True).stdout
     return {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in json.loads(out)}
 
 
 class Ours:
-    """slm profile's llama.cpp backend, one sample of pp and tg per call (warm-up included, as llama-bench)."""
+    """slm profile's llama.cpp backend, one sample of pp and tg per call (warm-up included, as
+    llama-bench)."""
 
     def __init__(self, gguf: Path, threads: int, pp: int, tg: int):
-        from slm.quant.llamacpp import LlamaCpp
         from slm.profiling.protocol import BenchArgs
+        from slm.quant.llamacpp import LlamaCpp
 
         self.args = BenchArgs(pp=(pp,), tg=tg, depths=(0,), reps=1, threads=threads)
         self.b = LlamaCpp(gguf, self.args.max_context(), threads)
@@ -73,7 +76,8 @@ class Ours:
 
 
 class Bare:
-    """A plain llama-cpp-python loop: same context settings, perf_counter around the decode calls, no profiler."""
+    """A plain llama-cpp-python loop: same context settings, perf_counter around the decode calls, no
+    profiler."""
 
     def __init__(self, gguf: Path, threads: int, pp: int, tg: int):
         import llama_cpp as L
@@ -116,20 +120,22 @@ class Bare:
 
 
 def compare(title: str, name_a: str, name_b: str, a, b, rounds: int, target: float) -> None:
-    """A B A B … one sample each; adjacent samples see the same load, so the median of the paired ratios is the
-    figure judged (means and best-of are printed beside it)."""
+    """A B A B … one sample each; adjacent samples see the same load, so the median of the paired ratios is
+    the figure judged (means and best-of are printed beside it)."""
     ra, rb = [], []
     for _ in range(rounds):
         ra.append(a())
         rb.append(b())
     print(f"\n{title}  ({rounds} interleaved pairs)")
-    print(f"{'test':<6}{name_a + ' mean':>18}{name_b + ' mean':>18}{'best A':>10}{'best B':>10}{'median B/A-1':>14}  target")
+    print(f"{'test':<6}{name_a + ' mean':>18}{name_b + ' mean':>18}{'best A':>10}{'best B':>10}"
+          f"{'median B/A-1':>14}  target")
     for k in ra[0]:
         ratios = sorted(y[k] / x[k] - 1 for x, y in zip(ra, rb))
         med = statistics.median(ratios)
         ma, mb = statistics.fmean(r[k] for r in ra), statistics.fmean(r[k] for r in rb)
         best = max(r[k] for r in rb) / max(r[k] for r in ra) - 1
-        print(f"{k:<6}{ma:>14.1f} t/s{mb:>14.1f} t/s{max(r[k] for r in ra):>10.1f}{max(r[k] for r in rb):>10.1f}"
+        print(f"{k:<6}{ma:>14.1f} t/s{mb:>14.1f} t/s{max(r[k] for r in ra):>10.1f}"
+              f"{max(r[k] for r in rb):>10.1f}"
               f"{med:>+14.2%}  ±{target:.0%} {'ok' if abs(med) <= target else 'OVER'} (best-of {best:+.2%})")
     print("  samples A:", [{k: round(v, 1) for k, v in r.items()} for r in ra])
     print("  samples B:", [{k: round(v, 1) for k, v in r.items()} for r in rb])
@@ -147,8 +153,8 @@ def main() -> None:
 
     gguf = Path(a.gguf) if a.gguf else default_gguf()
     exe = build_llama_bench()
-    print(f"file {gguf.name}, {a.threads} threads, pp{a.pp} / tg{a.tg}; the CPU is shared, so the two sides are "
-          "interleaved A B A B … to cancel load drift")
+    print(f"file {gguf.name}, {a.threads} threads, pp{a.pp} / tg{a.tg}; the CPU is shared, so the two sides "
+          "are interleaved A B A B … to cancel load drift")
     ours = Ours(gguf, a.threads, a.pp, a.tg)
     compare("slm profile (llama.cpp backend) vs llama-bench", "llama-bench", "slm",
             lambda: llama_bench(exe, gguf, a.threads, a.pp, a.tg), ours, a.rounds, 0.03)

@@ -1,17 +1,19 @@
-"""`bench_train.py --gpu`: issue 10's "How it is measured", in one run on one GPU, each row in its own process.
+"""`bench_train.py --gpu`: the GPU training table, in one run on one GPU, each row in its own process.
 
 1. ours vs a plain reference loop contained here (`reference_loop`: the same model, packed batches, AdamW,
-   regional compile, bf16 autocast; attention through FlexAttention with a document-causal BlockMask built from
-   the segment ids; logits + F.cross_entropy): tok/s, MFU (train/flops.py), peak memory. Target ours ≥ 1.0×,
-   MFU ≥ 50 % for the 1.1B.
-2. trainable=expanded vs full on the 1.1B expanded 22 → 33 (LLaMA Pro, `slm expand --groups 11 --copies 1`): step
-   time and optimizer memory; train/flops.py predicts the step-time ratio (≈ 0.78), optimizer memory = 1/3.
+   regional compile, bf16 autocast; attention through FlexAttention with a document-causal BlockMask built
+   from the segment ids; logits + F.cross_entropy): tok/s, MFU (train/flops.py), peak memory. Target ours
+   ≥ 1.0×, MFU ≥ 50 % for the 1.1B.
+2. trainable=expanded vs full on the 1.1B expanded 22 → 33 (LLaMA Pro, `slm expand --groups 11 --copies 1`):
+   step time and optimizer memory; train/flops.py predicts the step-time ratio (≈ 0.78), optimizer
+   memory = 1/3.
 3. a ~3B Llama (Llama-3.2-3B's shape) full fine-tuning in 80 GB (activation checkpointing), tok/s and MFU.
-4. `torchrun --nproc-per-node 1 -m slm.cli train` (FSDP2 forced with fsdp=on) vs the plain run: tok/s within 5 %.
+4. `torchrun --nproc-per-node 1 -m slm.cli train` (FSDP2 forced with fsdp=on) vs the plain run: tok/s
+   within 5 %.
 
-Random weights with the real architectures: throughput does not depend on the values. `--dry-run` runs every row
-on CPU with a tiny Llama (sdpa, fp32, no MFU), so the script is known to work before a GPU session spends its
-minutes on it.
+Random weights with the real architectures: throughput does not depend on the values. `--dry-run` runs every
+row on CPU with a tiny Llama (sdpa, fp32, no MFU), so the script is known to work before a GPU session spends
+its minutes on it.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ ONE_B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num
              num_key_value_heads=4, max_position_embeddings=4096, vocab_size=49152, tie_word_embeddings=False)
 # Llama-3.2-3B's shape (config.json of meta-llama/Llama-3.2-3B), with the SmolLM2 tokenizer's vocabulary.
 THREE_B = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-               num_key_value_heads=8, max_position_embeddings=4096, vocab_size=49152, tie_word_embeddings=True,
-               rope_theta=500000.0)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512, vocab_size=49152, tie_word_embeddings=False)
+               num_key_value_heads=8, max_position_embeddings=4096, vocab_size=49152,
+               tie_word_embeddings=True, rope_theta=500000.0)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512, vocab_size=49152, tie_word_embeddings=False)
 
 
 def make_model(folder: Path, cfg: dict) -> Path:
-    """A random-weight Llama of shape `cfg` saved to `folder` (initialised on the GPU when there is one: fast)."""
+    """A random-weight Llama of shape `cfg` saved to `folder` (initialised on the GPU when there is one:
+    fast)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -59,22 +62,25 @@ def make_expanded(base: Path, folder: Path, groups: int) -> Path:
 
 
 def reference_loop(model_dir: Path, data: Path, steps: int, seq: int, batch: int, dry: bool) -> dict:
-    """The plain loop anyone can write (issue 10's 69.9 k tok/s on an H200): FlexAttention with a document-causal
+    """The plain loop anyone can write (69.9 k tok/s on an H200): FlexAttention with a document-causal
     BlockMask, per-block compile, bf16 autocast over fp32 weights, fused AdamW, logits + cross-entropy."""
     import torch
     import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
     from slm.train.attention import document_block_mask
     from slm.train.pack import IGNORE, Sampler, open_data
-    from transformers import AutoModelForCausalLM
 
     dev = torch.device("cpu" if dry else "cuda")
     impl = "sdpa" if dry else "flex_attention"  # no FlexAttention backward on CPU
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=impl).to(dev)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32,
+                                                 attn_implementation=impl).to(dev)
     model.config.use_cache = False
     if not dry:
         for layer in model.model.layers:
             layer.compile(dynamic=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=not dry or None)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=not dry or None)
     sampler = Sampler(open_data(data, "train"), seq, seed=0)
     times = []
     for step in range(steps):
@@ -98,21 +104,23 @@ def reference_loop(model_dir: Path, data: Path, steps: int, seq: int, batch: int
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     med = sorted(times[1:])[len(times[1:]) // 2]
-    return {"step_s": med, "tok_s": batch * seq / med, "trainable": sum(p.numel() for p in model.parameters())}
+    return {"step_s": med, "tok_s": batch * seq / med,
+            "trainable": sum(p.numel() for p in model.parameters())}
 
 
-def ours(model_dir: Path, data: Path, work: Path, kind: str, steps: int, seq: int, batch: int, extra: list) -> dict:
-    """`slm train`'s own phases — plan_run, build, train_step — for `steps` steps, without evaluation or checkpoints
-    (a 3B checkpoint with its optimizer is ~50 GB to write: not what is measured here)."""
+def ours(model_dir: Path, data: Path, work: Path, kind: str, steps: int, seq: int, batch: int,
+         extra: list) -> dict:
+    """`slm train`'s own phases — plan_run, build, train_step — for `steps` steps, without evaluation or
+    checkpoints (a 3B checkpoint with its optimizer is ~50 GB to write: not what is measured here)."""
     import slm.train.plan as plan_mod
     from slm.train.args import load_recipe
     from slm.train.dist import Dist
     from slm.train.loop import build, train_step
 
     args = load_recipe(None, [f"model={model_dir}", f"data={data}", f"out={work / ('run-' + kind)}",
-                              f"trainable={kind}", f"steps={steps}", f"seq_len={seq}", f"global_batch={batch}",
-                              f"micro_batch={batch}", "lr=2e-4", "eval=false", "report=false", "progress=false",
-                              "force=true", *extra])
+                              f"trainable={kind}", f"steps={steps}", f"seq_len={seq}",
+                              f"global_batch={batch}", f"micro_batch={batch}", "lr=2e-4", "eval=false",
+                              "report=false", "progress=false", "force=true", *extra])
     dist = Dist(args)
     plan_mod._check_disk = lambda *a: None  # nothing is saved
     plan = plan_mod.plan_run(args, dist)
@@ -149,7 +157,8 @@ def one_gpu_row(a) -> None:
 
 
 def ROWS(a) -> dict:
-    """name → what one row runs: model folder, kind (reference | full | expanded), seq, batch, recipe extras."""
+    """name → what one row runs: model folder, kind (reference | full | expanded), seq, batch, recipe
+    extras."""
     work = Path(a.work)
     seq, b1, b3 = (64, 2, 1) if a.dry_run else (2048, 8, 4)
     dev = ["device=cpu", "dtype=float32"] if a.dry_run else []
@@ -162,10 +171,11 @@ def ROWS(a) -> dict:
         "ours": dict(model=m1, kind="full", seq=seq, batch=b1, extra=dev),
         "x33-full": dict(model=mx, kind="full", seq=seq, batch=b1, extra=dev),
         "x33-expanded": dict(model=mx, kind="expanded", seq=seq, batch=b1, extra=dev),
-        "3b-full": dict(model=m3, kind="full", seq=seq, batch=b3, extra=dev + ["activation_checkpointing=true"]),
+        "3b-full": dict(model=m3, kind="full", seq=seq, batch=b3,
+                        extra=dev + ["activation_checkpointing=true"]),
         "fsdp-1-rank": dict(model=m1, kind="full", seq=seq, batch=b1, extra=dev + ["fsdp=on"], torchrun=True),
     }
-    if has_liger() and not a.dry_run:  # loss=auto is liger here: is it faster than chunked? (issue 10: measure)
+    if has_liger() and not a.dry_run:  # loss=auto is liger here: is it faster than chunked? (measure)
         rows["ours-chunked"] = dict(model=m1, kind="full", seq=seq, batch=b1, extra=["loss=chunked"])
     return rows
 
@@ -199,11 +209,13 @@ def _run_row(a, name: str, row: dict, data: Path) -> dict | None:
     py = [sys.executable]
     if row.get("torchrun"):
         py += ["-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29533"]
-    cmd = py + [str(HERE / "bench_train.py"), "--gpu", "--one", f"gpu:{name}", "--work", a.work, "--data", str(data),
-                "--steps", str(a.steps), "--tokenizer", a.tokenizer] + (["--dry-run"] if a.dry_run else [])
+    cmd = py + [str(HERE / "bench_train.py"), "--gpu", "--one", f"gpu:{name}", "--work", a.work,
+                "--data", str(data), "--steps", str(a.steps), "--tokenizer", a.tokenizer] + (
+        ["--dry-run"] if a.dry_run else [])
     if a.extra:
         cmd += ["--extra", *a.extra]
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "PYTHONPATH": f"{HERE.parent}:{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error",
+           "PYTHONPATH": f"{HERE.parent}:{os.environ.get('PYTHONPATH', '')}"}
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.row_timeout)
     except subprocess.TimeoutExpired as e:
@@ -232,26 +244,29 @@ def print_table(rows: dict, a) -> None:
     for k, r in rows.items():
         if r:
             mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-            print(f"{k:14} {r['tok_s']:>10.0f} {mfu:>7} {r['step_s']:>8.3f} {r['peak_gb']:>8.1f} {r['trainable']:>14,}")
+            print(f"{k:14} {r['tok_s']:>10.0f} {mfu:>7} {r['step_s']:>8.3f} {r['peak_gb']:>8.1f} "
+                  f"{r['trainable']:>14,}")
     ok = {k: r for k, r in rows.items() if r}
     if "ours" in ok and "reference" in ok:
-        print(f"ours / reference loop: {ok['ours']['tok_s'] / ok['reference']['tok_s']:.2f}× (target ≥ 1.0×)")
+        print(f"ours / reference loop: {ok['ours']['tok_s'] / ok['reference']['tok_s']:.2f}× "
+              "(target ≥ 1.0×)")
     if "x33-full" in ok and "x33-expanded" in ok:
         e, f = ok["x33-expanded"], ok["x33-full"]
         print(f"x33 expanded / full: step time {e['step_s'] / f['step_s']:.2f}× (train/flops.py predicts "
-              f"{_predicted_ratio(a):.2f}), optimizer memory {e['trainable'] / f['trainable']:.2f}× (trainable share)")
+              f"{_predicted_ratio(a):.2f}), optimizer memory {e['trainable'] / f['trainable']:.2f}× "
+              "(trainable share)")
     if "ours-chunked" in ok and "ours" in ok:
         print(f"loss liger / chunked: {ok['ours']['tok_s'] / ok['ours-chunked']['tok_s']:.2f}× tok/s, peak "
               f"{ok['ours']['peak_gb']:.1f} vs {ok['ours-chunked']['peak_gb']:.1f} GB")
     if "fsdp-1-rank" in ok and "ours" in ok:
-        print(f"torchrun 1 rank FSDP2 / plain: {ok['fsdp-1-rank']['tok_s'] / ok['ours']['tok_s']:.2f}× (target ≥ 0.95×)")
+        print(f"torchrun 1 rank FSDP2 / plain: {ok['fsdp-1-rank']['tok_s'] / ok['ours']['tok_s']:.2f}× "
+              "(target ≥ 0.95×)")
 
 
 def _predicted_ratio(a) -> float:
-    from slm.train.flops import flops_per_token
-
     from slm.io import read_config
     from slm.spec import spec_from_config
+    from slm.train.flops import flops_per_token
 
     cfg = read_config(Path(a.work) / ("tiny-x33" if a.dry_run else "1.1b-x33"))
     spec, seq = spec_from_config(cfg), ROWS(a)["x33-full"]["seq"]

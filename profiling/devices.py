@@ -1,18 +1,18 @@
-"""Jetson devices: the registry (design.md's table, each figure with its source), on-device detection, and the
+"""Jetson devices: the registry (each figure with its source), on-device detection, and the
 projection of a model onto a device.
 
 Projection (labelled "projected" wherever shown): decode comes from the calibrated device model in
-slm.profiling.calibration — fitted to published Jetson Orin measurements (slm.profiling.calibration_table), with
-its held-out error stated on every projected figure. It never depends on what this host measured: a host's own
-efficiency is shown beside it as a host figure, not used to scale the device (a CPU's efficiency says nothing of
-llama.cpp's CUDA kernels on an Orin GPU). On a Jetson the profile measures instead of projecting.
-Prefill is projected against the GPU's dense FP16 throughput, taken as the GPU's sparse INT8 TOPS / 4 (sparsity ×2,
-INT8 vs FP16 ×2; Thor's figure is FP4 sparse TFLOPS, so / 8), times an efficiency fitted to published llama-bench
-pp512 figures (slm.profiling.calibration). Only the GPU counts: the datasheet's "AI performance" of the AGX and NX
-modules adds their DLAs, which llama.cpp does not use (AGX Orin 64GB: 275 = 170 GPU + 105 DLA, NVIDIA's Jetson AGX
-Orin technical brief). The GPU share of the other modules is their tensor cores × maximum GPU clock at the AGX Orin
-64GB's rate (170 TOPS / (64 tensor cores × 1.3 GHz)); it reproduces the Orin Nano's 40 and the Nano Super's 67,
-which have no DLA.
+slm.profiling.calibration — fitted to published Jetson Orin measurements (slm.profiling.calibration_table),
+with its held-out error stated on every projected figure. It never depends on what this host measured: a
+host's own efficiency is shown beside it as a host figure, not used to scale the device (a CPU's efficiency
+says nothing of llama.cpp's CUDA kernels on an Orin GPU). On a Jetson the profile measures instead of
+projecting. Prefill is projected against the GPU's dense FP16 throughput, taken as the GPU's sparse INT8 TOPS
+/ 4 (sparsity ×2, INT8 vs FP16 ×2; Thor's figure is FP4 sparse TFLOPS, so / 8), times an efficiency fitted to
+published llama-bench pp512 figures (slm.profiling.calibration). Only the GPU counts: the datasheet's "AI
+performance" of the AGX and NX modules adds their DLAs, which llama.cpp does not use (AGX Orin 64GB: 275 = 170
+GPU + 105 DLA, NVIDIA's Jetson AGX Orin technical brief). The GPU share of the other modules is their tensor
+cores × maximum GPU clock at the AGX Orin 64GB's rate (170 TOPS / (64 tensor cores × 1.3 GHz)); it reproduces
+the Orin Nano's 40 and the Nano Super's 67, which have no DLA.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from pathlib import Path
 from slm.errors import SlmError
 
 GIB = 1024**3
-OS_RESERVE_GIB = 2.0  # memory JetPack's OS, desktop-less, keeps for itself (assumption; unified CPU/GPU memory)
-_ORIN = "https://www.nvidia.com/en-us/autonomous-machines/embedded-systems/jetson-orin/ (Jetson Orin technical specifications table)"
+# memory JetPack's OS, desktop-less, keeps for itself (assumption; unified CPU/GPU memory)
+OS_RESERVE_GIB = 2.0
+_ORIN = ("https://www.nvidia.com/en-us/autonomous-machines/embedded-systems/jetson-orin/ "
+         "(Jetson Orin technical specifications table)")
 _NANO_SUPER = "https://developer.nvidia.com/blog/nvidia-jetson-orin-nano-developer-kit-gets-a-super-boost/"
-_THOR = "https://www.nvidia.com/en-us/autonomous-machines/embedded-systems/jetson-thor/ (Jetson T5000 module specifications)"
+_THOR = ("https://www.nvidia.com/en-us/autonomous-machines/embedded-systems/jetson-thor/ "
+         "(Jetson T5000 module specifications)")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class Device:
     ai_tops_kind: str  # what that figure counts
     cpu: str  # CPU cores
     source: str  # where the figures come from
-    gpu_tops: float = 0.0  # the GPU's share of ai_tops (without DLAs); 0: all of it (see the module docstring)
+    # the GPU's share of ai_tops (without DLAs); 0: all of it (see the module docstring)
+    gpu_tops: float = 0.0
 
     @property
     def fp16_tflops(self) -> float:
@@ -58,15 +62,18 @@ class Device:
 INT8 = "INT8 sparse TOPS"
 DEVICES = {d.key: d for d in [
     Device("jetson-orin-nano-8gb", "Jetson Orin Nano 8GB", 8, 68, 40, INT8, "6× Cortex-A78AE", _ORIN),
-    Device("jetson-orin-nano-8gb-super", "Jetson Orin Nano 8GB (Super mode)", 8, 102, 67, INT8, "6× Cortex-A78AE",
-           _NANO_SUPER),
-    # GPU shares: 32 tensor cores at 765 / 918 MHz (NX 8/16GB), 56 at 930 MHz (AGX 32GB), 64 at 1.3 GHz (AGX 64GB)
+    Device("jetson-orin-nano-8gb-super", "Jetson Orin Nano 8GB (Super mode)", 8, 102, 67, INT8,
+           "6× Cortex-A78AE", _NANO_SUPER),
+    # GPU shares: 32 tensor cores at 765 / 918 MHz (NX 8/16GB), 56 at 930 MHz (AGX 32GB), 64 at 1.3 GHz (AGX
+    # 64GB)
     Device("jetson-orin-nx-8gb", "Jetson Orin NX 8GB", 8, 102.4, 70, INT8, "6× Cortex-A78AE", _ORIN, 50),
     Device("jetson-orin-nx-16gb", "Jetson Orin NX 16GB", 16, 102.4, 100, INT8, "8× Cortex-A78AE", _ORIN, 60),
-    Device("jetson-agx-orin-32gb", "Jetson AGX Orin 32GB", 32, 204.8, 200, INT8, "8× Cortex-A78AE", _ORIN, 106),
-    Device("jetson-agx-orin-64gb", "Jetson AGX Orin 64GB", 64, 204.8, 275, INT8, "12× Cortex-A78AE", _ORIN, 170),
-    Device("jetson-agx-thor", "Jetson AGX Thor (T5000)", 128, 273, 2070, "FP4 sparse TFLOPS", "14× Neoverse-V3AE",
-           _THOR),
+    Device("jetson-agx-orin-32gb", "Jetson AGX Orin 32GB", 32, 204.8, 200, INT8, "8× Cortex-A78AE",
+           _ORIN, 106),
+    Device("jetson-agx-orin-64gb", "Jetson AGX Orin 64GB", 64, 204.8, 275, INT8, "12× Cortex-A78AE",
+           _ORIN, 170),
+    Device("jetson-agx-thor", "Jetson AGX Thor (T5000)", 128, 273, 2070, "FP4 sparse TFLOPS",
+           "14× Neoverse-V3AE", _THOR),
 ]}
 ALIASES = {"jetson": "jetson-orin-nx-16gb",  # the SLM survey's device
            "orin-nx": "jetson-orin-nx-16gb", "orin-nano": "jetson-orin-nano-8gb", "thor": "jetson-agx-thor"}
@@ -115,9 +122,9 @@ def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token:
             compute_bytes: float = 0.0, backend: str = "llama.cpp CUDA") -> list[dict]:
     """Project the protocol's tests onto `device` with the calibrated model (slm.profiling.calibration).
 
-    Each projected row carries its calibration and expected error; a test whose context does not fit the device's
-    memory is flagged (fits=False) and gets no speed. A row's measured `roofline_fraction` (this host's) is kept as
-    `host_efficiency` for display only.
+    Each projected row carries its calibration and expected error; a test whose context does not fit the
+    device's memory is flagged (fits=False) and gets no speed. A row's measured `roofline_fraction` (this
+    host's) is kept as `host_efficiency` for display only.
     """
     from slm.profiling.calibration import project_decode, project_prefill, streamed_weight_bytes
 
@@ -133,8 +140,9 @@ def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token:
         else:
             p = project_prefill(device, spec, r["n_tokens"])
         out.append({"test": r["test"], "kind": r["kind"], "n_tokens": r["n_tokens"], "depth": r["depth"],
-                    "device": device.key, "how": "projected", "fits": ok, "memory_needed": weight_bytes + kv + compute_bytes,
-                    "memory_usable": device.usable_bytes, "device_bound_tok_s": p["device_bound_tok_s"],
-                    "calibration": p["calibration"], "expected_error": p["expected_error"],
-                    "host_efficiency": r.get("roofline_fraction"), "tok_s": p["tok_s"] if ok else None})
+                    "device": device.key, "how": "projected", "fits": ok,
+                    "memory_needed": weight_bytes + kv + compute_bytes, "memory_usable": device.usable_bytes,
+                    "device_bound_tok_s": p["device_bound_tok_s"], "calibration": p["calibration"],
+                    "expected_error": p["expected_error"], "host_efficiency": r.get("roofline_fraction"),
+                    "tok_s": p["tok_s"] if ok else None})
     return out

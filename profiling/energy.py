@@ -4,21 +4,21 @@ Two sources, read from sysfs (the root is a module attribute so tests point it a
 
 - Jetson (JetPack 5/6): the INA3221 power monitors under the hwmon driver. jetson-stats' `jtop/core/power.py`
   (find_all_i2c_power_monitor, list_all_i2c_ports) finds them as /sys/bus/i2c/devices/<dev>/name containing
-  "ina3221", then <dev>/hwmon/hwmon*/ with, per channel N, `inN_label` (rail name, e.g. VDD_IN, VDD_CPU_GPU_CV,
-  VDD_SOC), `inN_input` (bus voltage, mV) and `currN_input` (current, mA); labels containing "NC" are unconnected
-  channels and channel 7 is the chip's "sum of shunt voltages" (both skipped, as jtop does). NVIDIA's Jetson Linux
-  developer guide (Platform Power and Performance, "Jetson Orin … power monitoring") documents the same rails.
-  Power is sampled in a background thread every `period_s` and integrated (trapezoids) over the window. VDD_IN
-  (Orin) / POM_5V_IN (Xavier, Nano) is the module's input rail and stands for the total when present (jtop's
-  total_power); otherwise the rails are summed.
+  "ina3221", then <dev>/hwmon/hwmon*/ with, per channel N, `inN_label` (rail name, e.g. VDD_IN,
+  VDD_CPU_GPU_CV, VDD_SOC), `inN_input` (bus voltage, mV) and `currN_input` (current, mA); labels containing
+  "NC" are unconnected channels and channel 7 is the chip's "sum of shunt voltages" (both skipped, as jtop
+  does). NVIDIA's Jetson Linux developer guide (Platform Power and Performance, "Jetson Orin … power
+  monitoring") documents the same rails. Power is sampled in a background thread every `period_s` and
+  integrated (trapezoids) over the window. VDD_IN (Orin) / POM_5V_IN (Xavier, Nano) is the module's input rail
+  and stands for the total when present (jtop's total_power); otherwise the rails are summed.
 - x86 host: RAPL package counters /sys/class/powercap/intel-rapl:N/energy_uj (µJ, monotonic, wrapping at
-  max_energy_range_uj; Linux powercap docs). Only top-level packages are read (intel-rapl:N:M sub-zones such as
-  core/uncore/dram are inside their package, summing them would count twice). Since 2020 (CVE-2020-8694) energy_uj
-  is root-only on most distributions: unreadable means "not measurable here".
+  max_energy_range_uj; Linux powercap docs). Only top-level packages are read (intel-rapl:N:M sub-zones such
+  as core/uncore/dram are inside their package, summing them would count twice). Since 2020 (CVE-2020-8694)
+  energy_uj is root-only on most distributions: unreadable means "not measurable here".
 
-The protocol (slm.profiling.protocol) starts a `Meter` around each test's timed repetitions; energy per token is the
-window's mean power × the timed seconds ÷ the tokens timed, so untimed setup inside the window (cache restores)
-is not charged to the tokens.
+The protocol (slm.profiling.protocol) starts a `Meter` around each test's timed repetitions; energy per token
+is the window's mean power × the timed seconds ÷ the tokens timed, so untimed setup inside the window (cache
+restores) is not charged to the tokens.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SYSFS = "/sys"  # root of the sysfs tree (tests monkeypatch it to a fake tree under tmp_path)
-PERIOD_S = 0.05  # INA3221 sampling period (jtop's default interval is 1 s; the chip averages over ~1 ms conversions)
+# INA3221 sampling period (jtop's default interval is 1 s; the chip averages over ~1 ms conversions)
+PERIOD_S = 0.05
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")  # module input rails (jtop total_power)
 NOT_MEASURABLE = "not measurable here"
 
@@ -62,9 +63,10 @@ def _read_int(p: str | Path) -> int | None:
         return None
 
 
-# ---- Jetson INA3221 ---------------------------------------------------------------------------------------------
+# ---- Jetson INA3221 ----------------------------------------------------------------------------------------
 def ina3221_rails(root: str | None = None) -> dict[str, tuple[str, str]]:
-    """rail name → (voltage file in mV, current file in mA) of every connected INA3221 channel (jtop's layout)."""
+    """rail name → (voltage file in mV, current file in mA) of every connected INA3221 channel (jtop's
+    layout)."""
     root = root or SYSFS
     out: dict[str, tuple[str, str]] = {}
     devs = set(glob.glob(f"{root}/bus/i2c/devices/*")) | set(glob.glob(f"{root}/bus/i2c/drivers/ina3221/*"))
@@ -94,7 +96,7 @@ def _watts(rails: dict[str, tuple[str, str]]) -> dict[str, float]:
     return out
 
 
-# ---- RAPL -------------------------------------------------------------------------------------------------------
+# ---- RAPL --------------------------------------------------------------------------------------------------
 def rapl_zones(root: str | None = None) -> dict[str, tuple[str, int]]:
     """package name → (energy_uj file, wrap range in µJ) of every readable top-level RAPL zone."""
     root = root or SYSFS
@@ -118,12 +120,12 @@ def rapl_delta(before: int, after: int, wrap: int) -> int:
     return after - before if after >= before else after + wrap - before
 
 
-# ---- the meter ----------------------------------------------------------------------------------------------
+# ---- the meter ---------------------------------------------------------------------------------------------
 class Meter:
     """`m = Meter(); m.start(); …; e = m.stop()`: energy over the window, or None where nothing is measurable.
 
-    One background thread samples INA3221 power (integrated by trapezoids) or reads RAPL counters (deltas summed
-    per read, so a counter that wraps more than once in a long window is still counted right)."""
+    One background thread samples INA3221 power (integrated by trapezoids) or reads RAPL counters (deltas
+    summed per read, so a counter that wraps more than once in a long window is still counted right)."""
 
     def __init__(self, period_s: float = PERIOD_S, root: str | None = None):
         self.period_s = period_s
@@ -175,7 +177,8 @@ class Meter:
         total = [r for r in TOTAL_RAILS if r in self._j][:1] or sorted(self._j)
         how = (f"INA3221 rail{'s' if len(total) > 1 else ''} {', '.join(total)} sampled every "
                f"{self.period_s * 1e3:.0f} ms, integrated by trapezoids" if self.rails else
-               f"RAPL energy counter{'s' if len(total) > 1 else ''} {', '.join(total)} (energy_uj, wrap-corrected)")
+               f"RAPL energy counter{'s' if len(total) > 1 else ''} {', '.join(total)} "
+               "(energy_uj, wrap-corrected)")
         return Energy(sum(self._j[r] for r in total), time.perf_counter() - self._t0, total, how, self._n,
                       {k: round(v, 6) for k, v in self._j.items()})
 
@@ -186,15 +189,18 @@ def why_not(root: str | None = None) -> str:
     rapl = glob.glob(f"{root}/class/powercap/intel-rapl:*")
     return (f"{NOT_MEASURABLE}: no INA3221 power rails (Jetson) and "
             + ("RAPL counters present but not readable (root-only since CVE-2020-8694)" if rapl
-               else "no RAPL counters (/sys/class/powercap)") + (" " if os.name == "posix" else " (not Linux)")).strip()
+               else "no RAPL counters (/sys/class/powercap)")
+            + (" " if os.name == "posix" else " (not Linux)")).strip()
 
 
 def per_token(e: Energy | None, timed_s: float, tokens: int) -> dict:
-    """The row fields: energy of the timed runs (mean window power × timed seconds), J per token, tokens per J."""
+    """The row fields: energy of the timed runs (mean window power × timed seconds), J per token, tokens per
+    J."""
     if e is None or tokens <= 0 or e.seconds <= 0:
         return {"energy_j": None, "j_per_token": None, "tok_per_j": None, "power_w": None, "rails": [],
                 "energy_how": why_not()}
     j = e.watts * timed_s
-    return {"energy_j": j, "j_per_token": j / tokens, "tok_per_j": tokens / j if j > 0 else None, "power_w": e.watts,
-            "rails": e.rails, "energy_how": e.how + "; J per token = mean window power × timed seconds ÷ tokens timed",
+    return {"energy_j": j, "j_per_token": j / tokens, "tok_per_j": tokens / j if j > 0 else None,
+            "power_w": e.watts, "rails": e.rails,
+            "energy_how": e.how + "; J per token = mean window power × timed seconds ÷ tokens timed",
             "energy_rails_j": e.per_rail_j}

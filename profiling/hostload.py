@@ -1,9 +1,10 @@
 """What else the machine was doing while a test ran: other processes' CPU time, CPU frequency, and on a Jetson
 the power mode, clocks and temperatures. A figure measured beside a busy neighbour is flagged, never trusted.
 
-Other processes' CPU time = the machine's busy time in /proc/stat (user + nice + system + irq + softirq + steal,
-in USER_HZ ticks; proc(5)) minus this process's own user + system time (os.times(), every thread of it — llama.cpp
-and torch run their threads in this process), as a share of the machine's capacity (wall time × CPUs).
+Other processes' CPU time = the machine's busy time in /proc/stat (user + nice + system + irq + softirq +
+steal, in USER_HZ ticks; proc(5)) minus this process's own user + system time (os.times(), every thread of it
+— llama.cpp and torch run their threads in this process), as a share of the machine's capacity (wall time ×
+CPUs).
 """
 
 from __future__ import annotations
@@ -16,17 +17,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Above this share of the machine's CPU capacity taken by other processes a test is flagged as disturbed. One busy
-# neighbour thread takes up to 1/N of an N-core machine (50 % here on 2 cores, 12.5 % on an 8-core Orin NX) and
-# cost decode 3× in the sweep of issue 11; an idle Linux box's daemons and kernel threads stay near 1–3 %, and the
-# tick resolution (100 Hz) adds ±2 ticks, i.e. ±1 % of a 1-second test on 2 CPUs. 10 % sits clear of both.
+# Above this share of the machine's CPU capacity taken by other processes a test is flagged as disturbed. One
+# busy neighbour thread takes up to 1/N of an N-core machine (50 % here on 2 cores, 12.5 % on an 8-core Orin
+# NX) and cost decode 3× in a measured sweep; an idle Linux box's daemons and kernel threads stay near 1–3 %,
+# and the tick resolution (100 Hz) adds ±2 ticks, i.e. ±1 % of a 1-second test on 2 CPUs. 10 % sits clear of
+# both.
 DISTURBED_SHARE = 0.10
-# Shortest window the share is taken over: /proc/stat counts 100 Hz ticks, so ±2 ticks are ±1/(50·w·CPUs) of the
-# capacity — 2 % at 0.5 s on 2 CPUs. Tests that finish sooner (a tiny model's millisecond runs) are padded with an
-# idle wait, so their share describes the test's neighbourhood rather than tick rounding.
+# Shortest window the share is taken over: /proc/stat counts 100 Hz ticks, so ±2 ticks are ±1/(50·w·CPUs) of
+# the capacity — 2 % at 0.5 s on 2 CPUs. Tests that finish sooner (a tiny model's millisecond runs) are padded
+# with an idle wait, so their share describes the test's neighbourhood rather than tick rounding.
 MIN_WINDOW_S = 0.5
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_BUSY = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (iowait and idle are not busy; guest is in user)
+# user nice system irq softirq steal (iowait and idle are not busy; guest is in user)
+_BUSY = (0, 1, 2, 5, 6, 7)
 
 
 def _proc_stat() -> tuple[float, int] | None:

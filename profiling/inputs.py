@@ -1,18 +1,18 @@
-"""What MODEL is: a GGUF, an HF folder, an ONNX folder, an export folder (slm.json listing its files), or a bare
-config.json; and the GGUF the llama.cpp backend measures (made on demand by slm.quant's exporter and quantizer,
-cached)."""
+"""What MODEL is: a GGUF, an HF folder, an ONNX folder, an export folder (slm.json listing its files), or a
+bare config.json; and the GGUF the llama.cpp backend measures (made on demand by slm.quant's exporter and
+quantizer, cached)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from slm.errors import SlmError
 from slm.gguf import FLOAT_TYPES, check_magic, contents
-from slm.profiling.ortgenai import is_onnx_dir
 from slm.profiling.args import Inputs
+from slm.profiling.ortgenai import is_onnx_dir
 
 CACHE = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm")) / "quant"
 
@@ -48,10 +48,12 @@ def main_type(quant: tuple) -> str:
 
 
 def export_f16(hf: Path, out: Path, onnx: bool) -> dict:
-    """HF folder → export folder with an f16 GGUF (and an int4 ONNX model when `onnx`), by slm.quant's exporter."""
+    """HF folder → export folder with an f16 GGUF (and an int4 ONNX model when `onnx`), by slm.quant's
+    exporter."""
     from slm.quant.export import ExportArgs, export
 
-    return export(hf, out, ExportArgs(gguf=["f16"], onnx=["int4"] if onnx else [], validate=False, force=True))
+    return export(hf, out, ExportArgs(gguf=["f16"], onnx=["int4"] if onnx else [], validate=False,
+                                      force=True))
 
 
 def _from_gguf(gguf: Path, quant: tuple, threads: int, progress: Callable[[str], None]) -> Inputs:
@@ -60,16 +62,18 @@ def _from_gguf(gguf: Path, quant: tuple, threads: int, progress: Callable[[str],
 
     inp = Inputs(gguf=check_magic(gguf))
     if quant:
-        inp.source_note = (f"quantized types were made from {gguf.name} (mostly {contents(gguf)['main_type']}); "
-                           "their quality is relative to that file, not to the original weights")
+        inp.source_note = (f"quantized types were made from {gguf.name} (mostly "
+                           f"{contents(gguf)['main_type']}); their quality is relative to that file, not to "
+                           "the original weights")
         inp.files = make_files(gguf, quant, _cache_dir(gguf), threads, {}, progress)
     return inp
 
 
-def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, threads: int, need_ctx: int = 0,
-            backends: tuple = ("llama.cpp", "torch", "onnxruntime-genai"),
+def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, threads: int,
+            need_ctx: int = 0, backends: tuple = ("llama.cpp", "torch", "onnxruntime-genai"),
             progress: Callable[[str], None] = print) -> Inputs:
-    """Inputs for `profile`; an HF folder is exported (f16 GGUF, ONNX int4 if that backend runs) into the cache."""
+    """Inputs for `profile`; an HF folder is exported (f16 GGUF, ONNX int4 if that backend runs) into the
+    cache."""
     from slm.profiling.sweep import make_files
     from slm.spec import load_spec
 
@@ -92,7 +96,8 @@ def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, t
     if not hf and not files:
         if (p / "config.json").is_file():
             return Inputs(config=p / "config.json")
-        raise SlmError(f"{p} holds no GGUF, safetensors, ONNX model or config.json: pass a model folder or file")
+        raise SlmError(f"{p} holds no GGUF, safetensors, ONNX model or config.json: pass a model folder or "
+                       "file")
     if hf:
         from slm.io import check_weights
 
@@ -106,7 +111,8 @@ def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, t
     if hf and ((want_gguf and "f16" not in files) or want_onnx):
         cache = _cache_dir(p / "config.json") / ("export-onnx" if want_onnx else "export")
         if not (cache / "slm.json").is_file():
-            progress(f"exporting {p.name} (f16 GGUF{' + ONNX int4' if want_onnx else ''}) with slm.quant; cached in {cache}")
+            progress(f"exporting {p.name} (f16 GGUF{' + ONNX int4' if want_onnx else ''}) with slm.quant; "
+                     f"cached in {cache}")
             export_f16(hf, cache, want_onnx)
         files = {**_export_files(cache), **files}
     inp = Inputs(hf=hf, onnx=files.pop("onnx", None) if "onnxruntime-genai" in backends else None)

@@ -1,4 +1,5 @@
-"""onnxruntime-genai backend (an ONNX folder made by its model builder, with genai_config.json), same protocol.
+"""onnxruntime-genai backend (an ONNX folder made by its model builder, with genai_config.json), same
+protocol.
 
 Prefill = append_tokens of the prompt to a fresh generator (the first logits come out of it); decode = after
 appending `depth` tokens (untimed), n × generate_next_token with greedy search. Wall-clock timing.
@@ -31,13 +32,15 @@ class OrtGenai(Closing):
             raise SlmError("onnxruntime-genai is not installed: `pip install 'slm-lab[onnx]'`") from None
         folder = Path(folder)
         if not is_onnx_dir(folder):
-            raise SlmError(f"{folder} has no genai_config.json: pass a folder made by onnxruntime-genai's model builder")
+            raise SlmError(f"{folder} has no genai_config.json: pass a folder made by onnxruntime-genai's "
+                           "model builder")
         cfg = json.loads((folder / "genai_config.json").read_text())
         self.vocab = cfg["model"]["vocab_size"]
         self.max_len = cfg["model"].get("context_length", 2048)
         self.og, self.threads, self.folder = og, threads, folder
         c = og.Config(str(folder))
-        # the same thread count as the other backends (the builder leaves it to onnxruntime's default otherwise)
+        # the same thread count as the other backends (the builder leaves it to onnxruntime's default
+        # otherwise)
         c.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
                                                                         "inter_op_num_threads": 1}}}}))
         try:
@@ -86,9 +89,9 @@ class OrtGenai(Closing):
         return {"weights": self.weight_bytes}
 
     def op_profile(self, n_prompt: int, n_decode: int) -> dict:
-        """onnxruntime's own profiler on a second model (genai_config session_options.enable_profiling; the JSON is
-        written when the session ends): seconds per op_name of the "Node" events, the first model_run being the
-        prefill (append_tokens) and the later ones single-token decode steps."""
+        """onnxruntime's own profiler on a second model (genai_config session_options.enable_profiling; the
+        JSON is written when the session ends): seconds per op_name of the "Node" events, the first model_run
+        being the prefill (append_tokens) and the later ones single-token decode steps."""
         import gc
         import glob
         import tempfile
@@ -110,10 +113,12 @@ class OrtGenai(Closing):
             gc.collect()
             files = glob.glob(f"{tmp}/ort*.json")
             if not files:
-                raise SlmError("onnxruntime wrote no profile: this onnxruntime-genai ignores enable_profiling")
+                raise SlmError("onnxruntime wrote no profile: this onnxruntime-genai ignores "
+                               "enable_profiling")
             events = json.loads(Path(files[0]).read_text())
         return {"phases": _ort_phases(events), "threads": self.threads,
-                "how": "onnxruntime profiler (enable_profiling) node times per op type, in a separate session"}
+                "how": "onnxruntime profiler (enable_profiling) node times per op type, "
+                       "in a separate session"}
 
     def close(self) -> None:
         self.model = None
@@ -133,8 +138,9 @@ def _ort_phases(events: list) -> dict:
 
 
 def spec_of(folder: Path) -> ModelSpec:
-    """ModelSpec of an ONNX folder: its config.json, the HF model its export record names, or genai_config.json with
-    the MLP width read from the graph's gate/up projection weights (the builder writes no config.json)."""
+    """ModelSpec of an ONNX folder: its config.json, the HF model its export record names, or
+    genai_config.json with the MLP width read from the graph's gate/up projection weights (the builder writes
+    no config.json)."""
     from slm.record import read_record
 
     folder = Path(folder)
@@ -149,11 +155,13 @@ def spec_of(folder: Path) -> ModelSpec:
     mt = check_supported({"model_type": {"qwen2": "qwen2", "qwen3": "qwen3"}.get(d.get("type"), "llama")})
     hidden, heads = dec["hidden_size"], dec["num_attention_heads"]
     return ModelSpec(
-        model_type=mt, layers=dec["num_hidden_layers"], hidden=hidden, intermediate=_mlp_width(folder, hidden),
-        heads=heads, kv_heads=dec.get("num_key_value_heads") or heads, head_dim=dec.get("head_size") or hidden // heads,
+        model_type=mt, layers=dec["num_hidden_layers"], hidden=hidden,
+        intermediate=_mlp_width(folder, hidden), heads=heads,
+        kv_heads=dec.get("num_key_value_heads") or heads, head_dim=dec.get("head_size") or hidden // heads,
         vocab=d["vocab_size"], max_context=d.get("context_length", 2048),
         tied=False,  # genai_config does not say: counted untied
-        attention_bias=mt == "qwen2", qk_norm=mt == "qwen3", dtype="float32",  # as spec_from_config without a dtype
+        attention_bias=mt == "qwen2", qk_norm=mt == "qwen3",
+        dtype="float32",  # as spec_from_config without a dtype
     )
 
 

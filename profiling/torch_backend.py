@@ -18,7 +18,8 @@ from slm.profiling.protocol import Closing
 class Torch(Closing):
     name = "torch"
 
-    def __init__(self, model_dir: Path, threads: int, device: str = "auto", dtype: str = "float32", seed: int = 0):
+    def __init__(self, model_dir: Path, threads: int, device: str = "auto", dtype: str = "float32",
+                 seed: int = 0):
         import torch
 
         from slm.io import cache_kwarg, load_model
@@ -63,7 +64,8 @@ class Torch(Closing):
 
     def decode(self, n: int, depth: int = 0) -> float:
         with self.torch.inference_mode():
-            # filled once per depth, cropped back to it after each run (as llama-bench restores its saved state)
+            # filled once per depth, cropped back to it after each run (as llama-bench restores its saved
+            # state)
             cache = self._caches.get(depth) or self._fill(depth)
             ids = [self._ids(1) for _ in range(n)]
             self._sync()

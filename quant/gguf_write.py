@@ -39,12 +39,14 @@ def check_arch(config: dict) -> str:
         raise SlmError(f"{mt} config has experts: mixture-of-experts export is not supported")
     rope = rope_params(config)
     if rope.get("rope_type", "default") not in ("default", "linear", "yarn"):
-        raise SlmError(f"RoPE type {rope['rope_type']!r} is not supported by the GGUF writer (default, linear, yarn)")
+        raise SlmError(f"RoPE type {rope['rope_type']!r} is not supported by the GGUF writer "
+                       "(default, linear, yarn)")
     return ARCHS[mt]
 
 
 def rope_params(config: dict) -> dict:
-    """transformers 5 keeps RoPE settings in `rope_parameters`; older configs use rope_theta + rope_scaling."""
+    """transformers 5 keeps RoPE settings in `rope_parameters`; older configs use rope_theta +
+    rope_scaling."""
     if config.get("rope_parameters"):
         return dict(config["rope_parameters"])
     return {"rope_theta": config.get("rope_theta", 10000.0), **(config.get("rope_scaling") or {})}
@@ -104,20 +106,24 @@ def load_vocab(model_dir: Path, vocab_size: int, pre_tokenizer: str | None = Non
         tokens, scores, types = [], [], []
         for text, score, ttype in sp.all_tokens():
             tokens.append(text), scores.append(score), types.append(ttype)
-        for i in range(len(tokens), vocab_size):  # embedding rows beyond the tokenizer: padding, as the converter
+        # embedding rows beyond the tokenizer: padding, as the converter
+        for i in range(len(tokens), vocab_size):
             tokens.append(f"[PAD{i}]".encode()), scores.append(-1000.0), types.append(gguf.TokenType.UNUSED)
-        return {"model": "llama", "pre": None, "tokens": tokens, "scores": scores, "types": types, "hash": None}
+        return {"model": "llama", "pre": None, "tokens": tokens, "scores": scores, "types": types,
+                "hash": None}
 
     tok = _bpe_tokenizer(model_dir)
     name, h = detect_pre_tokenizer(tok)
     if pre_tokenizer:
         if pre_tokenizer not in KNOWN_PRE:
-            raise SlmError(f"unknown --pre-tokenizer {pre_tokenizer!r}: llama.cpp knows {', '.join(KNOWN_PRE)}")
+            raise SlmError(f"unknown --pre-tokenizer {pre_tokenizer!r}: llama.cpp knows "
+                           f"{', '.join(KNOWN_PRE)}")
         name = pre_tokenizer
     if name is None:
-        raise SlmError(f"the tokenizer of {model_dir.name} has a pre-tokenizer llama.cpp's table does not know "
-                       f"(hash {h[:12]}…): pass --pre-tokenizer NAME with the closest one (e.g. llama-bpe, qwen2, "
-                       f"smollm, gpt-2) after checking its regex in llama.cpp's llama-vocab.cpp")
+        raise SlmError(f"the tokenizer of {model_dir.name} has a pre-tokenizer llama.cpp's table does not "
+                       f"know (hash {h[:12]}…): pass --pre-tokenizer NAME with the closest one (e.g. "
+                       f"llama-bpe, qwen2, smollm, gpt-2) after checking its regex in llama.cpp's "
+                       f"llama-vocab.cpp")
     vocab = tok.get_vocab()
     if max(vocab.values()) >= vocab_size:
         raise SlmError(f"tokenizer has ids up to {max(vocab.values())} but the model has only {vocab_size} "
@@ -142,7 +148,8 @@ def load_vocab(model_dir: Path, vocab_size: int, pre_tokenizer: str | None = Non
     # Whether HF puts a BOS in front, from its behaviour (GGUF readers otherwise guess per vocab type).
     with_special, plain = tok.encode("a"), tok.encode("a", add_special_tokens=False)
     add_bos = len(with_special) > len(plain) and with_special[1:] == plain[: len(with_special) - 1]
-    return {"model": "gpt2", "pre": name, "tokens": tokens, "scores": None, "types": types, "hash": h, "add_bos": add_bos}
+    return {"model": "gpt2", "pre": name, "tokens": tokens, "scores": None, "types": types, "hash": h,
+            "add_bos": add_bos}
 
 
 def add_vocab(w, vocab: dict, model_dir: Path, vocab_size: int) -> None:
@@ -206,11 +213,13 @@ def tensor_name_map(arch: str, layers: int):
     """gguf-py's HF → GGUF tensor name map for one of ARCHS' architectures."""
     import gguf
 
-    arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
+    arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
+                 "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
     return gguf.get_tensor_name_map(arch_enum, layers)
 
 
-def tensor_plan(reader: TensorReader, spec: ModelSpec, arch: str, ftype: str) -> list[tuple[str, str, list[int], str]]:
+def tensor_plan(reader: TensorReader, spec: ModelSpec, arch: str,
+                ftype: str) -> list[tuple[str, str, list[int], str]]:
     """[(hf name, gguf name, shape, gguf dtype)] for every tensor, from the headers alone (nothing loaded)."""
     tmap = tensor_name_map(arch, spec.layers)
     plan = []
@@ -240,7 +249,8 @@ def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_t
 
     model_dir, out = Path(model_dir), Path(out)
     if ftype not in FILE_TYPES:
-        raise SlmError(f"write_gguf writes f32, f16 or bf16, not {ftype!r} (quantized types go through quantize)")
+        raise SlmError(f"write_gguf writes f32, f16 or bf16, not {ftype!r} (quantized types go through "
+                       "quantize)")
     config = read_config(model_dir)
     arch = check_arch(config)
     spec = spec_from_config(config)

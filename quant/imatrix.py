@@ -30,7 +30,8 @@ def compute_imatrix(model_dir: Path, text: str | None, arch: str, n_ctx: int = 5
         from transformers import AutoTokenizer
 
         if not (text or "").strip():
-            raise SlmError("the --imatrix calibration text is empty: pass a text file with a few thousand tokens")
+            raise SlmError("the --imatrix calibration text is empty: pass a text file with a few thousand "
+                           "tokens")
         ids = AutoTokenizer.from_pretrained(str(model_dir)).encode(text)
     ids = list(ids)[:max_tokens]
     model = load_model(model_dir, "float32").eval()

@@ -1,7 +1,8 @@
-"""Where llama.cpp's time goes: one diagnostic pass that times every ggml graph node through the eval callback.
+"""Where llama.cpp's time goes: one diagnostic pass that times every ggml graph node through the eval
+callback.
 
-Kept apart from the context wrapper (quant/llamacpp.py) because it serialises the graph and must never run during
-the timed tests; profiling/ops.py groups its nodes into operator kinds.
+Kept apart from the context wrapper (quant/llamacpp.py) because it serialises the graph and must never run
+during the timed tests; profiling/ops.py groups its nodes into operator kinds.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from .llamacpp import captured_logs
 
 
 def op_profile(llm, n_prompt: int, n_decode: int = 16, threads: int | None = None) -> dict:
-    """Seconds per graph node kind, {phase: {(ggml op, tensor name): s}}, for one prefill of n_prompt tokens and
-    n_decode single-token steps, timed through llama.cpp's eval callback (llama.h: cb_eval in llama_context_params,
-    a ggml_backend_sched_eval_callback, as examples/eval-callback uses it) in a second context. Answering `ask`
-    with true for every node makes ggml_backend_sched compute one node per split: a node's time runs from the
-    end of its ask call to its tell call, after a 1-byte ggml_backend_tensor_get so a GPU has finished it. This
-    serialises the graph, so it is a separate diagnostic pass and never runs during the timed tests. `threads`:
-    the pass's CPU threads (default the wrapper's); every node then pays ggml's thread hand-off."""
+    """Seconds per graph node kind, {phase: {(ggml op, tensor name): s}}, for one prefill of n_prompt tokens
+    and n_decode single-token steps, timed through llama.cpp's eval callback (llama.h: cb_eval in
+    llama_context_params, a ggml_backend_sched_eval_callback, as examples/eval-callback uses it) in a second
+    context. Answering `ask` with true for every node makes ggml_backend_sched compute one node per split: a
+    node's time runs from the end of its ask call to its tell call, after a 1-byte ggml_backend_tensor_get so
+    a GPU has finished it. This serialises the graph, so it is a separate diagnostic pass and never runs
+    during the timed tests. `threads`: the pass's CPU threads (default the wrapper's); every node then pays
+    ggml's thread hand-off."""
     import time
 
     L, g = llm.L, ctypes.CDLL(str(Path(llm.L.__file__).parent / "lib" / "libggml-base.so"))

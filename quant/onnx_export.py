@@ -18,7 +18,8 @@ from slm.errors import SlmError
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
 EPS = ("cpu", "cuda")
-BYTES_PER_WEIGHT = {"int4": 0.6, "int8": 1.1, "fp16": 2.0, "fp32": 4.0}  # for the disk estimate (int4 has fp32 scales)
+# for the disk estimate (int4 has fp32 scales)
+BYTES_PER_WEIGHT = {"int4": 0.6, "int8": 1.1, "fp16": 2.0, "fp32": 4.0}
 
 
 def check_onnx(precisions: list[str], ep: str) -> list[str]:
@@ -32,7 +33,8 @@ def check_onnx(precisions: list[str], ep: str) -> list[str]:
     if out and ep not in EPS:
         raise SlmError(f"unknown execution provider {ep!r}: valid ones are {', '.join(EPS)}")
     if out:
-        for mod, pkg in (("onnxruntime_genai", "onnxruntime-genai"), ("onnx_ir", "onnx-ir"), ("onnx", "onnx")):
+        for mod, pkg in (("onnxruntime_genai", "onnxruntime-genai"), ("onnx_ir", "onnx-ir"),
+                         ("onnx", "onnx")):
             if importlib.util.find_spec(mod) is None:
                 raise SlmError(f"--onnx needs the {pkg} package: pip install {pkg} (or slm-lab[onnx])")
     return out
@@ -42,7 +44,8 @@ def build_onnx(model_dir: Path, out_dir: Path, precision: str, ep: str, cache_di
                extra: dict | None = None) -> Path:
     """Run `python -m onnxruntime_genai.models.builder` into out_dir; its output goes to `log`.
 
-    extra: the builder's `--extra_options` (algo_config, matmul_mixed_precision, block_size, …; builder.py's help)."""
+    extra: the builder's `--extra_options` (algo_config, matmul_mixed_precision, block_size, …; builder.py's
+    help)."""
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out_dir),
            "-p", precision, "-e", ep, "-c", str(cache_dir)]
     if extra:
@@ -51,7 +54,8 @@ def build_onnx(model_dir: Path, out_dir: Path, precision: str, ep: str, cache_di
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0 or not (out_dir / "genai_config.json").is_file():
         tail = log.read_text(errors="replace")[-800:].strip().splitlines()
-        raise RuntimeError(f"onnxruntime-genai builder failed for {precision} (rc={rc}): {tail[-1] if tail else ''}")
+        raise RuntimeError(f"onnxruntime-genai builder failed for {precision} (rc={rc}): "
+                           f"{tail[-1] if tail else ''}")
     return out_dir
 
 

@@ -1,13 +1,14 @@
-"""onnxruntime's own weight-only int4 quantizer (`onnxruntime.quantization.matmul_nbits_quantizer`) applied to the
-fp32 folder onnxruntime-genai's builder writes.
+"""onnxruntime's own weight-only int4 quantizer (`onnxruntime.quantization.matmul_nbits_quantizer`) applied to
+the fp32 folder onnxruntime-genai's builder writes.
 
-The builder's int4 path offers RTN and k-quant only; onnxruntime's `MatMulNBitsQuantizer` also has HQQ (Badri &
-Shaji 2023, half-quadratic optimisation of scale and zero point, no data) and GPTQ (Frantar et al. 2022, second-order
-error compensation from calibration activations). Both write the same `MatMulNBits` contrib op the builder does.
+The builder's int4 path offers RTN and k-quant only; onnxruntime's `MatMulNBitsQuantizer` also has HQQ (Badri
+& Shaji 2023, half-quadratic optimisation of scale and zero point, no data) and GPTQ (Frantar et al. 2022,
+second-order error compensation from calibration activations). Both write the same `MatMulNBits` contrib op
+the builder does.
 
 Tied embeddings (SmolLM2, Llama-3.2-1B, …): the builder's fp32 graph reads the embedding table as
-`Transpose(lm_head weight) → Gather`, so quantizing only the MatMuls would leave a full fp32 copy of the 49k × 576
-table behind. As the builder's own int4 graph does (builders/base.py `make_embedding_lookup`), the head is
+`Transpose(lm_head weight) → Gather`, so quantizing only the MatMuls would leave a full fp32 copy of the 49k ×
+576 table behind. As the builder's own int4 graph does (builders/base.py `make_embedding_lookup`), the head is
 quantized first — symmetric RTN int4, `DefaultWeightOnlyQuantConfig` — and the embedding then reads the same
 packed blocks through `Reshape → GatherBlockQuantized` (which takes no float zero points, so HQQ's asymmetric
 output could not be shared). The named algorithm then quantizes every remaining MatMul.
@@ -29,7 +30,8 @@ SIDE_FILES = ("genai_config.json", "tokenizer.json", "tokenizer_config.json", "c
 
 
 def _reader(model, windows: list[list[int]], head_size: int):
-    """A CalibrationDataReader feeding each window once with an empty KV cache (the builder graph's inputs)."""
+    """A CalibrationDataReader feeding each window once with an empty KV cache (the builder graph's
+    inputs)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     past = {}
@@ -40,8 +42,8 @@ def _reader(model, windows: list[list[int]], head_size: int):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.feeds = [{"input_ids": np.asarray([w], np.int64), "attention_mask": np.ones((1, len(w)), np.int64),
-                           **past} for w in windows]
+            self.feeds = [{"input_ids": np.asarray([w], np.int64),
+                           "attention_mask": np.ones((1, len(w)), np.int64), **past} for w in windows]
             self.it = iter(self.feeds)
 
         def get_next(self):
@@ -54,11 +56,16 @@ def _reader(model, windows: list[list[int]], head_size: int):
 
 
 def _quantize_head(model, block_size: int, accuracy_level: int | None):
-    """Symmetric RTN int4 on the LM head only (every other MatMul excluded), then the tied embedding onto it."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    """Symmetric RTN int4 on the LM head only (every other MatMul excluded), then the tied embedding onto
+    it."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != HEAD]
-    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level)
+    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True,
+                                       accuracy_level=accuracy_level)
     q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
                              nodes_to_exclude=others, algo_config=cfg)
     q.process()
@@ -68,7 +75,8 @@ def _quantize_head(model, block_size: int, accuracy_level: int | None):
 
 
 def _tie_embedding(model, block_size: int) -> None:
-    """Transpose(W) → Gather becomes Reshape(W_Q4) → GatherBlockQuantized when W is the quantized head's weight."""
+    """Transpose(W) → Gather becomes Reshape(W_Q4) → GatherBlockQuantized when W is the quantized head's
+    weight."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -109,13 +117,15 @@ def _body_config(algo: str, block_size: int, symmetric: bool, accuracy_level, wi
     if algo == "hqq":  # asymmetric by construction (float zero point per block)
         return M.HQQWeightOnlyQuantConfig(block_size=block_size, bits=4)
     # GPTQ: block_size here is GPTQ's column batch (its paper's B = 128); the group size is the quantizer's
-    return M.GPTQWeightOnlyQuantConfig(calibration_data_reader=_reader(model, windows, head_size), percdamp=0.01,
-                                       block_size=128, actorder=False, mse=False, perchannel=True)
+    return M.GPTQWeightOnlyQuantConfig(calibration_data_reader=_reader(model, windows, head_size),
+                                       percdamp=0.01, block_size=128, actorder=False, mse=False,
+                                       perchannel=True)
 
 
 def quantize_folder(fp32_dir: Path, out_dir: Path, algo: str, block_size: int = 32, symmetric: bool = False,
                     accuracy_level: int | None = 4, calibration: list[list[int]] | None = None) -> Path:
-    """fp32 builder folder → int4 folder by `algo` (rtn | hqq | gptq); calibration windows of token ids for gptq."""
+    """fp32 builder folder → int4 folder by `algo` (rtn | hqq | gptq); calibration windows of token ids for
+    gptq."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -124,8 +134,8 @@ def quantize_folder(fp32_dir: Path, out_dir: Path, algo: str, block_size: int = 
     model = _quantize_head(model, block_size, accuracy_level)
     head_size = json.loads((fp32_dir / "genai_config.json").read_text())["model"]["decoder"]["head_size"]
     cfg = _body_config(algo, block_size, symmetric, accuracy_level, calibration or [], model, head_size)
-    q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level,
-                             algo_config=cfg)
+    q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=symmetric,
+                             accuracy_level=accuracy_level, algo_config=cfg)
     q.process()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model.onnx.data").unlink(missing_ok=True)  # onnx appends external data to an existing file

@@ -6,7 +6,11 @@ A BPE tokenizer is identified by sha256(str(tokenizer.encode(CHKTXT))): the same
 vocabulary give the same ids. The name is what llama.cpp expects in `tokenizer.ggml.pre`.
 """
 
-CHKTXT = '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL'
+CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple '
+          'emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 '
+          'កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български '
+          '\'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? '
+          '\'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL')
 
 # sha256 of the token ids → (pre-tokenizer name, the model llama.cpp derived it from). llama.cpp tests the
 # hashes in order and the first match wins: where a hash repeats there (mpt/olmo, bert-bge/jina-v2-en) only

@@ -40,9 +40,9 @@ def quantize(src: Path | str, dst: Path | str, qtype: str, imatrix: dict | None 
     """Write `dst` as `qtype` from the GGUF `src`; `imatrix` maps GGUF tensor name → float32 vector.
 
     Written to a temp file renamed into place, so a crash never leaves a half file that a later run would take
-    for a finished one. Requantizing a quantized source is allowed (the profiler's sweep of a Q4_1 file does it;
-    its report says that quality is then relative to that file). Returns llama.cpp's log of the run (captured
-    rather than printed; `fallbacks_from_log` reads it).
+    for a finished one. Requantizing a quantized source is allowed (the profiler's sweep of a Q4_1 file does
+    it; its report says that quality is then relative to that file). Returns llama.cpp's log of the run
+    (captured rather than printed; `fallbacks_from_log` reads it).
     """
     L = lib()
     p = L.llama_model_quantize_default_params()
@@ -58,8 +58,8 @@ def quantize(src: Path | str, dst: Path | str, qtype: str, imatrix: dict | None 
         rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p))
     if rc != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        raise SlmError(f"llama.cpp could not quantize {Path(src).name} to {qtype} ({last_error(lines)}): check the "
-                       "source file (and --imatrix for i-quants)")
+        raise SlmError(f"llama.cpp could not quantize {Path(src).name} to {qtype} ({last_error(lines)}): "
+                       "check the source file (and --imatrix for i-quants)")
     tmp.replace(dst)
     return "\n".join(lines) + "\n"
 
@@ -76,8 +76,8 @@ def fallbacks_from_log(log: str) -> list[dict]:
 
 
 def inspect_gguf(path: Path, qtype: str, log: str | None = None) -> dict:
-    """What the file really holds (slm.gguf.contents: bits per weight, bytes per ggml type) and the tensors that
-    fell back, with `main_type` the type asked for.
+    """What the file really holds (slm.gguf.contents: bits per weight, bytes per ggml type) and the tensors
+    that fell back, with `main_type` the type asked for.
 
     A tensor "fell back" when llama.cpp could not give it the type it wanted because its rows are not a
     whole number of that type's blocks (K-quants and most i-quants use 256-wide super-blocks; SmolLM2's

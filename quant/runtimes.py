@@ -1,8 +1,8 @@
 """Check an export against its source: the fixed prompts and texts, and logits / greedy tokens per runtime.
 
 Every function here takes token ids so the HF model, the GGUF files (through the one llama.cpp wrapper,
-llamacpp.py) and the ONNX folders are compared on exactly the same inputs; perplexity and KLD come from the one
-scorer (score.py).
+llamacpp.py) and the ONNX folders are compared on exactly the same inputs; perplexity and KLD come from the
+one scorer (slm/score.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ PROMPTS = [
     "The 3 most common elements in the Earth's crust are oxygen, silicon and",
     "Les modèles de langage — petits ou grands — apprennent à prédire le mot suivant. 日本語も",
 ]
-# Strings for tokenizer parity: code, Unicode, whitespace runs, special tokens (issue #4).
+# Strings for tokenizer parity: code, Unicode, whitespace runs, special tokens.
 TOKENIZER_STRINGS = [
     "Hello world",
     "def f(x):\n\treturn x**2  # square\n\n\n    pass",
@@ -69,7 +69,8 @@ entries shrink to a line or two: lamp lit, lamp out, wind light from the south-w
 
 
 # ---- llama.cpp ----------------------------------------------------------------------------------------
-def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False, threads: int | None = None) -> LlamaCpp:
+def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False,
+              threads: int | None = None) -> LlamaCpp:
     """The one llama.cpp context wrapper (llamacpp.py) set up for checking: every position's logits, one batch
     per window, flash attention off (as llama-cpp-python's `Llama`, which earlier runs used).
 
@@ -77,8 +78,8 @@ def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False, threads: 
     threads: default all cores. On a CPU shared with other jobs use 1: ggml's threads wait for each other
     at every op, and a descheduled thread stalls each step (measured here: 0.4 s per token on a tiny model).
     """
-    return LlamaCpp(path, n_ctx, threads or os.cpu_count() or 1, kv_type="f32" if exact else "f16", n_batch=n_ctx,
-                    flash_attn=False)
+    return LlamaCpp(path, n_ctx, threads or os.cpu_count() or 1, kv_type="f32" if exact else "f16",
+                    n_batch=n_ctx, flash_attn=False)
 
 
 # ---- HF reference -------------------------------------------------------------------------------------
@@ -108,11 +109,13 @@ def hf_greedy(model, ids: list[int], n: int = 32) -> list[int]:
 
 
 def compare_logits(ref: list[np.ndarray], got: list[np.ndarray]) -> dict:
-    """Worst relative error (max |Δ| / max |ref| per prompt), max abs error, top-1 agreement over all positions."""
+    """Worst relative error (max |Δ| / max |ref| per prompt), max abs error, top-1 agreement over all
+    positions."""
     rel = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(ref, got))
     abs_ = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
     agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got)])
-    return {"max_rel_err": rel, "max_abs_err": abs_, "top1_agree": float(agree.mean()), "positions": int(agree.size)}
+    return {"max_rel_err": rel, "max_abs_err": abs_, "top1_agree": float(agree.mean()),
+            "positions": int(agree.size)}
 
 
 def prompt_ids(tokenizer, vocab_size: int) -> list[list[int]]:

@@ -1,5 +1,5 @@
-"""The text every machine has: this Python's own standard library and documentation, as a training corpus and as
-held-out text. One place for it, used by `slm demo`, the benchmarks and the profiler's quantization sweep.
+"""The text every machine has: this Python's own standard library and documentation, as a training corpus and
+as held-out text. One place for it, used by `slm demo`, the benchmarks and the profiler's quantization sweep.
 
 - Code: the stdlib's `.py` sources (tests, idlelib and lib2to3 left out: generated or near-duplicate text).
 - General prose: the language reference that ships with CPython (`pydoc_data.topics`), never trained on.
@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from slm.record import atomic_write_text
 
 CODE_FILES = 600  # stdlib files taken (sorted order): ~1.3 M tokens, more than the demo's budget reads
 SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3"}  # folders left out
-CODE_CHARS = (200, 60_000)  # a source file is kept when strictly inside this length (no stubs, no giant tables)
+# a source file is kept when strictly inside this length (no stubs, no giant tables)
+CODE_CHARS = (200, 60_000)
 # Python ships its own documentation; the docstrings of these stdlib modules are our offline held-out English.
 TEXT_MODULES = ("argparse", "collections", "json", "logging", "subprocess", "unittest", "pathlib", "textwrap",
-                "functools", "itertools", "typing", "dataclasses", "datetime", "decimal", "fractions", "heapq")
+                "functools", "itertools", "typing", "dataclasses", "datetime", "decimal", "fractions",
+                "heapq")
 
 
 def stdlib_files(max_files: int = CODE_FILES) -> list[Path]:
@@ -53,7 +55,8 @@ def heldout_text(min_chars: int = 81) -> str:
     parts = []
     for name in TEXT_MODULES:
         mod = importlib.import_module(name)
-        parts += [inspect.getdoc(mod) or ""] + [inspect.getdoc(getattr(mod, a)) or "" for a in sorted(dir(mod))
+        parts += [inspect.getdoc(mod) or ""] + [inspect.getdoc(getattr(mod, a)) or ""
+                                                for a in sorted(dir(mod))
                                                 if not a.startswith("_") and callable(getattr(mod, a))]
     return "\n\n".join(p for p in parts if len(p) >= min_chars)
 

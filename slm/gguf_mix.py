@@ -15,9 +15,10 @@ import gguf as gguf_py
 
 from slm.gguf import QUANT_TYPES, TYPES, get_type
 
-_FALLBACK_TO = {"IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
-                "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0",
-                "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}  # tensor_type_fallback's switch
+_FALLBACK_TO = {"IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL",
+                "IQ2_S": "IQ4_NL", "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL",
+                "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1",
+                "Q6_K": "Q8_0"}  # tensor_type_fallback's switch
 _IQ_LOW = ("iq2_xxs", "iq2_xs", "iq1_s", "iq2_s", "iq2_m", "iq1_m")
 
 
@@ -26,7 +27,8 @@ def _block(ggml_type: str) -> int:
 
 
 def gguf_tensors(spec) -> list[tuple[str, tuple]]:
-    """(GGUF name, ggml-order shape) of every tensor slm's writer emits for this shape, in llama.cpp's order."""
+    """(GGUF name, ggml-order shape) of every tensor slm's writer emits for this shape, in llama.cpp's
+    order."""
     h, q, kv = spec.hidden, spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
     out = [("output_norm.weight", (h,))] + ([] if spec.tied else [("output.weight", (h, spec.vocab))])
     out.append(("token_embd.weight", (h, spec.vocab)))
@@ -44,11 +46,13 @@ def gguf_tensors(spec) -> list[tuple[str, tuple]]:
 
 
 def _more_bits(i: int, n: int) -> bool:
-    """llama-quant.cpp's use_more_bits: the first and last eighth of the layers and every third one between."""
+    """llama-quant.cpp's use_more_bits: the first and last eighth of the layers and every third one
+    between."""
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def _mix_type(f: str, name: str, row: int, new: str, i: int, n: int, gqa: float, tied: bool, imatrix: bool) -> str:
+def _mix_type(f: str, name: str, row: int, new: str, i: int, n: int, gqa: float, tied: bool,
+              imatrix: bool) -> str:
     """The type llama_tensor_get_type_impl wants for one tensor of file type `f` (before the fallback)."""
     cat = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
     if cat == "output" or (tied and cat == "token_embd"):
@@ -73,14 +77,16 @@ def _mix_type(f: str, name: str, row: int, new: str, i: int, n: int, gqa: float,
         rules = {"q2_k": "Q4_K" if gqa >= 4 else "Q3_K", "q2_k_s": "Q4_K" if gqa >= 4 else new,
                  "iq3_xxs": "Q4_K" if gqa >= 4 else ("IQ3_XXS" if imatrix else "IQ3_S"),
                  "iq3_s": "Q4_K" if gqa >= 4 else new, "iq3_m": "Q4_K", "q3_k_m": "Q5_K" if i < 2 else "Q4_K",
-                 "q3_k_l": "Q5_K", "iq4_nl": "Q5_K" if gqa >= 4 else new, "iq4_xs": "Q5_K" if gqa >= 4 else new,
+                 "q3_k_l": "Q5_K", "iq4_nl": "Q5_K" if gqa >= 4 else new,
+                 "iq4_xs": "Q5_K" if gqa >= 4 else new,
                  "q4_k_m": "Q6_K" if _more_bits(i, n) else new, "q5_k_m": "Q6_K" if _more_bits(i, n) else new,
                  "q4_k_s": "Q5_K" if i < 4 else new}
         return rules.get(f, new)
     if cat in ("attn_k", "attn_q"):
         return "IQ2_S" if f == "iq3_xxs" else new
     if cat == "attn_output":
-        return {"q2_k": "Q3_K", "iq3_xxs": "IQ3_S", "q3_k_m": "Q4_K", "q3_k_l": "Q5_K", "iq3_m": "Q4_K"}.get(f, new)
+        return {"q2_k": "Q3_K", "iq3_xxs": "IQ3_S", "q3_k_m": "Q4_K", "q3_k_l": "Q5_K",
+                "iq3_m": "Q4_K"}.get(f, new)
     if cat == "ffn_down":  # the if/else-if chain of llama_tensor_get_type_impl, first match wins
         early = i < n // 8
         chain = [(f == "q2_k", "Q3_K"), (f == "q2_k_s", "Q4_K" if early else new),
@@ -134,9 +140,9 @@ def fallbacks_for(spec, qtype: str, imatrix: bool | None = None) -> dict:
              "why": f"row length {r['row']} is not a multiple of {_block(r['wanted'])}"}
             for r in rows if r["type"] != r["wanted"]]
     params, nbytes = sum(r["params"] for r in rows), sum(e["bytes"] for e in by_type.values())
-    return {"type": t.name, "main_type": t.ggml_type, "nominal_bpw": t.bpw, "bits_per_weight": 8 * nbytes / params,
-            "params": params, "tensor_bytes": nbytes, "by_type": by_type, "fallbacks": fell,
-            "holds": not any(f["wanted"] == t.ggml_type for f in fell)}
+    return {"type": t.name, "main_type": t.ggml_type, "nominal_bpw": t.bpw,
+            "bits_per_weight": 8 * nbytes / params, "params": params, "tensor_bytes": nbytes,
+            "by_type": by_type, "fallbacks": fell, "holds": not any(f["wanted"] == t.ggml_type for f in fell)}
 
 
 def types_that_hold(spec, include_imatrix: bool = False) -> list[str]:
@@ -146,8 +152,8 @@ def types_that_hold(spec, include_imatrix: bool = False) -> list[str]:
 
 
 def fallback_warning(spec, types) -> str | None:
-    """One line naming the requested types that will fall back on this shape, what they will really hold and the
-    types that keep their bits; None when every type holds."""
+    """One line naming the requested types that will fall back on this shape, what they will really hold and
+    the types that keep their bits; None when every type holds."""
     bad = [fallbacks_for(spec, q) for q in types if not get_type(q).is_float]
     bad = [b for b in bad if not b["holds"]]
     if not bad:
@@ -155,5 +161,5 @@ def fallback_warning(spec, types) -> str | None:
     what = "; ".join(f"{b['type']}: {len(b['fallbacks'])} tensors fall back ("
                      + ", ".join(f"{k} {v['tensors']}" for k, v in sorted(b["by_type"].items()) if k != "F32")
                      + f"), {b['bits_per_weight']:.2f} bits/weight, not {b['nominal_bpw']:.2f}" for b in bad)
-    return (f"warning: rows of {spec.hidden}/{spec.intermediate} are not a multiple of 256 for every tensor — {what}; "
-            f"types that hold on this shape: {', '.join(types_that_hold(spec))}")
+    return (f"warning: rows of {spec.hidden}/{spec.intermediate} are not a multiple of 256 for every tensor "
+            f"— {what}; types that hold on this shape: {', '.join(types_that_hold(spec))}")

@@ -6,11 +6,12 @@ output at once, and nothing is left behind.
   would delete what the run is about to read;
 - checks that the output's parent can be created and written (a probe file, not os.access, which lies for
   read-only mounts and /proc);
-- takes an exclusive lock beside the output (`.NAME.lock`, created with O_EXCL, holding the owner's PID and host);
-  a lock whose PID is dead on this host is stale: reported, and broken only with --force;
-- removes temporaries that dead processes left beside the output (`.NAME.tmp-PID`, `.NAME.old-PID`), saying so.
-The lock is released when the block exits, however it exits; a block that fails also removes the (empty) parent
-folders the guard created, so a refused or failed run leaves nothing behind.
+- takes an exclusive lock beside the output (`.NAME.lock`, created with O_EXCL, holding the owner's PID and
+  host); a lock whose PID is dead on this host is stale: reported, and broken only with --force;
+- removes temporaries that dead processes left beside the output (`.NAME.tmp-PID`, `.NAME.old-PID`), saying
+  so.
+The lock is released when the block exits, however it exits; a block that fails also removes the (empty)
+parent folders the guard created, so a refused or failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from slm.errors import SlmError
 
@@ -57,18 +58,20 @@ def check_not_input(out: Path, inputs: Iterable[Path | str]) -> None:
         p = Path(i).resolve()
         if o == p or o in p.parents or p in o.parents:
             rel = "is" if o == p else ("contains" if o in p.parents else "lies inside")
-            raise SlmError(f"output {out} {rel} the input {i}: writing it would destroy the input; choose another "
-                           "output path (--force cannot override this)")
+            raise SlmError(f"output {out} {rel} the input {i}: writing it would destroy the input; choose "
+                           "another output path (--force cannot override this)")
 
 
 def check_writable(out: Path) -> None:
-    """A file can be created in the output's nearest existing ancestor folder (nothing is created that stays)."""
+    """A file can be created in the output's nearest existing ancestor folder (nothing is created that
+    stays)."""
     out = Path(out).absolute()
     probe_from = out.parent
     while not probe_from.exists():
         probe_from = probe_from.parent
     if not probe_from.is_dir():
-        raise SlmError(f"cannot write {out}: {probe_from} is a file, not a folder; choose another output path")
+        raise SlmError(f"cannot write {out}: {probe_from} is a file, not a folder; choose another output "
+                       "path")
     try:
         probe = probe_from / f".{out.name}.probe-{os.getpid()}"
         probe.write_bytes(b"")
@@ -78,7 +81,8 @@ def check_writable(out: Path) -> None:
 
 
 def clean_stale_temps(folder: Path, prefix: str = "", say: Callable[[str], None] = _say) -> list[Path]:
-    """Remove `.{prefix}…tmp-PID` / `.old-PID` entries in `folder` whose PID is dead; return what was removed."""
+    """Remove `.{prefix}…tmp-PID` / `.old-PID` entries in `folder` whose PID is dead; return what was
+    removed."""
     removed = []
     if not folder.is_dir():
         return removed
@@ -86,7 +90,8 @@ def clean_stale_temps(folder: Path, prefix: str = "", say: Callable[[str], None]
         m = _TEMP.search(p.name)
         if not (m and p.name.startswith("." + prefix)) or pid_alive(int(m[1])):
             continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        (shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink()
+         else p.unlink(missing_ok=True))
         say(f"removed {p}, left by a process (PID {m[1]}) that died before finishing")
         removed.append(p)
     return removed
@@ -110,8 +115,9 @@ _HALF_WRITTEN_S = 10.0  # a lock with no readable owner younger than this may be
 
 
 def _stale_owner(lock: Path, me: dict) -> tuple[bool, int, str]:
-    """(stale?, pid, host) of an existing lock: stale when its PID is dead on this host, or when it holds no owner
-    at all (its writer died between creating and filling it, or the disk was full) and is older than a moment."""
+    """(stale?, pid, host) of an existing lock: stale when its PID is dead on this host, or when it holds no
+    owner at all (its writer died between creating and filling it, or the disk was full) and is older than a
+    moment."""
     owner = _read_lock(lock)
     pid, host = int(owner.get("pid", 0) or 0), str(owner.get("host", "?"))
     if not pid:
@@ -124,8 +130,9 @@ def _stale_owner(lock: Path, me: dict) -> tuple[bool, int, str]:
 
 
 def acquire_lock(out: Path, force: bool = False) -> Path:
-    """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it. Re-entrant within
-    one process: a verb may guard its output early (before long work) and the atomic writer guard it again."""
+    """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it. Re-entrant
+    within one process: a verb may guard its output early (before long work) and the atomic writer guard it
+    again."""
     lock = lock_path(out)
     if _HELD.get(lock):
         _HELD[lock] += 1
@@ -137,12 +144,13 @@ def acquire_lock(out: Path, force: bool = False) -> Path:
         except FileExistsError:
             stale, pid, host = _stale_owner(lock, me)
             if not stale:
-                raise SlmError(f"output {out} locked by PID {pid or '?'} on {host}: wait for that run to finish or "
-                               "choose another output") from None
+                raise SlmError(f"output {out} locked by PID {pid or '?'} on {host}: wait for that run to "
+                               "finish or choose another output") from None
             if not force:
-                raise SlmError(f"output {out} has a stale lock {lock.name} from PID {pid or '?'}, which is no longer "
-                               "running: pass --force to break it") from None
-            # Break it by renaming (atomic: of two runs breaking the same lock only one rename succeeds), then retry.
+                raise SlmError(f"output {out} has a stale lock {lock.name} from PID {pid or '?'}, which is "
+                               "no longer running: pass --force to break it") from None
+            # Break it by renaming (atomic: of two runs breaking the same lock only one rename succeeds), then
+            # retry.
             with contextlib.suppress(FileNotFoundError):
                 broken = lock.with_name(f"{lock.name}.broken-{os.getpid()}")
                 os.rename(lock, broken)
@@ -183,7 +191,8 @@ def guard_output(out: Path | str, inputs: Iterable[Path | str | None] = (), forc
         check_writable(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = acquire_lock(out, force)
-        if out.exists() and not (force or exists_ok) and _HELD[lock] == 1:  # another run finished it meanwhile
+        # another run finished it meanwhile
+        if out.exists() and not (force or exists_ok) and _HELD[lock] == 1:
             release_lock(lock)
             raise SlmError(f"output {out} already exists: choose another path or pass --force to replace it")
     except BaseException:
@@ -209,9 +218,10 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-# ---- the atomic writer every output folder goes through ------------------------------------------------------
+# ---- the atomic writer every output folder goes through ----------------------------------------------------
 @contextlib.contextmanager
-def atomic_dir(out: Path | str, force: bool = False, inputs: Iterable[Path | str | None] = ()) -> Iterator[Path]:
+def atomic_dir(out: Path | str, force: bool = False,
+               inputs: Iterable[Path | str | None] = ()) -> Iterator[Path]:
     """Yield a temp directory beside `out`; on success it replaces `out`, on failure it is removed.
 
     Written through slm.guard: refuses an existing `out` unless force, and an `out` that is, contains or lies
@@ -235,7 +245,8 @@ def atomic_dir(out: Path | str, force: bool = False, inputs: Iterable[Path | str
 
 
 def check_output(out: Path | str, force: bool, inputs: Iterable[Path | str | None] = ()) -> None:
-    """The cheap checks of slm.guard, before long work: not an input, not existing (unless force), writable."""
+    """The cheap checks of slm.guard, before long work: not an input, not existing (unless force),
+    writable."""
     out = Path(out)
     check_not_input(out, inputs)
     if out.exists() and not force:

@@ -11,8 +11,8 @@ import math
 import os
 import shutil
 import struct
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -34,9 +34,11 @@ def read_config(model_dir: Path | str) -> dict:
     model_dir = Path(model_dir)
     cfg = model_dir / "config.json"
     if not model_dir.is_dir():
-        raise SlmError(f"model {model_dir} is not a directory: pass an HF checkpoint folder (`slm import` turns a GGUF into one)")
+        raise SlmError(f"model {model_dir} is not a directory: pass an HF checkpoint folder (`slm import` "
+                       "turns a GGUF into one)")
     if not cfg.is_file():
-        raise SlmError(f"no config.json in {model_dir}: not an HF checkpoint (use `slm import FILE.gguf OUT/` for a GGUF)")
+        raise SlmError(f"no config.json in {model_dir}: not an HF checkpoint (use `slm import FILE.gguf "
+                       "OUT/` for a GGUF)")
     try:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as e:
@@ -54,7 +56,8 @@ def weight_files(model_dir: Path) -> list[Path]:
         files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         pickled = [p.name for p in model_dir.glob("*.bin")] + [p.name for p in model_dir.glob("*.pt")]
-        hint = f" (found pickle files {pickled}: convert them to safetensors; slm never unpickles)" if pickled else ""
+        hint = (f" (found pickle files {pickled}: convert them to safetensors; slm never unpickles)"
+                if pickled else "")
         raise SlmError(f"no .safetensors weights in {model_dir}{hint}")
     for f in files:
         if not f.is_file():
@@ -76,7 +79,8 @@ MAX_HEADER = 100 * 1024**2
 
 
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header without __metadata__, byte offset where tensor data starts); SlmError if the file is corrupt."""
+    """(header without __metadata__, byte offset where tensor data starts); SlmError if the file is
+    corrupt."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -94,16 +98,18 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
                 raise ValueError(f"unsupported dtype {v['dtype']}")
             start, stop = v["data_offsets"]
             want = math.prod(v["shape"]) * ST_DTYPES[v["dtype"]].itemsize
-            if stop - start != want:  # a shape that disagrees with its bytes would fail later, inside a reshape
-                raise ValueError(f"tensor {name} has shape {v['shape']} ({want} bytes) but {stop - start} bytes of data")
+            # a shape that disagrees with its bytes would fail later, inside a reshape
+            if stop - start != want:
+                raise ValueError(f"tensor {name} has shape {v['shape']} ({want} bytes) but {stop - start} "
+                                 "bytes of data")
     except (ValueError, KeyError, TypeError, struct.error) as e:
         raise SlmError(f"{path} is not a valid safetensors file ({e}); re-download or re-save it") from None
     return header, 8 + n
 
 
 def check_weights(model_dir: Path | str) -> list[Path]:
-    """The checkpoint's weight files, each header read and checked: pickle-only, empty, truncated or inconsistent
-    checkpoints fail here in one line, before any long work."""
+    """The checkpoint's weight files, each header read and checked: pickle-only, empty, truncated or
+    inconsistent checkpoints fail here in one line, before any long work."""
     files = weight_files(Path(model_dir))
     for f in files:
         read_safetensors_header(f)
@@ -182,7 +188,8 @@ class ShardedWriter:
         if t.dtype not in ST_NAMES:
             raise SlmError(f"cannot store {name} of dtype {t.dtype} in safetensors")
         if n:
-            self._data.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
+            # no copy
+            self._data.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
         self._header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape),
                               "data_offsets": [self._offset, self._offset + n]}
         self._offset += n
@@ -193,7 +200,8 @@ class ShardedWriter:
         if self._data is None:
             self._data = open(data_path, "wb")
         self._data.close()
-        header = json.dumps({"__metadata__": {"format": "pt"}, **self._header}, separators=(",", ":")).encode()
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self._header},
+                            separators=(",", ":")).encode()
         header += b" " * (-len(header) % 8)  # pad like safetensors does, so tensor data stays 8-byte aligned
         path = self.dir / f".shard-{len(self._shards):05d}.safetensors"
         with open(path, "wb") as out, open(data_path, "rb") as src:
@@ -250,15 +258,16 @@ def load_model(model_dir: Path | str, dtype: str = "float32", **kw):
 
 
 def cache_kwarg(model) -> str:
-    """The name of forward's KV-cache argument: transformers 5.24 renamed `past_key_values` to `cache` (the old
-    name warns until 5.40), and the range we support spans both."""
+    """The name of forward's KV-cache argument: transformers 5.24 renamed `past_key_values` to `cache` (the
+    old name warns until 5.40), and the range we support spans both."""
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def save_model(model, out: Path | str, tokenizer=None, src: Path | None = None, force: bool = False,
-               max_shard_size: str = "2GB", inputs: Iterable[Path | str | None] = (), record: dict | None = None) -> Path:
+               max_shard_size: str = "2GB", inputs: Iterable[Path | str | None] = (),
+               record: dict | None = None) -> Path:
     """save_pretrained into an atomic directory; tokenizer/aux files from `tokenizer` or copied from `src`;
     `record`: write_record's keyword arguments, so slm.json lands inside the same atomic write."""
     from slm.record import write_record

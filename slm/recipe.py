@@ -1,11 +1,11 @@
-"""One parser for every recipe (train, merge; later ablate and profile): a YAML mapping, `key=value` overrides,
-the caller's typed dataclass, and the resolved recipe saved next to the output.
+"""One parser for every recipe (train, merge; later ablate and profile): a YAML mapping, `key=value`
+overrides, the caller's typed dataclass, and the resolved recipe saved next to the output.
 
 After torchtune's `config/_parse.py` (a YAML file merged with a command-line dotlist) and litgpt's dataclass
-arguments, without OmegaConf: an override's value is read as YAML (`lr=1e-3`, `trainable=[5, 11]`), a dotted key
-sets one entry of a nested mapping (`mixture.code=1.5`), and an unknown key is a one-line error naming the
-closest valid key and listing them all. Each verb keeps its own dataclass (fields, defaults, validation);
-this module only turns text into keyword arguments for it.
+arguments, without OmegaConf: an override's value is read as YAML (`lr=1e-3`, `trainable=[5, 11]`), a dotted
+key sets one entry of a nested mapping (`mixture.code=1.5`), and an unknown key is a one-line error naming the
+closest valid key and listing them all. Each verb keeps its own dataclass (fields, defaults, validation); this
+module only turns text into keyword arguments for it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -37,7 +38,8 @@ def read_mapping(path: Path | str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SlmError(f"recipe {p} holds a {type(data).__name__}, not a mapping: write one `key: value` per line")
+        raise SlmError(f"recipe {p} holds a {type(data).__name__}, not a mapping: write one `key: value` per "
+                       "line")
     return data
 
 
@@ -62,7 +64,8 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
         for k in parents:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise SlmError(f"override {o!r}: `{k}` is not a mapping, so it has no `.{leaf}`: set `{k}=VALUE`")
+                raise SlmError(f"override {o!r}: `{k}` is not a mapping, so it has no `.{leaf}`: set "
+                               f"`{k}=VALUE`")
         node[leaf] = parse_value(value)
     return data
 
@@ -80,15 +83,16 @@ def resolve_paths(data: dict, base: Path, keys: Iterable[str]) -> dict:
                 data[name] = absolute(data[name])
             continue
         if isinstance(data.get(name), list):
-            data[name] = [({**m, item: absolute(m[item])} if item in m else m) if isinstance(m, dict) else absolute(m)
+            data[name] = [({**m, item: absolute(m[item])} if item in m else m) if isinstance(m, dict)
+                          else absolute(m)
                           for m in data[name]]
     return data
 
 
 def build(cls: type[T], data: dict) -> T:
     """`cls(**data)` for a recipe dataclass: unknown and missing keys are one-line errors, and a number that
-    YAML 1.1 read as text (`2e-4` has no dot) is taken as the number a float/int field obviously wants; a plain
-    float/int field must hold a finite number, and an int field a whole one (see `_number`)."""
+    YAML 1.1 read as text (`2e-4` has no dot) is taken as the number a float/int field obviously wants; a
+    plain float/int field must hold a finite number, and an int field a whole one (see `_number`)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -99,12 +103,14 @@ def build(cls: type[T], data: dict) -> T:
     missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise SlmError(f"the recipe needs `{missing[0]}`: add `{missing[0]}: VALUE` to the YAML or `{missing[0]}=VALUE`")
+        raise SlmError(f"the recipe needs `{missing[0]}`: add `{missing[0]}: VALUE` to the YAML or "
+                       f"`{missing[0]}=VALUE`")
     return cls(**{k: _number(k, v, _type_name(fields[k])) for k, v in data.items()})
 
 
 def _type_name(f: dataclasses.Field) -> str:
-    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")  # postponed annotations: text
+    # postponed annotations: text
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
 
 
 def _number(key: str, value: Any, type_name: str) -> Any:
@@ -118,7 +124,8 @@ def _number(key: str, value: Any, type_name: str) -> Any:
         except ValueError:
             raise SlmError(f"{key}={value!r} is not a number") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SlmError(f"{key}={value!r} is not a number: write e.g. {key}={1 if type_name == 'int' else 0.5}")
+        raise SlmError(f"{key}={value!r} is not a number: write e.g. "
+                       f"{key}={1 if type_name == 'int' else 0.5}")
     if not math.isfinite(value):
         raise SlmError(f"{key}={value} is not a finite number: give a finite value")
     if type_name == "float":
@@ -131,9 +138,9 @@ def _number(key: str, value: Any, type_name: str) -> Any:
 def load_recipe(cls: type[T], path: Path | str | None = None, overrides: Iterable[str] = (), *,
                 extra: dict | None = None, defaults: Callable[[dict], dict] | None = None,
                 paths: Iterable[str] = ()) -> T:
-    """The one way a verb reads its recipe: the YAML file (optional), then `overrides`, then `extra` (the verb's
-    own flags; None values skipped), with `paths` made relative to the recipe file, over `defaults(data)` (e.g.
-    a preset the recipe names), into a validated `cls`."""
+    """The one way a verb reads its recipe: the YAML file (optional), then `overrides`, then `extra` (the
+    verb's own flags; None values skipped), with `paths` made relative to the recipe file, over
+    `defaults(data)` (e.g. a preset the recipe names), into a validated `cls`."""
     data = read_mapping(path) if path else {}
     apply_overrides(data, overrides or ())
     data.update({k: v for k, v in (extra or {}).items() if v is not None})
@@ -145,8 +152,8 @@ def load_recipe(cls: type[T], path: Path | str | None = None, overrides: Iterabl
 
 
 def save_recipe(folder: Path | str, recipe: dict | Any, name: str = RECIPE_FILE) -> Path:
-    """Write the resolved recipe (a dict or a dataclass) as YAML into `folder`, in field order; returns the file.
-    Loading it back with `load_recipe` gives the same recipe."""
+    """Write the resolved recipe (a dict or a dataclass) as YAML into `folder`, in field order; returns the
+    file. Loading it back with `load_recipe` gives the same recipe."""
     d = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe)
     out = Path(folder) / name
     atomic_write_text(out, yaml.safe_dump(d, sort_keys=False))

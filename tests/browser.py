@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def launch():
@@ -42,12 +42,14 @@ def open_report(browser, path: Path, shot: Path) -> tuple[object, list[str]]:
 
 def assert_renders(page, errors):
     assert errors == []
-    broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+    broken = page.evaluate("Array.from(document.images)"
+                           ".filter(i => !i.complete || i.naturalWidth === 0).length")
     assert broken == 0
     # every figure holds an SVG with drawn content and a non-zero size
     sizes = page.evaluate("""Array.from(document.querySelectorAll('figure')).map(f => {
         const s = f.querySelector('svg'); if (!s) return 0;
-        const r = s.getBoundingClientRect(); return s.querySelectorAll('path,rect,use').length > 3 ? r.width * r.height : 0; })""")
+        const r = s.getBoundingClientRect(); """
+        "return s.querySelectorAll('path,rect,use').length > 3 ? r.width * r.height : 0; })")
     assert all(a > 10_000 for a in sizes), sizes
 
 

@@ -54,14 +54,16 @@ def tiny(tmp_path):
     counter = iter(range(1000))
 
     def _make(kind: str = "llama", tied: bool = False, name: str | None = None, **kw) -> Path:
-        return make_tiny(tmp_path / (name or f"{kind}-{'tied' if tied else 'untied'}-{next(counter)}"), kind, tied, **kw)
+        return make_tiny(tmp_path / (name or f"{kind}-{'tied' if tied else 'untied'}-{next(counter)}"), kind,
+                         tied, **kw)
 
     return _make
 
 
 @pytest.fixture(scope="session")
 def real_model(tmp_path_factory) -> Path:
-    """The bundled SmolLM2-135M-Instruct imported from its GGUF into an fp32 HF checkpoint (once per session)."""
+    """The bundled SmolLM2-135M-Instruct imported from its GGUF into an fp32 HF checkpoint (once per
+    session)."""
     from slm.gguf_import import import_gguf
 
     out = tmp_path_factory.mktemp("real") / "smollm2-135m"

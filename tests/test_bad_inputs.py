@@ -1,13 +1,14 @@
-"""Bad inputs, as a careless or hostile user gives them, end in one line and lose nothing (issue 14).
+"""Bad inputs, as a careless or hostile user gives them, end in one line and lose nothing.
 
 One table. Each row drives one reproduction through the CLI in this process (`slm.cli.main`), and the test
 asserts the contract every verb keeps: exit code 2; stderr exactly one line, `error: …`, holding the row's
 words; no traceback; every file under the row's folder byte-identical afterwards (the inputs untouched) and
 nothing new there (no output folder, no `.tmp-`/`.lock` left) — except what the row says a run may keep.
 
-To add a row: `Row(id, argv, words)` where `argv(w)` builds the command line from a Workspace `w`: `w.M` a tiny
-model with a tokenizer, `w.D` data prepared from it, `w.out` an output path that does not exist, `w.file(name,
-text)` / `w.dir(name)` more inputs, `w.hold_lock(path)` a live process holding the lock of an output.
+To add a row: `Row(id, argv, words)` where `argv(w)` builds the command line from a Workspace `w`: `w.M` a
+tiny model with a tokenizer, `w.D` data prepared from it, `w.out` an output path that does not exist,
+`w.file(name, text)` / `w.dir(name)` more inputs, `w.hold_lock(path)` a live process holding the lock of an
+output.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -36,8 +37,8 @@ TRAIN = ["steps=2", "seq_len=48", "global_batch=2", "micro_batch=2", "trainable=
 
 
 class Workspace:
-    """A row's folder: a tiny model M (with a byte tokenizer), data D prepared from it, and whatever inputs the
-    row adds; everything under `root` is hashed before and after the command."""
+    """A row's folder: a tiny model M (with a byte tokenizer), data D prepared from it, and whatever inputs
+    the row adds; everything under `root` is hashed before and after the command."""
 
     def __init__(self, root: Path, template: Path):
         self.root = root
@@ -64,7 +65,8 @@ class Workspace:
         """A live process owns `out`'s lock, as a second run would find it while the first is running."""
         holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         self._holders.append(holder)
-        out.with_name(f".{out.name}.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        out.with_name(f".{out.name}.lock").write_text(json.dumps({"pid": holder.pid,
+                                                                  "host": socket.gethostname()}))
         return out
 
     def close(self) -> None:
@@ -78,7 +80,8 @@ class Row:
     id: str
     argv: Callable[[Workspace], list]  # the command line after `slm`
     words: str  # expected in the one error line
-    keeps: tuple[str, ...] = field(default=())  # globs (relative to the row's folder) of what the run may leave
+    # globs (relative to the row's folder) of what the run may leave
+    keeps: tuple[str, ...] = field(default=())
 
 
 def train(w: Workspace, *extra, out=None) -> list:
@@ -109,7 +112,8 @@ ROWS = [
     Row("train-out-is-data", lambda w: train(w, "--force", out=w.D), "is the input"),
     Row("train-out-is-init", lambda w: train(w, f"--init={w.dir('W')}", "--force", out=w.root / "W"),
         "is the input"),
-    Row("train-out-parent-is-file", lambda w: train(w, out=w.file("afile", "x") / "run"), "is a file, not a folder"),
+    Row("train-out-parent-is-file", lambda w: train(w, out=w.file("afile", "x") / "run"),
+        "is a file, not a folder"),
     Row("train-out-is-file", lambda w: train(w, out=w.file("afile", "x")), "is a file, not a run folder"),
     Row("train-out-locked", lambda w: train(w, out=w.hold_lock(w.out)), "locked by PID"),
     Row("train-resume-nothing", lambda w: train(w, "--resume"), "no complete checkpoint"),
@@ -117,13 +121,18 @@ ROWS = [
     Row("train-eps-negative", lambda w: train(w, "eps=-1"), "eps must be a finite number in (0, ∞)"),
     Row("train-steps-fraction", lambda w: train(w, "steps=2.9"), "steps=2.9 is not a whole number"),
     Row("train-lr-inf", lambda w: train(w, "lr=.inf"), "lr=inf is not a finite number"),
-    Row("train-betas-text", lambda w: train(w, "betas=[0.9, abc]"), "betas[1] must be a finite number in [0, 1)"),
-    Row("train-warmup-over-one", lambda w: train(w, "warmup_ratio=1.5"), "warmup_ratio must be a finite number"),
-    # train: an attention path, loss or device this machine lacks, refused before any weights are read (issue 10)
-    Row("train-attn-flash-missing", lambda w: train(w, "attn=flash"), "attn=flash needs flash-attn: `pip install flash-attn"),
-    Row("train-attn-flex-on-cpu", lambda w: train(w, "attn=flex", "device=cpu"), "attn=flex trains on CUDA only"),
+    Row("train-betas-text", lambda w: train(w, "betas=[0.9, abc]"),
+        "betas[1] must be a finite number in [0, 1)"),
+    Row("train-warmup-over-one", lambda w: train(w, "warmup_ratio=1.5"),
+        "warmup_ratio must be a finite number"),
+    # train: an attention path, loss or device this machine lacks, refused before any weights are read
+    Row("train-attn-flash-missing", lambda w: train(w, "attn=flash"),
+        "attn=flash needs flash-attn: `pip install flash-attn"),
+    Row("train-attn-flex-on-cpu", lambda w: train(w, "attn=flex", "device=cpu"),
+        "attn=flex trains on CUDA only"),
     Row("train-loss-liger-missing", lambda w: train(w, "loss=liger"), "loss=liger needs liger-kernel"),
-    Row("train-device-cuda-missing", lambda w: train(w, "device=cuda"), "no CUDA device is visible: use device=cpu"),
+    Row("train-device-cuda-missing", lambda w: train(w, "device=cuda"),
+        "no CUDA device is visible: use device=cpu"),
     # train: a loss that turns NaN stops the run, keeping the last good checkpoint and writing no final model
     Row("train-loss-nan", lambda w: train(w, "lr=1e30", "save_every=1", "warmup_ratio=0", "steps=4"),
         "step 2: the", keeps=("out", "out/metrics.jsonl", "out/recipe.yaml", "out/checkpoints",
@@ -131,7 +140,8 @@ ROWS = [
     # data prepare: records checked before tokenizing; outputs guarded
     Row("data-malformed-jsonl", lambda w: prepare(w, "c=" + str(w.file("bad.jsonl", TEXT + '{"text": '))),
         "bad.jsonl:2: not valid JSON"),
-    Row("data-weight-not-a-number", lambda w: prepare(w, f"c={w.dir('src')}:abc"), "weight 'abc' is not a number"),
+    Row("data-weight-not-a-number", lambda w: prepare(w, f"c={w.dir('src')}:abc"),
+        "weight 'abc' is not a number"),
     Row("data-chat-without-assistant", lambda w: prepare(w, f"c={w.file('chat.jsonl', chat('user') * 3)}"),
         "has an assistant turn"),
     Row("data-mixed-text-and-chat",
@@ -139,14 +149,17 @@ ROWS = [
         "mix.jsonl:2: source c mixes text and chat"),
     Row("data-out-inside-source", lambda w: prepare(w, f"c={w.dir('src')}", out=w.root / "src" / "prepared"),
         "lies inside the input"),
-    Row("data-out-is-tokenizer", lambda w: prepare(w, f"c={w.dir('src')}", out=w.M) + ["--force"], "is the input"),
+    Row("data-out-is-tokenizer", lambda w: prepare(w, f"c={w.dir('src')}", out=w.M) + ["--force"],
+        "is the input"),
     Row("data-out-parent-is-file", lambda w: prepare(w, f"c={w.dir('src')}", out=w.file("afile", "x") / "d"),
         "is a file, not a folder"),
-    Row("data-out-locked", lambda w: prepare(w, f"c={w.dir('src')}", out=w.hold_lock(w.out)), "locked by PID"),
+    Row("data-out-locked", lambda w: prepare(w, f"c={w.dir('src')}", out=w.hold_lock(w.out)),
+        "locked by PID"),
     # eval: its report folder is an output too
     Row("eval-out-is-model", lambda w: ["eval", w.M, "--data", w.D, "--out", w.M, "--force"], "is the input"),
     # merge: recipe values and the output
-    Row("merge-t-not-a-number", lambda w: merge(w, {"method": "slerp", "models": [str(w.M), str(w.M)], "t": "abc"}),
+    Row("merge-t-not-a-number",
+        lambda w: merge(w, {"method": "slerp", "models": [str(w.M), str(w.M)], "t": "abc"}),
         "slerp t must be in [0, 1]"),
     Row("merge-weight-not-a-number",
         lambda w: merge(w, {"method": "linear", "models": [{"model": str(w.M), "weight": "abc"}]}),
@@ -155,13 +168,15 @@ ROWS = [
         "needs a `model:` path"),
     Row("merge-recipe-is-a-list", lambda w: merge(w, [{"method": "linear"}]), "holds a list, not a mapping"),
     Row("merge-out-is-input",
-        lambda w: merge(w, {"method": "linear", "models": [str(w.M), str(w.M)]}, "--force", out=w.M), "is the input"),
-    Row("merge-out-locked", lambda w: merge(w, {"method": "linear", "models": [str(w.M)]}, out=w.hold_lock(w.out)),
+        lambda w: merge(w, {"method": "linear", "models": [str(w.M), str(w.M)]}, "--force", out=w.M),
+        "is the input"),
+    Row("merge-out-locked",
+        lambda w: merge(w, {"method": "linear", "models": [str(w.M)]}, out=w.hold_lock(w.out)),
         "locked by PID"),
 ]
 
 
-# ---- import / info / surgery / export / profile: GGUF and checkpoint damage, outputs over inputs -----------------
+# ---- import / info / surgery / export / profile: GGUF and checkpoint damage, outputs over inputs -----------
 def truncated(w: Workspace, n: int, name: str = "cut.gguf") -> Path:
     """The first n bytes of the template's tiny f32 GGUF (n < 0: all but the last -n bytes)."""
     data = (w.root / "m.gguf").read_bytes()
@@ -200,28 +215,37 @@ def config_dir(w: Workspace, name: str, config: dict) -> Path:
 
 ROWS += [
     Row("info-empty-gguf", lambda w: ["info", w.file("zero.gguf", "")], "not a GGUF file (bad magic)"),
-    Row("import-gguf-cut-in-header", lambda w: ["import", truncated(w, 4096), w.out], "ends inside the header"),
-    Row("import-gguf-cut-in-tensors", lambda w: ["import", truncated(w, -1000), w.out], "is truncated: tensor"),
+    Row("import-gguf-cut-in-header", lambda w: ["import", truncated(w, 4096), w.out],
+        "ends inside the header"),
+    Row("import-gguf-cut-in-tensors", lambda w: ["import", truncated(w, -1000), w.out],
+        "is truncated: tensor"),
     Row("import-out-is-the-gguf", lambda w: ["import", w.root / "m.gguf", w.root / "m.gguf", "--force"],
         "is the input"),
     Row("import-default-and-file", lambda w: ["import", "--default", w.root / "m.gguf", w.out],
         "takes no GGUF file"),
     Row("expand-out-is-model", lambda w: ["expand", w.M, w.M, "--groups", "2", "--force"], "is the input"),
-    Row("upscale-out-inside-model", lambda w: ["upscale", w.M, w.M / "up", "--drop", "1"], "lies inside the input"),
-    Row("expand-gpt2", lambda w: ["expand", config_dir(w, "gpt2", {"model_type": "gpt2", "n_layer": 2}), w.out,
-                                  "--groups", "1"], "unsupported architecture 'gpt2'"),
+    Row("upscale-out-inside-model", lambda w: ["upscale", w.M, w.M / "up", "--drop", "1"],
+        "lies inside the input"),
+    Row("expand-gpt2",
+        lambda w: ["expand", config_dir(w, "gpt2", {"model_type": "gpt2", "n_layer": 2}), w.out,
+                   "--groups", "1"], "unsupported architecture 'gpt2'"),
     Row("expand-minimal-config", lambda w: ["expand", config_dir(w, "min", {"model_type": "llama"}), w.out,
                                             "--groups", "1"], "lacks num_hidden_layers"),
     Row("expand-shape-disagrees-with-bytes", lambda w: ["expand", bad_shape(w), w.out, "--groups", "2"],
         "has shape"),
     Row("expand-out-locked", lambda w: ["expand", w.M, w.hold_lock(w.out), "--groups", "2"], "locked by PID"),
-    Row("export-out-is-model", lambda w: ["export", w.M, "-o", w.M, "--gguf", "f32", "--pre-tokenizer", "gpt-2", "--force"], "is the input"),
-    Row("export-shape-disagrees-with-bytes", lambda w: ["export", bad_shape(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
+    Row("export-out-is-model",
+        lambda w: ["export", w.M, "-o", w.M, "--gguf", "f32", "--pre-tokenizer", "gpt-2", "--force"],
+        "is the input"),
+    Row("export-shape-disagrees-with-bytes",
+        lambda w: ["export", bad_shape(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
         "has shape"),
-    Row("export-unknown-type", lambda w: ["export", w.M, "-o", w.out, "--gguf", "q7_x"], "unknown GGUF type 'q7_x'"),
+    Row("export-unknown-type", lambda w: ["export", w.M, "-o", w.out, "--gguf", "q7_x"],
+        "unknown GGUF type 'q7_x'"),
     Row("export-unknown-int4-candidate", lambda w: ["export", w.M, "-o", w.out, "--onnx", "int4:awq"],
         "unknown ONNX int4 candidate 'awq'"),
-    Row("profile-out-unwritable", lambda w: ["profile", w.M, "-o", "/proc/slm-bad-input", "--backends", "torch"],
+    Row("profile-out-unwritable",
+        lambda w: ["profile", w.M, "-o", "/proc/slm-bad-input", "--backends", "torch"],
         "choose a writable output path"),
     Row("profile-unknown-quant", lambda w: ["profile", w.M, "-o", w.out, "--quant", "q7_x"],
         "unknown GGUF type 'q7_x'"),
@@ -230,7 +254,8 @@ ROWS += [
     Row("profile-shape-disagrees-with-bytes",
         lambda w: ["profile", bad_shape(w), "-o", w.out, "--backends", "torch"], "has shape"),
     Row("profile-out-is-model", lambda w: ["profile", w.M, "-o", w.M, "--force"], "is the input"),
-    Row("compare-out-is-a-run", lambda w: ["report", "compare", w.M, w.D, "-o", w.M, "--force"], "is the input"),
+    Row("compare-out-is-a-run", lambda w: ["report", "compare", w.M, w.D, "-o", w.M, "--force"],
+        "is the input"),
     Row("compare-out-inside-a-run", lambda w: ["report", "compare", w.M, w.D, "-o", w.D / "cmp"],
         "lies inside the input"),
 ]
@@ -247,7 +272,8 @@ def tree(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    """M (tiny llama + byte tokenizer) and D (two small text sources prepared with it), built once, copied per row."""
+    """M (tiny llama + byte tokenizer) and D (two small text sources prepared with it), built once, copied per
+    row."""
     from slm.train.data import DataArgs, Source, prepare
 
     root = tmp_path_factory.mktemp("bad-inputs")

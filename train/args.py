@@ -13,10 +13,10 @@ from pathlib import Path
 from slm import recipe
 from slm.errors import SlmError
 
-# Papers' hyper-parameters (design.md). CPT: LLaMA Pro (Wu et al. 2024, §4.1): batch 1024 × 4096, lr 2e-4,
-# cosine, warmup 6 %, weight decay 0.1, grad clip 1.0, only the new blocks train. SFT: LLaMA 2 (Touvron et al.
-# 2023, §3.1) / LLaMA Pro-Instruct: batch 128, lr 2e-5, cosine, warmup 3 %, loss only on response tokens,
-# all blocks train. AdamW β = (0.9, 0.95), eps 1e-5 and the cosine floor at 10 % of the peak are LLaMA 2's.
+# Papers' hyper-parameters. CPT: LLaMA Pro (Wu et al. 2024, §4.1): batch 1024 × 4096, lr 2e-4, cosine, warmup
+# 6 %, weight decay 0.1, grad clip 1.0, only the new blocks train. SFT: LLaMA 2 (Touvron et al. 2023, §3.1) /
+# LLaMA Pro-Instruct: batch 128, lr 2e-5, cosine, warmup 3 %, loss only on response tokens, all blocks train.
+# AdamW β = (0.9, 0.95), eps 1e-5 and the cosine floor at 10 % of the peak are LLaMA 2's.
 PRESETS: dict[str, dict] = {
     "cpt": dict(trainable="expanded", global_batch=1024, seq_len=4096, lr=2e-4, warmup_ratio=0.06,
                 weight_decay=0.1, grad_clip=1.0),
@@ -24,8 +24,9 @@ PRESETS: dict[str, dict] = {
                 weight_decay=0.1, grad_clip=1.0),
 }
 # Whole-number fields and their least value.
-WHOLE_MIN = {"seq_len": 1, "global_batch": 1, "micro_batch": 1, "lora_r": 1, "lora_alpha": 1, "eval_tokens": 1,
-             "keep_last": 1, "log_every": 1, "steps": 0, "tokens": 0, "eval_every": 0, "save_every": 0, "seed": 0}
+WHOLE_MIN = {"seq_len": 1, "global_batch": 1, "micro_batch": 1, "lora_r": 1, "lora_alpha": 1,
+             "eval_tokens": 1, "keep_last": 1, "log_every": 1, "steps": 0, "tokens": 0, "eval_every": 0,
+             "save_every": 0, "seed": 0}
 # Real-valued fields: (low, high, low allowed, high allowed).
 REAL_RANGE = {"lr": (0, math.inf, False, False), "eps": (0, math.inf, False, False),
               "min_lr_ratio": (0, 1, True, True), "warmup_ratio": (0, 1, True, True),
@@ -44,14 +45,16 @@ class TrainArgs:
     data: str = ""  # folder written by `slm data prepare`
     out: str = ""  # run folder: checkpoints/, metrics.jsonl, report.html, final/
     preset: str | None = None  # cpt | sft: the papers' defaults, under the recipe's own keys
-    trainable: str | list = "expanded"  # expanded (layers recorded by slm expand) | full | lora | [layer indices]
+    # expanded (layers recorded by slm expand) | full | lora | [layer indices]
+    trainable: str | list = "expanded"
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA alpha (scale = alpha / r)
     lora_targets: list = field(default_factory=lambda: list(LORA_TARGETS))  # module names that get adapters
     lora_layers: str | list = "all"  # all | expanded | [layer indices]: where LoRA adapters go
     seq_len: int = 4096  # tokens per packed sequence
     global_batch: int = 1024  # sequences per optimizer step, over all ranks and accumulation steps
-    micro_batch: int = 1  # sequences per forward pass per rank (global_batch / (micro_batch × ranks) = accumulation)
+    # sequences per forward pass per rank (global_batch / (micro_batch × ranks) = accumulation)
+    micro_batch: int = 1
     steps: int = 0  # optimizer steps (or set `tokens`)
     tokens: int = 0  # training tokens; steps = ceil(tokens / (global_batch × seq_len)) when steps is 0
     lr: float = 2e-4  # peak learning rate
@@ -71,14 +74,18 @@ class TrainArgs:
     seed: int = 0  # data order, init of new parameters (LoRA), dropout
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
     device: str = "auto"  # auto | cpu | cuda
-    attn: str = "auto"  # auto (CUDA: flash with flash-attn installed, else flex; CPU: sdpa) | flex | flash | sdpa | eager
-    loss: str = "auto"  # auto (liger on CUDA when installed, else chunked) | chunked (LM head + CE by token chunks) | plain | liger
+    # auto (CUDA: flash with flash-attn installed, else flex; CPU: sdpa) | flex | flash | sdpa | eager
+    attn: str = "auto"
+    # auto (liger on CUDA when installed, else chunked) | chunked (LM head + CE by token chunks)
+    # | plain | liger
+    loss: str = "auto"
     activation_checkpointing: bool = False  # recompute each block in backward (less memory, ~30 % more time)
     fsdp: str | bool = "auto"  # auto (FSDP2 when torchrun starts > 1 rank) | on (FSDP2 also for 1 rank) | off
     log_every: int = 1  # steps between metrics lines
     progress: bool = True  # rich progress bar
     report: bool = True  # write report.html at the end
-    compile: str | bool = "auto"  # auto (on for CUDA, off for CPU) | true | false: torch.compile per decoder block
+    # auto (on for CUDA, off for CPU) | true | false: torch.compile per decoder block
+    compile: str | bool = "auto"
     resume: bool = False  # continue from the newest complete checkpoint in out/checkpoints (full state)
     init: str | None = None  # start from these weights only (a checkpoint or HF folder); fresh optimizer/data
     force: bool = False  # replace an existing run folder (without it, an existing `out` needs resume=true)
@@ -88,9 +95,11 @@ class TrainArgs:
         self._check_numbers()
         for name in ("model", "data", "out"):
             if not getattr(self, name) or not isinstance(getattr(self, name), str):
-                raise SlmError(f"the recipe needs `{name}`: add `{name}: PATH` to the YAML or `{name}=PATH` on the command line")
+                raise SlmError(f"the recipe needs `{name}`: add `{name}: PATH` to the YAML or `{name}=PATH` "
+                               "on the command line")
         if self.resume and self.init:
-            raise SlmError("resume and init are exclusive: --resume continues a run, --init starts a new one from weights")
+            raise SlmError("resume and init are exclusive: --resume continues a run, --init starts a new one "
+                           "from weights")
         if self.resume and self.force:
             raise SlmError("resume and force are exclusive: --force would delete the run being resumed")
         if not self.steps and not self.tokens:
@@ -98,17 +107,20 @@ class TrainArgs:
 
     def _check_choices(self) -> None:
         """Fields that name one of a few things, and the on/off switches."""
-        self.fsdp = {"on": True, "off": False}.get(self.fsdp, self.fsdp) if isinstance(self.fsdp, str) else self.fsdp
+        self.fsdp = ({"on": True, "off": False}.get(self.fsdp, self.fsdp) if isinstance(self.fsdp, str)
+                     else self.fsdp)
         if self.preset is not None and self.preset not in PRESETS:
             raise SlmError(f"unknown preset {self.preset!r}: use one of {sorted(PRESETS)}")
         t = self.trainable
         if isinstance(t, str) and t not in ("expanded", "full", "lora"):
-            raise SlmError(f"trainable={t!r}: use expanded, full, lora or a list of layer indices like [0, 5]")
+            raise SlmError(f"trainable={t!r}: use expanded, full, lora or a list of layer indices like "
+                           "[0, 5]")
         for name, layers in (("trainable", t), ("lora_layers", self.lora_layers)):
             if isinstance(layers, list) and (not layers or not all(_whole(i) and i >= 0 for i in layers)):
                 raise SlmError(f"{name}={layers!r}: a layer list must be non-empty non-negative integers")
             if not isinstance(layers, (str, list)):
-                raise SlmError(f"{name}={layers!r}: use a word (expanded, full, lora, all) or a list of layer indices")
+                raise SlmError(f"{name}={layers!r}: use a word (expanded, full, lora, all) or a list of "
+                               "layer indices")
         if isinstance(self.lora_layers, str) and self.lora_layers not in ("all", "expanded"):
             raise SlmError(f"lora_layers={self.lora_layers!r}: use all, expanded or a list of layer indices")
         for name, allowed in CHOICES.items():
@@ -121,7 +133,8 @@ class TrainArgs:
 
     def _check_numbers(self) -> None:
         """Every number finite and in its range, whole where it counts something: a bad value is refused here,
-        before any folder exists, rather than by torch mid-run (eps=-1) or by silent truncation (steps=2.9)."""
+        before any folder exists, rather than by torch mid-run (eps=-1) or by silent truncation
+        (steps=2.9)."""
         for name, low in WHOLE_MIN.items():
             v = getattr(self, name)
             if not _whole(v) or v < low:
@@ -133,7 +146,8 @@ class TrainArgs:
         for i, b in enumerate(self.betas):
             _check_real(f"betas[{i}]", b, 0, 1, True, False, "betas=[0.9, 0.95]")
         if self.global_batch % self.micro_batch:
-            raise SlmError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
+            raise SlmError(f"global_batch {self.global_batch} is not a multiple of micro_batch "
+                           f"{self.micro_batch}")
         if not isinstance(self.mixture, dict) or not all(_real(v) and v >= 0 for v in self.mixture.values()):
             raise SlmError("mixture must map source names to finite weights ≥ 0, e.g. {code: 1.5, math: 1.0}")
 
@@ -161,11 +175,13 @@ def _check_real(name: str, v, low: float, high: float, low_in: bool, high_in: bo
                    f"{hint or f'{name}={_EXAMPLE.get(name, 0.5)}'}")
 
 
-_EXAMPLE = {"lr": 2e-4, "eps": 1e-5, "weight_decay": 0.1, "grad_clip": 1.0, "min_lr_ratio": 0.1, "warmup_ratio": 0.06}
+_EXAMPLE = {"lr": 2e-4, "eps": 1e-5, "weight_decay": 0.1, "grad_clip": 1.0, "min_lr_ratio": 0.1,
+            "warmup_ratio": 0.06}
 
 
 def _preset(data: dict) -> dict:
-    """The defaults of the preset the recipe names, under its own keys (an unknown name is refused by TrainArgs)."""
+    """The defaults of the preset the recipe names, under its own keys (an unknown name is refused by
+    TrainArgs)."""
     name = data.get("preset")
     return PRESETS.get(name, {}) if isinstance(name, str) else {}
 

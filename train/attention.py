@@ -3,9 +3,9 @@ per-micro-batch inputs that keep documents apart on that path.
 
 - flex: FlexAttention (torch.nn.attention.flex_attention, PyTorch docs "FlexAttention") with a document-causal
   BlockMask from the segment ids (`create_block_mask`): masked 128×128 blocks are skipped, so document masking
-  is a speed-up, not a cost (design.md: 69.9 k vs 53.1 k tok/s on an H200). transformers ≥ 5 takes the BlockMask
-  as `attention_mask` of a model built with attn_implementation="flex_attention" (masking_utils passes a 4-D
-  mask through; integrations/flex_attention.py hands a BlockMask to flex_attention as `block_mask`).
+  is a speed-up, not a cost (69.9 k vs 53.1 k tok/s on an H200). transformers ≥ 5 takes the BlockMask as
+  `attention_mask` of a model built with attn_implementation="flex_attention" (masking_utils passes a 4-D mask
+  through; integrations/flex_attention.py hands a BlockMask to flex_attention as `block_mask`).
 - flash: flash-attn's varlen kernels; transformers derives cu_seqlens from position ids that restart at each
   document, so no mask is passed (modeling_flash_attention_utils, "packed sequences").
 - sdpa / eager: the dense B×1×T×T additive block-diagonal mask (train/pack.py): the reference.
@@ -37,7 +37,8 @@ def has_flex() -> bool:
 
 
 def resolve_attn(attn: str, device: torch.device) -> str:
-    """The path `attn` means on `device`: auto → flash (CUDA, flash-attn installed), flex (CUDA), sdpa (CPU)."""
+    """The path `attn` means on `device`: auto → flash (CUDA, flash-attn installed), flex (CUDA), sdpa
+    (CPU)."""
     if attn != "auto":
         return attn
     if device.type == "cuda":
@@ -49,21 +50,24 @@ def check_attn(attn: str, device: torch.device) -> str:
     """The resolved path, or a one-line SlmError naming the fix (plan_run: before any weights are read)."""
     path = resolve_attn(attn, device)
     if path == "flash" and not has_flash():
-        raise SlmError("attn=flash needs flash-attn: `pip install flash-attn --no-build-isolation` on a CUDA machine, "
-                       "or use attn=flex (CUDA) or attn=sdpa")
+        raise SlmError("attn=flash needs flash-attn: `pip install flash-attn --no-build-isolation` on a CUDA "
+                       "machine, or use attn=flex (CUDA) or attn=sdpa")
     if path == "flash" and device.type != "cuda":
         raise SlmError("attn=flash runs on CUDA only: use attn=sdpa (or auto) on CPU")
     if path == "flex" and not has_flex():
         raise SlmError(f"attn=flex needs torch.nn.attention.flex_attention (torch ≥ 2.5; this is torch "
                        f"{torch.__version__}): upgrade torch or use attn=sdpa")
-    if path == "flex" and device.type != "cuda":  # torch raises "FlexAttention does not support backward on CPU"
-        raise SlmError("attn=flex trains on CUDA only (FlexAttention has no backward on CPU): use attn=sdpa (or auto) on CPU")
+    # torch raises "FlexAttention does not support backward on CPU"
+    if path == "flex" and device.type != "cuda":
+        raise SlmError("attn=flex trains on CUDA only (FlexAttention has no backward on CPU): use attn=sdpa "
+                       "(or auto) on CPU")
     return path
 
 
 class AttnInputs:
     """Segment ids of a micro-batch → the keyword arguments that isolate its documents on `path`. The flex
-    BlockMask is built once per distinct packing and reused while the packing repeats (held-out sets, SFT bins)."""
+    BlockMask is built once per distinct packing and reused while the packing repeats (held-out sets, SFT
+    bins)."""
 
     def __init__(self, path: str, dtype: torch.dtype):
         self.path, self.dtype = path, dtype  # dtype of the dense additive mask (sdpa / eager)
@@ -72,9 +76,9 @@ class AttnInputs:
         self.built = 0  # BlockMasks built (the cache is tested)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """flash: the micro-batch as one row — transformers finds packed documents from position ids only when the
-        batch is a single row (modeling_flash_attention_utils._is_packed_sequence); each row starts at position 0,
-        so every row stays its own document(s). Other paths: unchanged."""
+        """flash: the micro-batch as one row — transformers finds packed documents from position ids only when
+        the batch is a single row (modeling_flash_attention_utils._is_packed_sequence); each row starts at
+        position 0, so every row stays its own document(s). Other paths: unchanged."""
         return x.reshape(1, -1) if self.path == "flash" else x
 
     def __call__(self, segments: torch.Tensor) -> dict:
@@ -95,8 +99,8 @@ class AttnInputs:
 
 
 def document_block_mask(segments: torch.Tensor):
-    """BlockMask (B×1×T×T): query i sees key j when both lie in the same document and j ≤ i (FlexAttention docs,
-    "document masking"); the head dimension is broadcast (H=None)."""
+    """BlockMask (B×1×T×T): query i sees key j when both lie in the same document and j ≤ i (FlexAttention
+    docs, "document masking"); the head dimension is broadcast (H=None)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     def document_causal(b, h, q, k):

@@ -55,15 +55,19 @@ def check_disk(path: Path, need: int) -> None:
         p = p.parent
     free = shutil.disk_usage(p).free
     if free < need:
-        raise SlmError(f"not enough disk for checkpoints under {path}: need ≈ {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free: "
-                       "free space, lower keep_last, or write `out` elsewhere")
+        raise SlmError(f"not enough disk for checkpoints under {path}: need ≈ {need / 1e9:.2f} GB, "
+                       f"{free / 1e9:.2f} GB free: free space, lower keep_last, or write `out` elsewhere")
 
 
 def full_state(model, optimizer):
     """(full model state dict, full optimizer state dict) on CPU; a collective under FSDP2. Rank 0 gets them,
     other ranks get empty dicts: torch's full_state_dict with cpu_offload gathers to rank 0 only (its
     StateDictOptions docs: "to prevent CPU OOM"), so no rank but the writer holds a full copy."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
@@ -106,19 +110,26 @@ def save(run: Path, step: int, model, optimizer, scheduler, recipe: dict, model_
 
 def load(ckpt: Path, model, optimizer, scheduler) -> dict:
     """Restore trainable tensors, optimizer, scheduler and RNG from a checkpoint; returns its state dict."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     try:
         state = torch.load(Path(ckpt) / "trainer_state.pt", weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - a corrupt file is a user-facing problem
-        raise SlmError(f"cannot read {ckpt}/trainer_state.pt ({e}); delete that checkpoint to resume from the one before") from None
+        raise SlmError(f"cannot read {ckpt}/trainer_state.pt ({e}); delete that checkpoint to resume from "
+                       "the one before") from None
     opts = StateDictOptions(full_state_dict=True, strict=False)
     missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state["trainable"])
     if missing:
-        raise SlmError(f"checkpoint {ckpt} does not match this recipe's trainable parameters (e.g. {sorted(missing)[0]}): "
-                       "resume with the recipe saved in the checkpoint, or start a new run with --init")
+        raise SlmError(f"checkpoint {ckpt} does not match this recipe's trainable parameters "
+                       f"(e.g. {sorted(missing)[0]}): resume with the recipe saved in the checkpoint, or "
+                       "start a new run with --init")
     set_model_state_dict(model, state["trainable"], options=opts)
-    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                             options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -137,7 +148,8 @@ def _py_unstate(x: list) -> tuple:
 
 
 def resolve_init(path: Path) -> Path:
-    """--init accepts an HF folder, a checkpoint folder (its model/) or a run folder (its newest checkpoint)."""
+    """--init accepts an HF folder, a checkpoint folder (its model/) or a run folder (its newest
+    checkpoint)."""
     p = Path(path)
     if (p / "model" / "config.json").is_file():
         return p / "model"

@@ -1,8 +1,8 @@
 """What keeps a run's work safe while it trains: the output guard held for the whole run, metrics.jsonl that a
 kill mid-write cannot break, stopping on SIGINT/SIGTERM with a checkpoint, and the non-finite guard.
 
-Under torchrun every decision here is agreed by all ranks through one all-reduce, so no rank stops (or waits in
-a collective) while another carries on.
+Under torchrun every decision here is agreed by all ranks through one all-reduce, so no rank stops (or waits
+in a collective) while another carries on.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -31,11 +31,12 @@ def _say(msg: str) -> None:
 
 @contextlib.contextmanager
 def run_guard(args: TrainArgs, dist: Dist) -> Iterator[None]:
-    """Hold slm.guard's output guard on `out` for the whole run: `out` may not be, contain or lie inside the model,
-    the --init weights or the data (even with --force), must be writable, and is locked against a second run.
-    Rank 0 takes it (the lock is one per output); every rank learns whether it was refused. Whether an existing
-    run folder may be reused is plan_run's question (its message names --resume and --force). --resume breaks
-    a stale lock as --force would: resuming says the run that held it is over, and --force is not allowed there."""
+    """Hold slm.guard's output guard on `out` for the whole run: `out` may not be, contain or lie inside the
+    model, the --init weights or the data (even with --force), must be writable, and is locked against a
+    second run. Rank 0 takes it (the lock is one per output); every rank learns whether it was refused.
+    Whether an existing run folder may be reused is plan_run's question (its message names --resume and
+    --force). --resume breaks a stale lock as --force would: resuming says the run that held it is over, and
+    --force is not allowed there."""
     with contextlib.ExitStack() as stack:
         refused = None
         if dist.main:
@@ -66,7 +67,8 @@ class Metrics:
         elif self.path.is_file():
             lines, bad = _parse(self.path.read_text())
             if bad:
-                _say(f"dropped {bad} unreadable line(s) of {self.path}: the run was killed while writing them")
+                _say(f"dropped {bad} unreadable line(s) of {self.path}: the run was killed "
+                     "while writing them")
             self.path.write_text("".join(json.dumps(x) + "\n" for x in lines if x["step"] <= resumed_step))
 
     def log(self, rec: dict) -> None:
@@ -94,9 +96,9 @@ def _parse(text: str) -> tuple[list[dict], int]:
 
 
 class StopOnSignal:
-    """SIGINT (Ctrl-C) and SIGTERM (`timeout`, Slurm, Kubernetes) ask the loop to save a checkpoint and stop after
-    the current step. Every rank catches both (torchrun forwards signals to its workers), and `sync` lets every
-    rank learn of either at the same step, so they save together; SIGTERM wins when both came."""
+    """SIGINT (Ctrl-C) and SIGTERM (`timeout`, Slurm, Kubernetes) ask the loop to save a checkpoint and stop
+    after the current step. Every rank catches both (torchrun forwards signals to its workers), and `sync`
+    lets every rank learn of either at the same step, so they save together; SIGTERM wins when both came."""
 
     def __init__(self, dist: Dist):
         self.dist, self.signum, self._old = dist, 0, {}
@@ -114,7 +116,8 @@ class StopOnSignal:
         return bool(self.signum)
 
     def sync(self) -> None:
-        if self.dist.on:  # one all-reduce says both whether any rank was signalled and whether any got SIGTERM
+        if self.dist.on:
+            # one all-reduce says both whether any rank was signalled and whether any got SIGTERM
             v = self.dist.sum(float(self.signum == signal.SIGTERM) * 1000 + float(self.signum != 0))
             self.signum = signal.SIGTERM if v >= 1000 else (signal.SIGINT if v > 0 else 0)
 
@@ -140,14 +143,14 @@ def hf_progress(on: bool) -> Iterator[None]:
 
 
 def check_step_finite(dist: Dist, step: int, loss: float, gnorm: float, args: TrainArgs, run: Path) -> None:
-    """Before the optimizer step: a non-finite loss or gradient norm on any rank stops every rank, so the weights
-    keep their last finite values and nothing non-finite is ever saved."""
+    """Before the optimizer step: a non-finite loss or gradient norm on any rank stops every rank, so the
+    weights keep their last finite values and nothing non-finite is ever saved."""
     if dist.sum(float(not (math.isfinite(loss) and math.isfinite(gnorm)))) > 0:
         what = " and ".join(f"{n} is {v:g}" for n, v in (("the loss", loss), ("the gradient norm", gnorm))
                             if not math.isfinite(v)) or "another rank's loss is not finite"
         raise SlmError(f"step {step}: {what}, so training stopped before updating the weights; likely cause: "
-                       f"learning rate too high (lr={args.lr:g}) or bad data; {_kept(run)}: lower lr or check the "
-                       "data and start again")
+                       f"learning rate too high (lr={args.lr:g}) or bad data; {_kept(run)}: lower lr or "
+                       "check the data and start again")
 
 
 def check_weights_finite(dist: Dist, model: torch.nn.Module, step: int, args: TrainArgs, run: Path) -> None:
@@ -155,8 +158,9 @@ def check_weights_finite(dist: Dist, model: torch.nn.Module, step: int, args: Tr
     local = (p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad)
     bad = any(not bool(torch.isfinite(p.detach()).all()) for p in local)
     if dist.sum(float(bad)) > 0:
-        raise SlmError(f"step {step}: the weights are no longer finite, so this checkpoint was not written; likely "
-                       f"cause: learning rate too high (lr={args.lr:g}); {_kept(run)}: lower lr and start again")
+        raise SlmError(f"step {step}: the weights are no longer finite, so this checkpoint was not written; "
+                       f"likely cause: learning rate too high (lr={args.lr:g}); {_kept(run)}: lower lr and "
+                       "start again")
 
 
 def _kept(run: Path) -> str:

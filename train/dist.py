@@ -26,8 +26,10 @@ class Dist:
             torch.cuda.set_device(self.device)
         torchrun = "LOCAL_RANK" in os.environ
         if args.fsdp is True and not torchrun:
-            raise SlmError("fsdp=on needs torchrun: `torchrun --nproc-per-node G -m slm.cli train …`, or use fsdp=auto")
-        self.on = self.world > 1 or args.fsdp is True  # fsdp=on: a process group (and FSDP2) with one rank too
+            raise SlmError("fsdp=on needs torchrun: `torchrun --nproc-per-node G -m slm.cli train …`, or use "
+                           "fsdp=auto")
+        # fsdp=on: a process group (and FSDP2) with one rank too
+        self.on = self.world > 1 or args.fsdp is True
         if self.on and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
         self.main = self.rank == 0

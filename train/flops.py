@@ -1,4 +1,4 @@
-"""Training FLOPs per token and MFU, with frozen blocks costed as design.md says.
+"""Training FLOPs per token and MFU, with frozen blocks costed as below.
 
 Per block, forward FLOPs per token = 2 × (block matmul parameters) + attention scores 4 × T × (heads ×
 head_dim) (QKᵀ and A·V, PaLM's 12·L·H·Q·T for fwd+bwd, Chowdhery et al. 2022, App. B; causal halving not
@@ -13,14 +13,17 @@ from __future__ import annotations
 from slm.spec import ModelSpec
 
 # Dense bf16 tensor-core peaks (vendor datasheets): H100 SXM 989 TFLOP/s, H100 PCIe 756, H200 989, A100 312.
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12,
+             "A10": 125e12}
 
 
-def flops_per_token(spec: ModelSpec, seq_len: int, trainable: list[int], full: bool, lora: bool = False) -> float:
-    """Training FLOPs per input token (forward + backward). `trainable`: layers whose weights change (for LoRA,
-    the layers with adapters: they need gradients below them but count as frozen themselves)."""
+def flops_per_token(spec: ModelSpec, seq_len: int, trainable: list[int], full: bool,
+                    lora: bool = False) -> float:
+    """Training FLOPs per input token (forward + backward). `trainable`: layers whose weights change (for
+    LoRA, the layers with adapters: they need gradients below them but count as frozen themselves)."""
     h, heads, hd = spec.hidden, spec.heads, spec.head_dim
-    layer_params = h * heads * hd * 2 + 2 * h * spec.kv_heads * hd + 3 * h * spec.intermediate  # q, o; k, v; MLP
+    # q, o; k, v; MLP
+    layer_params = h * heads * hd * 2 + 2 * h * spec.kv_heads * hd + 3 * h * spec.intermediate
     fwd_layer = 2 * layer_params + 4 * seq_len * heads * hd
     lowest = min(trainable) if trainable else spec.layers
     total = 0.0

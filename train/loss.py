@@ -1,18 +1,18 @@
-"""The training loss without full-vocabulary fp32 logits: the LM head and cross-entropy run together, by chunks of
-tokens, so the head's peak memory is chunk × vocab instead of tokens × vocab (in fp32, twice: logits and their
-gradient).
+"""The training loss without full-vocabulary fp32 logits: the LM head and cross-entropy run together, by
+chunks of tokens, so the head's peak memory is chunk × vocab instead of tokens × vocab (in fp32, twice: logits
+and their gradient).
 
-- chunked: `ChunkedLinearCE` computes, per chunk, the logits, the summed cross-entropy of the labelled tokens and
-  — in the forward pass, as Liger-Kernel's fused linear cross-entropy does (Hsu et al. 2024, "Liger Kernel",
-  §3.2) — the gradients of the hidden states and of the head weight; backward only scales them by the incoming
-  gradient. No logits are kept and nothing is recomputed.
+- chunked: `ChunkedLinearCE` computes, per chunk, the logits, the summed cross-entropy of the labelled tokens
+  and — in the forward pass, as Liger-Kernel's fused linear cross-entropy does (Hsu et al. 2024, "Liger
+  Kernel", §3.2) — the gradients of the hidden states and of the head weight; backward only scales them by the
+  incoming gradient. No logits are kept and nothing is recomputed.
 - liger: Liger-Kernel's Triton `LigerFusedLinearCrossEntropyLoss` (CUDA; `pip install liger-kernel`).
 - plain: the model's logits, then F.cross_entropy in fp32: the reference.
 
 The head is swapped for `LossHead`, which holds the very same Parameter objects (so state-dict names, weight
 tying and FSDP2 sharding are unchanged) and runs inside the model's forward (so FSDP2 has the head unsharded
-when it runs). With `labels` set for one call it returns the summed loss in place of the logits; otherwise it is
-the plain linear head (evaluation, generation).
+when it runs). With `labels` set for one call it returns the summed loss in place of the logits; otherwise it
+is the plain linear head (evaluation, generation).
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ def has_liger() -> bool:
 
 
 def check_loss(loss: str, device: torch.device) -> str:
-    """The resolved loss (auto → liger on CUDA when installed, else chunked), or a one-line SlmError naming the fix."""
+    """The resolved loss (auto → liger on CUDA when installed, else chunked), or a one-line SlmError naming
+    the fix."""
     if loss == "auto":
         return "liger" if device.type == "cuda" and has_liger() else "chunked"
     if loss == "liger" and not has_liger():
-        raise SlmError("loss=liger needs liger-kernel: `pip install liger-kernel` (CUDA), or use loss=chunked")
+        raise SlmError("loss=liger needs liger-kernel: `pip install liger-kernel` (CUDA), or use "
+                       "loss=chunked")
     if loss == "liger" and device.type != "cuda":
         raise SlmError("loss=liger runs on CUDA only (Triton kernels): use loss=chunked (or auto) on CPU")
     return loss
@@ -81,7 +83,8 @@ class ChunkedLinearCE(torch.autograd.Function):
                 (gw * grad).to(ctx.w_dtype) if gw is not None else None, None, None)
 
 
-def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor,
+                          chunk: int | None = None) -> torch.Tensor:
     """Summed next-token CE of h (N×H) through the head w (V×H) against labels (N, IGNORE skipped)."""
     chunk = chunk or max(64, CHUNK_BYTES // (4 * w.shape[0]))
     return ChunkedLinearCE.apply(h, w, labels, chunk)
@@ -123,8 +126,10 @@ def install_loss_head(hf, kind: str) -> LossHead | None:
     return head
 
 
-def micro_loss(model, head: LossHead | None, batch: dict, device: torch.device, attn_inputs, autocast: bool) -> torch.Tensor:
-    """Summed next-token CE over the labelled tokens of one micro-batch (the loop divides by the global count)."""
+def micro_loss(model, head: LossHead | None, batch: dict, device: torch.device, attn_inputs,
+               autocast: bool) -> torch.Tensor:
+    """Summed next-token CE over the labelled tokens of one micro-batch (the loop divides by the global
+    count)."""
     ids, labels, pos = (attn_inputs.rows(batch[k].to(device, non_blocking=True))
                         for k in ("input_ids", "labels", "position_ids"))
     kw = {"position_ids": pos, **attn_inputs(batch["segments"].to(device, non_blocking=True))}
@@ -133,4 +138,5 @@ def micro_loss(model, head: LossHead | None, batch: dict, device: torch.device, 
             head.labels = labels
             return model(input_ids=ids, **kw).logits  # LossHead returned the summed loss in place of logits
         logits = model(input_ids=ids, **kw).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                           reduction="sum")

@@ -30,11 +30,13 @@ def check_model(args: TrainArgs, model_dir: Path) -> dict:
     if "expanded" in (args.trainable, args.lora_layers):
         new = (cfg.get("slm_surgery") or {}).get("new_layers")
         if not new:
-            raise SlmError(f"trainable/lora_layers = expanded, but {model_dir}/config.json has no `slm_surgery.new_layers` "
-                           "record: run `slm expand` first, or use trainable=full, lora or a layer list")
+            raise SlmError(f"trainable/lora_layers = expanded, but {model_dir}/config.json has no "
+                           "`slm_surgery.new_layers` record: run `slm expand` first, or use trainable=full, "
+                           "lora or a layer list")
     for layers in (args.trainable, args.lora_layers):
         if isinstance(layers, list) and max(layers) >= n:
-            raise SlmError(f"layer list {layers} names layers ≥ the model's {n} layers: use indices 0..{n - 1}")
+            raise SlmError(f"layer list {layers} names layers ≥ the model's {n} layers: use indices "
+                           f"0..{n - 1}")
     return cfg
 
 
@@ -50,9 +52,9 @@ def trainable_layers(args: TrainArgs, cfg: dict) -> list[int]:
 
 
 def build_model(args: TrainArgs, model_dir: Path, cfg: dict, device: torch.device, attn: str, loss: str):
-    """The HF model on `device` with requires_grad set per the recipe (LoRA-wrapped when trainable=lora), attention
-    `attn` (train/attention.py) and, unless loss=plain, the LM head swapped for a LossHead (train/loss.py).
-    Returns (model, LossHead or None)."""
+    """The HF model on `device` with requires_grad set per the recipe (LoRA-wrapped when trainable=lora),
+    attention `attn` (train/attention.py) and, unless loss=plain, the LM head swapped for a LossHead
+    (train/loss.py). Returns (model, LossHead or None)."""
     model = load_model(model_dir, "float32", attn_implementation=HF_NAME[attn])
     model.config.use_cache = False
     head = install_loss_head(model, loss)
@@ -66,8 +68,9 @@ def build_model(args: TrainArgs, model_dir: Path, cfg: dict, device: torch.devic
         for i in layers:
             decoder_layers(model)[i].requires_grad_(True)
     if args.activation_checkpointing:
-        # Non-reentrant checkpointing needs no input that requires grad, so frozen blocks below the lowest trainable
-        # one run forward only (no input gradient) and are not checkpointed: nothing there is recomputed.
+        # Non-reentrant checkpointing needs no input that requires grad, so frozen blocks below the lowest
+        # trainable one run forward only (no input gradient) and are not checkpointed: nothing there is
+        # recomputed.
         hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         for layer in decoder_layers(model)[:min(layers)]:
             layer.gradient_checkpointing = False
@@ -87,16 +90,17 @@ def _lora(args: TrainArgs, model, layers: list[int]):
 
 
 def compile_blocks(model, backend: str = "inductor") -> None:
-    """Regional compilation: torch.compile each decoder block in place (PyTorch tutorial "Reducing torch.compile
-    cold start compilation time with regional compilation"): identical blocks share one graph (parameters are graph
-    inputs, not constants), so compile time is one block's, and module names (state dicts, checkpoints) are
-    unchanged. Dynamo skips FSDP2's hooks by default."""
+    """Regional compilation: torch.compile each decoder block in place (PyTorch tutorial "Reducing
+    torch.compile cold start compilation time with regional compilation"): identical blocks share one graph
+    (parameters are graph inputs, not constants), so compile time is one block's, and module names (state
+    dicts, checkpoints) are unchanged. Dynamo skips FSDP2's hooks by default."""
     import torch._dynamo
 
-    # one graph per kind of block: (input needs grad, weights need grad) in training, × evaluation (no grad, the
-    # dense mask): up to 8 — dynamo's default recompile limit, past which blocks silently run eager
+    # one graph per kind of block: (input needs grad, weights need grad) in training, × evaluation (no grad,
+    # the dense mask): up to 8 — dynamo's default recompile limit, past which blocks silently run eager
     cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.7
+    # renamed in torch 2.7
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     setattr(cfg, name, max(getattr(cfg, name), 16))
     for layer in decoder_layers(model):
         layer.compile(backend=backend, dynamic=False)
@@ -120,7 +124,8 @@ def shard_fsdp2(model, device: torch.device, bf16: bool) -> None:
     """FSDP2: `fully_shard` each decoder layer, then the root (embeddings, final norm, head)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
     for layer in decoder_layers(model):
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
@@ -138,8 +143,9 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 def merged_state_dict(sd: dict, model) -> dict:
-    """A full state dict with HF names: LoRA adapters folded into their base weights (W + B·A·alpha/r), written
-    by hand because peft's merge_and_unload changes the live model (and so the bits of a resumed run)."""
+    """A full state dict with HF names: LoRA adapters folded into their base weights (W + B·A·alpha/r),
+    written by hand because peft's merge_and_unload changes the live model (and so the bits of a resumed
+    run)."""
     if not hasattr(model, "peft_config"):
         return sd
     cfg = model.peft_config["default"]

@@ -1,8 +1,8 @@
 """Packed sequences from prepared token shards: inputs, labels, position ids and document (segment) ids.
 
 Documents never attend to each other: position ids restart at each document, the label that would cross a
-boundary is masked (-100), and the attention mask is block-diagonal causal, B×1×T×T (design.md: position
-ids alone do not isolate documents under sdpa or eager; the 4-D mask does, to ~1.5e-7).
+boundary is masked (-100), and the attention mask is block-diagonal causal, B×1×T×T (position ids alone
+do not isolate documents under sdpa or eager; the 4-D mask does, to ~1.5e-7).
 
 Sampling is stateless: sequence i is a pure function of (seed, i), so the data position of a run is one
 integer (sequences consumed) and resuming replays exactly the same batches.
@@ -44,15 +44,18 @@ def open_data(data_dir: Path | str, split: str) -> dict[str, Split]:
     d = Path(data_dir)
     rec = read_record(d) if d.is_dir() else None
     if not rec or rec.get("kind") != "data":
-        raise SlmError(f"{d} is not a prepared data folder: run `slm data prepare {d} --tokenizer MODEL --source NAME=PATH`")
+        raise SlmError(f"{d} is not a prepared data folder: run `slm data prepare {d} --tokenizer MODEL "
+                       "--source NAME=PATH`")
     out = {}
     for name, meta in rec["result"]["sources"].items():
         folder = d / name
         docs = np.load(folder / f"{split}.docs.npy")
         n = int(docs[-1])
-        tok = np.memmap(folder / f"{split}.tokens.bin", dtype=meta["dtype"], mode="r", shape=(n,)) if n else np.zeros(0, np.uint16)
+        tok = (np.memmap(folder / f"{split}.tokens.bin", dtype=meta["dtype"], mode="r", shape=(n,)) if n
+               else np.zeros(0, np.uint16))
         mpath = folder / f"{split}.mask.bin"
-        mask = np.memmap(mpath, dtype=np.uint8, mode="r", shape=(n,)) if meta["kind"] == "chat" and n else None
+        mask = (np.memmap(mpath, dtype=np.uint8, mode="r", shape=(n,)) if meta["kind"] == "chat" and n
+                else None)
         out[name] = Split(name, meta["kind"], float(meta["weight"]), tok, docs, mask)
     return out
 
@@ -106,7 +109,8 @@ def packed_docs(split: Split, doc_ids: list[int], t: int, pad_id: int) -> dict:
     toks += [pad_id] * n_pad
     seg += [len(doc_ids)] * n_pad  # padding is its own segment: nothing attends to it, its labels are IGNORE
     mask += [0] * n_pad
-    return label_window(np.asarray(toks), np.asarray(seg), np.asarray(mask, np.uint8) if split.mask is not None else None)
+    return label_window(np.asarray(toks), np.asarray(seg),
+                        np.asarray(mask, np.uint8) if split.mask is not None else None)
 
 
 def pack_bins(split: Split, t: int, order: np.ndarray) -> list[list[int]]:
@@ -130,12 +134,14 @@ class Sampler:
     """Sequence i of the training stream = f(seed, i): source by mixture weight, then a random window (text:
     documents packed as they lie in the stream) or a random bin of whole documents (chat)."""
 
-    def __init__(self, splits: dict[str, Split], seq_len: int, seed: int, weights: dict | None = None, pad_id: int = 0):
+    def __init__(self, splits: dict[str, Split], seq_len: int, seed: int, weights: dict | None = None,
+                 pad_id: int = 0):
         self.t, self.seed, self.pad_id = seq_len, seed, pad_id
         w = {n: (weights or {}).get(n, s.weight) for n, s in splits.items()}
         self.splits = [s for n, s in splits.items() if w[n] > 0 and s.n_tokens > 0]
         if not self.splits:
-            raise SlmError("no training tokens: every source is empty or has weight 0; check `slm data prepare` output")
+            raise SlmError("no training tokens: every source is empty or has weight 0; "
+                           "check `slm data prepare` output")
         p = np.array([w[s.name] for s in self.splits], dtype=np.float64)
         self.p = p / p.sum()
         self.bins = {}
@@ -163,7 +169,8 @@ def eval_sequences(split: Split, t: int, max_tokens: int, pad_id: int = 0) -> li
     """A held-out split as consecutive non-overlapping sequences (deterministic), about max_tokens in all."""
     n = -(-max_tokens // t)
     if split.kind == "chat":
-        return [packed_docs(split, b, t, pad_id) for b in pack_bins(split, t, np.arange(len(split.docs) - 1))[:n]]
+        return [packed_docs(split, b, t, pad_id)
+                for b in pack_bins(split, t, np.arange(len(split.docs) - 1))[:n]]
     if split.n_tokens < 2:
         return []
     t_eff = min(t, split.n_tokens - 1)
@@ -176,7 +183,7 @@ def collate(seqs: list[dict]) -> dict:
 
 def block_causal_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive B×1×T×T mask: 0 where query i may see key j (same document, j ≤ i), dtype-min elsewhere.
-    Additive works with both sdpa and eager (eager takes additive only; design.md)."""
+    Additive works with both sdpa and eager (eager takes additive only)."""
     t = segments.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()
     allowed = (segments[:, :, None] == segments[:, None, :]) & causal

@@ -25,7 +25,8 @@ from .pack import Sampler, data_vocab, open_data
 
 @dataclass
 class Plan:
-    """What a run will do, settled before any weights are read: every check on user input happens in plan_run."""
+    """What a run will do, settled before any weights are read: every check on user input happens in
+    plan_run."""
     run: Path  # the run folder (checkpoints/, metrics.jsonl, final/, report.html)
     model_dir: Path  # the weights the run starts from: `model`, or what --init names
     cfg: dict  # the starting model's config.json
@@ -36,12 +37,14 @@ class Plan:
     accum: int  # micro-batches per optimizer step on each rank
     flops_per_token: float  # training FLOPs per token (train/flops.py), for MFU
     peak_flops: float | None = None  # the device's dense bf16 peak (CUDA, known device); None: no MFU
-    attn: str = "sdpa"  # the attention path resolved from `attn` (train/attention.py): flex | flash | sdpa | eager
+    # the attention path resolved from `attn` (train/attention.py): flex | flash | sdpa | eager
+    attn: str = "sdpa"
     loss: str = "chunked"  # the loss resolved from `loss` (train/loss.py): chunked | liger | plain
 
     def __post_init__(self):
         if self.total < 1 or self.accum < 1:
-            raise SlmError(f"a run needs ≥ 1 step and ≥ 1 micro-batch per step (got {self.total}, {self.accum})")
+            raise SlmError(f"a run needs ≥ 1 step and ≥ 1 micro-batch per step (got {self.total}, "
+                           f"{self.accum})")
 
 
 def plan_run(args: TrainArgs, dist: Dist) -> Plan:
@@ -64,14 +67,15 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
     heldout = {k: v for k, v in heldout.items() if v.n_tokens > 1} if args.eval else {}
     per_rank = args.micro_batch * dist.world
     if args.global_batch % per_rank:
-        raise SlmError(f"global_batch {args.global_batch} is not a multiple of micro_batch × ranks = {per_rank}")
+        raise SlmError(f"global_batch {args.global_batch} is not a multiple of micro_batch × ranks = "
+                       f"{per_rank}")
     _check_run_folder(args, run)
     layers = trainable_layers(args, cfg)
     _check_disk(args, run, spec, layers)
     fpt = flops_per_token(spec, args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
     peak = peak_flops(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else None
-    return Plan(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(), args.global_batch // per_rank,
-                fpt, peak, attn, loss)
+    return Plan(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(),
+                args.global_batch // per_rank, fpt, peak, attn, loss)
 
 
 def _check_run_folder(args: TrainArgs, run: Path) -> None:
@@ -81,12 +85,13 @@ def _check_run_folder(args: TrainArgs, run: Path) -> None:
         if not ckpt.latest(run):
             raise SlmError(f"--resume: no complete checkpoint in {run}/checkpoints: start without --resume")
     elif run.exists() and any(run.iterdir()) and not args.force:
-        raise SlmError(f"run folder {run} already exists: pass --resume to continue it, --force to replace it, "
-                       "or choose another `out`")
+        raise SlmError(f"run folder {run} already exists: pass --resume to continue it, --force to replace "
+                       "it, or choose another `out`")
 
 
 def _check_disk(args: TrainArgs, run: Path, spec: ModelSpec, layers: list[int]) -> None:
-    """Room for keep_last + 1 checkpoints (one is written before the oldest is deleted) and the final model."""
+    """Room for keep_last + 1 checkpoints (one is written before the oldest is deleted) and the final
+    model."""
     n_params = spec.params
     n_train = n_params if args.trainable == "full" else (
         len(layers) * spec.layer_params() if args.trainable != "lora" else n_params // 50)

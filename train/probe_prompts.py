@@ -1,12 +1,13 @@
 """The instruction-following probe's prompts: written here from templates, no hub, no external data.
 
-Known-answer questions (capitals, unit conversions, small arithmetic, Python standard library) carry the answer
-that exact match scores; open requests (rewrite, summarise, list) carry none and are scored by the loss of the
-model's own pre-training answer and by whether the answer ends its turn. Every prompt asks for a short answer, so
-that a model that still follows instructions can end its turn within the probe's small generation budget.
+Known-answer questions (capitals, unit conversions, small arithmetic, Python standard library) carry the
+answer that exact match scores; open requests (rewrite, summarise, list) carry none and are scored by the loss
+of the model's own pre-training answer and by whether the answer ends its turn. Every prompt asks for a short
+answer, so that a model that still follows instructions can end its turn within the probe's small generation
+budget.
 
-The split is by content hash (stable across Python versions and orderings): a prompt is held out when the first
-byte of sha256("probe:" + prompt) is below 128 — half of them — and the rest form the build split.
+The split is by content hash (stable across Python versions and orderings): a prompt is held out when the
+first byte of sha256("probe:" + prompt) is below 128 — half of them — and the rest form the build split.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import random
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
     "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi", "Russia": "Moscow", "Canada": "Ottawa",
-    "Australia": "Canberra", "Egypt": "Cairo", "Kenya": "Nairobi", "Brazil": "Brasilia", "Argentina": "Buenos Aires",
-    "Mexico": "Mexico City", "Peru": "Lima", "Chile": "Santiago", "Norway": "Oslo", "Sweden": "Stockholm",
-    "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw", "Austria": "Vienna", "Greece": "Athens",
-    "Turkey": "Ankara", "Ireland": "Dublin", "the Netherlands": "Amsterdam", "Belgium": "Brussels",
-    "Switzerland": "Bern", "Hungary": "Budapest", "the Czech Republic": "Prague", "Thailand": "Bangkok",
-    "Vietnam": "Hanoi", "South Korea": "Seoul", "Indonesia": "Jakarta", "the Philippines": "Manila",
-    "Iran": "Tehran", "Iraq": "Baghdad", "Saudi Arabia": "Riyadh", "Nigeria": "Abuja", "Ghana": "Accra",
-    "Ethiopia": "Addis Ababa", "Morocco": "Rabat", "Cuba": "Havana", "Colombia": "Bogota", "Venezuela": "Caracas",
+    "Australia": "Canberra", "Egypt": "Cairo", "Kenya": "Nairobi", "Brazil": "Brasilia",
+    "Argentina": "Buenos Aires", "Mexico": "Mexico City", "Peru": "Lima", "Chile": "Santiago",
+    "Norway": "Oslo", "Sweden": "Stockholm", "Finland": "Helsinki", "Denmark": "Copenhagen",
+    "Poland": "Warsaw", "Austria": "Vienna", "Greece": "Athens", "Turkey": "Ankara", "Ireland": "Dublin",
+    "the Netherlands": "Amsterdam", "Belgium": "Brussels", "Switzerland": "Bern", "Hungary": "Budapest",
+    "the Czech Republic": "Prague", "Thailand": "Bangkok", "Vietnam": "Hanoi", "South Korea": "Seoul",
+    "Indonesia": "Jakarta", "the Philippines": "Manila", "Iran": "Tehran", "Iraq": "Baghdad",
+    "Saudi Arabia": "Riyadh", "Nigeria": "Abuja", "Ghana": "Accra", "Ethiopia": "Addis Ababa",
+    "Morocco": "Rabat", "Cuba": "Havana", "Colombia": "Bogota", "Venezuela": "Caracas",
     "New Zealand": "Wellington", "Ukraine": "Kyiv", "Romania": "Bucharest", "Iceland": "Reykjavik",
     "the United Kingdom": "London", "the United States": "Washington",
 }
@@ -113,10 +115,10 @@ SENTENCES = [
 REWRITES = ["Rewrite this sentence in simpler words: {s}", "Rewrite this sentence in the passive voice: {s}",
             "Rewrite this sentence as a question: {s}"]
 SUMMARISE = "Summarise this in at most five words: {s}"
-LIST_TOPICS = ["colours", "fruits", "animals that live in the sea", "musical instruments", "European countries",
-               "programming languages", "planets", "kitchen tools", "sports played with a ball", "types of trees",
-               "vegetables", "birds", "metals", "board games", "units of length", "flowers", "vehicles",
-               "rivers", "weather words", "shapes"]
+LIST_TOPICS = ["colours", "fruits", "animals that live in the sea", "musical instruments",
+               "European countries", "programming languages", "planets", "kitchen tools",
+               "sports played with a ball", "types of trees", "vegetables", "birds", "metals", "board games",
+               "units of length", "flowers", "vehicles", "rivers", "weather words", "shapes"]
 LIST_TEMPLATES = ["List three {t}, separated by commas.", "Name two {t}. Answer in one line."]
 
 HINT_NUMBER = " Answer with the number only."
@@ -163,6 +165,7 @@ def is_heldout(prompt: str) -> bool:
 
 
 def split_prompts(split: str) -> list[dict]:
-    """The `build` or `heldout` half, ordered by content hash (a stable, category-mixed order to take a prefix of)."""
+    """The `build` or `heldout` half, ordered by content hash (a stable, category-mixed order to take a prefix
+    of)."""
     rows = [p for p in all_prompts() if is_heldout(p["prompt"]) == (split == "heldout")]
     return sorted(rows, key=lambda p: hashlib.sha256(("order:" + p["prompt"]).encode()).hexdigest())

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from slm.errors import SlmError
 
-STRUCTURED = {".jsonl", ".json", ".parquet"}  # records with `text` or `messages`; any other file is one document
+# records with `text` or `messages`; any other file is one document
+STRUCTURED = {".jsonl", ".json", ".parquet"}
 
 
 @dataclass
@@ -25,16 +26,19 @@ class Source:
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise SlmError(f"source name {self.name!r}: use letters, digits, - and _ (it becomes a folder name)")
+            raise SlmError(f"source name {self.name!r}: use letters, digits, - and _ "
+                           "(it becomes a folder name)")
         if self.heldout is not None and not 0 <= self.heldout <= 1:
             raise SlmError(f"source {self.name}: heldout must be in [0, 1] (got {self.heldout})")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 <= self.weight < math.inf:
+        if (isinstance(self.weight, bool) or not isinstance(self.weight, (int, float))
+                or not 0 <= self.weight < math.inf):
             raise SlmError(f"source {self.name}: weight must be a finite number ≥ 0 (got {self.weight!r})")
 
 
 def parse_source(spec: str, include: str = "*") -> Source:
-    """`NAME=PATH[:WEIGHT]` (CLI form of a Source). A path may itself hold a colon: the part after the last one is
-    a weight when it reads as a number, or when the path without it exists (then a bad weight is named as such)."""
+    """`NAME=PATH[:WEIGHT]` (CLI form of a Source). A path may itself hold a colon: the part after the last
+    one is a weight when it reads as a number, or when the path without it exists (then a bad weight is named
+    as such)."""
     if "=" not in spec:
         raise SlmError(f"--source {spec!r}: write NAME=PATH or NAME=PATH:WEIGHT (e.g. code=src/:1.5)")
     name, rest = spec.split("=", 1)
@@ -76,9 +80,9 @@ def read_documents(src: Source, files: list[Path]) -> Iterator[dict]:
 
 
 def check_records(src: Source, files: list[Path], limit: int = 0) -> None:
-    """Read the records of a source's JSONL/Parquet files once before any tokenizing (cheap next to it): every line
-    valid JSON with `text` or `messages`, text and chat not mixed, and a chat source with assistant turns to learn
-    from. Each problem is one line naming the file and line."""
+    """Read the records of a source's JSONL/Parquet files once before any tokenizing (cheap next to it): every
+    line valid JSON with `text` or `messages`, text and chat not mixed, and a chat source with assistant turns
+    to learn from. Each problem is one line naming the file and line."""
     first = {}  # kind → where it was first seen
     replies = seen = 0
     for f in (f for f in files if f.suffix in STRUCTURED):
@@ -93,8 +97,9 @@ def check_records(src: Source, files: list[Path], limit: int = 0) -> None:
             if limit and seen >= limit:
                 break
     if "chat" in first and not replies:
-        raise SlmError(f"source {src.name}: none of its {seen} conversations has an assistant turn, so SFT would have "
-                       "nothing to learn: add replies with role `assistant`, or give the records as `text`")
+        raise SlmError(f"source {src.name}: none of its {seen} conversations has an assistant turn, so SFT "
+                       "would have nothing to learn: add replies with role `assistant`, or give the records "
+                       "as `text`")
 
 
 def _records(f: Path) -> Iterator[tuple[str, dict]]:
@@ -103,7 +108,8 @@ def _records(f: Path) -> Iterator[tuple[str, dict]]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise SlmError(f"{f} is Parquet: `pip install pyarrow` to read it, or convert it to JSONL") from None
+            raise SlmError(f"{f} is Parquet: `pip install pyarrow` to read it, "
+                           "or convert it to JSONL") from None
         for n, row in enumerate(pq.read_table(f).to_pylist(), 1):
             yield f"{f}:{n}", _record(row, f, n)
         return
@@ -116,7 +122,8 @@ def _records(f: Path) -> Iterator[tuple[str, dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise SlmError(f"{f}:{n}: not valid JSON ({e.msg}, column {e.colno}): fix or remove that line") from None
+                    raise SlmError(f"{f}:{n}: not valid JSON ({e.msg}, column {e.colno}): "
+                                   "fix or remove that line") from None
                 yield f"{f}:{n}", _record(row, f, n)
         except UnicodeDecodeError:
             raise SlmError(f"{f}:{n + 1}: not UTF-8 text: convert the file to UTF-8") from None
@@ -124,7 +131,8 @@ def _records(f: Path) -> Iterator[tuple[str, dict]]:
 
 def _record(row, f: Path, n: int) -> dict:
     if isinstance(row, dict) and isinstance(row.get("messages"), list):
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                   and isinstance(m.get("content"), str)
                    for m in row["messages"]):
             raise SlmError(f"{f}:{n}: each message needs a `role` and a `content` string")
         return {"messages": row["messages"]}

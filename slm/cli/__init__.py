@@ -17,18 +17,20 @@ from slm.errors import SlmError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slm", description="Grow, specialise, export and profile small language models.")
+    parser = argparse.ArgumentParser(prog="slm", description="Grow, specialise, export and profile small "
+                                                             "language models.")
     parser.add_argument("--version", action="version", version=f"slm-lab {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):  # not __main__
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)
+                      if not m.name.startswith("_")):  # not __main__
         importlib.import_module(f"{__name__}.{mod}").register(sub)
     return parser
 
 
 def _exit_on_sigterm() -> None:
-    """SIGTERM (what `timeout`, Slurm and Kubernetes send) becomes SystemExit(143), so every `finally` runs: the
-    output guard releases its lock and atomic writers remove their temporaries. `slm train` installs its own
-    handler on top (save a checkpoint, then stop)."""
+    """SIGTERM (what `timeout`, Slurm and Kubernetes send) becomes SystemExit(143), so every `finally` runs:
+    the output guard releases its lock and atomic writers remove their temporaries. `slm train` installs its
+    own handler on top (save a checkpoint, then stop)."""
     import signal
 
     def _stop(signum, frame):

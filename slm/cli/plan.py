@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plan", help="candidates (depth, GGUF type, KV type) against a device's memory and speed")
+    p = sub.add_parser("plan", help="candidates (depth, GGUF type, KV type) against a device's memory and "
+                                    "speed")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("model", nargs="?", help="HF checkpoint folder or GGUF")
     src.add_argument("--config", help="a config.json (plan a model before it has weights)")
@@ -12,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--context", type=int, default=4096, help="context the model must hold (tokens)")
     p.add_argument("--min-decode", type=float, help="required decode tok/s at the context")
     p.add_argument("--min-prefill", type=float, help="required prefill tok/s")
-    p.add_argument("--max-memory", type=float, help="memory budget in GB (default: the device's usable memory)")
+    p.add_argument("--max-memory", type=float, help="memory budget in GB (default: the device's usable "
+                                                    "memory)")
     p.add_argument("--grow", action="store_true", help="also consider LLaMA Pro expansions")
     p.add_argument("--prune", action="store_true", help="also consider depth-pruned variants")
     p.add_argument("--types", help="GGUF types considered (comma-separated)")
@@ -29,12 +31,13 @@ def cmd_plan(args) -> int:
     import sys
     from pathlib import Path
 
-    from slm.profiling.plan import COLUMNS, DEFAULT_TYPES, PlanArgs, run_plan, table_rows
+    from slm.profiling.plan import DEFAULT_TYPES, PlanArgs, run_plan
+    from slm.profiling.plan_report import COLUMNS, table_rows
 
     source = args.model or args.config
-    pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode, min_prefill=args.min_prefill,
-                  max_memory_gb=args.max_memory, grow=args.grow, prune=args.prune, quality=args.quality,
-                  types=args.types or DEFAULT_TYPES)
+    pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode,
+                  min_prefill=args.min_prefill, max_memory_gb=args.max_memory, grow=args.grow,
+                  prune=args.prune, quality=args.quality, types=args.types or DEFAULT_TYPES)
     result = run_plan(source, pa, Path(args.out) if args.out else None, args.force)
     if result["fallback_warning"]:
         print(result["fallback_warning"], file=sys.stderr)

@@ -22,7 +22,8 @@ def register(sub) -> None:
 def cmd_compare(args) -> int:
     from slm.report.compare import compare_runs
 
-    out = Path(args.out) if args.out else Path("reports") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs))
+    out = (Path(args.out) if args.out
+           else Path("reports") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs)))
     print(f"compare → {compare_runs(args.runs, out, args.force)}")
     return 0
 

@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("merge", help="linear / slerp / task arithmetic / instruction residual from a YAML recipe")
+    p = sub.add_parser("merge", help="linear / slerp / task arithmetic / instruction residual from a YAML "
+                                     "recipe")
     p.add_argument("recipe", help="merge recipe (YAML)")
     p.add_argument("out")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
@@ -44,7 +45,8 @@ def cmd_expand(args) -> int:
 def cmd_upscale(args) -> int:
     from slm.surgery.upscale import UpscaleArgs, upscale
 
-    res = upscale(args.model, args.out, UpscaleArgs(drop=args.drop, slices=args.slices, dtype=args.dtype, force=args.force))
+    res = upscale(args.model, args.out,
+                  UpscaleArgs(drop=args.drop, slices=args.slices, dtype=args.dtype, force=args.force))
     _print_result(args.out, res)
     return 0
 
@@ -63,5 +65,6 @@ def _print_result(out, res: dict) -> None:
     print(f"{n['before']} → {n['after']} layers, new layers {res['record']['new_layers']} → {out}")
     if "parity" in res:
         p = res["parity"]
-        print(f"parity (fp32 logits, {p['prompts']} prompts): max |Δ| = {p['max_abs_diff']:.3g}, bit-identical: {p['bit_identical']}")
+        print(f"parity (fp32 logits, {p['prompts']} prompts): max |Δ| = {p['max_abs_diff']:.3g}, "
+              f"bit-identical: {p['bit_identical']}")
     print(f"report: {out}/report.html")

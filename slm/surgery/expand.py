@@ -39,7 +39,8 @@ def plan_expansion(n_layers: int, groups: int, copies: int) -> tuple[list[int], 
         raise SlmError(f"--groups {groups} does not divide the {n_layers} layers: use one of {divisors}")
     m = n_layers // groups
     if copies > m:
-        raise SlmError(f"--copies {copies} exceeds the {m} blocks per group ({n_layers} layers / {groups} groups): use --copies ≤ {m}")
+        raise SlmError(f"--copies {copies} exceeds the {m} blocks per group ({n_layers} layers / {groups} "
+                       f"groups): use --copies ≤ {m}")
     src: list[int] = []
     new: list[int] = []
     for g in range(groups):
@@ -69,9 +70,10 @@ def expand(model: Path | str, out: Path | str, args: ExpandArgs) -> dict:
     model, out = Path(model), Path(out)
     n = load_spec(model).layers  # refuses non-Llama-family and incomplete configs in one line
     src, new = plan_expansion(n, args.groups, args.copies)  # validate before any work
-    with guard_output(out, [model], args.force):  # output checks and lock first: a refused run prints only its error
+    # output checks and lock first: a refused run prints only its error
+    with guard_output(out, [model], args.force):
         check_weights(model)
         _warn_quant_shape(model, len(src))
         step = {"method": "llama_pro", **asdict(args)}
-        return restack(model, out, src, new, step, kind="expand", zero_new=True, dtype=args.dtype, force=args.force,
-                       parity=args.parity)
+        return restack(model, out, src, new, step, kind="expand", zero_new=True, dtype=args.dtype,
+                       force=args.force, parity=args.parity)

@@ -76,4 +76,5 @@ def layer_table(record: dict) -> list[dict]:
 def check_layer_tensors(names: list[str], n_layers: int) -> None:
     seen = {split_layer_name(k)[0] for k in names} - {None}
     if seen != set(range(n_layers)):
-        raise SlmError(f"checkpoint has layers {sorted(seen)[:5]}... but config says num_hidden_layers={n_layers}: the checkpoint is inconsistent")
+        raise SlmError(f"checkpoint has layers {sorted(seen)[:5]}... but config says "
+                       f"num_hidden_layers={n_layers}: the checkpoint is inconsistent")

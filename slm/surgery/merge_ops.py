@@ -1,5 +1,5 @@
-"""The per-tensor arithmetic of merges, apart from the streaming in merge.py: dot products accumulated in float64
-without a float64 copy, SLERP (Shoemake 1985, as in mergekit), and a per-layer t spread over depth."""
+"""The per-tensor arithmetic of merges, apart from the streaming in merge.py: dot products accumulated in
+float64 without a float64 copy, SLERP (Shoemake 1985, as in mergekit), and a per-layer t spread over depth."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = 1 << 20) -> float:
     """Σ a·b accumulated in float64 chunk by chunk, so no float64 copy of a large tensor is ever made."""
     a, b = a.reshape(-1), b.reshape(-1)
-    return float(sum(torch.dot(a[i:i + chunk].double(), b[i:i + chunk].double()) for i in range(0, a.numel(), chunk)))
+    return float(sum(torch.dot(a[i:i + chunk].double(), b[i:i + chunk].double())
+                     for i in range(0, a.numel(), chunk)))
 
 
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, eps: float = 0.9995) -> torch.Tensor:

@@ -59,4 +59,5 @@ def upscale(model: Path | str, out: Path | str, args: UpscaleArgs) -> dict:
         seen.add(s)
     step = {"method": "dus", **asdict(args)}
     # DUS copies layers verbatim: nothing is zeroed.
-    return restack(model, out, src, new, step, kind="upscale", zero_new=False, dtype=args.dtype, force=args.force)
+    return restack(model, out, src, new, step, kind="upscale", zero_new=False, dtype=args.dtype,
+                   force=args.force)

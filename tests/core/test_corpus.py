@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import pydoc_data.topics
 import sysconfig
 from pathlib import Path
-
-import pydoc_data.topics
 
 from slm.corpus import CODE_CHARS, SKIP_PARTS, heldout_text, stdlib_corpus, stdlib_files
 
@@ -24,7 +23,8 @@ def test_corpus_writes_code_and_pydoc_prose(tmp_path):
     code, general = stdlib_corpus(tmp_path / "src", max_files=20)
     texts = [json.loads(line)["text"] for line in code.read_text().splitlines()]
     sources = [f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files(20)]
-    # every kept document is a whole source file, in file order, and only the sizes outside CODE_CHARS drop out
+    # every kept document is a whole source file, in file order, and only the sizes outside CODE_CHARS
+    # drop out
     assert texts == [t for t in sources if CODE_CHARS[0] < len(t) < CODE_CHARS[1]] and texts
     prose = [json.loads(line)["text"] for line in general.read_text().splitlines()]
     assert prose == [t for _, t in sorted(pydoc_data.topics.topics.items())]

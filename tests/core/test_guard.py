@@ -147,7 +147,8 @@ def test_an_empty_lock_is_stale_once_old_and_force_breaks_it(tmp_path):
 
 
 def test_sigterm_in_any_verb_releases_the_lock_and_removes_temporaries(tmp_path):
-    """`timeout slm export …` sends SIGTERM: the CLI turns it into a normal exit, so the guard's cleanup runs."""
+    """`timeout slm export …` sends SIGTERM: the CLI turns it into a normal exit, so the guard's cleanup
+    runs."""
     out = tmp_path / "o"
     code = ("import os, signal, sys, time\n"
             "from slm.cli import _exit_on_sigterm\n"

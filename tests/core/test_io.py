@@ -5,9 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from slm.errors import SlmError
-from slm.io import ShardedWriter, TensorReader, load_model
-from slm.guard import atomic_dir
 from slm.gguf_import import import_gguf
+from slm.guard import atomic_dir
+from slm.io import ShardedWriter, TensorReader, load_model
 
 
 def test_sharded_writer_roundtrip_and_index(tiny, tmp_path):

@@ -34,7 +34,8 @@ def _imports(folder: Path, package: str):
                     yield f, f"{mod}.{a.name}"
 
 
-def _offenders(package: str, forbidden: tuple[str, ...], skip: str | None = None, only: str | None = None) -> list[str]:
+def _offenders(package: str, forbidden: tuple[str, ...], skip: str | None = None,
+               only: str | None = None) -> list[str]:
     folder = FOLDERS[package]
     return sorted({f"{f.relative_to(folder.parent)} imports {m}" for f, m in _imports(folder, package)
                    if any(m == x or m.startswith(x + ".") for x in forbidden)

@@ -16,15 +16,16 @@ FAST = dict(tokens=128, seq_len=32)
 
 
 def test_block_influence_equals_hand_computation(tiny):
-    """BI of every block = 1 − mean over tokens of cos(hidden state before, after), computed here from HF's own
-    hidden_states (an independent path from prune's forward hooks)."""
+    """BI of every block = 1 − mean over tokens of cos(hidden state before, after), computed here from HF's
+    own hidden_states (an independent path from prune's forward hooks)."""
     d = tiny("llama")
     m = load_model(d).eval()
     windows, _ = heldout_windows(d, PruneArgs(drop=1, **FAST), m.config.vocab_size)
     bi, _ = block_influence(m, windows)
     with torch.no_grad():
         hs = [m(w, output_hidden_states=True).hidden_states for w in windows]
-    for i in (0, 3):  # hidden_states[i] enters block i; [i + 1] leaves it (the last entry is after the final norm)
+    # hidden_states[i] enters block i; [i + 1] leaves it (the last entry is after the final norm)
+    for i in (0, 3):
         cos = torch.cat([torch.nn.functional.cosine_similarity(h[i][0].double(), h[i + 1][0].double(), dim=-1)
                          for h in hs])
         assert bi[i] == pytest.approx(1 - cos.mean().item(), abs=1e-9)
@@ -32,15 +33,15 @@ def test_block_influence_equals_hand_computation(tiny):
 
 
 def test_planted_identity_blocks_are_dropped(tiny, tmp_path):
-    """An expanded model's copies (zero o_proj/down_proj) have influence 0 and are the ones dropped: the pruned model
-    is the original again (same source layers, same perplexity)."""
+    """An expanded model's copies (zero o_proj/down_proj) have influence 0 and are the ones dropped: the
+    pruned model is the original again (same source layers, same perplexity)."""
     x = tmp_path / "x8"
     expand(tiny("qwen2"), x, ExpandArgs(groups=2, copies=1, parity=False))  # 6 → 8 layers, copies at 3 and 7
     out = tmp_path / "pruned"
     res = prune(x, out, PruneArgs(drop=2, **FAST))
     assert res["dropped_layers"] == [3, 7]
-    assert max(res["influences"][3], res["influences"][7]) < 1e-6 < min(b for i, b in enumerate(res["influences"])
-                                                                      if i not in (3, 7))
+    assert max(res["influences"][3], res["influences"][7]) < 1e-6 < min(
+        b for i, b in enumerate(res["influences"]) if i not in (3, 7))
     h = res["heldout"]
     assert h["perplexity_after"] == pytest.approx(h["perplexity_before"], rel=1e-5)
     cfg = json.loads((out / "config.json").read_text())
@@ -54,7 +55,8 @@ def test_planted_identity_blocks_are_dropped(tiny, tmp_path):
     slm = json.loads((out / "slm.json").read_text())
     assert slm["result"]["heldout"]["perplexity_after"] == h["perplexity_after"]
     html = (out / "report.html").read_text()
-    assert "Block influence" in html and "held-out perplexity after pruning" in html  # labelled by the registry
+    # labelled by the registry
+    assert "Block influence" in html and "held-out perplexity after pruning" in html
 
 
 def test_pruned_model_loads_with_fewer_layers(tiny, tmp_path):
@@ -87,7 +89,8 @@ def test_cli_prune(tiny, tmp_path, capsys):
     from slm.cli import main
 
     d = tiny("llama")
-    assert main(["prune", str(d), str(tmp_path / "p"), "--drop", "1", "--tokens", "64", "--seq-len", "32"]) == 0
+    assert main(["prune", str(d), str(tmp_path / "p"), "--drop", "1", "--tokens", "64",
+                 "--seq-len", "32"]) == 0
     out = capsys.readouterr().out
     assert "6 → 5 layers" in out and "held-out perplexity" in out
     assert main(["prune", str(d), str(tmp_path / "q"), "--drop", "6"]) == 2

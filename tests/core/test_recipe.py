@@ -42,14 +42,16 @@ def test_paths_resolve_against_the_recipe_folder(tmp_path):
 def test_one_line_errors(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text("- a\n- b\n")
-    with pytest.raises(SlmError, match=r"r\.yaml holds a list, not a mapping: write one `key: value` per line"):
+    with pytest.raises(SlmError,
+                       match=r"r\.yaml holds a list, not a mapping: write one `key: value` per line"):
         read_mapping(f)
     f.write_text("name: [unclosed\n")
     with pytest.raises(SlmError, match="not valid YAML"):
         read_mapping(f)
     with pytest.raises(SlmError, match="not found"):
         read_mapping(tmp_path / "nope.yaml")
-    with pytest.raises(SlmError, match=r"unknown recipe key `stepz` \(did you mean `steps`\?\); valid keys: base, lr"):
+    with pytest.raises(SlmError,
+                       match=r"unknown recipe key `stepz` \(did you mean `steps`\?\); valid keys: base, lr"):
         build(Toy, {"name": "a", "stepz": 1})
     with pytest.raises(SlmError, match="the recipe needs `name`"):
         build(Toy, {})

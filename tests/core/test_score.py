@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from slm.errors import SlmError
-from slm.quant.score import Scoring, kld, log_softmax, perplexity, score
+from slm.score import Scoring, kld, log_softmax, perplexity, score
 
 
 def test_windows_per_mode():
     ids = list(range(40))
     assert Scoring("all", 16).windows(ids) == [ids[0:16], ids[16:32], ids[32:40]]
-    assert Scoring("all", 16).windows(ids[:33]) == [ids[0:16], ids[16:32]]  # a 1-token tail has nothing to score
+    # a 1-token tail has nothing to score
+    assert Scoring("all", 16).windows(ids[:33]) == [ids[0:16], ids[16:32]]
     assert Scoring("second_half", 16, chunks=2).windows(ids) == [ids[0:16], ids[16:32]]
     with pytest.raises(SlmError, match="fewer than 16×3"):
         Scoring("second_half", 16, chunks=3).windows(ids)

@@ -27,11 +27,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
-    """An sshd on 127.0.0.1 with a generated host key, a user key in authorized_keys, and a known_hosts holding
-    the host key. Yields a dict of paths and the port."""
+    """An sshd on 127.0.0.1 with a generated host key, a user key in authorized_keys, and a known_hosts
+    holding the host key. Yields a dict of paths and the port."""
     exe = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").is_file() else None)
     if not exe or not shutil.which("ssh-keygen"):
-        pytest.skip("openssh-server is not installed (apt-get install -y openssh-server): SSH tests need a local sshd")
+        pytest.skip("openssh-server is not installed (apt-get install -y openssh-server): SSH tests need a "
+                    "local sshd")
     d = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "id", "other_id"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
@@ -40,9 +41,10 @@ def sshd(tmp_path_factory):
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} " + (d / "host_key.pub").read_text())
     (d / "empty_known_hosts").write_text("")
     (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PermitRootLogin prohibit-password\nPidFile {d / 'sshd.pid'}\nSubsystem sftp internal-sftp\n")
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile "
+        f"{d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM "
+        f"no\nStrictModes no\nPermitRootLogin prohibit-password\nPidFile {d / 'sshd.pid'}\nSubsystem sftp "
+        "internal-sftp\n")
     try:
         os.makedirs("/run/sshd", exist_ok=True)  # privilege-separation directory sshd insists on
     except OSError as e:

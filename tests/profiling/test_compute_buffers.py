@@ -1,5 +1,6 @@
-"""The planner's compute-buffer estimate (profiling/plan.py compute_bytes) against what llama.cpp itself allocates
-for the same shape and context, with flash attention on and off (issue 13: memory at the context must hold up)."""
+"""The planner's compute-buffer estimate (profiling/plan.py compute_bytes) against what llama.cpp itself
+allocates for the same shape and context, with flash attention on and off (memory at the context must hold
+up)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _check(gguf, context: int, flash_attn: bool) -> float:
         measured = llama.mem["compute"]
     finally:
         llama.close()
-    assert measured > 0, "llama.cpp logged no compute buffer: the log format changed (quant/llamacpp.py _RE_BUF)"
+    assert measured > 0, ("llama.cpp logged no compute buffer: the log format changed "
+                          "(quant/llamacpp.py _RE_BUF)")
     return compute_bytes(load_spec(gguf), context, flash_attn) / measured - 1
 
 

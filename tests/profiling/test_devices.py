@@ -10,8 +10,9 @@ from slm.cli import main
 from slm.errors import SlmError
 from slm.profiling import devices
 
-BIG = dict(model_type="llama", num_hidden_layers=32, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-           num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072)  # Llama-3-8B's shape
+BIG = dict(model_type="llama", num_hidden_layers=32, hidden_size=4096, intermediate_size=14336,
+           num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+           max_position_embeddings=131072)  # Llama-3-8B's shape
 
 
 def test_registry_and_alias():
@@ -67,7 +68,8 @@ def test_config_only_projection_fits(tmp_path, capsys):
     assert all(r["calibration"].startswith("projected: llama.cpp calibration") and r["expected_error"] < 0.25
                for r in p["rows"] if r["kind"] == "decode")
     # this model is far below the smallest published prefill point: an upper estimate whose error is not known
-    assert all(r["calibration"].startswith("projected: llama.cpp CUDA prefill calibration") and "upper estimate" in
+    assert all(r["calibration"].startswith("projected: llama.cpp CUDA prefill calibration")
+               and "upper estimate" in
                r["calibration"] and r["expected_error"] is None for r in p["rows"] if r["kind"] == "prefill")
     assert "host_figures" in p["inputs"] and "efficiency_from" not in p["inputs"]
     # decode slows down with depth (more KV read per token); the bound follows bandwidth / bytes

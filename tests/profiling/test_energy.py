@@ -1,11 +1,12 @@
-"""Energy readers against fake sysfs trees laid out as on a Jetson (INA3221 hwmon, JetPack 5/6) and an x86 host
-(RAPL powercap), and the protocol's per-test energy fields."""
+"""Energy readers against fake sysfs trees laid out as on a Jetson (INA3221 hwmon, JetPack 5/6) and an x86
+host (RAPL powercap), and the protocol's per-test energy fields."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+
 from slm.profiling import energy
 from slm.profiling.protocol import BenchArgs, run_tests
 
@@ -44,7 +45,8 @@ def test_ina3221_meter_integrates_power_over_the_window(tmp_path, monkeypatch):
     assert e.joules == pytest.approx(5 * 0.2 + 10 * 0.2, rel=0.15)  # 3 J, the total rail only
     assert e.per_rail_j["VDD_CPU_GPU_CV"] == pytest.approx(2.0 * e.seconds, rel=0.1)
     f = energy.per_token(e, timed_s=0.3, tokens=30)
-    assert f["j_per_token"] == pytest.approx(e.watts * 0.3 / 30) and f["tok_per_j"] == pytest.approx(1 / f["j_per_token"])
+    assert (f["j_per_token"] == pytest.approx(e.watts * 0.3 / 30)
+            and f["tok_per_j"] == pytest.approx(1 / f["j_per_token"]))
 
 
 def test_without_a_total_rail_the_rails_are_summed(tmp_path, monkeypatch):
@@ -72,7 +74,8 @@ def _rapl(root, uj=1_000_000, rng=10_000_000, readable=True):
 def test_rapl_counts_packages_only_and_corrects_wraparound(tmp_path, monkeypatch):
     z = _rapl(tmp_path, uj=9_500_000)
     monkeypatch.setattr(energy, "SYSFS", str(tmp_path))
-    assert list(energy.rapl_zones()) == ["package-0 (intel-rapl:0)"]  # the core sub-zone is inside the package
+    # the core sub-zone is inside the package
+    assert list(energy.rapl_zones()) == ["package-0 (intel-rapl:0)"]
     assert energy.rapl_delta(9_500_000, 500_000, 10_000_000) == 1_000_000
     m = energy.Meter().start()
     (z / "energy_uj").write_text("500000\n")  # wrapped: 0.5 J to the top, 0.5 J after it

@@ -40,14 +40,15 @@ def test_llamacpp_backend_refuses_garbage(tmp_path):
 
 def test_context_above_max(tmp_path, capsys, tiny):
     m = tiny()  # max_position_embeddings 256
-    err = _err(capsys, ["profile", str(m), "--pp", "128,512", "--backends", "torch", "-o", str(tmp_path / "o")])
+    err = _err(capsys,
+               ["profile", str(m), "--pp", "128,512", "--backends", "torch", "-o", str(tmp_path / "o")])
     assert "above the model's max context 256" in err
 
 
 def test_output_exists_needs_force(tmp_path, capsys):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(dict(model_type="llama", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                                   num_attention_heads=4, vocab_size=256)))
+    cfg.write_text(json.dumps(dict(model_type="llama", num_hidden_layers=2, hidden_size=64,
+                                   intermediate_size=128, num_attention_heads=4, vocab_size=256)))
     (tmp_path / "o").mkdir()
     assert "already exists" in _err(capsys, ["profile", "--config", str(cfg), "-o", str(tmp_path / "o")])
 
@@ -58,6 +59,7 @@ def test_missing_model(tmp_path, capsys):
 
 def test_bad_quant_type(tmp_path, capsys):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(dict(model_type="llama", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                                   num_attention_heads=4, vocab_size=256)))
-    assert "q4_k_m" in _err(capsys, ["profile", "--config", str(cfg), "--quant", "q9_z", "-o", str(tmp_path / "o")])
+    cfg.write_text(json.dumps(dict(model_type="llama", num_hidden_layers=2, hidden_size=64,
+                                   intermediate_size=128, num_attention_heads=4, vocab_size=256)))
+    assert "q4_k_m" in _err(capsys,
+                            ["profile", "--config", str(cfg), "--quant", "q9_z", "-o", str(tmp_path / "o")])

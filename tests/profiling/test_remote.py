@@ -23,9 +23,9 @@ def free_port() -> int:
 
 def _argv(sshd, model, out, *extra, key="id", known="known_hosts", slm=SLM, port=None):
     d = sshd["dir"]
-    return ["profile", str(model), "--host", f"{getpass.getuser()}@127.0.0.1", "--port", str(port or sshd["port"]),
-            "--identity", str(d / key), "--known-hosts", str(d / known), "--remote-slm", slm,
-            "--remote-dir", str(d / "remote"), "-o", str(out), *extra]
+    return ["profile", str(model), "--host", f"{getpass.getuser()}@127.0.0.1", "--port",
+            str(port or sshd["port"]), "--identity", str(d / key), "--known-hosts", str(d / known),
+            "--remote-slm", slm, "--remote-dir", str(d / "remote"), "-o", str(out), *extra]
 
 
 @pytest.mark.slow

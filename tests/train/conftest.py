@@ -10,13 +10,14 @@ import pytest
 
 VOCAB = 272  # 256 bytes + 3 special tokens, rounded up
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 
 def save_byte_tokenizer(folder: Path) -> None:
-    """A byte-level BPE without merges (every byte one token) plus chat special tokens, saved into `folder`."""
+    """A byte-level BPE without merges (every byte one token) plus chat special tokens, saved into
+    `folder`."""
     from tokenizers import Tokenizer, decoders, models
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import PreTrainedTokenizerFast
@@ -39,7 +40,8 @@ def write_texts(folder: Path, n: int, seed: int, style: str) -> Path:
     words = ["the", "model", "learns", "a", "small", "river", "under", "green", "light", "and", "stone"]
     for i in range(n):
         if style == "code":
-            body = "\n".join(f"def f{i}_{k}(x):\n    return x * {rng.randint(1, 9)} + {k}" for k in range(rng.randint(2, 6)))
+            body = "\n".join(f"def f{i}_{k}(x):\n    return x * {rng.randint(1, 9)} + {k}"
+                             for k in range(rng.randint(2, 6)))
         else:
             body = " ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) + "."
         (folder / f"doc{i:03d}.txt").write_text(body + "\n")
@@ -54,7 +56,8 @@ def write_chat(path: Path, n: int, seed: int) -> Path:
             msgs = [{"role": "user", "content": f"what is {a} plus {b}?"},
                     {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]
             if i % 2:
-                msgs += [{"role": "user", "content": "and times two?"}, {"role": "assistant", "content": f"{2 * (a + b)}"}]
+                msgs += [{"role": "user", "content": "and times two?"},
+                         {"role": "assistant", "content": f"{2 * (a + b)}"}]
             f.write(json.dumps({"messages": msgs}) + "\n")
     return path
 
@@ -84,15 +87,16 @@ def tiny_expanded(tiny_lm, tmp_path):
 
 @pytest.fixture
 def tiny_data(tmp_path, tiny_lm):
-    """Prepared data (code + prose text sources) with the byte tokenizer; returns (data dir, tokenizer dir)."""
+    """Prepared data (code + prose text sources) with the byte tokenizer; returns (data dir, tokenizer
+    dir)."""
     from slm.train.data import DataArgs, Source, prepare
 
     tok = tiny_lm(name="tok-model")
     code = write_texts(tmp_path / "src-code", 40, 1, "code")
     prose = write_texts(tmp_path / "src-prose", 40, 2, "prose")
     out = tmp_path / "data"
-    prepare(DataArgs([Source("code", str(code), 1.5), Source("prose", str(prose), 1.0)], str(tok), heldout=0.1,
-                     workers=1, progress=False), out)
+    prepare(DataArgs([Source("code", str(code), 1.5), Source("prose", str(prose), 1.0)], str(tok),
+                     heldout=0.1, workers=1, progress=False), out)
     return out, tok
 
 

@@ -27,7 +27,8 @@ def test_prepare_is_idempotent_and_deterministic(tmp_path, tiny_lm):
     srcs = [Source("code", str(code), 1.5), Source("chat", str(chat))]
     r1 = prepare(DataArgs(srcs, str(tok), heldout=0.2, workers=1, progress=False), tmp_path / "d1")
     assert not r1.get("up_to_date")
-    assert prepare(DataArgs(srcs, str(tok), heldout=0.2, workers=1, progress=False), tmp_path / "d1")["up_to_date"]
+    assert prepare(DataArgs(srcs, str(tok), heldout=0.2, workers=1, progress=False),
+                   tmp_path / "d1")["up_to_date"]
     # two tokenizer processes give the same bytes as one
     prepare(DataArgs(srcs, str(tok), heldout=0.2, workers=2, progress=False), tmp_path / "d2")
     assert _hashes(tmp_path / "d1") == _hashes(tmp_path / "d2")
@@ -37,7 +38,8 @@ def test_prepare_is_idempotent_and_deterministic(tmp_path, tiny_lm):
     assert code_split.tokens.dtype == np.uint16 and code_split.kind == "text"
     # the document index points at whole documents: each one ends with EOS
     eos = json.loads((tok / "tokenizer_config.json").read_text())
-    assert all(code_split.tokens[e - 1] == code_split.tokens[code_split.docs[1] - 1] for e in code_split.docs[1:])
+    assert all(code_split.tokens[e - 1] == code_split.tokens[code_split.docs[1] - 1]
+               for e in code_split.docs[1:])
     assert eos  # the tokenizer config exists
     assert splits["chat"].kind == "chat" and splits["chat"].mask is not None
     held = open_data(tmp_path / "d1", "heldout")
@@ -69,13 +71,16 @@ def test_bad_sources(tmp_path, tiny_lm):
     (tmp_path / "blank").mkdir()
     (tmp_path / "blank" / "a.txt").write_text("  \n")
     with pytest.raises(SlmError, match="no non-empty documents"):
-        prepare(DataArgs([Source("x", str(tmp_path / "blank"))], tok, workers=1, progress=False), tmp_path / "o3")
+        prepare(DataArgs([Source("x", str(tmp_path / "blank"))], tok, workers=1, progress=False),
+                tmp_path / "o3")
     assert not (tmp_path / "o3").exists()  # failed while tokenizing: no empty output folder, no temporary
     (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
     with pytest.raises(SlmError, match="needs a `text`"):
-        prepare(DataArgs([Source("x", str(tmp_path / "bad.jsonl"))], tok, workers=1, progress=False), tmp_path / "o4")
+        prepare(DataArgs([Source("x", str(tmp_path / "bad.jsonl"))], tok, workers=1, progress=False),
+                tmp_path / "o4")
     with pytest.raises(SlmError, match="no tokenizer"):
-        prepare(DataArgs([Source("x", str(tmp_path / "blank"))], str(tmp_path / "empty"), progress=False), tmp_path / "o5")
+        prepare(DataArgs([Source("x", str(tmp_path / "blank"))], str(tmp_path / "empty"), progress=False),
+                tmp_path / "o5")
     assert parse_source("code=/a/b:1.5").weight == 1.5 and parse_source("c=/x").path == "/x"
     assert parse_source(f"c={tmp_path}/no:such").path == f"{tmp_path}/no:such"  # a colon in a path stays
     with pytest.raises(SlmError, match="weight 'abc' is not a number"):
@@ -89,13 +94,16 @@ def test_records_are_checked_before_tokenizing(tmp_path, tiny_lm, monkeypatch):
 
     from slm.train import data as data_mod
 
-    monkeypatch.setattr(data_mod, "_tokenized", lambda *a: pytest.fail("tokenized before the records were checked"))
+    monkeypatch.setattr(data_mod, "_tokenized",
+                        lambda *a: pytest.fail("tokenized before the records were checked"))
     tok = str(tiny_lm())
     user = {"messages": [{"role": "user", "content": "hi"}]}
     cases = [('{"text": "a"}\n{"text": "b"\n', r"bad\.jsonl:2: not valid JSON"),
-             ('{"text": "a"}\n' + json.dumps(user) + "\n", r"bad\.jsonl:2: source x mixes text and chat records"),
+             ('{"text": "a"}\n' + json.dumps(user) + "\n",
+              r"bad\.jsonl:2: source x mixes text and chat records"),
              (json.dumps(user) + "\n", "none of its 1 conversations has an assistant turn"),
-             ('{"messages": [{"role": "user"}]}\n', r"bad\.jsonl:1: each message needs a `role` and a `content`")]
+             ('{"messages": [{"role": "user"}]}\n',
+              r"bad\.jsonl:1: each message needs a `role` and a `content`")]
     for text, message in cases:
         (tmp_path / "bad.jsonl").write_text(text)
         with pytest.raises(SlmError, match=message):
@@ -105,8 +113,8 @@ def test_records_are_checked_before_tokenizing(tmp_path, tiny_lm, monkeypatch):
 
 
 def test_a_killed_prepare_is_continued_by_a_rerun(tmp_path, tiny_lm, capsys):
-    """kill -9 mid-prepare leaves the output's lock and a source's temp folder: the rerun breaks the dead lock,
-    removes the temp folder, saying so, and prepares the data."""
+    """kill -9 mid-prepare leaves the output's lock and a source's temp folder: the rerun breaks the dead
+    lock, removes the temp folder, saying so, and prepares the data."""
     import socket
     import subprocess
     import sys

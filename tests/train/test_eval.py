@@ -16,7 +16,8 @@ def test_op_bwt_by_hand():
     f = forgetting([{"general": -2.0, "code": -3.0}, {"general": -2.5, "code": -2.2}], ["general", "code"])
     assert math.isclose(f["op"], (-2.5 - 2.2) / 2)
     assert math.isclose(f["bwt"], -0.5)  # general got worse by 0.5 nats: forgetting
-    f3 = forgetting([{"a": -1.0, "b": -4, "c": -4}, {"a": -1.2, "b": -2, "c": -4}, {"a": -1.1, "b": -2.5, "c": -1}],
+    f3 = forgetting([{"a": -1.0, "b": -4, "c": -4}, {"a": -1.2, "b": -2, "c": -4},
+                     {"a": -1.1, "b": -2.5, "c": -1}],
                     ["a", "b", "c"])
     assert math.isclose(f3["bwt"], ((-1.1 + 1.0) + (-2.5 + 2.0)) / 2)
 

@@ -1,11 +1,15 @@
-"""The chunked LM-head cross-entropy equals the plain one (value and gradients, ignored labels included, summed over
-micro-batches); attention and loss choices are refused before any weights are read where they cannot run."""
+"""The chunked LM-head cross-entropy equals the plain one (value and gradients, ignored labels included,
+summed over micro-batches); attention and loss choices are refused before any weights are read where they
+cannot run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from slm.errors import SlmError
+from slm.io import load_model
 from slm.train.attention import AttnInputs, check_attn
 from slm.train.loss import (
     LossHead,
@@ -16,9 +20,6 @@ from slm.train.loss import (
     micro_loss,
 )
 from slm.train.pack import IGNORE, collate, label_window
-
-from slm.errors import SlmError
-from slm.io import load_model
 
 from .conftest import VOCAB
 
@@ -52,7 +53,8 @@ def test_frozen_head_gets_no_gradient_and_ignored_rows_none():
     w = torch.randn(31, 8, generator=gen)  # frozen head (trainable=expanded)
     y = _labels(20, 31, gen)
     (gh,) = torch.autograd.grad(chunked_cross_entropy(h, w, y, 6), (h,))
-    assert torch.equal(gh[y == IGNORE], torch.zeros_like(gh[y == IGNORE]))  # no gradient from an ignored label
+    # no gradient from an ignored label
+    assert torch.equal(gh[y == IGNORE], torch.zeros_like(gh[y == IGNORE]))
     assert gh[y != IGNORE].abs().sum(-1).min() > 0
 
 
@@ -69,8 +71,9 @@ def _batches(n: int, t: int, vocab: int) -> list[dict]:
 
 
 def test_model_loss_and_gradients_match_plain_over_accumulation(tiny_lm):
-    """Two micro-batches, each summed and divided by the global label count (the loop's per-token mean): the model
-    with the LossHead gives the same loss and the same gradient on every parameter as logits + F.cross_entropy."""
+    """Two micro-batches, each summed and divided by the global label count (the loop's per-token mean): the
+    model with the LossHead gives the same loss and the same gradient on every parameter as logits +
+    F.cross_entropy."""
     path = tiny_lm()
     batches = _batches(2, 30, 256)
     count = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
@@ -101,7 +104,8 @@ def test_loss_head_keeps_tied_weights(tiny_lm):
     assert isinstance(model.lm_head, LossHead) and head.weight is model.model.embed_tokens.weight
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and has_liger()), reason="liger-kernel needs CUDA and liger-kernel")
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_liger()),
+                    reason="liger-kernel needs CUDA and liger-kernel")
 def test_liger_equals_plain_on_cuda():
     gen = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(64, 1000, bias=False).cuda()
@@ -141,8 +145,8 @@ def test_choices_that_cannot_run_here_are_refused(monkeypatch):
 
 
 def test_flash_path_feeds_the_micro_batch_as_one_row():
-    """flash-attn varlen in transformers isolates packed documents only for a single row: the loop flattens the
-    micro-batch (each row starts at position 0, so rows stay separate documents)."""
+    """flash-attn varlen in transformers isolates packed documents only for a single row: the loop flattens
+    the micro-batch (each row starts at position 0, so rows stay separate documents)."""
     import numpy as np
 
     seen = {}

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from slm.io import load_model
 from slm.train.attention import HF_NAME, AttnInputs, has_flash, has_flex
 from slm.train.data import tokenize_doc
 from slm.train.pack import IGNORE, block_causal_mask, collate, label_window
-
-from slm.io import load_model
 
 from .conftest import write_chat
 
@@ -18,7 +18,8 @@ from .conftest import write_chat
 def _per_token_loss(model, seq: dict, attn: str = "sdpa", mask: bool = True) -> torch.Tensor:
     """Per-token loss of one sequence, its documents isolated as training isolates them on path `attn`."""
     b = collate([seq])
-    kw = {"position_ids": b["position_ids"], **(AttnInputs(attn, torch.float32)(b["segments"]) if mask else {})}
+    kw = {"position_ids": b["position_ids"],
+          **(AttnInputs(attn, torch.float32)(b["segments"]) if mask else {})}
     logits = model(input_ids=b["input_ids"], **kw).logits[0]
     return F.cross_entropy(logits, b["labels"][0], ignore_index=IGNORE, reduction="none")
 
@@ -32,9 +33,11 @@ def _paths() -> list:
     runs under no_grad, which is what FlexAttention supports on CPU)."""
     cuda = torch.cuda.is_available()
     return ["sdpa", "eager",
-            pytest.param("flex", marks=pytest.mark.skipif(not has_flex(), reason="torch without flex_attention")),
-            pytest.param("flash", marks=pytest.mark.skipif(not (cuda and has_flash()),
-                                                           reason="flash-attn needs CUDA and the flash-attn package"))]
+            pytest.param("flex",
+                         marks=pytest.mark.skipif(not has_flex(), reason="torch without flex_attention")),
+            pytest.param("flash",
+                         marks=pytest.mark.skipif(not (cuda and has_flash()),
+                                                  reason="flash-attn needs CUDA and the flash-attn package"))]
 
 
 @pytest.mark.parametrize("attn", _paths())
@@ -42,11 +45,13 @@ def test_packed_documents_give_the_same_per_token_loss_as_alone(tiny_lm, attn):
     dtype = torch.bfloat16 if attn == "flash" else torch.float32  # flash-attn has no fp32 kernels
     device = "cuda" if attn == "flash" else "cpu"
     model = load_model(tiny_lm(), attn_implementation=HF_NAME[attn]).to(device, dtype).eval()
-    ref = load_model(tiny_lm(), attn_implementation="sdpa").to(device, dtype).eval()  # same seed, same weights
+    # same seed, same weights
+    ref = load_model(tiny_lm(), attn_implementation="sdpa").to(device, dtype).eval()
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 256, 23), rng.integers(0, 256, 17)
     packed = label_window(np.concatenate([a, b]), np.array([0] * 23 + [1] * 17), None)
-    packed, alone_a, alone_b = ({k: v.to(device) for k, v in s.items()} for s in (packed, _alone(a), _alone(b)))
+    packed, alone_a, alone_b = ({k: v.to(device) for k, v in s.items()}
+                                for s in (packed, _alone(a), _alone(b)))
     with torch.no_grad():
         lp = _per_token_loss(model, packed, attn)
         la, lb = _per_token_loss(model, alone_a, attn), _per_token_loss(model, alone_b, attn)
@@ -54,7 +59,7 @@ def test_packed_documents_give_the_same_per_token_loss_as_alone(tiny_lm, attn):
     assert packed["labels"][22] == IGNORE  # the label crossing the boundary is masked
     assert packed["position_ids"][23] == 0  # positions restart at the second document
     assert lp[22] == 0
-    # float tolerance, not bitwise: different shapes reorder the sums (design.md)
+    # float tolerance, not bitwise: different shapes reorder the sums
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(lp[:22], la[:22], rtol=0, atol=tol)
     torch.testing.assert_close(lp[23:], lb[:16], rtol=0, atol=tol)
@@ -112,13 +117,15 @@ def test_sft_loss_only_on_assistant_tokens(tiny_lm, tmp_path):
     assert 0 < int(labelled.sum()) < len(ids) - 1
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and has_flex()), reason="FlexAttention's backward needs CUDA")
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_flex()),
+                    reason="FlexAttention's backward needs CUDA")
 def test_flex_trains_like_sdpa_on_cuda(tiny_lm):
     """Forward and backward through FlexAttention with the document BlockMask = sdpa with the dense mask."""
     from slm.train.loss import install_loss_head, micro_loss
 
     rng = np.random.default_rng(1)
-    seqs = [label_window(rng.integers(0, 256, 97), np.repeat([0, 1, 2], [40, 30, 27]), None) for _ in range(2)]
+    seqs = [label_window(rng.integers(0, 256, 97), np.repeat([0, 1, 2], [40, 30, 27]), None)
+            for _ in range(2)]
     batch, dev, out = collate(seqs), torch.device("cuda"), {}
     for attn in ("sdpa", "flex"):
         model = load_model(tiny_lm(), attn_implementation=HF_NAME[attn]).to(dev)
