@@ -6,56 +6,52 @@ Model (per kernel family, fitted on Jetson Orin points; slm.profiling.calibratio
     bytes read per token     = weight bytes streamed (all but an untied input embedding: a lookup reads one
                                row of it) + KV bytes per token × depth
 
-The overhead is a fixed cost per token (kernel launches, sampling, the server loop); it dominates small models.
-Efficiency and overheads are fitted by least squares on the RELATIVE error (each point's predicted time divided
-by its measured time, minus one), so a 135M model at 165 tok/s weighs as much as a 70B one at 3 tok/s.
+The overhead is a fixed cost per token (kernel launches, sampling, the server loop); it dominates small
+models. Efficiency and overheads are fitted by least squares on the RELATIVE error (each point's predicted
+time divided by its measured time, minus one), so a 135M model at 165 tok/s weighs as much as a 70B one at 3
+tok/s.
 
 Groups, and why they are pooled: published points are thin, so every Orin module is pooled (one Ampere sm_87
 iGPU design; the bandwidth term carries the difference between Orin Nano 68 GB/s, Nano Super 102 GB/s and AGX
-Orin 204.8 GB/s), and llama.cpp CUDA is pooled with Ollama, which runs llama.cpp's CUDA kernels behind a server:
-one efficiency (the kernels) and one overhead per backend (the host loop around them). MLC is its own group,
-with its own efficiency for Gemma-2 (FAMILY_TERMS says why). Each group's held-out points were chosen in the
-table (role) before any fit was run, and no held-out point has been moved since.
+Orin 204.8 GB/s), and llama.cpp CUDA is pooled with Ollama, which runs llama.cpp's CUDA kernels behind a
+server: one efficiency (the kernels) and one overhead per backend (the host loop around them). MLC is its own
+group, with its own efficiency for Gemma-2 (FAMILY_TERMS says why). Each group's held-out points were chosen
+in the table (role) before any fit was run, and no held-out point has been moved since.
 
 Fit (computed from the table by `fit_all`; tests/profiling/test_calibration.py recomputes it and holds these
-numbers to ±0.02 / ±1 point, so this text cannot drift from the data):
+numbers to ±0.01 / ±0.1 ms):
 
-| group | points fitted / held out | efficiency | overhead ms/token | fit residuals | held-out errors |
-|---|---|---|---|---|---|
-| llama.cpp (llama.cpp CUDA + Ollama), Orin | 9 / 6 | 0.62 | llama.cpp CUDA 3.9, Ollama 7.2 | −18 % … +69 % (RMS 28 %) | +12.9 % (SmolLM-135M Q2_K, Nano Super), +21.1 % (Qwen2.5-3B Q4_K_M tg128, Nano Super), +4.4 % (8B Q4_K_M, AGX), −3.6 % (14B tg128, AGX), −7.4 % (32B tg128, AGX), −11.1 % (Llama-3.2-3B Ollama, Nano Super) |
-| MLC, Orin | 10 / 3 | 0.91 (Gemma-2 0.53) | MLC 5.6 | −7 % … +8 % (RMS 4 %) | −7.1 % (Llama-3.2-3B), −12.1 % (Gemma-2-2B), −6.5 % (Phi-3.5-mini), all Nano Super |
+- llama.cpp (llama.cpp CUDA + Ollama), Orin: 9 points fitted, 6 held out; efficiency 0.62; overhead 3.9 ms per
+  token (llama.cpp CUDA), 7.2 ms (Ollama); fit residuals −18 % … +69 % (RMS 28 %); held-out errors +12.9 %
+  (SmolLM-135M Q2_K, Nano Super), +21.1 % (Qwen2.5-3B Q4_K_M tg128, Nano Super), +4.4 % (8B Q4_K_M, AGX),
+  −3.6 % (14B tg128, AGX), −7.4 % (32B tg128, AGX), −11.1 % (Llama-3.2-3B Ollama, Nano Super).
+- MLC, Orin: 10 fitted, 3 held out; efficiency 0.91 (Gemma-2: 0.53); overhead 5.6 ms; residuals −7 % … +8 %
+  (RMS 4 %); held-out −7.1 % (Llama-3.2-3B), −12.1 % (Gemma-2-2B), −6.5 % (Phi-3.5-mini), all Nano Super.
 
-Both calibrations meet the ±25 % held-out target for 135M–8B (worst +21.1 % and −12.1 %). Three of llama.cpp's
-held-out points (the tg128 rows of the prefill sources below) were added after this fit was made, so they are
-blind: +21.1 %, −3.6 %, −7.4 %. The largest remaining residual is Qwen2.5-0.5B under Ollama (+69 %: at 0.5B the
-server's overhead varies more than one constant captures). Projections carry the held-out worst as their expected
-error (±21 % for llama.cpp); the fit's RMS (28 %) is wider, so a single model can be further off, as Qwen2.5-0.5B is.
-
-How this fit came to be (so its held-out errors are read for what they are): the first fit (2026-11) streamed
-the whole file per token and pooled Gemma-2 with the rest of MLC: MLC efficiency 0.86, held-out Gemma-2-2B
-+31.7 % (missed the target), fitted Gemma-2 points +48 … +69 %. The second fit (this one) made two changes, both
-motivated by the FITTED points and by how decode works, not by the held-out point: an untied input embedding is
-a lookup, not a stream (every untied model of the table: Llama-2, Llama-3.1-8B, Qwen2.5-7B, Phi-3/3.5, TinyLlama,
-MiniCPM); and MLC's Gemma-2
-points get their own efficiency. That the held-out Gemma-2-2B Super error was known when the second change was
-made is a weakness of this test: read its −12.1 % as a check of the family term's consistency (2B Super
-predicted from 2B Nano and 9B), not as a blind test.
+Both meet a ±25 % held-out target for 135M–8B (worst +21.1 % and −12.1 %). The largest residual is
+Qwen2.5-0.5B under Ollama (+69 %: at 0.5B the server's overhead varies more than one constant captures).
+Projections carry the held-out worst as their expected error (±21 % for llama.cpp); the fit's RMS (28 %) is
+wider, so a single model can be further off, as Qwen2.5-0.5B is. Weakness of the MLC test: the Gemma-2
+family term was added when the held-out Gemma-2-2B Super error was already known, so its −12.1 % checks the
+term's consistency (2B Super predicted from 2B Nano and 9B) rather than being a blind test; the three tg128
+llama.cpp points held out above were added after the fit, and are blind.
 
 Prefill (fit_prefill): tok/s = efficiency × the GPU's dense FP16 throughput (devices.Device.fp16_tflops: GPU
 sparse INT8 TOPS / 4, DLAs left out) / forward FLOPs per prompt token (roofline.prefill_flops_per_token: mean
-context n/2, the LM head once per prompt), fitted to llama-bench pp512 of llama.cpp CUDA: Qwen2.5-3B on an Orin
-Nano Super (874.8 tok/s) and Qwen-32B on an AGX Orin at MAXN (201.7), both fitted, efficiency 0.30 (residuals
-−0.7 %, +0.7 %); held out: Qwen-14B on the same AGX (455.5), +3.5 %. Excluded and reported: the 32B in the AGX's
-30 W mode (+56 %: lower clocks than the registry's MAXN figures) and two points of a table whose decode shows a
-throttled board (+308 %, +333 %). Before the DLAs were taken out of the AGX's figure the same points implied 0.18
-on the AGX against 0.29 on the Nano: the GPU-only figure is what makes one efficiency fit both. All points are
-Q4_K_M files, whose prompt matmuls run llama.cpp's int8 kernels: the efficiency absorbs that, and its use for other
-types (f16, q8_0) is untested. What this does not cover: models below 3B (no point; at 135M per-kernel overheads, not FLOPs, likely bound
-pp512, so a small model's projected prefill is an upper estimate) and one held-out point is a thin test.
+context n/2, the LM head once per prompt), fitted to llama-bench pp512 of llama.cpp CUDA: Qwen2.5-3B on an
+Orin Nano Super (874.8 tok/s) and Qwen-32B on an AGX Orin at MAXN (201.7), both fitted, efficiency 0.30
+(residuals −0.7 %, +0.7 %); held out: Qwen-14B on the same AGX (455.5), +3.5 %. Excluded and reported: the 32B
+in the AGX's 30 W mode (+56 %: lower clocks than the registry's MAXN figures) and two points of a table whose
+decode shows a throttled board (+308 %, +333 %). Before the DLAs were taken out of the AGX's figure the same
+points implied 0.18 on the AGX against 0.29 on the Nano: the GPU-only figure is what makes one efficiency fit
+both. All points are Q4_K_M files, whose prompt matmuls run llama.cpp's int8 kernels: the efficiency absorbs
+that, and its use for other types (f16, q8_0) is untested. What this does not cover: models below 3B (no
+point; at 135M per-kernel overheads, not FLOPs, likely bound pp512, so a small model's projected prefill is an
+upper estimate) and one held-out point is a thin test.
 
-Backends without points (onnxruntime-genai, llama.cpp CPU: one point) and devices without points (AGX Thor) get
-the llama.cpp Orin calibration labelled "extrapolated", never a host measurement: a projection depends on the
-table and the device registry only, never on ~/.cache/slm/host.json.
+Backends without points (onnxruntime-genai, llama.cpp CPU: one point) and devices without points (AGX Thor)
+get the llama.cpp Orin calibration labelled "extrapolated", never a host measurement: a projection depends on
+the table and the device registry only, never on ~/.cache/slm/host.json.
 """
 
 from __future__ import annotations
@@ -70,12 +66,12 @@ from slm.errors import SlmError
 from slm.profiling.calibration_table import POINTS, PREFILL_POINTS, Point, PrefillPoint
 
 GROUPS = {"llama.cpp": ("llama.cpp CUDA", "Ollama"), "MLC": ("MLC",)}  # kernel family → backends sharing it
-# Architectures a group fits its own efficiency for. For MLC's three FITTED Gemma-2 points the pooled model predicted
-# speeds 39–60 % too high (Gemma-2-2B Nano, 9B Nano and Super) while every other fitted point was within ±15 %:
-# MLC's Gemma-2 kernels (256-wide heads, logit soft-capping, four norms a block) reach less of the bandwidth.
-# Ollama's one Gemma-2 point shows no such effect (−18 %, within the group's spread), so llama.cpp has no term.
-# slm projects Llama-family models only (slm.spec.SUPPORTED): a family term keeps Gemma-2 from biasing their
-# efficiency and is itself tested on the held-out Gemma-2-2B Super point.
+# Architectures a group fits its own efficiency for. For MLC's three FITTED Gemma-2 points the pooled model
+# predicted speeds 39–60 % too high (Gemma-2-2B Nano, 9B Nano and Super) while every other fitted point was
+# within ±15 %: MLC's Gemma-2 kernels (256-wide heads, logit soft-capping, four norms a block) reach less of
+# the bandwidth. Ollama's one Gemma-2 point shows no such effect (−18 %, within the group's spread), so
+# llama.cpp has no term. slm projects Llama-family models only (slm.spec.SUPPORTED): a family term keeps
+# Gemma-2 from biasing their efficiency and is itself tested on the held-out Gemma-2-2B Super point.
 FAMILY_TERMS = {"llama.cpp": (), "MLC": ("gemma2",)}
 
 
@@ -115,8 +111,8 @@ class Fit:
         return float(np.sqrt(np.mean(np.square(list(self.residuals.values())))))
 
     def label(self, backend: str) -> str:
-        return (f"projected: {self.group} calibration ({backend}) on {len(self.residuals)} published Orin points, "
-                f"held-out error ±{self.held_out_error:.0%} on {len(self.held_out)} more")
+        return (f"projected: {self.group} calibration ({backend}) on {len(self.residuals)} published Orin "
+                f"points, held-out error ±{self.held_out_error:.0%} on {len(self.held_out)} more")
 
     def to_dict(self) -> dict:
         return {"group": self.group, "efficiency": self.efficiency, "overhead_s": dict(self.overhead_s),
@@ -133,7 +129,8 @@ def fit_group(group: str, points: tuple[Point, ...] = POINTS) -> Fit:
     fit = [p for p in mine if p.role == "fit"]
     n_params = 1 + len(families) + len(backends)
     if len(fit) < n_params + 1:
-        raise SlmError(f"calibration group {group} has {len(fit)} fit points: too few for {n_params} parameters")
+        raise SlmError(f"calibration group {group} has {len(fit)} fit points: too few for {n_params} "
+                       "parameters")
     t = np.array([1.0 / p.decode_tok_s for p in fit])
     x = np.array([p.bytes_per_token / _bandwidth(p.device) for p in fit])
     own = [np.array([p.family == f for p in fit], dtype=float) for f in families]
@@ -168,8 +165,8 @@ def calibration_for(backend: str, device_key: str) -> tuple[Fit, str, str]:
 
 
 def streamed_weight_bytes(spec, weight_bytes: float) -> float:
-    """Weight bytes a decode step reads: all of them but an untied input embedding, of which a lookup reads one
-    row (calibration_table's rule). The embedding's share is taken at the file's mean bits per weight."""
+    """Weight bytes a decode step reads: all of them but an untied input embedding, of which a lookup reads
+    one row (calibration_table's rule). The embedding's share is taken at the file's mean bits per weight."""
     if spec.tied:
         return weight_bytes
     return weight_bytes * (1 - spec.vocab * spec.hidden / spec.params)
@@ -177,21 +174,23 @@ def streamed_weight_bytes(spec, weight_bytes: float) -> float:
 
 def project_decode(device, weight_bytes: float, kv_bytes_per_token: float, depth: float,
                    backend: str = "llama.cpp CUDA") -> dict:
-    """Projected decode tok/s at `depth` on `device` (a devices.Device), with the bound, calibration and error.
-    `weight_bytes` are the bytes streamed per token (streamed_weight_bytes), not necessarily the file's."""
+    """Projected decode tok/s at `depth` on `device` (a devices.Device), with the bound, calibration and
+    error. `weight_bytes` are the bytes streamed per token (streamed_weight_bytes), not necessarily the
+    file's."""
     fit, b, caveat = calibration_for(backend, device.key)
     bw = device.bandwidth_GBps * 1e9
     per_token = weight_bytes + kv_bytes_per_token * depth
     return {"tok_s": 1.0 / fit.seconds_per_token(b, per_token, bw), "device_bound_tok_s": bw / per_token,
-            "calibration": fit.label(b) + (f" ({caveat})" if caveat else ""), "expected_error": fit.held_out_error,
-            "efficiency": fit.efficiency, "overhead_s": fit.overhead_s[b], "bytes_per_token": per_token}
+            "calibration": fit.label(b) + (f" ({caveat})" if caveat else ""),
+            "expected_error": fit.held_out_error, "efficiency": fit.efficiency,
+            "overhead_s": fit.overhead_s[b], "bytes_per_token": per_token}
 
 
-# ---- prefill ----------------------------------------------------------------------------------------------------
+# ---- prefill -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PrefillFit:
-    """Prefill tok/s = efficiency × the GPU's dense FP16 throughput / FLOPs per token (mean context n/2), fitted to
-    published llama-bench ppN figures of llama.cpp CUDA on Orin GPUs."""
+    """Prefill tok/s = efficiency × the GPU's dense FP16 throughput / FLOPs per token (mean context n/2),
+    fitted to published llama-bench ppN figures of llama.cpp CUDA on Orin GPUs."""
 
     efficiency: float
     residuals: dict  # point key → predicted/measured − 1
@@ -208,13 +207,14 @@ class PrefillFit:
     def label(self) -> str:
         lo, hi = (f"{x / 1e9:.0f}B" for x in self.params_range)
         pp = ",".join(f"pp{n}" for n in self.prompts)
-        return (f"projected: llama.cpp CUDA prefill calibration, {self.efficiency:.2f} of the GPU's FP16 bound, fitted "
-                f"on {len(self.residuals)} published Orin {pp} points ({lo}–{hi} models), held-out error "
-                f"±{self.held_out_error:.0%} on {len(self.held_out)} more")
+        return (f"projected: llama.cpp CUDA prefill calibration, {self.efficiency:.2f} of the GPU's FP16 "
+                f"bound, fitted on {len(self.residuals)} published Orin {pp} points ({lo}–{hi} models), "
+                f"held-out error ±{self.held_out_error:.0%} on {len(self.held_out)} more")
 
     def to_dict(self) -> dict:
         return {"efficiency": self.efficiency, "held_out_error": self.held_out_error,
-                "residuals": dict(self.residuals), "held_out": dict(self.held_out), "excluded": dict(self.excluded)}
+                "residuals": dict(self.residuals), "held_out": dict(self.held_out),
+                "excluded": dict(self.excluded)}
 
 
 def prefill_bound_of(p: PrefillPoint) -> float:
@@ -227,8 +227,9 @@ def prefill_bound_of(p: PrefillPoint) -> float:
 
 @functools.cache
 def fit_prefill() -> PrefillFit:
-    """One efficiency, least squares on relative error: minimise Σ (e·k_i − 1)² with k_i = bound_i / measured_i,
-    so e = Σk / Σk² (the weights read once per 512-token micro-batch are ~3 % of a 3B's pp512 time: left out)."""
+    """One efficiency, least squares on relative error: minimise Σ (e·k_i − 1)² with k_i = bound_i /
+    measured_i, so e = Σk / Σk² (the weights read once per 512-token micro-batch are ~3 % of a 3B's pp512
+    time: left out)."""
     points = PREFILL_POINTS
     fit = [p for p in points if p.role == "fit"]
     k = np.array([prefill_bound_of(p) / p.prefill_tok_s for p in fit])
@@ -245,7 +246,8 @@ def fit_prefill() -> PrefillFit:
 
 
 def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA") -> dict:
-    """Projected prefill tok/s of an n_tokens prompt on `device`: the calibrated fraction of its GPU FP16 bound."""
+    """Projected prefill tok/s of an n_tokens prompt on `device`: the calibrated fraction of its GPU FP16
+    bound."""
     from slm.profiling.roofline import prefill_bound
 
     fit = fit_prefill()

@@ -1,11 +1,10 @@
-"""The calibrated device model: the cited table, the fit the docs state, held-out errors, and projections that do
-not move with this host's cache (issue 13 item 0)."""
+"""The calibrated device model: the cited table, the fit the docs state, held-out errors, and projections that
+do not move with this host's cache."""
 
 from __future__ import annotations
 
 import functools
 import json
-import re
 
 import pytest
 
@@ -34,8 +33,8 @@ def test_table_is_cited_and_spans_devices_and_sizes():
 # The numbers calibration.py's docstring states; the fit recomputed from the table must reproduce them.
 DOC = {"llama.cpp": {"efficiency": 0.62, "overhead_ms": {"llama.cpp CUDA": 3.9, "Ollama": 7.2}, "rms": 0.28,
                      "n": (9, 6), "family": {}, "worst_residual": 0.69},
-       "MLC": {"efficiency": 0.91, "overhead_ms": {"MLC": 5.6}, "rms": 0.04, "n": (10, 3), "family": {"gemma2": 0.53},
-               "worst_residual": 0.08}}
+       "MLC": {"efficiency": 0.91, "overhead_ms": {"MLC": 5.6}, "rms": 0.04, "n": (10, 3),
+               "family": {"gemma2": 0.53}, "worst_residual": 0.08}}
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -53,25 +52,9 @@ def test_fit_reproduces_the_documented_parameters(group):
     assert max(abs(v) for v in f.residuals.values()) < d["worst_residual"] + 0.01
 
 
-def _doc_row(group: str) -> str:
-    return next(line for line in calibration.__doc__.splitlines() if line.startswith(f"| {group}"))
-
-
-@pytest.mark.parametrize("group", GROUPS)
-def test_docstring_held_out_errors_are_the_computed_ones(group):
-    """The held-out column of the docstring's table, parsed, equals the errors computed from the table now."""
-    cells = _doc_row(group).split("|")
-    stated = sorted(float(v.replace("−", "-")) for v in re.findall(r"([+−-]\d+\.\d) %", cells[-2]))
-    computed = sorted(round(v * 100, 1) for v in fit_all()[group].held_out.values())
-    assert stated == pytest.approx(computed, abs=0.05)
-    lo, hi = (float(v.replace("−", "-")) for v in re.findall(r"([+−-]\d+) %", cells[5])[:2])
-    res = fit_all()[group].residuals.values()
-    assert (round(min(res) * 100), round(max(res) * 100)) == (lo, hi)
-
-
 @pytest.mark.parametrize("group", GROUPS)
 def test_held_out_error_meets_the_target(group):
-    """Issue 13: decode within ±25 % on held-out points for models 135M–8B, for each calibration."""
+    """Decode within ±25 % on held-out points for models 135M–8B, for each calibration."""
     f = fit_all()[group]
     held = {p.key: p for p in POINTS if p.key in f.held_out}
     in_range = {k: p for k, p in held.items() if 135e6 * 0.99 <= p.params <= 8e9}
@@ -82,8 +65,8 @@ def test_held_out_error_meets_the_target(group):
 
 
 def test_untied_embedding_is_a_lookup_not_a_stream():
-    """A decode step reads one row of an untied input embedding: its bytes leave the per-token stream; a tied one
-    is the LM head and stays. The same rule in the table and in projections of a user's model."""
+    """A decode step reads one row of an untied input embedding: its bytes leave the per-token stream; a tied
+    one is the LM head and stays. The same rule in the table and in projections of a user's model."""
     by_key = {p.key: p for p in POINTS}
     llama8b, llama3b = by_key["mlc-llama3.1-8b"], by_key["mlc-llama3.2-3b"]  # untied / tied
     assert llama8b.bytes_per_token == pytest.approx(llama8b.weight_bytes * (1 - 128256 * 4096 / 8.03e9))
@@ -94,7 +77,8 @@ def test_untied_embedding_is_a_lookup_not_a_stream():
     untied = spec_from_config({**LLAMA32_3B, "tie_word_embeddings": False})
     assert calibration.streamed_weight_bytes(tied, 2e9) == 2e9
     share = untied.vocab * untied.hidden / untied.params
-    assert calibration.streamed_weight_bytes(untied, 2e9) == pytest.approx(2e9 * (1 - share)) and 0.05 < share < 0.2
+    assert (calibration.streamed_weight_bytes(untied, 2e9) == pytest.approx(2e9 * (1 - share))
+            and 0.05 < share < 0.2)
 
 
 def test_decode_model_shape():
@@ -103,7 +87,8 @@ def test_decode_model_shape():
     f = fit_all()["llama.cpp"]
     # small models are overhead-bound, big ones bandwidth-bound; the bound is never exceeded
     assert small["tok_s"] == pytest.approx(1 / (1e8 / (f.efficiency * 68e9) + f.overhead_s["llama.cpp CUDA"]))
-    assert small["tok_s"] < 0.3 * small["device_bound_tok_s"] and big["tok_s"] > 0.5 * big["device_bound_tok_s"]
+    assert (small["tok_s"] < 0.3 * small["device_bound_tok_s"]
+            and big["tok_s"] > 0.5 * big["device_bound_tok_s"])
     deep = project_decode(dev, 4e9, 1e5, 8192)
     assert deep["tok_s"] < big["tok_s"] and deep["bytes_per_token"] == 4e9 + 1e5 * 8192
     assert "on 9 published Orin points" in big["calibration"] and big["expected_error"] == f.held_out_error
@@ -120,14 +105,15 @@ def _profile(tmp_path, capsys, name, cfg, device, quant):
 
 
 def test_projection_does_not_move_with_host_json(tmp_path, capsys, monkeypatch):
-    """The issue's reproduction: a busy 2-thread CPU profile (efficiency 0.063) vs a quiet one (0.79) in
-    ~/.cache/slm/host.json gave a 12× different projection. Now both give the same one."""
+    """A busy 2-thread CPU profile (efficiency 0.063) vs a quiet one (0.79) in ~/.cache/slm/host.json used to
+    give a 12× different projection. Now both give the same one."""
     original = roofline.cached_peaks
     outs = []
     for i, eff in enumerate((0.063, 0.79)):
         cache = tmp_path / f"host{i}.json"
         key = roofline.host_key(2)
-        cache.write_text(json.dumps({key: {"key": key, "bandwidth_Bps": 1e10 * (i + 1), "flops": 1e11 * (i + 1),
+        cache.write_text(json.dumps({key: {"key": key, "bandwidth_Bps": 1e10 * (i + 1),
+                                           "flops": 1e11 * (i + 1),
                                            "efficiency": {"decode": eff, "prefill": eff}}}))
         monkeypatch.setattr(roofline, "cached_peaks", functools.partial(original, cache=cache))
         assert roofline.cached_peaks(2)["efficiency"]["decode"] == eff  # the cache really differs
@@ -137,10 +123,10 @@ def test_projection_does_not_move_with_host_json(tmp_path, capsys, monkeypatch):
 
 
 def test_llama_3b_q4_k_m_on_orin_nano_is_plausible(tmp_path, capsys):
-    """The issue saw 2.4 tok/s. Published for this model: MLC 27.7 tok/s on the same Orin Nano 8GB (68 GB/s) —
-    MLC reaches 0.91 of bandwidth against llama.cpp's 0.62, so it is the upper end — and Ollama (llama.cpp's
-    kernels) ~30 tok/s at 102 GB/s, i.e. ~20 at 68 GB/s were it all bandwidth. llama.cpp CUDA must land between
-    that scaled figure less the ±25 % target and MLC's."""
+    """The old projection was 2.4 tok/s. Published for this model: MLC 27.7 tok/s on the same Orin Nano 8GB
+    (68 GB/s) — MLC reaches 0.91 of bandwidth against llama.cpp's 0.62, so it is the upper end — and Ollama
+    (llama.cpp's kernels) ~30 tok/s at 102 GB/s, i.e. ~20 at 68 GB/s were it all bandwidth. llama.cpp CUDA
+    must land between that scaled figure less the ±25 % target and MLC's."""
     p = _profile(tmp_path, capsys, "l3b", LLAMA32_3B, "jetson-orin-nano-8gb", "q4_k_m")
     pub = {q.key: q.decode_tok_s for q in POINTS}
     low, high = 0.75 * pub["ollama-llama3.2-3b"] * 68 / 102, pub["mlc-llama3.2-3b"]
@@ -153,8 +139,8 @@ def test_llama_3b_q4_k_m_on_orin_nano_is_plausible(tmp_path, capsys):
 
 
 def test_prefill_fit_is_the_documented_one():
-    """calibration.py's prefill paragraph: efficiency 0.30, fitted residuals −0.7 % / +0.7 %, held-out 14B +3.5 %;
-    the GPU-only FP16 figure (DLAs out) is what lets one efficiency serve the AGX and the Nano."""
+    """calibration.py's prefill paragraph: efficiency 0.30, fitted residuals −0.7 % / +0.7 %, held-out 14B
+    +3.5 %; the GPU-only FP16 figure (DLAs out) is what lets one efficiency serve the AGX and the Nano."""
     from slm.profiling.calibration import fit_prefill, prefill_bound_of
     from slm.profiling.calibration_table import PREFILL_POINTS
 
