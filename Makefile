@@ -41,9 +41,11 @@ system-deps:
 	  else echo "note: install chromium and openssh-server for the browser and SSH tests"; fi; fi
 
 test: install system-deps
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 test-fast: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install

@@ -3,7 +3,7 @@ naive way (LLaMA-Pro's block_expansion.py and LLaMA-Factory load the whole state
 in memory, then save). Each variant runs in a fresh child process; peak RSS is the child's ru_maxrss.
 
 usage: python benchmarks/bench_surgery.py [HF_MODEL_DIR]   (default: imports the bundled model first)
-Target (issue 2): our peak RSS ≤ 0.5× the naive way.
+Target: our peak RSS ≤ 0.5× the naive way.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ elif variant == "naive-expand":
         j += 1
         if (i + 1) % (n // 6) == 0:
             for k, v in layer.items():
-                new[f"model.layers.{j}.{k}"] = torch.zeros_like(v) if ("o_proj" in k or "down_proj" in k) else v.clone()
+                new[f"model.layers.{j}.{k}"] = (torch.zeros_like(v) if ("o_proj" in k or "down_proj" in k)
+                                                else v.clone())
             j += 1
     new.update({k: v for k, v in sd.items() if not k.startswith("model.layers.") and k != "lm_head.weight"})
     import os; os.makedirs(out)
@@ -45,19 +46,21 @@ elif variant == "ours-slerp":
     merge(MergeRecipe(method="slerp", models=[src, src + "-b"], t=0.3), out)
 elif variant == "naive-slerp":
     from transformers import AutoModelForCausalLM
-    from slm.surgery.merge import slerp
+    from slm.surgery.merge_ops import slerp
     a = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).state_dict()
     b = AutoModelForCausalLM.from_pretrained(src + "-b", dtype=torch.float32).state_dict()
     merged = {k: slerp(0.3, a[k], b[k]) for k in a if k != "lm_head.weight"}
     import os; os.makedirs(out)
     safetensors.torch.save_file(merged, out + "/model.safetensors")
-print(json.dumps({"wall_s": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"wall_s": time.perf_counter() - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
 
 
 def run(variant: str, src: Path, work: Path) -> dict:
     out = work / variant
-    res = subprocess.run([sys.executable, "-c", CHILD, variant, str(src), str(out)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", CHILD, variant, str(src), str(out)], capture_output=True,
+                         text=True)
     if res.returncode:
         raise SystemExit(f"{variant} failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -76,18 +79,21 @@ def main() -> None:
         from slm.surgery.upscale import UpscaleArgs, upscale
 
         n = json.loads((src / "config.json").read_text())["num_hidden_layers"]
-        upscale(src, Path(str(src) + "-b"), UpscaleArgs(slices=",".join(f"{i}:{i + 1}" for i in reversed(range(n)))))
+        upscale(src, Path(str(src) + "-b"),
+                UpscaleArgs(slices=",".join(f"{i}:{i + 1}" for i in reversed(range(n)))))
     rows = []
     base = run("baseline", src, work)
     for op in ("expand", "slerp"):
         ours, naive = run(f"ours-{op}", src, work), run(f"naive-{op}", src, work)
         rows.append((op, ours, naive))
     print(f"\nmodel: {src}  (interpreter + torch/transformers baseline: {base['peak_rss_mb']:.0f} MB)\n")
-    print(f"{'operation':<10} {'ours s':>8} {'naive s':>8} {'ours MB':>9} {'naive MB':>9} {'ratio':>7} {'ratio above baseline':>21}  target ≤ 0.5")
+    print(f"{'operation':<10} {'ours s':>8} {'naive s':>8} {'ours MB':>9} {'naive MB':>9} {'ratio':>7} "
+          f"{'ratio above baseline':>21}  target ≤ 0.5")
     for op, o, n in rows:
         r = o["peak_rss_mb"] / n["peak_rss_mb"]
         rb = (o["peak_rss_mb"] - base["peak_rss_mb"]) / (n["peak_rss_mb"] - base["peak_rss_mb"])
-        print(f"{op:<10} {o['wall_s']:>8.2f} {n['wall_s']:>8.2f} {o['peak_rss_mb']:>9.0f} {n['peak_rss_mb']:>9.0f} {r:>7.2f} {rb:>21.2f}  {'ok' if r <= 0.5 else 'MISSED'}")
+        print(f"{op:<10} {o['wall_s']:>8.2f} {n['wall_s']:>8.2f} {o['peak_rss_mb']:>9.0f} "
+              f"{n['peak_rss_mb']:>9.0f} {r:>7.2f} {rb:>21.2f}  {'ok' if r <= 0.5 else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -110,9 +110,9 @@ def reference_loop(model_dir: Path, data: Path, steps: int, seq: int, batch: int
 
 def ours(model_dir: Path, data: Path, work: Path, kind: str, steps: int, seq: int, batch: int,
          extra: list) -> dict:
-    """`slm train`'s own phases — plan_run, build, train_step — for `steps` steps, without evaluation or
+    """`slm train`'s own phases — set_up, build, train_step — for `steps` steps, without evaluation or
     checkpoints (a 3B checkpoint with its optimizer is ~50 GB to write: not what is measured here)."""
-    import slm.train.plan as plan_mod
+    import slm.train.setup as setup_mod
     from slm.train.args import load_recipe
     from slm.train.dist import Dist
     from slm.train.loop import build, train_step
@@ -122,14 +122,14 @@ def ours(model_dir: Path, data: Path, work: Path, kind: str, steps: int, seq: in
                               f"global_batch={batch}", f"micro_batch={batch}", "lr=2e-4", "eval=false",
                               "report=false", "progress=false", "force=true", *extra])
     dist = Dist(args)
-    plan_mod._check_disk = lambda *a: None  # nothing is saved
-    plan = plan_mod.plan_run(args, dist)
-    parts = build(args, plan, dist)
-    parts.model.train()
-    recs = [train_step(args, plan, dist, parts, step) for step in range(steps)][1:]  # the first compiles
+    setup_mod._check_disk = lambda *a: None  # nothing is saved
+    setup = setup_mod.set_up(args, dist)
+    state = build(args, setup, dist)
+    state.model.train()
+    recs = [train_step(args, setup, dist, state, step) for step in range(steps)][1:]  # the first compiles
     med = sorted(r["step_s"] for r in recs)[len(recs) // 2]
-    out = {"step_s": med, "tok_s": batch * seq / med, "trainable": parts.n_trainable,
-           "attn": plan.attn, "loss": plan.loss}
+    out = {"step_s": med, "tok_s": batch * seq / med, "trainable": state.n_trainable,
+           "attn": setup.attn, "loss": setup.loss}
     if "mfu" in recs[0]:
         out["mfu"] = sorted(r["mfu"] for r in recs)[len(recs) // 2]
     if dist.on:

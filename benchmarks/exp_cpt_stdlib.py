@@ -15,10 +15,9 @@ import os
 import sysconfig
 from pathlib import Path
 
-
 COLUMNS = ["run", "trainable params", "code ppl before", "code ppl after", "general (pydoc) ppl before",
-           "general (pydoc) ppl after", "english (licenses) ppl before", "english ppl after", "OP (−nats)", "BWT (nats)",
-           "tok/s"]
+           "general (pydoc) ppl after", "english (licenses) ppl before", "english ppl after", "OP (−nats)",
+           "BWT (nats)", "tok/s"]
 
 
 def main() -> None:
@@ -45,7 +44,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--files", type=int, default=600)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--runs", default="expanded,full,lora")
-    ap.add_argument("--report-only", action="store_true", help="assemble the report from finished runs in --work")
+    ap.add_argument("--report-only", action="store_true",
+                    help="assemble the report from finished runs in --work")
     return ap.parse_args()
 
 
@@ -65,9 +65,11 @@ def _inputs(a, work: Path):
     code, general = stdlib_corpus(work, a.files)  # the same corpus as `slm demo`
     data = work / "data"
     # up to date (no work) when the corpus is unchanged
-    prep = prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
+    prep = prepare(DataArgs([Source("code", str(code)),
+                             Source("general", str(general), weight=0.0, heldout=1.0)],
                             str(base), heldout=0.05, force=True, workers=2), data)
-    print(json.dumps({k: {x: v[x] for x in ("train_tokens", "heldout_tokens")} for k, v in prep["sources"].items()}))
+    print(json.dumps({k: {x: v[x] for x in ("train_tokens", "heldout_tokens")}
+                      for k, v in prep["sources"].items()}))
     return base, x36, data, prep
 
 
@@ -120,46 +122,55 @@ def _english(a, work: Path, base: Path, results: dict) -> dict:
 
 def _table(results: dict, english: dict) -> tuple[list, dict]:
     """One row per run (and the printed table): perplexity before/after, OP/BWT, tok/s."""
+    from slm.figure import Figure
     from slm.train.evaluate import forgetting
 
-    rows, summary = [], {}
-    print(f"\n{'run':10} {'params':>10} {'code ppl':>17} {'general ppl':>17} {'OP':>8} {'BWT':>8} {'tok/s':>7}")
+    rows, summary = [], []
+    print(f"\n{'run':10} {'params':>10} {'code ppl':>17} {'general ppl':>17} {'OP':>8} {'BWT':>8} "
+          f"{'tok/s':>7}")
     for kind, res in results.items():
         ev0, ev1 = res["evals"][0]["eval"], res["evals"][-1]["eval"]
         # stage 0 = the base model (its task: general English); stage 1 = after CPT (task: code)
-        f = forgetting([{k: -ev0[k]["loss"] for k in ev0}, {k: -ev1[k]["loss"] for k in ev1}], ["general", "code"])
-        s = res["summary"]
-        rows.append([kind, s["trainable params"], ev0["code"]["ppl"], ev1["code"]["ppl"], ev0["general"]["ppl"],
-                     ev1["general"]["ppl"], english.get("base"), english.get(kind), f["op"], f["bwt"],
-                     s["tok/s (median)"]])
-        summary[f"{kind}: code ppl"] = ev1["code"]["ppl"]
-        summary[f"{kind}: general ppl"] = ev1["general"]["ppl"]
-        summary[f"{kind}: BWT"] = f["bwt"]
+        f = forgetting([{k: -ev0[k]["loss"] for k in ev0}, {k: -ev1[k]["loss"] for k in ev1}],
+                       ["general", "code"])
+        s = {f.name: f.value for f in res["figures"]}
+        rows.append([kind, s["trainable_params"], ev0["code"]["ppl"], ev1["code"]["ppl"],
+                     ev0["general"]["ppl"], ev1["general"]["ppl"], english.get("base"), english.get(kind),
+                     f["op"], f["bwt"], s["tok_s"]])
+        summary += [Figure(f"{kind}.code.ppl", f"{kind}: code perplexity", ev1["code"]["ppl"], "1", "lower",
+                           "quality", exact=True),
+                    Figure(f"{kind}.general.ppl", f"{kind}: general perplexity", ev1["general"]["ppl"], "1",
+                           "lower", "quality", exact=True),
+                    Figure(f"{kind}.bwt", f"{kind}: BWT", f["bwt"], "nats/token", "higher", "forgetting",
+                           exact=True)]
         if english:
-            summary[f"{kind}: english (licenses) ppl"] = english[kind]
-        print(f"{kind:10} {s['trainable params']:>10,} {ev0['code']['ppl']:>7.3f} → {ev1['code']['ppl']:<7.3f} "
-              f"{ev0['general']['ppl']:>7.3f} → {ev1['general']['ppl']:<7.3f} {f['op']:>8.4f} {f['bwt']:>+8.4f} "
-              f"{s['tok/s (median)']:>7.0f}  english {english.get('base', 0):.3f} → {english.get(kind, 0):.3f}")
+            summary.append(Figure(f"{kind}.english.ppl", f"{kind}: english (licenses) perplexity",
+                                  english[kind], "1", "lower", "quality", exact=True))
+        print(f"{kind:10} {s['trainable_params']:>10,} {ev0['code']['ppl']:>7.3f} → "
+              f"{ev1['code']['ppl']:<7.3f} {ev0['general']['ppl']:>7.3f} → {ev1['general']['ppl']:<7.3f} "
+              f"{f['op']:>8.4f} {f['bwt']:>+8.4f} {s['tok_s']:>7.0f}  "
+              f"english {english.get('base', 0):.3f} → {english.get(kind, 0):.3f}")
     return rows, summary
 
 
-def _report(a, prep: dict, rows: list, summary: dict, curves: dict) -> None:
+def _report(a, prep: dict, rows: list, summary: list, curves: dict) -> None:
     from slm.train.report import write_comparison_report
 
     notes = [f"corpus: {prep['sources']['code']['train_tokens']:,} code training tokens from the Python "
-             f"{sysconfig.get_python_version()} standard library (no tests, no site-packages); general held-out = "
-             f"pydoc_data.topics prose ({prep['sources']['general']['heldout_tokens']:,} held-out tokens), never "
-             "trained on",
-             f"budget per run: {a.steps} steps × {a.batch} × {a.seq_len} tokens, cosine lr with 6 % warm-up; "
-             f"lr {a.lr} for expanded and LoRA, {a.lr / 10} for full (full fine-tuning diverges at higher lr)",
+             f"{sysconfig.get_python_version()} standard library (no tests, no site-packages); "
+             "general held-out = pydoc_data.topics prose "
+             f"({prep['sources']['general']['heldout_tokens']:,} held-out tokens), never trained on",
+             f"budget per run: {a.steps} steps × {a.batch} × {a.seq_len} tokens, "
+             f"cosine lr with 6 % warm-up; lr {a.lr} for expanded and LoRA, {a.lr / 10} for full "
+             "(full fine-tuning diverges at higher lr)",
              "expanded = SmolLM2-135M expanded 30→36 (LLaMA Pro, N=6, P=1), only the 6 new blocks train; "
              "full and LoRA (r=16, all linear layers) start from the original 30-layer model",
-             "english = /usr/share/common-licenses (GPL, Apache, BSD… texts): general English prose unrelated to "
-             "Python, held out entirely, evaluated after training on the base and final models",
+             "english = /usr/share/common-licenses (GPL, Apache, BSD… texts): general English prose "
+             "unrelated to Python, held out entirely, evaluated after training on the base and final models",
              f"threads: {os.environ.get('OMP_NUM_THREADS', 'torch default')}; CPU fp32"]
     out = Path(a.out)
-    write_comparison_report(out / "index.html", "CPT on Python stdlib: block expansion vs full vs LoRA", runs=curves,
-                            forgetting_rows=rows, summary=summary, notes=notes, columns=COLUMNS)
+    write_comparison_report(out / "index.html", "CPT on Python stdlib: block expansion vs full vs LoRA",
+                            runs=curves, forgetting_rows=rows, figures=summary, notes=notes, columns=COLUMNS)
     (out / "results.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1, default=str))
     print(f"report: {out / 'index.html'}")
 

@@ -3,21 +3,26 @@
     profile_model("models/smollm2-export", "runs/profile", ProfileArgs(device="jetson", quant="q8_0,q4_k_m"))
 
 Order of work: the cheap checks first (ProfileArgs has already checked types, backends and device; then the
-output folder), then either the remote run over SSH or resolving MODEL into inputs (which may export and quantize)
-and profiling here; last, the report, profile.json and slm.json written into a temp folder renamed into place.
+output folder), then either the remote run over SSH or resolving MODEL into inputs (which may export and
+quantize) and profiling here; last, the report, profile.json and slm.json written into a temp folder renamed
+into place.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from slm.errors import SlmError
 from slm.guard import guard_output
-from slm.profiling.remote import RemoteArgs
 from slm.profiling.args import ProfileArgs
+from slm.profiling.inputs import resolve
+from slm.profiling.remote import RemoteArgs, profile_remote
+from slm.profiling.report import save
+from slm.profiling.run import profile
 
 __all__ = ["ProfileArgs", "RemoteArgs", "profile_model", "remote_argv"]
 
@@ -27,42 +32,36 @@ def _stderr(msg: str) -> None:
 
 
 def remote_argv(args: ProfileArgs, model: Path, remote: RemoteArgs) -> list[str]:
-    """The `slm profile` options that reproduce `args` on the device (its output goes under remote_dir)."""
-    b = args.bench
-    argv = ["--threads", str(args.threads), "--backends", ",".join(args.backends)]
-    argv += ["--quick"] if args.quick else ["--pp", ",".join(map(str, b.pp)), "--tg", str(b.tg),
-                                             "--depths", ",".join(map(str, b.depths)), "--reps", str(b.reps),
-                                             "--time-cap", str(b.time_cap_s)]
-    argv += ["--target-ci", str(b.target_ci), "--max-reps", str(b.max_reps)] + (["--ops"] if args.ops else [])
-    argv += ["--quant", ",".join(args.quant)] if args.quant else []
-    return argv + ["-o", f"{remote.remote_dir}/{model.name}.profile", "--force"]
+    """The `slm profile` options that reproduce `args` on the device: the ProfileArgs record itself,
+    serialised, so every field arrives as it was asked (its output goes under remote_dir)."""
+    return ["--args-json", json.dumps(args.to_dict()), "-o", f"{remote.remote_dir}/{model.name}.profile",
+            "--force"]
 
 
-def profile_model(model: str | Path | None, out: str | Path, args: ProfileArgs, *, config: str | Path | None = None,
-                  remote: RemoteArgs | None = None, force: bool = False,
+def profile_model(model: str | Path | None, out: str | Path, args: ProfileArgs, *,
+                  config: str | Path | None = None, remote: RemoteArgs | None = None, force: bool = False,
                   progress: Callable[[str], None] | None = None) -> dict:
-    """Profile MODEL (GGUF, HF folder, ONNX folder, export folder) or a bare `config` into `out`; return the result
-    with "out" and "summary". `remote`: measure on that device over SSH instead of here."""
-    from slm.profiling.report import save
+    """Profile MODEL (GGUF, HF folder, ONNX folder, export folder) or a bare `config` into `out`; return the
+    result with "out". `remote`: measure on that device over SSH instead of here."""
 
     progress = progress or _stderr
     out = Path(out)
-    # before any long work: not an input, not existing (without force), writable; locked until the report is saved
+    # before any long work: not an input, not existing (without force), writable; locked until the report is
+    # saved
     with guard_output(out, [model, config], force):
         if remote is not None:
-            from slm.profiling.remote import profile_remote
 
             if not model:
                 raise SlmError("--host needs a MODEL to copy to the device")
             res = profile_remote(Path(model), remote, remote_argv(args, Path(model), remote), progress)
         else:
-            from slm.profiling.inputs import resolve
-            from slm.profiling.run import profile
 
-            inputs = resolve(model, config, args.quant, args.threads, args.bench.max_context(), args.backends, progress)
+            inputs = resolve(model, config, args.quant, args.threads, args.bench.max_context(), args.backends,
+                             progress)
             res = profile(inputs, args, out.parent, progress)
-        record = {"model": str(model) if model else None, "config": str(config) if config else None, "out": str(out),
-                  "force": force, "remote": {k: str(v) for k, v in asdict(remote).items()} if remote else None,
+        record = {"model": str(model) if model else None, "config": str(config) if config else None,
+                  "out": str(out), "force": force,
+                  "remote": {k: str(v) for k, v in asdict(remote).items()} if remote else None,
                   **args.to_dict()}
         save(res, out, record, str(model or config) if (model or config) else None, force)
     res["out"] = str(out)

@@ -1,9 +1,9 @@
-"""What `slm profile` is asked to do: its inputs (`Inputs`) and its options (`ProfileArgs`), checked on creation so a
-bad type, backend or device fails before any model is read."""
+"""What `slm profile` is asked to do: its inputs (`Inputs`) and its options (`ProfileArgs`), checked on
+creation so a bad type, backend or device fails before any model is read."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from slm.errors import SlmError
@@ -13,8 +13,8 @@ from slm.profiling.protocol import BenchArgs
 
 BACKENDS = ("llama.cpp", "torch", "onnxruntime-genai")
 # `--quick`: short tests for a first look or a CI run
-QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2, "time_cap_s": 4.0}, "sweep_pp": 128, "sweep_tg": 16,
-         "ppl_chunks": 2, "kv_contexts": (512, 2048)}
+QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2, "time_cap_s": 4.0},
+         "sweep_pp": 128, "sweep_tg": 16, "ppl_chunks": 2, "kv_contexts": (512, 2048)}
 
 
 @dataclass
@@ -34,11 +34,14 @@ class ProfileArgs:
     """What `slm profile` does."""
 
     device: str = "host"  # 'host', a registry key, or 'jetson' (= Orin NX 16GB)
-    quant: str | tuple = ()  # sweep types, 'q8_0,q4_k_m' or a tuple (empty: no sweep); with a config: the type to project
+    # sweep types, 'q8_0,q4_k_m' or a tuple (empty: no sweep); with a config: the type to project
+    quant: str | tuple = ()
     backends: str | tuple = BACKENDS  # run those whose input exists ('llama.cpp,torch' or a tuple)
     bench: BenchArgs = field(default_factory=BenchArgs)  # the protocol for the main backends
-    threads: int | None = None  # CPU threads for every backend (None: bench.threads, by default default_threads())
-    quick: bool = False  # short tests: QUICK's protocol (pp64,256; tg32 @ d0,256; 2 reps), sweep and KV contexts
+    # CPU threads for every backend (None: bench.threads, by default default_threads())
+    threads: int | None = None
+    # short tests: QUICK's protocol (pp64,256; tg32 @ d0,256; 2 reps), sweep and KV contexts
+    quick: bool = False
     sweep_pp: int = 512  # prefill length in the sweep
     sweep_tg: int = 64  # decode length in the sweep
     sweep_reps: int = 2  # repetitions in the sweep
@@ -46,13 +49,16 @@ class ProfileArgs:
     kv_types: tuple = ("f16", "q8_0", "q4_0")  # llama.cpp cache types to measure and chart
     kv_contexts: tuple = (512, 2048, 8192)  # contexts at which llama.cpp's allocation is measured (≤ max)
     refresh_host: bool = False  # re-measure this host's bandwidth and compute
-    # torch and onnxruntime-genai get a lighter protocol by default (the two shortest prompts and depths, tg ≤ 32,
-    # 2 repetitions): fp32 torch decodes ~10× slower than llama.cpp here and would dominate a 15-minute profile
+    # torch and onnxruntime-genai get a lighter protocol by default (the two shortest prompts and depths, tg ≤
+    # 32, 2 repetitions): fp32 torch decodes ~10× slower than llama.cpp here and would dominate a 15-minute
+    # profile
     full_all: bool = False  # run the full protocol on every backend
-    ops: bool = False  # `--ops`: after the timed tests, a diagnostic pass per backend timing its operators (slm.profiling.ops)
+    # `--ops`: after the timed tests, a diagnostic pass per backend timing its operators (slm.profiling.ops)
+    ops: bool = False
 
     def __post_init__(self):
-        self.quant = parse_types(self.quant, have_imatrix=False)  # the sweep has no importance matrix: refuse now
+        # the sweep has no importance matrix: refuse now
+        self.quant = parse_types(self.quant, have_imatrix=False)
         names = self.backends.split(",") if isinstance(self.backends, str) else self.backends
         self.backends = tuple(b.strip() for b in names if b.strip())
         for b in self.backends:
@@ -64,17 +70,38 @@ class ProfileArgs:
                 raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(KV_CACHE_TYPES)}")
         self.threads = self.threads or self.bench.threads
         if self.quick:
-            cap = self.bench.time_cap_s if self.bench.time_cap_s != BenchArgs.time_cap_s else QUICK["bench"]["time_cap_s"]
+            cap = (self.bench.time_cap_s if self.bench.time_cap_s != BenchArgs.time_cap_s
+                   else QUICK["bench"]["time_cap_s"])
             if self.bench.max_reps < QUICK["bench"]["reps"]:
-                raise SlmError(f"--max-reps {self.bench.max_reps} is below --quick's {QUICK['bench']['reps']} "
-                               "repetitions: raise --max-reps or drop --quick")
+                raise SlmError(f"--max-reps {self.bench.max_reps} is below --quick's "
+                               f"{QUICK['bench']['reps']} repetitions: raise --max-reps or drop --quick")
             quick = {k: v for k, v in QUICK["bench"].items() if k != "time_cap_s"}
-            self.bench = BenchArgs(**quick, threads=self.threads, seed=self.bench.seed, target_ci=self.bench.target_ci,
-                                   max_reps=self.bench.max_reps, time_cap_s=cap)  # the user's cap wins over quick's
-            self.sweep_pp, self.sweep_tg, self.ppl_chunks = QUICK["sweep_pp"], QUICK["sweep_tg"], QUICK["ppl_chunks"]
+            self.bench = BenchArgs(**quick, threads=self.threads, seed=self.bench.seed,
+                                   target_ci=self.bench.target_ci, max_reps=self.bench.max_reps,
+                                   time_cap_s=cap)  # the user's cap wins over quick's
+            self.sweep_pp, self.sweep_tg, self.ppl_chunks = (QUICK["sweep_pp"], QUICK["sweep_tg"],
+                                                             QUICK["ppl_chunks"])
             self.kv_contexts = QUICK["kv_contexts"]
         else:
             self.bench = replace(self.bench, threads=self.threads)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProfileArgs:
+        """The record `to_dict` wrote, as it was: --quick is already applied to its protocol, so it is not
+        applied twice (a remote run receives exactly the protocol asked for here)."""
+        if not isinstance(d, dict) or not isinstance(d.get("bench"), dict):
+            raise SlmError("profile arguments must be a JSON object with a 'bench' object: re-run `slm "
+                           "profile`")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SlmError(f"unknown profile arguments {unknown}: the two slm versions differ; update slm "
+                           "there")
+        b = {k: tuple(v) if isinstance(v, list) else v for k, v in d["bench"].items()}
+        rest = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "bench"}
+        out = cls(**{**rest, "quick": False, "bench": BenchArgs(**b)})
+        out.quick = bool(d.get("quick"))
+        return out

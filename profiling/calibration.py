@@ -64,6 +64,9 @@ import numpy as np
 
 from slm.errors import SlmError
 from slm.profiling.calibration_table import POINTS, PREFILL_POINTS, Point, PrefillPoint
+from slm.profiling.devices import Device, fits, get_device
+from slm.profiling.roofline import prefill_bound
+from slm.spec import spec_from_config
 
 GROUPS = {"llama.cpp": ("llama.cpp CUDA", "Ollama"), "MLC": ("MLC",)}  # kernel family → backends sharing it
 # Architectures a group fits its own efficiency for. For MLC's three FITTED Gemma-2 points the pooled model
@@ -76,8 +79,6 @@ FAMILY_TERMS = {"llama.cpp": (), "MLC": ("gemma2",)}
 
 
 def _bandwidth(device_key: str) -> float:
-    from slm.profiling.devices import get_device
-
     return get_device(device_key).bandwidth_GBps * 1e9
 
 
@@ -218,10 +219,6 @@ class PrefillFit:
 
 
 def prefill_bound_of(p: PrefillPoint) -> float:
-    from slm.profiling.devices import get_device
-    from slm.profiling.roofline import prefill_bound
-    from slm.spec import spec_from_config
-
     return prefill_bound(get_device(p.device).fp16_tflops * 1e12, spec_from_config(p.config), p.n_prompt)
 
 
@@ -238,7 +235,6 @@ def fit_prefill() -> PrefillFit:
     def errors(role):
         return {p.key: e * prefill_bound_of(p) / p.prefill_tok_s - 1 for p in points if p.role == role}
 
-    from slm.spec import spec_from_config
 
     sizes = [spec_from_config(p.config).params for p in points if p.role != "excluded"]
     return PrefillFit(e, errors("fit"), errors("held-out"), errors("excluded"), (min(sizes), max(sizes)),
@@ -248,7 +244,6 @@ def fit_prefill() -> PrefillFit:
 def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA") -> dict:
     """Projected prefill tok/s of an n_tokens prompt on `device`: the calibrated fraction of its GPU FP16
     bound."""
-    from slm.profiling.roofline import prefill_bound
 
     fit = fit_prefill()
     bound = prefill_bound(device.fp16_tflops * 1e12, spec, n_tokens)
@@ -260,3 +255,31 @@ def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA"
     return {"tok_s": fit.efficiency * bound, "device_bound_tok_s": bound,
             "calibration": fit.label + (f" (extrapolated: {'; '.join(caveats)})" if caveats else ""),
             "expected_error": None if small else fit.held_out_error, "efficiency": fit.efficiency}
+
+
+def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token: float, spec,
+            compute_bytes: float = 0.0, backend: str = "llama.cpp CUDA") -> list[dict]:
+    """Project the protocol's tests onto `device` with the calibrated model (slm.profiling.calibration).
+
+    Each projected row carries its calibration and expected error; a test whose context does not fit the
+    device's memory is flagged (fits=False) and gets no speed. A row's measured `roofline_fraction` (this
+    host's) is kept as `host_efficiency` for display only.
+    """
+    streamed = streamed_weight_bytes(spec, weight_bytes)
+
+    out = []
+    for r in rows:
+        ctx = r["depth"] + r["n_tokens"]
+        kv = kv_per_token * ctx
+        ok = fits(device, weight_bytes, kv, compute_bytes)
+        if r["kind"] == "decode":
+            p = project_decode(device, streamed, kv_per_token, r["depth"] + r["n_tokens"] / 2, backend)
+        else:
+            p = project_prefill(device, spec, r["n_tokens"])
+        out.append({"test": r["test"], "kind": r["kind"], "n_tokens": r["n_tokens"], "depth": r["depth"],
+                    "device": device.key, "how": "projected", "fits": ok,
+                    "memory_needed": weight_bytes + kv + compute_bytes, "memory_usable": device.usable_bytes,
+                    "device_bound_tok_s": p["device_bound_tok_s"], "calibration": p["calibration"],
+                    "expected_error": p["expected_error"], "host_efficiency": r.get("roofline_fraction"),
+                    "tok_s": p["tok_s"] if ok else None})
+    return out

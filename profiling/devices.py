@@ -116,33 +116,3 @@ def _meminfo_gib(root: Path) -> float:
 
 def fits(device: Device, weight_bytes: float, kv_bytes: float, compute_bytes: float = 0.0) -> bool:
     return weight_bytes + kv_bytes + compute_bytes <= device.usable_bytes
-
-
-def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token: float, spec,
-            compute_bytes: float = 0.0, backend: str = "llama.cpp CUDA") -> list[dict]:
-    """Project the protocol's tests onto `device` with the calibrated model (slm.profiling.calibration).
-
-    Each projected row carries its calibration and expected error; a test whose context does not fit the
-    device's memory is flagged (fits=False) and gets no speed. A row's measured `roofline_fraction` (this
-    host's) is kept as `host_efficiency` for display only.
-    """
-    from slm.profiling.calibration import project_decode, project_prefill, streamed_weight_bytes
-
-    streamed = streamed_weight_bytes(spec, weight_bytes)
-
-    out = []
-    for r in rows:
-        ctx = r["depth"] + r["n_tokens"]
-        kv = kv_per_token * ctx
-        ok = fits(device, weight_bytes, kv, compute_bytes)
-        if r["kind"] == "decode":
-            p = project_decode(device, streamed, kv_per_token, r["depth"] + r["n_tokens"] / 2, backend)
-        else:
-            p = project_prefill(device, spec, r["n_tokens"])
-        out.append({"test": r["test"], "kind": r["kind"], "n_tokens": r["n_tokens"], "depth": r["depth"],
-                    "device": device.key, "how": "projected", "fits": ok,
-                    "memory_needed": weight_bytes + kv + compute_bytes, "memory_usable": device.usable_bytes,
-                    "device_bound_tok_s": p["device_bound_tok_s"], "calibration": p["calibration"],
-                    "expected_error": p["expected_error"], "host_efficiency": r.get("roofline_fraction"),
-                    "tok_s": p["tok_s"] if ok else None})
-    return out

@@ -13,6 +13,9 @@ from slm.errors import SlmError
 from slm.gguf import FLOAT_TYPES, check_magic, contents
 from slm.profiling.args import Inputs
 from slm.profiling.ortgenai import is_onnx_dir
+from slm.profiling.sweep import make_files
+from slm.record import read_record
+from slm.spec import load_spec
 
 CACHE = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "slm")) / "quant"
 
@@ -28,7 +31,6 @@ def _cache_dir(src: Path) -> Path:
 
 def _export_files(folder: Path) -> dict:
     """type → path of the GGUFs an export folder's slm.json lists (result["files"])."""
-    from slm.record import read_record
 
     rec = read_record(folder) or {}
     files = {}
@@ -50,7 +52,7 @@ def main_type(quant: tuple) -> str:
 def export_f16(hf: Path, out: Path, onnx: bool) -> dict:
     """HF folder → export folder with an f16 GGUF (and an int4 ONNX model when `onnx`), by slm.quant's
     exporter."""
-    from slm.quant.export import ExportArgs, export
+    from slm.quant.export import ExportArgs, export  # torch: deferred, a heavy import
 
     return export(hf, out, ExportArgs(gguf=["f16"], onnx=["int4"] if onnx else [], validate=False,
                                       force=True))
@@ -58,7 +60,6 @@ def export_f16(hf: Path, out: Path, onnx: bool) -> dict:
 
 def _from_gguf(gguf: Path, quant: tuple, threads: int, progress: Callable[[str], None]) -> Inputs:
     """A GGUF file: measured as is; the sweep's types are requantized from it (and the report says so)."""
-    from slm.profiling.sweep import make_files
 
     inp = Inputs(gguf=check_magic(gguf))
     if quant:
@@ -74,8 +75,6 @@ def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, t
             progress: Callable[[str], None] = print) -> Inputs:
     """Inputs for `profile`; an HF folder is exported (f16 GGUF, ONNX int4 if that backend runs) into the
     cache."""
-    from slm.profiling.sweep import make_files
-    from slm.spec import load_spec
 
     if config:
         c = Path(config)
@@ -99,7 +98,7 @@ def resolve(model: str | Path | None, config: str | Path | None, quant: tuple, t
         raise SlmError(f"{p} holds no GGUF, safetensors, ONNX model or config.json: pass a model folder or "
                        "file")
     if hf:
-        from slm.io import check_weights
+        from slm.io import check_weights  # torch: deferred, a heavy import
 
         check_weights(hf)  # a damaged checkpoint fails here in one line, before the export
         spec = load_spec(hf)

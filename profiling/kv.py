@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from slm.gguf import kv_element_bytes
+from slm.profiling.protocol import rss_bytes
+from slm.quant.llamacpp import LlamaCpp
 from slm.spec import ModelSpec
 
 # llama.cpp rounds the cache size up to a multiple of 256 cells (llama-context.cpp, n_ctx pad)
@@ -53,8 +55,6 @@ def share_curve(spec: ModelSpec, weight_bytes: float, cache_type: str = "f16",
 def measure_llamacpp(gguf: Path, spec: ModelSpec, contexts: list[int], cache_type: str,
                      threads: int) -> list[dict]:
     """Create a llama.cpp context at each size and record what it allocates, beside the analytic KV bytes."""
-    from slm.profiling.protocol import rss_bytes
-    from slm.quant.llamacpp import LlamaCpp
 
     rows = []
     for c in contexts:

@@ -1,38 +1,46 @@
-"""Where the time goes: each backend's operators timed in a separate diagnostic pass (`slm profile --ops`), one
-prefill and a few single-token decode steps, their time shares grouped by operator kind per phase.
+"""Where the time goes: each backend's operators timed in a separate diagnostic pass (`slm profile --ops`),
+one prefill and a few single-token decode steps, their time shares grouped by operator kind per phase.
 
-- llama.cpp: the eval callback (cb_eval; `LlamaCpp.op_profile` in slm.quant.llamacpp) times every ggml graph node.
-  The callback splits the graph node by node, so the pass runs apart from the timed tests, on 1 CPU thread by default
-  (with more, ggml's per-node thread hand-off — paid at every node once the graph is split — swamps a small model's
-  nodes on a shared host; measured here: 8 s instead of 1 s for a 128-token prefill of the 135M model on 2 threads).
-- torch: torch.profiler's per-op self CPU time (key_averages' self time, so aten::linear is not counted on top of
-  its aten::addmm); ops inside an RMSNorm module or transformers' apply_rotary_pos_emb are counted as norm / rope
-  through record_function ranges this pass opens around them.
-- onnxruntime-genai: onnxruntime's own profiler (session_options.enable_profiling in genai_config, written when the
-  session ends): "Node" events' dur per op_name; the first model_run is the prefill, the later ones decode steps.
+- llama.cpp: the eval callback (cb_eval; slm.quant.llamacpp_ops.op_profile) times every ggml graph
+  node. The callback splits the graph node by node, so the pass runs apart from the timed tests, on 1 CPU
+  thread by default (with more, ggml's per-node thread hand-off — paid at every node once the graph is split —
+  swamps a small model's nodes on a shared host; measured here: 8 s instead of 1 s for a 128-token prefill of
+  the 135M model on 2 threads).
+- torch: torch.profiler's per-op self CPU time (key_averages' self time, so aten::linear is not counted on top
+  of its aten::addmm); ops inside an RMSNorm module or transformers' apply_rotary_pos_emb are counted as norm
+  / rope through record_function ranges this pass opens around them.
+- onnxruntime-genai: onnxruntime's own profiler (session_options.enable_profiling in genai_config, written
+  when the session ends): "Node" events' dur per op_name; the first model_run is the prefill, the later ones
+  decode steps.
 
-The SLM survey's finding to compare with: mul_mat_vec (matrix × vector: decode's weight matmuls) ~70 % of decode
-time on a Jetson.
+The SLM survey's finding to compare with: mul_mat_vec (matrix × vector: decode's weight matmuls) ~70 % of
+decode time on a Jetson.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 
+from slm.quant.llamacpp_ops import op_profile  # llama-cpp-python: only when --ops runs on llama.cpp
+
 KINDS = ("matmul", "attention", "norm", "rope", "elementwise", "other")  # the chart's stacking order
-PASS = {"n_prompt": 128, "n_decode": 16}  # the diagnostic pass: one prefill of this many tokens, then decode steps
-_ELEMENTWISE = {"ADD", "SUB", "MUL", "DIV", "SCALE", "SQR", "SQRT", "SILU", "GELU", "GELU_QUICK", "SWIGLU", "GEGLU",
-                "RELU", "TANH", "EXP", "NEG", "SIGMOID", "ADD1", "ACC", "CLAMP", "GLU", "ADD_ID"}
+# the diagnostic pass: one prefill of this many tokens, then decode steps
+PASS = {"n_prompt": 128, "n_decode": 16}
+_ELEMENTWISE = {"ADD", "SUB", "MUL", "DIV", "SCALE", "SQR", "SQRT", "SILU", "GELU", "GELU_QUICK", "SWIGLU",
+                "GEGLU", "RELU", "TANH", "EXP", "NEG", "SIGMOID", "ADD1", "ACC", "CLAMP", "GLU", "ADD_ID"}
 
 
 def ggml_kind(op: str, name: str = "") -> str:
-    """A ggml node's kind from its op (ggml_op_desc) and tensor name (llama.cpp's graph names: kq, kqv, *_norm …)."""
+    """A ggml node's kind from its op (ggml_op_desc) and tensor name (llama.cpp's graph names: kq, kqv, *_norm
+    …)."""
     if op in ("MUL_MAT", "MUL_MAT_ID", "OUT_PROD"):
         return "attention" if name.startswith(("kq", "kqv")) else "matmul"
     if op in ("SOFT_MAX", "FLASH_ATTN_EXT", "SET_ROWS", "CPY"):  # SET_ROWS/CPY: writes into the KV cache
         return "attention"
-    if "NORM" in op or (op in ("MUL", "ADD") and "norm" in name):  # the norm's weight multiply is named *_norm
+    # the norm's weight multiply is named *_norm
+    if "NORM" in op or (op in ("MUL", "ADD") and "norm" in name):
         return "norm"
     if op.startswith("ROPE"):
         return "rope"
@@ -50,7 +58,8 @@ def torch_kind(op: str) -> str:
         return "norm"
     if o in ("cos", "sin"):
         return "rope"
-    if o in ("add", "add_", "mul", "mul_", "sub", "div", "neg", "silu", "gelu", "exp", "tanh", "sigmoid", "clamp"):
+    if o in ("add", "add_", "mul", "mul_", "sub", "div", "neg", "silu", "gelu", "exp", "tanh", "sigmoid",
+             "clamp"):
         return "elementwise"
     return "other"
 
@@ -65,13 +74,15 @@ def onnx_kind(op: str) -> str:
         return "norm"
     if "Rotary" in op:
         return "rope"
-    if op in ("Add", "Mul", "Sub", "Div", "Sigmoid", "QuickGelu", "FastGelu", "Gelu", "Neg", "Pow", "Sqrt", "Tanh"):
+    if op in ("Add", "Mul", "Sub", "Div", "Sigmoid", "QuickGelu", "FastGelu", "Gelu", "Neg", "Pow", "Sqrt",
+              "Tanh"):
         return "elementwise"
     return "other"
 
 
 def phase_of(times: dict[str, float], kind: Callable[[str], str]) -> dict:
-    """One phase's summary: seconds, share per kind (summing to 1), and the five costliest ops with their shares."""
+    """One phase's summary: seconds, share per kind (summing to 1), and the five costliest ops with their
+    shares."""
     total = sum(times.values()) or 1.0
     by = dict.fromkeys(KINDS, 0.0)
     for op, s in times.items():
@@ -82,20 +93,22 @@ def phase_of(times: dict[str, float], kind: Callable[[str], str]) -> dict:
 
 
 def llamacpp_ops(b, n_prompt: int, n_decode: int, threads: int = 1) -> dict:
-    raw = b.op_profile(n_prompt, n_decode, threads)
+
+    raw = op_profile(b, n_prompt, n_decode, threads)
     phases = {ph: phase_of({f"{op} {name}".strip(): s for (op, name), s in d.items()},
                            lambda k: ggml_kind(*(k.split(" ", 1) + [""])[:2])) for ph, d in raw.items()}
-    return {"phases": phases, "threads": threads, "how": "llama.cpp eval callback (cb_eval) timing every graph node in "
-            f"a separate pass on {threads} thread{'s' if threads > 1 else ''}; layout-only nodes (view, reshape, "
-            "permute, transpose) are not computed and not counted"}
+    return {"phases": phases, "threads": threads,
+            "how": "llama.cpp eval callback (cb_eval) timing every graph node in a separate pass on "
+                   f"{threads} thread{'s' if threads > 1 else ''}; layout-only nodes (view, reshape, "
+                   "permute, transpose) are not computed and not counted"}
 
 
 @contextlib.contextmanager
 def _torch_ranges(model):
-    """record_function ranges around RMSNorm modules and transformers' apply_rotary_pos_emb, removed afterwards."""
-    import sys
+    """record_function ranges around RMSNorm modules and transformers' apply_rotary_pos_emb, removed
+    afterwards."""
 
-    import torch
+    import torch  # torch: deferred, a heavy import
 
     hooks, patched = [], []
     for m in model.modules():
@@ -147,7 +160,7 @@ def _torch_kind_of_key(k: str) -> str:
 
 
 def torch_ops(b, n_prompt: int, n_decode: int) -> dict:
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile  # torch: deferred, a heavy import
 
     phases = {}
     with b.torch.inference_mode(), _torch_ranges(b.model):
@@ -157,8 +170,9 @@ def torch_ops(b, n_prompt: int, n_decode: int) -> dict:
                 for n in steps:
                     b.model(b._ids(n), **{b._kv: cache}, use_cache=True, logits_to_keep=1)
             phases[ph] = phase_of(_torch_times(prof), _torch_kind_of_key)
-    return {"phases": phases, "threads": b.threads, "how": "torch.profiler self CPU time per aten op (norm and rope "
-            "through record_function ranges around RMSNorm modules and apply_rotary_pos_emb), in a separate pass"}
+    return {"phases": phases, "threads": b.threads,
+            "how": "torch.profiler self CPU time per aten op (norm and rope through record_function ranges "
+                   "around RMSNorm modules and apply_rotary_pos_emb), in a separate pass"}
 
 
 def breakdown(name: str, b, n_prompt: int, n_decode: int) -> dict | None:

@@ -7,7 +7,10 @@ appending `depth` tokens (untimed), n × generate_next_token with greedy search.
 
 from __future__ import annotations
 
+import gc
+import glob
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import numpy as np
 
 from slm.errors import SlmError
 from slm.profiling.protocol import Closing
+from slm.record import read_record
 from slm.spec import ModelSpec, check_supported, load_spec
 
 
@@ -27,7 +31,7 @@ class OrtGenai(Closing):
 
     def __init__(self, folder: Path, threads: int, seed: int = 0):
         try:
-            import onnxruntime_genai as og
+            import onnxruntime_genai as og  # onnxruntime_genai is optional: imported only when used
         except ImportError:
             raise SlmError("onnxruntime-genai is not installed: `pip install 'slm-lab[onnx]'`") from None
         folder = Path(folder)
@@ -92,9 +96,6 @@ class OrtGenai(Closing):
         """onnxruntime's own profiler on a second model (genai_config session_options.enable_profiling; the
         JSON is written when the session ends): seconds per op_name of the "Node" events, the first model_run
         being the prefill (append_tokens) and the later ones single-token decode steps."""
-        import gc
-        import glob
-        import tempfile
 
         og = self.og
         with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +142,6 @@ def spec_of(folder: Path) -> ModelSpec:
     """ModelSpec of an ONNX folder: its config.json, the HF model its export record names, or
     genai_config.json with the MLP width read from the graph's gate/up projection weights (the builder writes
     no config.json)."""
-    from slm.record import read_record
 
     folder = Path(folder)
     if (folder / "config.json").is_file():
@@ -166,7 +166,7 @@ def spec_of(folder: Path) -> ModelSpec:
 
 
 def _mlp_width(folder: Path, hidden: int) -> int:
-    import onnx
+    import onnx  # onnx is optional: imported only when used
 
     m = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     for t in m.graph.initializer:

@@ -1,12 +1,13 @@
-"""`slm plan`: which depth × GGUF type × KV-cache type of a model fits a device at a context, and how fast it could
-run there — before any training or export.
+"""`slm plan`: which depth × GGUF type × KV-cache type of a model fits a device at a context, and how fast it
+could run there — before any training or export.
 
-Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf_mix.fallbacks_for (the types llama.cpp
-really writes on this shape, fallbacks included), KV bytes from the spec, decode speed from the calibrated device
-model (slm.profiling.calibration: fitted to published Jetson Orin measurements, its held-out error stated in every
-output), prefill from the GPU's FP16 bound × the efficiency fitted to published llama-bench pp512 figures (same
-module; fitted on 3B–32B models, an upper estimate below that). Quality (KLD, perplexity) comes only from an
-existing sweep or export of this very model; otherwise it is "unknown", never guessed.
+Every figure is computed from the shape alone: bytes per GGUF type from slm.gguf_mix.fallbacks_for (the types
+llama.cpp really writes on this shape, fallbacks included), KV bytes from the spec, decode speed from the
+calibrated device model (slm.profiling.calibration: fitted to published Jetson Orin measurements, its held-out
+error stated in every output), prefill from the GPU's FP16 bound × the efficiency fitted to published
+llama-bench pp512 figures (same module; fitted on 3B–32B models, an upper estimate below that). Quality (KLD,
+perplexity) comes only from an existing sweep or export of this very model; otherwise it is "unknown", never
+guessed.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from pathlib import Path
 
 from slm.errors import SlmError
 from slm.gguf import KV_CACHE_TYPES, get_type, kv_element_bytes, parse_types
-from slm.gguf_mix import fallbacks_for, types_that_hold
+from slm.gguf_mix import fallback_warning, fallbacks_for, types_that_hold
+from slm.guard import guard_output
 from slm.profiling.calibration import calibration_for, fit_prefill, project_decode, streamed_weight_bytes
 from slm.profiling.devices import GIB, get_device
+from slm.profiling.plan_report import write_plan  # matplotlib: only when a report is written
 from slm.profiling.roofline import prefill_bound
-from slm.spec import ModelSpec
+from slm.record import model_sha256, read_record
+from slm.spec import ModelSpec, load_spec
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "iq4_nl")
 UBATCH = 512  # llama.cpp's default n_ubatch: the compute buffers below are sized for one micro-batch
@@ -41,8 +45,10 @@ class PlanArgs:
     types: tuple = DEFAULT_TYPES  # GGUF types considered
     kv_types: tuple = KV_CACHE_TYPES  # KV-cache element types considered
     backend: str = "llama.cpp CUDA"  # whose calibration projects decode (slm.profiling.calibration.GROUPS)
-    prefill_efficiency: float | None = None  # fraction of the GPU FP16 bound; None: the fitted one (calibration)
-    quality: str | None = None  # slm.json of a profile sweep or export of this model: KLD / perplexity per type
+    # fraction of the GPU FP16 bound; None: the fitted one (calibration)
+    prefill_efficiency: float | None = None
+    # slm.json of a profile sweep or export of this model: KLD / perplexity per type
+    quality: str | None = None
     extra: dict = field(default_factory=dict)  # free-form notes carried into the record
 
     def __post_init__(self):
@@ -58,12 +64,13 @@ class PlanArgs:
         for t in self.kv_types:
             kv_element_bytes(t)
         if self.quality and not Path(self.quality).is_file():
-            raise SlmError(f"--quality file {self.quality} not found: pass the slm.json of a profile or export run")
+            raise SlmError(f"--quality file {self.quality} not found: pass the slm.json of a profile or "
+                           "export run")
 
 
 def depths(layers: int, grow: bool, prune: bool) -> list[tuple[int, str]]:
-    """(depth, how it is reached): the model itself, LLaMA Pro expansions N×P up to 1.5 L (the smallest P per depth),
-    and prunes of L/8, L/4, 3L/8 blocks."""
+    """(depth, how it is reached): the model itself, LLaMA Pro expansions N×P up to 1.5 L (the smallest P per
+    depth), and prunes of L/8, L/4, 3L/8 blocks."""
     out = {layers: "as is"}
     if grow:
         for p in range(1, layers + 1):  # P ascending: copies spread over many groups, as LLaMA Pro does
@@ -84,10 +91,11 @@ def compute_bytes(spec: ModelSpec, context: int, flash_attn: bool = True) -> flo
       logits stage:    u × (vocab + 2 × hidden) × 4
       attention stage: flash attention (llama.cpp's choice on CUDA; needed by q8_0/q4_0 KV): the f16 mask
                        u × context × 2 + u × (2 × intermediate + 6 × hidden) × 4;
-                       without it: scores and f32 mask u × context × (heads + 1) × 4 + u × 2 × intermediate × 4.
-    Read off the allocations llama.cpp (CPU backend) logs for three shapes (SmolLM2-135M and two random Llamas,
-    vocab 8k–49k) at contexts 512–8192 with flash attention on and off: −4.2 % … +1.7 % over those 24 cases (the
-    6 × hidden term was set on one of them, vocab 8k with flash attention at 8192; tests/profiling/
+                       without it: scores and f32 mask
+                       u × context × (heads + 1) × 4 + u × 2 × intermediate × 4.
+    Read off the allocations llama.cpp (CPU backend) logs for three shapes (SmolLM2-135M and two random
+    Llamas, vocab 8k–49k) at contexts 512–8192 with flash attention on and off: −4.2 % … +1.7 % over those 24
+    cases (the 6 × hidden term was set on one of them, vocab 8k with flash attention at 8192; tests/profiling/
     test_compute_buffers.py holds ±5 %). CUDA's own buffers (e.g. a host-side copy of the inputs) are not
     measured: no CUDA build here."""
     u = min(UBATCH, context)
@@ -100,46 +108,89 @@ def compute_bytes(spec: ModelSpec, context: int, flash_attn: bool = True) -> flo
     return max(logits, attention)
 
 
-def load_quality(path: str | None) -> dict:
-    """type → {kld, ppl, source} from a profile sweep (result.sweep rows) or an export (result.validation)."""
+def load_quality(path: str | None, source: str | Path | None = None) -> dict:
+    """type → {kld, ppl, source} from a profile (its slm.json or profile.json: the sweep's rows) or an export
+    (its slm.json: the validation of each GGUF). A record of another model than `source` is refused, where the
+    records' input hashes can tell."""
     if not path:
         return {}
-    rec = json.loads(Path(path).read_text()).get("result") or {}
+    p = Path(path)
+    if p.name == "profile.json":
+        try:
+            res = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SlmError(f"--quality {path} is not valid JSON ({e}): pass the slm.json of a profile or "
+                           "export run") from None
+        rec = {"kind": "profile", "result": res if isinstance(res, dict) else {}, "inputs": {}, "args": {}}
+    else:
+        rec = read_record(p)
+        if rec is None:
+            raise SlmError(f"--quality file {path} not found: pass the slm.json of a profile or export run")
+    _check_same_model(rec, p, source)
+    res = rec.get("result") or {}
     out = {}
-    for r in rec.get("sweep") or []:
-        out[r["type"]] = {"kld": r.get("kld_vs_ref"), "ppl": r.get("ppl"), "source": f"sweep in {path} (KLD vs "
-                                                                                    f"{r.get('reference')})"}
-    for t, v in ((rec.get("validation") or {}).get("gguf") or {}).items():
+    sweep = res.get("sweep") or {}
+    for r in sweep.get("rows", []) if isinstance(sweep, dict) else []:
+        out[r["type"]] = {"kld": r.get("kld_vs_ref"), "ppl": r.get("ppl"),
+                          "source": f"sweep in {path} (KLD vs {r.get('reference')})"}
+    for t, v in ((res.get("validation") or {}).get("gguf") or {}).items():
         out.setdefault(t, {"kld": (v.get("kld") or {}).get("kld_mean"), "ppl": v.get("perplexity"),
                            "source": f"export validation in {path} (KLD vs the f16 export)"})
     if not out:
-        raise SlmError(f"{path} holds no quant sweep or export validation: pass the slm.json of `slm profile --quant` "
-                       "or `slm export`")
+        raise SlmError(f"{path} ({rec.get('kind')}) holds no quant sweep or export validation: pass the "
+                       "slm.json of `slm profile --quant` or `slm export`")
     return out
 
 
-def candidates(spec: ModelSpec, args: PlanArgs) -> list[dict]:
-    """Every depth × type × KV type with size, memory at the context, projected speeds, quality and budget checks."""
+def _source_hash(rec: dict) -> str | None:
+    """The SHA-256 of the HF model a quality record was made from, where it says: an export's input, or the
+    export folder a profile measured."""
+    h = (rec.get("inputs") or {}).get("model", {}).get("sha256") if rec.get("kind") == "export" else None
+    if h is None and rec.get("kind") == "profile" and rec.get("args", {}).get("model"):
+        m = Path(rec["args"]["model"])
+        try:
+            sub = read_record(m) if m.is_dir() else None
+        except SlmError:
+            sub = None
+        if sub and sub.get("kind") == "export":
+            h = (sub.get("inputs") or {}).get("model", {}).get("sha256")
+    return h
+
+
+def _check_same_model(rec: dict, path: Path, source: str | Path | None) -> None:
+    have = _source_hash(rec)
+    if not have or not source or not Path(source, "config.json").is_file():
+        return
+    if model_sha256(Path(source)) != have:
+        raise SlmError(f"--quality {path} measured another model than {source} (their weights differ): pass "
+                       "the profile or export of this model")
+
+
+def candidates(spec: ModelSpec, args: PlanArgs, source: str | Path | None = None) -> list[dict]:
+    """Every depth × type × KV type with size, memory at the context, projected speeds, quality and budget
+    checks."""
     dev = get_device(args.device)
     budget = min(dev.usable_bytes, args.max_memory_gb * 1e9) if args.max_memory_gb else dev.usable_bytes
-    quality = load_quality(args.quality)
+    quality = load_quality(args.quality, source)
     rows = []
     for d, how in depths(spec.layers, args.grow, args.prune):
         s = dataclasses.replace(spec, layers=d)
         for t in args.types:
             f = fallbacks_for(s, t)
             for kvt in args.kv_types:
-                rows.append(_row(s, how, t, f, kvt, args, dev, budget, quality.get(t) if how == "as is" else None))
+                rows.append(_row(s, how, t, f, kvt, args, dev, budget,
+                                 quality.get(t) if how == "as is" else None))
     rows.sort(key=_rank_key(any(r["meets_budget"] and r["variant"] == "as is" for r in rows)))
     _mark_pareto(rows)
     return rows
 
 
 def _rank_key(as_is_meets: bool):
-    """Rank: meets the budget first; then the model as it is before a pruned one when the model as it is already
-    meets the budget (pruning costs quality that is not known here: it is for when nothing else is fast enough);
-    then the best known quality (lowest KLD), else the most bits per weight (closest to the source: quality is
-    not guessed, bits are its only proxy), the wider KV cache first; then the fastest decode."""
+    """Rank: meets the budget first; then the model as it is before a pruned one when the model as it is
+    already meets the budget (pruning costs quality that is not known here: it is for when nothing else is
+    fast enough); then the best known quality (lowest KLD), else the most bits per weight (closest to the
+    source: quality is not guessed, bits are its only proxy), the wider KV cache first; then the fastest
+    decode."""
     def key(r):
         pruned_first = as_is_meets and r["variant"].startswith("prune")
         kv_bits = -kv_element_bytes(r["kv_type"])  # a quantized KV cache costs quality too
@@ -151,7 +202,8 @@ def _rank_key(as_is_meets: bool):
 def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev, budget: float, q) -> dict:
     per_tok = s.kv_bytes_per_token(kv_element_bytes(kvt))
     weights, kv, comp = f["tensor_bytes"], per_tok * args.context, compute_bytes(s, args.context)
-    decode = project_decode(dev, streamed_weight_bytes(s, weights), per_tok, args.context, args.backend)["tok_s"]
+    decode = project_decode(dev, streamed_weight_bytes(s, weights), per_tok, args.context,
+                            args.backend)["tok_s"]
     prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * (args.prefill_efficiency
                                                                          or fit_prefill().efficiency)
     fits = weights + kv + comp <= budget
@@ -168,28 +220,30 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
 def _mark_pareto(rows: list[dict]) -> None:
     """pareto = no other candidate is at least as fast and as small (memory) and strictly better in one."""
     for r in rows:
-        r["pareto"] = not any(o["decode_tok_s"] >= r["decode_tok_s"] and o["memory_bytes"] <= r["memory_bytes"]
-                              and (o["decode_tok_s"] > r["decode_tok_s"] or o["memory_bytes"] < r["memory_bytes"])
+        r["pareto"] = not any(o["decode_tok_s"] >= r["decode_tok_s"]
+                              and o["memory_bytes"] <= r["memory_bytes"]
+                              and (o["decode_tok_s"] > r["decode_tok_s"]
+                                   or o["memory_bytes"] < r["memory_bytes"])
                               for o in rows)
 
 
 def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
     """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates."""
     dev = get_device(args.device)
-    rows = candidates(spec, args)
-    from slm.gguf_mix import fallback_warning
+    rows = candidates(spec, args, model or None)
 
     fit, backend, caveat = calibration_for(args.backend, dev.key)
     calib = fit.label(backend) + (f" ({caveat})" if caveat else "")
 
-    return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(), "context": args.context,
-            "args": {k: v for k, v in dataclasses.asdict(args).items()},
+    return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(),
+            "context": args.context, "args": {k: v for k, v in dataclasses.asdict(args).items()},
             "how": {"speed": _speed_how(args, fit, backend, calib, spec),
                     "calibration": calib, "decode_expected_error": fit.held_out_error,
-                    "memory": "GGUF tensor bytes as llama.cpp writes this shape (fallbacks included) + KV cache at "
-                              f"the context + compute buffers for a {UBATCH}-token micro-batch with flash attention (the "
-                              "estimate is within ±5 % of llama.cpp's CPU allocations; CUDA's not checked); against the "
-                              f"device's memory less {dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
+                    "memory": "GGUF tensor bytes as llama.cpp writes this shape (fallbacks included) + KV "
+                              f"cache at the context + compute buffers for a {UBATCH}-token micro-batch with "
+                              "flash attention (the estimate is within ±5 % of llama.cpp's CPU allocations; "
+                              "CUDA's not checked); against the device's memory less "
+                              f"{dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
                     "quality": "from " + (args.quality or "no sweep: unknown")},
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
             "candidates": rows, "recommended": [r for r in rows if r["meets_budget"] and r["pareto"]][:5]}
@@ -197,82 +251,30 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
 
 def _speed_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -> str:
     """How the two speed columns were obtained, in sentences a reader can follow."""
-    decode = (f"{HOW}. Decode tok/s at depth {args.context}: (weights streamed per token — all but an untied input "
-              f"embedding — + KV cache) / ({fit.efficiency:.2f} × device bandwidth) + "
+    decode = (f"{HOW}. Decode tok/s at depth {args.context}: (weights streamed per token — all but an untied "
+              f"input embedding — + KV cache) / ({fit.efficiency:.2f} × device bandwidth) + "
               f"{fit.overhead_s[backend] * 1e3:.1f} ms per token; {calib.removeprefix('projected: ')}.")
     if args.prefill_efficiency:
-        return decode + (f" Prefill tok/s of a {args.context}-token prompt: {args.prefill_efficiency} (given) × the "
-                         "GPU's FP16 throughput / FLOPs per token.")
+        return decode + (f" Prefill tok/s of a {args.context}-token prompt: {args.prefill_efficiency} "
+                         "(given) × the GPU's FP16 throughput / FLOPs per token.")
     pf = fit_prefill()
     small = (f" This model is smaller than any published point ({pf.params_range[0] / 1e9:.1f}B), and kernel "
              "overheads, not FLOPs, may bound its prompt: read prefill as an upper estimate."
              if spec.params < 0.9 * pf.params_range[0] else "")
     return decode + (f" Prefill tok/s of a {args.context}-token prompt: {pf.efficiency:.2f} × the GPU's FP16 "
-                     f"throughput (GPU sparse INT8 TOPS / 4) / FLOPs per token; {pf.label.removeprefix('projected: ')}."
+                     "throughput (GPU sparse INT8 TOPS / 4) / FLOPs per token; "
+                     f"{pf.label.removeprefix('projected: ')}."
                      + small)
 
 
 def run_plan(source: str | Path, args: PlanArgs, out: Path | None = None, force: bool = False) -> dict:
-    """`slm plan`: the plan of a model folder, GGUF or config.json; with `out`, written there (checked and locked
-    before the work, never over the source)."""
-    from slm.guard import guard_output
-    from slm.spec import load_spec
+    """`slm plan`: the plan of a model folder, GGUF or config.json; with `out`, written there (checked and
+    locked before the work, never over the source)."""
 
     if out is None:
         return plan(load_spec(source), args, model=str(source))
     with guard_output(out, [source, args.quality], force):
         result = plan(load_spec(source), args, model=str(source))
+
         write_plan(out, result, force, (source,))
     return result
-
-
-def table_rows(result: dict, n: int | None = None) -> list[list]:
-    """The ranked table as printed and rendered."""
-    def mib(b):
-        return round(b / 2**20, 1)
-
-    return [[i + 1, r["layers"], r["variant"], r["type"], r["kv_type"], round(r["bits_per_weight"], 2), mib(r["file_bytes"]),
-             mib(r["memory_bytes"]), "yes" if r["fits"] else "no", round(r["decode_tok_s"], 1),
-             round(r["prefill_tok_s"]), "unknown" if r["kld"] is None else round(r["kld"], 4),
-             "yes" if r["meets_budget"] else "no", "*" if r["pareto"] else ""]
-            for i, r in enumerate(result["candidates"][:n])]
-
-
-COLUMNS = ["rank", "layers", "variant", "type", "KV", "bits/w", "file MiB", "memory MiB", "fits", "decode tok/s*",
-           "prefill tok/s*", "KLD", "meets budget", "Pareto"]
-
-
-def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ()) -> Path:
-    """out/plan.json, slm.json and report.html (speed vs size chart, ranked table), through the output guard."""
-    from slm.guard import atomic_dir
-    from slm.record import atomic_write_text, write_record
-    from slm.report.render import Figure, Table, new_figure, render_report, svg_of
-
-    rows = result["candidates"]
-    with atomic_dir(out, force, [p for p in inputs if p]) as tmp:
-        atomic_write_text(tmp / "plan.json", json.dumps(result, indent=2))
-        fig, ax = new_figure(7.5, 3.6)
-        for ok, color, label in ((True, "#2f8f4e", "meets budget"), (False, "#b0b0b0", "misses budget")):
-            sel = [r for r in rows if r["meets_budget"] == ok]
-            ax.scatter([r["memory_bytes"] / 2**20 for r in sel], [r["decode_tok_s"] for r in sel], s=14, c=color,
-                       label=label)
-        ax.axvline(rows[0]["budget_bytes"] / 2**20, color="#c0392b", lw=1, ls="--", label="memory budget")
-        ax.set_xlabel("memory at the context (MiB)")
-        ax.set_ylabel("decode tok/s (projected)")
-        ax.set_title(f"{result['device']['name']} at {result['context']} tokens")
-        ax.legend(fontsize=8)
-        summary = {"device": result["device"]["name"], "context": result["context"],
-                   "candidates": len(rows), "meet the budget": sum(r["meets_budget"] for r in rows),
-                   "types that hold on this shape": ", ".join(result["types_that_hold"])}
-        notes = [result["how"]["speed"], result["how"]["memory"], "quality: " + result["how"]["quality"],
-                 "* speeds are projected, never measured"] + ([result["fallback_warning"]]
-                                                              if result["fallback_warning"] else [])
-        write_record(tmp, "plan", result["args"], inputs={"model": inputs[0]} if inputs and inputs[0] else None,
-                     result={k: v for k, v in result.items() if k != "candidates"} | {"summary": summary})
-        m = Path(result["model"])
-        name = f"{m.parent.name}/{m.name}" if m.name == "final" else m.name  # a run's final/ says nothing alone
-        render_report(tmp / "report.html", f"plan: {name or 'config'} on {result['device']['key']}",
-                      "plan", summary, [Figure("Speed vs memory", svg_of(fig), result["how"]["speed"])],
-                      [Table("Candidates (ranked: meets budget first, then decode speed)", COLUMNS, table_rows(result),
-                             highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes)
-    return out

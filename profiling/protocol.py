@@ -2,28 +2,33 @@
 
 For each test: one warm-up run, then timed repetitions; a figure is the mean ± sample std of the per-run
 tokens/second (llama-bench reports avg_ts/stddev_ts the same way) and its Student-t 95 % interval. Unlike
-llama-bench's fixed count, repetitions go on past the minimum until the interval is within ±`target_ci` of the mean
-or the test's time cap is hit (adaptive stopping; the interval and the count are recorded). The machine's load is
-sampled over each test (slm.profiling.hostload): a figure measured while other processes took CPU is `disturbed`,
-one whose interval stayed wider than the target is `wide`; reports mark both and draw no conclusion from them. Prefill tests (ppN) time N prompt tokens from
-an empty cache; decode tests (tgN @ dD) first fill the cache with D tokens (untimed) and then time N single-token
-steps. Tokens are random ids, as in llama-bench, so no tokenizer is needed and nothing depends on text.
-Where the machine measures energy (a Jetson's INA3221 rails, a host's readable RAPL counters) each test also gets
-joules per token and tokens per joule over its timed runs (slm.profiling.energy); elsewhere they are None.
+llama-bench's fixed count, repetitions go on past the minimum until the interval is within ±`target_ci` of the
+mean or the test's time cap is hit (adaptive stopping; the interval and the count are recorded). The machine's
+load is sampled over each test (slm.profiling.hostload): a figure measured while other processes took CPU is
+`disturbed`, one whose interval stayed wider than the target is `wide`; reports mark both and draw no
+conclusion from them. Prefill tests (ppN) time N prompt tokens from an empty cache; decode tests (tgN @ dD)
+first fill the cache with D tokens (untimed) and then time N single-token steps. Tokens are random ids, as in
+llama-bench, so no tokenizer is needed and nothing depends on text. Where the machine measures energy (a
+Jetson's INA3221 rails, a host's readable RAPL counters) each test also gets joules per token and tokens per
+joule over its timed runs (slm.profiling.energy); elsewhere they are None.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
+
+import psutil
 
 from slm.errors import SlmError
 from slm.profiling.energy import Meter, per_token
 from slm.profiling.hostload import Window, jetson_power_mode
-from slm.report.uncertainty import ci95_of
+from slm.stats import ci95_of
 
 
 def default_threads() -> int:
@@ -41,11 +46,14 @@ class BenchArgs:
     pp: tuple = (128, 512, 2048)  # prompt lengths for prefill tests (tokens)
     tg: int = 128  # tokens generated per decode test
     depths: tuple = (0, 512, 2048)  # cache depth before each decode test (tokens)
-    reps: int = 3  # minimum timed repetitions per test (llama-bench's fixed default is 5; more run while noisy)
+    # minimum timed repetitions per test (llama-bench's fixed default is 5; more run while noisy)
+    reps: int = 3
     warmup: int = 1  # untimed runs before the repetitions
     target_ci: float = 0.03  # stop repeating once the 95 % interval is within ± this fraction of the mean
-    time_cap_s: float = 10.0  # no new repetition starts once a test's timed runs have taken this long (seconds)
-    max_reps: int = 30  # hard limit on repetitions (millisecond tests on a tiny model would otherwise run thousands)
+    # no new repetition starts once a test's timed runs have taken this long (seconds)
+    time_cap_s: float = 10.0
+    # hard limit on repetitions (millisecond tests on a tiny model would otherwise run thousands)
+    max_reps: int = 30
     threads: int = field(default_factory=default_threads)  # CPU threads for every backend
     seed: int = 0  # seed of the random token ids
 
@@ -56,9 +64,11 @@ class BenchArgs:
         if self.reps < 1 or self.warmup < 0:
             raise SlmError("--reps must be ≥ 1 and warm-up ≥ 0")
         if not 0 < self.target_ci < 1 or self.time_cap_s <= 0 or self.max_reps < self.reps:
-            raise SlmError(f"--target-ci must be in (0, 1) (got {self.target_ci}), --time-cap > 0 s (got {self.time_cap_s}) "
-                           f"and --max-reps ≥ --reps (got {self.max_reps} < {self.reps})" if self.max_reps < self.reps else
-                           f"--target-ci must be in (0, 1) (got {self.target_ci}) and --time-cap > 0 s (got {self.time_cap_s})")
+            raise SlmError(f"--target-ci must be in (0, 1) (got {self.target_ci}), --time-cap > 0 s "
+                           f"(got {self.time_cap_s}) and --max-reps ≥ --reps "
+                           f"(got {self.max_reps} < {self.reps})" if self.max_reps < self.reps else
+                           f"--target-ci must be in (0, 1) (got {self.target_ci}) and --time-cap > 0 s "
+                           f"(got {self.time_cap_s})")
         if self.threads < 1:
             raise SlmError("--threads must be ≥ 1")
 
@@ -101,7 +111,8 @@ class Closing:
 
 
 def stats(values: list[float]) -> dict:
-    """mean ± sample standard deviation (0 for a single value), the 95 % interval's half-width, the raw samples."""
+    """mean ± sample standard deviation (0 for a single value), the 95 % interval's half-width, the raw
+    samples."""
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": mean, "std": std, "n": len(values), "ci95": ci95_of(values), "samples": values}
@@ -114,8 +125,8 @@ def _rel(values: list[float]) -> float | None:
 
 
 def measure(fn: Callable[[], float], n_tokens: int, args: BenchArgs) -> dict:
-    """Warm up, repeat until the interval is tight (or the cap), and summarise one test as tokens/s (and ms per run),
-    with the machine's load over the timed runs and why the repetitions stopped."""
+    """Warm up, repeat until the interval is tight (or the cap), and summarise one test as tokens/s (and ms
+    per run), with the machine's load over the timed runs and why the repetitions stopped."""
     for _ in range(args.warmup):
         fn()
     window, meter, t0, secs, stop = Window(), Meter().start(), time.perf_counter(), [], "max_reps"
@@ -133,7 +144,8 @@ def measure(fn: Callable[[], float], n_tokens: int, args: BenchArgs) -> dict:
                 break
     finally:
         metered = meter.stop()  # the sampling thread ends even when a run fails
-    energy = per_token(metered, sum(secs), n_tokens * len(secs))  # slm.profiling.energy: None where unmeasurable
+    # slm.profiling.energy: None where unmeasurable
+    energy = per_token(metered, sum(secs), n_tokens * len(secs))
     tps = [n_tokens / s for s in secs]
     return {"tok_s": stats(tps), "ms": stats([s * 1e3 for s in secs]), "load": window.stop(), "stop": stop,
             "energy": energy}
@@ -147,21 +159,23 @@ def _row(test: str, kind: str, n: int, depth: int, m: dict, args: BenchArgs) -> 
     flags = ([f"other processes used {load.other_cpu_share:.0%} of the CPU"] if load.disturbed else []) + \
         ([f"95 % interval ±{ci_rel:.1%} wider than ±{args.target_ci:.0%}" if ci_rel is not None
           else "one repetition: no interval"] if wide else [])
-    return {"test": test, "kind": kind, "n_tokens": n, "depth": depth, "tok_s": t["mean"], "tok_s_std": t["std"],
-            "reps": t["n"], "ci95": t["ci95"], "ci_rel": ci_rel, "stop": m["stop"], "disturbed": load.disturbed,
-            "wide": wide, "flags": flags, "other_cpu_share": load.other_cpu_share, "cpu_mhz": load.cpu_mhz,
+    return {"test": test, "kind": kind, "n_tokens": n, "depth": depth, "tok_s": t["mean"],
+            "tok_s_std": t["std"], "reps": t["n"], "ci95": t["ci95"], "ci_rel": ci_rel, "stop": m["stop"],
+            "disturbed": load.disturbed, "wide": wide, "flags": flags,
+            "other_cpu_share": load.other_cpu_share, "cpu_mhz": load.cpu_mhz,
             "window_s": round(load.wall_s, 3), **({"jetson": load.jetson} if load.jetson else {}),
             **m.get("energy", {}), "samples_tok_s": t["samples"]}
 
 
-def run_tests(backend: Backend, args: BenchArgs, progress: Callable[[str], None] = lambda m: None) -> list[dict]:
+def run_tests(backend: Backend, args: BenchArgs,
+              progress: Callable[[str], None] = lambda m: None) -> list[dict]:
     """The prefill and decode tests of `args` on one backend, each as a flat row (stable keys)."""
     rows, mode = [], jetson_power_mode()
     for n in args.pp:
         progress(f"{backend.name}: pp{n}")
         m = measure(lambda: backend.prefill(n), n, args)
-        # Time to first token for this prompt: the prefill makes the logits of the last prompt token, from which
-        # the first new token is picked; so TTFT = prefill time (+ sampling, negligible next to it).
+        # Time to first token for this prompt: the prefill makes the logits of the last prompt token, from
+        # which the first new token is picked; so TTFT = prefill time (+ sampling, negligible next to it).
         rows.append({**_row(f"pp{n}", "prefill", n, 0, m, args), "ttft_ms": m["ms"]["mean"]})
     if args.tg:
         for d in args.depths:
@@ -195,13 +209,11 @@ def peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss_bytes() -> int:
-    import psutil
 
     return psutil.Process().memory_info().rss
 

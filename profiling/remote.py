@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slm.errors import SlmError
+from slm.profiling.run import SCHEMA_VERSION
 
 SSH_FAIL = 255  # ssh's own exit status for connection/authentication failures
 
@@ -26,7 +27,8 @@ class RemoteArgs:
     host: str  # user@addr (or a Host alias from ~/.ssh/config)
     port: int = 22  # sshd port
     identity: Path | None = None  # private key file (-i); None: ssh's defaults / agent
-    known_hosts: Path | None = None  # known_hosts file to check the host key against; None: ~/.ssh/known_hosts
+    # known_hosts file to check the host key against; None: ~/.ssh/known_hosts
+    known_hosts: Path | None = None
     slm: str = "slm"  # the slm command on the remote (a path when it is not on the remote PATH)
     remote_dir: str = ".cache/slm/remote"  # where models are copied, relative to the remote home
     connect_timeout: int = 10  # seconds before an unreachable host is given up
@@ -40,10 +42,11 @@ class RemoteArgs:
                 raise SlmError(f"{f} not found: pass an existing key / known_hosts file")
 
     def ssh_options(self) -> list[str]:
-        o = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
-             "-o", "LogLevel=ERROR"]
+        o = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o",
+             f"ConnectTimeout={self.connect_timeout}", "-o", "LogLevel=ERROR"]
         if self.known_hosts:
-            o += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).resolve()}", "-o", "GlobalKnownHostsFile=/dev/null"]
+            o += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).resolve()}", "-o",
+                  "GlobalKnownHostsFile=/dev/null"]
         if self.identity:
             o += ["-i", str(Path(self.identity).resolve()), "-o", "IdentitiesOnly=yes"]
         return o
@@ -51,11 +54,15 @@ class RemoteArgs:
 
 def _explain(stderr: str, host: str) -> str:
     s = stderr.lower()
-    if "host key verification failed" in s or "no matching host key" in s or "remote host identification has changed" in s:
-        return f"host key of {host} is not in known_hosts (or changed): add it with ssh-keyscan after checking its fingerprint"
+    if ("host key verification failed" in s or "no matching host key" in s
+            or "remote host identification has changed" in s):
+        return (f"host key of {host} is not in known_hosts (or changed): add it with ssh-keyscan after "
+                "checking its fingerprint")
     if "permission denied" in s:
-        return f"{host} refused the key: install the public key in the remote ~/.ssh/authorized_keys or pass --identity"
-    if "could not resolve" in s or "connection refused" in s or "timed out" in s or "no route" in s or "unreachable" in s:
+        return (f"{host} refused the key: install the public key in the remote ~/.ssh/authorized_keys or "
+                "pass --identity")
+    if ("could not resolve" in s or "connection refused" in s or "timed out" in s or "no route" in s
+            or "unreachable" in s):
         return f"cannot reach {host}: check the address, --port and that sshd runs there"
     return f"ssh to {host} failed: {stderr.strip().splitlines()[-1] if stderr.strip() else 'no message'}"
 
@@ -64,12 +71,14 @@ def _run(cmd: list[str], args: RemoteArgs, timeout: int, what: str) -> subproces
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SlmError(f"{what} on {args.host} took longer than {timeout} s: check the device or raise the timeout") from None
+        raise SlmError(f"{what} on {args.host} took longer than {timeout} s: check the device or raise the "
+                       "timeout") from None
     except FileNotFoundError:
         raise SlmError(f"{cmd[0]} is not installed here: install an OpenSSH client") from None
 
 
-def ssh(args: RemoteArgs, command: str, timeout: int | None = None, what: str = "remote command") -> subprocess.CompletedProcess:
+def ssh(args: RemoteArgs, command: str, timeout: int | None = None,
+        what: str = "remote command") -> subprocess.CompletedProcess:
     cp = _run(["ssh", *args.ssh_options(), "-p", str(args.port), args.host, command], args,
               timeout or args.connect_timeout + 60, what)
     if cp.returncode == SSH_FAIL:
@@ -78,13 +87,15 @@ def ssh(args: RemoteArgs, command: str, timeout: int | None = None, what: str = 
 
 
 def profile_remote(model: Path, args: RemoteArgs, profile_argv: list[str], progress=print) -> dict:
-    """Run `slm profile <copied model> --json <profile_argv>` on args.host and return its parsed JSON result."""
+    """Run `slm profile <copied model> --json <profile_argv>` on args.host and return its parsed JSON
+    result."""
     model = Path(model)
     progress(f"ssh {args.host}: checking for {args.slm}")
-    cp = ssh(args, f"command -v {shlex.quote(args.slm)} && {shlex.quote(args.slm)} --version", what="checking slm")
+    cp = ssh(args, f"command -v {shlex.quote(args.slm)} && {shlex.quote(args.slm)} --version",
+             what="checking slm")
     if cp.returncode != 0:
-        raise SlmError(f"`{args.slm}` is not installed on {args.host} (or not on its PATH): `pip install slm-lab` there, "
-                       "or pass --remote-slm /path/to/slm")
+        raise SlmError(f"`{args.slm}` is not installed on {args.host} (or not on its PATH): `pip install "
+                       "slm-lab` there, or pass --remote-slm /path/to/slm")
     rdir = f"{args.remote_dir}/{model.name}"
     ssh(args, f"mkdir -p {shlex.quote(args.remote_dir)}", what="mkdir")
     progress(f"copying {model.name} to {args.host}:{rdir}")
@@ -98,13 +109,18 @@ def profile_remote(model: Path, args: RemoteArgs, profile_argv: list[str], progr
     cp = ssh(args, remote_cmd, timeout=args.timeout, what="the remote profile")
     if cp.returncode != 0:
         err = cp.stderr.strip().splitlines()
-        raise SlmError(f"remote profile on {args.host} failed: {err[-1] if err else 'exit ' + str(cp.returncode)}")
+        raise SlmError(f"remote profile on {args.host} failed: "
+                       f"{err[-1] if err else 'exit ' + str(cp.returncode)}")
     try:
         res = json.loads(cp.stdout)
     except json.JSONDecodeError:
-        raise SlmError(f"the remote profile on {args.host} did not print JSON (is its slm too old?)") from None
+        raise SlmError(f"the remote profile on {args.host} did not print JSON "
+                       "(is its slm too old?)") from None
     if not isinstance(res, dict) or "schema_version" not in res:
         raise SlmError(f"the remote profile on {args.host} returned no schema_version: update slm-lab there")
+    if res["schema_version"] != SCHEMA_VERSION:
+        raise SlmError(f"the slm on {args.host} writes profile schema {res['schema_version']}, this one "
+                       f"reads {SCHEMA_VERSION}: install the same slm-lab version there")
     relabel(res, f"measured over SSH on {args.host}")
     return res
 
@@ -112,11 +128,9 @@ def profile_remote(model: Path, args: RemoteArgs, profile_argv: list[str], progr
 def relabel(res: dict, how: str) -> None:
     """Say on every measured figure that it came over SSH (projections stay 'projected')."""
     res["remote_how"] = res.get("how")
-    res["how"] = how
+    res["how"], res["where"] = how, "measured over SSH"
     for b in res.get("backends", {}).values():
         for r in b.get("rows", []):
             r["how"] = how
     for r in res.get("sweep", {}).get("rows", []):
         r["how"] = how
-    if "summary" in res:
-        res["summary"]["how"] = how

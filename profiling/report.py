@@ -1,21 +1,31 @@
-"""The HTML report of a profile: speed vs prompt length and depth, KV share vs context, quant Pareto, roofline."""
+"""The HTML report of a profile: speed vs prompt length and depth, KV share vs context, quant Pareto,
+roofline."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from slm.report.figures import humanise
-from slm.report.render import Figure, Table, fmt, new_figure, render_report, svg_of
+import numpy as np
+
+from slm.figure import Figure
+from slm.guard import atomic_dir
+from slm.profiling.figures import profile_figures
+from slm.profiling.hostload import DISTURBED_SHARE
+from slm.profiling.ops import KINDS
+from slm.record import write_record
+from slm.report.render import Chart, Table, fmt, new_figure, render_report, svg_of
 
 MIB = 2**20
-DISTURBED, WIDE = "†", "‡"  # marks after a figure: measured under interference / interval wider than the target
-LEGEND = (f"{DISTURBED} measured while other processes used more than {{share:.0%}} of the CPU (interference: no "
-          f"conclusion drawn from it); {WIDE} 95 % interval wider than ±{{target:.0%}} of the mean when the time cap "
-          "was hit; ± = 95 % interval (Student t over the repetitions, repeated until within the target or the cap)")
+# marks after a figure: measured under interference / interval wider than the target
+DISTURBED, WIDE = "†", "‡"
+LEGEND = (f"{DISTURBED} measured while other processes used more than {{share:.0%}} of the CPU "
+          f"(interference: no conclusion drawn from it); {WIDE} 95 % interval wider than ±{{target:.0%}} of "
+          "the mean when the time cap was hit; ± = 95 % interval (Student t over the repetitions, repeated "
+          "until within the target or the cap)")
 
 
 def _legend(res: dict) -> str:
-    from slm.profiling.hostload import DISTURBED_SHARE
 
     return LEGEND.format(share=DISTURBED_SHARE, target=res["args"]["bench"].get("target_ci", 0.03))
 
@@ -24,7 +34,8 @@ def pm(r: dict, key: str = "tok_s", ci_key: str = "ci95", std_key: str = "tok_s_
     """'mean ± 95 % half-width' with the marks; rows from schema 1 show ± std, as they were recorded."""
     ci = r.get(ci_key)
     text = f"{r[key]:.1f} ± {ci:.1f}" if ci is not None else f"{r[key]:.1f} ± {r.get(std_key) or 0:.1f} (std)"
-    marks = (DISTURBED if r.get(ci_key.replace("ci95", "disturbed")) else "") + (WIDE if r.get("wide") else "")
+    marks = ((DISTURBED if r.get(ci_key.replace("ci95", "disturbed")) else "")
+             + (WIDE if r.get("wide") else ""))
     return text + (f" {marks}" if marks else "")
 
 
@@ -34,7 +45,7 @@ def _sweep_marks(r: dict, k: str) -> str:
     return pm({**r, "wide": wide}, f"{k}_tok_s", f"{k}_tok_s_ci95", f"{k}_tok_s_std")
 
 
-def _speed_fig(res: dict, kind: str) -> Figure:
+def _speed_fig(res: dict, kind: str) -> Chart:
     fig, ax = new_figure()
     key = "n_tokens" if kind == "prefill" else "depth"
     for name, b in res["backends"].items():
@@ -59,35 +70,39 @@ def _speed_fig(res: dict, kind: str) -> Figure:
     ax.set_title("prefill speed vs prompt length" if kind == "prefill" else "decode speed vs depth")
     ax.legend(fontsize=7)
     b = res["args"]["bench"]
-    how = (f"{res['how']}, {res['threads']} threads; mean ± 95 % interval over at least {b['reps']} repetitions "
-           f"(repeated until within ±{b.get('target_ci', 0.03):.0%} or {b.get('time_cap_s', 0):g} s) after {b['warmup']} "
-           "warm-up (random token ids, llama-bench protocol); red ×: measured under interference")
-    return Figure(ax.get_title(), svg_of(fig), how + ("; dashed: projected (see the projection table)" if p else ""))
+    how = (f"{res['how']}, {res['threads']} threads; mean ± 95 % interval over at least {b['reps']} "
+           f"repetitions (repeated until within ±{b.get('target_ci', 0.03):.0%} or "
+           f"{b.get('time_cap_s', 0):g} s) after {b['warmup']} warm-up (random token ids, llama-bench "
+           "protocol); red ×: measured under interference")
+    return Chart(ax.get_title(), svg_of(fig),
+                  how + ("; dashed: projected (see the projection table)" if p else ""))
 
 
-def _kv_fig(res: dict) -> Figure:
+def _kv_fig(res: dict) -> Chart:
     c = res["kv"]["analytic"]["f16"]
     x = [r["context"] for r in c["rows"]]
     fig, ax = new_figure()
     ax.stackplot(x, [r["weights"] / MIB for r in c["rows"]], [r["kv_cache"] / MIB for r in c["rows"]],
-                 [r["compute"] / MIB for r in c["rows"]], labels=["weights", "KV cache (f16)", "compute buffers"],
-                 alpha=0.8)
+                 [r["compute"] / MIB for r in c["rows"]],
+                 labels=["weights", "KV cache (f16)", "compute buffers"], alpha=0.8)
     m = [r for r in res["kv"]["measured"] if r["cache_type"] == "f16"]
     if m:
-        ax.plot([r["context"] for r in m], [(r["weights"] + r["kv_cache"] + r["compute"]) / MIB for r in m], "ko",
-                label="llama.cpp allocation (measured)")
+        ax.plot([r["context"] for r in m], [(r["weights"] + r["kv_cache"] + r["compute"]) / MIB for r in m],
+                "ko", label="llama.cpp allocation (measured)")
     if c["crossover_within_max"]:
-        ax.axvline(c["crossover_context"], color="k", ls=":", label=f"KV = weights at {c['crossover_context']:,}")
+        ax.axvline(c["crossover_context"], color="k", ls=":",
+                   label=f"KV = weights at {c['crossover_context']:,}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("memory (MiB)")
     ax.set_title("memory vs context: KV-cache share")
     ax.legend(fontsize=7, loc="upper left")
-    return Figure(ax.get_title(), svg_of(fig), "analytic: 2 × layers × kv_heads × head_dim × 2 bytes per token; weights "
-                  "and compute buffers as llama.cpp reports them; dots: llama.cpp's logged allocation on this host")
+    return Chart(ax.get_title(), svg_of(fig), "analytic: 2 × layers × kv_heads × head_dim × 2 bytes per "
+                  "token; weights and compute buffers as llama.cpp reports them; dots: llama.cpp's logged "
+                  "allocation on this host")
 
 
-def _pareto_fig(res: dict) -> Figure:
+def _pareto_fig(res: dict) -> Chart:
     rows = res["sweep"]["rows"]
     fig, ax = new_figure()
     sc = ax.scatter([r["size_bytes"] / MIB for r in rows], [max(r["kld_vs_ref"], 1e-6) for r in rows],
@@ -100,18 +115,18 @@ def _pareto_fig(res: dict) -> Figure:
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel(f"KL divergence vs {rows[0]['reference']} (nats/token)")
     ax.set_title("quantization: size vs quality vs decode speed")
-    return Figure(ax.get_title(), svg_of(fig), f"{res['how']}; KLD scored over the {_scoring(res)}; "
+    return Chart(ax.get_title(), svg_of(fig), f"{res['how']}; KLD scored over the {_scoring(res)}; "
                   f"decode tg{res['args']['sweep_tg']} @ d0")
 
 
 def _scoring(res: dict) -> str:
-    """Which tokens the sweep's perplexity and KLD were scored over (runs before the mode was recorded: halves)."""
+    """Which tokens the sweep's perplexity and KLD were scored over (runs before the mode was recorded:
+    halves)."""
     sc = res["sweep"].get("scoring") or {}
     return sc.get("what") or f"second half of each of {res['args']['ppl_chunks']} chunks of 256 tokens"
 
 
-def _roofline_fig(res: dict) -> Figure:
-    import numpy as np
+def _roofline_fig(res: dict) -> Chart:
 
     h = res["host"]
     bw, peak = h["bandwidth_Bps"], h["flops"]
@@ -128,8 +143,9 @@ def _roofline_fig(res: dict) -> Figure:
     ax.set_ylabel("attained GFLOP/s")
     ax.set_title("roofline: every test against this host's bandwidth and matmul peak")
     ax.legend(fontsize=7)
-    return Figure(ax.get_title(), svg_of(fig), f"points {res['how']}; roofline peaks: {h['how']}; FLOPs per token = "
-                  "2 × matmul weights + attention 4 × layers × heads × head_dim × context; bytes per step = weights (+ KV so far)")
+    return Chart(ax.get_title(), svg_of(fig), f"points {res['how']}; roofline peaks: {h['how']}; FLOPs per "
+                  "token = 2 × matmul weights + attention 4 × layers × heads × head_dim × context; bytes per "
+                  "step = weights (+ KV so far)")
 
 
 def write(res: dict, out_html: Path, title: str) -> Path:
@@ -139,51 +155,60 @@ def write(res: dict, out_html: Path, title: str) -> Path:
         for name, b in res["backends"].items():
             pr = b.get("protocol", res["args"]["bench"])
             rows = b["rows"]
-            tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after {pr['warmup']} "
-                                f"warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
-                                ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "TTFT ms", "roofline tok/s",
-                                 "fraction of roofline", "energy J/token", "tokens per J"],
-                                [[r["test"], pm(r), r.get("reps", pr["reps"]), _share(r.get("other_cpu_share")),
-                                  r.get("ttft_ms"), r["roofline_tok_s"], r["roofline_fraction"], *_energy(r)]
+            tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after "
+                                f"{pr['warmup']} warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
+                                ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "TTFT ms",
+                                 "roofline tok/s", "fraction of roofline", "energy J/token", "tokens per J"],
+                                [[r["test"], pm(r), r.get("reps", pr["reps"]),
+                                  _share(r.get("other_cpu_share")), r.get("ttft_ms"), r["roofline_tok_s"],
+                                  r["roofline_fraction"], *_energy(r)]
                                  for r in rows],
                                 note=f"{res['how']}. {_legend(res)}. Energy: {_energy_how(rows)}",
-                                highlight=[i for i, r in enumerate(rows) if r.get("disturbed") or r.get("wide")]))
+                                highlight=[i for i, r in enumerate(rows)
+                                           if r.get("disturbed") or r.get("wide")]))
         ops = _ops_fig(res)
         figs += [ops] if ops else []
         tables += _ops_table(res)
     figs.append(_kv_fig(res))
     if res["kv"]["measured"]:
-        tables.append(Table("KV cache: llama.cpp allocation vs analytic", ["context", "cells", "type", "KV MiB (llama.cpp)",
-                            "KV MiB (analytic)", "error", "weights MiB", "compute MiB", "RSS MiB"],
-                            [[r["context"], r["cells"], r["cache_type"], r["kv_cache"] / MIB, r["kv_analytic"] / MIB,
-                              f"{r['kv_rel_err']:+.2%}", r["weights"] / MIB, r["compute"] / MIB, r["rss"] / MIB]
+        tables.append(Table("KV cache: llama.cpp allocation vs analytic",
+                            ["context", "cells", "type", "KV MiB (llama.cpp)", "KV MiB (analytic)", "error",
+                             "weights MiB", "compute MiB", "RSS MiB"],
+                            [[r["context"], r["cells"], r["cache_type"], r["kv_cache"] / MIB,
+                              r["kv_analytic"] / MIB, f"{r['kv_rel_err']:+.2%}", r["weights"] / MIB,
+                              r["compute"] / MIB, r["rss"] / MIB]
                              for r in res["kv"]["measured"]]))
     if "sweep" in res:
         figs.append(_pareto_fig(res))
         rows = res["sweep"]["rows"]
-        tables.append(Table("quantization sweep", ["type", "MiB", "bpw", "prefill tok/s ± 95 %", "decode tok/s ± 95 %",
-                                                   "decode share of roofline", "perplexity", "KLD", "KLD p99",
-                                                   "tensor types"],
+        tables.append(Table("quantization sweep", ["type", "MiB", "bpw", "prefill tok/s ± 95 %",
+                                                   "decode tok/s ± 95 %", "decode share of roofline",
+                                                   "perplexity", "KLD", "KLD p99", "tensor types"],
                             [[r["type"], r["size_bytes"] / MIB, r["bits_per_weight"], _sweep_marks(r, "pp"),
                               _sweep_marks(r, "tg"),
                               r["tg_roofline_fraction"], r["ppl"], r["kld_vs_ref"], r["kld_p99"],
-                              ", ".join(f"{k}×{v}" for k, v in sorted(r["tensor_types"].items()))] for r in rows],
+                              ", ".join(f"{k}×{v}" for k, v in sorted(r["tensor_types"].items()))]
+                             for r in rows],
                             note=f"perplexity and KLD scored over the {_scoring(res)}. {_legend(res)}. "
                                  + res["sweep"]["answer"]))
     p = res.get("projection")
     if p:
         d = p["device"]
         tables.append(Table(f"projected on {d['name']} ({d['bandwidth_GBps']} GB/s, {d['memory_gib']} GiB)",
-                            ["test", "projected tok/s", "expected error", "device bound tok/s", "host efficiency",
-                             "fits", "memory MiB"],
+                            ["test", "projected tok/s", "expected error", "device bound tok/s",
+                             "host efficiency", "fits", "memory MiB"],
                             [[r["test"], r["tok_s"],
                               "unknown" if r.get("expected_error") is None else f"±{r['expected_error']:.0%}",
-                              r["device_bound_tok_s"], r["host_efficiency"], r["fits"], r["memory_needed"] / MIB]
+                              r["device_bound_tok_s"], r["host_efficiency"], r["fits"],
+                              r["memory_needed"] / MIB]
                              for r in p["rows"]],
-                            note="projected from: " + "; ".join(f"{humanise(k)} {fmt(v)}" for k, v in p["inputs"].items())
+                            note="projected from: "
+                                 + "; ".join(f"{k.replace('_', ' ')} {fmt(v)}"
+                                             for k, v in p["inputs"].items())
                                  + f"; source: {d['source']}",
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
-    return render_report(out_html, title, "profile", headline(res), figs, tables, notes=res["notes"])
+    figures, lead = headline(res)
+    return render_report(out_html, title, "profile", figures, figs, tables, notes=res["notes"], lead=lead)
 
 
 def _energy(r: dict) -> list:
@@ -194,14 +219,15 @@ def _energy(r: dict) -> list:
 
 
 def _energy_how(rows: list[dict]) -> str:
-    """How the energy column was obtained (rails named), or why it is empty (runs before energy: not recorded)."""
+    """How the energy column was obtained (rails named), or why it is empty (runs before energy: not
+    recorded)."""
     r = next((r for r in rows if r.get("j_per_token") is not None), rows[0] if rows else {})
     return r.get("energy_how") or "not recorded in this run"
 
 
-def _ops_fig(res: dict) -> Figure | None:
-    """Where the time goes: a stacked bar of time share by operator kind per backend × phase (slm profile --ops)."""
-    from slm.profiling.ops import KINDS
+def _ops_fig(res: dict) -> Chart | None:
+    """Where the time goes: a stacked bar of time share by operator kind per backend × phase (slm profile
+    --ops)."""
 
     bars = [(f"{name}\n{ph}", p["shares"]) for name, b in res["backends"].items() if b.get("ops")
             for ph, p in b["ops"]["phases"].items()]
@@ -221,21 +247,24 @@ def _ops_fig(res: dict) -> Figure | None:
     ax.set_xlabel("share of the operator time")
     ax.set_title("where the time goes: operator kinds per phase")
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    hows = "; ".join(f"{name}: {b['ops']['how']} (prefill of {b['ops']['n_prompt']} tokens, {b['ops']['n_decode']} "
-                     "decode steps)" for name, b in res["backends"].items() if b.get("ops"))
-    return Figure(ax.get_title(), svg_of(fig), f"{res['how']}; {hows}. Decode's weight matmuls multiply a matrix by "
-                  "one token's vector (mul_mat_vec); a diagnostic pass, slower than the timed tests, so only shares count")
+    hows = "; ".join(f"{name}: {b['ops']['how']} (prefill of {b['ops']['n_prompt']} tokens, "
+                     f"{b['ops']['n_decode']} decode steps)"
+                     for name, b in res["backends"].items() if b.get("ops"))
+    return Chart(ax.get_title(), svg_of(fig), f"{res['how']}; {hows}. Decode's weight matmuls multiply a "
+                  "matrix by one token's vector (mul_mat_vec); a diagnostic pass, slower than the timed "
+                  "tests, so only shares count")
 
 
 def _ops_table(res: dict) -> list[Table]:
     """The shares behind the operator chart, with each phase's costliest nodes."""
-    from slm.profiling.ops import KINDS
 
     rows = [[name, ph, *[f"{p['shares'].get(k, 0):.1%}" for k in KINDS],
              ", ".join(f"{op} {s:.0%}" for op, s in p["top"][:3])]
             for name, b in res["backends"].items() if b.get("ops") for ph, p in b["ops"]["phases"].items()]
-    return [Table("where the time goes: share of operator time", ["backend", "phase", *KINDS, "costliest ops"], rows,
-                  note="slm profile --ops: a separate diagnostic pass after the timed tests (see the chart's caption)")] \
+    return [Table("where the time goes: share of operator time",
+                  ["backend", "phase", *KINDS, "costliest ops"], rows,
+                  note="slm profile --ops: a separate diagnostic pass after the timed tests (see the chart's "
+                       "caption)")] \
         if rows else []
 
 
@@ -243,39 +272,36 @@ def _share(v) -> str:
     return "–" if v is None else f"{v:.0%}"
 
 
-def headline(res: dict) -> dict:
-    """The few figures shown at the top, by summary key (the page labels them through slm.report.figures)."""
-    s = res["summary"]
-    keep = ["how", "threads", "host_bandwidth_GBps", "host_gflops", "kv_bytes_per_token_f16", "kv_crossover_context_f16",
-            "device", "projected.flagged_tests"]
-    out = {k: s[k] for k in keep if k in s}
-    b = res["args"]["bench"]
-    for name, be in res["backends"].items():
-        for r in be["rows"]:
-            if r["test"] in (f"pp{max(b['pp'])}", f"tg{b['tg']}@d0"):
-                out[f"{name}.{r['test']}.tok_s"] = pm(r) + " tok/s"
+TOP = ("threads", "host.bandwidth", "host.matmul", "kv.bytes_per_token", "kv.crossover", "device",
+       "projected.flagged")
+
+
+def headline(res: dict) -> tuple[list[Figure], list[str]]:
+    """The figures shown at the top (the settings, the host, the KV cache, the key speeds) and the sentences
+    above them: the measurement conditions and the sweep's worded answer."""
+    figs = profile_figures(res)
+    top = [f for f in figs if f.name in TOP or f.key]
+    lead = []
     rows = [r for be in res["backends"].values() for r in be["rows"]]
     if rows and "disturbed" in rows[0]:
         n = sum(1 for r in rows if r["disturbed"])
-        out["measurement conditions"] = (f"{n} of {len(rows)} tests measured under interference ({DISTURBED}): "
-                                         "measure again on a quiet machine before drawing conclusions" if n else
-                                         f"quiet: no test saw other processes take CPU ({len(rows)} tests)")
+        lead.append(f"Measurement conditions: {n} of {len(rows)} tests measured under interference "
+                    f"({DISTURBED}): measure again on a quiet machine before drawing conclusions." if n else
+                    f"Measurement conditions: quiet — no test saw other processes take CPU ({len(rows)} "
+                    "tests).")
     if "sweep" in res:
-        out["does a lower bit-width always run faster here?"] = res["sweep"]["answer"]
-    return out
+        lead.append("Does a lower bit-width always run faster here? " + res["sweep"]["answer"])
+    return top, lead
 
 
 def save(res: dict, out: Path, args: dict, model: str | None, force: bool = False) -> Path:
     """profile.json + slm.json + index.html, written into a temp folder renamed into place."""
-    import json
 
-    from slm.guard import atomic_dir
-    from slm.record import write_record
 
     args = {k: v for k, v in args.items() if k != "func"}
     with atomic_dir(out, force) as tmp:
         (tmp / "profile.json").write_text(json.dumps(res, indent=1, default=str))
         inputs = {"model": model} if model and Path(model).exists() and not Path(model).is_dir() else {}
-        write_record(tmp, "profile", args, inputs=inputs, result=res)
+        write_record(tmp, "profile", args, inputs=inputs, result=res, figures=profile_figures(res))
         write(res, tmp / "index.html", f"profile: {Path(model or 'config').name}")
     return Path(out)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
+
+import numpy as np
 
 from slm.record import atomic_write_text
 from slm.spec import ModelSpec
@@ -37,7 +40,6 @@ def host_key(threads: int) -> str:
 
 def _bandwidth(nbytes: int = 256 * 2**20, reps: int = 5) -> float:
     """Best-of-N numpy copy of a buffer much larger than the caches: bytes read + bytes written per second."""
-    import numpy as np
 
     a = np.ones(nbytes // 8)
     b = np.empty_like(a)
@@ -55,7 +57,7 @@ def _matmul_flops(threads: int, dtype: str, n: int = 2048, reps: int = 5, budget
     The size doubles from 256 until one product takes ≥ 50 ms (or n is reached), and repetitions stop once
     `budget_s` is spent: a dtype without fast CPU kernels (bf16 without AMX/AVX512-BF16 takes ~55 s for one
     2048³ product on 2 cores) is then measured in seconds, at a size where it is still compute-bound."""
-    import torch
+    import torch  # torch: deferred, a heavy import
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -93,7 +95,7 @@ def _matmul_flops(threads: int, dtype: str, n: int = 2048, reps: int = 5, budget
 
 def _bandwidth_torch(threads: int, nbytes: int = 256 * 2**20, reps: int = 5) -> float:
     """Same copy with torch on `threads` threads (numpy copies on one)."""
-    import torch
+    import torch  # torch: deferred, a heavy import
 
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -111,7 +113,8 @@ def _bandwidth_torch(threads: int, nbytes: int = 256 * 2**20, reps: int = 5) -> 
 
 
 def host_peaks(threads: int, refresh: bool = False, cache: Path = CACHE) -> dict:
-    """{"bandwidth_Bps", "flops", "key", "measured_at", "how"}; measured once per (CPU model, cores, threads)."""
+    """{"bandwidth_Bps", "flops", "key", "measured_at", "how"}; measured once per (CPU model, cores,
+    threads)."""
     key = host_key(threads)
     data = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in data and not refresh:
@@ -119,11 +122,11 @@ def host_peaks(threads: int, refresh: bool = False, cache: Path = CACHE) -> dict
     peaks = {d: _matmul_flops(threads, d) for d in ("float32", "bfloat16", "int8")}
     entry = {"key": key, "bandwidth_Bps": max(_bandwidth(), _bandwidth_torch(threads)), "peaks": peaks,
              "flops": max(peaks.values()), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "how": "bandwidth: best of 5 copies of 256 MiB (numpy, 1 thread, and torch, all threads; read + write "
-                    "bytes); compute: best of ≤ 5 torch n×n matmuls (n doubling from 256 to 2048 until one takes 50 ms) "
-                    f"on {threads} threads in fp32, bf16 and int8 "
-                    "(torch._int_mm); the roofline uses the highest (llama.cpp's quantized kernels use int8 dot "
-                    "products); the torch backend's peak is its dtype's"}
+             "how": "bandwidth: best of 5 copies of 256 MiB (numpy, 1 thread, and torch, all threads; read + "
+                    "write bytes); compute: best of ≤ 5 torch n×n matmuls (n doubling from 256 to 2048 until "
+                    f"one takes 50 ms) on {threads} threads in fp32, bf16 and int8 (torch._int_mm); the "
+                    "roofline uses the highest (llama.cpp's quantized kernels use int8 dot products); the "
+                    "torch backend's peak is its dtype's"}
     data[key] = entry
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps(data, indent=2))
@@ -131,10 +134,9 @@ def host_peaks(threads: int, refresh: bool = False, cache: Path = CACHE) -> dict
 
 
 def flops_per_token(spec: ModelSpec, context: float = 0) -> float:
-    """Forward FLOPs per token: 2 × matmul weights (embedding lookup is free, lm_head is not) + attention over
-    `context` earlier tokens."""
-    matmul_params = spec.params - spec.vocab * spec.hidden * (0 if spec.tied else 1)  # drop the lookup table
-    return 2 * matmul_params + 4 * spec.layers * spec.heads * spec.head_dim * context
+    """Forward FLOPs per token attending over `context` earlier tokens (ModelSpec.forward_flops: the matmul
+    weights, the LM head included, and attention; the embedding lookup is free)."""
+    return spec.forward_flops(context)
 
 
 def decode_bound(bandwidth_Bps: float, weight_bytes: float, kv_bytes_per_token: float, depth: float) -> float:
@@ -143,10 +145,10 @@ def decode_bound(bandwidth_Bps: float, weight_bytes: float, kv_bytes_per_token: 
 
 
 def prefill_flops_per_token(spec: ModelSpec, n_prompt: int) -> float:
-    """Forward FLOPs per prompt token of an n_prompt prefill (mean attention context n/2) that computes logits for
-    the last token only, as llama.cpp does for a prompt batch (llama_batch_get_one: llama-bench's pp tests and our
-    timed prefill) and generation does: the LM head runs once per prompt, not once per token."""
-    return flops_per_token(spec, n_prompt / 2) - 2 * spec.vocab * spec.hidden * (1 - 1 / n_prompt)
+    """Forward FLOPs per prompt token of an n_prompt prefill (mean attention context n/2) that computes logits
+    for the last token only, as llama.cpp does for a prompt batch (llama_batch_get_one: llama-bench's pp tests
+    and our timed prefill) and generation does: the LM head runs once per prompt, not once per token."""
+    return spec.forward_flops(n_prompt / 2, head=False) + spec.head_flops() / n_prompt
 
 
 def prefill_bound(flops: float, spec: ModelSpec, n_prompt: int) -> float:
@@ -155,27 +157,24 @@ def prefill_bound(flops: float, spec: ModelSpec, n_prompt: int) -> float:
 
 
 def cached_peaks(threads: int, cache: Path = CACHE) -> dict:
-    """The cached figures (and last measured efficiency, a host figure) without measuring; zeros when none. Device
-    projections never read it: they come from slm.profiling.calibration alone."""
+    """The cached figures (and last measured efficiency, a host figure) without measuring; zeros when none.
+    Device projections never read it: they come from slm.profiling.calibration alone."""
     data = json.loads(cache.read_text()) if cache.is_file() else {}
     return data.get(host_key(threads), {"key": host_key(threads), "bandwidth_Bps": 0.0, "flops": 0.0,
                                         "how": "not measured"})
 
 
-def save_efficiency(threads: int, summary: dict, cache: Path = CACHE) -> None:
-    """Remember the median llama.cpp roofline fractions of the last measured run, as this host's own figure (shown
-    with host results; never used to scale a device projection — see slm.profiling.calibration)."""
-    import statistics
+def save_efficiency(threads: int, rows: list[dict], cache: Path = CACHE) -> None:
+    """Remember the median llama.cpp roofline fractions of the last measured run (its protocol rows), as this
+    host's own figure (shown with host results; never used to scale a device projection — see
+    slm.profiling.calibration)."""
 
     data = json.loads(cache.read_text()) if cache.is_file() else {}
     key = host_key(threads)
     if key not in data:
         return
-    eff = {}
-    for kind, tag in (("decode", ".tg"), ("prefill", ".pp")):
-        v = [x for k, x in summary.items() if k.startswith("llama.cpp" + tag) and k.endswith("roofline_fraction")]
-        if v:
-            eff[kind] = statistics.median(v)
+    eff = {kind: statistics.median(v) for kind in ("decode", "prefill")
+           if (v := [r["roofline_fraction"] for r in rows if r["kind"] == kind])}
     if len(eff) == 2:
         data[key]["efficiency"] = eff
         atomic_write_text(cache, json.dumps(data, indent=2))

@@ -1,31 +1,37 @@
 """`profile`: put the backends, KV analysis, quant sweep, roofline and device projection together into one
-JSON result (schema_version, stable keys) — the CLI writes it, slm.json and the HTML report.
+JSON result (schema_version, stable keys) — slm.profiling.report writes it, its figures
+(slm.profiling.figures) into slm.json, and the HTML report.
 
 Inputs (see `Inputs`): a GGUF, an HF folder, an ONNX folder, GGUFs made by the exporter, or a bare config.json
-(projection only). Every figure carries `how`: measured on this host / on the device / over SSH, or projected.
+(projection only). `where` says how the measured rows were obtained: here, on the device, or over SSH.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
 
 from slm.errors import SlmError
-from slm.gguf import TYPES, spec_from_gguf
-from slm.profiling import devices, kv, roofline
+from slm.gguf import TYPES
+from slm.profiling import devices, kv, roofline, sweep
 from slm.profiling.args import Inputs, ProfileArgs
+from slm.profiling.calibration import calibration_for, fit_prefill, project
+from slm.profiling.ops import PASS, breakdown
+from slm.profiling.ortgenai import OrtGenai, spec_of
 from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
 from slm.profiling.sweep import SweepArgs
+from slm.profiling.torch_backend import Torch
+from slm.quant.llamacpp import LlamaCpp
+from slm.spec import load_spec, spec_from_gguf
 
-# 2: every measured row carries reps, ci95, ci_rel, disturbed, wide, flags, other_cpu_share (slm.profiling.protocol)
-# and the summary a `.std` / `.n` / `.disturbed` companion per speed; version-1 keys are all kept
-SCHEMA_VERSION = 2
+# 3: `where` (measured here / on the device / over SSH) replaces the flat summary; every measured row carries
+# reps, ci95, ci_rel, disturbed, wide, flags, other_cpu_share (slm.profiling.protocol)
+SCHEMA_VERSION = 3
 
 
 def _spec(inputs: Inputs):
-    from slm.spec import load_spec
 
     if inputs.hf:
         return load_spec(inputs.hf)
@@ -34,7 +40,6 @@ def _spec(inputs: Inputs):
     if inputs.gguf:
         return spec_from_gguf(inputs.gguf)
     if inputs.onnx:
-        from slm.profiling.ortgenai import spec_of
 
         return spec_of(inputs.onnx)
     raise SlmError("nothing to profile: pass a GGUF, an HF folder, an ONNX folder or --config config.json")
@@ -51,11 +56,13 @@ def check(inputs: Inputs, args: ProfileArgs, spec) -> None:
         raise SlmError("--config projects one quantization type: pass a single --quant (e.g. q4_k_m)")
 
 
-def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_per_tok: float, peak: float) -> None:
+def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_per_tok: float,
+                   peak: float) -> None:
     """Add each row's roofline bound and the fraction of it reached (in place)."""
     for r in rows:
         if r["kind"] == "decode":
-            b = roofline.decode_bound(host["bandwidth_Bps"], weight_bytes, kv_per_tok, r["depth"] + r["n_tokens"] / 2)
+            b = roofline.decode_bound(host["bandwidth_Bps"], weight_bytes, kv_per_tok,
+                                      r["depth"] + r["n_tokens"] / 2)
         else:
             b = roofline.prefill_bound(peak, spec, r["n_tokens"])
         r["roofline_tok_s"], r["roofline_fraction"] = b, r["tok_s"] / b
@@ -65,45 +72,48 @@ def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_p
         fpt = (roofline.flops_per_token(spec, ctx) if r["kind"] == "decode"
                else roofline.prefill_flops_per_token(spec, r["n_tokens"]))
         per_read = min(r["n_tokens"], 512) if r["kind"] == "prefill" else 1
-        r["arith_intensity"] = per_read * fpt / (weight_bytes + (kv_per_tok * ctx if r["kind"] == "decode" else 0))
+        r["arith_intensity"] = per_read * fpt / (weight_bytes
+                                                 + (kv_per_tok * ctx if r["kind"] == "decode" else 0))
         r["attained_flops"] = r["tok_s"] * fpt
 
 
 def _backend(name: str, inputs: Inputs, args: ProfileArgs, on_jetson: bool = False):
     t = args.bench.threads
     if name == "llama.cpp" and inputs.gguf:
-        from slm.quant.llamacpp import LlamaCpp
 
         # on a Jetson, offload every layer to its GPU, as one deploys there
-        return LlamaCpp(inputs.gguf, args.bench.max_context(), t, seed=args.bench.seed, gpu_layers=999 if on_jetson else 0)
+        return LlamaCpp(inputs.gguf, args.bench.max_context(), t, seed=args.bench.seed,
+                        gpu_layers=999 if on_jetson else 0)
     if name == "torch" and inputs.hf:
-        from slm.profiling.torch_backend import Torch
 
         return Torch(inputs.hf, t, seed=args.bench.seed)
     if name == "onnxruntime-genai" and inputs.onnx:
-        from slm.profiling.ortgenai import OrtGenai
 
         return OrtGenai(inputs.onnx, t, seed=args.bench.seed)
     return None
 
 
-def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callable[[str], None] = print) -> dict:
-    """Run everything `args` asks for; return the result dict (JSON-able). `work_dir` receives quantized files."""
+def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path,
+            progress: Callable[[str], None] = print) -> dict:
+    """Run everything `args` asks for; return the result dict (JSON-able). `work_dir` receives quantized
+    files."""
     t0 = time.time()
     spec = _spec(inputs)
     check(inputs, args, spec)
-    # ---- where the figures come from: this host, the device itself, and the device to project onto ------------
+    # ---- where the figures come from: this host, the device itself, and the device to project onto ---------
     here = devices.detect()
     how = f"measured on the device ({here.name})" if here else "measured on this host"
     target = devices.get_device(args.device) if args.device != "host" else here
     measuring = bool(inputs.gguf or inputs.hf or inputs.onnx)
     t = args.bench.threads
     host = roofline.host_peaks(t, refresh=args.refresh_host) if measuring else roofline.cached_peaks(t)
-    res = {"schema_version": SCHEMA_VERSION, "how": how, "model": {**spec.summary(), "inputs": {
+    res = {"schema_version": SCHEMA_VERSION, "how": how,
+           "where": "measured on the device" if here else "measured here",
+           "model": {**spec.summary(), "inputs": {
         k: str(v) for k, v in asdict(inputs).items() if v and k != "files"}}, "args": args.to_dict(),
         "threads": t, "notes": [inputs.source_note] if inputs.source_note else [],
         "host": {**host, "cpu": roofline.cpu_model(), "detected_device": here.key if here else None}}
-    # ---- backends, KV cache, quantization sweep, projection ---------------------------------------------------
+    # ---- backends, KV cache, quantization sweep, projection ------------------------------------------------
     res["backends"] = measure_backends(inputs, args, spec, host, how, here is not None, progress)
     main = res["backends"].get("llama.cpp")
     weight_bytes = main["weight_bytes"] if main else _planned_weight_bytes(spec, args)
@@ -113,23 +123,23 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path, progress: Callabl
         res["sweep"] = sweep_section(inputs, args, spec, host, how, work_dir, progress)
     if target is not None and not here:
         res["projection"] = _project(target, res, spec, weight_bytes, compute, args)
-    res["summary"] = summary(res)
     res["elapsed_s"] = time.time() - t0
-    if measuring:
-        roofline.save_efficiency(t, res["summary"])
+    if main:
+        roofline.save_efficiency(t, main["rows"])
     return res
 
 
 def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str, on_jetson: bool,
                      progress: Callable[[str], None]) -> dict:
-    """name → rows of the protocol's tests (with roofline bounds), memory, peak RSS, for each backend with input."""
+    """name → rows of the protocol's tests (with roofline bounds), memory, peak RSS, for each backend with
+    input."""
     out = {}
     for name in args.backends:
         reset_peak_rss()
         b = _backend(name, inputs, args, on_jetson)
         if b is None:
             continue
-        bench = args.bench if (name == "llama.cpp" or args.full_all) else light(args.bench)
+        bench = args.bench if (name == "llama.cpp" or args.full_all) else lighter_protocol(args.bench)
         with b:
             progress(f"{name}: loaded; running {len(bench.pp)} prefill and {len(bench.depths)} decode tests")
             rows = run_tests(b, bench, progress)
@@ -148,9 +158,8 @@ def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: s
 
 
 def _ops(name: str, b, bench: BenchArgs, progress: Callable[[str], None]) -> dict | None:
-    """The operator breakdown of a loaded backend, after its timed tests (a prompt of the longest tested length up to
-    one ubatch, 512 tokens, then up to 16 decode steps)."""
-    from slm.profiling.ops import PASS, breakdown
+    """The operator breakdown of a loaded backend, after its timed tests (a prompt of the longest tested
+    length up to one ubatch, 512 tokens, then up to 16 decode steps)."""
 
     n_prompt = max([n for n in bench.pp if n <= 512] or [min(bench.pp)])
     progress(f"{name}: operator profile (prefill of {n_prompt} tokens, decode steps)")
@@ -176,7 +185,6 @@ def kv_section(inputs: Inputs, args: ProfileArgs, spec, weight_bytes: float, com
 def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str, work_dir: Path,
                   progress: Callable[[str], None]) -> dict:
     """Every asked type's file made (or taken from the export), measured and scored; the worded answer."""
-    from slm.profiling import sweep
 
     sa = SweepArgs(types=args.quant, pp=args.sweep_pp, tg=args.sweep_tg, reps=args.sweep_reps,
                    chunks=args.ppl_chunks, threads=args.bench.threads)
@@ -185,27 +193,27 @@ def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str,
     rows = sweep.run_sweep(files, sa, progress)
     for r in rows:
         r["how"] = how
-        r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(host["bandwidth_Bps"], r["size_bytes"],
-                                                                          kv.kv_bytes(spec, 1), args.sweep_tg / 2)
+        r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(
+            host["bandwidth_Bps"], r["size_bytes"], kv.kv_bytes(spec, 1), args.sweep_tg / 2)
     return {"rows": rows, "answer": sweep.answer(rows), "source": str(src), "scoring": sa.scoring.to_dict()}
 
 
-def light(b: BenchArgs) -> BenchArgs:
+def lighter_protocol(b: BenchArgs) -> BenchArgs:
     """The lighter protocol of the secondary backends (see ProfileArgs.full_all)."""
     return replace(b, pp=b.pp[:2], tg=min(b.tg, 32), depths=b.depths[:2], reps=min(b.reps, 2),
                    max_reps=max(min(b.reps, 2), min(b.max_reps, 10)))
 
 
 def _planned_weight_bytes(spec, args: ProfileArgs) -> float:
-    """Weights of a model with no file yet: its parameters at the first asked type's nominal bits per weight."""
+    """Weights of a model with no file yet: its parameters at the first asked type's nominal bits per
+    weight."""
     return spec.params * TYPES[(args.quant or ("f16",))[0]].bpw / 8
 
 
 def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: ProfileArgs) -> dict:
-    """The protocol's tests projected onto `dev` by the calibrated device model (slm.profiling.calibration): the
-    same inputs give the same projection whatever this host measured or cached; measured host rows only lend their
-    test list and show their own efficiency as a host figure."""
-    from slm.profiling.calibration import calibration_for, fit_prefill
+    """The protocol's tests projected onto `dev` by the calibrated device model (slm.profiling.calibration):
+    the same inputs give the same projection whatever this host measured or cached; measured host rows only
+    lend their test list and show their own efficiency as a host figure."""
 
     kv_tok = kv.kv_bytes(spec, 1, "f16")
     main = res["backends"].get("llama.cpp")
@@ -213,60 +221,20 @@ def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: Pr
     rows = main["rows"] if main else (
         [{"test": f"pp{n}", "kind": "prefill", "n_tokens": n, "depth": 0} for n in b.pp]
         + [{"test": f"tg{b.tg}@d{d}", "kind": "decode", "n_tokens": b.tg, "depth": d} for d in b.depths])
-    proj = devices.project(dev, rows, weight_bytes, kv_tok, spec, compute)
+    proj = project(dev, rows, weight_bytes, kv_tok, spec, compute)
     fit, backend, caveat = calibration_for("llama.cpp CUDA", dev.key)
     fit_ctx = [r["context"] for r in res["kv"]["analytic"]["f16"]["rows"]
                if devices.fits(dev, weight_bytes, r["kv_cache"], compute)]
-    return {"device": dev.to_dict(), "how": "projected", "rows": proj, "max_context_that_fits_f16_kv": max(fit_ctx, default=0),
-            "calibration": fit.label(backend) + (f" ({caveat})" if caveat else ""), "expected_error": fit.held_out_error,
-            "inputs": {"weight_bytes": weight_bytes, "kv_bytes_per_token_f16": kv_tok, "compute_buffer_bytes": compute,
-                       "device_bandwidth_GBps": dev.bandwidth_GBps, "device_gpu_fp16_tflops": dev.fp16_tflops,
-                       "decode_efficiency_fitted": fit.efficiency, "decode_overhead_s_fitted": fit.overhead_s[backend],
+    return {"device": dev.to_dict(), "how": "projected", "rows": proj,
+            "max_context_that_fits_f16_kv": max(fit_ctx, default=0),
+            "calibration": fit.label(backend) + (f" ({caveat})" if caveat else ""),
+            "expected_error": fit.held_out_error,
+            "inputs": {"weight_bytes": weight_bytes, "kv_bytes_per_token_f16": kv_tok,
+                       "compute_buffer_bytes": compute, "device_bandwidth_GBps": dev.bandwidth_GBps,
+                       "device_gpu_fp16_tflops": dev.fp16_tflops, "decode_efficiency_fitted": fit.efficiency,
+                       "decode_overhead_s_fitted": fit.overhead_s[backend],
                        "decode_from": fit.label(backend), "prefill_from": next(
                            (r["calibration"] for r in proj if r["kind"] == "prefill"), fit_prefill().label),
                        "host_figures": "shown as measured here, not used to scale the device",
                        "os_reserve_gib": devices.OS_RESERVE_GIB},
             "flagged": [r["test"] for r in proj if not r["fits"]]}
-
-
-def _spread(s: dict, key: str, std, n, disturbed) -> None:
-    """The companions of a measured figure that compare turns into an interval: `key.std`, `key.n`, `key.disturbed`
-    (absent in schema 1, whose figures compare shows with no interval)."""
-    if n:
-        s[f"{key}.std"], s[f"{key}.n"], s[f"{key}.disturbed"] = round(std or 0.0, 4), n, bool(disturbed)
-
-
-def summary(res: dict) -> dict:
-    """Flat scalars for `slm report compare` and the reports index (stable keys)."""
-    s = {"schema_version": SCHEMA_VERSION, "how": res["how"], "params": res["model"]["params"],
-         "threads": res["threads"], "host_bandwidth_GBps": res["host"]["bandwidth_Bps"] / 1e9,
-         "host_gflops": res["host"]["flops"] / 1e9}
-    for name, b in res["backends"].items():
-        for r in b["rows"]:
-            s[f"{name}.{r['test']}.tok_s"] = round(r["tok_s"], 3)
-            _spread(s, f"{name}.{r['test']}.tok_s", r.get("tok_s_std"), r.get("reps"), r.get("disturbed"))
-            s[f"{name}.{r['test']}.roofline_fraction"] = round(r["roofline_fraction"], 4)
-            for k in ("j_per_token", "tok_per_j"):  # only where measured (slm.profiling.energy): never a zero
-                if r.get(k) is not None:
-                    s[f"{name}.{r['test']}.{k}"] = round(r[k], 6)
-        s[f"{name}.peak_rss_mib"] = round(b["peak_rss"] / 2**20, 1)
-    f16 = res["kv"]["analytic"].get("f16")
-    if f16:
-        s["kv_bytes_per_token_f16"] = f16["kv_bytes_per_token"]
-        s["kv_crossover_context_f16"] = f16["crossover_context"]
-        s["kv_share_at_max_context_f16"] = round(f16["rows"][-1]["kv_share"], 4)
-    if "sweep" in res:
-        s["quant.ppl_scoring"] = res["sweep"]["scoring"]["mode"]  # which tokens the quant.*.ppl / kld figures scored
-    for r in res.get("sweep", {}).get("rows", []):
-        for k in ("size_bytes", "bits_per_weight", "pp_tok_s", "tg_tok_s", "ppl", "kld_vs_ref"):
-            s[f"quant.{r['type']}.{k}"] = r[k] if isinstance(r[k], int) else round(r[k], 5)
-        for k in ("pp_tok_s", "tg_tok_s"):
-            _spread(s, f"quant.{r['type']}.{k}", r.get(k + "_std"), r.get(k + "_reps"), r.get(k + "_disturbed"))
-    p = res.get("projection")
-    if p:
-        s["device"] = p["device"]["key"]
-        for r in p["rows"]:
-            s[f"projected.{r['test']}.tok_s"] = None if r["tok_s"] is None else round(r["tok_s"], 2)
-        s["projected.flagged_tests"] = len(p["flagged"])
-        s["projected.decode_expected_error"] = round(p["expected_error"], 3)  # held-out error of its calibration
-    return s

@@ -1,25 +1,26 @@
-"""Quantization sweep: for each GGUF type, size, bits per weight, what the file really holds, prefill and decode
-speed, and quality as perplexity and KL divergence vs the f16 file on the same held-out text.
+"""Quantization sweep: for each GGUF type, size, bits per weight, what the file really holds, prefill and
+decode speed, and quality as perplexity and KL divergence vs the f16 file on the same held-out text.
 
-Quality follows llama.cpp's `llama-perplexity --kl-divergence`: slm.quant's scorer in its `second_half` mode (the
-text is cut into chunks of n_ctx tokens and only the second half of each chunk is scored, so every scored token
-has at least n_ctx/2 tokens of context); quantized files are made by slm.quant's quantizer and measured through
-its llama.cpp wrapper.
+Quality follows llama.cpp's `llama-perplexity --kl-divergence`: slm.quant's scorer in its `second_half` mode
+(the text is cut into chunks of n_ctx tokens and only the second half of each chunk is scored, so every scored
+token has at least n_ctx/2 tokens of context); quantized files are made by slm.quant's quantizer and measured
+through its llama.cpp wrapper.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Callable
 
 from slm.corpus import heldout_text
 from slm.errors import SlmError
 from slm.gguf import contents
+from slm.profiling.protocol import BenchArgs, run_tests
 from slm.quant.llamacpp import LlamaCpp
 from slm.quant.quantize import quantize
-from slm.quant.score import Scoring, kld, perplexity, score
+from slm.score import Scoring, kld, perplexity, score
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
 
@@ -28,14 +29,16 @@ DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q
 class SweepArgs:
     """What the sweep measures per type."""
 
-    types: tuple = DEFAULT_TYPES  # GGUF type names as slm.gguf.parse_types gives them, the first is the reference
+    # GGUF type names as slm.gguf.parse_types gives them, the first is the reference
+    types: tuple = DEFAULT_TYPES
     pp: int = 512  # prefill test length
     tg: int = 64  # decode test length (at depth 0)
     reps: int = 2  # timed repetitions per speed test
     chunk: int = 256  # tokens per perplexity chunk (second half scored)
     chunks: int = 4  # chunks of text scored
     threads: int = 2  # CPU threads
-    text: str = field(default="", repr=False)  # held-out text; empty → slm.corpus.heldout_text (stdlib docstrings)
+    # held-out text; empty → slm.corpus.heldout_text (stdlib docstrings)
+    text: str = field(default="", repr=False)
 
     def __post_init__(self):
         self.types = tuple(self.types)
@@ -51,13 +54,14 @@ class SweepArgs:
 
 def make_files(source: Path, types: tuple, out_dir: Path, threads: int, given: dict | None = None,
                progress: Callable[[str], None] = print) -> dict:
-    """type → GGUF path: taken from `given` (e.g. the exporter's files) or made with llama.cpp's quantizer from
-    `source`."""
+    """type → GGUF path: taken from `given` (e.g. the exporter's files) or made with llama.cpp's quantizer
+    from `source`."""
     files = dict(given or {})
     for t in types:
         if t not in files:
             dst = out_dir / f"{source.stem.split('.')[0]}.{t}.gguf"
-            if dst.is_file() and dst.stat().st_mtime >= source.stat().st_mtime:  # made before from this source
+            # made before from this source
+            if dst.is_file() and dst.stat().st_mtime >= source.stat().st_mtime:
                 files[t] = dst
                 continue
             progress(f"quantizing {source.name} → {t}")
@@ -68,18 +72,20 @@ def make_files(source: Path, types: tuple, out_dir: Path, threads: int, given: d
 
 def _row(t: str, path: Path, speed: dict, ppl: dict, kl: dict | None, reference: str) -> dict:
     info = contents(path)
-    return {"type": t, "path": str(path), "size_bytes": info["size_bytes"], "bits_per_weight": info["bits_per_weight"],
+    return {"type": t, "path": str(path), "size_bytes": info["size_bytes"],
+            "bits_per_weight": info["bits_per_weight"],
             "tensor_types": {k: e["tensors"] for k, e in info["by_type"].items()},
             **{f"{k}_tok_s{suffix}": speed[kind][field] for k, kind in (("pp", "prefill"), ("tg", "decode"))
-               for suffix, field in (("", "tok_s"), ("_std", "tok_s_std"), ("_ci95", "ci95"), ("_reps", "reps"),
-                                     ("_disturbed", "disturbed"), ("_other_cpu_share", "other_cpu_share"))},
+               for suffix, field in (("", "tok_s"), ("_std", "tok_s_std"), ("_ci95", "ci95"),
+                                     ("_reps", "reps"), ("_disturbed", "disturbed"),
+                                     ("_other_cpu_share", "other_cpu_share"))},
             "ppl": ppl["perplexity"], "kld_vs_ref": kl["kld_mean"] if kl else 0.0,
             "kld_p99": kl["kld_p99"] if kl else 0.0, "scoring": ppl["mode"], "reference": reference}
 
 
 def run_sweep(files: dict, args: SweepArgs, progress: Callable[[str], None] = print) -> list[dict]:
-    """Speed (the llama-bench protocol) and quality (perplexity, KLD vs the first type) of every type's file."""
-    from slm.profiling.protocol import BenchArgs, run_tests
+    """Speed (the llama-bench protocol) and quality (perplexity, KLD vs the first type) of every type's
+    file."""
 
     bench = BenchArgs(pp=(args.pp,), tg=args.tg, depths=(0,), reps=args.reps, threads=args.threads)
     scoring = args.scoring
@@ -101,8 +107,8 @@ def run_sweep(files: dict, args: SweepArgs, progress: Callable[[str], None] = pr
 
 
 def interval(r: dict, key: str) -> tuple[float, float]:
-    """(low, high) of a sweep speed: its 95 % interval; rows from before schema 2 (no ci95) get ±2 std, at least
-    ±1 % — the rule those reports used."""
+    """(low, high) of a sweep speed: its 95 % interval; rows from before schema 2 (no ci95) get ±2 std, at
+    least ±1 % — the rule those reports used."""
     ci = r.get(key + "_ci95")
     if ci is None:
         ci = 2 * max(r.get(key + "_std") or 0.0, 0.01 * r[key])
@@ -115,21 +121,23 @@ def _pm(r: dict, key: str) -> str:
 
 
 def answer(rows: list[dict]) -> str:
-    """Does a lower bit-width always run faster here? Answered from the rows, in words — a step is called slower
-    only when the two 95 % intervals do not overlap and neither was measured under interference."""
+    """Does a lower bit-width always run faster here? Answered from the rows, in words — a step is called
+    slower only when the two 95 % intervals do not overlap and neither was measured under interference."""
     by_bits = sorted(rows, key=lambda r: -r["bits_per_weight"])
     lines = []
     for key, what in (("tg_tok_s", "decode"), ("pp_tok_s", "prefill")):
         pairs = [(a, b) for a, b in pairwise(by_bits) if b[key] < a[key]]
         busy = [(a, b) for a, b in pairs if a.get(key + "_disturbed") or b.get(key + "_disturbed")]
-        slower = [(a, b) for a, b in pairs if (a, b) not in busy and interval(b, key)[1] < interval(a, key)[0]]
+        slower = [(a, b) for a, b in pairs
+                  if (a, b) not in busy and interval(b, key)[1] < interval(a, key)[0]]
         noise = [(a, b) for a, b in pairs if (a, b) not in busy and (a, b) not in slower]
 
         def ex(ps, key=key):
             return "; ".join(f"{b['type']} ({b['bits_per_weight']:.2f} bpw) {_pm(b, key)} vs {a['type']} "
                              f"({a['bits_per_weight']:.2f} bpw) {_pm(a, key)}" for a, b in ps)
         if slower:
-            lines.append(f"{what}: no — fewer bits ran slower in {len(slower)} step(s), intervals apart: {ex(slower)}.")
+            lines.append(f"{what}: no — fewer bits ran slower in {len(slower)} step(s), intervals apart: "
+                         f"{ex(slower)}.")
         else:
             lines.append(f"{what}: yes — no step down in bits per weight ran measurably slower.")
         if noise:
@@ -137,5 +145,6 @@ def answer(rows: list[dict]) -> str:
         if busy:
             lines.append(f"{what} disturbed (other processes used the CPU; measure again): {ex(busy)}.")
     best = max(rows, key=lambda r: r["tg_tok_s"])
-    lines.append(f"fastest decode: {best['type']} at {_pm(best, 'tg_tok_s')} ({best['bits_per_weight']:.2f} bpw).")
+    lines.append(f"fastest decode: {best['type']} at {_pm(best, 'tg_tok_s')} ({best['bits_per_weight']:.2f} "
+                 "bpw).")
     return " ".join(lines)

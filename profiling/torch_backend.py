@@ -20,9 +20,9 @@ class Torch(Closing):
 
     def __init__(self, model_dir: Path, threads: int, device: str = "auto", dtype: str = "float32",
                  seed: int = 0):
-        import torch
+        import torch  # torch: deferred, a heavy import
 
-        from slm.io import cache_kwarg, load_model
+        from slm.io import cache_kwarg, load_model  # torch: deferred, a heavy import
 
         self.torch = torch
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -45,7 +45,7 @@ class Torch(Closing):
             self.torch.cuda.synchronize()
 
     def _fill(self, n: int):
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # transformers: deferred, a heavy import
 
         cache = DynamicCache()
         if n:

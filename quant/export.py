@@ -17,15 +17,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
+from slm.figure import Figure, analytic, from_file, setting
 from slm.gguf import FLOAT_TYPES, QUANT_TYPES, parse_types, size_upper_bound
 from slm.gguf_mix import fallback_warning
-from slm.io import read_config
 from slm.guard import atomic_dir, check_output
+from slm.io import read_config
 from slm.record import write_record
+from slm.score import Scoring
 from slm.spec import ModelSpec, spec_from_config
+from slm.stats import ci95_se
 
-from . import gguf_write, onnx_export, onnx_search, quantize as Q
-from .validate import HELD_OUT_TEXT
+from . import gguf_write, onnx_export, onnx_search
+from .imatrix import compute_imatrix
+from .quantize import inspect_gguf, quantize
+from .report import write_report
+from .runtimes import HELD_OUT_TEXT
+from .validate import (
+    text_ids,  # transformers' tokenizer: only when ONNX int4 is asked for
+    validate_exports,
+)
 
 DISK_MARGIN = 1.1
 
@@ -34,8 +44,10 @@ DISK_MARGIN = 1.1
 class ExportArgs:
     """What to export and how to check it."""
 
-    gguf: list[str] = field(default_factory=lambda: ["q8_0"])  # GGUF types (f32, f16, bf16, q8_0, q6_k, q4_k_m, …)
-    onnx: list[str] = field(default_factory=list)  # ONNX precisions: int4 (int4:all, int4:NAME), int8, fp16, fp32
+    # GGUF types (f32, f16, bf16, q8_0, q6_k, q4_k_m, …)
+    gguf: list[str] = field(default_factory=lambda: ["q8_0"])
+    # ONNX precisions: int4 (int4:all, int4:NAME), int8, fp16, fp32
+    onnx: list[str] = field(default_factory=list)
     int4: str = "search"  # int4 recipes: search (the default list), all, or one name (onnx_search.CANDIDATES)
     ep: str = "cpu"  # ONNX execution provider the graph is built for: cpu or cuda
     validate: bool = True  # compare every artifact with the HF model (logits, perplexity, KLD, generations)
@@ -96,7 +108,7 @@ def check_disk(out: Path, need: int) -> None:
 
 
 @dataclass
-class Plan:
+class Prepared:
     """What one export run works from, settled before any write."""
 
     model_dir: Path  # the HF checkpoint
@@ -109,8 +121,9 @@ class Plan:
     imatrix: dict | None  # GGUF tensor name → mean x² per input column, when --imatrix was given
 
 
-def plan(model_dir: Path, out: Path, args: ExportArgs) -> Plan:
-    """Every check before any write: architecture, output folder, tokenizer, disk; then the importance matrix."""
+def prepare(model_dir: Path, out: Path, args: ExportArgs) -> Prepared:
+    """Every check before any write: architecture, output folder, tokenizer, disk; then the importance
+    matrix."""
     config = read_config(model_dir)
     arch = gguf_write.check_arch(config)
     spec = spec_from_config(config)
@@ -119,19 +132,21 @@ def plan(model_dir: Path, out: Path, args: ExportArgs) -> Plan:
     if warning:
         print(warning, file=sys.stderr)
     tokenizer = gguf_write.has_tokenizer(model_dir)
-    vocab = gguf_write.load_vocab(model_dir, spec.vocab, args.pre_tokenizer) if args.gguf and tokenizer else None
+    vocab = (gguf_write.load_vocab(model_dir, spec.vocab, args.pre_tokenizer) if args.gguf and tokenizer
+             else None)
     if args.imatrix and not tokenizer:
-        raise SlmError(f"{model_dir} has no tokenizer to read the --imatrix calibration text with: add one or drop --imatrix")
+        raise SlmError(f"{model_dir} has no tokenizer to read the --imatrix calibration text with: "
+                       "add one or drop --imatrix")
     if args.onnx and not tokenizer:
-        raise SlmError(f"{model_dir} has no tokenizer: onnxruntime-genai needs tokenizer.json beside the weights")
+        raise SlmError(f"{model_dir} has no tokenizer: onnxruntime-genai needs tokenizer.json beside the "
+                       "weights")
     check_disk(out, estimate_bytes(spec.params, args, spec.dtype == "float16"))
     text = Path(args.eval_text).read_text() if args.eval_text else HELD_OUT_TEXT
     imatrix = None
     if args.imatrix:
-        from .imatrix import compute_imatrix
 
         imatrix = compute_imatrix(model_dir, Path(args.imatrix).read_text(), arch)
-    return Plan(model_dir, out, args.name or model_dir.resolve().name, arch, spec, vocab, text, imatrix)
+    return Prepared(model_dir, out, args.name or model_dir.resolve().name, arch, spec, vocab, text, imatrix)
 
 
 def _timed(timings: dict, key: str, fn, *a, **kw):
@@ -141,9 +156,9 @@ def _timed(timings: dict, key: str, fn, *a, **kw):
     return r
 
 
-def write_ggufs(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict) -> tuple[dict, list]:
-    """Floats written directly, the rest quantized from one intermediate (f16 for an f16 source, else f32), plus
-    the f16 reference validation needs; returns type → path and the file entries of the result."""
+def write_ggufs(p: Prepared, args: ExportArgs, tmp: Path, work: Path, timings: dict) -> tuple[dict, list]:
+    """Floats written directly, the rest quantized from one intermediate (f16 for an f16 source, else f32),
+    plus the f16 reference validation needs; returns type → path and the file entries of the result."""
     inter = "f16" if p.spec.dtype == "float16" else "f32"
     quant_types = [t for t in args.gguf if t in QUANT_TYPES]
     floats = [t for t in args.gguf if t in FLOAT_TYPES]
@@ -151,36 +166,38 @@ def write_ggufs(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict)
     paths: dict[str, Path] = {}
     for t in dict.fromkeys(floats + ([inter] if quant_types else []) + (["f16"] if need_f16_ref else [])):
         paths[t] = (tmp if t in floats else work) / f"{p.name}-{t}.gguf"
-        _timed(timings, f"write_{t}", gguf_write.write_gguf, p.model_dir, paths[t], t, name=p.name, vocab=p.vocab)
+        _timed(timings, f"write_{t}", gguf_write.write_gguf, p.model_dir, paths[t], t, name=p.name,
+               vocab=p.vocab)
     logs: dict[str, str] = {}
     for t in quant_types:
         paths[t] = tmp / f"{p.name}-{t}.gguf"
-        logs[t] = _timed(timings, f"quantize_{t}", Q.quantize, paths[inter], paths[t], t, imatrix=p.imatrix,
+        logs[t] = _timed(timings, f"quantize_{t}", quantize, paths[inter], paths[t], t, imatrix=p.imatrix,
                          threads=args.threads)
         (tmp / "logs" / f"quantize-{t}.log").write_text(logs[t])
     files = []
     for t in args.gguf:
-        info = Q.inspect_gguf(paths[t], t, logs.get(t))
-        files.append({"format": "gguf", "type": t, "path": paths[t].name, "size_bytes": paths[t].stat().st_size,
-                      "bits_per_weight": info["bits_per_weight"], "main_type": info["main_type"],
-                      "by_type": info["by_type"], "fallbacks": info["fallbacks"], "mixed": info["mixed"]})
+        info = inspect_gguf(paths[t], t, logs.get(t))
+        files.append({"format": "gguf", "type": t, "path": paths[t].name,
+                      "size_bytes": paths[t].stat().st_size, "bits_per_weight": info["bits_per_weight"],
+                      "main_type": info["main_type"], "by_type": info["by_type"],
+                      "fallbacks": info["fallbacks"], "mixed": info["mixed"]})
     return paths, files
 
 
-def _int4_inputs(p: Plan, args: ExportArgs, tmp: Path, work: Path) -> onnx_search.Inputs:
+def _int4_inputs(p: Prepared, args: ExportArgs, tmp: Path, work: Path) -> onnx_search.Inputs:
     """The scored tokens and the GPTQ calibration windows, both from the validation text and disjoint."""
-    from . import check
 
     n_ctx = min(args.n_ctx, p.spec.max_context)
-    ids = check.text_ids(p.model_dir, p.text, p.spec.vocab, n_ctx)
+    ids = text_ids(p.model_dir, p.text, p.spec.vocab, n_ctx)
     score_ids, calibration = onnx_search.split_text(ids, n_ctx)
-    return onnx_search.Inputs(p.model_dir.resolve(), args.ep, work / "int4", tmp / "logs", score_ids, calibration)
+    return onnx_search.Inputs(p.model_dir.resolve(), args.ep, work / "int4", tmp / "logs", score_ids,
+                              calibration)
 
 
-def write_onnx(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict) -> tuple[dict, list, dict | None]:
-    """One onnxruntime-genai folder per precision (int4: the search's kept candidate); returns precision → folder,
-    the file entries and the int4 search record."""
-    from .score import Scoring
+def write_onnx(p: Prepared, args: ExportArgs, tmp: Path, work: Path,
+               timings: dict) -> tuple[dict, list, dict | None]:
+    """One onnxruntime-genai folder per precision (int4: the search's kept candidate); returns precision →
+    folder, the file entries and the int4 search record."""
 
     dirs, files, int4 = {}, [], None
     for prec in args.onnx:
@@ -195,18 +212,20 @@ def write_onnx(p: Plan, args: ExportArgs, tmp: Path, work: Path, timings: dict) 
                    work / "onnx-cache", tmp / "logs" / f"onnx-{prec}.log")
         size = onnx_export.dir_size(d)
         files.append({"format": "onnx", "type": prec, "path": d.name, "size_bytes": size,
-                      "bits_per_weight": 8 * size / p.spec.params, "main_type": prec, "fallbacks": [], "mixed": []})
+                      "bits_per_weight": 8 * size / p.spec.params, "main_type": prec, "fallbacks": [],
+                      "mixed": []})
         if prec == "int4":
             files[-1]["settings"] = {"candidate": int4["kept"], **int4["settings"]}
     return dirs, files, int4
 
 
 def export(model_dir: Path | str, out_dir: Path | str | None = None, args: ExportArgs | None = None) -> dict:
-    """Write out_dir with `<name>-<type>.gguf`, `onnx-<precision>/`, slm.json and report.html; return the result."""
+    """Write out_dir with `<name>-<type>.gguf`, `onnx-<precision>/`, slm.json and report.html; return the
+    result."""
     args = args or ExportArgs()
     model_dir = Path(model_dir)
     t0 = time.time()
-    p = plan(model_dir, Path(out_dir) if out_dir else default_out(model_dir), args)
+    p = prepare(model_dir, Path(out_dir) if out_dir else default_out(model_dir), args)
     timings: dict[str, float] = {}
     with atomic_dir(p.out, args.force, [model_dir]) as tmp:
         work = tmp / ".work"
@@ -216,48 +235,71 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
         onnx_dirs, onnx_files, int4 = write_onnx(p, args, tmp, work, timings)
         validation = None
         if args.validate:
-            from .check import validate_exports
 
-            validation = _timed(timings, "validate", validate_exports, model_dir, {t: paths[t] for t in args.gguf},
-                                onnx_dirs, paths.get("f16"), p.text, args.n_ctx, args.threads)
+            validation = _timed(timings, "validate", validate_exports, model_dir,
+                                {t: paths[t] for t in args.gguf}, onnx_dirs, paths.get("f16"), p.text,
+                                args.n_ctx, args.threads)
         shutil.rmtree(work)
         timings["total"] = time.time() - t0
         result = {"model": str(model_dir), "name": p.name, "arch": p.arch, "params": p.spec.params,
                   "files": gguf_files + onnx_files, "validation": validation, "timings_s": timings,
                   "imatrix": bool(p.imatrix), "pre_tokenizer": p.vocab["pre"] if p.vocab else None,
                   "onnx_int4": int4}
-        result["summary"] = summarize(result)
-        write_record(tmp, "export", asdict(args), inputs={"model": model_dir}, result=result)
-        from .report import write_report
+        result["figures"] = figs = figures(result)
+        write_record(tmp, "export", asdict(args), inputs={"model": model_dir}, result=result, figures=figs)
 
-        write_report(tmp / "report.html", result)
+        write_report(tmp / "report.html", result, figs)
     return result
 
 
-def summarize(result: dict) -> dict:
-    """Flat key figures for `slm report compare`."""
-    s = {"model": result["name"], "arch": result["arch"], "params": result["params"],
-         "artifacts": len(result["files"]), "wall_s": round(result["timings_s"]["total"], 1)}
+def figures(result: dict) -> list[Figure]:
+    """The run's figures: what was exported, and each artifact's size, real bits, fallbacks and quality."""
     v = result["validation"] or {}
+    out = [setting("model", "model", result["name"]), setting("arch", "architecture", result["arch"]),
+           analytic("params", "parameters", result["params"], "parameters", group="size"),
+           from_file("artifacts", "artifacts written", len(result["files"]), "files"),
+           Figure("wall_s", "wall time of the export", round(result["timings_s"]["total"], 1), "s", "lower",
+                  "speed", note="one run, no repetitions")]
     if v:
-        s["hf_perplexity"] = v["hf"]["perplexity"]
-        s["ppl_scoring"] = v["hf"].get("mode", "all")  # which tokens every _ppl / _kld figure was scored over
-        s["validation_failures"] = len(v.get("failed", {}))
+        scoring = (v.get("scoring") or {}).get("what", "")
+        out += [setting("ppl_scoring", "tokens scored for perplexity / KLD", scoring),
+                _ppl("hf.ppl", "HF model (f32): perplexity", v["hf"], scoring),
+                Figure("validation_failures", "artifacts that failed validation", len(v.get("failed", {})),
+                       "files", "lower", "quality", exact=True)]
         if "tokenizer" in v:
-            s["tokenizer_match"] = f"{v['tokenizer']['matching']}/{v['tokenizer']['strings']}"
+            t = v["tokenizer"]
+            out.append(Figure("tokenizer_match", "tokenizer strings encoded alike (GGUF vs HF)",
+                              t["matching"], "strings", "higher", "quality", exact=True, n=t["strings"],
+                              note=f"{t['matching']} of {t['strings']} strings"))
     for f in result["files"]:
-        k = f"{f['format']}_{f['type']}"
-        s[f"{k}_mb"] = round(f["size_bytes"] / 1e6, 2)
-        s[f"{k}_bpw"] = round(f["bits_per_weight"], 3)
+        k, name = f"{f['format']}.{f['type']}", f"{f['format'].upper()} {f['type']}"
+        out += [from_file(f"{k}.size", f"{name}: file size", f["size_bytes"], "bytes", "lower", key=True),
+                from_file(f"{k}.bpw", f"{name}: bits per weight", round(f["bits_per_weight"], 3), "bpw",
+                          "lower")]
         if f["format"] == "gguf":
-            s[f"{k}_fallbacks"] = len(f["fallbacks"])
+            out.append(from_file(f"{k}.fallbacks", f"{name}: tensors that fell back to another type",
+                                 len(f["fallbacks"]), "tensors", "lower"))
         if f.get("settings"):
-            s[f"{k}_recipe"] = f["settings"]["candidate"]
+            out.append(setting(f"{k}.recipe", f"{name}: recipe kept by the search",
+                               f["settings"]["candidate"]))
         r = (v.get(f["format"]) or {}).get(f["type"])
-        if r:
-            s[f"{k}_max_rel_err"] = r["max_rel_err"]
-            s[f"{k}_top1"] = r["top1_agree"]
-            s[f"{k}_ppl"] = r["perplexity"]
-            if "kld" in r:
-                s[f"{k}_kld"] = r["kld"]["kld_mean"]
-    return s
+        if not r:
+            continue
+        out += [Figure(f"{k}.max_rel_err", f"{name}: largest logit error vs HF (relative)", r["max_rel_err"],
+                       "1", "lower", "quality", exact=True),
+                Figure(f"{k}.top1", f"{name}: top-1 agreement with HF", r["top1_agree"], "share", "higher",
+                       "quality", exact=True),
+                _ppl(f"{k}.ppl", f"{name}: perplexity", r, scoring)]
+        if "kld" in r:
+            out.append(Figure(f"{k}.kld", f"{name}: KL divergence vs the f16 GGUF", r["kld"]["kld_mean"],
+                              "nats", "lower", "quality", exact=True, n=r["kld"].get("positions"), key=True,
+                              source=scoring))
+    return out
+
+
+def _ppl(name: str, label: str, r: dict, scoring: str) -> Figure:
+    """A perplexity with its 95 % interval, first order from the s.e. of the mean token loss."""
+    se = r.get("nll_se")
+    return Figure(name, label, r["perplexity"], "1", "lower", "quality", exact=True, key=True,
+                  interval=ci95_se(se * r["perplexity"]) if se is not None else None,
+                  n=r.get("tokens_scored"), source=scoring)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from hashlib import sha256
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 
@@ -62,7 +63,7 @@ class _FastTokenizer:
     transformers' AutoTokenizer costs ~110 MB more resident memory for the same answers (measured)."""
 
     def __init__(self, path: Path):
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # tokenizers: deferred, a heavy import
 
         self.tk = Tokenizer.from_file(str(path))
         self.added_tokens_decoder = self.tk.get_added_tokens_decoder()
@@ -98,7 +99,6 @@ def load_vocab(model_dir: Path, vocab_size: int, pre_tokenizer: str | None = Non
     BPE tokenizers follow the converter's get_vocab_base/_set_vocab_gpt2; a tokenizer.model means
     SentencePiece, written through gguf-py's SentencePieceVocab like _set_vocab_sentencepiece.
     """
-    import gguf
 
     model_dir = Path(model_dir)
     if (model_dir / "tokenizer.model").is_file():
@@ -153,7 +153,6 @@ def load_vocab(model_dir: Path, vocab_size: int, pre_tokenizer: str | None = Non
 
 
 def add_vocab(w, vocab: dict, model_dir: Path, vocab_size: int) -> None:
-    import gguf
 
     w.add_tokenizer_model(vocab["model"])
     if vocab["pre"]:
@@ -173,7 +172,6 @@ def add_vocab(w, vocab: dict, model_dir: Path, vocab_size: int) -> None:
 def add_hparams(w, spec: ModelSpec, config: dict, arch: str, ftype: str, name: str) -> None:
     """The keys TextModel.set_gguf_parameters (+ LlamaModel's) writes for these architectures: shapes from the
     spec, RoPE and norm settings from the config."""
-    import gguf
 
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
@@ -211,7 +209,6 @@ def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def tensor_name_map(arch: str, layers: int):
     """gguf-py's HF → GGUF tensor name map for one of ARCHS' architectures."""
-    import gguf
 
     arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
                  "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
@@ -245,7 +242,6 @@ def to_numpy(t: torch.Tensor, dt: str) -> np.ndarray:
 def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_tokenizer: str | None = None,
                name: str | None = None, vocab: dict | None = None) -> Path:
     """Write `out` (.gguf) from an HF checkpoint folder. `vocab` may be passed in when already loaded."""
-    import gguf
 
     model_dir, out = Path(model_dir), Path(out)
     if ftype not in FILE_TYPES:

@@ -20,14 +20,14 @@ def compute_imatrix(model_dir: Path, text: str | None, arch: str, n_ctx: int = 5
                     ids: list[int] | None = None) -> dict:
     """{gguf tensor name: float32 vector of mean x² per input column} over up to max_tokens of `text`
     (or of token `ids`, for checkpoints without a tokenizer)."""
-    import torch
+    import torch  # torch: deferred, a heavy import
 
-    from slm.io import load_model
+    from slm.io import load_model  # torch: deferred, a heavy import
 
-    from .gguf_write import tensor_name_map
+    from .gguf_write import tensor_name_map  # torch: deferred, a heavy import
 
     if ids is None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
         if not (text or "").strip():
             raise SlmError("the --imatrix calibration text is empty: pass a text file with a few thousand "

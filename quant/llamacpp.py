@@ -1,14 +1,15 @@
-"""The one room that drives llama.cpp: library loading, log capture, memory log parsing and the context wrapper.
+"""The one room that drives llama.cpp: library loading, log capture, memory log parsing and the context
+wrapper.
 
-Everything goes through llama-cpp-python's low-level API (the C functions of llama.h), so the profiler and export
-validation run the same code: `LlamaCpp` times prefill/decode the way `llama-bench` does (profiling's llama.cpp
-backend) and returns logits, greedy tokens and the GGUF's own token ids (export validation, the quality sweep).
-The quantizer (`quantize.py`) and the scorer (`score.py`) use this module's loading and logs.
+Everything goes through llama-cpp-python's low-level API (the C functions of llama.h), so the profiler and
+export validation run the same code: `LlamaCpp` times prefill/decode the way `llama-bench` does (profiling's
+llama.cpp backend) and returns logits, greedy tokens and the GGUF's own token ids (export validation, the
+quality sweep). The quantizer (`quantize.py`) uses this module's loading and logs.
 
-Timings come from llama.cpp's own counters (`llama_perf_context`: t_p_eval_ms for multi-token batches, t_eval_ms
-for single-token steps), reset before each timed part. Memory comes from what llama.cpp logs when it allocates:
-model buffers (weights), the KV cache (with its K/V types and cells) and the compute/output buffers — the same
-lines a user sees with `llama-cli`; we capture them through `llama_log_set` while loading.
+Timings come from llama.cpp's own counters (`llama_perf_context`: t_p_eval_ms for multi-token batches,
+t_eval_ms for single-token steps), reset before each timed part. Memory comes from what llama.cpp logs when it
+allocates: model buffers (weights), the KV cache (with its K/V types and cells) and the compute/output buffers
+— the same lines a user sees with `llama-cli`; we capture them through `llama_log_set` while loading.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ _CALLBACK = None  # the ctypes callback object must outlive the C side's pointer
 def lib():
     """llama_cpp, with the backend initialised and llama-cpp-python's own logger kept quiet."""
     try:
-        import llama_cpp
+        import llama_cpp  # llama_cpp is optional: imported only when used
     except ImportError:  # pragma: no cover - the gguf extra is part of the install
         raise SlmError("llama-cpp-python is not installed: `pip install 'slm-lab[gguf]'`") from None
     llama_cpp.llama_backend_init()
-    from llama_cpp import _logger
+    from llama_cpp import _logger  # llama_cpp is optional: imported only when used
 
     if _logger.logger.level == 0:  # NOTSET would echo every llama.cpp line (e.g. context teardown) to stderr
         _logger.set_verbose(False)
@@ -52,7 +53,8 @@ def _collect(level, text, user_data):  # ggml log callback: keep the lines while
 
 @contextlib.contextmanager
 def captured_logs():
-    """Collect llama.cpp's log lines inside the block, then give logging back to llama-cpp-python's handler."""
+    """Collect llama.cpp's log lines inside the block, then give logging back to llama-cpp-python's
+    handler."""
     global _CALLBACK
     L = lib()
     with _LOCK:
@@ -66,7 +68,7 @@ def captured_logs():
         finally:
             lines.extend("".join(_LINES).splitlines())
             _LINES.clear()
-            from llama_cpp import _logger
+            from llama_cpp import _logger  # llama_cpp is optional: imported only when used
 
             L.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
@@ -77,12 +79,13 @@ def last_error(lines: list[str]) -> str:
     return errs[-1] if errs else "no reason logged"
 
 
-# ---- what llama.cpp allocates (llama-model.cpp load_tensors, llama-kv-cache.cpp, llama-context.cpp) ----------
+# ---- what llama.cpp allocates (llama-model.cpp load_tensors, llama-kv-cache.cpp, llama-context.cpp) --------
 _MIB = 1024 * 1024
 _RE_MODEL = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
-_RE_KV = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers.*K \((\w+)\):\s+([\d.]+) MiB,"
-                    r" V \((\w+)\):\s+([\d.]+) MiB")
-_RE_BUF = re.compile(r"(?:llama_context|sched_reserve):\s+(\S+)\s+(compute|output) buffer size =\s+([\d.]+) MiB")
+_RE_KV = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers"
+                    r".*K \((\w+)\):\s+([\d.]+) MiB, V \((\w+)\):\s+([\d.]+) MiB")
+_RE_BUF = re.compile(r"(?:llama_context|sched_reserve):\s+(\S+)\s+(compute|output) buffer size "
+                     r"=\s+([\d.]+) MiB")
 
 
 def parse_memory(lines: list[str]) -> dict:
@@ -100,14 +103,15 @@ def parse_memory(lines: list[str]) -> dict:
     return out
 
 
-# ---- the context wrapper ------------------------------------------------------------------------------------
+# ---- the context wrapper -----------------------------------------------------------------------------------
 class LlamaCpp:
-    """One GGUF loaded with one context: timed prefill/decode (profiling's protocol) and logits, greedy tokens and
-    token ids (validation, scoring).
+    """One GGUF loaded with one context: timed prefill/decode (profiling's protocol) and logits, greedy tokens
+    and token ids (validation, scoring).
 
     threads: on a CPU shared with other jobs use 1: ggml's threads wait for each other at every op, and a
     descheduled thread stalls each step (measured here: 0.4 s per token on a tiny model).
-    kv_type: f16 (llama.cpp's default), q8_0/q4_0 (need flash attention, switched on), or f32 for exact parity.
+    kv_type: f16 (llama.cpp's default), q8_0/q4_0 (need flash attention, switched on), or f32 for exact
+    parity.
     flash_attn: None leaves llama.cpp's choice (auto); export validation turns it off, as llama-cpp-python's
     `Llama` does by default, so its figures stay those of earlier runs.
     """
@@ -126,8 +130,8 @@ class LlamaCpp:
         lines = self._load_model(gpu_layers)
         if n_ctx > self.n_ctx_train:
             self.close()
-            raise SlmError(f"context {n_ctx} is above the model's max context {self.n_ctx_train}: ask for less "
-                           "(slm profile: lower --pp/--depths/--tg)")
+            raise SlmError(f"context {n_ctx} is above the model's max context {self.n_ctx_train}: ask for "
+                           "less (slm profile: lower --pp/--depths/--tg)")
         lines += self._new_context(n_ctx, n_ubatch, flash_attn)
         self.mem = parse_memory(lines)
         self.mem["file_bytes"] = self.path.stat().st_size
@@ -136,11 +140,12 @@ class LlamaCpp:
         L = self.L
         with captured_logs() as lines:
             mp = L.llama_model_default_params()
-            mp.n_gpu_layers = gpu_layers  # a Jetson's GPU when the wheel was built with CUDA; ignored on CPU builds
+            # a Jetson's GPU when the wheel was built with CUDA; ignored on CPU builds
+            mp.n_gpu_layers = gpu_layers
             self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
-            raise SlmError(f"llama.cpp cannot load {self.path.name} ({last_error(lines)}): re-export the GGUF "
-                           "or update llama-cpp-python")
+            raise SlmError(f"llama.cpp cannot load {self.path.name} ({last_error(lines)}): re-export the "
+                           "GGUF or update llama-cpp-python")
         self.n_ctx_train = L.llama_model_n_ctx_train(self.model)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
@@ -157,7 +162,8 @@ class LlamaCpp:
             if self.kv_type != "f16":
                 cp.type_k = cp.type_v = getattr(L, f"GGML_TYPE_{self.kv_type.upper()}")
             if flash_attn is not None:
-                cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                cp.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                      else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
             if self.kv_type in ("q8_0", "q4_0"):  # a quantized V cache needs flash attention in llama.cpp
                 cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED
             self.ctx = L.llama_init_from_model(self.model, cp)
@@ -168,7 +174,7 @@ class LlamaCpp:
         self.n_ctx = L.llama_n_ctx(self.ctx)
         return lines
 
-    # ---- the protocol (profiling/protocol.py) ---------------------------------------------------------------
+    # ---- the protocol (profiling/protocol.py) --------------------------------------------------------------
     def _random_tokens(self, n: int, first_bos: bool):
         toks = self.rng.integers(0, self.n_vocab, n, dtype=np.int32)
         if first_bos and self.bos >= 0 and n:
@@ -182,7 +188,8 @@ class LlamaCpp:
             k = min(n - done, self.n_batch)
             arr = self._random_tokens(k, first and done == 0)
             if L.llama_decode(self.ctx, L.llama_batch_get_one(arr, k)) != 0:
-                raise SlmError(f"llama_decode failed at {done + k} tokens (context {self.n_ctx}): lower the lengths")
+                raise SlmError(f"llama_decode failed at {done + k} tokens (context {self.n_ctx}): lower the "
+                               "lengths")
             done += k
         L.llama_synchronize(self.ctx)
 
@@ -194,8 +201,8 @@ class LlamaCpp:
         self.L.llama_memory_clear(self.L.llama_get_memory(self.ctx), False)
 
     def _at_depth(self, depth: int) -> None:
-        """Empty cache, then `depth` tokens in it: decoded once, restored from a saved sequence state afterwards
-        (llama-bench does the same, so repetitions at depth do not pay for the fill again)."""
+        """Empty cache, then `depth` tokens in it: decoded once, restored from a saved sequence state
+        afterwards (llama-bench does the same, so repetitions at depth do not pay for the fill again)."""
         L = self.L
         self._clear()
         if not depth:
@@ -231,15 +238,10 @@ class LlamaCpp:
     def memory(self) -> dict:
         return dict(self.mem)
 
-    def op_profile(self, n_prompt: int, n_decode: int = 16, threads: int | None = None) -> dict:
-        """Seconds per graph node kind in a separate diagnostic pass (quant/llamacpp_ops.py)."""
-        from .llamacpp_ops import op_profile
-
-        return op_profile(self, n_prompt, n_decode, threads)
-
-    # ---- quality: token ids, logits, greedy tokens ------------------------------------------------------------
+    # ---- quality: token ids, logits, greedy tokens ---------------------------------------------------------
     def tokenize(self, text: str, special: bool = False) -> list[int]:
-        """The GGUF's own token ids; BOS only if the file asks for it; `special`: parse <|im_start|>-style tokens."""
+        """The GGUF's own token ids; BOS only if the file asks for it; `special`: parse <|im_start|>-style
+        tokens."""
         L, b = self.L, text.encode()
         buf = (L.llama_token * (len(b) + 8))()
         n = L.llama_tokenize(self.vocab, b, len(b), buf, len(buf), True, special)
@@ -259,7 +261,8 @@ class LlamaCpp:
                     batch.seq_id[j][0], batch.logits[j] = 0, True
                 batch.n_tokens = len(part)
                 if L.llama_decode(self.ctx, batch) != 0:
-                    raise SlmError(f"llama_decode failed on {len(part)} tokens (context {self.n_ctx}): use shorter text")
+                    raise SlmError(f"llama_decode failed on {len(part)} tokens (context {self.n_ctx}): use "
+                                   "shorter text")
                 ptr = L.llama_get_logits(self.ctx)
                 out.append(np.ctypeslib.as_array(ptr, shape=(len(part), self.n_vocab)).astype(np.float32))
             finally:
@@ -274,7 +277,8 @@ class LlamaCpp:
         return self._eval(list(tokens), 0)
 
     def greedy(self, tokens: list[int], n: int = 32) -> list[int]:
-        """n greedy tokens after `tokens` (argmax each step, no stop on EOS, so runs compare token for token)."""
+        """n greedy tokens after `tokens` (argmax each step, no stop on EOS, so runs compare token for
+        token)."""
         last = self.logits(tokens)[-1]
         out: list[int] = []
         for i in range(n):

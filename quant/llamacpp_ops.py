@@ -8,6 +8,7 @@ during the timed tests; profiling/ops.py groups its nodes into operator kinds.
 from __future__ import annotations
 
 import ctypes
+import time
 from pathlib import Path
 
 from slm.errors import SlmError
@@ -24,7 +25,6 @@ def op_profile(llm, n_prompt: int, n_decode: int = 16, threads: int | None = Non
     a GPU has finished it. This serialises the graph, so it is a separate diagnostic pass and never runs
     during the timed tests. `threads`: the pass's CPU threads (default the wrapper's); every node then pays
     ggml's thread hand-off."""
-    import time
 
     L, g = llm.L, ctypes.CDLL(str(Path(llm.L.__file__).parent / "lib" / "libggml-base.so"))
     g.ggml_op_desc.restype = g.ggml_get_name.restype = ctypes.c_char_p

@@ -32,6 +32,7 @@ SIDE_FILES = ("genai_config.json", "tokenizer.json", "tokenizer_config.json", "c
 def _reader(model, windows: list[list[int]], head_size: int):
     """A CalibrationDataReader feeding each window once with an empty KV cache (the builder graph's
     inputs)."""
+    # onnxruntime is optional: imported only when used
     from onnxruntime.quantization import CalibrationDataReader
 
     past = {}
@@ -58,6 +59,7 @@ def _reader(model, windows: list[list[int]], head_size: int):
 def _quantize_head(model, block_size: int, accuracy_level: int | None):
     """Symmetric RTN int4 on the LM head only (every other MatMul excluded), then the tied embedding onto
     it."""
+    # onnxruntime is optional: imported only when used
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -77,7 +79,7 @@ def _quantize_head(model, block_size: int, accuracy_level: int | None):
 def _tie_embedding(model, block_size: int) -> None:
     """Transpose(W) → Gather becomes Reshape(W_Q4) → GatherBlockQuantized when W is the quantized head's
     weight."""
-    from onnx import helper, numpy_helper
+    from onnx import helper, numpy_helper  # onnx is optional: imported only when used
 
     g = model.graph
     head = next((n for n in g.node if n.op_type == "MatMulNBits" and n.name.startswith(HEAD)), None)
@@ -109,15 +111,16 @@ def _tie_embedding(model, block_size: int) -> None:
 
 
 def _body_config(algo: str, block_size: int, symmetric: bool, accuracy_level, windows, model, head_size: int):
-    from onnxruntime.quantization import matmul_nbits_quantizer as M
+    # onnxruntime is optional: imported only when used
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     if algo == "rtn":
-        return M.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
+        return nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
                                               accuracy_level=accuracy_level)
     if algo == "hqq":  # asymmetric by construction (float zero point per block)
-        return M.HQQWeightOnlyQuantConfig(block_size=block_size, bits=4)
+        return nbits.HQQWeightOnlyQuantConfig(block_size=block_size, bits=4)
     # GPTQ: block_size here is GPTQ's column batch (its paper's B = 128); the group size is the quantizer's
-    return M.GPTQWeightOnlyQuantConfig(calibration_data_reader=_reader(model, windows, head_size),
+    return nbits.GPTQWeightOnlyQuantConfig(calibration_data_reader=_reader(model, windows, head_size),
                                        percdamp=0.01, block_size=128, actorder=False, mse=False,
                                        perchannel=True)
 
@@ -126,6 +129,7 @@ def quantize_folder(fp32_dir: Path, out_dir: Path, algo: str, block_size: int = 
                     accuracy_level: int | None = 4, calibration: list[list[int]] | None = None) -> Path:
     """fp32 builder folder → int4 folder by `algo` (rtn | hqq | gptq); calibration windows of token ids for
     gptq."""
+    # onnx and onnxruntime are optional: imported only when used
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 

@@ -2,10 +2,11 @@
 
 Candidates come from two places: onnxruntime-genai's model builder (`--extra_options`: `algo_config`,
 `matmul_mixed_precision`, `block_size`; builder.py's help) and onnxruntime's `MatMulNBitsQuantizer` run on the
-builder's fp32 folder (RTN, HQQ, GPTQ; onnx_ortq.py). Each is scored with the one scorer (score.py, mode `all`)
-as KL(P_fp32-HF ‖ P_candidate) on the first part of the validation text; GPTQ calibrates on the part after it,
-never on the tokens that are scored. The kept candidate has the lowest KLD among those whose weights (model.onnx +
-its data) are no larger than a GGUF q4_k_m of the same shape (slm.gguf_mix.fallbacks_for, no quantizing needed).
+builder's fp32 folder (RTN, HQQ, GPTQ; onnx_ortq.py). Each is scored with the one scorer (slm/score.py, mode
+`all`) as KL(P_fp32-HF ‖ P_candidate) on the first part of the validation text; GPTQ calibrates on the part
+after it, never on the tokens that are scored. The kept candidate has the lowest KLD among those whose weights
+(model.onnx + its data) are no larger than a GGUF q4_k_m of the same shape (slm.gguf_mix.fallbacks_for, no
+quantizing needed).
 
     --onnx int4          the default list (DEFAULT_SEARCH, ~3 min on the 135M model, 2 cores)
     --onnx int4:all      every candidate
@@ -16,53 +17,66 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
+from slm.gguf_mix import fallbacks_for
+from slm.score import kld, perplexity, score
 
 from . import onnx_export
+from . import runtimes as rt
+from .onnx_ortq import quantize_folder
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One int4 recipe."""
 
-    tool: str  # "builder" (onnxruntime-genai --extra_options) or "ort" (MatMulNBitsQuantizer on the fp32 folder)
-    options: dict = field(default_factory=dict)  # builder: its extra_options; ort: algo, block_size, symmetric
+    # "builder" (onnxruntime-genai --extra_options) or "ort" (MatMulNBitsQuantizer on the fp32 folder)
+    tool: str
+    # builder: its extra_options; ort: algo, block_size, symmetric
+    options: dict = field(default_factory=dict)
     note: str = ""  # one line for the report
 
 
 CANDIDATES: dict[str, Candidate] = {
     "default": Candidate("builder", {}, "builder default: RTN symmetric, block 32, accuracy_level 4"),
-    "k_quant": Candidate("builder", {"algo_config": "k_quant"}, "builder k-quant (llama.cpp-style scale search)"),
-    "default_b128": Candidate("builder", {"block_size": 128}, "builder RTN with blocks of 128 (smaller, coarser)"),
+    "k_quant": Candidate("builder", {"algo_config": "k_quant"},
+                         "builder k-quant (llama.cpp-style scale search)"),
+    "default_b128": Candidate("builder", {"block_size": 128},
+                              "builder RTN with blocks of 128 (smaller, coarser)"),
     "rtn_last": Candidate("builder", {"algo_config": "rtn", "matmul_mixed_precision": "last_matmul:int8"},
                           "builder RTN, LM head int8"),
-    "k_quant_last": Candidate("builder", {"algo_config": "k_quant", "matmul_mixed_precision": "last_matmul:int8"},
+    "k_quant_last": Candidate("builder",
+                              {"algo_config": "k_quant", "matmul_mixed_precision": "last_matmul:int8"},
                               "builder k-quant, LM head int8"),
     "k_quant_mixed": Candidate("builder", {"algo_config": "k_quant",
                                            "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
                                "builder k-quant, LM head and llama.cpp's sensitive layers int8"),
     "rtn": Candidate("ort", {"algo": "rtn", "block_size": 32, "symmetric": False},
                      "onnxruntime RTN, asymmetric, block 32"),
-    "hqq": Candidate("ort", {"algo": "hqq", "block_size": 32}, "onnxruntime HQQ (Badri & Shaji 2023), block 32"),
+    "hqq": Candidate("ort", {"algo": "hqq", "block_size": 32},
+                     "onnxruntime HQQ (Badri & Shaji 2023), block 32"),
     "hqq_b64": Candidate("ort", {"algo": "hqq", "block_size": 64}, "onnxruntime HQQ, block 64"),
     "gptq": Candidate("ort", {"algo": "gptq", "block_size": 32, "symmetric": False},
                       "onnxruntime GPTQ (Frantar et al. 2022), asymmetric, block 32, calibrated"),
 }
 # Measured on SmolLM2-135M (2 shared cores, KLD vs fp32 HF on the first 512 tokens of GPL-3; build + score s):
-# default 0.453 (11.5+4.8), k_quant 0.480 (41+3), default_b128 0.768 (17+4), rtn_last 0.565 (13+3), k_quant_last
-# 0.364 (39+4), k_quant_mixed 0.274 but 108 MiB of weights > the bound (38+5), rtn 0.451 (15+2, incl. the 7 s fp32
-# build), hqq 0.082 (6.5+1.8), hqq_b64 0.456 (13.5+2.5); gptq 0.464 (599+5 with 2 × 512 calibration tokens: a full
-# fp32 pass per distinct MatMul input per window) — GPTQ is in `int4:all` only. This list: ~150 s + the reference.
+# default 0.453 (11.5+4.8), k_quant 0.480 (41+3), default_b128 0.768 (17+4), rtn_last 0.565 (13+3),
+# k_quant_last 0.364 (39+4), k_quant_mixed 0.274 but 108 MiB of weights > the bound (38+5), rtn 0.451 (15+2,
+# incl. the 7 s fp32 build), hqq 0.082 (6.5+1.8), hqq_b64 0.456 (13.5+2.5); gptq 0.464 (599+5 with 2 × 512
+# calibration tokens: a full fp32 pass per distinct MatMul input per window) — GPTQ is in `int4:all` only.
+# This list: ~150 s + the reference.
 DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64")
 SCORE_TOKENS = 512  # at most this many tokens scored; the rest of the text calibrates GPTQ
-CALIB_WINDOWS = 2  # GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)
+# GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)
+CALIB_WINDOWS = 2
 
 
 def parse_int4(item: str) -> str:
-    """'int4' → 'search', 'int4:all' → 'all', 'int4:NAME' → NAME; SlmError for an unknown name (before any work)."""
+    """'int4' → 'search', 'int4:all' → 'all', 'int4:NAME' → NAME; SlmError for an unknown name (before any
+    work)."""
     name = item.split(":", 1)[1].strip().lower() if ":" in item else "search"
     if name not in ("search", "all") and name not in CANDIDATES:
         raise SlmError(f"unknown ONNX int4 candidate {name!r}: choose all or one of {', '.join(CANDIDATES)}")
@@ -74,8 +88,8 @@ def names_for(choice: str) -> list[str]:
 
 
 def size_bound(spec) -> int:
-    """Tensor bytes of a GGUF q4_k_m of this shape, fallbacks included (slm.gguf_mix, computed, not quantized)."""
-    from slm.gguf_mix import fallbacks_for
+    """Tensor bytes of a GGUF q4_k_m of this shape, fallbacks included (slm.gguf_mix, computed, not
+    quantized)."""
 
     return int(fallbacks_for(spec, "q4_k_m")["tensor_bytes"])
 
@@ -102,43 +116,41 @@ def build(name: str, inp: Inputs) -> Path:
     c, out = CANDIDATES[name], inp.work / f"int4-{name}"
     cache = inp.work / "onnx-cache"
     if c.tool == "builder":
-        return onnx_export.build_onnx(inp.model_dir, out, "int4", inp.ep, cache, inp.logs / f"onnx-int4-{name}.log",
-                                      extra=c.options)
+        return onnx_export.build_onnx(inp.model_dir, out, "int4", inp.ep, cache,
+                                      inp.logs / f"onnx-int4-{name}.log", extra=c.options)
     fp32 = inp.work / "fp32"
     if not (fp32 / "genai_config.json").is_file():
-        onnx_export.build_onnx(inp.model_dir, fp32, "fp32", inp.ep, cache, inp.logs / "onnx-fp32-for-int4.log")
+        onnx_export.build_onnx(inp.model_dir, fp32, "fp32", inp.ep, cache,
+                               inp.logs / "onnx-fp32-for-int4.log")
     o = c.options
     if o["algo"] == "gptq" and not inp.calibration:
         raise RuntimeError("no calibration text left after the scored tokens: pass a longer --eval-text")
-    from .onnx_ortq import quantize_folder
 
     return quantize_folder(fp32, out, o["algo"], o["block_size"], o.get("symmetric", False),
                            4 if inp.ep == "cpu" else None, inp.calibration)
 
 
 def score_candidate(folder: Path, ref, inp: Inputs, scoring) -> dict:
-    """KLD of the candidate against the fp32 HF reference on the scored tokens (score.py, the one scorer)."""
-    from . import score as S, validate as V
-
-    m = V.open_onnx(folder)
-    got = S.score(lambda w: V.onnx_logits(m, w), inp.score_ids, scoring)
+    """KLD of the candidate against the fp32 HF reference on the scored tokens (slm/score.py)."""
+    m = rt.open_onnx(folder)
+    got = score(lambda w, m=m: rt.onnx_logits(m, w), inp.score_ids, scoring)
     del m
-    return {**S.kld(ref, got, scoring), "perplexity": S.perplexity(got, scoring)["perplexity"]}
+    return {**kld(ref, got, scoring), "perplexity": perplexity(got, scoring)["perplexity"]}
 
 
 def reference_scores(model_dir: Path, ids: list[int], scoring):
     """The fp32 HF model's scores on `ids`: what every candidate's KLD is taken against."""
-    from slm.io import load_model
-
-    from . import score as S, validate as V
+    from slm.io import load_model  # torch + transformers: only when a reference is scored
 
     model = load_model(model_dir, "float32").eval()
-    return S.score(lambda w: V.hf_logits(model, w), ids, scoring)
+    return score(lambda w: rt.hf_logits(model, w), ids, scoring)
 
 
-def _row(name: str, folder: Path | None, built_s: float, scored: dict | None, bound: int, err: str = "") -> dict:
+def _row(name: str, folder: Path | None, built_s: float, scored: dict | None, bound: int,
+         err: str = "") -> dict:
     c = CANDIDATES[name]
-    row = {"name": name, "tool": c.tool, "options": dict(c.options), "note": c.note, "build_s": round(built_s, 1)}
+    row = {"name": name, "tool": c.tool, "options": dict(c.options), "note": c.note,
+           "build_s": round(built_s, 1)}
     if folder is not None:
         row.update(size_bytes=onnx_export.dir_size(folder), weight_bytes=weight_bytes(folder))
         row["fits"] = row["weight_bytes"] <= bound
@@ -157,7 +169,8 @@ def pick(rows: list[dict]) -> str:
         raise SlmError("no ONNX int4 candidate could be built and scored: " +
                        "; ".join(f"{r['name']}: {r.get('error', '?')}" for r in rows))
     fit = [r for r in scored if r["fits"]]
-    return min(fit, key=lambda r: r["kld"])["name"] if fit else min(scored, key=lambda r: r["weight_bytes"])["name"]
+    return (min(fit, key=lambda r: r["kld"])["name"] if fit
+            else min(scored, key=lambda r: r["weight_bytes"])["name"])
 
 
 def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
@@ -178,8 +191,8 @@ def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
         rows.append(_row(name, folder, built, scored, bound, err))
     kept = pick(rows) if ref is not None else names[0]
     if ref is None and "error" in rows[0]:
-        raise SlmError(f"ONNX int4 {kept} failed: {rows[0]['error']}: pick another recipe (--onnx int4) or fix the "
-                       "input")
+        raise SlmError(f"ONNX int4 {kept} failed: {rows[0]['error']}: pick another recipe (--onnx int4) or "
+                       "fix the input")
     shutil.move(str(inp.work / f"int4-{kept}"), str(dest))
     for name in names:
         shutil.rmtree(inp.work / f"int4-{name}", ignore_errors=True)
@@ -192,7 +205,8 @@ def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
 
 
 def split_text(ids: list[int], n_ctx: int) -> tuple[list[int], list[list[int]]]:
-    """Scored ids (the first min(SCORE_TOKENS, 2/3) of the text) and the GPTQ calibration windows after them."""
+    """Scored ids (the first min(SCORE_TOKENS, 2/3) of the text) and the GPTQ calibration windows after
+    them."""
     n = min(SCORE_TOKENS, max(2, len(ids) * 2 // 3))
     rest = ids[n:]
     windows = [rest[i:i + n_ctx] for i in range(0, len(rest), n_ctx)][:CALIB_WINDOWS]

@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from slm.errors import SlmError
 from slm.gguf import contents, get_type, read_header
 
@@ -21,7 +23,6 @@ from .llamacpp import captured_logs, last_error, lib
 def _imatrix_param(L, imatrix: dict, keep: list):
     """A NULL-name-terminated array of {name, data, size} (llama_model_imatrix_data in llama.h); the buffers
     it points into are appended to `keep`, which must outlive the quantizer call."""
-    import numpy as np
 
     arr = (L.llama_model_imatrix_data * (len(imatrix) + 1))()
     for i, (name, vec) in enumerate(imatrix.items()):

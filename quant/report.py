@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+from slm.figure import Figure
+from slm.report.render import Chart, Table, new_figure, render_report, svg_of
 
 MAX_FALLBACK_ROWS = 60  # per type; the full list is in slm.json
 
 
-def _quality_figure(result: dict) -> Figure | None:
+def _quality_chart(result: dict) -> Chart | None:
     v = result["validation"]
     pts = []
     for f in result["files"]:
         r = (v.get(f["format"]) or {}).get(f["type"]) if v else None
         if r:
-            pts.append((f"{f['format']} {f['type']}", f["size_bytes"] / 1e6, r["perplexity"], (r.get("kld") or {}).get("kld_mean")))
+            pts.append((f"{f['format']} {f['type']}", f["size_bytes"] / 1e6, r["perplexity"],
+                        (r.get("kld") or {}).get("kld_mean")))
     if len(pts) < 1:
         return None
     fig, ax = new_figure(7.5, 3.8)
@@ -29,7 +31,8 @@ def _quality_figure(result: dict) -> Figure | None:
     kl = [(p[1], p[3]) for p in pts if p[3] is not None]
     if kl:
         ax2 = ax.twinx()
-        ax2.scatter([k[0] for k in kl], [k[1] for k in kl], color="tab:red", marker="x", label="KL divergence vs f16")
+        ax2.scatter([k[0] for k in kl], [k[1] for k in kl], color="tab:red", marker="x",
+                    label="KL divergence vs f16")
         ax2.set_ylabel("mean KL divergence vs f16 GGUF (nats)")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
@@ -38,14 +41,17 @@ def _quality_figure(result: dict) -> Figure | None:
         ax.legend(fontsize=8)
     ax.set_title("Size vs quality per export")
     how = (f"measured on this host: perplexity and KL divergence scored over {scoring_of(v)} of "
-           f"{v['text_tokens']} tokens of held-out text (llama.cpp with an F32 KV cache / onnxruntime-genai); KL "
-           "divergence per position of the f16 GGUF's next-token distribution against each file's")
-    return Figure("Size vs perplexity and KL divergence", svg_of(fig), how)
+           f"{v['text_tokens']} tokens of held-out text (llama.cpp with an F32 KV cache / "
+           "onnxruntime-genai); KL divergence per position of the f16 GGUF's next-token distribution against "
+           "each file's")
+    return Chart("Size vs perplexity and KL divergence", svg_of(fig), how)
 
 
 def scoring_of(v: dict) -> str:
-    """Which tokens the perplexity / KLD figures were scored over (runs before the mode was recorded: `all`)."""
-    return (v.get("scoring") or {}).get("what") or f"every token of non-overlapping {v['n_ctx']}-token windows"
+    """Which tokens the perplexity / KLD figures were scored over (runs before the mode was recorded:
+    `all`)."""
+    return ((v.get("scoring") or {}).get("what")
+            or f"every token of non-overlapping {v['n_ctx']}-token windows")
 
 
 def _holds(f: dict) -> str:
@@ -55,63 +61,73 @@ def _holds(f: dict) -> str:
     return ", ".join(f"{k}×{e['tensors']}" for k, e in parts) or f.get("main_type", "")
 
 
-ARTIFACT_COLUMNS = ["artifact (type asked)", "what the file holds", "size (MB)", "bits per weight", "tensors fell back",
-                    "top-1 vs HF", "max rel. err vs HF", "perplexity", "KLD vs f16", "top-1 vs f16"]
+ARTIFACT_COLUMNS = ["artifact (type asked)", "what the file holds", "size (MB)", "bits per weight",
+                    "tensors fell back", "top-1 vs HF", "max rel. err vs HF", "perplexity", "KLD vs f16",
+                    "top-1 vs f16"]
 
 
 def artifacts_table(result: dict) -> Table:
-    """One row per artifact — the type asked, what the file really holds, size, real bits per weight, fallbacks,
-    parity with HF and quality vs f16 — with the HF model as the reference row."""
+    """One row per artifact — the type asked, what the file really holds, size, real bits per weight,
+    fallbacks, parity with HF and quality vs f16 — with the HF model as the reference row."""
     v = result["validation"] or {}
-    rows = [["HF model (f32, reference)", "float32", None, 32.0, None, 1.0, 0.0, v["hf"]["perplexity"], None, None]] \
-        if v else []
+    rows = [["HF model (f32, reference)", "float32", None, 32.0, None, 1.0, 0.0, v["hf"]["perplexity"], None,
+             None]] if v else []
     for f in result["files"]:
         r = (v.get(f["format"]) or {}).get(f["type"]) or {}
         k = r.get("kld") or {}
-        rows.append([f"{f['format'].upper()} {f['type']}", _holds(f), f["size_bytes"] / 1e6, f["bits_per_weight"],
-                     len(f["fallbacks"]) if f["format"] == "gguf" else None, r.get("top1_agree"), r.get("max_rel_err"),
-                     r.get("perplexity"), k.get("kld_mean"), k.get("top1_agree")])
-    note = ("bits per weight = 8 × tensor bytes / parameters, read back from each file's tensor table (ONNX: folder "
-            "bytes / parameters); a type falls back where a tensor's rows do not fit its blocks (K-quants need "
-            "multiples of 256)")
+        rows.append([f"{f['format'].upper()} {f['type']}", _holds(f), f["size_bytes"] / 1e6,
+                     f["bits_per_weight"], len(f["fallbacks"]) if f["format"] == "gguf" else None,
+                     r.get("top1_agree"), r.get("max_rel_err"), r.get("perplexity"), k.get("kld_mean"),
+                     k.get("top1_agree")])
+    note = ("bits per weight = 8 × tensor bytes / parameters, read back from each file's tensor table "
+            "(ONNX: folder bytes / parameters); a type falls back where a tensor's rows do not fit its "
+            "blocks (K-quants need multiples of 256)")
     if v:
-        note += (f"; logits on {len(v['prompts'])} fixed prompts (every position), relative error = max |Δ| / max |HF "
-                 f"logit|; perplexity and KLD scored over {scoring_of(v)}")
+        note += (f"; logits on {len(v['prompts'])} fixed prompts (every position), relative error = "
+                 f"max |Δ| / max |HF logit|; perplexity and KLD scored over {scoring_of(v)}")
     return Table("Artifacts", ARTIFACT_COLUMNS, rows, note=note,
                  highlight=[i + bool(v) for i, f in enumerate(result["files"]) if f["fallbacks"]])
 
 
-def write_report(out_html: Path, result: dict) -> Path:
+def write_report(out_html: Path, result: dict, figures: list[Figure]) -> Path:
     v = result["validation"]
     tables = [artifacts_table(result)]
-    figures = []
+    charts = []
     if v:
         gens = [["HF (f32)", v["hf"]["generation"]]] + [
             [f"{f['format'].upper()} {f['type']}", r["generation"]] for f in result["files"]
             if (r := (v.get(f["format"]) or {}).get(f["type"]))]
         tables.append(Table("Greedy generation from the first prompt", ["artifact", "text"], gens))
         if v.get("failed"):
-            tables.append(Table("Artifacts that failed to run", ["artifact", "error"], [[k, e] for k, e in v["failed"].items()],
+            tables.append(Table("Artifacts that failed to run", ["artifact", "error"],
+                                [[k, e] for k, e in v["failed"].items()],
                                 note="the file is kept; the runtime raised this while validating it"))
         if "tokenizer" in v:
             tables.append(Table("Tokenizer: GGUF ids vs HF ids", ["string", "same ids", "HF ids", "GGUF ids"],
-                                [[repr(r["text"]), r["hf"] == r["gguf"], str(r["hf"][:24]), str(r["gguf"][:24])]
-                                 for r in v["tokenizer"]["rows"]]))
-        fig = _quality_figure(result)
-        if fig:
-            figures.append(fig)
+                                [[repr(r["text"]), r["hf"] == r["gguf"], str(r["hf"][:24]),
+                                  str(r["gguf"][:24])] for r in v["tokenizer"]["rows"]]))
+        chart = _quality_chart(result)
+        if chart:
+            charts.append(chart)
     for f in result["files"]:
         if f["fallbacks"]:
             fb = f["fallbacks"]
-            tables.append(Table(f"{f['type']}: tensors that fell back ({len(fb)})", ["tensor", "wanted", "got", "why"],
-                                [[x["tensor"], x.get("wanted", f["main_type"]), x["type"], x["why"]] for x in fb[:MAX_FALLBACK_ROWS]],
+            tables.append(Table(f"{f['type']}: tensors that fell back ({len(fb)})",
+                                ["tensor", "wanted", "got", "why"],
+                                [[x["tensor"], x.get("wanted", f["main_type"]), x["type"], x["why"]]
+                                 for x in fb[:MAX_FALLBACK_ROWS]],
                                 note="llama.cpp's own warnings from the quantizer; full list in slm.json"
-                                     + (f" (first {MAX_FALLBACK_ROWS} shown)" if len(fb) > MAX_FALLBACK_ROWS else "")))
+                                     + (f" (first {MAX_FALLBACK_ROWS} shown)" if len(fb) > MAX_FALLBACK_ROWS
+                                        else "")))
     notes = [f"source: {result['model']} ({result['arch']}, {result['params']:,} parameters)",
-             f"pre-tokenizer: {result['pre_tokenizer']}" if result["pre_tokenizer"] else "no tokenizer in the source",
-             "importance matrix: computed from the calibration text" if result["imatrix"] else "no importance matrix",
+             f"pre-tokenizer: {result['pre_tokenizer']}" if result["pre_tokenizer"]
+             else "no tokenizer in the source",
+             "importance matrix: computed from the calibration text" if result["imatrix"]
+             else "no importance matrix",
              "timings (s): " + ", ".join(f"{k} {t:.1f}" for k, t in result["timings_s"].items())]
     links = [(f["path"], f["path"]) for f in result["files"]]
-    # the top keeps the run's own figures; each artifact's are in its row of the table (slm.json keeps them all)
-    head = {k: x for k, x in result["summary"].items() if not k.startswith(("gguf_", "onnx_"))}
-    return render_report(out_html, f"Export of {result['name']}", "export", head, figures, tables, notes, links)
+    # the top keeps the run's own figures; each artifact's are in its row of the table (slm.json keeps
+    # them all)
+    head = [f for f in figures if not f.name.startswith(("gguf.", "onnx."))]
+    return render_report(out_html, f"Export of {result['name']}", "export", head, charts, tables, notes,
+                         links)

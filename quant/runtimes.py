@@ -84,7 +84,7 @@ def open_gguf(path: Path | str, n_ctx: int = 512, exact: bool = False,
 
 # ---- HF reference -------------------------------------------------------------------------------------
 def hf_logits(model, ids: list[int]) -> np.ndarray:
-    import torch
+    import torch  # torch: deferred, a heavy import
 
     with torch.no_grad():
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()
@@ -92,10 +92,10 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 
 def hf_greedy(model, ids: list[int], n: int = 32) -> list[int]:
     """Greedy tokens with the KV cache, no EOS stop (same rule as LlamaCpp.greedy)."""
-    import torch
-    from transformers import DynamicCache
+    import torch  # torch: deferred, a heavy import
+    from transformers import DynamicCache  # transformers: deferred, a heavy import
 
-    from slm.io import cache_kwarg
+    from slm.io import cache_kwarg  # torch: deferred, a heavy import
 
     kv = {cache_kwarg(model): DynamicCache()}
     out = []
@@ -128,14 +128,14 @@ def prompt_ids(tokenizer, vocab_size: int) -> list[list[int]]:
 
 # ---- ONNX (onnxruntime-genai) -------------------------------------------------------------------------
 def open_onnx(onnx_dir: Path | str):
-    import onnxruntime_genai as og
+    import onnxruntime_genai as og  # onnxruntime_genai is optional: imported only when used
 
     return og.Model(str(onnx_dir))
 
 
 def onnx_logits(model_or_dir, ids: list[int]) -> np.ndarray:
     """Logits at every position of `ids` from an onnxruntime-genai model (or its folder)."""
-    import onnxruntime_genai as og
+    import onnxruntime_genai as og  # onnxruntime_genai is optional: imported only when used
 
     model = open_onnx(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
     params = og.GeneratorParams(model)
@@ -147,7 +147,7 @@ def onnx_logits(model_or_dir, ids: list[int]) -> np.ndarray:
 
 
 def onnx_greedy(model_or_dir, ids: list[int], n: int = 32) -> list[int]:
-    import onnxruntime_genai as og
+    import onnxruntime_genai as og  # onnxruntime_genai is optional: imported only when used
 
     model = open_onnx(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
     params = og.GeneratorParams(model)

@@ -1,17 +1,22 @@
 """Validate every artifact of one export run against the HF model, on the same token ids.
 
 For each GGUF type and ONNX precision: logits on the fixed prompts vs HF (max relative error, top-1
-agreement), perplexity on the held-out text and KL divergence against the f16 GGUF (both from the one scorer,
-score.py, in its `all` mode: every token of non-overlapping windows), and a greedy 32-token generation beside
-HF's. Plus the GGUF tokenizer's ids vs HF's on awkward strings. The HF model is loaded once (f32); each runtime
-model is opened and dropped in turn.
+agreement), perplexity on the held-out text and KL divergence against the f16 GGUF (both from the one
+scorer, slm/score.py, in its `all` mode: every token of non-overlapping windows), and a greedy 32-token
+generation beside HF's. Plus the GGUF tokenizer's ids vs HF's on awkward strings. The HF model is loaded
+once (f32); each runtime model is opened and dropped in turn.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import score as S, validate as V
+import numpy as np  # tiny test checkpoints: a fixed id sequence stands in for text
+
+from slm.score import Scoring, kld, perplexity, score
+from slm.spec import spec_from_config
+
+from . import runtimes as rt
 
 GEN_TOKENS = 32
 
@@ -26,7 +31,7 @@ def validate_exports(model_dir: Path, ggufs: dict[str, Path], onnx: dict[str, Pa
 
     threads: CPU threads for llama.cpp and, while this runs, for torch (restored after).
     """
-    import torch
+    import torch  # torch: deferred, a heavy import
 
     old = torch.get_num_threads()
     if threads:
@@ -38,10 +43,11 @@ def validate_exports(model_dir: Path, ggufs: dict[str, Path], onnx: dict[str, Pa
 
 
 def text_ids(model_dir: Path, text: str, vocab_size: int, n_ctx: int) -> list[int]:
-    """The held-out text's token ids as validation scores them (the model's tokenizer, or fixed ids without one)."""
-    from transformers import AutoTokenizer
+    """The held-out text's token ids as validation scores them (the model's tokenizer, or fixed ids without
+    one)."""
+    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
-    from .gguf_write import has_tokenizer
+    from .gguf_write import has_tokenizer  # torch: deferred, a heavy import
 
     tok = AutoTokenizer.from_pretrained(str(model_dir)) if has_tokenizer(model_dir) else None
     return _text_ids(tok, text, vocab_size, n_ctx)
@@ -50,66 +56,65 @@ def text_ids(model_dir: Path, text: str, vocab_size: int, n_ctx: int) -> list[in
 def _text_ids(tok, text: str, vocab_size: int, n_ctx: int) -> list[int]:
     if tok is not None:
         return tok.encode(text)
-    import numpy as np  # tiny test checkpoints: a fixed id sequence stands in for text
 
     return np.random.default_rng(1).integers(0, vocab_size, size=3 * n_ctx // 2).tolist()
 
 
 def _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads) -> dict:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
-    from slm.io import load_model, read_config
-    from slm.spec import spec_from_config
+    from slm.io import load_model, read_config  # torch: deferred, a heavy import
 
-    from .gguf_write import has_tokenizer
+    from .gguf_write import has_tokenizer  # torch: deferred, a heavy import
 
-    # ---- the HF reference: logits on the prompts, perplexity on the text, one greedy generation ---------------
+    # ---- the HF reference: logits on the prompts, perplexity on the text, one greedy generation ------------
     spec = spec_from_config(read_config(model_dir))
     tok = AutoTokenizer.from_pretrained(str(model_dir)) if has_tokenizer(model_dir) else None
-    scoring = S.Scoring("all", min(n_ctx, spec.max_context))
-    prompts = V.prompt_ids(tok, spec.vocab)
+    scoring = Scoring("all", min(n_ctx, spec.max_context))
+    prompts = rt.prompt_ids(tok, spec.vocab)
     text_ids = _text_ids(tok, text, spec.vocab, scoring.n_ctx)
     ctx = max(scoring.n_ctx, max(len(p) for p in prompts) + GEN_TOKENS + 1)
     model = load_model(model_dir, "float32").eval()
-    ref_logits = [V.hf_logits(model, p) for p in prompts]
-    hf_gen = V.hf_greedy(model, prompts[0], GEN_TOKENS)
-    hf_ppl = S.perplexity(S.score(lambda w: V.hf_logits(model, w), text_ids, scoring), scoring)
+    ref_logits = [rt.hf_logits(model, p) for p in prompts]
+    hf_gen = rt.hf_greedy(model, prompts[0], GEN_TOKENS)
+    hf_ppl = perplexity(score(lambda w, model=model: rt.hf_logits(model, w), text_ids, scoring), scoring)
     out: dict = {"hf": {**hf_ppl, "generation": _decode(tok, hf_gen)}, "gguf": {}, "onnx": {},
                  "n_ctx": scoring.n_ctx, "scoring": scoring.to_dict(), "text_tokens": len(text_ids),
                  "prompts": [_decode(tok, p) for p in prompts]}
     del model  # (positions × vocab) floats: keep at most two such arrays alive
 
-    # ---- the f16 GGUF: the KLD reference, and the GGUF tokenizer checked once (every file carries the same) -----
+    # ---- the f16 GGUF: the KLD reference, and the GGUF tokenizer checked once (every file carries the same)
     ref = None
     if f16_ref is not None:
-        with V.open_gguf(f16_ref, ctx, exact=True, threads=threads) as llm:
-            ref = S.score(llm.logits, text_ids, scoring)
+        with rt.open_gguf(f16_ref, ctx, exact=True, threads=threads) as llm:
+            ref = score(llm.logits, text_ids, scoring)
             if tok is not None:
                 rows = [{"text": s, "hf": tok.encode(s), "gguf": llm.tokenize(s, special=True)}
-                        for s in V.TOKENIZER_STRINGS]
+                        for s in rt.TOKENIZER_STRINGS]
                 out["tokenizer"] = {"strings": len(rows), "matching": sum(r["hf"] == r["gguf"] for r in rows),
                                     "rows": rows}
 
     def check(logits_fn, greedy_fn) -> dict:
         got = [logits_fn(p) for p in prompts]
-        scored = S.score(logits_fn, text_ids, scoring)
+        scored = score(logits_fn, text_ids, scoring)
         gen = greedy_fn(prompts[0])
-        res = {**V.compare_logits(ref_logits, got), **S.perplexity(scored, scoring),
+        res = {**rt.compare_logits(ref_logits, got), **perplexity(scored, scoring),
                "generation": _decode(tok, gen), "same_generation": gen == hf_gen[:len(gen)]}
         if ref is not None:
-            res["kld"] = S.kld(ref, scored, scoring)
+            res["kld"] = kld(ref, scored, scoring)
         return res
 
-    # ---- every artifact in turn -----------------------------------------------------------------------------
+    # ---- every artifact in turn ----------------------------------------------------------------------------
     for t, path in ggufs.items():
-        with V.open_gguf(path, ctx, exact=True, threads=threads) as llm:  # F32 KV: only the weights differ
+        with rt.open_gguf(path, ctx, exact=True, threads=threads) as llm:  # F32 KV: only the weights differ
             out["gguf"][t] = check(llm.logits, lambda ids: llm.greedy(ids, GEN_TOKENS))
     for p, d in onnx.items():
         # A runtime failure of one ONNX folder is a finding to report, not a reason to throw away the others
         # (seen: fp16 graphs built for the CPU EP fail in onnxruntime 1.32 at the first decode step).
         try:
-            m = V.open_onnx(d)
-            out["onnx"][p] = check(lambda ids: V.onnx_logits(m, ids), lambda ids: V.onnx_greedy(m, ids, GEN_TOKENS))
+            m = rt.open_onnx(d)
+            out["onnx"][p] = check(lambda ids, m=m: rt.onnx_logits(m, ids),
+                                   lambda ids, m=m: rt.onnx_greedy(m, ids, GEN_TOKENS))
             del m
         except RuntimeError as e:
             out.setdefault("failed", {})[f"onnx {p}"] = str(e).splitlines()[0][:300]

@@ -8,7 +8,10 @@ as held-out text. One place for it, used by `slm demo`, the benchmarks and the p
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import pydoc_data.topics
 import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,7 +37,6 @@ def stdlib_files(max_files: int = CODE_FILES) -> list[Path]:
 
 def stdlib_corpus(folder: Path, max_files: int = CODE_FILES) -> tuple[Path, Path]:
     """Write code.jsonl (stdlib modules) and general.jsonl (pydoc_data topics) into `folder`; returns both."""
-    import pydoc_data.topics
 
     lo, hi = CODE_CHARS
     docs = (f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files(max_files))
@@ -49,8 +51,6 @@ def heldout_text(min_chars: int = 81) -> str:
     """The docstrings of TEXT_MODULES (each module's, then its public callables' in name order) of at least
     `min_chars` characters, joined by blank lines: English prose about code (the profiler's quantization sweep
     scores perplexity and KLD on it; the demo's CPT corpus holds the sources these docstrings come from)."""
-    import importlib
-    import inspect
 
     parts = []
     for name in TEXT_MODULES:

@@ -25,7 +25,7 @@ from slm.errors import SlmError
 MAGIC = b"GGUF"
 
 
-# ---- the quant types ----------------------------------------------------------------------------------------
+# ---- the quant types ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class QuantType:
     """One GGUF file type as `llama-quantize` names it."""
@@ -42,8 +42,9 @@ class QuantType:
 
     @property
     def bpw(self) -> float:
-        """Nominal bits per weight of the main type's blocks (block bytes × 8 / block values). The _M mixes keep
-        some tensors at more bits and fallbacks raise it further: a real file reports its own `bits_per_weight`."""
+        """Nominal bits per weight of the main type's blocks (block bytes × 8 / block values). The _M mixes
+        keep some tensors at more bits and fallbacks raise it further: a real file reports its own
+        `bits_per_weight`."""
         return type_bpw(self.ggml_type)
 
     @property
@@ -98,8 +99,8 @@ def parse_types(names: str | list | tuple, have_imatrix: bool = True) -> tuple[s
             continue
         t = get_type(n)
         if t.needs_imatrix and not have_imatrix:
-            raise SlmError(f"llama.cpp needs an importance matrix for {t.name}: pass --imatrix CALIBRATION.txt or "
-                           "pick another type")
+            raise SlmError(f"llama.cpp needs an importance matrix for {t.name}: pass --imatrix "
+                           "CALIBRATION.txt or pick another type")
         if t.name not in out:
             out.append(t.name)
     return tuple(out)
@@ -111,9 +112,10 @@ def size_upper_bound(params: int, name: str) -> float:
     return params * (t.bpw if t.is_float else max(t.bpw, MAX_QUANT_BPW)) / 8
 
 
-# ---- KV cache element sizes ---------------------------------------------------------------------------------
+# ---- KV cache element sizes --------------------------------------------------------------------------------
 # Cache types llama.cpp supports on CPU for both K and V; quantized ones are ggml blocks of 32 values
-# (block_q8_0 = 32 int8 + an f16 scale = 34 bytes, block_q4_0 = 16 bytes of nibbles + an f16 scale = 18 bytes).
+# (block_q8_0 = 32 int8 + an f16 scale = 34 bytes, block_q4_0 = 16 bytes of nibbles + an f16 scale = 18
+# bytes).
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
 
@@ -124,7 +126,7 @@ def kv_element_bytes(cache_type: str) -> float:
     return type_bpw(cache_type.upper()) / 8
 
 
-# ---- the header ---------------------------------------------------------------------------------------------
+# ---- the header --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -210,7 +212,8 @@ class _Cursor:
                 size = struct.calcsize("<" + _FIXED[sub]) * n
                 if self.off + size > len(self.m):
                     raise EOFError
-                vals = list(struct.unpack_from(f"<{n}{_FIXED[sub]}", self.m, self.off)) if n <= _SHORT_ARRAY else None
+                vals = (list(struct.unpack_from(f"<{n}{_FIXED[sub]}", self.m, self.off)) if n <= _SHORT_ARRAY
+                        else None)
                 self.off += size
                 return ("array", n, vals)
             for _ in range(n):
@@ -258,12 +261,12 @@ def read_header(path: Path | str) -> Header:
         raise SlmError(f"cannot read GGUF {path.name}: {why}; re-export or re-download it") from None
     for t in tensors:
         if data_start + t.offset + t.n_bytes > size:
-            raise SlmError(f"GGUF {path.name} is truncated: tensor {t.name} ends past the file's {size} bytes; "
-                           "re-export or re-download it")
+            raise SlmError(f"GGUF {path.name} is truncated: tensor {t.name} ends past the file's {size} "
+                           "bytes; re-export or re-download it")
     return Header(path, version, meta, lengths, tensors, data_start)
 
 
-# ---- what a file holds --------------------------------------------------------------------------------------
+# ---- what a file holds -------------------------------------------------------------------------------------
 def bits_per_weight(tensors: list) -> float:
     """Tensor data bits / parameters — llama.cpp's own BPW (llama-model-loader prints n_bytes × 8 / n_elements
     over the tensors); metadata (vocabulary, merges) is not counted."""
@@ -272,9 +275,9 @@ def bits_per_weight(tensors: list) -> float:
 
 
 def contents(source: Path | str | Header) -> dict:
-    """What a GGUF (a path, or a header already read) really holds: parameters, tensor bytes, bits per weight, file
-    size, and per ggml type the tensor count, parameters and bytes; `main_type` is the type holding the most
-    parameters."""
+    """What a GGUF (a path, or a header already read) really holds: parameters, tensor bytes, bits per weight,
+    file size, and per ggml type the tensor count, parameters and bytes; `main_type` is the type holding the
+    most parameters."""
     h = source if isinstance(source, Header) else read_header(source)
     by_type: dict[str, dict] = {}
     for t in h.tensors:
@@ -284,37 +287,9 @@ def contents(source: Path | str | Header) -> dict:
         e["bytes"] += t.n_bytes
     return {"params": sum(t.n_elements for t in h.tensors), "tensor_bytes": sum(t.n_bytes for t in h.tensors),
             "bits_per_weight": bits_per_weight(h.tensors), "size_bytes": h.path.stat().st_size,
-            "by_type": by_type, "main_type": max(by_type, key=lambda k: by_type[k]["params"]) if by_type else None,
+            "by_type": by_type,
+            "main_type": max(by_type, key=lambda k: by_type[k]["params"]) if by_type else None,
             "architecture": h.architecture}
 
 
 # GGUF architecture names → HF model_type (SmolLM/SmolLM2 and Mistral are written as `llama`)
-_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
-
-
-def spec_from_gguf(path: Path | str):
-    """A ModelSpec from a GGUF's metadata (llama-family keys), so a GGUF alone can be analysed."""
-    from slm.spec import ModelSpec, check_supported
-
-    h = read_header(path)
-    arch = h.architecture
-
-    def g(key, default=None):
-        return h.metadata.get(f"{arch}.{key}", default)
-
-    if g("block_count") is None:
-        raise SlmError(f"{Path(path).name} has no {arch or '<no architecture>'}.block_count: not a llama-family "
-                       "GGUF; pass a GGUF exported from a Llama-family model")
-    mt = check_supported({"model_type": _ARCH.get(arch, arch)})
-    heads, hidden = int(g("attention.head_count")), int(g("embedding_length"))
-    names = {t.name for t in h.tensors}
-    return ModelSpec(
-        model_type=mt, layers=int(g("block_count")), hidden=hidden, intermediate=int(g("feed_forward_length")),
-        heads=heads, kv_heads=int(g("attention.head_count_kv", heads)),
-        head_dim=int(g("attention.key_length", hidden // heads)),
-        vocab=int(g("vocab_size") or h.array_lengths.get("tokenizer.ggml.tokens", 0)),
-        max_context=int(g("context_length", 2048)), tied="output.weight" not in names,
-        attention_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names,
-        # as from a config.json without torch_dtype: quantized files have no torch dtype; `contents` has real bytes
-        dtype="float32",
-    )

@@ -6,6 +6,7 @@ shards and write shards as they fill, so peak memory stays near one shard plus o
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import torch
 
 from slm.errors import SlmError
 from slm.guard import atomic_dir
+from slm.record import write_record
 
 # Files that travel with the weights: tokenizer, chat template, generation defaults.
 AUX_FILES = (
@@ -248,7 +250,7 @@ def write_config(out_dir: Path, config: dict) -> None:
 # ---- whole models (tests, parity checks, training) ----------------------------------------------------
 def load_model(model_dir: Path | str, dtype: str = "float32", **kw):
     """An HF causal LM from a local checkpoint folder (safetensors only, no remote code)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers: deferred, a heavy import
 
     check_weights(model_dir)
     read_config(model_dir)
@@ -260,7 +262,6 @@ def load_model(model_dir: Path | str, dtype: str = "float32", **kw):
 def cache_kwarg(model) -> str:
     """The name of forward's KV-cache argument: transformers 5.24 renamed `past_key_values` to `cache` (the
     old name warns until 5.40), and the range we support spans both."""
-    import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -270,7 +271,6 @@ def save_model(model, out: Path | str, tokenizer=None, src: Path | None = None, 
                record: dict | None = None) -> Path:
     """save_pretrained into an atomic directory; tokenizer/aux files from `tokenizer` or copied from `src`;
     `record`: write_record's keyword arguments, so slm.json lands inside the same atomic write."""
-    from slm.record import write_record
 
     with atomic_dir(out, force, [src, *inputs]) as tmp:
         if record is not None:

@@ -1,11 +1,14 @@
-"""slm.json: what a step did, with its resolved config, versions and input hashes.
+"""slm.json: what a step did, with its resolved config, versions, input hashes and its figures.
 
-Every output directory carries one, so the next step reads facts instead of guessing (design.md).
+Every output directory carries one, so the next step reads facts instead of guessing. Its figures are typed
+(`result.figures`, slm.figure.Figure objects as JSON); SCHEMA says which layout a record has, and a record of
+an older layout is refused with a one-line error rather than half-read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -13,8 +16,13 @@ import time
 from pathlib import Path
 
 from slm import __version__
+from slm.errors import SlmError
+from slm.figure import Figure, dump, load
 
 RECORD = "slm.json"
+# 3: result.figures (typed figures) replaces result.summary (flat keys whose meaning reports decoded by
+# pattern)
+SCHEMA = 3
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -39,10 +47,10 @@ def model_sha256(model_dir: Path) -> str:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
 
     out = {"slm-lab": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "safetensors", "gguf", "llama_cpp_python", "onnxruntime-genai", "peft"):
+    for pkg in ("torch", "transformers", "safetensors", "gguf", "llama_cpp_python", "onnxruntime-genai",
+                "peft"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -50,14 +58,20 @@ def versions() -> dict:
     return out
 
 
-def write_record(out_dir: Path, kind: str, args: dict, inputs: dict | None = None, result: dict | None = None) -> dict:
-    """Write out_dir/slm.json atomically and return it. `inputs` maps a role to a path; each is hashed."""
+def write_record(out_dir: Path, kind: str, args: dict, inputs: dict | None = None,
+                 result: dict | None = None, figures: list[Figure] | None = None) -> dict:
+    """Write out_dir/slm.json atomically and return it. `inputs` maps a role to a path; each is hashed; the
+    figures go to result.figures."""
+    result = {k: v for k, v in (result or {}).items() if k != "figures"}
+    if figures is not None:
+        result["figures"] = dump(figures)
     rec = {
+        "schema": SCHEMA,
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "args": args,
         "inputs": {k: {"path": str(v), "sha256": model_sha256(Path(v))} for k, v in (inputs or {}).items()},
-        "result": result or {},
+        "result": result,
         "versions": versions(),
     }
     atomic_write_text(Path(out_dir) / RECORD, json.dumps(rec, indent=2, default=str))
@@ -65,10 +79,30 @@ def write_record(out_dir: Path, kind: str, args: dict, inputs: dict | None = Non
 
 
 def read_record(path: Path) -> dict | None:
-    """The slm.json of a directory (or the file itself), or None if there is none."""
+    """The slm.json of a directory (or the file itself), or None if there is none. A file that is not a JSON
+    object, or a record of an older layout, is refused in one line naming the file and the fix."""
     p = Path(path)
     p = p / RECORD if p.is_dir() else p
-    return json.loads(p.read_text()) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SlmError(f"{p} is not valid JSON ({e}): re-run the step that wrote it") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
+        raise SlmError(f"{p} is not an slm record (no 'kind'): re-run the step that wrote it")
+    if rec.get("schema") != SCHEMA:
+        raise SlmError(f"{p} was written by an older slm (record schema {rec.get('schema', 'before 3')}, "
+                       f"this slm reads {SCHEMA}): re-run the step that wrote it (slm demo redoes such "
+                       "steps)")
+    if not isinstance(rec.get("result", {}), dict):
+        raise SlmError(f"{p}: its 'result' is not an object: re-run the step that wrote it")
+    return rec
+
+
+def figures_of(rec: dict) -> list[Figure]:
+    """A record's figures (result.figures), typed."""
+    return load(rec.get("result", {}).get("figures", []))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,24 +1,33 @@
-"""The one perplexity / KL-divergence scorer, with a named scoring mode.
+"""The one loss / perplexity / KL-divergence scorer: which tokens count, and what their losses add up to.
 
-The text's token ids are cut into windows that each start from an empty cache (as llama-perplexity does), and a
-mode says which positions of a window count:
+Every perplexity in the lab goes through here — training's held-out evaluation and the probe (train/), the
+pruner's before/after (slm/surgery/prune.py), export validation and the int4 search (quant/), and the
+profiler's quantization sweep — so a perplexity means the same thing on every page.
+
+Two halves. `token_stats` turns the per-token negative log-likelihoods of any scorer into the figures
+reported (mean loss, its standard error over tokens, perplexity, tokens), and `paired` compares two models
+scored on the same tokens (the s.e. of the per-token differences, far tighter than two independent s.e.s).
+
+The text's token ids are cut into windows that each start from an empty cache (as llama-perplexity does), and
+a mode says which positions of a window count:
 
 - `all`: every position of non-overlapping n_ctx windows over the whole text (the last may be shorter).
   Perplexity scores every next token inside its window; KLD compares every position's next-token distribution.
   Export validation uses it: the held-out passage is short, so every token counts.
-- `second_half`: `chunks` full windows of n_ctx tokens, only the second half of each scored (perplexity and KLD),
-  so every scored token has at least n_ctx/2 tokens of context — llama-perplexity's default
+- `second_half`: `chunks` full windows of n_ctx tokens, only the second half of each scored (perplexity and
+  KLD), so every scored token has at least n_ctx/2 tokens of context — llama-perplexity's default
   (perplexity.cpp: `first = n_ctx/2`), used with `--kl-divergence`. The profiler's quantization sweep uses it.
 
-KLD is KL(P_ref ‖ P_test) per position, summed over the vocabulary (llama-perplexity --kl-divergence), with its
-mean, 99th percentile and maximum, and how often both pick the same top token. Every result carries its mode
-and `what`, a phrase the reports print beside the figure.
+KLD is KL(P_ref ‖ P_test) per position, summed over the vocabulary (llama-perplexity --kl-divergence), with
+its mean, 99th percentile and maximum, and how often both pick the same top token. Every result carries its
+mode and `what`, a phrase the reports print beside the figure.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -33,7 +42,8 @@ class Scoring:
 
     mode: str = "all"  # all | second_half (see the module docstring)
     n_ctx: int = 256  # window length in tokens
-    chunks: int | None = None  # second_half: exactly this many windows; all: at most this many (None: the whole text)
+    # second_half: exactly this many windows; all: at most this many (None: the whole text)
+    chunks: int | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -47,7 +57,8 @@ class Scoring:
     def what(self) -> str:
         if self.mode == "all":
             return f"every token of non-overlapping {self.n_ctx}-token windows"
-        return f"second half of each of {self.chunks} chunks of {self.n_ctx} tokens (llama-perplexity's default)"
+        return (f"second half of each of {self.chunks} chunks of {self.n_ctx} tokens "
+                "(llama-perplexity's default)")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "what": self.what}
@@ -57,8 +68,8 @@ class Scoring:
         n = self.n_ctx
         if self.mode == "second_half":
             if len(ids) < n * self.chunks:
-                raise SlmError(f"held-out text has {len(ids)} tokens, fewer than {n}×{self.chunks}: pass a longer "
-                               "text or fewer chunks")
+                raise SlmError(f"held-out text has {len(ids)} tokens, fewer than {n}×{self.chunks}: pass a "
+                               "longer text or fewer chunks")
             return [ids[i * n:(i + 1) * n] for i in range(self.chunks)]
         out = [ids[i:i + n] for i in range(0, len(ids) - 1, n) if len(ids[i:i + n]) > 1]
         return out[:self.chunks] if self.chunks else out
@@ -81,7 +92,8 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def score(logits_fn: Callable[[list[int]], np.ndarray], ids: list[int], scoring: Scoring) -> list[Scored]:
-    """Run every window of `ids` through logits_fn(window ids) → (len × vocab) logits and keep what the mode scores."""
+    """Run every window of `ids` through logits_fn(window ids) → (len × vocab) logits and keep what the mode
+    scores."""
     out = []
     for w in scoring.windows(list(ids)):
         lp = log_softmax(logits_fn(w))
@@ -93,12 +105,40 @@ def score(logits_fn: Callable[[list[int]], np.ndarray], ids: list[int], scoring:
     return out
 
 
+def token_nll(scored: list[Scored]) -> np.ndarray:
+    """The negative log-likelihood of every scored next token (float64)."""
+    if not scored:
+        return np.zeros(0)
+    return np.concatenate([-s.rows[np.arange(len(s.targets)), s.targets].astype(np.float64) for s in scored])
+
+
+def token_stats(nll) -> dict:
+    """{"loss", "loss_se", "ppl", "tokens"} of per-token losses: the mean, its standard error (tokens taken as
+    independent — a lower bound, as neighbouring tokens correlate), exp(mean) and the count."""
+    x = np.asarray(nll, dtype=np.float64).ravel()
+    n = int(x.size)
+    mean = float(x.mean()) if n else 0.0
+    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return {"loss": mean, "loss_se": se, "ppl": math.exp(mean), "tokens": n}
+
+
+def paired(a, b) -> dict:
+    """Change b − a of the mean loss of two models over the SAME tokens, with the s.e. of the per-token
+    differences: {"change", "se", "se_how"}. Arrays of different lengths are not paired: the s.e. is then the
+    independent bound √(se_a² + se_b²) (conservative)."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    d = float(b.mean() - a.mean())
+    if a.size == b.size and a.size > 1:
+        return {"change": d, "se": float((b - a).std(ddof=1) / math.sqrt(a.size)), "se_how": "paired"}
+    sa, sb = (token_stats(x)["loss_se"] for x in (a, b))
+    return {"change": d, "se": math.hypot(sa, sb), "se_how": "independent (conservative)"}
+
+
 def perplexity(scored: list[Scored], scoring: Scoring) -> dict:
-    """exp(mean negative log-likelihood) of the scored next tokens."""
-    nll = np.concatenate([-s.rows[np.arange(len(s.targets)), s.targets].astype(np.float64) for s in scored])
-    mean = float(nll.mean()) if nll.size else 0.0
-    return {"perplexity": float(np.exp(mean)), "nll": mean, "tokens_scored": int(nll.size), "mode": scoring.mode,
-            "n_ctx": scoring.n_ctx}
+    """exp(mean negative log-likelihood) of the scored next tokens, with the loss's s.e. over tokens."""
+    st = token_stats(token_nll(scored))
+    return {"perplexity": st["ppl"], "nll": st["loss"], "nll_se": st["loss_se"],
+            "tokens_scored": st["tokens"], "mode": scoring.mode, "n_ctx": scoring.n_ctx}
 
 
 def kld(ref: list[Scored], test: list[Scored], scoring: Scoring) -> dict:
@@ -111,4 +151,5 @@ def kld(ref: list[Scored], test: list[Scored], scoring: Scoring) -> dict:
         same.append(a.rows[:n].argmax(-1) == b.rows[:n].argmax(-1))
     k, s = np.concatenate(kl), np.concatenate(same)
     return {"kld_mean": float(k.mean()), "kld_p99": float(np.percentile(k, 99)), "kld_max": float(k.max()),
-            "top1_agree": float(s.mean()), "positions": int(k.size), "mode": scoring.mode, "n_ctx": scoring.n_ctx}
+            "top1_agree": float(s.mean()), "positions": int(k.size), "mode": scoring.mode,
+            "n_ctx": scoring.n_ctx}

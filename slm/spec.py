@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
-from slm.gguf import KV_CACHE_TYPES, kv_element_bytes
+from slm.figure import Figure, analytic
+from slm.gguf import KV_CACHE_TYPES, kv_element_bytes, read_header
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "smollm3")
 # Why each common non-Llama family is refused, so the message says something useful.
@@ -68,6 +69,28 @@ class ModelSpec:
         mlp = 3 * self.hidden * self.intermediate
         return q + kv + o + bias + qk_norm + mlp + 2 * self.hidden
 
+    def layer_matmul_params(self) -> int:
+        """Weights of one block that take part in matrix products: q, k, v, o and the MLP's gate/up/down
+        (norms and biases are element-wise: their FLOPs are negligible and not counted)."""
+        h, hd = self.hidden, self.head_dim
+        return 2 * h * self.heads * hd + 2 * h * self.kv_heads * hd + 3 * h * self.intermediate
+
+    def block_forward_flops(self, context: float) -> float:
+        """Forward FLOPs per token of one block attending over `context` earlier tokens: 2 × matmul weights (a
+        multiply and an add each) + attention's QKᵀ and A·V, 4 × heads × head_dim × context (Kaplan et al.
+        2020, table 1; PaLM's 12·L·H·Q·T for forward + backward, Chowdhery et al. 2022, App. B; the causal
+        halving not applied)."""
+        return 2 * self.layer_matmul_params() + 4 * self.heads * self.head_dim * context
+
+    def head_flops(self) -> float:
+        """Forward FLOPs per token of the LM head (vocab × hidden; the embedding lookup is free)."""
+        return 2.0 * self.vocab * self.hidden
+
+    def forward_flops(self, context: float = 0, head: bool = True) -> float:
+        """Forward FLOPs per token of the whole model at `context` — the one FLOP model that training's MFU
+        (train/flops.py) and the roofline (profiling/roofline.py) both use."""
+        return self.layers * self.block_forward_flops(context) + (self.head_flops() if head else 0.0)
+
     @property
     def params(self) -> int:
         """Total parameters, the embedding counted once when lm_head is tied to it."""
@@ -86,11 +109,27 @@ class ModelSpec:
         """Weights + KV cache at one context length, with the KV share of the total."""
         w = self.weight_bytes(dtype)
         kv = self.kv_bytes_per_token(kv_bytes) * context
-        return {"context": context, "weights": w, "kv_cache": int(kv), "total": int(w + kv), "kv_share": kv / (w + kv)}
+        return {"context": context, "weights": w, "kv_cache": int(kv), "total": int(w + kv),
+                "kv_share": kv / (w + kv)}
 
     def kv_crossover_context(self, dtype: str | None = None, kv_bytes: float = 2) -> int:
         """The context at which the KV cache becomes as large as the weights."""
         return int(self.weight_bytes(dtype) // self.kv_bytes_per_token(kv_bytes)) + 1
+
+    def figures(self, prefix: str = "model.") -> list[Figure]:
+        """The shape's key figures (analytic): parameters, layers, KV heads, fp32 weights, KV bytes per token
+        and the context where the f16 KV cache outgrows the weights — what `slm info` reports and what compare
+        shows for a folder that is a model, so before/after a surgery line up."""
+        return [analytic(f"{prefix}params", "parameters", self.params, "parameters", group="size", key=True),
+                analytic(f"{prefix}layers", "layers", self.layers, "layers", key=True),
+                analytic(f"{prefix}kv_heads", "KV heads", self.kv_heads, "heads"),
+                analytic(f"{prefix}weights_fp32", "weights (fp32)", self.weight_bytes("float32"), "bytes",
+                         "lower", "size"),
+                analytic(f"{prefix}kv_bytes_per_token", "KV cache per token (f16)",
+                         self.kv_bytes_per_token(2),
+                         "bytes", "lower", "memory", key=True),
+                analytic(f"{prefix}kv_crossover", "context where the f16 KV cache outgrows the weights",
+                         self.kv_crossover_context(), "tokens", "higher", "memory")]
 
     def summary(self) -> dict:
         """Everything `slm info` shows, as plain JSON-able data."""
@@ -111,10 +150,12 @@ def check_supported(config: dict) -> str:
     mt = config.get("model_type", "")
     if mt in SUPPORTED:
         if config.get("num_experts") or config.get("num_local_experts"):
-            raise SlmError(f"{mt} config has experts: mixture-of-experts models are not supported (dense Llama-family only)")
+            raise SlmError(f"{mt} config has experts: mixture-of-experts models are not supported (dense "
+                           "Llama-family only)")
         return mt
     reason = REFUSED.get(mt, "not a Llama-family decoder (RMSNorm, RoPE, GQA)")
-    raise SlmError(f"unsupported architecture {mt or '<missing model_type>'!r}: {reason}; supported: {', '.join(SUPPORTED)}")
+    raise SlmError(f"unsupported architecture {mt or '<missing model_type>'!r}: {reason}; supported: "
+                   f"{', '.join(SUPPORTED)}")
 
 
 # The keys a Llama-family config.json must carry to define its shape (the rest have per-family defaults).
@@ -126,13 +167,13 @@ def spec_from_config(config: dict) -> ModelSpec:
     mt = check_supported(config)
     missing = [k for k in REQUIRED if k not in config]
     if missing:
-        raise SlmError(f"config.json of this {mt} model lacks {', '.join(missing)}: not a complete checkpoint config; "
-                       "re-save it with transformers (model.config.save_pretrained)")
+        raise SlmError(f"config.json of this {mt} model lacks {', '.join(missing)}: not a complete "
+                       "checkpoint config; re-save it with transformers (model.config.save_pretrained)")
     bad = [k for k in (*REQUIRED, "num_key_value_heads", "head_dim") if config.get(k) is not None
            and (not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] < 1)]
     if bad:
-        raise SlmError(f"config.json has {', '.join(f'{k}={config[k]!r}' for k in bad)}: each must be a positive "
-                       "integer; fix the config")
+        raise SlmError(f"config.json has {', '.join(f'{k}={config[k]!r}' for k in bad)}: each must be a "
+                       "positive integer; fix the config")
     heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32").replace("torch.", "")
@@ -146,7 +187,8 @@ def spec_from_config(config: dict) -> ModelSpec:
         head_dim=config.get("head_dim") or hidden // heads,
         vocab=config["vocab_size"],
         max_context=config.get("max_position_embeddings", 2048),
-        tied=bool(config.get("tie_word_embeddings", False)),  # every supported config class defaults to untied
+        # every supported config class defaults to untied
+        tied=bool(config.get("tie_word_embeddings", False)),
         attention_bias=bool(config.get("attention_bias", mt == "qwen2")),
         qk_norm=mt == "qwen3",
         dtype=dtype if dtype in DTYPE_BYTES else "float32",
@@ -154,12 +196,54 @@ def spec_from_config(config: dict) -> ModelSpec:
     )
 
 
+# GGUF architecture name → config model_type
+_GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3": "smollm3"}
+
+
+def spec_from_gguf(path: Path | str) -> ModelSpec:
+    """A ModelSpec from a GGUF's metadata (llama-family keys), so a GGUF alone can be analysed. Every header
+    field used is checked: a count must be a positive integer and the context a finite one, or the file is
+    refused in one line naming the field."""
+    h = read_header(path)
+    arch = h.architecture
+    name = Path(path).name
+
+    def count(key: str, default=None, required: bool = True) -> int | None:
+        v = h.metadata.get(f"{arch}.{key}", default)
+        if v is None and not required:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SlmError(f"{name}: header field {arch}.{key} is {v!r}, not a positive integer: the file is "
+                           "damaged or not a llama-family GGUF; re-export it")
+        return v
+
+    if h.metadata.get(f"{arch}.block_count") is None:
+        raise SlmError(f"{name} has no {arch or '<no architecture>'}.block_count: not a llama-family GGUF; "
+                       "pass a GGUF exported from a Llama-family model")
+    mt = check_supported({"model_type": _GGUF_ARCH.get(arch, arch)})
+    heads, hidden = count("attention.head_count"), count("embedding_length")
+    kv_heads = count("attention.head_count_kv", heads)
+    if heads % kv_heads:
+        raise SlmError(f"{name}: {kv_heads} KV heads do not divide {heads} query heads: the file is damaged")
+    vocab = count("vocab_size", required=False) or h.array_lengths.get("tokenizer.ggml.tokens", 0)
+    if not vocab:
+        raise SlmError(f"{name} states no vocabulary size and has no token list: re-export it")
+    names = {t.name for t in h.tensors}
+    return ModelSpec(
+        model_type=mt, layers=count("block_count"), hidden=hidden, intermediate=count("feed_forward_length"),
+        heads=heads, kv_heads=kv_heads, head_dim=count("attention.key_length", hidden // heads),
+        vocab=vocab, max_context=count("context_length", 2048), tied="output.weight" not in names,
+        attention_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names,
+        # as from a config.json without torch_dtype: quantized files have no torch dtype; `contents` has real
+        # bytes
+        dtype="float32",
+    )
+
+
 def load_spec(model: str | Path) -> ModelSpec:
     """ModelSpec of a checkpoint folder, a bare config.json or a GGUF file."""
     p = Path(model)
     if p.suffix.lower() == ".gguf":
-        from slm.gguf import spec_from_gguf
-
         return spec_from_gguf(p)
     cfg = p / "config.json" if p.is_dir() else p
     if not cfg.is_file():

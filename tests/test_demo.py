@@ -28,8 +28,8 @@ def test_interrupted_run_is_not_done(tmp_path):
 
 def test_plan_covers_the_whole_lab(tmp_path):
     names = [s.name for s in steps({"root": tmp_path, "models": tmp_path / "m", "runs": tmp_path / "r"})]
-    assert names == ["import", "info", "expand", "data", "train", "merge", "eval", "ablate", "export", "profile",
-                     "profile-base", "plan", "compare-expand", "compare-profiles"]
+    assert names == ["import", "info", "expand", "data", "train", "merge", "eval", "ablate", "export",
+                     "profile", "profile-base", "plan", "compare-expand", "compare-profiles"]
 
 
 @pytest.mark.slow
@@ -37,7 +37,8 @@ def test_first_steps_publish_reports_and_rerun_skips(tmp_path, capsys):
     assert run_demo(DemoArgs(tmp_path, only="import,info")) == 0
     base, info = tmp_path / "models" / "smollm2-135m", tmp_path / "runs" / "info"
     assert (base / "model.safetensors").is_file() or any(base.glob("*.safetensors"))
-    assert json.loads((info / "slm.json").read_text())["result"]["summary"]["layers"] == 30
+    figs = {f["name"]: f for f in json.loads((info / "slm.json").read_text())["result"]["figures"]}
+    assert figs["layers"]["value"] == 30 and figs["layers"]["how"] == "analytic"
     assert (tmp_path / "reports" / "02-info" / "index.html").is_file()
     index = (tmp_path / "reports" / "index.html").read_text()
     assert "02-info/index.html" in index

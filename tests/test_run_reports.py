@@ -37,8 +37,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     rep = root / "reports"
     gguf = default_gguf()
-    assert main(["profile", str(gguf), "--quick", "--quant", "q8_0,q4_0", "--device", "jetson", "--threads", "1",
-                 "--backends", "llama.cpp", "-o", str(rep / "profile-nx")]) == 0
+    assert main(["profile", str(gguf), "--quick", "--quant", "q8_0,q4_0", "--device", "jetson", "--threads",
+                 "1", "--backends", "llama.cpp", "-o", str(rep / "profile-nx")]) == 0
     assert main(["profile", str(gguf), "--quick", "--device", "jetson-orin-nano-8gb", "--threads", "1",
                  "--backends", "llama.cpp", "-o", str(rep / "profile-nano")]) == 0
 
@@ -48,15 +48,18 @@ def runs(tmp_path_factory):
     save_byte_tokenizer(root / "tiny-x8")
     data = root / "data"
     prepare(DataArgs([Source("code", str(write_texts(root / "code", 40, 1, "code"))),
-                      Source("prose", str(write_texts(root / "prose", 40, 2, "prose")), weight=0.0, heldout=1.0)],
+                      Source("prose", str(write_texts(root / "prose", 40, 2, "prose")), weight=0.0,
+                             heldout=1.0)],
                      str(model), heldout=0.1, workers=1, progress=False), data)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for name, start, trainable in (("train-expanded", root / "tiny-x8", "expanded"), ("train-lora", model, "lora")):
-            train(load_recipe(None, [f"model={start}", f"data={data}", f"out={rep / name}", f"trainable={trainable}",
-                                     "steps=6", "seq_len=64", "global_batch=2", "micro_batch=2", "lr=1e-3",
-                                     "eval_every=3", "eval_tokens=256", "progress=false"]))
+        for name, start, trainable in (("train-expanded", root / "tiny-x8", "expanded"),
+                                       ("train-lora", model, "lora")):
+            train(load_recipe(None, [f"model={start}", f"data={data}", f"out={rep / name}",
+                                     f"trainable={trainable}", "steps=6", "seq_len=64", "global_batch=2",
+                                     "micro_batch=2", "lr=1e-3", "eval_every=3", "eval_tokens=256",
+                                     "progress=false"]))
     finally:
         torch.set_num_threads(n)
     compare([rep / "profile-nx", rep / "profile-nano"], rep / "compare-profiles" / "index.html")
@@ -77,21 +80,24 @@ def test_run_report_renders(browser, runs, page_path, tmp_path):
     assert shot.stat().st_size > 5_000
     assert (runs / page_path).stat().st_size < 2_000_000  # one self-contained file under ~2 MB
     html = (runs / page_path).read_text()
-    assert "http://" not in html.replace("http://www.w3.org", "") and "https://cdn" not in html  # opens offline
+    # opens offline
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://cdn" not in html
 
 
 def test_profile_figures_say_how_they_were_measured(browser, runs, tmp_path):
     page, errors = open_report(browser, runs / "profile-nx" / "index.html", tmp_path / "p.png")
     assert errors == []
     n_fig = page.evaluate("document.querySelectorAll('figure').length")
-    captions = page.evaluate("Array.from(document.querySelectorAll('figure figcaption')).map(f => f.innerText)")
+    captions = page.evaluate("Array.from(document.querySelectorAll('figure figcaption')).map(f => "
+                             "f.innerText)")
     assert n_fig >= 4 and len(captions) == n_fig and all(c.strip() for c in captions), captions
     hows = ("measured", "projected", "analytic")
     assert all(any(h in c for h in hows) for c in captions), captions  # each says how it was obtained
     text = page.inner_text("body")
     assert "measured on this host" in text and "projected" in text and "Orin NX 16GB" in text
     # every SVG plot has a title and labelled axes (matplotlib writes them as text groups)
-    for svg_text in page.evaluate("Array.from(document.querySelectorAll('figure svg')).map(s => s.textContent)"):
+    for svg_text in page.evaluate("Array.from(document.querySelectorAll('figure svg')).map(s => "
+                                  "s.textContent)"):
         assert svg_text.strip()
 
 
@@ -106,7 +112,7 @@ def test_index_lists_every_run_with_key_figures_and_escapes_the_title(browser, r
     for href in links:
         assert (runs / href).is_file(), href
     rec = json.loads((runs / "train-lora" / "slm.json").read_text())
-    assert rec["result"]["summary"]["trainable params"] > 0
+    assert {f["name"]: f["value"] for f in rec["result"]["figures"]}["trainable_params"] > 0
 
 
 def test_compare_lines_up_two_profiles(browser, runs, tmp_path):
@@ -119,3 +125,16 @@ def test_compare_lines_up_two_profiles(browser, runs, tmp_path):
     assert "B: profile-nano vs A: profile-nx: " in text and "Settings (how the runs were made" in text
     assert "decode at depth 0 (llama.cpp, 32 tokens)" in text and " ± " in text
     assert "llama.cpp.tg32" not in text and "schema_version" not in text
+
+
+def test_every_figure_of_every_run_carries_its_meaning(runs):
+    """Every figure every real run wrote has a unit, a direction and how it was obtained, and nothing is
+    stored as an untyped summary."""
+    from slm.figure import BETTER, HOWS
+
+    recs = [json.loads(p.read_text()) for p in sorted(runs.rglob("slm.json"))]
+    assert {r["kind"] for r in recs} >= {"profile", "train"}
+    for r in recs:
+        assert "summary" not in r["result"] and r["schema"] == 3
+        for f in r["result"].get("figures", []):
+            assert f["unit"] and f["better"] in BETTER and f["how"] in HOWS, (r["kind"], f)

@@ -1,31 +1,40 @@
-"""`slm ablate`: LLaMA Pro's ablation as one command — the same data and token budget for four ways to spend it.
+"""`slm ablate`: LLaMA Pro's ablation as one command — the same data and token budget for four ways to spend
+it.
 
-- expanded: train only the blocks `slm expand` added (LLaMA Pro, Wu et al. 2024), on the recipe's expanded model;
+- expanded: train only the blocks `slm expand` added (LLaMA Pro, Wu et al. 2024), on the recipe's expanded
+  model;
 - lora: LoRA (Hu et al. 2021) on the original model, rank chosen so its trainable parameter count matches the
   expanded run's (or the rank given);
 - full: full fine-tuning of the original model;
-- freeze: freeze-tuning of as many existing layers of the original model as the expansion added. Which ones: by
-  default the layers `expand` copied (the top block of each group), i.e. the same number at the same depths —
-  the only difference from block expansion is then "overwrite existing blocks" versus "add identity copies above
-  them", which is the question users ask of LLaMA Pro (why not unfreeze those layers?). `freeze=top` takes the
-  top-most layers instead (the usual freeze-tuning choice, e.g. Lee et al. 2019, "What Would Elsa Do? Freezing
-  Layers During Transformer Fine-Tuning").
+- freeze: freeze-tuning of as many existing layers of the original model as the expansion added. Which ones:
+  by default the layers `expand` copied (the top block of each group), i.e. the same number at the same depths
+  — the only difference from block expansion is then "overwrite existing blocks" versus "add identity copies
+  above them", which is the question users ask of LLaMA Pro (why not unfreeze those layers?). `freeze=top`
+  takes the top-most layers instead (the usual freeze-tuning choice, e.g. Lee et al. 2019, "What Would Elsa
+  Do? Freezing Layers During Transformer Fine-Tuning").
 
-Every run is `slm.train.loop.train` with TrainArgs built from the recipe + overrides; then the original model and
-every final model are evaluated together (held-out sets ± s.e., the instruction probe with the original's answers
-as reference); forgetting is OP/BWT over the two stages (original → method); `slm diff` gives each method's
-weight-space picture (relative change, intruder dimensions).
+Every run is `slm.train.loop.train` with TrainArgs built from the recipe + overrides; then the original model
+and every final model are evaluated together (held-out sets ± s.e., the instruction probe with the original's
+answers as reference); forgetting is OP/BWT over the two stages (original → method); `slm diff` gives each
+method's weight-space picture (relative change, intruder dimensions).
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from slm.errors import SlmError
+from slm.guard import guard_output
+from slm.record import figures_of, read_record
+from slm.score import paired
+from slm.stats import ci95_se, significant
+from slm.surgery.layers import prior_record, split_layer_name
+
+from .ablate_report import write_ablation
+from .args import load_recipe
 
 METHODS = ("expanded", "lora", "full", "freeze")
 
@@ -39,7 +48,8 @@ class AblateArgs:
     base: str = ""  # the original model (default: the expanded model's own input, read from its slm.json)
     methods: list = field(default_factory=lambda: list(METHODS))  # which of expanded, lora, full, freeze
     lora_r: int = 0  # LoRA rank (0 = match the expanded run's trainable parameter count)
-    freeze: str = "copied"  # copied (the layers expand copied: same count, same depths) | top (top-most layers)
+    # copied (the layers expand copied: same count, same depths) | top (top-most layers)
+    freeze: str = "copied"
     domain: str = ""  # the held-out set that is the training domain (default: the data's heaviest source)
     probe_prompts: int = 80  # held-out instruction-probe prompts
     eval_tokens: int = 16384  # held-out tokens per set
@@ -58,7 +68,6 @@ class AblateArgs:
 
 def base_of(expanded: Path, base: str) -> Path:
     """The original model: given, or the input `slm expand` recorded in the expanded model's slm.json."""
-    from slm.record import read_record
 
     if base:
         return Path(base)
@@ -71,23 +80,21 @@ def base_of(expanded: Path, base: str) -> Path:
 
 def new_layer_params(expanded: Path) -> tuple[int, list[int], list[int]]:
     """(parameters in the expanded model's new layers, their indices, the original layers they copy)."""
-    from slm.io import TensorReader
-    from slm.surgery.layers import prior_record, split_layer_name
+    from slm.io import TensorReader  # torch: deferred, a heavy import
 
     r = TensorReader(expanded)
     rec = prior_record(r.config)
     new = rec["new_layers"]
     if not new:
-        raise SlmError(f"{expanded} has no new layers in its slm_surgery record: the recipe's model must be an "
-                       "`slm expand` output")
+        raise SlmError(f"{expanded} has no new layers in its slm_surgery record: the recipe's model must be "
+                       "an `slm expand` output")
     n = sum(math.prod(r.shape(k)) for k in r.keys() if split_layer_name(k)[0] in set(new))
     return n, new, sorted({rec["source_layers"][j] for j in new})
 
 
 def lora_rank(base: Path, n_params: int, targets: list[str]) -> int:
     """The LoRA rank whose adapters (r × (in + out) per target matrix, every layer) hold about n_params."""
-    from slm.io import TensorReader
-    from slm.surgery.layers import split_layer_name
+    from slm.io import TensorReader  # torch: deferred, a heavy import
 
     r = TensorReader(base)
     per_rank = sum(sum(r.shape(k)) for k in r.keys() if split_layer_name(k)[0] is not None
@@ -97,14 +104,14 @@ def lora_rank(base: Path, n_params: int, targets: list[str]) -> int:
     return max(1, round(n_params / per_rank))
 
 
-def plan_runs(args: AblateArgs) -> tuple[dict, Path]:
+def method_runs(args: AblateArgs) -> tuple[dict, Path]:
     """{method: TrainArgs} with the same data, schedule and token budget, and the original model."""
-    from .args import load_recipe
 
     probe = load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / "probe"))
     expanded = Path(probe.model)
     base = base_of(expanded, args.base)
-    n_new, new, copied = new_layer_params(expanded)  # copied < new only when expand copied P > 1 blocks per group
+    # copied < new only when expand copied P > 1 blocks per group
+    n_new, new, copied = new_layer_params(expanded)
     top = list(range(_num_layers(base) - len(new), _num_layers(base)))
     tokens = args.budget or probe.total_steps() * probe.global_batch * probe.seq_len
     rank = args.lora_r or lora_rank(base, n_new, probe.lora_targets)
@@ -119,7 +126,7 @@ def plan_runs(args: AblateArgs) -> tuple[dict, Path]:
 
 
 def _num_layers(model: Path) -> int:
-    from slm.io import read_config
+    from slm.io import read_config  # torch: deferred, a heavy import
 
     return read_config(model)["num_hidden_layers"]
 
@@ -128,41 +135,38 @@ IGNORED = {"force", "resume", "progress", "report", "init"}  # run settings that
 
 
 def _finished(run: Path, targs) -> bool:
-    """The run folder holds a finished run of exactly these settings; other settings are refused (use --force)."""
-    from slm.record import read_record
+    """The run folder holds a finished run of exactly these settings; other settings are refused (use
+    --force)."""
 
     rec = read_record(run) or {}
-    if not ((run / "final").is_dir() and rec.get("kind") == "train" and not rec.get("result", {}).get("interrupted")):
+    if not ((run / "final").is_dir() and rec.get("kind") == "train"
+            and not rec.get("result", {}).get("interrupted")):
         return False
     want = {k: v for k, v in targs.to_dict().items() if k not in IGNORED}
     have = {k: v for k, v in rec.get("args", {}).items() if k not in IGNORED}
     if have != want:
         key = next((k for k in sorted(want.keys() | have.keys()) if have.get(k) != want.get(k)), "?")
-        raise SlmError(f"{run} was trained with {key}={have.get(key)!r}, this ablation asks {want.get(key)!r}: "
-                       "pass --force to redo the runs, or another --out")
+        raise SlmError(f"{run} was trained with {key}={have.get(key)!r}, this ablation asks "
+                       f"{want.get(key)!r}: pass --force to redo the runs, or another --out")
     return True
 
 
 def ablate(args: AblateArgs) -> dict:
     """Train every method, evaluate them together against the original, diff their weights; write slm.json and
     report.html into args.out. Finished runs in an existing folder are reused unless force."""
-    import shutil
 
-    from slm.guard import guard_output
 
-    from .args import load_recipe
 
     probe = load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / "x"))
     data, expanded = probe.data, Path(probe.model)
     # the models are inputs too: --force wipes the output folder, and slm.json there is what base_of reads
-    with guard_output(args.out, [args.recipe or None, data, expanded, base_of(expanded, args.base)], args.force,
-                      exists_ok=True):
+    with guard_output(args.out, [args.recipe or None, data, expanded, base_of(expanded, args.base)],
+                      args.force, exists_ok=True):
         if args.force and Path(args.out).exists():
             shutil.rmtree(args.out)
-        runs, base = plan_runs(args)
+        runs, base = method_runs(args)
         trained = {m: _train(t) for m, t in runs.items()}
         result = _evaluate(args, base, data, runs, trained)
-        from .ablate_report import write_ablation
 
         write_ablation(Path(args.out), args, result)
     return result
@@ -170,36 +174,39 @@ def ablate(args: AblateArgs) -> dict:
 
 def _train(targs) -> dict:
     """One method's run (reused when its folder already holds a finished run): its final model and counts."""
-    from slm.record import read_record
 
-    from .loop import train
+    from .loop import train  # torch: deferred, a heavy import
 
     run = Path(targs.out)
     if _finished(run, targs):
-        res = read_record(run)["result"]
+        figs = figures_of(read_record(run))
     else:
         res = train(targs)
         if res["interrupted"]:
             raise KeyboardInterrupt
-    s = res.get("summary", {})
+        figs = res["figures"]
+    s = {f.name: f.value for f in figs}
     steps = int(s.get("steps") or 0)
     return {"run": str(run), "model": str(run / "final"), "steps": steps,
-            "tokens": steps * targs.global_batch * targs.seq_len, "trainable_params": s.get("trainable params"),
-            "trainable": targs.trainable, "lora_r": targs.lora_r if targs.trainable == "lora" else None}
+            "tokens": steps * targs.global_batch * targs.seq_len,
+            "trainable_params": s.get("trainable_params"), "trainable": targs.trainable,
+            "lora_r": targs.lora_r if targs.trainable == "lora" else None}
 
 
 def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict) -> dict:
     """The original and every final model on the held-out sets and the probe; OP/BWT and diff per method."""
-    from slm.surgery.diff import diff
+    from slm.surgery.diff import diff  # torch: deferred, a heavy import
 
-    from .evaluate import EvalArgs, evaluate, forgetting
-    from .probe import PROBE_SET
+    from .evaluate import EvalArgs, evaluate, forgetting  # torch: deferred, a heavy import
+    from .probe import PROBE_SET  # torch: deferred, a heavy import
 
     seq_len = min(next(iter(runs.values())).seq_len, 512)
-    ev = evaluate(EvalArgs(models=[str(base)] + [t["model"] for t in trained.values()], data=data, seq_len=seq_len,
-                           tokens=args.eval_tokens, probe="instruct", probe_prompts=args.probe_prompts),
+    ev = evaluate(EvalArgs(models=[str(base)] + [t["model"] for t in trained.values()], data=data,
+                           seq_len=seq_len, tokens=args.eval_tokens, probe="instruct",
+                           probe_prompts=args.probe_prompts),
                   keep_tokens=True)
-    sets = [s for s in ev["sets"] if s != PROBE_SET and s in ev["matrix"][0]]  # a set with no held-out tokens has no row
+    # a set with no held-out tokens has no row
+    sets = [s for s in ev["sets"] if s != PROBE_SET and s in ev["matrix"][0]]
     domain = args.domain or _heaviest(data, sets)
     if domain not in sets:
         raise SlmError(f"domain {domain!r} is not a held-out set of {data}: choose from {sets}")
@@ -210,24 +217,25 @@ def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict
         methods[m] = {**t, "eval": _public(row), "forgetting": forgetting(scores, ["", domain], general),
                       "delta": {k: _delta(row0[k], row[k]) for k in row}}
         if args.diff:
-            methods[m]["diff"] = diff(t["model"], base)["summary"]
+            methods[m]["diff"] = diff(t["model"], base)["totals"]
     return {"base": str(base), "data": data, "domain": domain, "sets": ev["sets"], "original": _public(row0),
             "methods": methods, "probe_set": PROBE_SET}
 
 
 def _delta(a: dict, b: dict) -> dict:
-    """Loss change b − a (nats/token), its standard error and whether it is outside 1.96 s.e. (95 %). Both models
-    are scored on the same tokens, so the s.e. is the paired one — of the per-token differences (a paired t
-    interval); √(se_a² + se_b²) would treat two highly correlated estimates as independent and call real changes
-    noise. Without per-token losses it falls back to that conservative bound, and says which it used."""
-    d = b["loss"] - a["loss"]
+    """Loss change b − a (nats/token), its standard error and whether its 95 % interval excludes 0
+    (slm.stats). Both models are scored on the same tokens, so the s.e. is the paired one — of the per-token
+    differences (slm.score.paired); √(se_a² + se_b²) would treat two highly correlated estimates as
+    independent and call real changes noise. Without per-token losses it falls back to that conservative
+    bound, and says which it used."""
     ta, tb = a.get("_tokens"), b.get("_tokens")
     if ta is not None and tb is not None and len(ta) == len(tb) > 1:
-        diff = np.asarray(tb, dtype=np.float64) - np.asarray(ta, dtype=np.float64)
-        se, how = float(diff.std(ddof=1) / math.sqrt(len(diff))), "paired"
+        p = paired(ta, tb)
+        d, se, how = b["loss"] - a["loss"], p["se"], p["se_how"]
     else:
+        d = b["loss"] - a["loss"]
         se, how = math.hypot(a.get("loss_se") or 0.0, b.get("loss_se") or 0.0), "independent (conservative)"
-    return {"change": d, "se": se, "significant": abs(d) > 1.96 * se, "se_how": how}
+    return {"change": d, "se": se, "significant": significant(d, ci95_se(se)), "se_how": how}
 
 
 def _public(row: dict) -> dict:
@@ -238,7 +246,6 @@ def _public(row: dict) -> dict:
 
 def _heaviest(data: str, sets: list[str]) -> str:
     """The data's source with the largest mixture weight among the held-out sets (the training domain)."""
-    from slm.record import read_record
 
     src = (read_record(Path(data)) or {}).get("result", {}).get("sources", {})
     weighted = [(src.get(s, {}).get("weight", 0), s) for s in sets]

@@ -1,5 +1,5 @@
-"""The ablation's slm.json and report.html: a Pareto figure (domain gain vs instruction-probe loss rise), the table
-with every figure's uncertainty, OP/BWT, each method's weight-space picture, and links to every run."""
+"""The ablation's slm.json and report.html: a Pareto figure (domain gain vs instruction-probe loss rise), the
+table with every figure's uncertainty, OP/BWT, each method's weight-space picture, and links to every run."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from slm.figure import Figure
+from slm.record import write_record
+from slm.report.render import (  # matplotlib: only when a report is written
+    Chart,
+    Table,
+    new_figure,
+    render_report,  # matplotlib: only when a report is written
+    svg_of,
+)
+from slm.stats import Z95, ci95_se
+
 
 def _pm(d: dict) -> str:
-    """A loss change ± its s.e.; marked when inside the 95 % band (|Δ| ≤ 1.96 s.e.)."""
+    """A loss change ± its s.e.; marked when inside the 95 % band (slm.stats: |Δ| ≤ 1.96 s.e.)."""
     return f"{d['change']:+.4f} ± {d['se']:.4f}" + ("" if d["significant"] else " (within noise)")
 
 
@@ -20,12 +31,14 @@ def _pct(r: dict) -> str:
 def pareto(points: dict) -> list[str]:
     """Methods no other beats on both axes: (forgetting x, lower better; gain y, higher better)."""
     return [m for m, (x, y) in points.items()
-            if not any(x2 <= x and y2 >= y and (x2, y2) != (x, y) for m2, (x2, y2) in points.items() if m2 != m)]
+            if not any(x2 <= x and y2 >= y and (x2, y2) != (x, y)
+                       for m2, (x2, y2) in points.items() if m2 != m)]
 
 
 def headline(result: dict) -> str:
     """The reports index's first sentence: which method gained the most on the domain per unit of forgetting
-    (instruction-probe loss rise), with both changes' s.e.; no winner is named from differences inside the noise."""
+    (instruction-probe loss rise), with both changes' s.e.; no winner is named from differences inside the
+    noise."""
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
     tokens = next(iter(methods.values()))["tokens"]
     gains = {m: r["delta"][dom] for m, r in methods.items() if r["delta"][dom]["significant"]
@@ -35,8 +48,9 @@ def headline(result: dict) -> str:
         return head + "no method's domain gain is outside the noise at this budget."
 
     def ratio(m: str) -> tuple[float, float]:
-        """Domain gain per unit of probe loss rise, with its s.e. by the delta method (first order: the relative
-        errors of gain and rise add in quadrature); a rise inside the noise counts as none (infinite ratio)."""
+        """Domain gain per unit of probe loss rise, with its s.e. by the delta method (first order: the
+        relative errors of gain and rise add in quadrature); a rise inside the noise counts as none (infinite
+        ratio)."""
         g, rise = gains[m], methods[m]["delta"][probe]
         if not (rise["significant"] and rise["change"] > 0):
             return float("inf"), 0.0
@@ -50,26 +64,25 @@ def headline(result: dict) -> str:
     gain = f"domain loss {gains[best]['change']:+.3f} ± {gains[best]['se']:.3f} nats/token, {forgot}"
     (r1, s1) = ratio(best)
     if math.isfinite(r1):  # ratios whose 95 % intervals overlap the best one's
-        tied = [m for m in ranked[1:] if (lambda r2, s2: r1 - 1.96 * s1 <= r2 + 1.96 * s2)(*ratio(m))]
+        tied = [m for m in ranked[1:] if (lambda r2, s2: r1 - Z95 * s1 <= r2 + Z95 * s2)(*ratio(m))]
     else:  # no measurable forgetting: tied with every such method whose domain gain overlaps the best one's
         g1 = gains[best]
         tied = [m for m in ranked[1:] if not math.isfinite(ratio(m)[0])
-                and abs(g1["change"] - gains[m]["change"]) <= 1.96 * math.hypot(g1["se"], gains[m]["se"])]
+                and abs(g1["change"] - gains[m]["change"]) <= Z95 * math.hypot(g1["se"], gains[m]["se"])]
     if tied:  # the ratios' 95 % intervals overlap: no single winner
         names = [best, *tied]
         who = f"{', '.join(names[:-1])} and {names[-1]}"
         if not math.isfinite(r1):
             each = ", ".join(f"{m} {gains[m]['change']:+.3f} ± {gains[m]['se']:.3f}" for m in names)
-            return (head + f"{who} learned the domain with no measurable forgetting, gains overlapping (domain loss "
-                    f"{each} nats/token); {best}: {gain}.")
+            return (head + f"{who} learned the domain with no measurable forgetting, gains overlapping "
+                    f"(domain loss {each} nats/token); {best}: {gain}.")
         each = ", ".join(f"{m} {ratio(m)[0]:.2f} ± {ratio(m)[1]:.2f}" for m in names)
         return (head + f"{who} gained about as much per unit of forgetting (domain gain / "
                 f"probe rise: {each}, intervals overlap); {best}: {gain}.")
     return head + f"{best} gained the most per unit of forgetting: {gain}."
 
 
-def _figure(result: dict):
-    from slm.report.render import Figure, new_figure, svg_of
+def _chart(result: dict):
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
     pts = {m: (r["delta"][probe]["change"], -r["delta"][dom]["change"]) for m, r in methods.items()}
@@ -77,7 +90,7 @@ def _figure(result: dict):
     fig, ax = new_figure(6.5, 4.0)
     for m, (x, y) in pts.items():
         d = methods[m]["delta"]
-        ax.errorbar(x, y, xerr=1.96 * d[probe]["se"], yerr=1.96 * d[dom]["se"], fmt="o", capsize=3,
+        ax.errorbar(x, y, xerr=Z95 * d[probe]["se"], yerr=Z95 * d[dom]["se"], fmt="o", capsize=3,
                     color="#e07a2f" if m in front else "#4a78b5")
         ax.annotate(m, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.axhline(0, color="#999", lw=0.8)
@@ -85,12 +98,12 @@ def _figure(result: dict):
     ax.set_xlabel("instruction-probe loss rise (nats/token; right = more forgetting)")
     ax.set_ylabel(f"domain loss gain on '{dom}' (nats/token; up = better)")
     ax.set_title("Domain gain vs forgetting, same data and token budget (orange: Pareto front)")
-    return Figure("Domain gain vs forgetting", svg_of(fig),
-                  "measured here: held-out losses of each final model against the original; bars are 95 % (1.96 s.e.)")
+    return Chart("Domain gain vs forgetting", svg_of(fig),
+                 "measured here: held-out losses of each final model against the original; bars are 95 % "
+                 "(1.96 s.e.)")
 
 
 def _tables(result: dict) -> list:
-    from slm.report.render import Table
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
     others = [s for s in result["sets"] if s not in (dom, probe)]
@@ -106,41 +119,58 @@ def _tables(result: dict) -> list:
         links.append(f"runs/{m}/report.html")
     o = result["original"][probe]
     main = Table("Methods (loss changes vs the original model, nats/token ± s.e.; negative = lower loss)",
-                 ["method", "trainable", "trainable params", "tokens", f"Δ loss {dom} (domain)", "Δ loss other sets",
-                  "Δ probe loss", "probe exact [95 % CI]", "answer in first line [CI]", "ends its turn [CI]", "OP",
-                  "BWT"], rows, links=links,
-                 note=f"original model: probe exact {_pct(o['exact'])}, in first line {_pct(o['extract'])}, ends its "
-                      f"turn {_pct(o['ended'])}; OP/BWT score = −loss over the domain, the other sets and the probe")
+                 ["method", "trainable", "trainable params", "tokens", f"Δ loss {dom} (domain)",
+                  "Δ loss other sets", "Δ probe loss", "probe exact [95 % CI]", "answer in first line [CI]",
+                  "ends its turn [CI]", "OP", "BWT"], rows, links=links,
+                 note=f"original model: probe exact {_pct(o['exact'])}, in first line {_pct(o['extract'])}, "
+                      f"ends its turn {_pct(o['ended'])}; OP/BWT score = −loss over the domain, the other "
+                      f"sets and the probe")
     tables = [main]
     if all("diff" in r for r in methods.values()):
         tables.append(Table("Weight space against the original (slm diff)",
-                            ["method", "layers compared", "new layers", "changed layers", "intruder dimensions",
-                             "largest layer change"],
-                            [[m, r["diff"]["layers"] - r["diff"]["new layers"], r["diff"]["new layers"],
-                              r["diff"]["changed layers"], r["diff"]["intruders"], r["diff"]["max layer change"]]
-                             for m, r in methods.items()],
-                            note="intruder dimensions: Shuttleworth et al. 2024, top 10 singular vectors, ε = 0.5"))
+                            ["method", "layers compared", "new layers", "changed layers",
+                             "intruder dimensions", "largest layer change"],
+                            [[m, r["diff"]["layers"] - r["diff"]["new_layers"], r["diff"]["new_layers"],
+                              r["diff"]["changed_layers"], r["diff"]["intruders"],
+                              r["diff"]["max_layer_change"]] for m, r in methods.items()],
+                            note="intruder dimensions: Shuttleworth et al. 2024, top 10 singular vectors, "
+                                 "ε = 0.5"))
     return tables
 
 
+def ablation_figures(result: dict) -> list[Figure]:
+    """Each method's domain gain and instruction-probe loss rise against the original, ± 95 % (paired)."""
+    dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
+    out = []
+    for m, r in methods.items():
+        g, rise = r["delta"][dom], r["delta"][probe]
+        out += [Figure(f"{m}.domain_gain", f"{m}: domain loss gain on '{dom}'", -g["change"], "nats/token",
+                       "higher", "quality", interval=ci95_se(g["se"]), key=True, note=g["se_how"]),
+                Figure(f"{m}.probe_rise", f"{m}: instruction-probe loss rise (forgetting)", rise["change"],
+                       "nats/token", "lower", "forgetting", interval=ci95_se(rise["se"]), key=True,
+                       note=rise["se_how"])]
+    return out
+
+
 def write_ablation(out: Path, args, result: dict) -> Path:
-    """slm.json + report.html into the ablation folder (files written atomically; the runs stay beside them)."""
-    from slm.record import write_record
-    from slm.report.render import render_report
+    """slm.json + report.html into the ablation folder (files written atomically; the runs stay beside
+    them)."""
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
     gain = {m: -r["delta"][dom]["change"] for m, r in methods.items()}
     rise = {m: r["delta"][probe]["change"] for m, r in methods.items()}
-    summary = {f"{m} domain loss gain": gain[m] for m in methods}
-    summary.update({f"{m} probe loss rise": rise[m] for m in methods})
+    figures = ablation_figures(result)
     front = pareto({m: (rise[m], gain[m]) for m in methods})
-    lead = [headline(result), f"Same data and {next(iter(methods.values()))['tokens']:,} training tokens per method; domain "
-            f"'{dom}'. On the Pareto front (most domain gain for least instruction-probe loss rise): {', '.join(front)}.",
+    lead = [headline(result), f"Same data and {next(iter(methods.values()))['tokens']:,} training tokens per "
+            f"method; domain '{dom}'. On the Pareto front (most domain gain for least instruction-probe loss "
+            f"rise): {', '.join(front)}.",
             "Differences inside 1.96 standard errors are marked 'within noise'."]
-    result = {**result, "headline": headline(result), "summary": summary}  # the reports index leads with the headline
-    write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result)
-    render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", summary,
-                  [_figure(result)], _tables(result), lead=lead,
+    # the reports index leads with the headline
+    result = {**result, "headline": headline(result)}
+    write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result,
+                 figures=figures)
+    render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", figures,
+                  [_chart(result)], _tables(result), lead=lead,
                   links=[(m, f"runs/{m}/report.html") for m in methods],
                   notes=[f"{k} = {v}" for k, v in asdict(args).items() if v not in ("", [], None)])
     return out

@@ -47,7 +47,7 @@ def resolve_attn(attn: str, device: torch.device) -> str:
 
 
 def check_attn(attn: str, device: torch.device) -> str:
-    """The resolved path, or a one-line SlmError naming the fix (plan_run: before any weights are read)."""
+    """The resolved path, or a one-line SlmError naming the fix (set_up: before any weights are read)."""
     path = resolve_attn(attn, device)
     if path == "flash" and not has_flash():
         raise SlmError("attn=flash needs flash-attn: `pip install flash-attn --no-build-isolation` on a CUDA "
@@ -101,7 +101,7 @@ class AttnInputs:
 def document_block_mask(segments: torch.Tensor):
     """BlockMask (B×1×T×T): query i sees key j when both lie in the same document and j ≤ i (FlexAttention
     docs, "document masking"); the head dimension is broadcast (H=None)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import create_block_mask  # torch: deferred, a heavy import
 
     def document_causal(b, h, q, k):
         return (segments[b, q] == segments[b, k]) & (k <= q)

@@ -63,7 +63,7 @@ def full_state(model, optimizer):
     """(full model state dict, full optimizer state dict) on CPU; a collective under FSDP2. Rank 0 gets them,
     other ranks get empty dicts: torch's full_state_dict with cpu_offload gathers to rank 0 only (its
     StateDictOptions docs: "to prevent CPU OOM"), so no rank but the writer holds a full copy."""
-    from torch.distributed.checkpoint.state_dict import (
+    from torch.distributed.checkpoint.state_dict import (  # torch: deferred, a heavy import
         StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,
@@ -110,7 +110,7 @@ def save(run: Path, step: int, model, optimizer, scheduler, recipe: dict, model_
 
 def load(ckpt: Path, model, optimizer, scheduler) -> dict:
     """Restore trainable tensors, optimizer, scheduler and RNG from a checkpoint; returns its state dict."""
-    from torch.distributed.checkpoint.state_dict import (
+    from torch.distributed.checkpoint.state_dict import (  # torch: deferred, a heavy import
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,

@@ -34,7 +34,7 @@ def run_guard(args: TrainArgs, dist: Dist) -> Iterator[None]:
     """Hold slm.guard's output guard on `out` for the whole run: `out` may not be, contain or lie inside the
     model, the --init weights or the data (even with --force), must be writable, and is locked against a
     second run. Rank 0 takes it (the lock is one per output); every rank learns whether it was refused.
-    Whether an existing run folder may be reused is plan_run's question (its message names --resume and
+    Whether an existing run folder may be reused is set_up's question (its message names --resume and
     --force). --resume breaks a stale lock as --force would: resuming says the run that held it is over, and
     --force is not allowed there."""
     with contextlib.ExitStack() as stack:
@@ -130,7 +130,7 @@ class StopOnSignal:
 def hf_progress(on: bool) -> Iterator[None]:
     """progress=false silences transformers' own bars too (loading weights, writing shards), so a run's stderr
     holds only what it says itself."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # transformers: deferred, a heavy import
 
     was = hf_logging.is_progress_bar_enabled()
     if not on:

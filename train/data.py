@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from slm.errors import SlmError
+from slm.figure import from_file
 from slm.guard import clean_stale_temps, guard_output
 from slm.record import atomic_write_text, file_sha256, read_record, write_record
 
 from .sources import Source, check_records, is_heldout, parse_source, read_documents, source_files
 
-__all__ = ["DataArgs", "Source", "parse_source", "prepare", "tokenize_doc"]  # Source, parse_source: sources.py
+# Source, parse_source: sources.py
+__all__ = ["DataArgs", "Source", "parse_source", "prepare", "tokenize_doc"]
 
 SPLITS = ("train", "heldout")
 
@@ -66,13 +70,14 @@ _TOK = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _TOK
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
     _TOK = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def tokenize_doc(doc: dict, tok=None) -> tuple[list[int], list[int] | None]:
-    """(token ids, assistant mask or None). Text: ids + EOS. Chat: the chat template, mask = assistant spans."""
+    """(token ids, assistant mask or None). Text: ids + EOS. Chat: the chat template, mask = assistant
+    spans."""
     tok = tok or _TOK
     if "text" in doc:
         ids = tok(doc["text"], add_special_tokens=False)["input_ids"]
@@ -89,7 +94,8 @@ def tokenize_doc(doc: dict, tok=None) -> tuple[list[int], list[int] | None]:
             start = len(tok.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True))
             end = len(tok.apply_chat_template(msgs[: i + 1], tokenize=False))
             if text[:end] != tok.apply_chat_template(msgs[: i + 1], tokenize=False):
-                raise SlmError("the chat template does not render conversations prefix by prefix; cannot mask the prompt")
+                raise SlmError("the chat template does not render conversations prefix by prefix; cannot "
+                               "mask the prompt")
             spans.append((start, end))
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
@@ -120,7 +126,8 @@ def fingerprint(src: Source, files: list[Path], tok_hash: str, args: DataArgs) -
 
 
 def tokenizer_hash(tokenizer_dir: Path) -> str:
-    files = [tokenizer_dir / n for n in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model")]
+    files = [tokenizer_dir / n
+             for n in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenizer.model")]
     h = hashlib.sha256()
     for f in files:
         if f.is_file():
@@ -130,11 +137,12 @@ def tokenizer_hash(tokenizer_dir: Path) -> str:
 
 def prepare(args: DataArgs, out: Path | str) -> dict:
     """Tokenize every source of `args` into `out`. Returns the record's result (per-source counts). `out` is
-    guarded for the whole step (slm.guard: never a source or the tokenizer folder, even with --force; writable;
-    locked), every input is checked before a folder is made, and a failure leaves no new empty folder."""
+    guarded for the whole step (slm.guard: never a source or the tokenizer folder, even with --force;
+    writable; locked), every input is checked before a folder is made, and a failure leaves no new empty
+    folder."""
     out = Path(out)
-    # force=True only breaks a dead process's lock: prepare resumes by design (a rerun continues a killed one), and
-    # whether an existing `out` may be replaced is _check_existing's question, under args.force.
+    # force=True only breaks a dead process's lock: prepare resumes by design (a rerun continues a killed
+    # one), and whether an existing `out` may be replaced is _check_existing's question, under args.force.
     with guard_output(out, [s.path for s in args.sources] + [args.tokenizer], force=True, exists_ok=True):
         return _prepare(args, out)
 
@@ -142,7 +150,8 @@ def prepare(args: DataArgs, out: Path | str) -> dict:
 def _prepare(args: DataArgs, out: Path) -> dict:
     tok_dir = Path(args.tokenizer)
     if not (tok_dir / "tokenizer.json").is_file() and not (tok_dir / "tokenizer.model").is_file():
-        raise SlmError(f"no tokenizer in {tok_dir}: pass --tokenizer MODEL_DIR (a folder with tokenizer.json)")
+        raise SlmError(f"no tokenizer in {tok_dir}: pass --tokenizer MODEL_DIR (a folder with "
+                       "tokenizer.json)")
     files = {s.name: source_files(s) for s in args.sources}  # every path checked before any work
     for s in args.sources:
         check_records(s, files[s.name], args.limit)  # every record's schema, before any tokenizing
@@ -152,7 +161,12 @@ def _prepare(args: DataArgs, out: Path) -> dict:
     tok_hash = tokenizer_hash(tok_dir)
     prints = {s.name: fingerprint(s, files[s.name], tok_hash, args) for s in args.sources}
     overall = hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()
-    rec = read_record(out) if out.is_dir() else None
+    try:
+        rec = read_record(out) if out.is_dir() else None
+    except SlmError:  # unreadable or of an older slm: replaced with --force, else the one line says why
+        if not args.force:
+            raise
+        rec = {"stale": True}
     if rec and rec.get("result", {}).get("fingerprint") == overall:
         return {**rec["result"], "up_to_date": True}
     _check_existing(out, args, rec)
@@ -168,17 +182,20 @@ def _prepare(args: DataArgs, out: Path) -> dict:
             result["sources"][s.name] = _prepare_source(s, files[s.name], prints[s.name], out, dtype, args)
     except BaseException:
         if created and not any(not p.name.startswith(".") for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)  # nothing finished: no empty folder left (finished sources resume)
+            # nothing finished: no empty folder left (finished sources resume)
+            shutil.rmtree(out, ignore_errors=True)
         raise
-    result["summary"] = {f"{n} {k}": v[k] for n, v in result["sources"].items() for k in ("train_tokens", "heldout_tokens")}
+    figures = [from_file(f"{n}.{k}", f"{n}: {what} tokens", v[k], "tokens", group="training", key=True)
+               for n, v in result["sources"].items() for k, what in (("train_tokens", "training"),
+                                                                      ("heldout_tokens", "held-out"))]
     write_record(out, "data", {**asdict(args), "out": str(out)}, {"tokenizer": tok_dir / "tokenizer.json"}
-                 if (tok_dir / "tokenizer.json").is_file() else {}, result)
+                 if (tok_dir / "tokenizer.json").is_file() else {}, result, figures=figures)
     return result
 
 
 def _check_existing(out: Path, args: DataArgs, rec: dict | None) -> None:
-    """An existing `out` may be replaced only when it holds prepared data and --force is given, or resumed when
-    it holds only finished sources of this run."""
+    """An existing `out` may be replaced only when it holds prepared data and --force is given, or resumed
+    when it holds only finished sources of this run."""
     if rec and not args.force:
         raise SlmError(f"{out} holds data prepared from other inputs: choose another folder or pass --force")
     if out.exists() and not out.is_dir():
@@ -186,7 +203,8 @@ def _check_existing(out: Path, args: DataArgs, rec: dict | None) -> None:
     if out.is_dir() and not rec and not ({p.name for p in out.iterdir() if not p.name.startswith(".")}
                                          <= {s.name for s in args.sources}):
         if not args.force:
-            raise SlmError(f"{out} is not empty and holds no prepared data: choose another folder or pass --force")
+            raise SlmError(f"{out} is not empty and holds no prepared data: choose another folder or pass "
+                           "--force")
 
 
 def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, args: DataArgs) -> dict:
@@ -226,8 +244,8 @@ def _tokenize_source(src: Source, files: list[Path], fp: str, tmp: Path, dtype, 
         raise SlmError(f"source {src.name}: no non-empty documents in {src.path}")
     if frac and writers["heldout"].n_docs == 0 and writers["train"].n_docs > 1:
         writers["train"].move_last_to(writers["heldout"])  # tiny sources: still hold one document out
-    meta = {"name": src.name, "kind": kind, "weight": src.weight, "fingerprint": fp, "dtype": np.dtype(dtype).name,
-            "files": len(files)}
+    meta = {"name": src.name, "kind": kind, "weight": src.weight, "fingerprint": fp,
+            "dtype": np.dtype(dtype).name, "files": len(files)}
     for sp, w in writers.items():
         meta.update(w.close())
     atomic_write_text(tmp / "source.json", json.dumps(meta, indent=2))
@@ -235,17 +253,16 @@ def _tokenize_source(src: Source, files: list[Path], fp: str, tmp: Path, dtype, 
 
 
 def _tokenized(docs, args: DataArgs, frac: float, name: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(f"tokenizing {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("documents"),
-                  TimeElapsedColumn(), disable=not args.progress, transient=True) as bar:
+    with Progress(TextColumn(f"tokenizing {name}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("documents"), TimeElapsedColumn(), disable=not args.progress,
+                  transient=True) as bar:
         task = bar.add_task("tok", total=args.limit or None)
         if args.workers == 1:
             _init_all(args.tokenizer, frac)
             results = map(_work, docs)
             pool = None
         else:
-            import multiprocessing as mp
 
             pool = mp.get_context("spawn").Pool(args.workers, _init_all, (args.tokenizer, frac))
             results = pool.imap(_work, docs, chunksize=8)  # imap keeps order → same shards every time
@@ -288,7 +305,7 @@ class _SplitWriter:
             self.mask.write(np.asarray(mask, dtype=np.uint8).tobytes())
         self.offsets.append(self.offsets[-1] + len(ids))
 
-    def move_last_to(self, other: "_SplitWriter") -> None:
+    def move_last_to(self, other: _SplitWriter) -> None:
         item, self.pending = self.pending.pop(), []
         other.add(*item)
 

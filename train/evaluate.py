@@ -15,17 +15,27 @@ matrix, and it counts as learned by the first stage, so OP/BWT over several stag
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from slm.errors import SlmError
+from slm.figure import Figure
+from slm.guard import atomic_dir, guard_output
+from slm.record import write_record
+from slm.report.render import Table, render_report
+from slm.score import token_stats
+from slm.stats import ci95_se
 
 from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
-from .probe import PROBE_SET
+from .probe import PROBE_SET, probe_figures
+
+if TYPE_CHECKING:
+    from slm.report.render import Table
 
 
 def token_loss(model, batch: dict, device: torch.device, use_mask: bool,
@@ -35,46 +45,50 @@ def token_loss(model, batch: dict, device: torch.device, use_mask: bool,
     ids = batch["input_ids"].to(device)
     kw = {"position_ids": batch["position_ids"].to(device)}
     if use_mask:
-        kw["attention_mask"] = block_causal_mask(batch["segments"].to(device), torch.bfloat16 if autocast else torch.float32)
+        kw["attention_mask"] = block_causal_mask(batch["segments"].to(device),
+                                                 torch.bfloat16 if autocast else torch.float32)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model(input_ids=ids, **kw).logits
     labels = batch["labels"].to(device)
-    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                             reduction="none")
     kept = losses[labels.flatten() != IGNORE].double().cpu()
     return losses.sum(), int(kept.numel()), float(kept.square().sum()), kept
 
 
 def heldout_sets(data: Path | str, names: list[str], option: str) -> dict:
-    """The held-out splits of a prepared data folder, narrowed to `names` (all of them when empty); a name that is
-    not a set is refused, naming the `option` it came from (the loop's eval_sets, slm eval's --sets)."""
+    """The held-out splits of a prepared data folder, narrowed to `names` (all of them when empty); a name
+    that is not a set is refused, naming the `option` it came from (the loop's eval_sets, slm eval's
+    --sets)."""
     splits = open_data(data, "heldout")
     unknown = sorted(set(names) - set(splits))
     if unknown:
-        raise SlmError(f"{option} names {unknown[0]!r}, not a held-out set of {data}: choose from {sorted(splits)}")
+        raise SlmError(f"{option} names {unknown[0]!r}, not a held-out set of {data}: choose from "
+                       f"{sorted(splits)}")
     return {k: splits[k] for k in names} if names else splits
 
 
 @torch.no_grad()
 def perplexity(model, splits: dict, seq_len: int, max_tokens: int, device: torch.device, micro_batch: int = 1,
                use_mask: bool = True, autocast: bool = False, keep_tokens: bool = False) -> dict:
-    """{set name: {"loss", "ppl", "tokens", "loss_se"}} on the first ~max_tokens held-out tokens of each set; loss_se
-    is the standard error of the mean token loss (token losses taken as independent: a lower bound)."""
+    """{set name: {"loss", "ppl", "tokens", "loss_se"}} on the first ~max_tokens held-out tokens of each set;
+    loss_se is the standard error of the mean token loss (token losses taken as independent: a lower
+    bound)."""
     was_training = model.training
     model.eval()
     out = {}
     for name, split in splits.items():
         seqs = eval_sequences(split, seq_len, max_tokens)
-        total, count, squares, kept = 0.0, 0, 0.0, []
-        for k in range(0, len(seqs), micro_batch):
-            loss, n, sq, tok = token_loss(model, collate(seqs[k:k + micro_batch]), device, use_mask, autocast)
-            total, count, squares = total + float(loss), count + n, squares + sq
-            kept += [tok] if keep_tokens else []
-        if count:
-            mean = total / count
-            var = max(squares / count - mean * mean, 0.0) * count / (count - 1) if count > 1 else float("nan")
-            out[name] = {"loss": mean, "ppl": math.exp(mean), "tokens": count, "loss_se": math.sqrt(var / count)}
-            if keep_tokens:  # in memory only (never written): paired differences between models on the same tokens
-                out[name]["_tokens"] = torch.cat(kept).numpy()
+        kept = [token_loss(model, collate(seqs[k:k + micro_batch]), device, use_mask, autocast)[3]
+                for k in range(0, len(seqs), micro_batch)]
+        tokens = torch.cat(kept).numpy() if kept else np.zeros(0)
+        if tokens.size:
+            st = token_stats(tokens)
+            out[name] = {"loss": st["loss"], "ppl": st["ppl"], "tokens": st["tokens"],
+                         "loss_se": st["loss_se"]}
+            if keep_tokens:
+                # in memory only (never written): paired differences between models on the same tokens
+                out[name]["_tokens"] = tokens
     model.train(was_training)
     return out
 
@@ -100,17 +114,19 @@ class EvalArgs:
         if not self.data and not self.probe:
             raise SlmError("slm eval needs --data (held-out sets), --probe instruct, or both")
         if self.tasks and len(self.tasks) != len(self.models):
-            raise SlmError(f"--tasks names {len(self.tasks)} tasks for {len(self.models)} models: give one per model")
+            raise SlmError(f"--tasks names {len(self.tasks)} tasks for {len(self.models)} models: give one "
+                           "per model")
         if self.seq_len < 2 or self.tokens < 1 or self.micro_batch < 1:
             raise SlmError("seq_len ≥ 2, tokens ≥ 1 and micro_batch ≥ 1 are needed")
 
 
 def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
     """Perplexity of every model on every set, and OP/BWT when tasks are given. Returns the result dict; with
-    keep_tokens every row's sets also hold `_tokens`, the per-token losses (numpy, in memory: strip before writing)."""
-    from slm.io import load_model
+    keep_tokens every row's sets also hold `_tokens`, the per-token losses (numpy, in memory: strip before
+    writing)."""
+    from slm.io import load_model  # torch: deferred, a heavy import
 
-    from .checkpoint import resolve_init
+    from .checkpoint import resolve_init  # torch: deferred, a heavy import
 
     splits = heldout_sets(args.data, args.sets, "--sets") if args.data else {}
     if args.data and not any(s.n_tokens for s in splits.values()):
@@ -138,7 +154,7 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
 def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args: EvalArgs, device,
                 keep_tokens: bool = False) -> dict:
     """Add the probe's figures to `row` under PROBE_SET; the first model's answers become the reference."""
-    from .probe import ProbeArgs, chat_tokenizer, make_reference, score
+    from .probe import ProbeArgs, chat_tokenizer, make_reference, score  # torch: deferred, a heavy import
 
     pargs = ProbeArgs(prompts=args.probe_prompts, device=str(device))
     tok = chat_tokenizer(model_dir)
@@ -161,11 +177,10 @@ def forgetting(scores: list[dict], tasks: list[str], also: dict | None = None) -
 
 
 def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> dict:
-    """`slm eval`: evaluate, and with `out` write slm.json + report.html there — the output checked (never one of
-    the models or the data, even with force) and locked before the long evaluation."""
+    """`slm eval`: evaluate, and with `out` write slm.json + report.html there — the output checked (never one
+    of the models or the data, even with force) and locked before the long evaluation."""
     if out is None:
         return evaluate(args)
-    from slm.guard import guard_output
 
     with guard_output(out, [*args.models, args.data or None], force):
         result = evaluate(args)
@@ -175,44 +190,79 @@ def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> di
 
 def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> Path:
     """slm.json + report.html (perplexity matrix and, with tasks, OP/BWT) into `out`."""
-    from dataclasses import asdict
 
-    from slm.guard import atomic_dir
-    from slm.record import write_record
-    from slm.report.render import Table, render_report
 
-    summary = {f"{_short(m)} {k} ppl": v["ppl"] for m, row in zip(result["models"], result["matrix"])
-               for k, v in row.items()}
-    if "forgetting" in result:
-        summary.update(OP=result["forgetting"]["op"], BWT=result["forgetting"]["bwt"])
-    result = {**result, "summary": summary}
+    names = display_names(result["models"])
+    figures = eval_figures(result, names)
     sets = result["sets"]
-    rows = [[_short(m)] + [row.get(k, {}).get("ppl") for k in sets] for m, row in zip(result["models"], result["matrix"])]
-    tables = [Table("Held-out perplexity (stage × set)", ["model"] + sets, rows,
-                    note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated")]
+    rows = [[n] + [_ppl_text(row.get(k)) for k in sets] for n, row in zip(names, result["matrix"])]
+    tables = [Table("Held-out perplexity (stage × set), ± 95 % interval", ["model"] + sets, rows,
+                    note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated; ± first "
+                         "order from the s.e. of the mean token loss (tokens taken as independent)")]
     if args.probe:
-        tables.append(probe_table(result))
+        tables.append(probe_table(result, names))
     with atomic_dir(out, force, [*args.models, args.data or None]) as tmp:  # never over a model or the data
-        write_record(tmp, "eval", asdict(args), {}, result)
-        render_report(tmp / "report.html", "eval: held-out perplexity", "eval", summary, [], tables,
+        write_record(tmp, "eval", asdict(args), {}, {**result, "names": names}, figures=figures)
+        render_report(tmp / "report.html", "eval: held-out perplexity", "eval", figures, [], tables,
                       notes=["score for OP/BWT = −loss (nats/token); BWT < 0 means forgetting"])
     return out
 
 
-def probe_table(result: dict) -> "Table":
+def _ppl_text(v: dict | None) -> str:
+    if not v:
+        return "–"
+    return f"{v['ppl']:.4g} ± {ci95_se(v['loss_se'] * v['ppl']):.2g}"
+
+
+def eval_figures(result: dict, names: list[str]) -> list[Figure]:
+    """Each model's perplexity on each set (± 95 %), its probe scores, and OP/BWT beside them."""
+    out = []
+    for n, row in zip(names, result["matrix"]):
+        for k, v in row.items():
+            if k == PROBE_SET:
+                out += probe_figures(v, f"{n}.probe.", f"{n}: ")
+                continue
+            out.append(Figure(f"{n}.{k}.ppl", f"{n}: perplexity on {k}", v["ppl"], "1", "lower", "quality",
+                              interval=ci95_se(v["loss_se"] * v["ppl"]), n=v["tokens"], exact=True, key=True,
+                              note="± first order from the s.e. of the mean token loss"))
+    f = result.get("forgetting")
+    if f:
+        out += [Figure("OP", "overall performance (OP: mean −loss over the sets after the last stage)",
+                       f["op"], "nats/token", "higher", "forgetting", exact=True),
+                Figure("BWT", "backward transfer (BWT: mean change of earlier tasks' −loss; negative = "
+                              "forgetting)",
+                       f["bwt"], "nats/token", "higher", "forgetting", exact=True,
+                       note="an average over sets: read it beside each set's own change")]
+    return out
+
+
+def display_names(models: list[str]) -> list[str]:
+    """Each model's display name (_short), made unique by its parent folders where two would read alike."""
+    names = [_short(m) for m in models]
+    depth = 1
+    while len(set(names)) < len(names) and depth < 8:
+        dup = {n for n in names if names.count(n) > 1}
+        names = ["/".join(Path(m).parts[-(depth + 1):]) if n in dup else n for n, m in zip(names, models)]
+        depth += 1
+    return names
+
+
+def probe_table(result: dict, names: list[str]) -> Table:
     """The probe's figures per stage, each with its uncertainty."""
-    from slm.report.render import Table
 
     def pct(r: dict) -> str:
-        return f"{100 * r['rate']:.1f} % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] ({r['k']}/{r['n']})"
+        return (f"{100 * r['rate']:.1f} % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] "
+                f"({r['k']}/{r['n']})")
 
-    rows = [[_short(m), f"{p['loss']:.4f} ± {p['loss_se']:.4f}", pct(p["exact"]), pct(p["extract"]), pct(p["ended"])]
-            for m, row in zip(result["models"], result["matrix"]) if (p := row.get(PROBE_SET))]
+    rows = [[m, f"{p['loss']:.4f} ± {p['loss_se']:.4f}", pct(p["exact"]), pct(p["extract"]),
+             pct(p["ended"])]
+            for m, row in zip(names, result["matrix"]) if (p := row.get(PROBE_SET))]
     return Table("Instruction probe (held-out chat prompts; reference = the first model's greedy answers)",
                  ["model", "loss of reference answers (nats/token) ± s.e.", "exact match [Wilson 95 % CI]",
                   "answer in first line [CI]", "ends its turn [CI]"], rows,
-                 note="loss: prompt tokens masked, s.e. over answer tokens; exact: normalised case, punctuation, "
-                      "articles, numbers; ends its turn: end-of-turn token within the generation budget")
+                 note="loss: prompt tokens masked, s.e. over answer tokens; exact: normalised case, "
+                      "punctuation, articles, numbers; ends its turn: end-of-turn token within the "
+                      "generation budget")
 
 
 def _short(model: str) -> str:

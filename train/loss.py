@@ -110,6 +110,7 @@ class LossHead(torch.nn.Module):
         h, labels = h.flatten(0, -2), labels.flatten()
         if self.kind == "liger":
             if self._liger is None:
+                # liger_kernel is optional: imported only when used
                 from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
                 self._liger = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE, reduction="sum")

@@ -79,7 +79,7 @@ def build_model(args: TrainArgs, model_dir: Path, cfg: dict, device: torch.devic
 
 def _lora(args: TrainArgs, model, layers: list[int]):
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # peft is optional: imported only when used
     except ImportError:
         raise SlmError("trainable=lora needs peft: `pip install peft`") from None
     torch.manual_seed(args.seed)  # LoRA's A matrices are random: same seed, same run
@@ -94,7 +94,7 @@ def compile_blocks(model, backend: str = "inductor") -> None:
     torch.compile cold start compilation time with regional compilation"): identical blocks share one graph
     (parameters are graph inputs, not constants), so compile time is one block's, and module names (state
     dicts, checkpoints) are unchanged. Dynamo skips FSDP2's hooks by default."""
-    import torch._dynamo
+    import torch._dynamo  # torch: deferred, a heavy import
 
     # one graph per kind of block: (input needs grad, weights need grad) in training, × evaluation (no grad,
     # the dense mask): up to 8 — dynamo's default recompile limit, past which blocks silently run eager
@@ -122,7 +122,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 def shard_fsdp2(model, device: torch.device, bf16: bool) -> None:
     """FSDP2: `fully_shard` each decoder layer, then the root (embeddings, final norm, head)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # torch: deferred, a heavy import
 
     mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
           else MixedPrecisionPolicy())

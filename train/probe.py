@@ -5,8 +5,8 @@ perplexity moves, so the probe works in chat format. Before training, `build_pro
 prompts (train/probe_prompts.py) greedily with the model; those answers are the reference. After any stage,
 `probe` reports on the same prompts:
 
-- loss: mean next-token NLL (nats/token) of the reference answers, chat template applied and the prompt masked —
-  the drift of the model's own instruction-following distribution; ± the standard error over answer tokens;
+- loss: mean next-token NLL (nats/token) of the reference answers, chat template applied and the prompt masked
+  — the drift of the model's own instruction-following distribution; ± the standard error over answer tokens;
 - exact: exact-match accuracy on the known-answer questions after normalisation (case, punctuation, articles,
   number formats), and `extract` (the target read from the answer's first line: its last number, or the target
   as whole words), each with a
@@ -20,7 +20,6 @@ prompts (train/probe_prompts.py) greedily with the model; those answers are the 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,16 +28,21 @@ import torch
 import torch.nn.functional as F
 
 from slm.errors import SlmError
+from slm.figure import Figure, scored
+from slm.guard import atomic_dir
+from slm.record import write_record
+from slm.score import token_stats
+from slm.stats import wilson
 
 from .probe_prompts import split_prompts
 
-Z95 = 1.959964  # two-sided 95 % normal quantile
 PROBE_SET = "instruct-probe"  # its column name beside the held-out sets in slm eval
 
 
 @dataclass
 class ProbeArgs:
-    prompts: int = 80  # held-out prompts used (a fixed prefix of the held-out split; 0 = all 182): ~1 min, 135M, 1 thread
+    # held-out prompts used (a fixed prefix of the held-out split; 0 = all 182): ~1 min, 135M, 1 thread
+    prompts: int = 80
     max_new_tokens: int = 32  # greedy generation budget per answer; an answer ends its turn within it or not
     batch: int = 16  # prompts per generation / scoring batch
     device: str = "auto"  # auto | cpu | cuda
@@ -48,24 +52,15 @@ class ProbeArgs:
             raise SlmError("probe: prompts ≥ 0, max_new_tokens ≥ 1 and batch ≥ 1 are needed")
 
 
-# ---- statistics and normalisation ---------------------------------------------------------------------------
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (Wilson 1927); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)  # exact ends, no rounding
-
-
+# ---- statistics and normalisation --------------------------------------------------------------------------
 def rate(k: int, n: int) -> dict:
     lo, hi = wilson(k, n)
     return {"k": k, "n": n, "rate": k / n if n else float("nan"), "ci95": [lo, hi]}
 
 
-_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve "
-                                           "thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())}
+_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten eleven "
+                                           "twelve thirteen fourteen fifteen sixteen seventeen eighteen "
+                                           "nineteen twenty".split())}
 
 
 def normalise(text: str) -> str:
@@ -85,8 +80,9 @@ def exact_match(answer: str, target: str) -> bool:
 
 
 def extract_match(answer: str, target: str) -> bool:
-    """The answer's first non-empty line holds the target: for a number, its last number is the target (the final
-    number is the answer, as in GSM8K's scoring: Cobbe et al. 2021); otherwise the target appears as whole words."""
+    """The answer's first non-empty line holds the target: for a number, its last number is the target (the
+    final number is the answer, as in GSM8K's scoring: Cobbe et al. 2021); otherwise the target appears as
+    whole words."""
     line = normalise(next((ln for ln in answer.splitlines() if ln.strip()), ""))
     want = normalise(target)
     if re.fullmatch(r"-?\d+(\.\d+)?", want):
@@ -98,7 +94,7 @@ def extract_match(answer: str, target: str) -> bool:
 # ---- the model side ---------------------------------------------------------------------------------------
 def chat_tokenizer(model_dir: Path | str):
     """The model's tokenizer; a model without a chat template cannot be probed in chat format."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if not tok.chat_template:
@@ -116,7 +112,8 @@ def stop_ids(tok, model) -> list[int]:
 
 
 def prompt_ids(tok, prompt: str) -> list[int]:
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                   add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
@@ -130,12 +127,13 @@ def answer(model, tok, prompts: list[str], args: ProbeArgs, device) -> list[dict
         width = max(map(len, seqs))
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.max_new_tokens, do_sample=False,
-                             eos_token_id=stops, pad_token_id=pad)[:, width:].tolist()
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.max_new_tokens,
+                             do_sample=False, eos_token_id=stops, pad_token_id=pad)[:, width:].tolist()
         for row in gen:
             end = next((i for i, t in enumerate(row) if t in stops), None)
             reply = row if end is None else row[:end + 1]
-            out.append({"ids": reply, "text": tok.decode(reply, skip_special_tokens=True).strip(), "ended": end is not None})
+            out.append({"ids": reply, "text": tok.decode(reply, skip_special_tokens=True).strip(),
+                        "ended": end is not None})
     return out
 
 
@@ -166,7 +164,8 @@ def answer_losses(model, tok, rows: list[dict], args: ProbeArgs, device) -> list
 
 # ---- reference and figures --------------------------------------------------------------------------------
 def device_of(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available()
+                        else ("cpu" if name == "auto" else name))
 
 
 def make_reference(model, tok, args: ProbeArgs, device, model_name: str = "") -> tuple[dict, list[dict]]:
@@ -175,14 +174,16 @@ def make_reference(model, tok, args: ProbeArgs, device, model_name: str = "") ->
     rows = rows[:args.prompts] if args.prompts else rows
     answers = answer(model, tok, [r["prompt"] for r in rows], args, device)
     ref = {"model": model_name, "args": asdict(args), "vocab": len(tok),
-           "rows": [{**r, "reply": a["text"], "reply_ids": a["ids"], "ended": a["ended"]} for r, a in zip(rows, answers)]}
+           "rows": [{**r, "reply": a["text"], "reply_ids": a["ids"], "ended": a["ended"]}
+                    for r, a in zip(rows, answers)]}
     return ref, answers
 
 
 def score(model, tok, ref: dict, args: ProbeArgs, device, answers: list[dict] | None = None,
           keep_tokens: bool = False) -> dict:
     """The probe's figures for one model against a reference (answers: this model's, when already generated);
-    keep_tokens adds `_tokens`, the reference answers' per-token losses (in memory, for paired comparisons)."""
+    keep_tokens adds `_tokens`, the reference answers' per-token losses (in memory, for paired
+    comparisons)."""
     if ref["vocab"] != len(tok):
         raise SlmError(f"the probe reference was built with a {ref['vocab']}-token tokenizer, this model has "
                        f"{len(tok)}: build the reference from this model family's stage 0")
@@ -192,42 +193,62 @@ def score(model, tok, ref: dict, args: ProbeArgs, device, answers: list[dict] | 
     answers = answers or answer(model, tok, [r["prompt"] for r in rows], args, device)
     nll = answer_losses(model, tok, rows, args, device)
     model.train(was_training)
-    n = len(nll)
-    mean = sum(nll) / n if n else float("nan")
-    se = math.sqrt(sum((x - mean) ** 2 for x in nll) / (n - 1) / n) if n > 1 else float("nan")
+    st = token_stats(nll)
     facts = [(r, a) for r, a in zip(rows, answers) if r["answer"] is not None]
     out = {"_tokens": nll} if keep_tokens else {}
-    return {**out, "prompts": len(rows), "loss": mean, "loss_se": se, "ppl": math.exp(mean), "tokens": n,
+    return {**out, "prompts": len(rows), "loss": st["loss"], "loss_se": st["loss_se"], "ppl": st["ppl"],
+            "tokens": st["tokens"],
             "exact": rate(sum(exact_match(a["text"], r["answer"]) for r, a in facts), len(facts)),
             "extract": rate(sum(extract_match(a["text"], r["answer"]) for r, a in facts), len(facts)),
             "ended": rate(sum(a["ended"] for a in answers), len(answers)),
             "max_new_tokens": ref["args"]["max_new_tokens"],
-            "examples": [{"prompt": r["prompt"], "answer": a["text"], "target": r["answer"]} for r, a in zip(rows[:6], answers)]}
+            "examples": [{"prompt": r["prompt"], "answer": a["text"], "target": r["answer"]}
+                         for r, a in zip(rows[:6], answers)]}
 
 
-def build_probe(model: Path | str, out: Path | str, args: ProbeArgs | None = None, force: bool = False) -> dict:
-    """Answer the held-out probe prompts with `model` (before training) and write out/reference.json (+ slm.json)
-    through the output guard; returns the reference with the model's own figures under "figures"."""
-    from slm.guard import atomic_dir
-    from slm.io import load_model
-    from slm.record import write_record
+def build_probe(model: Path | str, out: Path | str, args: ProbeArgs | None = None,
+                force: bool = False) -> dict:
+    """Answer the held-out probe prompts with `model` (before training) and write out/reference.json (+
+    slm.json) through the output guard; returns the reference with the model's own scores under "scores"."""
+    from slm.io import load_model  # torch: deferred, a heavy import
 
     args = args or ProbeArgs()
     tok = chat_tokenizer(model)
     device = device_of(args.device)
     net = load_model(model, "float32").to(device).eval()
     ref, answers = make_reference(net, tok, args, device, str(model))
-    ref["figures"] = score(net, tok, ref, args, device, answers)
+    ref["scores"] = score(net, tok, ref, args, device, answers)
     with atomic_dir(out, force, [model]) as tmp:
         (tmp / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
-        write_record(tmp, "probe", asdict(args), {}, {k: v for k, v in ref["figures"].items() if k != "examples"})
+        write_record(tmp, "probe", asdict(args), {},
+                     {k: v for k, v in ref["scores"].items() if k != "examples"},
+                     figures=probe_figures(ref["scores"]))
     return ref
+
+
+def probe_figures(p: dict, prefix: str = "probe.", who: str = "") -> list[Figure]:
+    """One model's probe scores as figures: the chat-format loss of the reference answers (± 1.96 s.e. over
+    tokens) and the three rates with their Wilson intervals (the half-width shown is the wider side; the note
+    gives both ends)."""
+    def share(key: str, label: str) -> Figure:
+        r = p[key]
+        lo, hi = r["ci95"]
+        return Figure(f"{prefix}{key}", f"{who}{label}", r["rate"] if r["n"] else None, "share", "higher",
+                      "quality", interval=max(r["rate"] - lo, hi - r["rate"]) if r["n"] else None, n=r["n"],
+                      exact=False, note=f"{r['k']}/{r['n']}, Wilson 95 % [{lo:.1%}, {hi:.1%}]")
+
+    return [scored(f"{prefix}loss", f"{who}instruction probe: loss of the reference answers", p["loss"],
+                   p["loss_se"], p["tokens"], "nats/token", key=True,
+                   source=f"{p['prompts']} held-out chat prompts, the first model's own greedy answers"),
+            share("exact", "instruction probe: exact answer"),
+            share("extract", "instruction probe: answer in the first line"),
+            share("ended", "instruction probe: ends its turn")]
 
 
 def probe(model, reference, args: ProbeArgs | None = None, tokenizer=None) -> dict:
     """The probe's figures for `model` (a folder, or a loaded HF model with `tokenizer`) against `reference`
     (a build_probe output folder, its reference.json, or the dict)."""
-    from slm.io import load_model
+    from slm.io import load_model  # torch: deferred, a heavy import
 
     if not isinstance(reference, dict):
         p = Path(reference)

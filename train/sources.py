@@ -106,7 +106,7 @@ def _records(f: Path) -> Iterator[tuple[str, dict]]:
     """("FILE:LINE", record) of a JSONL or Parquet file; a bad line is a one-line error naming it."""
     if f.suffix == ".parquet":
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # pyarrow is optional: imported only when used
         except ImportError:
             raise SlmError(f"{f} is Parquet: `pip install pyarrow` to read it, "
                            "or convert it to JSONL") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 import threading
 
@@ -31,7 +32,6 @@ def _exit_on_sigterm() -> None:
     """SIGTERM (what `timeout`, Slurm and Kubernetes send) becomes SystemExit(143), so every `finally` runs:
     the output guard releases its lock and atomic writers remove their temporaries. `slm train` installs its
     own handler on top (save a checkpoint, then stop)."""
-    import signal
 
     def _stop(signum, frame):
         print("stopped by SIGTERM", file=sys.stderr)

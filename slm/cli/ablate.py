@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from slm.train.ablate import AblateArgs, ablate
+
 
 def register(sub) -> None:
     p = sub.add_parser("ablate", help="LLaMA Pro's ablation: expanded / LoRA / full / freeze on the same "
@@ -33,7 +35,6 @@ def register(sub) -> None:
 
 
 def cmd_ablate(args) -> int:
-    from slm.train.ablate import AblateArgs, ablate
 
     res = ablate(AblateArgs(recipe=args.recipe, out=args.out, overrides=list(args.overrides),
                             budget=args.budget, base=args.base, methods=args.methods.split(","),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slm.errors import SlmError
+from slm.spec import load_spec
+
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="architecture, parameters, weight and KV-cache memory of a model")
@@ -24,7 +27,6 @@ def register(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from slm.spec import load_spec
 
     s = load_spec(args.model).summary()
     if args.json:
@@ -46,10 +48,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from slm.gguf_import import default_gguf, import_gguf
+    from slm.gguf_import import default_gguf, import_gguf  # torch: deferred, a heavy import
 
     if args.default and args.gguf and args.out:
-        from slm.errors import SlmError
 
         raise SlmError("--default imports the bundled model and takes no GGUF file: pass FILE.gguf or "
                        "--default, not both")

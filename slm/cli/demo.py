@@ -5,19 +5,31 @@ can be re-run and resumes after an interruption; `--force` redoes everything. Ea
 to reports/<NN>-<step>/ and reports/index.html links them all.
 
 Each step is one call of a library function with typed arguments (never an argv list); this module only holds
-the plan, which is why it lives in slm/cli/, the one room of slm/ that may import train, quant and profiling.
+the list of steps, which is why it lives in slm/cli/, the one room of slm/ that may import train, quant and
+profiling.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from rich.console import Console
+
+from slm.corpus import stdlib_corpus
 from slm.errors import SlmError
+from slm.info import write_info
+from slm.profiling.api import ProfileArgs, profile_model
+from slm.profiling.plan import PlanArgs
+from slm.profiling.plan import run_plan as plan_model
 from slm.record import read_record
+from slm.report.compare import build_index, compare_runs
+from slm.train.ablate import AblateArgs, ablate
+from slm.train.args import PRESETS, TrainArgs
+from slm.train.data import DataArgs, Source, prepare
 
 
 @dataclass
@@ -37,11 +49,8 @@ def register(sub) -> None:
 
 def run_demo(args: DemoArgs) -> int:
     """Run the wanted steps in order (skipping finished ones), publish their reports, write the index."""
-    from rich.console import Console
+    import transformers  # transformers: deferred, a heavy import
 
-    import transformers
-
-    from slm.report.compare import build_index
 
     transformers.utils.logging.disable_progress_bar()  # our own progress lines say what is happening
     transformers.logging.set_verbosity_error()
@@ -50,14 +59,14 @@ def run_demo(args: DemoArgs) -> int:
            "reports": args.root / "reports"}
     for d in ("models", "runs", "reports"):
         ctx[d].mkdir(parents=True, exist_ok=True)
-    plan = steps(ctx)
-    wanted = _wanted(plan, args.only)
+    todo = steps(ctx)
+    wanted = _wanted(todo, args.only)
     t_all = time.perf_counter()
-    for k, step in enumerate(plan, 1):
+    for k, step in enumerate(todo, 1):
         if step.name not in wanted:
             continue
         out = step.out(ctx)
-        con.rule(f"[bold]step {k}/{len(plan)}: {step.name}")
+        con.rule(f"[bold]step {k}/{len(todo)}: {step.name}")
         if _done(out) and not args.force:
             con.print(f"already done → {out} (use --force to redo)")
         elif not _run_step(con, step, ctx, out):
@@ -69,7 +78,7 @@ def run_demo(args: DemoArgs) -> int:
     return 0
 
 
-# ---- the plan: each step writes one output folder (with slm.json) and names it up front -------------------
+# ---- the steps: each writes one output folder (with slm.json) and names it up front -------------------
 @dataclass
 class Step:
     name: str  # shown in progress and used for reports/<NN>-<name>/
@@ -80,7 +89,8 @@ class Step:
 def steps(ctx: dict) -> list[Step]:
     m, r = ctx["models"], ctx["runs"]
     ctx.update(base=m / "smollm2-135m", expanded=m / "smollm2-135m-x36", data=ctx["root"] / "data" / "stdlib",
-               cpt=r / "cpt-x36", merged=m / "smollm2-135m-x36-wise", export=m / "smollm2-135m-x36-cpt-export")
+               cpt=r / "cpt-x36", merged=m / "smollm2-135m-x36-wise",
+               export=m / "smollm2-135m-x36-cpt-export")
     return [
         Step("import", lambda c: c["base"], run_import),
         Step("info", lambda c: r / "info", run_info),
@@ -101,19 +111,18 @@ def steps(ctx: dict) -> list[Step]:
 
 # ---- the steps (each reached only when its output is not done, or with --force) ----------------------------
 def run_import(ctx: dict, out: Path) -> None:
-    from slm.gguf_import import import_gguf
+    from slm.gguf_import import import_gguf  # torch: deferred, a heavy import
 
     import_gguf(None, out, force=True)  # the bundled GGUF; slm.json written inside the same atomic write
 
 
 def run_info(ctx: dict, out: Path) -> None:
-    from slm.info import write_info
 
     write_info(ctx["base"], out, force=True, title="SmolLM2-135M-Instruct: model spec")
 
 
 def run_expand(ctx: dict, out: Path) -> None:
-    from slm.surgery.expand import ExpandArgs, expand
+    from slm.surgery.expand import ExpandArgs, expand  # torch: deferred, a heavy import
 
     expand(ctx["base"], out, ExpandArgs(groups=6, copies=1, force=True))
 
@@ -121,8 +130,6 @@ def run_expand(ctx: dict, out: Path) -> None:
 def run_data(ctx: dict, out: Path) -> None:
     # CPT on the stdlib's code; the language reference's prose is the general held-out set (weight 0: never
     # trained on). slm.corpus says what is in each.
-    from slm.corpus import stdlib_corpus
-    from slm.train.data import DataArgs, Source, prepare
 
     code, general = stdlib_corpus(ctx["root"] / "data" / "src")
     prepare(DataArgs([Source("code", str(code)), Source("general", str(general), weight=0.0, heldout=1.0)],
@@ -137,9 +144,8 @@ CPT = dict(steps=100, seq_len=128, global_batch=1, micro_batch=1, lr=5e-4, eval_
 
 
 def run_train(ctx: dict, out: Path) -> None:
-    from slm.train.args import PRESETS, TrainArgs
-    from slm.train.checkpoint import latest
-    from slm.train.loop import train
+    from slm.train.checkpoint import latest  # torch: deferred, a heavy import
+    from slm.train.loop import train  # torch: deferred, a heavy import
 
     resume = latest(out) is not None and not ctx["force"]  # an interrupted run goes on from its checkpoint
     # The cpt preset's defaults under our own keys, as a recipe naming `preset: cpt` resolves them.
@@ -166,18 +172,24 @@ def run_merge(ctx: dict, out: Path) -> None:
 
 
 def run_eval(ctx: dict, out: Path) -> None:
-    from slm.train.evaluate import EvalArgs, evaluate, forgetting, write_eval
-    from slm.train.probe import PROBE_SET
+    from slm.train.evaluate import (  # torch: deferred, a heavy import
+        EvalArgs,
+        evaluate,
+        forgetting,
+        write_eval,
+    )
+    from slm.train.probe import PROBE_SET  # torch: deferred, a heavy import
 
     # The instruction probe (the base model's own greedy answers to held-out chat prompts as the reference) is
-    # where an Instruct model's forgetting shows first (design.md); the WiSE-FT row says whether averaging gives
-    # chat ability back. 32 prompts keep the step near three minutes on 2 cores.
+    # where an Instruct model's forgetting shows first; the WiSE-FT row says whether averaging gives chat
+    # ability back. 32 prompts keep the step near three minutes on 2 cores.
     models = [ctx["base"], ctx["expanded"], ctx["cpt"] / "final", ctx["merged"]]
-    eargs = EvalArgs(models=[str(m) for m in models], data=str(ctx["data"]), seq_len=CPT["seq_len"], tokens=4096,
-                     probe="instruct", probe_prompts=32)
+    eargs = EvalArgs(models=[str(m) for m in models], data=str(ctx["data"]), seq_len=CPT["seq_len"],
+                     tokens=4096, probe="instruct", probe_prompts=32)
     res = evaluate(eargs)
-    # Forgetting over the two stages that learned something: the expanded model (general knowledge and chat, the
-    # base's) then CPT on code. Score = −loss, so BWT < 0 is forgetting of the general set or of the probe.
+    # Forgetting over the two stages that learned something: the expanded model (general knowledge and chat,
+    # the base's) then CPT on code. Score = −loss, so BWT < 0 is forgetting of the general set or of the
+    # probe.
     rows = res["matrix"][1:3]
     res["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], ["general", "code"],
                                    {PROBE_SET: 0})
@@ -185,15 +197,14 @@ def run_eval(ctx: dict, out: Path) -> None:
 
 
 # LLaMA Pro's ablation at a budget that fits the demo (~5 minutes on 2 cores): each method trains on the same
-# 2,048 code tokens from the same start (expanded, LoRA with as many trainable parameters, full, freeze-tuning of
-# the layers expand copied), all at the demo's CPT lr; then domain gain vs forgetting (held-out sets and the
-# instruction probe) with their uncertainties. At this budget most differences are inside the noise, and the
-# report says so; benchmarks and `slm ablate` with a larger --budget give the real comparison.
+# 2,048 code tokens from the same start (expanded, LoRA with as many trainable parameters, full, freeze-tuning
+# of the layers expand copied), all at the demo's CPT lr; then domain gain vs forgetting (held-out sets and
+# the instruction probe) with their uncertainties. At this budget most differences are inside the noise, and
+# the report says so; benchmarks and `slm ablate` with a larger --budget give the real comparison.
 ABLATE = dict(budget=2048, probe_prompts=16, eval_tokens=2048)
 
 
 def run_ablate(ctx: dict, out: Path) -> None:
-    from slm.train.ablate import AblateArgs, ablate
 
     over = [f"model={ctx['expanded']}", f"data={ctx['data']}", "preset=cpt", f"seq_len={CPT['seq_len']}",
             "global_batch=1", "micro_batch=1", f"lr={CPT['lr']}", "steps=1", "eval=false", "progress=false"]
@@ -201,16 +212,15 @@ def run_ablate(ctx: dict, out: Path) -> None:
 
 
 def run_export(ctx: dict, out: Path) -> None:
-    from slm.quant.export import ExportArgs, export
+    from slm.quant.export import ExportArgs, export  # torch: deferred, a heavy import
 
-    # int4:hqq is what `--onnx int4`'s recipe search keeps on this model (KLD 0.08 vs the builder default's 0.45);
-    # naming it saves the demo the ~2.5-minute search, which `slm export --onnx int4` runs and reports.
+    # int4:hqq is what `--onnx int4`'s recipe search keeps on this model (KLD 0.08 vs the builder default's
+    # 0.45); naming it saves the demo the ~2.5-minute search, which `slm export --onnx int4` runs and reports.
     export(ctx["cpt"] / "final", out, ExportArgs(gguf=["q8_0", "q6_k", "q4_k_m"], onnx=["int4:hqq"],
                                                  name="smollm2-135m-x36-cpt", force=True))
 
 
 def run_profile(ctx: dict, out: Path) -> None:
-    from slm.profiling.api import ProfileArgs, profile_model
 
     profile_model(str(ctx["export"]), out, ProfileArgs(device="jetson", quant="q8_0,q6_k,q4_k_m"), force=True)
 
@@ -218,17 +228,16 @@ def run_profile(ctx: dict, out: Path) -> None:
 def run_profile_base(ctx: dict, out: Path) -> None:
     # The 30-layer original under the same protocol (llama.cpp on q8_0, the first type; q4_k_m in the sweep):
     # what the six new blocks cost on the device (decode speed, KV cache) is the compare step's point.
-    from slm.profiling.api import ProfileArgs, profile_model
 
-    profile_model(str(ctx["base"]), out, ProfileArgs(device="jetson", quant="q8_0,q4_k_m", backends=("llama.cpp",)),
+    profile_model(str(ctx["base"]), out,
+                  ProfileArgs(device="jetson", quant="q8_0,q4_k_m", backends=("llama.cpp",)),
                   force=True)
 
 
 def run_plan(ctx: dict, out: Path) -> None:
-    # What of the CPT model fits an Orin Nano 8GB at 4k context above 20 tok/s decode (issue 13's question):
-    # depth (as is, pruned) × GGUF type × KV type, projected by the calibrated device model; KLD and perplexity
-    # taken from this model's own export (the validated types), "unknown" for the others.
-    from slm.profiling.plan import PlanArgs, run_plan as plan_model
+    # What of the CPT model fits an Orin Nano 8GB at 4k context above 20 tok/s decode: depth (as is, pruned)
+    # × GGUF type × KV type, projected by the calibrated device model; KLD and perplexity taken from this
+    # model's own export (the validated types), "unknown" for the others.
 
     args = PlanArgs(device="jetson-orin-nano-8gb", context=4096, min_decode=20, prune=True,
                     quality=str(ctx["export"] / "slm.json"))
@@ -243,7 +252,7 @@ def run_compare_profiles(ctx: dict, out: Path) -> None:
     _compare([ctx["runs"] / "profile-base", ctx["runs"] / "profile-x36-cpt"], out)
 
 
-# ---- helpers ------------------------------------------------------------------------------------------------
+# ---- helpers -----------------------------------------------------------------------------------------------
 def _wanted(plan: list[Step], only: str | None) -> set[str]:
     """The step names `--only` picks (all without it); an unknown name is refused before anything runs."""
     names = [s.name for s in plan]
@@ -267,14 +276,17 @@ def _run_step(con, step: Step, ctx: dict, out: Path) -> bool:
 
 
 def _compare(runs: list[Path], out: Path) -> None:
-    from slm.report.compare import compare_runs
 
     compare_runs(runs, out, force=True)  # the same call as `slm report compare`
 
 
 def _done(out: Path) -> bool:
-    """A step is done when its slm.json exists and does not record an interrupted run."""
-    rec = read_record(out) if out.is_dir() else None
+    """A step is done when its slm.json exists and does not record an interrupted run; an unreadable record,
+    or one of an older slm, is redone."""
+    try:
+        rec = read_record(out) if out.is_dir() else None
+    except SlmError:
+        return False
     return rec is not None and not rec.get("result", {}).get("interrupted", False)
 
 

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from slm.quant.export import ExportArgs, default_out, export
+    from slm.quant.export import ExportArgs, default_out, export  # torch: deferred, a heavy import
 
     out = args.out or default_out(args.model)
     gguf = args.gguf if args.gguf is not None else ("" if args.onnx else "q8_0")

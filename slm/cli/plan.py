@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
+from slm.profiling.plan import DEFAULT_TYPES, PlanArgs, run_plan
+from slm.profiling.plan_report import COLUMNS, table_rows
+
 
 def register(sub) -> None:
     p = sub.add_parser("plan", help="candidates (depth, GGUF type, KV type) against a device's memory and "
@@ -27,12 +34,7 @@ def register(sub) -> None:
 
 
 def cmd_plan(args) -> int:
-    import json
-    import sys
-    from pathlib import Path
 
-    from slm.profiling.plan import DEFAULT_TYPES, PlanArgs, run_plan
-    from slm.profiling.plan_report import COLUMNS, table_rows
 
     source = args.model or args.config
     pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode,

@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def cmd_prune(args) -> int:
-    from slm.surgery.prune import PruneArgs, prune
+    from slm.surgery.prune import PruneArgs, prune  # torch: deferred, a heavy import
 
     res = prune(args.model, args.out,
                 PruneArgs(drop=args.drop, by=args.by, data=args.data, tokens=args.tokens,

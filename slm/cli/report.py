@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slm.report.compare import build_index, compare_runs
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="compare runs side by side, or rebuild the reports index")
@@ -20,7 +22,6 @@ def register(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from slm.report.compare import compare_runs
 
     out = (Path(args.out) if args.out
            else Path("reports") / ("compare-" + "-vs-".join(Path(r).name for r in args.runs)))
@@ -29,7 +30,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from slm.report.compare import build_index
 
     print(f"index → {build_index(args.dir)}")
     return 0

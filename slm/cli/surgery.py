@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def cmd_expand(args) -> int:
-    from slm.surgery.expand import ExpandArgs, expand
+    from slm.surgery.expand import ExpandArgs, expand  # torch: deferred, a heavy import
 
     res = expand(args.model, args.out, ExpandArgs(groups=args.groups, copies=args.copies, dtype=args.dtype,
                                                   parity=not args.no_parity, force=args.force))
@@ -43,7 +43,7 @@ def cmd_expand(args) -> int:
 
 
 def cmd_upscale(args) -> int:
-    from slm.surgery.upscale import UpscaleArgs, upscale
+    from slm.surgery.upscale import UpscaleArgs, upscale  # torch: deferred, a heavy import
 
     res = upscale(args.model, args.out,
                   UpscaleArgs(drop=args.drop, slices=args.slices, dtype=args.dtype, force=args.force))
@@ -52,7 +52,7 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from slm.surgery.merge import load_recipe, merge
+    from slm.surgery.merge import load_recipe, merge  # torch: deferred, a heavy import
 
     recipe = load_recipe(args.recipe, args.overrides)
     res = merge(recipe, args.out, force=args.force)

@@ -7,11 +7,17 @@ import signal
 import sys
 from pathlib import Path
 
+from slm.figure import text
+from slm.train.args import load_recipe
+from slm.train.data import DataArgs, prepare
+from slm.train.sources import parse_source
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="prepare training data (tokenized, memory-mapped shards)")
     dsub = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
-    q = dsub.add_parser("prepare", help="tokenize sources into token shards with a document index and held-out split")
+    q = dsub.add_parser("prepare", help="tokenize sources into token shards with a document index and "
+                                        "held-out split")
     q.add_argument("out", help="output folder")
     q.add_argument("--source", "-s", action="append", required=True, metavar="NAME=PATH[:WEIGHT]",
                    help="a folder (one document per file), .jsonl (text or messages) or .parquet; repeatable")
@@ -27,20 +33,24 @@ def register(sub) -> None:
     p.add_argument("recipe", nargs="?", help="recipe YAML (optional: key=value alone works, e.g. preset=cpt)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (YAML values), e.g. steps=200 lr=1e-3")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of `out`")
+    g.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of "
+                                                         "`out`")
     g.add_argument("--init", help="start from these weights only (HF folder, checkpoint or run folder)")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="held-out perplexity and the instruction probe of models; OP/BWT over stages")
+    p = sub.add_parser("eval", help="held-out perplexity and the instruction probe of models; OP/BWT over "
+                                    "stages")
     p.add_argument("models", nargs="+", help="models in stage order (HF folders, checkpoints or run folders)")
     p.add_argument("--data", help="prepared data folder (its held-out splits are the sets)")
-    p.add_argument("--probe", choices=["instruct"], help="instruction-following probe in chat format (reference: "
-                   "the first model's greedy answers); counts as learned by the first stage in OP/BWT")
+    p.add_argument("--probe", choices=["instruct"], help="instruction-following probe in chat format "
+                   "(reference: the first model's greedy answers); counts as learned by the first stage in "
+                   "OP/BWT")
     p.add_argument("--probe-prompts", type=int, default=80, help="held-out probe prompts (0 = all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--sets", help="comma-separated set names (default: all)")
-    p.add_argument("--tasks", help="comma-separated: the task each model's stage learned ('' = none), for OP/BWT")
+    p.add_argument("--tasks", help="comma-separated: the task each model's stage learned ('' = none), for "
+                                   "OP/BWT")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--tokens", type=int, default=16384, help="held-out tokens per set")
     p.add_argument("--out", help="write slm.json + report.html here")
@@ -49,11 +59,10 @@ def register(sub) -> None:
 
 
 def cmd_data_prepare(args) -> int:
-    from slm.train.data import DataArgs, prepare
-    from slm.train.sources import parse_source
 
-    res = prepare(DataArgs(sources=[parse_source(s, args.include) for s in args.source], tokenizer=args.tokenizer,
-                           heldout=args.heldout, limit=args.limit, workers=args.workers, force=args.force), args.out)
+    res = prepare(DataArgs(sources=[parse_source(s, args.include) for s in args.source],
+                           tokenizer=args.tokenizer, heldout=args.heldout, limit=args.limit,
+                           workers=args.workers, force=args.force), args.out)
     state = "up to date" if res.get("up_to_date") else "prepared"
     for name, m in res["sources"].items():
         print(f"{name}: {m['train_tokens']:,} train / {m['heldout_tokens']:,} held-out tokens "
@@ -63,17 +72,16 @@ def cmd_data_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from slm.train.args import load_recipe
-    from slm.train.loop import train
+    from slm.train.loop import train  # torch: deferred, a heavy import
 
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe and "=" in recipe and not Path(recipe).is_file():
         recipe, overrides = None, [recipe] + overrides
-    targs = load_recipe(recipe, overrides, resume=args.resume or None, init=args.init, force=args.force or None)
+    targs = load_recipe(recipe, overrides, resume=args.resume or None, init=args.init,
+                        force=args.force or None)
     res = train(targs)
-    if "summary" in res:
-        s = res["summary"]
-        print(json.dumps({k: v for k, v in s.items()}, indent=1, default=str))
+    for f in res.get("figures", []):
+        print(f"  {f.label}: {text(f)}")
     if res["interrupted"]:  # 128 + signal number, as a shell reports a process a signal ended: 130, 143
         print(f"stopped by {res['signal']} after step {res['step']}; checkpoint saved: {res['checkpoint']}: "
               "continue with the same command and --resume", file=sys.stderr)
@@ -83,7 +91,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from slm.train.evaluate import EvalArgs, run_eval
+    from slm.train.evaluate import EvalArgs, run_eval  # torch: deferred, a heavy import
 
     eargs = EvalArgs(models=args.models, data=args.data or "", sets=args.sets.split(",") if args.sets else [],
                      tasks=args.tasks.split(",") if args.tasks is not None else [], seq_len=args.seq_len,

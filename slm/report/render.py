@@ -1,8 +1,9 @@
 """Render one self-contained HTML report: jinja2 (autoescape on), inline SVG figures, no CDN.
 
-A report is a title, a short summary (key → value), figures and tables. Figures are matplotlib figures
-turned into inline SVG so the file opens offline; every figure must carry a title, axis labels with
-units and a `how` line saying how its numbers were obtained (measured here, on device, over SSH, projected).
+A report is a title, a few lead sentences, its key figures (slm.figure.Figure: each shown with its label,
+value, interval and unit), charts and tables. Charts are matplotlib figures turned into inline SVG so the file
+opens offline; every chart carries a title, axis labels with units and a `how` line saying how its numbers
+were obtained (measured here, on the device, over SSH, projected).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from slm.figure import Figure, fmt, text
 from slm.record import atomic_write_text
 
 _ENV = jinja2.Environment(
@@ -35,15 +37,15 @@ class Table:
 
 
 @dataclass
-class Figure:
-    title: str  # caption above the figure
+class Chart:
+    title: str  # caption above the chart
     svg: str  # inline SVG markup from svg_of()
     how: str  # how the numbers were obtained ("measured on this host", "projected from …")
 
 
 def svg_of(fig) -> str:
     """A matplotlib figure as inline SVG (fixed ids so two renders of the same data give the same bytes)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: deferred, a heavy import
 
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -55,48 +57,34 @@ def svg_of(fig) -> str:
 
 def new_figure(width: float = 7.0, height: float = 3.6):
     """A matplotlib figure on the non-interactive backend (reports render on headless machines)."""
-    import matplotlib
+    import matplotlib  # matplotlib: deferred, a heavy import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: deferred, a heavy import
 
     matplotlib.rcParams["svg.hashsalt"] = "slm"  # deterministic SVG ids
     return plt.subplots(figsize=(width, height))
 
 
-def fmt(v) -> str:
-    """Numbers as a person reads them: 3 significant figures for floats, thousands separators for ints."""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if v != v:
-            return "–"
-        if v == 0 or 1e-3 <= abs(v) < 1e6:
-            return f"{v:.4g}"
-        return f"{v:.3e}"
-    return "" if v is None else str(v)
-
-
 _ENV.filters["fmt"] = fmt
 
 
-def render_report(out_html: Path, title: str, kind: str, summary: dict | None = None,
-                  figures: list[Figure] | None = None, tables: list[Table] | None = None,
+def render_report(out_html: Path, title: str, kind: str, figures: list[Figure] | None = None,
+                  charts: list[Chart] | None = None, tables: list[Table] | None = None,
                   notes: list[str] | None = None, links: list[tuple[str, str]] | None = None,
                   lead: list[str] | None = None) -> Path:
-    """Write one self-contained report file atomically and return its path. Summary keys are read through the
-    figure registry (slm.report.figures): labels and units, never raw keys; `lead` is a few sentences on top."""
-    from slm.report.figures import labelled
-
-    for f in figures or []:
-        if not re.match(r"\s*<svg", f.svg):
-            raise ValueError(f"figure {f.title!r} is not inline SVG")
+    """Write one self-contained report file atomically and return its path. `figures` are shown on top, each
+    as its label and its value with interval and unit (how it was obtained on hover); `lead` is a few
+    sentences above them."""
+    for c in charts or []:
+        if not re.match(r"\s*<svg", c.svg):
+            raise ValueError(f"chart {c.title!r} is not inline SVG")
+    summary = [(f.label, text(f), f"{f.how}" + (f"; {f.source}" if f.source else "")
+                + (f"; {f.note}" if f.note else "")) for f in figures or []]
     html = _ENV.get_template("report.html.j2").render(
-        title=title, kind=kind, summary=labelled(summary or {}), lead=lead or [], figures=[(f, Markup(f.svg)) for f in figures or []],
-        tables=tables or [], notes=notes or [], links=links or [],
-    )
+        title=title, kind=kind, summary=summary, lead=lead or [],
+        charts=[(c, Markup(c.svg)) for c in charts or []], tables=tables or [], notes=notes or [],
+        links=links or [])
     out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_html, html)

@@ -7,10 +7,13 @@ the expanded model computes exactly the original function. LLaMA-2-7B: L=32, N=8
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slm.errors import SlmError
+from slm.gguf_mix import fallback_warning
 from slm.guard import guard_output
 from slm.io import check_weights
 from slm.spec import load_spec
@@ -54,10 +57,7 @@ def plan_expansion(n_layers: int, groups: int, copies: int) -> tuple[list[int], 
 
 def _warn_quant_shape(model: Path, layers: int) -> None:
     """One line to stderr, before any work, when the expanded shape makes llama.cpp's K-quants fall back."""
-    import dataclasses
-    import sys
 
-    from slm.gguf_mix import fallback_warning
 
     spec = dataclasses.replace(load_spec(model), layers=layers)
     warning = fallback_warning(spec, ["q6_k", "q4_k_m"])  # the K-quants an edge export usually asks for

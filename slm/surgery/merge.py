@@ -1,14 +1,8 @@
-"""Merges, streamed tensor by tensor: linear, SLERP, task arithmetic and the instruction residual.
+"""Merges, streamed tensor by tensor: the methods are in slm.surgery.merge_methods (one class each, one list);
+this module reads the recipe, checks every shape before writing, and streams the merged tensors.
 
-- linear: θ = Σ w_k θ_k (weights normalised to sum 1 unless `normalize: false`) — "model soups",
-  Wortsman et al. 2022.
-- slerp: spherical interpolation of two models per tensor, t scalar or a per-layer list interpolated over depth
-  (the "gradient" form of mergekit's slerp); falls back to linear when the tensors are nearly colinear.
-- task_arithmetic: θ = θ_base + Σ λ_k (θ_k − θ_base) — Ilharco et al. 2023, "Editing Models with Task Arithmetic".
-- instruction_residual: θ = θ_cpt + α (θ_instruct − θ_base) — Jindal et al. 2024 (Samsung Research),
-  "Balancing Continuous Pre-Training and Instruction Fine-Tuning". θ_cpt may be an *expanded* model: the
-  residual of base layer j goes to every non-new layer whose recorded source is j; new layers get none.
-  No existing merge tool maps a residual through a block-expansion record.
+An instruction residual may target an *expanded* model: the residual of base layer j goes to every non-new
+layer whose recorded source is j (the surgery record), new layers get none.
 """
 
 from __future__ import annotations
@@ -21,61 +15,59 @@ import torch
 
 from slm import recipe as recipe_io
 from slm.errors import SlmError
-from slm.guard import guard_output
+from slm.figure import Figure, analytic, setting
+from slm.guard import atomic_dir, guard_output
 from slm.io import DTYPES, ShardedWriter, TensorReader, copy_aux_files, write_config
-from slm.guard import atomic_dir
 from slm.record import write_record
 from slm.spec import spec_from_config
 from slm.surgery.layers import prior_record, split_layer_name
-from slm.surgery.merge_ops import dot64, slerp, t_for_layer
+from slm.surgery.merge_methods import METHODS, MergeMethod, get_method
+from slm.surgery.merge_ops import dot64, t_for_layer
 from slm.surgery.report import write_merge_report
 
-METHODS = ("linear", "slerp", "task_arithmetic", "instruction_residual")
 EMBEDDING_POLICIES = ("refuse", "skip", "slice")
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 @dataclass
 class MergeRecipe:
-    method: str  # one of METHODS
-    models: list = field(default_factory=list)  # [{model: PATH, weight: W}]: linear/task_arithmetic; slerp: 2 models
+    method: str  # one of slm.surgery.merge_methods.METHODS
+    # [{model: PATH, weight: W}]: linear/task_arithmetic; slerp: 2 models
+    models: list = field(default_factory=list)
     base: str | None = None  # task_arithmetic: the common base; instruction_residual: the base of the pair
     instruct: str | None = None  # instruction_residual: instruction-tuned model of the same base
     cpt: str | None = None  # instruction_residual: the continued-pretrained (possibly expanded) model
     t: float | list = 0.5  # slerp: 0 → first model, 1 → second; a list is spread evenly over the layers
     alpha: float = 1.0  # instruction_residual: scale of the residual
     normalize: bool = True  # linear: divide by the sum of weights
-    embeddings: str = "refuse"  # vocab-size mismatch: refuse | skip (keep the target's) | slice (merge shared rows)
+    # vocab-size mismatch: refuse | skip (keep the target's) | slice (merge shared rows)
+    embeddings: str = "refuse"
     dtype: str | None = None  # output dtype; None keeps the target's
     slerp_eps: float = 0.9995  # |cos| above this → linear interpolation (mergekit's DOT_THRESHOLD)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise SlmError(f"unknown merge method {self.method!r}: use one of {', '.join(METHODS)}")
+        get_method(self.method)  # one line naming the methods there are
         if self.embeddings not in EMBEDDING_POLICIES:
             raise SlmError(f"embeddings: {self.embeddings!r} is not one of {', '.join(EMBEDDING_POLICIES)}")
-        if self.dtype is not None and self.dtype not in DTYPES:
+        if self.dtype is not None and (not isinstance(self.dtype, str) or self.dtype not in DTYPES):
             raise SlmError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         for key in ("base", "instruct", "cpt"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise SlmError(f"`{key}: {getattr(self, key)!r}` is not a path: write `{key}: models/NAME`")
         if not isinstance(self.normalize, bool):
             raise SlmError(f"normalize: {self.normalize!r}: use true or false")
-        if not 0 < self.slerp_eps <= 1:
+        if not _is_number(self.alpha):
+            raise SlmError(f"alpha: {self.alpha!r} is not a finite number: write e.g. alpha: 1.0")
+        if not _is_number(self.slerp_eps) or not 0 < self.slerp_eps <= 1:
             raise SlmError(f"slerp_eps must be in (0, 1] (got {self.slerp_eps})")
         self.models = [_model_entry(m, k) for k, m in enumerate(_listed(self.models))]
         self.t = _check_t(self.t)
-        need = {
-            "linear": (len(self.models) >= 1, "linear needs `models:` (one or more, with weights)"),
-            "slerp": (len(self.models) == 2, "slerp needs exactly two `models:`"),
-            "task_arithmetic": (len(self.models) >= 1 and self.base, "task_arithmetic needs `base:` and `models:`"),
-            "instruction_residual": (self.cpt and self.base and self.instruct,
-                                     "instruction_residual needs `cpt:`, `base:` and `instruct:`"),
-        }[self.method]
-        if not need[0]:
-            raise SlmError(need[1])
-        if self.method == "linear" and self.normalize and sum(m["weight"] for m in self.models) == 0:
-            raise SlmError("linear weights sum to 0: give non-zero weights or set normalize: false")
+        self.how.check(self)
+
+    @property
+    def how(self) -> MergeMethod:
+        """The method object (slm.surgery.merge_methods)."""
+        return METHODS[self.method]
 
     def inputs(self) -> list[str]:
         """Every model the merge reads: none may be its output."""
@@ -83,7 +75,7 @@ class MergeRecipe:
 
     def target(self) -> str:
         """The model whose config, tensor list and tokenizer the output takes."""
-        return self.cpt if self.method == "instruction_residual" else self.models[0]["model"]
+        return self.how.target(self)
 
 
 def _is_number(x) -> bool:
@@ -92,7 +84,8 @@ def _is_number(x) -> bool:
 
 def _listed(models) -> list:
     if not isinstance(models, list):
-        raise SlmError(f"`models: {models!r}` is not a list: write `models: [{{model: PATH, weight: 1}}, ...]`")
+        raise SlmError(f"`models: {models!r}` is not a list: write `models: [{{model: PATH, weight: 1}}, "
+                       "...]`")
     return models
 
 
@@ -100,13 +93,16 @@ def _model_entry(m, k: int) -> dict:
     """One `models:` entry, a path or {model: PATH, weight: W}, as {"model": str, "weight": float}."""
     m = {"model": m} if isinstance(m, str) else m
     if not isinstance(m, dict) or not isinstance(m.get("model"), str):
-        raise SlmError(f"`models` entry {k + 1} ({m!r}) needs a `model:` path: write `{{model: PATH, weight: 1}}`")
+        raise SlmError(f"`models` entry {k + 1} ({m!r}) needs a `model:` path: write "
+                       f"`{{model: PATH, weight: 1}}`")
     unknown = sorted(set(m) - {"model", "weight"})
     if unknown:
-        raise SlmError(f"`models` entry {k + 1} has an unknown key `{unknown[0]}`: an entry holds `model` and `weight`")
+        raise SlmError(f"`models` entry {k + 1} has an unknown key `{unknown[0]}`: an entry holds `model` "
+                       "and `weight`")
     w = m.get("weight", 1.0)
     if not _is_number(w):
-        raise SlmError(f"`models` entry {k + 1}: weight {w!r} is not a finite number: write e.g. `weight: 0.5`")
+        raise SlmError(f"`models` entry {k + 1}: weight {w!r} is not a finite number: write e.g. `weight: "
+                       "0.5`")
     return {"model": m["model"], "weight": float(w)}
 
 
@@ -114,8 +110,8 @@ def _check_t(t) -> float | list:
     """slerp's t: a number in [0, 1], or a non-empty list of them spread over depth."""
     ts = t if isinstance(t, list) else [t]
     if not ts or not all(_is_number(x) and 0 <= x <= 1 for x in ts):
-        raise SlmError(f"slerp t must be in [0, 1]: a number or a list of them, e.g. t: 0.5 or t: [0, 0.5, 1] "
-                       f"(got {t!r})")
+        raise SlmError("slerp t must be in [0, 1]: a number or a list of them, e.g. t: 0.5 or t: [0, 0.5, "
+                       f"1] (got {t!r})")
     return t
 
 
@@ -157,11 +153,12 @@ class _Source:
 def _plan_layers(recipe: MergeRecipe, target: _Source, others: list[_Source]) -> dict[int, int | None]:
     """For each target layer, the layer index to read in the other models (None: leave the target's as is)."""
     n = target.layers
-    if recipe.method != "instruction_residual":
+    if not recipe.how.through_record:
         for o in others:
             if o.layers != n:
-                raise SlmError(f"layer counts differ ({target.path}: {n}, {o.path}: {o.layers}): "
-                               "merge models of the same depth (an instruction residual may target an expanded model)")
+                raise SlmError(f"layer counts differ ({target.path}: {n}, {o.path}: {o.layers}): merge "
+                               "models of the same depth (an instruction residual may target an expanded "
+                               "model)")
         return {i: i for i in range(n)}
     base_layers = others[0].layers
     if others[1].layers != base_layers:
@@ -170,8 +167,9 @@ def _plan_layers(recipe: MergeRecipe, target: _Source, others: list[_Source]) ->
         return {i: i for i in range(n)}
     rec = prior_record(target.r.config)
     if rec["original_num_layers"] != base_layers:
-        raise SlmError(f"cpt model has {n} layers and its surgery record says it came from {rec['original_num_layers']}"
-                       f" layers, but base/instruct have {base_layers}: use the base it was expanded from")
+        raise SlmError(f"cpt model has {n} layers and its surgery record says it came from "
+                       f"{rec['original_num_layers']} layers, but base/instruct have {base_layers}: use the "
+                       "base it was expanded from")
     new = set(rec["new_layers"])
     return {i: (None if i in new else s) for i, s in enumerate(rec["source_layers"])}
 
@@ -186,14 +184,10 @@ def merge(recipe: MergeRecipe, out: Path | str, force: bool = False) -> dict:
 
 def _merge(recipe: MergeRecipe, out: Path, force: bool) -> dict:
     target = _Source(recipe.target())
-    if recipe.method == "instruction_residual":
-        others = [_Source(recipe.base), _Source(recipe.instruct)]
-    elif recipe.method == "task_arithmetic":
-        others = [_Source(recipe.base)] + [_Source(m["model"]) for m in recipe.models]
-    else:
-        others = [_Source(m["model"]) for m in recipe.models[1:]]
+    others = [_Source(p) for p in recipe.how.others(recipe)]
     layer_map = _plan_layers(recipe, target, others)
-    plan, vocab_mismatch = _plan_tensors(recipe, target, others, layer_map)  # every shape checked before writing
+    # every shape checked before writing
+    plan, vocab_mismatch = _plan_tensors(recipe, target, others, layer_map)
     with atomic_dir(out, force, recipe.inputs()) as tmp:
         files, per_layer = _write_tensors(recipe, target, others, plan, vocab_mismatch, tmp)
         config = dict(target.r.config)
@@ -208,12 +202,22 @@ def _merge(recipe: MergeRecipe, out: Path, force: bool) -> dict:
                     "mapped_from": layer_map.get(k) if isinstance(k, int) else None}
                    for k, v in per_layer.items()]
         result = {"method": recipe.method, "tensors": len(plan), "files": [f.name for f in files],
-                  "vocab_mismatch": vocab_mismatch, "layer_map": layer_map, "changes": changes,
-                  "summary": {"method": recipe.method, "tensors": len(plan), "layers": target.layers,
-                              "untouched layers": sum(1 for v in layer_map.values() if v is None)}}
-        write_record(tmp, "merge", asdict(recipe), inputs=inputs, result=result)
+                  "vocab_mismatch": vocab_mismatch, "layer_map": layer_map, "changes": changes}
+        result["figures"] = merge_figures(recipe, result, target.layers)
+        write_record(tmp, "merge", asdict(recipe), inputs=inputs, result=result, figures=result["figures"])
         write_merge_report(tmp, recipe, result)
     return result
+
+
+def merge_figures(recipe: MergeRecipe, result: dict, layers: int) -> list[Figure]:
+    changed = [c["rel_change"] for c in result["changes"] if c["layer"] is not None]
+    return [setting("method", "method", recipe.method),
+            analytic("tensors", "tensors", result["tensors"], "tensors"),
+            analytic("layers", "layers", layers, "layers", key=True),
+            analytic("untouched_layers", "layers left untouched (new in the target: no residual)",
+                     sum(1 for v in result["layer_map"].values() if v is None), "layers", key=True),
+            Figure("max_layer_change", "largest relative change of a layer against the target",
+                   max(changed, default=0.0), "1", group="model", how="file", exact=True, key=True)]
 
 
 def _plan_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source],
@@ -231,7 +235,8 @@ def _plan_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source],
             if a == b:
                 continue
             if not (name in VOCAB_TENSORS and a[1:] == b[1:]):
-                raise SlmError(f"shape mismatch for {name}: {a} vs {b} in {o.path}: the models must share an architecture")
+                raise SlmError(f"shape mismatch for {name}: {a} vs {b} in {o.path}: the models must share an "
+                               "architecture")
             if recipe.embeddings == "refuse":
                 raise SlmError(f"vocab sizes differ ({a[0]} in {target.path} vs {b[0]} in {o.path}): set "
                                "`embeddings: skip` to keep the target's embeddings or `embeddings: slice` "
@@ -241,12 +246,11 @@ def _plan_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source],
     return plan, vocab_mismatch
 
 
-def _write_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source], plan: list, vocab_mismatch: bool,
-                   tmp: Path) -> tuple[list[Path], dict]:
+def _write_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source], plan: list,
+                   vocab_mismatch: bool, tmp: Path) -> tuple[list[Path], dict]:
     """Stream the merged tensors into shards under `tmp`; returns (files, per layer or tensor group: [sum of
     squared change, sum of squared target])."""
     out_dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-    weights = [m["weight"] for m in recipe.models]
     per_layer: dict = {}
     writer = ShardedWriter(tmp)
     for name, i, src in plan:
@@ -261,7 +265,7 @@ def _write_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source], 
         if src is not None:
             ins = [o.get(src)[:rows] if rows else o.get(src) for o in others]
             head = theta[:rows] if rows else theta
-            merged = _combine(recipe, head, ins, weights, t_for_layer(recipe.t, i, target.layers))
+            merged = recipe.how.combine(recipe, head, ins, t_for_layer(recipe.t, i, target.layers))
             theta = torch.cat([merged, theta[rows:]]) if rows else merged
         res = theta.to(out_dtype or orig.dtype)
         acc = per_layer.setdefault(i if i is not None else name, [0.0, 0.0])
@@ -271,24 +275,3 @@ def _write_tensors(recipe: MergeRecipe, target: _Source, others: list[_Source], 
         del diff
         writer.add(name, res)
     return writer.close(), per_layer
-
-
-def _combine(recipe: MergeRecipe, target: torch.Tensor, ins: list[torch.Tensor], weights: list[float],
-             t: float) -> torch.Tensor:
-    m = recipe.method
-    if m == "linear":
-        total = sum(weights) if recipe.normalize else 1.0
-        acc = weights[0] * target
-        for w, x in zip(weights[1:], ins):
-            acc = acc + w * x
-        return acc / total
-    if m == "slerp":
-        return slerp(t, target, ins[0], recipe.slerp_eps)
-    if m == "task_arithmetic":
-        base, models = ins[0], ins[1:]
-        acc = base.clone()
-        for w, x in zip(weights, models):
-            acc = acc + w * (x - base)
-        return acc
-    base, instruct = ins
-    return target + recipe.alpha * (instruct - base)

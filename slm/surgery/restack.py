@@ -6,31 +6,32 @@ shard writer. The whole model is never in memory.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from slm.errors import SlmError
-from slm.io import DTYPES, ShardedWriter, TensorReader, copy_aux_files, write_config
 from slm.guard import atomic_dir
+from slm.io import DTYPES, ShardedWriter, TensorReader, copy_aux_files, write_config
 from slm.record import write_record
 from slm.spec import check_supported
 from slm.surgery.layers import check_layer_tensors, compose_record, layer_name, remap_config, split_layer_name
-from slm.surgery.report import write_surgery_report
+from slm.surgery.report import surgery_figures, write_surgery_report
 
 # In a LLaMA Pro copy these are zeroed so the block adds exactly 0 to the residual stream
 # (Wu et al. 2024, "LLaMA Pro", Sec. 3.2: identity blocks via zero-initialised output projections).
 ZEROED = ("self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias")
 
 
-def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step: dict, *, kind: str, zero_new: bool,
-            dtype: str | None = None, force: bool = False, max_shard_bytes: int | None = None,
+def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step: dict, *, kind: str,
+            zero_new: bool, dtype: str | None = None, force: bool = False, max_shard_bytes: int | None = None,
             parity: bool = False, after: Callable[[Path, dict], None] | None = None,
             report: Callable[[Path, str, dict, dict], object] = write_surgery_report) -> dict:
     """Write `out` with layer j = source layer src[j], recording `new_layers` as new; with zero_new the
-    ZEROED tensors of the new layers are 0 (LLaMA Pro identity copies). `after(tmp, result)` runs on the written
-    checkpoint before the record (prune measures perplexity there); `report` writes report.html."""
+    ZEROED tensors of the new layers are 0 (LLaMA Pro identity copies). `after(tmp, result)` runs on the
+    written checkpoint before the record (prune measures perplexity there); `report` writes report.html."""
     reader = TensorReader(model)
     config = reader.config
     check_supported(config)
@@ -59,22 +60,18 @@ def restack(model: Path, out: Path, src: list[int], new_layers: list[int], step:
         }
         if parity:
             result["parity"] = parity_check(model, tmp)
-        result["summary"] = {"method": step["method"], "layers before": n, "layers after": len(src),
-                             "new layers": len(new_layers), "weights MB": round(writer.total_bytes / 1e6, 1)}
-        if parity:
-            result["summary"] |= {"parity max |Δ logits|": result["parity"]["max_abs_diff"],
-                                  "parity bit-identical": result["parity"]["bit_identical"]}
+        result["figures"] = surgery_figures(step, result)
         if after is not None:
             after(tmp, result)
-        write_record(tmp, kind, step, inputs={"model": model}, result=result)
+        write_record(tmp, kind, step, inputs={"model": model}, result=result, figures=result["figures"])
         report(tmp, kind, step, result)
     return result
 
 
 def _write_layers(reader: TensorReader, writer: ShardedWriter, src: list[int], zero_layers: set[int],
                   dtype: str | None) -> list[str]:
-    """Embeddings, then output layer j = source layer src[j] (ZEROED tensors of `zero_layers` zeroed), then the
-    final norm and head, each cast to `dtype`; returns the names of the zeroed tensors."""
+    """Embeddings, then output layer j = source layer src[j] (ZEROED tensors of `zero_layers` zeroed), then
+    the final norm and head, each cast to `dtype`; returns the names of the zeroed tensors."""
     by_layer: dict[int, list[str]] = {}
     others: list[str] = []
     for k in reader.keys():
@@ -111,11 +108,10 @@ def parity_check(original: Path, expanded: Path, prompts=PARITY_PROMPTS) -> dict
     """fp32 logits of both models on fixed prompts: max abs difference and whether they are bit-identical.
 
     Loads one model at a time, so peak memory is one fp32 model plus logits."""
-    import gc
 
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
-    from slm.io import load_model
+    from slm.io import load_model  # torch: deferred, a heavy import
 
     try:
         tok = AutoTokenizer.from_pretrained(str(original))

@@ -1,4 +1,5 @@
-"""slm diff: relative weight change and intruder dimensions (Shuttleworth et al. 2024) against a source model."""
+"""slm diff: relative weight change and intruder dimensions (Shuttleworth et al. 2024) against a source
+model."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def _edit(src, dst, fn):
 
 
 def _planted(w0: torch.Tensor, scale: float) -> torch.Tensor:
-    """w0 + a rank-1 update along a direction orthogonal to w0's top half of left singular vectors (spread evenly
-    over the bottom half, so its best |cos| to any one of them is 1/√(n/2)), `scale` × σ_max(w0) strong."""
+    """w0 + a rank-1 update along a direction orthogonal to w0's top half of left singular vectors (spread
+    evenly over the bottom half, so its best |cos| to any one of them is 1/√(n/2)), `scale` × σ_max(w0)
+    strong."""
     u0, s0, _ = torch.linalg.svd(w0.double())
     half = u0.shape[1] // 2
     u = u0[:, half:].sum(1) / math.sqrt(u0.shape[1] - half)
@@ -38,7 +40,7 @@ def test_identical_model_has_no_change_and_no_intruders(tiny, tmp_path):
     a = tiny()
     b = shutil.copytree(a, tmp_path / "copy")
     res = diff(b, a)
-    assert res["summary"]["intruders"] == 0 and res["summary"]["changed layers"] == 0
+    assert res["totals"]["intruders"] == 0 and res["totals"]["changed_layers"] == 0
     assert all(r["rel_change"] == 0 and r["source"] == r["layer"] for r in res["layers"])
     assert all(v == 0 for v in res["other"].values())
     assert len(res["layers"][0]["matrices"]) == 7
@@ -51,8 +53,9 @@ def test_planted_rank1_update_is_an_intruder(tiny, tmp_path):
     layer = res["layers"][2]
     assert layer["matrices"]["self_attn.q_proj.weight"]["intruders"] >= 1
     assert layer["matrices"]["self_attn.q_proj.weight"]["rel_change"] > 1
-    assert all(v["intruders"] == 0 and v["rel_change"] == 0 for k, v in layer["matrices"].items() if k != "self_attn.q_proj.weight")
-    assert res["summary"]["intruders"] == layer["intruders"] and res["summary"]["changed layers"] == 1
+    assert all(v["intruders"] == 0 and v["rel_change"] == 0 for k, v in layer["matrices"].items()
+               if k != "self_attn.q_proj.weight")
+    assert res["totals"]["intruders"] == layer["intruders"] and res["totals"]["changed_layers"] == 1
     # a small update (a hundredth of σ_max) leaves the top singular vectors aligned: change, but no intruder
     w0 = load_file(str(a / "model.safetensors"))[Q]
     small = intruders(_planted(w0, 0.01), w0, DiffArgs())
@@ -67,13 +70,13 @@ def test_expanded_model_against_its_source(tiny, tmp_path, capsys):
     expand(src, out, ExpandArgs(groups=2, copies=1, parity=False))
     res = diff(out, src)
     new = [r["layer"] for r in res["layers"] if r["source"] is None]
-    assert new == [3, 7] and res["summary"]["new layers"] == 2
+    assert new == [3, 7] and res["totals"]["new_layers"] == 2
     old = [r for r in res["layers"] if r["source"] is not None]
     assert [r["source"] for r in old] == [0, 1, 2, 3, 4, 5]
     assert all(r["rel_change"] == 0 and r["intruders"] == 0 for r in old)
     # the CLI: JSON, and a report through the guard
     assert main(["diff", str(out), str(src), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["summary"]["intruders"] == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["intruders"] == 0
     rep = tmp_path / "diff-report"
     assert main(["diff", str(out), str(src), "-o", str(rep)]) == 0
     html = (rep / "report.html").read_text()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from slm.errors import SlmError
 from slm.io import TensorReader, load_model
 from slm.surgery.expand import ExpandArgs, expand, plan_expansion
@@ -68,8 +69,9 @@ def test_new_layers_record_and_layer_types_remap(tiny, tmp_path):
     rec = cfg["slm_surgery"]
     assert rec["source_layers"] == [0, 1, 2, 2, 3, 4, 5, 5]
     assert rec["new_layers"] == [3, 7]
-    assert cfg["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
-                                  "full_attention", "sliding_attention", "full_attention", "full_attention"]
+    assert cfg["layer_types"] == ["sliding_attention", "full_attention", "sliding_attention",
+                                  "sliding_attention", "full_attention", "sliding_attention",
+                                  "full_attention", "full_attention"]
     slm = json.loads((out / "slm.json").read_text())
     assert slm["kind"] == "expand" and slm["result"]["record"]["new_layers"] == [3, 7]
     assert (out / "report.html").read_text().count("<svg") >= 1
@@ -124,8 +126,9 @@ def test_real_model_expansion_is_function_preserving(real_model, tmp_path, group
         assert res["parity"]["bit_identical"] and res["parity"]["max_abs_diff"] == 0
     tok = AutoTokenizer.from_pretrained(str(real_model))
     prompts = [tok(p, return_tensors="pt").input_ids for p in
-               ["The capital of France is", "def add(a, b):\n    return", "Once upon a time, in a small village,"]]
+               ["The capital of France is", "def add(a, b):\n    return",
+                "Once upon a time, in a small village,"]]
     # load_model is plain AutoModelForCausalLM.from_pretrained on the saved folder
     plain = assert_same_function(real_model, out, vocab=49152, prompts=prompts)
     assert plain.config.num_hidden_layers == layers
-    assert [l.self_attn.layer_idx for l in plain.model.layers] == list(range(layers))
+    assert [layer.self_attn.layer_idx for layer in plain.model.layers] == list(range(layers))

@@ -9,8 +9,20 @@ import numpy as np
 import pytest
 
 from slm.errors import SlmError
-from slm.gguf import (FLOAT_TYPES, QUANT_TYPES, TYPES, TensorInfo, bits_per_weight, check_magic, contents,
-                      kv_element_bytes, parse_types, read_header, size_upper_bound, spec_from_gguf)
+from slm.gguf import (
+    FLOAT_TYPES,
+    QUANT_TYPES,
+    TYPES,
+    TensorInfo,
+    bits_per_weight,
+    check_magic,
+    contents,
+    kv_element_bytes,
+    parse_types,
+    read_header,
+    size_upper_bound,
+)
+from slm.spec import spec_from_gguf
 
 
 def _write(path: Path, tensors: dict[str, np.ndarray], **meta) -> Path:
@@ -30,11 +42,14 @@ def _write(path: Path, tensors: dict[str, np.ndarray], **meta) -> Path:
 def test_type_table_nominal_bits():
     # ggml-common.h: block_q8_0 = 34 bytes / 32 values, block_q6_K = 210 / 256, block_q4_K = 144 / 256
     assert TYPES["q8_0"].bpw == 8.5 and TYPES["q6_k"].bpw == 6.5625 and TYPES["q4_k_m"].bpw == 4.5
-    assert TYPES["f16"].bpw == 16 and TYPES["f32"].bpw == 32 and TYPES["q4_0"].bpw == 4.5 and TYPES["q2_k"].bpw == 2.625
+    assert (TYPES["f16"].bpw == 16 and TYPES["f32"].bpw == 32 and TYPES["q4_0"].bpw == 4.5
+            and TYPES["q2_k"].bpw == 2.625)
     assert (TYPES["q8_0"].block, TYPES["q6_k"].block, TYPES["f16"].block) == (32, 256, 1)
-    assert FLOAT_TYPES == ("f32", "f16", "bf16") and "q4_k_m" in QUANT_TYPES and not set(FLOAT_TYPES) & set(QUANT_TYPES)
+    assert (FLOAT_TYPES == ("f32", "f16", "bf16") and "q4_k_m" in QUANT_TYPES
+            and not set(FLOAT_TYPES) & set(QUANT_TYPES))
     assert TYPES["iq2_xs"].needs_imatrix and not TYPES["q2_k"].needs_imatrix
-    assert TYPES["f32"].ftype == "LLAMA_FTYPE_ALL_F32" and TYPES["q4_k_m"].ftype == "LLAMA_FTYPE_MOSTLY_Q4_K_M"
+    assert (TYPES["f32"].ftype == "LLAMA_FTYPE_ALL_F32"
+            and TYPES["q4_k_m"].ftype == "LLAMA_FTYPE_MOSTLY_Q4_K_M")
     assert size_upper_bound(1000, "f16") == 2000 and size_upper_bound(1000, "q4_0") == 1000 * 8.5 / 8
 
 
@@ -49,7 +64,8 @@ def test_parse_types():
 
 
 def test_kv_element_bytes():
-    assert kv_element_bytes("f16") == 2 and kv_element_bytes("q8_0") == 34 / 32 and kv_element_bytes("q4_0") == 18 / 32
+    assert (kv_element_bytes("f16") == 2 and kv_element_bytes("q8_0") == 34 / 32
+            and kv_element_bytes("q4_0") == 18 / 32)
     with pytest.raises(SlmError, match="unknown KV cache type 'q5_1'.*q8_0"):
         kv_element_bytes("q5_1")
 

@@ -1,4 +1,5 @@
-"""slm.info.write_info: a model's spec as an output folder (report.html + slm.json), never overwritten by accident."""
+"""slm.info.write_info: a model's spec as an output folder (report.html + slm.json), never overwritten by
+accident."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ def test_writes_report_and_record(tiny, tmp_path):
     saved = json.loads((out / "slm.json").read_text())
     assert saved["kind"] == rec["kind"] == "info" and saved["args"] == {"model": str(model)}
     s = load_spec(model)
-    summary = saved["result"]["summary"]
-    assert summary["layers"] == 6 and summary["KV heads"] == 2
-    assert summary["parameters (M)"] == round(s.params / 1e6, 1)
-    assert summary["KV bytes/token (f16)"] == s.kv_bytes_per_token()
+    figs = {f["name"]: f for f in saved["result"]["figures"]}
+    assert figs["layers"]["value"] == 6 and figs["kv_heads"]["value"] == 2
+    assert figs["params"]["value"] == s.params and figs["params"]["how"] == "analytic"
+    assert figs["kv_bytes_per_token"]["value"] == s.kv_bytes_per_token()
+    assert figs["kv_bytes_per_token"]["unit"] == "bytes" and figs["kv_bytes_per_token"]["better"] == "lower"
     html = (out / "report.html").read_text()
     assert "tiny-llama: model spec" in html and "Memory at context" in html
+    # the info page draws what it computes
+    assert "Memory against context" in html and html.count("<svg") == 1
 
 
 def test_refuses_existing_output_without_force(tiny, tmp_path):

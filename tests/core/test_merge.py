@@ -32,25 +32,31 @@ def test_slerp_endpoints_return_the_inputs_exactly(pair, tmp_path, t, which):
 def test_slerp_midpoint_keeps_the_norm_of_orthogonal_tensors(pair, tmp_path):
     merge(MergeRecipe(method="slerp", models=[str(pair[0]), str(pair[1])], t=[0.0, 1.0]), tmp_path / "m")
     a, b, m = tensors(pair[0]), tensors(pair[1]), tensors(tmp_path / "m")
-    assert torch.equal(m["model.layers.0.mlp.up_proj.weight"], a["model.layers.0.mlp.up_proj.weight"])  # t=0 at bottom
-    assert torch.equal(m["model.layers.5.mlp.up_proj.weight"], b["model.layers.5.mlp.up_proj.weight"])  # t=1 at top
-    k = "model.layers.2.mlp.up_proj.weight"  # t = 0.4: random tensors are near-orthogonal, slerp keeps the norm
+    assert torch.equal(m["model.layers.0.mlp.up_proj.weight"],
+                       a["model.layers.0.mlp.up_proj.weight"])  # t=0 at bottom
+    assert torch.equal(m["model.layers.5.mlp.up_proj.weight"],
+                       b["model.layers.5.mlp.up_proj.weight"])  # t=1 at top
+    # t = 0.4: random tensors are near-orthogonal, slerp keeps the norm
+    k = "model.layers.2.mlp.up_proj.weight"
     assert m[k].norm() == pytest.approx(float(a[k].norm()), rel=0.02)
     assert m[k].norm() > ((a[k] + b[k]) / 2).norm() * 1.2  # a linear average would shrink it
 
 
 def test_linear_and_task_arithmetic_match_torch(tiny, pair, tmp_path):
     base = tiny("llama", seed=3, name="base")
-    merge(MergeRecipe(method="linear", models=[{"model": str(pair[0]), "weight": 3}, {"model": str(pair[1]), "weight": 1}]),
+    merge(MergeRecipe(method="linear",
+                      models=[{"model": str(pair[0]), "weight": 3}, {"model": str(pair[1]), "weight": 1}]),
           tmp_path / "lin")
     merge(MergeRecipe(method="task_arithmetic", base=str(base),
-                      models=[{"model": str(pair[0]), "weight": 0.7}, {"model": str(pair[1]), "weight": 0.3}]),
+                      models=[{"model": str(pair[0]), "weight": 0.7},
+                              {"model": str(pair[1]), "weight": 0.3}]),
           tmp_path / "ta")
     a, b, c = tensors(pair[0]), tensors(pair[1]), tensors(base)
     lin, ta = tensors(tmp_path / "lin"), tensors(tmp_path / "ta")
     for k in a:
         torch.testing.assert_close(lin[k], (3 * a[k] + 1 * b[k]) / 4, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(ta[k], c[k] + 0.7 * (a[k] - c[k]) + 0.3 * (b[k] - c[k]), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ta[k], c[k] + 0.7 * (a[k] - c[k]) + 0.3 * (b[k] - c[k]), rtol=1e-6,
+                                   atol=1e-7)
 
 
 def test_instruction_residual_onto_an_expanded_model(tiny, tmp_path):
@@ -73,8 +79,9 @@ def test_instruction_residual_onto_an_expanded_model(tiny, tmp_path):
                 torch.testing.assert_close(v, cpt[k] + 0.5 * (i[o] - b[o]), rtol=0, atol=1e-6)
         else:
             torch.testing.assert_close(v, cpt[k] + 0.5 * (i[k] - b[k]), rtol=0, atol=1e-6)
-    assert res["summary"]["untouched layers"] == 3
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["slm_surgery"]["new_layers"] == [2, 5, 8]
+    assert {f.name: f.value for f in res["figures"]}["untouched_layers"] == 3
+    assert (json.loads((tmp_path / "out" / "config.json").read_text())["slm_surgery"]["new_layers"]
+            == [2, 5, 8])
 
 
 def test_layer_count_and_shape_mismatch_refused(tiny, tmp_path):
@@ -130,7 +137,8 @@ def test_merge_cli(pair, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("method: slerp\nmodels: [a, b]\nt: abc\n", r"slerp t must be in \[0, 1\]: a number or a list of them.*got 'abc'"),
+    ("method: slerp\nmodels: [a, b]\nt: abc\n",
+     r"slerp t must be in \[0, 1\]: a number or a list of them.*got 'abc'"),
     ("method: slerp\nmodels: [a, b]\nt: [0, abc]\n", r"slerp t must be .*got \[0, 'abc'\]"),
     ("method: slerp\nmodels: [a, b]\nt: .nan\n", r"slerp t must be"),
     ("method: linear\nmodels: [{model: a, weight: abc}]\n", r"entry 1: weight 'abc' is not a finite number"),
@@ -139,7 +147,8 @@ def test_merge_cli(pair, tmp_path, capsys):
     ("method: linear\nmodels: a\n", r"`models: '.*a'` is not a list"),
     ("method: linear\nmodels: [{model: a, wieght: 2}]\n", r"unknown key `wieght`"),
     ("method: task_arithmetic\nbase: 5\nmodels: [a]\n", r"`base: 5` is not a path"),
-    ("method: instruction_residual\ncpt: a\nbase: b\ninstruct: c\nalpha: abc\n", r"alpha='abc' is not a number"),
+    ("method: instruction_residual\ncpt: a\nbase: b\ninstruct: c\nalpha: abc\n",
+     r"alpha='abc' is not a number"),
     ("- method: linear\n", r"holds a list, not a mapping"),
 ])
 def test_bad_recipe_values_are_one_line_errors(tmp_path, text, message):

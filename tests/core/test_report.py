@@ -6,17 +6,22 @@ import re
 import pytest
 
 from slm.errors import SlmError
+from slm.figure import Figure, analytic, setting, timed
 from slm.record import write_record
 from slm.report.compare import build_index, compare
-from slm.report.render import Figure, Table, new_figure, render_report, svg_of
+from slm.report.render import Chart, Table, new_figure, render_report, svg_of
 
 
-def _run(tmp_path, name, kind, summary, args=None):
+def _run(tmp_path, name, kind, figures, args=None):
     d = tmp_path / name
     d.mkdir()
-    write_record(d, kind, args or {}, result={"summary": summary})
-    render_report(d / "report.html", name, kind, summary)
+    write_record(d, kind, args or {}, figures=figures)
+    render_report(d / "report.html", name, kind, figures)
     return d
+
+
+def _speed(name, label, v):
+    return timed(name, label, v, 1.0, 10, key=True)
 
 
 def test_report_is_self_contained_and_escapes_user_text(tmp_path):
@@ -24,8 +29,9 @@ def test_report_is_self_contained_and_escapes_user_text(tmp_path):
     ax.plot([1, 2], [3, 4])
     ax.set_title("t")
     evil = "<script>alert(1)</script>"
-    out = render_report(tmp_path / "r.html", f"model {evil}", "test", {"prompt": evil},
-                        [Figure("fig", svg_of(fig), "measured on this host")], [Table("tbl", ["a"], [[evil]])])
+    out = render_report(tmp_path / "r.html", f"model {evil}", "test", [setting("prompt", "prompt", evil)],
+                        [Chart("fig", svg_of(fig), "measured on this host")],
+                        [Table("tbl", ["a"], [[evil]])])
     text = out.read_text()
     assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "<svg" in text and not re.search(r'(src|href)="(https?:)?//', text)  # nothing loaded from outside
@@ -33,9 +39,13 @@ def test_report_is_self_contained_and_escapes_user_text(tmp_path):
 
 
 def test_compare_highlights_differences_across_kinds(tmp_path):
-    a = _run(tmp_path, "a", "profile", {"decode tok/s": 100.0, "prefill tok/s": 900.0, "threads": 2})
-    b = _run(tmp_path, "b", "profile", {"decode tok/s": 120.0, "prefill tok/s": 900.0, "threads": 2})
-    c = _run(tmp_path, "c", "expand", {"layers after": 36})
+    a = _run(tmp_path, "a", "profile",
+             [_speed("d", "decode speed", 100.0), _speed("p", "prefill speed", 900.0),
+              setting("threads", "CPU threads", 2, "threads")])
+    b = _run(tmp_path, "b", "profile",
+             [_speed("d", "decode speed", 120.0), _speed("p", "prefill speed", 900.0),
+              setting("threads", "CPU threads", 2, "threads")])
+    c = _run(tmp_path, "c", "expand", [analytic("layers_after", "layers after the step", 36, "layers")])
     out = compare([a, b, c], tmp_path / "cmp" / "index.html").read_text()
     assert "+20.0%" in out  # decode relative to A
     assert out.count('class="hl"') >= 1 and "<svg" in out
@@ -53,36 +63,40 @@ def test_compare_before_and_after_expansion(tmp_path, tiny):
     write_record(base, "import", {})
     expand(base, tmp_path / "x8", ExpandArgs(groups=2, copies=1))
     out = compare([base, tmp_path / "x8"], tmp_path / "cmp.html").read_text()
-    rows = {m.group(1): m.group(2) for m in re.finditer(r'<tr[^>]*><td class="txt">([^<]+)</td>(.*?)</tr>', out, re.S)}
-    assert re.findall(r">([\d,]+)<", rows["layers (config.json)"]) == ["6", "8"]
-    assert "+33.3%" in rows["layers (config.json)"] and "significant" in rows["layers (config.json)"]  # exact: no noise
-    assert "+33.3%" in rows["KV cache per token (f16, config.json)"]  # exact: no noise
-    assert "model.layers" not in out and re.search(r"B: x8 vs A: [\w-]+: parameters \(config.json\) \+29.0%", out)
+    rows = {m.group(1): m.group(2)
+            for m in re.finditer(r'<tr[^>]*><td class="txt">([^<]+)</td>(.*?)</tr>', out, re.S)}
+    assert re.findall(r">([\d,]+)<", rows["layers"]) == ["6", "8"]
+    # analytic: exact, no noise
+    assert "+33.3%" in rows["layers"] and "significant" in rows["layers"]
+    assert "+33.3%" in rows["KV cache per token (f16)"]
+    assert "model.layers" not in out and re.search(r"B: x8 vs A: [\w-]+: parameters \+29.0%", out)
 
 
 def test_index_lists_every_run(tmp_path):
-    _run(tmp_path, "01-expand", "expand", {"layers after": 36})
-    _run(tmp_path, "02-profile", "profile", {"decode tok/s": 50.5})
+    _run(tmp_path, "01-expand", "expand", [analytic("layers_after", "layers after the step", 36, "layers")])
+    _run(tmp_path, "02-profile", "profile", [Figure("d", "decode speed", 50.5, "tok/s", "higher", "speed")])
     (tmp_path / "stray").mkdir()  # folders without slm.json are not runs
     text = build_index(tmp_path).read_text()
     assert text.count('href="01-expand/report.html"') == 1 and "02-profile" in text and "stray" not in text
-    assert "decode tok/s: 50.5" in text and "layers after the step: 36" in text  # labels from the registry
-    assert "computed from the weights written" in text  # how each run's figures were obtained
+    assert "decode speed: 50.5 tok/s" in text and "layers after the step: 36 layers" in text
+    assert "analytic" in text and "measured here" in text  # how each run's figures were obtained
 
 
 def test_index_lists_comparisons_and_figures_in_words(tmp_path):
-    s = {"how": "measured on this host", "device": "jetson-orin-nx-16gb", "llama.cpp.tg128@d0.tok_s": 141.2,
-         "llama.cpp.tg128@d0.tok_s.std": 2.0, "llama.cpp.tg128@d0.tok_s.n": 10, "llama.cpp.tg128@d0.tok_s.disturbed": True,
-         "projected.tg128@d0.tok_s": 60.1, "projected.decode_expected_error": 0.211, "schema_version": 2, "threads": 2}
-    _run(tmp_path, "03-profile", "profile", s)
-    _run(tmp_path, "09-compare", "compare", {"runs": "a, b"})
+    figs = [setting("device", "device projected onto", "jetson-orin-nx-16gb"),
+            timed("llama.cpp.tg128@d0", "decode at depth 0 (llama.cpp, 128 tokens)", 141.2, 2.0, 10,
+                  disturbed=True, key=True),
+            Figure("projected.tg128@d0", "decode at depth 0 on the device (projected)", 60.1, "tok/s",
+                   "higher", "speed", "projected", expected_error=0.211, key=True),
+            setting("threads", "CPU threads", 2, "threads")]
+    _run(tmp_path, "03-profile", "profile", figs)
+    _run(tmp_path, "09-compare", "compare", [setting("runs", "runs compared", "a, b")])
     text = build_index(tmp_path).read_text()
     assert "<h2>Comparisons</h2>" in text and 'href="09-compare/report.html"' in text
-    assert "decode at depth 0 (llama.cpp, 128 tokens): 141.2 ± 1.4 tok/s †" in text
-    assert "decode at depth 0 on the device (projected): 60.1 tok/s" in text
-    assert ("measured on this host; jetson-orin-nx-16gb figures projected (decode within ±21% on published points "
-            "held out of its calibration)") in text
-    assert "schema_version" not in text and "result schema version" not in text  # settings are not key figures
+    assert "decode at depth 0 (llama.cpp, 128 tokens): 141.2 ± 1.431 tok/s †" in text
+    assert "decode at depth 0 on the device (projected): 60.1 tok/s (±21% expected)" in text
+    assert ("measured here; projected (within ±21% on published points held out of its calibration)") in text
+    assert "CPU threads" not in text  # settings are not key figures
 
 
 def test_record_has_versions_and_hashes(tmp_path, tiny):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slm.gguf import spec_from_gguf
 from slm.profiling import kv
-from slm.spec import spec_from_config
+from slm.spec import spec_from_config, spec_from_gguf
 
 
 @pytest.mark.slow
@@ -31,8 +30,8 @@ def test_spec_from_gguf_is_smollm2(gguf):
 
 
 def test_share_curve_and_crossover():
-    cfg = dict(model_type="llama", num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=256, max_position_embeddings=65536)
+    cfg = dict(model_type="llama", num_hidden_layers=4, hidden_size=64, intermediate_size=128,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=65536)
     spec = spec_from_config(cfg)
     per_tok = kv.kv_bytes(spec, 1)  # 2 × 4 × 2 × 16 × 2 = 512 B
     assert per_tok == 512
@@ -51,7 +50,7 @@ def test_share_curve_and_crossover():
 def test_unknown_cache_type():
     from slm.errors import SlmError
 
-    spec = spec_from_config(dict(model_type="llama", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                                 num_attention_heads=4, vocab_size=256))
+    spec = spec_from_config(dict(model_type="llama", num_hidden_layers=2, hidden_size=64,
+                                 intermediate_size=128, num_attention_heads=4, vocab_size=256))
     with pytest.raises(SlmError, match="q8_0"):
         kv.kv_bytes(spec, 10, "q5_1")

@@ -10,10 +10,15 @@ import sys
 import time
 
 import pytest
+
+from slm.figure import Figure
 from slm.profiling.hostload import DISTURBED_SHARE, Window
 from slm.profiling.protocol import BenchArgs, run_tests
+from slm.stats import change, ci95, ci95_of, t975
 
-from slm.report.uncertainty import Estimate, change, ci95, ci95_of, t975
+
+def Estimate(value, interval=None, exact=False, disturbed=False) -> Figure:  # noqa: N802 (reads as before)
+    return Figure("x", "x", value, "tok/s", interval=interval, exact=exact, disturbed=disturbed)
 
 
 def test_student_t_interval_of_known_samples():
@@ -39,7 +44,8 @@ def test_change_and_its_uncertainty():
 
 
 class Scripted:
-    """A backend whose runs take scripted times (seconds), each one sleeping a little so the time cap is real."""
+    """A backend whose runs take scripted times (seconds), each one sleeping a little so the time cap is
+    real."""
 
     name = "scripted"
 
@@ -62,14 +68,15 @@ def test_adaptive_reps_stop_early_on_constant_samples():
 
 
 def test_adaptive_reps_go_on_until_the_interval_is_tight():
-    # alternating 0.01 / 0.0104 s: s ≈ 2 % of the mean, too wide at the minimum of 2 (t(1) = 12.7); the loop must stop
-    # at the first n whose interval is within ±3 %, no earlier and no later
+    # alternating 0.01 / 0.0104 s: s ≈ 2 % of the mean, too wide at the minimum of 2 (t(1) = 12.7); the loop
+    # must stop at the first n whose interval is within ±3 %, no earlier and no later
     b = Scripted([0.010, 0.0104])
     [row] = run_tests(b, BenchArgs(pp=(100,), tg=0, reps=2, warmup=0, time_cap_s=60))
     tps = [100 / s for s in itertools.islice(itertools.cycle([0.010, 0.0104]), row["reps"])]
     assert row["stop"] == "interval" and ci95_of(tps) / statistics.fmean(tps) <= 0.03
     shorter = tps[:-1]
-    assert len(shorter) < 2 or ci95_of(shorter) / statistics.fmean(shorter) > 0.03  # it stopped at the first tight n
+    # it stopped at the first tight n
+    assert len(shorter) < 2 or ci95_of(shorter) / statistics.fmean(shorter) > 0.03
 
 
 def test_adaptive_reps_stop_at_the_time_cap_on_noisy_samples():
@@ -78,7 +85,8 @@ def test_adaptive_reps_stop_at_the_time_cap_on_noisy_samples():
     [row] = run_tests(b, BenchArgs(pp=(100,), tg=0, reps=2, warmup=0, time_cap_s=0.3, max_reps=1000))
     assert row["stop"] == "time_cap" and row["wide"] and row["ci_rel"] > 0.03 and 5 <= row["reps"] < 40
     assert time.perf_counter() - t0 < 1.5 and any("wider than ±3%" in f for f in row["flags"])
-    [capped] = run_tests(Scripted([0.01, 0.03]), BenchArgs(pp=(100,), tg=0, reps=2, time_cap_s=60, max_reps=6))
+    [capped] = run_tests(Scripted([0.01, 0.03]),
+                         BenchArgs(pp=(100,), tg=0, reps=2, time_cap_s=60, max_reps=6))
     assert capped["stop"] == "max_reps" and capped["reps"] == 6
 
 
@@ -92,7 +100,8 @@ def _profile_tiny(gguf) -> list[dict]:
     from slm.quant.llamacpp import LlamaCpp
 
     # a target no test can reach: every test runs to its 1.5 s cap, a window long enough for 100 Hz ticks
-    args = BenchArgs(pp=(32,), tg=8, depths=(0,), reps=2, threads=1, target_ci=1e-4, time_cap_s=1.5, max_reps=10_000)
+    args = BenchArgs(pp=(32,), tg=8, depths=(0,), reps=2, threads=1, target_ci=1e-4, time_cap_s=1.5,
+                     max_reps=10_000)
     with LlamaCpp(gguf, args.max_context(), 1) as b:
         return run_tests(b, args)
 
@@ -106,11 +115,12 @@ def tiny_gguf(tiny, tmp_path):
 
 def test_profile_beside_a_busy_loop_is_flagged_disturbed(tiny_gguf):
     quiet_before = _load_now()
-    # quiet run first, where this shared host allows: if others already use the CPU, a quiet run cannot be made
-    # here, and only the busy case is asserted (the figures are then rightly flagged either way)
+    # quiet run first, where this shared host allows: if others already use the CPU, a quiet run cannot be
+    # made here, and only the busy case is asserted (the figures are then rightly flagged either way)
     if quiet_before < DISTURBED_SHARE / 2:
         rows = _profile_tiny(tiny_gguf)
-        if any(r["disturbed"] for r in rows):  # someone started work meanwhile: it must show in a later window
+        # someone started work meanwhile: it must show in a later window
+        if any(r["disturbed"] for r in rows):
             assert _load_now() > DISTURBED_SHARE / 2 or max(r["other_cpu_share"] for r in rows) < 0.3, rows
         else:
             assert all(r["other_cpu_share"] < DISTURBED_SHARE and r["flags"] == [] or r["wide"] for r in rows)
@@ -122,7 +132,8 @@ def test_profile_beside_a_busy_loop_is_flagged_disturbed(tiny_gguf):
         burner.kill()
         burner.wait()
     for r in busy:
-        assert r["disturbed"] and r["other_cpu_share"] > 0.25, r  # one burning core of two: ~50 % of the machine
+        # one burning core of two: ~50 % of the machine
+        assert r["disturbed"] and r["other_cpu_share"] > 0.25, r
         assert any("other processes used" in f for f in r["flags"]) and r["window_s"] >= 1.0
 
 
@@ -133,10 +144,12 @@ def test_sweep_answer_draws_no_conclusion_inside_the_noise():
         return {"type": t, "bits_per_weight": bpw, "pp_tok_s": 500.0, "pp_tok_s_ci95": 5.0, "tg_tok_s": tg,
                 "tg_tok_s_ci95": ci, "tg_tok_s_disturbed": disturbed}
 
-    # issue 11's sweep: q6_k 41.5 vs q8_0 132 while a neighbour ran — flagged, not worded as "fewer bits ran slower"
+    # a measured sweep: q6_k 41.5 vs q8_0 132 while a neighbour ran — flagged, not worded as "fewer bits ran
+    # slower"
     a = answer([row("q8_0", 8.5, 132.2, 3.0), row("q6_k", 6.6, 41.5, 30.0, disturbed=True)])
     assert "decode: yes" in a and "fewer bits ran slower" not in a and "decode disturbed" in a
     a = answer([row("q8_0", 8.5, 132.2, 6.0), row("q6_k", 6.6, 128.0, 6.0)])  # overlapping intervals
     assert "fewer bits ran slower" not in a and "decode within noise (intervals overlap" in a
     a = answer([row("q8_0", 8.5, 132.2, 2.0), row("q6_k", 6.6, 120.0, 2.0)])  # apart: a finding
-    assert a.startswith("decode: no — fewer bits ran slower in 1 step(s), intervals apart: q6_k (6.60 bpw) 120.0 ± 2.0")
+    assert a.startswith("decode: no — fewer bits ran slower in 1 step(s), intervals apart: q6_k (6.60 bpw) "
+                        "120.0 ± 2.0")

@@ -1,9 +1,10 @@
-"""Where the time goes: operator breakdowns per phase for llama.cpp (eval callback), torch (torch.profiler) and
-onnxruntime-genai (onnxruntime's profiler), on tiny models."""
+"""Where the time goes: operator breakdowns per phase for llama.cpp (eval callback), torch (torch.profiler)
+and onnxruntime-genai (onnxruntime's profiler), on tiny models."""
 
 from __future__ import annotations
 
 import pytest
+
 from slm.profiling import ops
 
 
@@ -22,7 +23,8 @@ def test_kinds_of_ops_by_name():
     assert ops.ggml_kind("FLASH_ATTN_EXT") == "attention" and ops.ggml_kind("GET_ROWS", "inp_embd") == "other"
     assert ops.torch_kind("aten::addmm") == "matmul" and ops.torch_kind("aten::_softmax") == "attention"
     assert ops.onnx_kind("MatMulNBits") == "matmul" and ops.onnx_kind("GroupQueryAttention") == "attention"
-    assert ops.onnx_kind("SkipSimplifiedLayerNormalization") == "norm" and ops.onnx_kind("RotaryEmbedding") == "rope"
+    assert (ops.onnx_kind("SkipSimplifiedLayerNormalization") == "norm"
+            and ops.onnx_kind("RotaryEmbedding") == "rope")
     p = ops.phase_of({"a": 3.0, "b": 1.0}, lambda k: "matmul" if k == "a" else "other")
     assert p["shares"]["matmul"] == 0.75 and p["top"][0] == ["a", 0.75]
 
@@ -51,7 +53,6 @@ def test_torch_profiler_breakdown(tiny):
 
 def test_onnxruntime_profiler_breakdown(tiny, tmp_path):
     from slm.profiling.ortgenai import OrtGenai
-
     from tests.profiling.test_profile import _tiny_onnx
 
     with OrtGenai(_tiny_onnx(tiny, tmp_path), 1) as b:
@@ -63,20 +64,23 @@ def test_onnxruntime_profiler_breakdown(tiny, tmp_path):
 def test_profile_with_ops_shows_the_breakdown_and_no_invented_energy(tiny, tmp_path, monkeypatch):
     import json
 
+    from slm.cli import main
     from slm.profiling import energy
     from slm.quant.gguf_write import write_gguf
 
-    from slm.cli import main
-
-    monkeypatch.setattr(energy, "SYSFS", str(tmp_path / "no-sysfs"))  # a machine with neither INA3221 nor RAPL
+    # a machine with neither INA3221 nor RAPL
+    monkeypatch.setattr(energy, "SYSFS", str(tmp_path / "no-sysfs"))
     g = write_gguf(tiny(), tmp_path / "t.gguf", "f32")
     out = tmp_path / "p"
-    assert main(["profile", str(g), "--backends", "llama.cpp", "--pp", "16", "--tg", "4", "--depths", "0", "--reps", "1",
-                 "--max-reps", "2", "--time-cap", "0.5", "--threads", "1", "--ops", "-o", str(out)]) == 0
+    assert main(["profile", str(g), "--backends", "llama.cpp", "--pp", "16", "--tg", "4", "--depths", "0",
+                 "--reps", "1", "--max-reps", "2", "--time-cap", "0.5", "--threads", "1", "--ops", "-o",
+                 str(out)]) == 0
     res = json.loads((out / "profile.json").read_text())
     b = res["backends"]["llama.cpp"]
     _check(b["ops"])
-    assert all(r["j_per_token"] is None and r["energy_how"].startswith("not measurable here") for r in b["rows"])
-    assert not any("j_per_token" in k for k in res["summary"])  # absent, never a zero
+    assert all(r["j_per_token"] is None
+               and r["energy_how"].startswith("not measurable here") for r in b["rows"])
+    rec = json.loads((out / "slm.json").read_text())
+    assert not any(f["unit"] == "J/token" for f in rec["result"]["figures"])  # absent, never a zero
     html = (out / "index.html").read_text()
     assert "where the time goes" in html and "not measurable here" in html and "cb_eval" in html

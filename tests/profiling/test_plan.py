@@ -12,7 +12,8 @@ from slm.gguf import kv_element_bytes
 from slm.profiling.calibration import fit_all
 from slm.profiling.devices import get_device
 from slm.profiling.plan import PlanArgs, candidates, depths, plan
-from slm.spec import ModelSpec, spec_from_config
+from slm.record import write_record
+from slm.spec import ModelSpec, load_spec, spec_from_config
 
 SMOLLM2 = ModelSpec("llama", 30, 576, 1536, 9, 3, 64, 49152, 8192, True, False, False, "bfloat16")
 LLAMA32_3B = spec_from_config({"model_type": "llama", "num_hidden_layers": 28, "hidden_size": 3072,
@@ -22,7 +23,8 @@ LLAMA32_3B = spec_from_config({"model_type": "llama", "num_hidden_layers": 28, "
 
 
 def _row(rows, layers=None, **kw):
-    return next(r for r in rows if all(r[k] == v for k, v in kw.items()) and (layers is None or r["layers"] == layers))
+    return next(r for r in rows if all(r[k] == v for k, v in kw.items())
+                and (layers is None or r["layers"] == layers))
 
 
 def test_bundled_shape_real_bits_and_projection():
@@ -33,7 +35,8 @@ def test_bundled_shape_real_bits_and_projection():
     # decode = 1 / ((weights + KV at depth 4096) / (fitted efficiency × bandwidth) + fitted overhead), exactly
     kv_tok = SMOLLM2.kv_bytes_per_token(kv_element_bytes("f16"))
     fit = fit_all()["llama.cpp"]
-    want = 1 / ((q6["weights_bytes"] + kv_tok * 4096) / (fit.efficiency * 68e9) + fit.overhead_s["llama.cpp CUDA"])
+    want = 1 / ((q6["weights_bytes"] + kv_tok * 4096) / (fit.efficiency * 68e9)
+                + fit.overhead_s["llama.cpp CUDA"])
     assert q6["decode_tok_s"] == pytest.approx(want)
     assert q6["kv_bytes"] == kv_tok * 4096 and q6["fits"]
     # a smaller file and cache decode faster
@@ -46,7 +49,8 @@ def test_llama_3b_on_orin_nano_at_4k_above_20_tok_s():
     rows = res["candidates"]
     assert not _row(rows, type="f16", kv_type="f16")["fits"]  # 6.4 GB of weights + KV > 6 GiB usable
     q4 = _row(rows, type="q4_0", kv_type="f16")
-    assert q4["fits"] and q4["decode_tok_s"] < 20 and not q4["meets_budget"]  # memory-bound: ~1.9 GB per token
+    # memory-bound: ~1.9 GB per token
+    assert q4["fits"] and q4["decode_tok_s"] < 20 and not q4["meets_budget"]
     ranks = [r["meets_budget"] for r in rows]
     assert ranks == sorted(ranks, reverse=True)  # budget-meeting rows first
     assert res["recommended"] == [r for r in rows if r["meets_budget"] and r["pareto"]][:5]
@@ -70,16 +74,17 @@ def test_memory_budget_and_ranking():
 
 
 def test_pruned_depths_rank_after_the_model_as_is_when_it_meets_the_budget(tmp_path):
-    rec = {"result": {"validation": {"gguf": {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7},
-                                              "q4_0": {"kld": {"kld_mean": 0.3}, "perplexity": 50.0}}}}}
-    (tmp_path / "slm.json").write_text(json.dumps(rec))
+    _export_record(tmp_path, {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7},
+                              "q4_0": {"kld": {"kld_mean": 0.3}, "perplexity": 50.0}})
     rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0", "q4_0"),
                                         min_decode=20, quality=str(tmp_path / "slm.json")))
     first = rows[0]
     assert first["variant"] == "as is" and first["type"] == "q8_0" and first["kv_type"] == "f16"  # lowest KLD
-    assert all(r["variant"].startswith("prune") for r in rows[6:])  # 2 types × 3 KV types as is, then the prunes
+    # 2 types × 3 KV types as is, then the prunes
+    assert all(r["variant"].startswith("prune") for r in rows[6:])
     # too slow as is: the pruned depths come first
-    slow = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0",), kv_types=("f16",),
+    slow = candidates(SMOLLM2,
+                      PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0",), kv_types=("f16",),
                                         min_decode=rows[0]["decode_tok_s"] * 1.05))
     assert slow[0]["meets_budget"] and slow[0]["variant"].startswith("prune")
 
@@ -88,26 +93,62 @@ def test_depths_grow_and_prune():
     d = dict(depths(30, grow=True, prune=True))
     assert d[30] == "as is" and d[36] == "expand N=6 P=1" and d[27] == "prune K=3" and d[19] == "prune K=11"
     assert max(d) <= 45 and set(dict(depths(30, False, False))) == {30}
-    rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", grow=True, types=("q8_0",), kv_types=("f16",)))
+    rows = candidates(SMOLLM2,
+                      PlanArgs(device="jetson-orin-nano-8gb", grow=True, types=("q8_0",), kv_types=("f16",)))
     assert len(rows) == len(dict(depths(30, True, False)))
     assert _row(rows, 36, type="q8_0")["params"] > _row(rows, 30, type="q8_0")["params"]
 
 
+def _export_record(folder, gguf: dict, model=None):
+    """An export's slm.json as `slm export` writes it (its validation per GGUF type)."""
+    write_record(folder, "export", {}, inputs={"model": model} if model else None,
+                 result={"validation": {"gguf": gguf}})
+    return folder / "slm.json"
+
+
 def test_quality_only_from_a_sweep_of_this_model(tmp_path):
-    rec = {"result": {"validation": {"gguf": {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7}}}}}
-    (tmp_path / "slm.json").write_text(json.dumps(rec))
+    q = _export_record(tmp_path, {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7}})
     rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0", "q4_0"),
-                                        quality=str(tmp_path / "slm.json")))
+                                        quality=str(q)))
     assert _row(rows, 30, type="q8_0", kv_type="f16")["kld"] == 0.004
     assert _row(rows, 30, type="q4_0", kv_type="f16")["kld"] is None  # not in the sweep: unknown
     assert _row(rows, 27, type="q8_0", kv_type="f16")["kld"] is None  # a pruned model is another model
-    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "e").mkdir()
+    write_record(tmp_path / "e", "export", {}, result={})
     with pytest.raises(SlmError, match="no quant sweep"):
-        candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", quality=str(tmp_path / "empty.json")))
+        candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", quality=str(tmp_path / "e" / "slm.json")))
+
+
+def test_quality_from_every_record_kind(tmp_path):
+    """A profile's slm.json (its sweep is {"rows": [...]}), its profile.json and an export's slm.json."""
+    sweep = {"rows": [{"type": "q8_0", "kld_vs_ref": 0.005, "ppl": 36.9, "reference": "f16"}], "answer": "x"}
+    (tmp_path / "p").mkdir()
+    write_record(tmp_path / "p", "profile", {}, result={"sweep": sweep})
+    (tmp_path / "p" / "profile.json").write_text(json.dumps({"sweep": sweep}))
+    (tmp_path / "x").mkdir()
+    for q in (tmp_path / "p" / "slm.json", tmp_path / "p" / "profile.json",
+              _export_record(tmp_path / "x", {"q8_0": {"kld": {"kld_mean": 0.005}, "perplexity": 36.9}})):
+        rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", types=("q8_0",), kv_types=("f16",),
+                                            quality=str(q)))
+        assert rows[0]["kld"] == 0.005, q
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SlmError, match="not valid JSON"):
+        candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", quality=str(tmp_path / "bad.json")))
+
+
+def test_quality_of_another_model_is_refused(tiny, tmp_path):
+    a, b = tiny("llama", name="a"), tiny("llama", name="b", seed=1)
+    (tmp_path / "x").mkdir()
+    q = _export_record(tmp_path / "x", {"q8_0": {"kld": {"kld_mean": 0.01}, "perplexity": 9.0}}, model=b)
+    args = PlanArgs(device="jetson-orin-nano-8gb", types=("q8_0",), kv_types=("f16",), quality=str(q))
+    with pytest.raises(SlmError, match="measured another model"):
+        plan(load_spec(a), args, model=str(a))
+    assert plan(load_spec(b), args, model=str(b))["candidates"][0]["kld"] == 0.01
 
 
 @pytest.mark.parametrize("kw,msg", [({"device": "pi5"}, "unknown device"), ({"context": 0}, "--context"),
-                                    ({"min_decode": -1}, "--min-decode"), ({"types": ("q9",)}, "unknown GGUF type"),
+                                    ({"min_decode": -1}, "--min-decode"),
+                                    ({"types": ("q9",)}, "unknown GGUF type"),
                                     ({"prefill_efficiency": 2}, "efficiencies")])
 def test_bad_args_one_line(kw, msg):
     with pytest.raises(SlmError, match=msg) as e:
@@ -121,15 +162,18 @@ def test_cli_plan_writes_report(tiny, tmp_path, capsys):
     d = tiny("llama")
     capsys.readouterr()
     out = tmp_path / "plan"
-    assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "--context", "256", "--prune", "-o", str(out)]) == 0
+    assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "--context", "256", "--prune",
+                 "-o", str(out)]) == 0
     printed = capsys.readouterr()
     assert "decode tok/s*" in printed.out and "projected (calibrated device model)" in printed.out
-    assert "types that hold on this shape" in printed.err  # hidden 64: K-quants fall back, said before the table
+    # hidden 64: K-quants fall back, said before the table
+    assert "types that hold on this shape" in printed.err
     res = json.loads((out / "plan.json").read_text())
     assert res["candidates"] and (out / "slm.json").is_file()
     html = (out / "report.html").read_text()
     assert "Speed vs memory" in html and "<svg" in html
-    assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "-o", str(d / "p")]) == 2  # guarded output
+    # guarded output
+    assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "-o", str(d / "p")]) == 2
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({**dataclasses.asdict(SMOLLM2), "model_type": "llama", "num_hidden_layers": 30,
                                "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,

@@ -1,4 +1,5 @@
-"""The profile end to end: backends on one protocol, the sweep with its answer, JSON schema, slm.json, report."""
+"""The profile end to end: backends on one protocol, the sweep with its answer, JSON schema, slm.json,
+report."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ def test_torch_backend_on_tiny(tiny):
         assert b._caches[16].get_seq_length() == 16  # the depth cache is cropped back after every run
     assert [r["test"] for r in rows] == ["pp8", "pp32", "tg4@d0", "tg4@d16"]
     for r in rows:
-        assert r["tok_s"] > 0 and 2 <= len(r["samples_tok_s"]) == r["reps"] <= args.max_reps and r["tok_s_std"] >= 0
-        assert r["stop"] in ("interval", "time_cap", "max_reps") and (r["stop"] == "interval") == (r["ci_rel"] <= 0.03)
+        assert (r["tok_s"] > 0 and 2 <= len(r["samples_tok_s"]) == r["reps"] <= args.max_reps
+                and r["tok_s_std"] >= 0)
+        assert (r["stop"] in ("interval", "time_cap", "max_reps")
+                and (r["stop"] == "interval") == (r["ci_rel"] <= 0.03))
     assert all(r["ttft_ms"] > 0 for r in rows if r["kind"] == "prefill")
 
 
@@ -37,10 +40,11 @@ def test_bench_args_validation():
 @pytest.mark.slow
 def test_profile_gguf_with_sweep(gguf, tmp_path, capsys):
     out = tmp_path / "p"
-    rc = main(["profile", str(gguf), "--quick", "--quant", "q8_0,q4_0", "--device", "jetson", "--json", "-o", str(out)])
+    rc = main(["profile", str(gguf), "--quick", "--quant", "q8_0,q4_0", "--device", "jetson", "--json", "-o",
+               str(out)])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["schema_version"] == 2 and res["threads"] >= 1
+    assert res["schema_version"] == 3 and res["threads"] >= 1 and res["where"] == "measured here"
     rows = res["backends"]["llama.cpp"]["rows"]
     assert [r["test"] for r in rows] == ["pp64", "pp256", "tg32@d0", "tg32@d256"]
     for r in rows:
@@ -59,18 +63,26 @@ def test_profile_gguf_with_sweep(gguf, tmp_path, capsys):
     assert f16["crossover_within_max"] and 512 < f16["crossover_context"] < 8192
     # projection onto Orin NX 16GB: labelled, with inputs, nothing flagged for a 135M model
     p = res["projection"]
-    assert p["device"]["key"] == "jetson-orin-nx-16gb" and p["flagged"] == [] and p["inputs"]["device_bandwidth_GBps"] == 102.4
-    # outputs: the summary the lead's compare reads, the report with its figures
+    assert (p["device"]["key"] == "jetson-orin-nx-16gb" and p["flagged"] == []
+            and p["inputs"]["device_bandwidth_GBps"] == 102.4)
+    # outputs: the figures compare and the index read, the report with its charts
     rec = json.loads((out / "slm.json").read_text())
-    assert rec["kind"] == "profile" and rec["result"]["summary"]["llama.cpp.tg32@d0.tok_s"] > 0
-    assert all(not isinstance(v, (dict, list)) for v in rec["result"]["summary"].values())
+    figs = {f["name"]: f for f in rec["result"]["figures"]}
+    d0 = figs["llama.cpp.tg32@d0"]
+    assert rec["kind"] == "profile" and d0["value"] > 0 and d0["unit"] == "tok/s" and d0["key"]
+    assert d0["interval"] is not None and d0["n"] >= 2 and d0["how"] == "measured here"
+    assert figs["projected.tg32@d0"]["how"] == "projected" and figs["projected.tg32@d0"]["expected_error"]
+    assert "process" in figs["llama.cpp.process_rss"]["label"]  # the process, not the model
+    assert all(f["unit"] and f["better"] in ("higher", "lower", "none") for f in figs.values())
     html = (out / "index.html").read_text()
-    for title in ("prefill speed vs prompt length", "decode speed vs depth", "KV-cache share", "quantization:", "roofline"):
+    for title in ("prefill speed vs prompt length", "decode speed vs depth", "KV-cache share",
+                  "quantization:", "roofline"):
         assert title in html
 
 
 def _tiny_onnx(tiny, tmp_path):
-    """A tiny checkpoint with a word-level tokenizer, built into an fp32 ONNX folder by onnxruntime-genai's builder."""
+    """A tiny checkpoint with a word-level tokenizer, built into an fp32 ONNX folder by onnxruntime-genai's
+    builder."""
     import subprocess
     import sys
 
@@ -81,18 +93,20 @@ def _tiny_onnx(tiny, tmp_path):
     m = tiny()
     tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(256)}, unk_token="t0"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="t0", bos_token="t1", eos_token="t2").save_pretrained(m)
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="t0", bos_token="t1",
+                            eos_token="t2").save_pretrained(m)
     out = tmp_path / "onnx"
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(m), "-o", str(out), "-p", "fp32",
-                    "-e", "cpu", "-c", str(tmp_path / "cache")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(m), "-o", str(out),
+                    "-p", "fp32", "-e", "cpu", "-c", str(tmp_path / "cache")], check=True,
+                   capture_output=True)
     return out
 
 
 def test_onnxruntime_genai_backend_on_tiny(tiny, tmp_path, capsys):
     onnx = _tiny_onnx(tiny, tmp_path)
     out = tmp_path / "p"
-    rc = main(["profile", str(onnx), "--pp", "16,64", "--tg", "8", "--depths", "0,32", "--reps", "2", "--threads", "1",
-               "--json", "-o", str(out)])
+    rc = main(["profile", str(onnx), "--pp", "16,64", "--tg", "8", "--depths", "0,32", "--reps", "2",
+               "--threads", "1", "--json", "-o", str(out)])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     rows = res["backends"]["onnxruntime-genai"]["rows"]
@@ -106,11 +120,14 @@ def test_sweep_answer_reads_the_data():
     from slm.profiling.sweep import answer
 
     def row(t, bpw, pp, tg):
-        return {"type": t, "bits_per_weight": bpw, "pp_tok_s": pp, "pp_tok_s_std": 1.0, "tg_tok_s": tg, "tg_tok_s_std": 0.5}
+        return {"type": t, "bits_per_weight": bpw, "pp_tok_s": pp, "pp_tok_s_std": 1.0, "tg_tok_s": tg,
+                "tg_tok_s_std": 0.5}
 
-    rows = [row("f16", 16, 100, 20), row("q8_0", 8.5, 150, 40), row("q6_k", 6.6, 160, 30), row("q4_0", 4.5, 170, 50)]
+    rows = [row("f16", 16, 100, 20), row("q8_0", 8.5, 150, 40), row("q6_k", 6.6, 160, 30),
+            row("q4_0", 4.5, 170, 50)]
     a = answer(rows)
-    assert a.startswith("decode: no") and "q6_k (6.60 bpw) 30.0 ± 1.0 tok/s vs q8_0 (8.50 bpw) 40.0 ± 1.0 tok/s" in a
+    assert (a.startswith("decode: no")
+            and "q6_k (6.60 bpw) 30.0 ± 1.0 tok/s vs q8_0 (8.50 bpw) 40.0 ± 1.0 tok/s" in a)
     assert "prefill: yes" in a and "fastest decode: q4_0" in a
     rows[2]["tg_tok_s"] = 45
     assert answer(rows).startswith("decode: yes")
@@ -123,35 +140,38 @@ def test_profile_args_parse_quant_once_and_presets():
     from slm.profiling.api import ProfileArgs, RemoteArgs, remote_argv
 
     a = ProfileArgs(quant="Q8_0, q4_k_m,q8_0", backends="llama.cpp", threads=3, device="jetson")
-    assert a.quant == ("q8_0", "q4_k_m") and a.backends == ("llama.cpp",) and a.bench.threads == a.threads == 3
+    assert (a.quant == ("q8_0", "q4_k_m") and a.backends == ("llama.cpp",)
+            and a.bench.threads == a.threads == 3)
     assert a.device == "jetson-orin-nx-16gb" and a.bench.pp == (128, 512, 2048)
     q = ProfileArgs(quant=("q4_0",), quick=True, threads=1)
-    assert (q.bench.pp, q.bench.tg, q.bench.depths, q.bench.reps, q.bench.threads) == ((64, 256), 32, (0, 256), 2, 1)
+    assert (q.bench.pp, q.bench.tg, q.bench.depths, q.bench.reps,
+            q.bench.threads) == ((64, 256), 32, (0, 256), 2, 1)
     assert (q.sweep_pp, q.sweep_tg, q.ppl_chunks, q.kv_contexts) == (128, 16, 2, (512, 2048))
     assert ProfileArgs(bench=BenchArgs(threads=5)).threads == 5  # None: the protocol's own
-    for bad, msg in (({"quant": "q9_z"}, "unknown GGUF type 'q9_z'"), ({"backends": "llama.cpp,vllm"}, "unknown backend"),
+    for bad, msg in (({"quant": "q9_z"}, "unknown GGUF type 'q9_z'"),
+                     ({"backends": "llama.cpp,vllm"}, "unknown backend"),
                      ({"kv_types": ("q5_1",)}, "unknown KV cache type"), ({"device": "nano"}, "nano")):
         with pytest.raises(SlmError, match=msg):
             ProfileArgs(**bad)
     argv = remote_argv(q, Path("/x/m.gguf"), RemoteArgs("me@jetson", remote_dir="rd"))
-    assert argv == ["--threads", "1", "--backends", "llama.cpp,torch,onnxruntime-genai", "--quick", "--target-ci", "0.03",
-                    "--max-reps", "30", "--quant", "q4_0", "-o", "rd/m.gguf.profile", "--force"]
-    assert remote_argv(a, Path("m"), RemoteArgs("me@jetson"))[4:12] == ["--pp", "128,512,2048", "--tg", "128",
-                                                                        "--depths", "0,512,2048", "--reps", "3"]
+    assert argv[0] == "--args-json" and argv[2:] == ["-o", "rd/m.gguf.profile", "--force"]
+    assert ProfileArgs.from_dict(json.loads(argv[1])) == q  # the record itself, not a rebuilt command line
 
 
 def test_profile_model_projects_a_config(tmp_path):
-    """The library call `slm demo` makes, on a bare config: projection only, the report and slm.json written."""
+    """The library call `slm demo` makes, on a bare config: projection only, the report and slm.json
+    written."""
     from slm.profiling.api import ProfileArgs, profile_model
 
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(dict(model_type="llama", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                                   num_attention_heads=4, vocab_size=256)))
+    cfg.write_text(json.dumps(dict(model_type="llama", num_hidden_layers=2, hidden_size=64,
+                                   intermediate_size=128, num_attention_heads=4, vocab_size=256)))
     seen = []
     res = profile_model(None, tmp_path / "p", ProfileArgs(device="jetson", quant="q4_k_m"), config=cfg,
                         progress=seen.append)
     assert res["out"] == str(tmp_path / "p") and res["projection"]["how"] == "projected"
-    assert res["projection"]["inputs"]["weight_bytes"] == res["model"]["params"] * 4.5 / 8  # q4_k_m's nominal bpw
+    # q4_k_m's nominal bpw
+    assert res["projection"]["inputs"]["weight_bytes"] == res["model"]["params"] * 4.5 / 8
     rec = json.loads((tmp_path / "p" / "slm.json").read_text())
     assert rec["args"]["quant"] == ["q4_k_m"] and rec["args"]["config"] == str(cfg)
     assert (tmp_path / "p" / "index.html").is_file()

@@ -34,7 +34,7 @@ def test_ssh_end_to_end(sshd, gguf, tmp_path, capsys):
     rc = main(_argv(sshd, gguf, out, "--quick", "--json", "--backends", "llama.cpp"))
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["schema_version"] == 2
+    assert res["schema_version"] == 3 and res["where"] == "measured over SSH"
     assert res["how"].startswith("measured over SSH on ")
     rows = res["backends"]["llama.cpp"]["rows"]
     assert rows and all(r["how"] == res["how"] and r["tok_s"] > 0 for r in rows)
@@ -42,6 +42,8 @@ def test_ssh_end_to_end(sshd, gguf, tmp_path, capsys):
     saved = json.loads((out / "profile.json").read_text())
     assert saved["how"] == res["how"]
     assert (out / "slm.json").is_file() and (out / "index.html").is_file()
+    figs = {f["name"]: f for f in json.loads((out / "slm.json").read_text())["result"]["figures"]}
+    assert figs["llama.cpp.tg32@d0"]["how"] == "measured over SSH"
 
 
 @pytest.mark.parametrize("case, kw, expect", [

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from slm.io import load_model
-from slm.quant import validate as V
+from slm.quant import runtimes as rt
 from slm.quant.export import ExportArgs, export
 from slm.quant.gguf_write import write_gguf
 
@@ -19,7 +19,8 @@ GGUF_TYPES = ["f32", "q8_0", "q6_k", "q4_k_m"]
 def real_export(real_model, tmp_path_factory):
     """One validated export per session: 4 GGUF types + ONNX int4 and fp32 (≈ 2 min on 1 thread)."""
     out = tmp_path_factory.mktemp("export") / "smol-export"
-    # int4:hqq is the recipe the int4 search keeps on this model; the search itself is tests/quant/test_onnx_search
+    # int4:hqq is the recipe the int4 search keeps on this model; the search itself is
+    # tests/quant/test_onnx_search
     res = export(real_model, out, ExportArgs(gguf=GGUF_TYPES, onnx=["int4:hqq", "fp32"], threads=1))
     return out, res
 
@@ -60,13 +61,14 @@ def test_gguf_tokenizer_matches_hf(real_export):
     tok = real_export[1]["validation"]["tokenizer"]
     bad = [r for r in tok["rows"] if r["hf"] != r["gguf"]]
     assert not bad, bad
-    assert tok["strings"] == len(V.TOKENIZER_STRINGS) and real_export[1]["pre_tokenizer"] == "smollm"
+    assert tok["strings"] == len(rt.TOKENIZER_STRINGS) and real_export[1]["pre_tokenizer"] == "smollm"
 
 
 def test_onnx_exports_run_in_onnxruntime_genai(real_export):
     out, res = real_export
     o = res["validation"]["onnx"]
-    assert (out / "onnx-int4" / "genai_config.json").is_file() and (out / "onnx-fp32" / "tokenizer.json").is_file()
+    assert (out / "onnx-int4"
+            / "genai_config.json").is_file() and (out / "onnx-fp32" / "tokenizer.json").is_file()
     assert o["fp32"]["max_rel_err"] < 1e-3 and o["fp32"]["top1_agree"] == 1.0, o["fp32"]
     assert o["fp32"]["same_generation"]
     assert o["int4"]["generation"].strip() and math.isfinite(o["int4"]["perplexity"])
@@ -85,8 +87,8 @@ def test_expanded_model_f32_gguf_matches_hf(real_model, tmp_path):
     gguf = write_gguf(x36, tmp_path / "x36-f32.gguf", "f32")
     model = load_model(x36).eval()
     assert model.config.num_hidden_layers == 36
-    prompts = V.prompt_ids(AutoTokenizer.from_pretrained(str(x36)), model.config.vocab_size)
-    with V.open_gguf(gguf, 128, exact=True, threads=1) as llm:
-        cmp = V.compare_logits([V.hf_logits(model, p) for p in prompts], [llm.logits(p) for p in prompts])
+    prompts = rt.prompt_ids(AutoTokenizer.from_pretrained(str(x36)), model.config.vocab_size)
+    with rt.open_gguf(gguf, 128, exact=True, threads=1) as llm:
+        cmp = rt.compare_logits([rt.hf_logits(model, p) for p in prompts], [llm.logits(p) for p in prompts])
         assert cmp["max_rel_err"] < 1e-3 and cmp["top1_agree"] == 1.0, cmp
-        assert V.hf_greedy(model, prompts[2], 32) == llm.greedy(prompts[2], 32)
+        assert rt.hf_greedy(model, prompts[2], 32) == llm.greedy(prompts[2], 32)

@@ -16,10 +16,11 @@ def test_export_report_is_one_row_per_artifact(tiny, tmp_path):
     rows = re.findall(r"<tr[^>]*><td class=\"txt\">([^<]+)</td>", table)
     assert rows == ["HF model (f32, reference)", "GGUF f16", "GGUF q8_0", "GGUF q4_k_m"]
     q4 = re.search(r"GGUF q4_k_m</td>(.*?)</tr>", table, re.DOTALL).group(1)
-    assert "Q8_0" in q4 or "Q5_0" in q4  # the tiny rows (64) are no multiple of 256: what the file really holds
+    # the tiny rows (64) are no multiple of 256: what the file really holds
+    assert "Q8_0" in q4 or "Q5_0" in q4
     assert 'class="hl"' in table  # the row whose tensors fell back is highlighted
     assert "<h2>Files</h2>" not in html and "<h2>Parity and quality</h2>" not in html
-    assert "gguf_q4_k_m" not in html and "hf_perplexity" not in html and "HF model perplexity (f32)" in html
+    assert "gguf.q4_k_m" not in html and "hf.ppl" not in html and "HF model (f32): perplexity" in html
     if os.environ.get("SLM_SCREENSHOTS"):
         import shutil
 

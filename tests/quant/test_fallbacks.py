@@ -1,4 +1,5 @@
-"""slm.gguf's shape-only prediction of llama.cpp's per-tensor types and fallbacks, against the real quantizer."""
+"""slm.gguf's shape-only prediction of llama.cpp's per-tensor types and fallbacks, against the real
+quantizer."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ SMOLLM2 = ModelSpec("llama", 30, 576, 1536, 9, 3, 64, 49152, 8192, True, False, 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     """A tiny llama whose attention rows (96) fit legacy blocks of 32 but not K-quants' 256, while ffn_down's
-    rows (256) fit both; 12 layers exercise the q4_k_m/q5_k_m per-layer mix; untied, so output.weight exists."""
+    rows (256) fit both; 12 layers exercise the q4_k_m/q5_k_m per-layer mix; untied, so output.weight
+    exists."""
     from tests.conftest import make_tiny  # noqa: PLC0415
 
     d = make_tiny(tmp_path_factory.mktemp("mixed") / "mixed", "llama", hidden_size=96, intermediate_size=256,
@@ -39,14 +41,16 @@ def test_prediction_matches_llama_cpp(mixed, tmp_path, qtype):
         {(f["tensor"], f["wanted"], f["type"]) for f in real["fallbacks"]}
     # every tensor's type, hence the bytes and bits per weight, as in the file
     header = read_header(tmp_path / f"m-{qtype}.gguf")
-    assert {r["tensor"]: r["type"] for r in predict_types(spec, qtype)} == {t.name: t.ggml_type for t in header.tensors}
+    assert {r["tensor"]: r["type"]
+            for r in predict_types(spec, qtype)} == {t.name: t.ggml_type for t in header.tensors}
     assert pred["tensor_bytes"] == real["tensor_bytes"]
     assert pred["bits_per_weight"] == pytest.approx(real["bits_per_weight"])
 
 
 def test_bundled_shape_q6_k_falls_back():
-    """hidden 576: q/k/v/o/gate/up of every layer fall back to Q8_0 (6 per layer: 180 on 30 layers, the 216 of the
-    36-layer expansion the demo exports); the tied embedding is written Q8_0 by the output rule, not a fallback."""
+    """hidden 576: q/k/v/o/gate/up of every layer fall back to Q8_0 (6 per layer: 180 on 30 layers, the 216 of
+    the 36-layer expansion the demo exports); the tied embedding is written Q8_0 by the output rule, not a
+    fallback."""
     r = fallbacks_for(SMOLLM2, "q6_k")
     assert len(r["fallbacks"]) == 180 and not r["holds"]
     assert {f["type"] for f in r["fallbacks"]} == {"Q8_0"}
@@ -63,18 +67,19 @@ def test_types_that_hold():
 
 
 def test_export_and_expand_warn_before_work(tiny, tmp_path, capsys):
-    """hidden 64 is no multiple of 256: export's plan() and expand say so on stderr, once, before writing."""
-    from slm.quant.export import ExportArgs, plan
+    """hidden 64 is no multiple of 256: export's prepare() and expand say so on stderr, once, before
+    writing."""
+    from slm.quant.export import ExportArgs, prepare
     from slm.surgery.expand import ExpandArgs, expand
 
     d = tiny("llama")
     capsys.readouterr()  # the fixture's own progress output
-    plan(d, tmp_path / "out", ExportArgs(gguf=["q6_k", "q8_0"], validate=False))
+    prepare(d, tmp_path / "out", ExportArgs(gguf=["q6_k", "q8_0"], validate=False))
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "q6_k" in err and "q8_0:" not in err
     assert "types that hold on this shape: q8_0" in err
     assert not (tmp_path / "out").exists()
-    plan(d, tmp_path / "out", ExportArgs(gguf=["q8_0"], validate=False))
+    prepare(d, tmp_path / "out", ExportArgs(gguf=["q8_0"], validate=False))
     assert capsys.readouterr().err == ""  # a type that holds: no warning
     expand(d, tmp_path / "x", ExpandArgs(groups=3, copies=1, parity=False))
     err = capsys.readouterr().err

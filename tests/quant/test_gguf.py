@@ -13,7 +13,7 @@ import pytest
 from slm.errors import SlmError
 from slm.gguf import QUANT_TYPES, TYPES
 from slm.io import load_model
-from slm.quant import validate as V
+from slm.quant import runtimes as rt
 from slm.quant.export import ExportArgs, export
 from slm.quant.gguf_write import write_gguf
 from slm.quant.imatrix import compute_imatrix
@@ -22,10 +22,10 @@ from slm.quant.quantize import inspect_gguf, quantize
 
 def _parity(model_dir: Path, gguf: Path) -> tuple[dict, bool]:
     model = load_model(model_dir)
-    prompts = V.prompt_ids(None, model.config.vocab_size)
-    with V.open_gguf(gguf, 64, exact=True, threads=1) as llm:
-        cmp = V.compare_logits([V.hf_logits(model, p) for p in prompts], [llm.logits(p) for p in prompts])
-        same = V.hf_greedy(model, prompts[1], 16) == llm.greedy(prompts[1], 16)
+    prompts = rt.prompt_ids(None, model.config.vocab_size)
+    with rt.open_gguf(gguf, 64, exact=True, threads=1) as llm:
+        cmp = rt.compare_logits([rt.hf_logits(model, p) for p in prompts], [llm.logits(p) for p in prompts])
+        same = rt.hf_greedy(model, prompts[1], 16) == llm.greedy(prompts[1], 16)
     return cmp, same
 
 
@@ -71,7 +71,7 @@ def test_every_quant_type_loads_and_generates(wide, tmp_path, qtype):
     assert info["main_type"] in info["by_type"], info["by_type"]  # the type really is in the file
     assert info["fallbacks"] == []  # rows of 256 fit every block size
     assert 1.5 < info["bits_per_weight"] < 32
-    with V.open_gguf(out, 64, threads=1) as llm:
+    with rt.open_gguf(out, 64, threads=1) as llm:
         toks = llm.greedy([1, 2, 3, 4], 8)
     assert len(toks) == 8 and all(0 <= t < 256 for t in toks)
 
@@ -104,9 +104,11 @@ def test_export_tiny_writes_record_and_report(tiny, tmp_path):
     v = res["validation"]
     # KLD vs the f16 reference: f32 differs from it only by f16 rounding, q8_0 by its 8-bit blocks on top
     assert 0 < v["gguf"]["f32"]["kld"]["kld_mean"] < v["gguf"]["q8_0"]["kld"]["kld_mean"] < 0.1
-    assert v["scoring"]["mode"] == "all" and v["gguf"]["q8_0"]["mode"] == v["gguf"]["q8_0"]["kld"]["mode"] == "all"
-    assert res["summary"]["ppl_scoring"] == "all"
-    assert res["summary"]["gguf_q8_0_bpw"] > 8
+    assert (v["scoring"]["mode"] == "all"
+            and v["gguf"]["q8_0"]["mode"] == v["gguf"]["q8_0"]["kld"]["mode"] == "all")
+    figs = {f.name: f for f in res["figures"]}
+    assert figs["ppl_scoring"].value.startswith("every token") and figs["gguf.q8_0.bpw"].value > 8
+    assert figs["gguf.q8_0.ppl"].interval > 0 and figs["gguf.q8_0.kld"].unit == "nats"
     assert (out / "report.html").read_text().count("<svg") >= 1
     assert not list(tmp_path.glob(".exp.*")) and not (out / ".work").exists()
 
@@ -171,7 +173,7 @@ def _with_bpe_tokenizer(model_dir: Path, regex_digits: bool) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([V.HELD_OUT_TEXT] * 3, trainer)
+    tok.train_from_iterator([rt.HELD_OUT_TEXT] * 3, trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(str(model_dir))
     return model_dir
 
@@ -194,9 +196,10 @@ def test_imatrix_from_calibration_text(tiny, tmp_path):
     """--imatrix TEXT: the importance matrix is computed from the text and unlocks imatrix-only types."""
     d = _with_bpe_tokenizer(tiny("llama", vocab_size=300), regex_digits=False)
     calib = tmp_path / "calib.txt"
-    calib.write_text(V.HELD_OUT_TEXT)
-    res = export(d, tmp_path / "out", ExportArgs(gguf=["iq2_xs"], imatrix=str(calib), validate=False, threads=1,
-                                                 pre_tokenizer="gpt-2"))
+    calib.write_text(rt.HELD_OUT_TEXT)
+    res = export(d, tmp_path / "out",
+                 ExportArgs(gguf=["iq2_xs"], imatrix=str(calib), validate=False, threads=1,
+                            pre_tokenizer="gpt-2"))
     assert res["imatrix"] and res["files"][0]["type"] == "iq2_xs"
     log = (tmp_path / "out" / "logs" / "quantize-iq2_xs.log").read_text()
     # 6 layers × 7 matrices + the untied lm_head, all handed to llama.cpp
@@ -208,19 +211,22 @@ def test_cli_export(tiny, tmp_path, capsys):
 
     d = tiny("qwen2")
     out = tmp_path / "cli-out"
-    assert main(["export", str(d), "--gguf", "q8_0,f16", "-o", str(out), "--no-validate", "--threads", "1"]) == 0
+    assert main(["export", str(d), "--gguf", "q8_0,f16", "-o", str(out), "--no-validate",
+                 "--threads", "1"]) == 0
     assert (out / f"{d.name}-q8_0.gguf").is_file() and (out / f"{d.name}-f16.gguf").is_file()
     assert "q8_0" in capsys.readouterr().out
     assert main(["export", str(d), "--gguf", "q7_k", "-o", str(tmp_path / "x")]) == 2
     assert "unknown GGUF type 'q7_k'" in capsys.readouterr().err
-    assert main(["export", str(d), "--gguf", "q8_0", "-o", str(out), "--no-validate"]) == 2  # exists, no --force
+    # exists, no --force
+    assert main(["export", str(d), "--gguf", "q8_0", "-o", str(out), "--no-validate"]) == 2
 
 
 @pytest.mark.parametrize("kind,tied", [("llama", False), ("qwen3", True)])
 def test_written_header_reads_back_as_the_spec(tiny, tmp_path, kind, tied):
-    """slm.gguf reads our writer's files: every tensor, its type, and the same shape numbers as config.json."""
-    from slm.gguf import contents, read_header, spec_from_gguf
-    from slm.spec import load_spec
+    """slm.gguf reads our writer's files: every tensor, its type, and the same shape numbers as
+    config.json."""
+    from slm.gguf import contents, read_header
+    from slm.spec import load_spec, spec_from_gguf
 
     d = tiny(kind, tied=tied)
     p = write_gguf(d, tmp_path / "m.gguf", "f16")

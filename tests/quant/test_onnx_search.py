@@ -1,7 +1,7 @@
-"""`--onnx int4` tries several int4 recipes and keeps the lowest KLD that fits a q4_k_m's size (issue 13 item 4).
+"""`--onnx int4` tries several int4 recipes and keeps the lowest KLD that fits a q4_k_m's size.
 
-Fast tests use a tiny random Llama with tied embeddings and a byte tokenizer (the builder needs tokenizer.json);
-the slow one the bundled SmolLM2-135M."""
+Fast tests use a tiny random Llama with tied embeddings and a byte tokenizer (the builder needs
+tokenizer.json); the slow one the bundled SmolLM2-135M."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import json
 import pytest
 
 from slm.errors import SlmError
-from slm.quant import onnx_search as O, validate as V
+from slm.quant import onnx_search as O
+from slm.quant import runtimes as rt
 from slm.quant.export import ExportArgs, export
-from slm.quant.score import Scoring
+from slm.score import Scoring
 from tests.train.conftest import VOCAB, save_byte_tokenizer
 
 TEXT = "The keeper lit the lamp at dusk and wrote the wind, the sea and the ships in the log. " * 8
@@ -49,7 +50,8 @@ def searched(tiny_tok, tmp_path_factory):
     mp.setattr(O, "DEFAULT_SEARCH", ("default", "hqq"))
     mp.setattr(O, "size_bound", lambda spec: 10**12)
     try:
-        res = O.search("search", inp, spec_from_config(read_config(tiny_tok)), Scoring("all", 64), tmp / "kept")
+        res = O.search("search", inp, spec_from_config(read_config(tiny_tok)), Scoring("all", 64),
+                       tmp / "kept")
     finally:
         mp.undo()
     return res, tmp, inp
@@ -67,7 +69,7 @@ def test_search_scores_every_candidate_and_keeps_the_lowest_kld(searched):
     assert (tmp / "kept" / "genai_config.json").is_file()
     assert not list(inp.work.glob("int4-*"))  # the candidates not kept are gone
     # the kept folder runs in onnxruntime-genai and gives the logits its KLD was measured on
-    assert V.onnx_logits(tmp / "kept", inp.score_ids[:8]).shape == (8, VOCAB)
+    assert rt.onnx_logits(tmp / "kept", inp.score_ids[:8]).shape == (8, VOCAB)
 
 
 def test_the_size_bound_overrides_a_lower_kld():
@@ -76,7 +78,8 @@ def test_the_size_bound_overrides_a_lower_kld():
             {"name": "mid", "kld": 0.3, "weight_bytes": 95, "fits": True},
             {"name": "broken", "error": "builder failed", "weight_bytes": 1}]
     assert O.pick(rows) == "mid"
-    assert O.pick([dict(r, fits=False) for r in rows[:3]]) == "small"  # nothing fits: the smallest, flagged unfit
+    # nothing fits: the smallest, flagged unfit
+    assert O.pick([dict(r, fits=False) for r in rows[:3]]) == "small"
     with pytest.raises(SlmError, match="broken: builder failed"):
         O.pick(rows[3:])
 
@@ -102,11 +105,13 @@ def test_calibration_never_overlaps_the_scored_tokens():
 
 
 def test_named_candidate_is_the_only_one_built(tiny_tok, tmp_path):
-    res = export(tiny_tok, tmp_path / "out", ExportArgs(gguf=[], onnx=["int4:hqq"], validate=False, threads=1))
+    res = export(tiny_tok, tmp_path / "out",
+                 ExportArgs(gguf=[], onnx=["int4:hqq"], validate=False, threads=1))
     r = res["onnx_int4"]
     assert r["kept"] == "hqq" and [c["name"] for c in r["candidates"]] == ["hqq"] and r["choice"] == "hqq"
     f = next(f for f in res["files"] if f["type"] == "int4")
-    assert f["settings"]["candidate"] == "hqq" and res["summary"]["onnx_int4_recipe"] == "hqq"
+    assert f["settings"]["candidate"] == "hqq" and {f.name: f.value
+                                                    for f in res["figures"]}["onnx.int4.recipe"] == "hqq"
     record = json.loads((tmp_path / "out" / "slm.json").read_text())
     assert record["args"]["int4"] == "hqq" and record["result"]["onnx_int4"]["kept"] == "hqq"
     assert (tmp_path / "out" / "onnx-int4" / "model.onnx").is_file()
@@ -123,7 +128,8 @@ def test_int4_names_are_parsed_and_unknown_ones_refused():
 
 @pytest.mark.slow
 def test_real_model_kept_int4_beats_the_builder_default(real_model, tmp_path):
-    """SmolLM2-135M: the default search keeps a recipe with lower KLD than the builder's default, within the bound."""
+    """SmolLM2-135M: the default search keeps a recipe with lower KLD than the builder's default, within the
+    bound."""
     res = export(real_model, tmp_path / "out", ExportArgs(gguf=[], onnx=["int4"], validate=False, threads=1))
     r = res["onnx_int4"]
     rows = {c["name"]: c for c in r["candidates"]}

@@ -34,12 +34,14 @@ def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, t
     assert methods["expanded"]["trainable_params"] == n_new == methods["freeze"]["trainable_params"]
     assert methods["freeze"]["trainable"] == [2, 5] and methods["full"]["trainable_params"] > n_new
     r = methods["lora"]["lora_r"]
-    assert r == lora_rank(res["base"], n_new, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert r == lora_rank(res["base"], n_new,
+                          ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     assert abs(methods["lora"]["trainable_params"] - n_new) <= n_new / r  # matched within one rank step
     # weight space: expansion leaves every original layer bit-identical; freeze-tuning changes exactly 2
-    assert methods["expanded"]["diff"]["changed layers"] == 0 and methods["expanded"]["diff"]["intruders"] == 0
-    assert methods["expanded"]["diff"]["new layers"] == 2 and methods["freeze"]["diff"]["changed layers"] == 2
-    assert methods["full"]["diff"]["changed layers"] == 6
+    assert (methods["expanded"]["diff"]["changed_layers"] == 0
+            and methods["expanded"]["diff"]["intruders"] == 0)
+    assert methods["expanded"]["diff"]["new_layers"] == 2 and methods["freeze"]["diff"]["changed_layers"] == 2
+    assert methods["full"]["diff"]["changed_layers"] == 6
     for m in methods.values():
         d = m["delta"][res["domain"]]
         assert d["se"] > 0 and m["delta"][res["probe_set"]]["se"] > 0
@@ -53,7 +55,8 @@ def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, t
     assert main(["ablate", str(recipe), "--budget", "128", "--out", str(out), "--probe-prompts", "2",
                  "--eval-tokens", "128", "--methods", "expanded,freeze", "--no-diff"]) == 0
     assert all((out / "runs" / m / "slm.json").stat().st_mtime_ns == stamp[m] for m in ("expanded", "freeze"))
-    assert main(["ablate", str(recipe), "--budget", "256", "--out", str(out), "--methods", "expanded"]) == 2  # other budget
+    # other budget
+    assert main(["ablate", str(recipe), "--budget", "256", "--out", str(out), "--methods", "expanded"]) == 2
 
 
 def test_ablate_refuses_bad_arguments(tmp_path):
@@ -89,8 +92,9 @@ def test_headline_names_the_best_gain_per_forgetting_and_never_a_winner_inside_t
 
 
 def test_loss_changes_are_paired_over_the_same_tokens():
-    """Two models scored on the same tokens: a small consistent shift is significant with the paired s.e., though
-    each model's own spread (√(se_a² + se_b²)) would call it noise; without per-token losses the bound is used."""
+    """Two models scored on the same tokens: a small consistent shift is significant with the paired s.e.,
+    though each model's own spread (√(se_a² + se_b²)) would call it noise; without per-token losses the bound
+    is used."""
     import numpy as np
 
     from slm.train.ablate import _delta, _public
@@ -98,12 +102,16 @@ def test_loss_changes_are_paired_over_the_same_tokens():
     rng = np.random.default_rng(0)
     a = rng.gamma(2.0, 1.5, 2000)  # per-token losses with a wide spread
     b = a - 0.05 + rng.normal(0, 0.05, a.size)  # the same tokens, 0.05 nats lower
-    row = lambda t: {"loss": float(t.mean()), "loss_se": float(t.std(ddof=1) / np.sqrt(t.size)), "_tokens": t}
+
+    def row(t):
+        return {"loss": float(t.mean()), "loss_se": float(t.std(ddof=1) / np.sqrt(t.size)), "_tokens": t}
+
     paired = _delta(row(a), row(b))
     assert paired["se_how"] == "paired" and paired["significant"]
     assert paired["se"] == pytest.approx((b - a).std(ddof=1) / np.sqrt(a.size))
     bound = _delta(_public({"x": row(a)})["x"], _public({"x": row(b)})["x"])
-    assert bound["se_how"].startswith("independent") and not bound["significant"] and bound["se"] > 10 * paired["se"]
+    assert (bound["se_how"].startswith("independent") and not bound["significant"]
+            and bound["se"] > 10 * paired["se"])
 
 
 def test_headline_names_no_single_winner_when_the_ratios_overlap():
@@ -126,4 +134,5 @@ def test_headline_ties_methods_without_measurable_forgetting_whose_gains_overlap
                                                             "instruct-probe": _delta(0.001, 0.01)}},
                      "freeze": {"tokens": 2048, "delta": {"code": _delta(-0.049, 0.010),
                                                           "instruct-probe": _delta(-0.002, 0.01)}}}}
-    assert "expanded and freeze learned the domain with no measurable forgetting, gains overlapping" in headline(r)
+    assert ("expanded and freeze learned the domain with no measurable forgetting, gains overlapping"
+            in headline(r))

@@ -7,16 +7,17 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from slm.errors import SlmError
 from slm.train import checkpoint as ckpt
 from slm.train.args import PRESETS, load_recipe
 from slm.train.loop import train
 
-from slm.errors import SlmError
-
 
 def _args(model, data, out, *extra):
     return load_recipe(None, [f"model={model}", f"data={data}", f"out={out}", "steps=4", "seq_len=48",
-                              "global_batch=4", "micro_batch=2", "lr=3e-3", "progress=false", "report=true", *extra])
+                              "global_batch=4", "micro_batch=2", "lr=3e-3", "progress=false", "report=true",
+                              *extra])
 
 
 def _weights(folder):
@@ -34,9 +35,10 @@ def test_only_expanded_layers_change(tiny_expanded, tiny_data, tmp_path):
     # LLaMA Pro: the zero-initialised o_proj/down_proj of every new block move first
     assert {f"model.layers.{i}.mlp.down_proj.weight" for i in new} <= changed
     rec = json.loads((tmp_path / "run" / "slm.json").read_text())
-    assert rec["result"]["summary"]["trainable params"] == sum(
+    assert {f["name"]: f["value"] for f in rec["result"]["figures"]}["trainable_params"] == sum(
         v.numel() for k, v in before.items() if any(k.startswith(f"model.layers.{i}.") for i in new))
-    assert (tmp_path / "run" / "report.html").is_file() and res["summary"]["steps"] == 4
+    assert ((tmp_path / "run" / "report.html").is_file()
+            and {f.name: f.value for f in res["figures"]}["steps"] == 4)
     # optimizer state exists for trainable tensors only
     state = torch.load(ckpt.latest(tmp_path / "run") / "trainer_state.pt", weights_only=True)
     assert len(state["optimizer"]["state"]) == len(state["trainable"])
@@ -58,16 +60,20 @@ def test_lora_and_layer_list(tiny_lm, tiny_data, tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("model.layers.0.", "model.layers.3.")) for k in changed)
     # --init: weights only, from the previous run's newest checkpoint; a new schedule and optimizer
-    res = train(_args(model, data, tmp_path / "next", "trainable=full", f"init={tmp_path / 'list'}", "steps=1"))
+    res = train(_args(model, data, tmp_path / "next", "trainable=full", f"init={tmp_path / 'list'}",
+                      "steps=1"))
     rec = json.loads((tmp_path / "next" / "slm.json").read_text())
     assert rec["inputs"]["model"]["path"] == str(ckpt.latest(tmp_path / "list") / "model")
     state = torch.load(ckpt.latest(tmp_path / "next") / "trainer_state.pt", weights_only=True)
-    assert state["step"] == 1 and state["scheduler"]["last_epoch"] == 1  # not the 4 steps of the run it started from
+    # not the 4 steps of the run it started from
+    assert state["step"] == 1 and state["scheduler"]["last_epoch"] == 1
     start, now = _weights(tmp_path / "list" / "final"), _weights(tmp_path / "next" / "final")
-    assert any(not torch.equal(start[k], now[k]) for k in start if k.startswith("model.layers.1."))  # full trains all
+    # full trains all
+    assert any(not torch.equal(start[k], now[k]) for k in start if k.startswith("model.layers.1."))
     from slm.io import load_model
 
-    loaded = load_model(res["model"]).state_dict()  # final/ is a loadable HF checkpoint of the trained weights
+    # final/ is a loadable HF checkpoint of the trained weights
+    loaded = load_model(res["model"]).state_dict()
     assert res["model"] == str(tmp_path / "next" / "final")
     assert all(torch.equal(loaded[k], v) for k, v in now.items())
 
@@ -150,7 +156,8 @@ def test_numeric_fields_are_validated(override, message):
 
 
 def test_whole_float_and_edge_values_are_accepted():
-    a = load_recipe(None, ["model=m", "data=d", "out=o", "steps=3.0", "warmup_ratio=1", "grad_clip=0", "betas=[0, 0.5]"])
+    a = load_recipe(None, ["model=m", "data=d", "out=o", "steps=3.0", "warmup_ratio=1", "grad_clip=0",
+                           "betas=[0, 0.5]"])
     assert (a.steps, a.warmup_ratio, a.grad_clip, a.betas) == (3, 1.0, 0.0, [0, 0.5])
 
 
@@ -177,7 +184,8 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path):
     check_weights_finite(one, model, 3, SimpleNamespace(lr=1.0), tmp_path)  # finite: no error
     with torch.no_grad():
         model.weight[0, 0] = float("inf")
-    with pytest.raises(SlmError, match="step 3: the weights are no longer finite.*no checkpoint had been written"):
+    with pytest.raises(SlmError, match="step 3: the weights are no longer finite.*"
+                                       "no checkpoint had been written"):
         check_weights_finite(one, model, 3, SimpleNamespace(lr=1.0), tmp_path)
     model.weight.requires_grad_(False)  # frozen weights never change: only trainable ones are checked
     check_weights_finite(one, model, 3, SimpleNamespace(lr=1.0), tmp_path)
@@ -214,16 +222,17 @@ def test_resume_after_a_kill_mid_write(tiny_lm, tiny_data, tmp_path, capsys):
 
 
 def test_frozen_blocks_stay_free_under_activation_checkpointing(tiny_expanded, tmp_path):
-    """trainable=expanded with activation checkpointing: frozen blocks get no gradient; blocks below the lowest new
-    one run forward once (nothing recomputed), checkpointed blocks from the lowest new one up run twice."""
+    """trainable=expanded with activation checkpointing: frozen blocks get no gradient; blocks below the
+    lowest new one run forward once (nothing recomputed), checkpointed blocks from the lowest new one up run
+    twice."""
+    from slm.io import read_config
     from slm.train.attention import AttnInputs
     from slm.train.loss import micro_loss
     from slm.train.model import build_model, decoder_layers
     from slm.train.pack import collate, label_window
 
-    from slm.io import read_config
-
-    args = _args(tiny_expanded, tmp_path, tmp_path / "run", "trainable=expanded", "activation_checkpointing=true")
+    args = _args(tiny_expanded, tmp_path, tmp_path / "run", "trainable=expanded",
+                 "activation_checkpointing=true")
     cfg = read_config(tiny_expanded)
     new = cfg["slm_surgery"]["new_layers"]
     model, head = build_model(args, tiny_expanded, cfg, torch.device("cpu"), "sdpa", "chunked")
@@ -234,7 +243,8 @@ def test_frozen_blocks_stay_free_under_activation_checkpointing(tiny_expanded, t
     import numpy as np
 
     seq = label_window(np.arange(41) % 200, np.zeros(41, np.int64), None)
-    micro_loss(model, head, collate([seq]), torch.device("cpu"), AttnInputs("sdpa", torch.float32), False).backward()
+    micro_loss(model, head, collate([seq]), torch.device("cpu"), AttnInputs("sdpa", torch.float32),
+               False).backward()
     assert calls == [1 if i < min(new) else 2 for i in range(len(calls))]
     for name, p in model.named_parameters():
         trains = any(name.startswith(f"model.layers.{i}.") for i in new)
@@ -253,17 +263,18 @@ def test_compile_auto_is_on_for_cuda_only():
 
 
 def test_regional_compile_shares_one_graph_across_blocks(tiny_expanded, tmp_path):
-    """compile per decoder block: 8 blocks (2 trainable, 6 frozen) trace into one graph per kind of block — (input
-    needs grad, weights need grad) ∈ 2 × 2, so at most 4 whatever the depth, under dynamo's recompile limit of 8 —
-    and give the eager loss (dynamo's eager backend: the tracing is what is checked, cheaply, on CPU)."""
+    """compile per decoder block: 8 blocks (2 trainable, 6 frozen) trace into one graph per kind of block —
+    (input needs grad, weights need grad) ∈ 2 × 2, so at most 4 whatever the depth, under dynamo's recompile
+    limit of 8 — and give the eager loss (dynamo's eager backend: the tracing is what is checked, cheaply, on
+    CPU)."""
     import numpy as np
     import torch._dynamo
+
+    from slm.io import read_config
     from slm.train.attention import AttnInputs
     from slm.train.loss import micro_loss
     from slm.train.model import build_model, compile_blocks
     from slm.train.pack import collate, label_window
-
-    from slm.io import read_config
 
     args = _args(tiny_expanded, tmp_path, tmp_path / "run", "trainable=expanded")
     cfg = read_config(tiny_expanded)

@@ -12,18 +12,31 @@ import torch.nn.functional as F
 
 from slm.cli import main
 from slm.errors import SlmError
-from slm.train.probe import (PROBE_SET, ProbeArgs, answer_losses, build_probe, chat_tokenizer, exact_match,
-                             extract_match, normalise, probe, prompt_ids, wilson)
+from slm.train.probe import (
+    PROBE_SET,
+    ProbeArgs,
+    answer_losses,
+    build_probe,
+    chat_tokenizer,
+    exact_match,
+    extract_match,
+    normalise,
+    probe,
+    prompt_ids,
+    wilson,
+)
 from slm.train.probe_prompts import all_prompts, split_prompts
 
 
 def test_prompts_and_split():
     rows = all_prompts()
     assert len(rows) >= 300 and len({r["prompt"] for r in rows}) == len(rows)
-    assert {r["category"] for r in rows} == {"capital", "conversion", "arithmetic", "stdlib", "rewrite", "summarise", "list"}
+    assert {r["category"] for r in rows} == {"capital", "conversion", "arithmetic", "stdlib", "rewrite",
+                                             "summarise", "list"}
     assert all((r["answer"] is None) == (r["kind"] == "open") for r in rows)
     held, build = split_prompts("heldout"), split_prompts("build")
-    assert len(held) + len(build) == len(rows) and not {r["prompt"] for r in held} & {r["prompt"] for r in build}
+    assert (len(held) + len(build) == len(rows)
+            and not {r["prompt"] for r in held} & {r["prompt"] for r in build})
     assert 0.35 < len(held) / len(rows) < 0.65 and split_prompts("heldout") == held  # deterministic
     first = held[:80]
     assert sum(r["kind"] == "fact" for r in first) >= 40 and sum(r["kind"] == "open" for r in first) >= 15
@@ -31,7 +44,8 @@ def test_prompts_and_split():
 
 def test_normalisation_and_matching():
     assert normalise("The answer: 1,000.") == "answer: 1000".replace(":", "")
-    assert exact_match("Paris.", "paris") and exact_match("**Paris**", "Paris") and exact_match("The Paris", "Paris")
+    assert (exact_match("Paris.", "paris") and exact_match("**Paris**", "Paris")
+            and exact_match("The Paris", "Paris"))
     assert exact_match("3000.0", "3000") and exact_match("five", "5") and exact_match("`len()`", "len")
     assert exact_match("3.5", "3.5") and not exact_match("35", "3.5") and exact_match("-4", "-4")
     assert not exact_match("The capital of France is Paris.", "Paris")  # exact is exact
@@ -55,7 +69,8 @@ def test_answer_loss_masks_prompt_and_padding(tiny_lm):
     path = tiny_lm()
     tok, model = chat_tokenizer(path), load_model(path).eval()
     rows = [{"prompt": "What is 2 + 3?", "reply_ids": tok("5 it is", add_special_tokens=False)["input_ids"]},
-            {"prompt": "List three colours, please, and be brief about it.", "reply_ids": tok("red", add_special_tokens=False)["input_ids"]}]
+            {"prompt": "List three colours, please, and be brief about it.",
+             "reply_ids": tok("red", add_special_tokens=False)["input_ids"]}]
     batched = answer_losses(model, tok, rows, ProbeArgs(batch=2), torch.device("cpu"))
     alone = []
     for r in sorted(rows, key=lambda r: len(prompt_ids(tok, r["prompt"])) + len(r["reply_ids"])):
@@ -75,7 +90,7 @@ def test_build_and_probe_tiny_chat_model(tiny_lm, tmp_path):
     assert len(saved["rows"]) == 6 and all(len(r["reply_ids"]) <= 8 for r in saved["rows"])
     assert (tmp_path / "probe" / "slm.json").is_file()
     f0 = probe(base, tmp_path / "probe", args)
-    assert math.isclose(f0["loss"], ref["figures"]["loss"], rel_tol=1e-5) and f0["loss_se"] > 0
+    assert math.isclose(f0["loss"], ref["scores"]["loss"], rel_tol=1e-5) and f0["loss_se"] > 0
     assert f0["tokens"] == sum(len(r["reply_ids"]) for r in saved["rows"])
     assert f0["exact"]["n"] == sum(r["answer"] is not None for r in saved["rows"])
     lo, hi = f0["ended"]["ci95"]
@@ -102,7 +117,8 @@ def test_slm_eval_probe(tiny_lm, tiny_data, tmp_path, capsys):
                  "--seq-len", "32", "--tokens", "128", "--out", str(out)]) == 0
     res = json.loads((out / "slm.json").read_text())["result"]
     assert res["sets"][-1] == PROBE_SET and all(PROBE_SET in row for row in res["matrix"])
-    assert all(0 < row[k]["loss_se"] < row[k]["loss"] for row in res["matrix"] for k in ("code", "prose", PROBE_SET))
+    assert all(0 < row[k]["loss_se"] < row[k]["loss"] for row in res["matrix"]
+               for k in ("code", "prose", PROBE_SET))
     f = res["forgetting"]
     assert f["earlier_tasks"] == [PROBE_SET]  # the probe is learned by stage 0
     p0, p1 = res["matrix"][0][PROBE_SET]["loss"], res["matrix"][1][PROBE_SET]["loss"]
@@ -117,13 +133,15 @@ def test_slm_eval_probe(tiny_lm, tiny_data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_probe_on_the_bundled_model(real_model, tmp_path):
-    """The default probe (80 held-out prompts, 32 new tokens) on SmolLM2-135M-Instruct, 1 thread: the model's own
-    answers score a low loss, it ends most turns, and it gets some known answers right in its first line."""
+    """The default probe (80 held-out prompts, 32 new tokens) on SmolLM2-135M-Instruct, 1 thread: the model's
+    own answers score a low loss, it ends most turns, and it gets some known answers right in its first
+    line."""
     import time
 
     t = time.perf_counter()
     ref = build_probe(real_model, tmp_path / "probe")
-    f = ref["figures"]
-    print(f"\nprobe on {real_model.name}: {time.perf_counter() - t:.0f} s, loss {f['loss']:.4f} ± {f['loss_se']:.4f} "
-          f"({f['tokens']} tokens), exact {f['exact']}, first line {f['extract']}, ended {f['ended']}")
+    f = ref["scores"]
+    print(f"\nprobe on {real_model.name}: {time.perf_counter() - t:.0f} s, loss {f['loss']:.4f} ± "
+          f"{f['loss_se']:.4f} ({f['tokens']} tokens), exact {f['exact']}, first line {f['extract']}, ended "
+          f"{f['ended']}")
     assert f["prompts"] == 80 and f["loss"] < 1.5 and f["ended"]["rate"] > 0.5 and f["extract"]["rate"] > 0.15

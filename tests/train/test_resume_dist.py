@@ -70,9 +70,10 @@ def test_torchrun_two_ranks_match_one_process(tiny_lm, tiny_data, tmp_path):
     steps = ["steps=3", "global_batch=4"]
     one = _run(_cli(model, data, tmp_path / "one", *steps, "micro_batch=2"))
     assert one.returncode == 0, one.stderr[-2000:]
-    # exactly the README's form, `torchrun --nproc-per-node G -m slm.cli train …` (torchrun is this module's script)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-                "-m", "slm.cli"]
+    # exactly the README's form, `torchrun --nproc-per-node G -m slm.cli train …` (torchrun is this module's
+    # script)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                "29517", "-m", "slm.cli"]
     cmd = torchrun + _cli(model, data, tmp_path / "two", *steps, "micro_batch=1")[1:]
     two = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -81,13 +82,13 @@ def test_torchrun_two_ranks_match_one_process(tiny_lm, tiny_data, tmp_path):
     for (_, x), (_, y) in zip(a, b):
         assert abs(x - y) < 1e-5 * max(1.0, abs(x))
     rec = json.loads((tmp_path / "two" / "slm.json").read_text())
-    assert rec["result"]["summary"]["ranks"] == 2
+    assert {f["name"]: f["value"] for f in rec["result"]["figures"]}["ranks"] == 2
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_a_checkpoint_that_resume_continues(tiny_lm, tiny_data, tmp_path, capsys, sig, code):
-    """Ctrl-C and SIGTERM (timeout, Slurm, Kubernetes) save and exit 128 + signal; while the run holds its folder
-    a second run into it is refused; --resume then continues from the saved step to the end."""
+    """Ctrl-C and SIGTERM (timeout, Slurm, Kubernetes) save and exit 128 + signal; while the run holds its
+    folder a second run into it is refused; --resume then continues from the saved step to the end."""
     from slm.cli import main
     from slm.train.checkpoint import latest
 

@@ -24,9 +24,9 @@ from .pack import Sampler, data_vocab, open_data
 
 
 @dataclass
-class Plan:
+class RunSetup:
     """What a run will do, settled before any weights are read: every check on user input happens in
-    plan_run."""
+    set_up."""
     run: Path  # the run folder (checkpoints/, metrics.jsonl, final/, report.html)
     model_dir: Path  # the weights the run starts from: `model`, or what --init names
     cfg: dict  # the starting model's config.json
@@ -47,7 +47,7 @@ class Plan:
                            f"{self.accum})")
 
 
-def plan_run(args: TrainArgs, dist: Dist) -> Plan:
+def set_up(args: TrainArgs, dist: Dist) -> RunSetup:
     """Every check that can fail on user input, before any weights are read."""
     run = Path(args.out)
     attn, loss = check_attn(args.attn, dist.device), check_loss(args.loss, dist.device)
@@ -74,7 +74,7 @@ def plan_run(args: TrainArgs, dist: Dist) -> Plan:
     _check_disk(args, run, spec, layers)
     fpt = flops_per_token(spec, args.seq_len, layers, args.trainable == "full", args.trainable == "lora")
     peak = peak_flops(torch.cuda.get_device_name(dist.device)) if dist.device.type == "cuda" else None
-    return Plan(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(),
+    return RunSetup(run, model_dir, cfg, sampler, heldout, layers, args.total_steps(),
                 args.global_batch // per_rank, fpt, peak, attn, loss)
 
 

@@ -1,0 +1,89 @@
+"""`slm plan`'s outputs: plan.json, slm.json (the plan's figures) and report.html (speed against memory, the
+ranked table)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slm.figure import Figure, analytic, setting
+from slm.guard import atomic_dir
+from slm.record import atomic_write_text, write_record
+from slm.report.render import Chart, Table, new_figure, render_report, svg_of
+
+
+def table_rows(result: dict, n: int | None = None) -> list[list]:
+    """The ranked table as printed and rendered."""
+    def mib(b):
+        return round(b / 2**20, 1)
+
+    return [[i + 1, r["layers"], r["variant"], r["type"], r["kv_type"], round(r["bits_per_weight"], 2),
+             mib(r["file_bytes"]), mib(r["memory_bytes"]), "yes" if r["fits"] else "no",
+             round(r["decode_tok_s"], 1), round(r["prefill_tok_s"]),
+             "unknown" if r["kld"] is None else round(r["kld"], 4), "yes" if r["meets_budget"] else "no",
+             "*" if r["pareto"] else ""]
+            for i, r in enumerate(result["candidates"][:n])]
+
+
+COLUMNS = ["rank", "layers", "variant", "type", "KV", "bits/w", "file MiB", "memory MiB", "fits",
+           "decode tok/s*", "prefill tok/s*", "KLD", "meets budget", "Pareto"]
+
+
+def plan_figures(result: dict) -> list[Figure]:
+    """The plan's figures: what was asked, how many candidates meet it, and the first-ranked one's projected
+    speed and memory."""
+    rows = result["candidates"]
+    err = result["how"]["decode_expected_error"]
+    out = [setting("device", "device", result["device"]["name"]),
+           setting("context", "context", result["context"], "tokens"),
+           setting("types_that_hold", "GGUF types that keep their bits on this shape",
+                   ", ".join(result["types_that_hold"])),
+           analytic("candidates", "candidates", len(rows), "candidates"),
+           Figure("meet_budget", "candidates meeting the budget", sum(r["meets_budget"] for r in rows),
+                  "candidates", "higher", "model", "projected", exact=True, key=True)]
+    best = next((r for r in rows if r["meets_budget"]), None)
+    if best:
+        name = f"{best['layers']} layers {best['type']} + {best['kv_type']} KV"
+        out += [setting("first", "first-ranked candidate that meets the budget", name),
+                Figure("first.decode", f"{name}: decode at {result['context']} tokens",
+                       round(best["decode_tok_s"], 1),
+                       "tok/s", "higher", "speed", "projected", expected_error=err, key=True,
+                       source=result["how"]["calibration"]),
+                Figure("first.memory", f"{name}: memory at the context", best["memory_bytes"], "bytes",
+                       "lower",
+                       "memory", "projected", exact=True, key=True)]
+    return out
+
+
+def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ()) -> Path:
+    """out/plan.json, slm.json and report.html (speed vs size chart, ranked table), through the output
+    guard."""
+    rows = result["candidates"]
+    with atomic_dir(out, force, [p for p in inputs if p]) as tmp:
+        atomic_write_text(tmp / "plan.json", json.dumps(result, indent=2))
+        fig, ax = new_figure(7.5, 3.6)
+        for ok, color, label in ((True, "#2f8f4e", "meets budget"), (False, "#b0b0b0", "misses budget")):
+            sel = [r for r in rows if r["meets_budget"] == ok]
+            ax.scatter([r["memory_bytes"] / 2**20 for r in sel], [r["decode_tok_s"] for r in sel], s=14,
+                       c=color, label=label)
+        ax.axvline(rows[0]["budget_bytes"] / 2**20, color="#c0392b", lw=1, ls="--", label="memory budget")
+        ax.set_xlabel("memory at the context (MiB)")
+        ax.set_ylabel("decode tok/s (projected)")
+        ax.set_title(f"{result['device']['name']} at {result['context']} tokens")
+        ax.legend(fontsize=8)
+        figures = plan_figures(result)
+        notes = [result["how"]["speed"], result["how"]["memory"], "quality: " + result["how"]["quality"],
+                 "* speeds are projected, never measured"] + ([result["fallback_warning"]]
+                                                              if result["fallback_warning"] else [])
+        write_record(tmp, "plan", result["args"],
+                     inputs={"model": inputs[0]} if inputs and inputs[0] else None,
+                     result={k: v for k, v in result.items() if k != "candidates"}, figures=figures)
+        m = Path(result["model"])
+        # a run's final/ says nothing alone
+        name = f"{m.parent.name}/{m.name}" if m.name == "final" else m.name
+        render_report(tmp / "report.html", f"plan: {name or 'config'} on {result['device']['key']}",
+                      "plan", figures, [Chart("Speed vs memory", svg_of(fig), result["how"]["speed"])],
+                      [Table("Candidates (ranked: meets budget first, then decode speed)", COLUMNS,
+                             table_rows(result),
+                             highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes)
+    return out
