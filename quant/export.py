@@ -268,7 +268,8 @@ def figures(result: dict) -> list[Figure]:
                        "files", "lower", "quality", exact=True)]
         if "tokenizer" in v:
             t = v["tokenizer"]
-            out.append(Figure("tokenizer_match", "tokenizer strings encoded alike (GGUF vs HF)",
+            out.append(Figure("tokenizer_match", "tokenizer strings encoded alike (GGUF vs HF, of "
+                                                 f"{t['strings']})",
                               t["matching"], "strings", "higher", "quality", exact=True, n=t["strings"],
                               note=f"{t['matching']} of {t['strings']} strings"))
     for f in result["files"]:

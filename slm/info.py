@@ -51,7 +51,7 @@ def write_info(model_dir: Path | str, out: Path | str, force: bool = False, titl
     spec = load_spec(model_dir)
     s = spec.summary()
     figures = spec.figures("")
-    rows = [[m["context"], m["weights"] / MIB, m["kv_cache"] / MIB, m["total"] / MIB, m["kv_share"]]
+    rows = [[m["context"], m["weights"] / MIB, m["kv_cache"] / MIB, m["total"] / MIB, f"{m['kv_share']:.1%}"]
             for m in s["memory"]]
     memory = Table(f"Memory at context ({spec.dtype} weights, f16 KV cache)",
                    ["context", "weights MiB", "KV MiB", "total MiB", "KV share"], rows)

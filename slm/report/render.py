@@ -69,6 +69,9 @@ def new_figure(width: float = 7.0, height: float = 3.6):
 _ENV.filters["fmt"] = fmt
 
 
+TOP_FIGURES = 12  # figures shown on top of a report before only its key figures are
+
+
 def render_report(out_html: Path, title: str, kind: str, figures: list[Figure] | None = None,
                   charts: list[Chart] | None = None, tables: list[Table] | None = None,
                   notes: list[str] | None = None, links: list[tuple[str, str]] | None = None,
@@ -79,8 +82,11 @@ def render_report(out_html: Path, title: str, kind: str, figures: list[Figure] |
     for c in charts or []:
         if not re.match(r"\s*<svg", c.svg):
             raise ValueError(f"chart {c.title!r} is not inline SVG")
+    figures = list(figures or [])
+    if len(figures) > TOP_FIGURES:  # a long list reads as noise on top: its key figures (the rest are below)
+        figures = [f for f in figures if f.key or f.setting] or figures[:TOP_FIGURES]
     summary = [(f.label, text(f), f"{f.how}" + (f"; {f.source}" if f.source else "")
-                + (f"; {f.note}" if f.note else "")) for f in figures or []]
+                + (f"; {f.note}" if f.note else "")) for f in figures]
     html = _ENV.get_template("report.html.j2").render(
         title=title, kind=kind, summary=summary, lead=lead or [],
         charts=[(c, Markup(c.svg)) for c in charts or []], tables=tables or [], notes=notes or [],
