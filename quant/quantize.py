@@ -10,11 +10,12 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from slm.errors import SlmError
+from slm.errors import SlmError, disk_full
 from slm.gguf import contents, get_type, read_header
 
 from .llamacpp import captured_logs, last_error, lib
@@ -55,14 +56,32 @@ def quantize(src: Path | str, dst: Path | str, qtype: str, imatrix: dict | None 
         p.imatrix = _imatrix_param(L, imatrix, keep)
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")  # per process (two profiles may share a cache dir)
+    need = _expected_bytes(Path(src), qtype)
+    if _free_bytes(dst.parent) < need:  # before the long part, not after llama.cpp gives up
+        raise disk_full(dst, need=need)
     with captured_logs() as lines:
         rc = L.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p))
     if rc != 0 or not tmp.is_file():
+        written = tmp.stat().st_size if tmp.is_file() else 0
         tmp.unlink(missing_ok=True)
+        # llama.cpp's log says only that writing failed; the free space tells whether the disk was the cause
+        if _free_bytes(dst.parent) < 1.1 * need:  # the few percent the estimate leaves out
+            raise disk_full(dst, written, need)
         raise SlmError(f"llama.cpp could not quantize {Path(src).name} to {qtype} ({last_error(lines)}): "
                        "check the source file (and --imatrix for i-quants)")
     tmp.replace(dst)
     return "\n".join(lines) + "\n"
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _expected_bytes(src: Path, qtype: str) -> int:
+    """About how large the quantized file will be: the source's tensors at the type's nominal bits plus the
+    source's metadata (vocabulary, merges); _M mixes and fallbacks add a few percent more."""
+    info = contents(src)
+    return int(info["params"] * get_type(qtype).bpw / 8 + info["size_bytes"] - info["tensor_bytes"])
 
 
 # llama-quant.cpp's warning for a tensor whose rows do not fit the wanted type's blocks

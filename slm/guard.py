@@ -7,9 +7,12 @@ output at once, and nothing is left behind.
 - checks that the output's parent can be created and written (a probe file, not os.access, which lies for
   read-only mounts and /proc);
 - takes an exclusive lock beside the output (`.NAME.lock`, created with O_EXCL, holding the owner's PID and
-  host); a lock whose PID is dead on this host is stale: reported, and broken only with --force;
+  host); a lock whose PID is dead on this host is stale by proof and is broken at once, saying so (a lock
+  with no readable owner proves nothing about its writer and is broken only with --force);
 - removes temporaries that dead processes left beside the output (`.NAME.tmp-PID`, `.NAME.old-PID`), saying
-  so.
+  so;
+- turns a full disk inside the block into one line naming the output, its filesystem and the space (slm.errors
+  `disk_full`), after the atomic writer has removed what it had written.
 The lock is released when the block exits, however it exits; a block that fails also removes the (empty)
 parent folders the guard created, so a refused or failed run leaves nothing behind.
 """
@@ -27,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from slm.errors import SlmError
+from slm.errors import SlmError, disk_full, is_disk_full, tree_bytes
 
 _TEMP = re.compile(r"\.(?:tmp|old)-(\d+)$")  # the suffixes atomic writers here append: .tmp-PID, .old-PID
 
@@ -130,8 +133,9 @@ def _stale_owner(lock: Path, me: dict) -> tuple[bool, int, str]:
 
 
 def acquire_lock(out: Path, force: bool = False) -> Path:
-    """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it. Re-entrant
-    within one process: a verb may guard its output early (before long work) and the atomic writer guard it
+    """Create `.NAME.lock` beside `out` exclusively; refuse while another live process holds it. A lock of a
+    dead PID on this host is broken without asking; `force` also breaks an owner-less lock. Re-entrant within
+    one process: a verb may guard its output early (before long work) and the atomic writer guard it
     again."""
     lock = lock_path(out)
     if _HELD.get(lock):
@@ -146,16 +150,16 @@ def acquire_lock(out: Path, force: bool = False) -> Path:
             if not stale:
                 raise SlmError(f"output {out} locked by PID {pid or '?'} on {host}: wait for that run to "
                                "finish or choose another output") from None
-            if not force:
-                raise SlmError(f"output {out} has a stale lock {lock.name} from PID {pid or '?'}, which is "
-                               "no longer running: pass --force to break it") from None
+            if not pid and not force:  # no owner to check: the writer may be on another host
+                raise SlmError(f"output {out} has a lock {lock.name} naming no owner, left by a run that "
+                               "died while taking it: pass --force to break it") from None
             # Break it by renaming (atomic: of two runs breaking the same lock only one rename succeeds), then
             # retry.
             with contextlib.suppress(FileNotFoundError):
                 broken = lock.with_name(f"{lock.name}.broken-{os.getpid()}")
                 os.rename(lock, broken)
                 broken.unlink()
-                _say(f"broke the stale lock of PID {pid or '?'} on {out}")
+                _say(f"broke the stale lock of PID {pid or '?'} on {out} (that process is no longer running)")
             continue
         try:
             with os.fdopen(fd, "w") as f:
@@ -203,6 +207,10 @@ def guard_output(out: Path | str, inputs: Iterable[Path | str | None] = (), forc
         clean_stale_temps(out.parent, out.name + ".")  # `.o.tmp-1`, not `.o2.tmp-1`: that is another output's
         yield out
         failed = False
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full(out) from None
+        raise
     finally:
         release_lock(lock)
         if failed and not out.exists():
@@ -234,8 +242,11 @@ def atomic_dir(out: Path | str, force: bool = False,
         tmp.mkdir()
         try:
             yield tmp
-        except BaseException:
+        except BaseException as e:
+            written = tree_bytes(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+            if is_disk_full(e):
+                raise disk_full(out, written) from None
             raise
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():

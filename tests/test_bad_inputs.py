@@ -2,17 +2,20 @@
 
 One table. Each row drives one reproduction through the CLI in this process (`slm.cli.main`), and the test
 asserts the contract every verb keeps: exit code 2; stderr exactly one line, `error: …`, holding the row's
-words; no traceback; every file under the row's folder byte-identical afterwards (the inputs untouched) and
-nothing new there (no output folder, no `.tmp-`/`.lock` left) — except what the row says a run may keep.
+words (the last of warnings and progress, for a row whose command is valid until its fault); no traceback;
+every file under the row's folder byte-identical afterwards (the inputs untouched) and nothing new there (no
+output folder, no `.tmp-`/`.lock` left) — except what the row says a run may keep.
 
 To add a row: `Row(id, argv, words)` where `argv(w)` builds the command line from a Workspace `w`: `w.M` a
 tiny model with a tokenizer, `w.D` data prepared from it, `w.out` an output path that does not exist,
 `w.file(name, text)` / `w.dir(name)` more inputs, `w.hold_lock(path)` a live process holding the lock of an
-output.
+output. `fault(monkeypatch)` makes the environment fail during the run (a full disk: the write path raises
+what the OS raises when no space is left, after some bytes went out).
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
@@ -82,6 +85,7 @@ class Row:
     words: str  # expected in the one error line
     # globs (relative to the row's folder) of what the run may leave
     keeps: tuple[str, ...] = field(default=())
+    fault: Callable | None = None  # fault(monkeypatch): break the environment for this run
 
 
 def train(w: Workspace, *extra, out=None) -> list:
@@ -261,6 +265,55 @@ ROWS += [
 ]
 
 
+# ---- a full disk, wherever a verb writes -----------------------------------------------------------------
+def fills_disk(target: str, name: str, after: int = 1, short_write: bool = False) -> Callable:
+    """A fault: `module:Class`'s method `name` works `after` times, then fails as a write on a full disk
+    does — ENOSPC, or numpy's errno-less short write (what the gguf package's tofile raises)."""
+
+    def fault(mp):
+        import importlib
+
+        mod, cls = target.split(":")
+        owner = getattr(importlib.import_module(mod), cls)
+        real, calls = getattr(owner, name), []
+
+        def failing(*a, **k):
+            calls.append(1)
+            if len(calls) > after:
+                raise (OSError("3145728 requested and 144632 written") if short_write
+                       else OSError(errno.ENOSPC, "No space left on device"))
+            return real(*a, **k)
+
+        mp.setattr(owner, name, failing)
+    return fault
+
+
+def _no_free_space(mp):
+    mp.setattr("slm.quant.quantize._free_bytes", lambda path: 1024)
+
+
+DISK_FULL = "disk full while writing"
+ROWS += [
+    Row("expand-disk-full", lambda w: ["expand", w.M, w.out, "--groups", "2"], DISK_FULL,
+        fault=fills_disk("slm.io:ShardedWriter", "add", 3)),
+    Row("upscale-disk-full", lambda w: ["upscale", w.M, w.out, "--drop", "1"], DISK_FULL,
+        fault=fills_disk("slm.io:ShardedWriter", "add", 3)),
+    Row("merge-disk-full", lambda w: merge(w, {"method": "linear", "models": [str(w.M), str(w.M)]}),
+        DISK_FULL, fault=fills_disk("slm.io:ShardedWriter", "add", 3)),
+    Row("prune-disk-full",
+        lambda w: ["prune", w.M, w.out, "--drop", "1", "--tokens", "64", "--seq-len", "32"], DISK_FULL,
+        fault=fills_disk("slm.io:ShardedWriter", "add", 3)),
+    Row("data-disk-full", lambda w: prepare(w, f"c={w.dir('src')}"), DISK_FULL,
+        fault=fills_disk("slm.train.data:_SplitWriter", "add", 1)),
+    Row("export-gguf-disk-full",
+        lambda w: ["export", w.M, "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"], DISK_FULL,
+        fault=fills_disk("gguf:GGUFWriter", "write_tensor_data", 2, short_write=True)),
+    Row("export-quantize-disk-full",
+        lambda w: ["export", w.M, "-o", w.out, "--gguf", "q8_0", "--pre-tokenizer", "gpt-2"], DISK_FULL,
+        fault=_no_free_space),
+]
+
+
 def tree(root: Path) -> dict[str, str]:
     """Relative path → SHA-256 of every file under `root` ("dir" for folders): what must not change."""
     out = {}
@@ -300,8 +353,10 @@ def workspace(tmp_path, template):
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_bad_input_is_one_line_and_loses_nothing(row: Row, workspace: Workspace, capsys):
+def test_bad_input_is_one_line_and_loses_nothing(row: Row, workspace: Workspace, capsys, monkeypatch):
     argv = [str(a) for a in row.argv(workspace)]
+    if row.fault:
+        row.fault(monkeypatch)
     before = tree(workspace.root)
     capsys.readouterr()
     rc = main(argv)
@@ -309,6 +364,9 @@ def test_bad_input_is_one_line_and_loses_nothing(row: Row, workspace: Workspace,
     assert rc == 2, f"exit code {rc}; stderr: {err[-2000:]}"
     assert "Traceback" not in out + err
     lines = err.splitlines()
+    if row.fault:  # valid until its fault: it may warn and show progress first; one error line ends stderr
+        assert sum("error" in ln.lower() for ln in lines) == 1, err[-2000:]
+        lines = [ln for ln in lines if ln.strip()][-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr is not one error line: {err[-2000:]}"
     assert row.words in lines[0], lines[0]
     after = tree(workspace.root)

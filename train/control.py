@@ -35,8 +35,8 @@ def run_guard(args: TrainArgs, dist: Dist) -> Iterator[None]:
     model, the --init weights or the data (even with --force), must be writable, and is locked against a
     second run. Rank 0 takes it (the lock is one per output); every rank learns whether it was refused.
     Whether an existing run folder may be reused is set_up's question (its message names --resume and
-    --force). --resume breaks a stale lock as --force would: resuming says the run that held it is over, and
-    --force is not allowed there."""
+    --force). A lock of a dead PID is broken by the guard itself; --resume also breaks an owner-less one, as
+    --force would: resuming says the run that held it is over, and --force is not allowed there."""
     with contextlib.ExitStack() as stack:
         refused = None
         if dist.main:

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from slm import __version__
-from slm.errors import SlmError
+from slm.errors import SlmError, disk_full, is_disk_full
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except SlmError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a writer outside the output guard (a cache, a record) found the disk full
+        if not is_disk_full(e):
+            raise
+        print(f"error: {disk_full(e.filename or '.')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
