@@ -27,6 +27,7 @@ class Inputs:
     config: Path | None = None  # config.json when there are no weights
     files: dict = field(default_factory=dict)  # quant type → GGUF already made (by the exporter)
     source_note: str = ""  # e.g. "requantized from Q4_1", shown in the report
+    cache_note: str = ""  # which files came from the cache (made before from the same weights), in the report
 
 
 @dataclass

@@ -111,7 +111,7 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path,
            "where": "measured on the device" if here else "measured here",
            "model": {**spec.summary(), "inputs": {
         k: str(v) for k, v in asdict(inputs).items() if v and k != "files"}}, "args": args.to_dict(),
-        "threads": t, "notes": [inputs.source_note] if inputs.source_note else [],
+        "threads": t, "notes": [n for n in (inputs.source_note, inputs.cache_note) if n],
         "host": {**host, "cpu": roofline.cpu_model(), "detected_device": here.key if here else None}}
     # ---- backends, KV cache, quantization sweep, projection ------------------------------------------------
     res["backends"] = measure_backends(inputs, args, spec, host, how, here is not None, progress)

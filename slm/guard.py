@@ -39,6 +39,10 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class LockedError(SlmError):
+    """The output is locked by a live process (a second run of the same output)."""
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this PID exists on this host (signal 0 checks without sending anything)."""
     if pid <= 0:
@@ -49,7 +53,10 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by its parent) still answers signal 0 but runs no more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def check_not_input(out: Path, inputs: Iterable[Path | str]) -> None:
@@ -148,8 +155,8 @@ def acquire_lock(out: Path, force: bool = False) -> Path:
         except FileExistsError:
             stale, pid, host = _stale_owner(lock, me)
             if not stale:
-                raise SlmError(f"output {out} locked by PID {pid or '?'} on {host}: wait for that run to "
-                               "finish or choose another output") from None
+                raise LockedError(f"output {out} locked by PID {pid or '?'} on {host}: wait for that run to "
+                                  "finish or choose another output") from None
             if not pid and not force:  # no owner to check: the writer may be on another host
                 raise SlmError(f"output {out} has a lock {lock.name} naming no owner, left by a run that "
                                "died while taking it: pass --force to break it") from None
@@ -224,6 +231,32 @@ def _remove_empty(folders: list[Path]) -> None:
             p.rmdir()
         except OSError:
             return
+
+
+@contextlib.contextmanager
+def shared_entry(entry: Path | str, say: Callable[[str], None] = _say, timeout_s: float = 4 * 3600,
+                 poll_s: float = 1.0) -> Iterator[Path]:
+    """Hold the lock of a cache entry that several runs may want at once: while another live process holds
+    it (it is making the entry), wait, saying so once, then hold it. The caller checks inside the block
+    whether the entry is finished before making it."""
+    entry, waited, t0 = Path(entry), False, time.monotonic()
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            lock = acquire_lock(entry)
+            break
+        except LockedError:
+            if time.monotonic() - t0 > timeout_s:
+                raise
+            if not waited:
+                owner = _read_lock(lock_path(entry))
+                say(f"waiting for PID {owner.get('pid', '?')}, which is making the cache entry {entry}")
+                waited = True
+            time.sleep(poll_s)
+    try:
+        yield entry
+    finally:
+        release_lock(lock)
 
 
 # ---- the atomic writer every output folder goes through ----------------------------------------------------

@@ -131,6 +131,14 @@ class ModelSpec:
                 analytic(f"{prefix}kv_crossover", "context where the f16 KV cache outgrows the weights",
                          self.kv_crossover_context(), "tokens", "higher", "memory")]
 
+    def shape_differences(self, other: ModelSpec) -> list[str]:
+        """The fields that make two checkpoints' weights incompatible (`name a vs b`), empty when one can
+        load the other's tensors: family, depth, widths, heads, vocabulary, tying, biases, q/k norms."""
+        keys = ("model_type", "layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab",
+                "tied", "attention_bias", "qk_norm")
+        return [f"{k} {getattr(self, k)} vs {getattr(other, k)}" for k in keys
+                if getattr(self, k) != getattr(other, k)]
+
     def summary(self) -> dict:
         """Everything `slm info` shows, as plain JSON-able data."""
         contexts = sorted({c for c in CONTEXTS if c < self.max_context} | {self.max_context})
@@ -162,6 +170,34 @@ def check_supported(config: dict) -> str:
 REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
 
 
+_COUNTS = (*REQUIRED, "num_key_value_heads", "head_dim", "max_position_embeddings")
+_FLAGS = ("tie_word_embeddings", "attention_bias")
+
+
+def _check_values(config: dict) -> None:
+    """Every config value the spec uses has the type and range it must have — JSON allows NaN, Infinity,
+    "4096" and -1 where a count belongs, and each would give a wrong figure (a negative KV share, a GQA ratio
+    of 2.25) rather than an error later."""
+    bad = [k for k in _COUNTS if config.get(k) is not None
+           and (not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] < 1)]
+    bad += [k for k in _FLAGS if config.get(k) is not None and not isinstance(config[k], bool)]
+    if bad:
+        raise SlmError(f"config.json has {', '.join(f'{k}={config[k]!r}' for k in bad)}: each must be a "
+                       "positive integer (a flag: true or false); fix the config")
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    if heads % kv:
+        raise SlmError(f"config.json has num_key_value_heads={kv}, which does not divide "
+                       f"num_attention_heads={heads}: grouped-query attention needs a whole number of query "
+                       "heads per KV head; fix the config")
+    if not config.get("head_dim") and config["hidden_size"] % heads:
+        raise SlmError(f"config.json has hidden_size={config['hidden_size']}, not a multiple of "
+                       f"num_attention_heads={heads}, and no head_dim: fix the config")
+    if not isinstance(config.get("layer_types") or [], list):
+        raise SlmError(f"config.json has layer_types={config['layer_types']!r}: it must be a list; fix the "
+                       "config")
+
+
 def spec_from_config(config: dict) -> ModelSpec:
     """Build a ModelSpec from a config.json dict (after checking the architecture and the shape keys)."""
     mt = check_supported(config)
@@ -169,11 +205,7 @@ def spec_from_config(config: dict) -> ModelSpec:
     if missing:
         raise SlmError(f"config.json of this {mt} model lacks {', '.join(missing)}: not a complete "
                        "checkpoint config; re-save it with transformers (model.config.save_pretrained)")
-    bad = [k for k in (*REQUIRED, "num_key_value_heads", "head_dim") if config.get(k) is not None
-           and (not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] < 1)]
-    if bad:
-        raise SlmError(f"config.json has {', '.join(f'{k}={config[k]!r}' for k in bad)}: each must be a "
-                       "positive integer; fix the config")
+    _check_values(config)
     heads = config["num_attention_heads"]
     hidden = config["hidden_size"]
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32").replace("torch.", "")

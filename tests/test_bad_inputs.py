@@ -121,6 +121,10 @@ ROWS = [
     Row("train-out-is-file", lambda w: train(w, out=w.file("afile", "x")), "is a file, not a run folder"),
     Row("train-out-locked", lambda w: train(w, out=w.hold_lock(w.out)), "locked by PID"),
     Row("train-resume-nothing", lambda w: train(w, "--resume"), "no complete checkpoint"),
+    # train: --init weights replace the model's, so another shape would train another model
+    Row("train-init-of-another-shape",
+        lambda w: train(w, f"--init={make_tiny(w.root / 'B', vocab_size=VOCAB, num_hidden_layers=4)}"),
+        "is not of model"),
     # train: numbers refused before any folder exists
     Row("train-eps-negative", lambda w: train(w, "eps=-1"), "eps must be a finite number in (0, ∞)"),
     Row("train-steps-fraction", lambda w: train(w, "steps=2.9"), "steps=2.9 is not a whole number"),

@@ -36,3 +36,75 @@ def test_a_rerun_after_kill_9_needs_no_force_and_removes_the_dead_runs_temporary
     assert f"broke the stale lock of PID {dead}" in err and f"removed {tmp}" in err
     assert not tmp.exists() and not lock_path(out).exists()
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 8
+
+
+# ---- the profile cache measures the weights it is given ------------------------------------------------------
+def _resolve(model, quant=("q8_0",)):
+    from slm.profiling.inputs import resolve
+
+    said = []
+    return resolve(model, None, quant, 1, backends=("llama.cpp",), progress=said.append), said
+
+
+def test_the_profile_cache_follows_the_weights_not_the_config(tmp_path, monkeypatch):
+    """Replacing model.safetensors (a retrain with --force, a copy) leaves config.json untouched; the cache is
+    keyed by the weights' content, so the second profile quantizes the new weights, and a third of the same
+    weights says it reused the cache."""
+    import slm.profiling.inputs as inputs
+    from slm.record import file_sha256
+
+    monkeypatch.setattr(inputs, "CACHE", tmp_path / "cache")
+    model = make_tiny(tmp_path / "m", seed=0)
+    first, said = _resolve(model)
+    q8_old = file_sha256(first.files["q8_0"])
+    assert not first.cache_note and any("exporting" in s for s in said)
+
+    other = make_tiny(tmp_path / "other", seed=1)  # same shape, other weights
+    config_before = (model / "config.json").stat().st_mtime_ns
+    (model / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    assert (model / "config.json").stat().st_mtime_ns == config_before
+    second, _ = _resolve(model)
+    assert file_sha256(second.files["q8_0"]) != q8_old
+    assert not second.cache_note
+
+    third, said = _resolve(model)
+    assert third.files["q8_0"] == second.files["q8_0"] and not any("exporting" in s for s in said)
+    assert "taken from the cache" in third.cache_note and "q8_0" in third.cache_note
+
+
+def test_a_second_profile_of_the_same_weights_waits_for_the_cache_entry(tmp_path, monkeypatch):
+    """Two profiles of one HF folder at once: the second finds the entry locked by the first (a live
+    process) and waits for it, instead of failing with the cache's internal path."""
+    import slm.profiling.inputs as inputs
+    from slm.record import model_sha256
+
+    monkeypatch.setattr(inputs, "CACHE", tmp_path / "cache")
+    model = make_tiny(tmp_path / "m")
+    entry = tmp_path / "cache" / model_sha256(model)[:16]
+    entry.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        lock_path(entry / "export").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        inp, said = _resolve(model, ("f16",))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert any(f"waiting for PID {holder.pid}" in s for s in said)
+    assert inp.gguf and inp.gguf.is_file()
+
+
+def test_a_failed_export_leaves_no_empty_cache_entry(tmp_path, monkeypatch):
+    import slm.profiling.inputs as inputs
+
+    monkeypatch.setattr(inputs, "CACHE", tmp_path / "cache")
+
+    def fail(*a, **k):
+        raise RuntimeError("the export failed")
+
+    monkeypatch.setattr(inputs, "export_f16", fail)
+    model = make_tiny(tmp_path / "m")
+    try:
+        _resolve(model)
+    except RuntimeError:
+        pass
+    assert not any((tmp_path / "cache").rglob("*"))

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from slm.errors import SlmError
+from slm.io import read_config
 from slm.spec import ModelSpec, spec_from_config
 
 from . import checkpoint as ckpt
@@ -54,6 +55,11 @@ def set_up(args: TrainArgs, dist: Dist) -> RunSetup:
     model_dir = ckpt.resolve_init(Path(args.init)) if args.init else Path(args.model)
     cfg = check_model(args, model_dir)
     spec = spec_from_config(cfg)
+    if args.init and args.model:  # its weights replace `model`'s: another shape would train another model
+        diff = spec_from_config(read_config(args.model)).shape_differences(spec)
+        if diff:
+            raise SlmError(f"--init {args.init} is not of model {args.model}'s shape ({', '.join(diff)}): "
+                           "pass --init weights of this model (its checkpoint or run), or model=THAT_MODEL")
     train = open_data(args.data, "train")
     vocab = data_vocab(args.data)
     if vocab > spec.vocab:
