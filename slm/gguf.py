@@ -179,6 +179,7 @@ _VT = gguf_py.GGUFValueType
 _FIXED = {_VT.UINT8: "B", _VT.INT8: "b", _VT.UINT16: "H", _VT.INT16: "h", _VT.UINT32: "I", _VT.INT32: "i",
           _VT.FLOAT32: "f", _VT.BOOL: "?", _VT.UINT64: "Q", _VT.INT64: "q", _VT.FLOAT64: "d"}
 _SHORT_ARRAY = 64  # numeric arrays up to this length are kept (per-layer lists); longer ones only counted
+_MAX_NESTING = 8  # arrays of arrays allowed this deep
 
 
 class _Cursor:
@@ -203,11 +204,14 @@ class _Cursor:
         self.off += n
         return s
 
-    def value(self, t: int, keep: bool = True):
+    def value(self, t: int, keep: bool = True, depth: int = 0):
         if t == _VT.STRING:
             return self.string(keep)
         if t == _VT.ARRAY:
             sub, n = self.take("I"), self.take("Q")
+            # real files nest an array at most once; a deep nest would only exhaust Python's stack
+            if depth >= _MAX_NESTING:
+                raise ValueError(f"arrays nested more than {_MAX_NESTING} deep")
             if sub in _FIXED:
                 size = struct.calcsize("<" + _FIXED[sub]) * n
                 if self.off + size > len(self.m):
@@ -216,8 +220,10 @@ class _Cursor:
                         else None)
                 self.off += size
                 return ("array", n, vals)
+            if n > len(self.m) - self.off:  # every element takes at least a byte: a count past the file's end
+                raise EOFError
             for _ in range(n):
-                self.value(sub, keep=False)
+                self.value(sub, keep=False, depth=depth + 1)
             return ("array", n, None)
         if t not in _FIXED:
             raise ValueError(f"unknown metadata value type {t}")
@@ -253,7 +259,10 @@ def read_header(path: Path | str) -> Header:
                 shape = tuple(c.take("Q") for _ in range(nd))
                 ty, off = c.take("I"), c.take("Q")
                 tensors.append(TensorInfo(name, tuple(shape), gguf_py.GGMLQuantizationType(ty).name, off))
-            align = int(meta.get("general.alignment", 32))
+            align = meta.get("general.alignment", 32)
+            # llama.cpp's gguf.cpp refuses an alignment that is not a power of two (0 included)
+            if isinstance(align, bool) or not isinstance(align, int) or align < 1 or align & (align - 1):
+                raise ValueError(f"general.alignment is {align!r}, not a power of two")
             data_start = -(-c.off // align) * align
             size = len(m)
     except (EOFError, ValueError, struct.error) as e:

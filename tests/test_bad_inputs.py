@@ -318,6 +318,97 @@ ROWS += [
 ]
 
 
+# ---- config.json values and GGUF header fields of the wrong type or range ----------------------------------
+TINY_CFG = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256,
+            "max_position_embeddings": 256}
+
+
+def cfg(w: Workspace, **over) -> Path:
+    """A config.json of TINY_CFG with `over` (NaN and Infinity written as JSON allows them)."""
+    return w.file("cfg/config.json", json.dumps({**TINY_CFG, **over}))
+
+
+def raw_gguf(w: Workspace, name: str, kvs: list, head: bytes = b"") -> Path:
+    """A GGUF v3 with no tensors and these (key, type, value) fields, written by hand so that any value can be
+    wrong; `head` is inserted as the raw bytes of one more field (for shapes no writer makes)."""
+    import struct
+
+    def string(x: str) -> bytes:
+        return struct.pack("<Q", len(x.encode())) + x.encode()
+
+    fmt = {4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q"}
+    body = b"".join(string(k) + struct.pack("<I", t) + (string(v) if t == 8 else struct.pack(fmt[t], v))
+                    for k, t, v in kvs)
+    n = len(kvs) + (1 if head else 0)
+    return _write(w.root / name, b"GGUF" + struct.pack("<IQQ", 3, 0, n) + body + head)
+
+
+def llama_kvs(**over) -> list:
+    """The header fields slm reads from a llama GGUF (type 4: uint32, 8: string), with `over` as (type,
+    value) or None to drop a field."""
+    base = {"general.architecture": (8, "llama"), "llama.block_count": (4, 2),
+            "llama.embedding_length": (4, 64), "llama.feed_forward_length": (4, 128),
+            "llama.attention.head_count": (4, 4), "llama.attention.head_count_kv": (4, 2), "llama.context_length": (4, 256),
+            "llama.vocab_size": (4, 256)}
+    base.update(over)
+    return [(k, *v) for k, v in base.items() if v is not None]
+
+
+def nested_arrays(depth: int) -> bytes:
+    """One field holding an array of an array of … `depth` deep (GGUF allows arrays of arrays)."""
+    import struct
+
+    return (struct.pack("<Q", 1) + b"x" + struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * depth
+            + struct.pack("<IQ", 4, 0))
+
+
+ROWS += [
+    Row("info-config-context-nan", lambda w: ["info", cfg(w, max_position_embeddings=float("nan"))],
+        "max_position_embeddings=nan"),
+    Row("info-config-context-infinity", lambda w: ["info", cfg(w, max_position_embeddings=float("inf"))],
+        "max_position_embeddings=inf"),
+    Row("info-config-context-string", lambda w: ["info", cfg(w, max_position_embeddings="4096")],
+        "max_position_embeddings='4096': each must be a positive integer"),
+    Row("info-config-context-negative", lambda w: ["info", cfg(w, max_position_embeddings=-4096)],
+        "max_position_embeddings=-4096"),
+    Row("info-config-kv-heads-do-not-divide", lambda w: ["info", cfg(w, num_key_value_heads=3)],
+        "num_key_value_heads=3, which does not divide num_attention_heads=4"),
+    Row("info-config-tied-is-a-string", lambda w: ["info", cfg(w, tie_word_embeddings="false")],
+        "tie_word_embeddings='false'"),
+    Row("plan-config-context-nan",
+        lambda w: ["plan", "--config", cfg(w, max_position_embeddings=float("nan")), "--device",
+                   "jetson-orin-nano-8gb"], "max_position_embeddings=nan"),
+    Row("profile-config-context-string",
+        lambda w: ["profile", "--config", cfg(w, max_position_embeddings="4096"), "-o", w.out, "--device",
+                   "jetson"], "max_position_embeddings='4096'"),
+    Row("info-gguf-zero-heads",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.attention.head_count": (4, 0)}))],
+        "llama.attention.head_count is 0"),
+    Row("info-gguf-missing-heads",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.attention.head_count": None}))],
+        "llama.attention.head_count is None"),
+    Row("info-gguf-string-count",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.embedding_length": (8, "64")}))],
+        "llama.embedding_length is '64'"),
+    Row("info-gguf-nan-context",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.context_length": (6, float("nan"))}))],
+        "llama.context_length is nan"),
+    Row("info-gguf-zero-alignment",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"general.alignment": (4, 0)}))],
+        "general.alignment"),
+    Row("info-gguf-alignment-string",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"general.alignment": (8, "32")}))],
+        "general.alignment"),
+    Row("info-gguf-pathological-nesting",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(), head=nested_arrays(100_000))],
+        "the header is damaged"),
+    Row("info-gguf-kv-heads-do-not-divide",
+        lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.attention.head_count_kv": (4, 3)}))],
+        "3 KV heads do not divide 4 query heads"),
+]
+
+
 def tree(root: Path) -> dict[str, str]:
     """Relative path → SHA-256 of every file under `root` ("dir" for folders): what must not change."""
     out = {}
