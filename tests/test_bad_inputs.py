@@ -349,8 +349,8 @@ def llama_kvs(**over) -> list:
     value) or None to drop a field."""
     base = {"general.architecture": (8, "llama"), "llama.block_count": (4, 2),
             "llama.embedding_length": (4, 64), "llama.feed_forward_length": (4, 128),
-            "llama.attention.head_count": (4, 4), "llama.attention.head_count_kv": (4, 2), "llama.context_length": (4, 256),
-            "llama.vocab_size": (4, 256)}
+            "llama.attention.head_count": (4, 4), "llama.attention.head_count_kv": (4, 2),
+            "llama.context_length": (4, 256), "llama.vocab_size": (4, 256)}
     base.update(over)
     return [(k, *v) for k, v in base.items() if v is not None]
 

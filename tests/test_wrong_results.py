@@ -38,7 +38,7 @@ def test_a_rerun_after_kill_9_needs_no_force_and_removes_the_dead_runs_temporary
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 8
 
 
-# ---- the profile cache measures the weights it is given ------------------------------------------------------
+# ---- the profile cache measures the weights it is given --------------------------------------------------
 def _resolve(model, quant=("q8_0",)):
     from slm.profiling.inputs import resolve
 
