@@ -227,8 +227,18 @@ def _mark_pareto(rows: list[dict]) -> None:
                               for o in rows)
 
 
+def _check_context(spec: ModelSpec, context: int) -> None:
+    """A context past max_position_embeddings is outside what the model was trained for (and what llama.cpp
+    sizes its buffers by): planning it would say every candidate fits at a context none of them can use."""
+    if context > spec.max_context:
+        raise SlmError(f"--context {context:,} is above the model's maximum context {spec.max_context:,} "
+                       f"(max_position_embeddings): plan at --context ≤ {spec.max_context:,}, or extend the "
+                       "context (rope scaling in config.json) before planning")
+
+
 def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
     """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates."""
+    _check_context(spec, args.context)
     dev = get_device(args.device)
     rows = candidates(spec, args, model or None)
 

@@ -382,6 +382,10 @@ ROWS += [
     Row("profile-config-context-string",
         lambda w: ["profile", "--config", cfg(w, max_position_embeddings="4096"), "-o", w.out, "--device",
                    "jetson"], "max_position_embeddings='4096'"),
+    # plan: a context past the model's maximum would say that everything fits at a context none can use
+    Row("plan-context-above-the-model-max",
+        lambda w: ["plan", cfg(w, max_position_embeddings=8192), "--device", "jetson-orin-nano-8gb",
+                   "--context", "65536"], "--context 65,536 is above the model's maximum context 8,192"),
     Row("info-gguf-zero-heads",
         lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.attention.head_count": (4, 0)}))],
         "llama.attention.head_count is 0"),

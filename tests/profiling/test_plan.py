@@ -140,7 +140,8 @@ def test_quality_of_another_model_is_refused(tiny, tmp_path):
     a, b = tiny("llama", name="a"), tiny("llama", name="b", seed=1)
     (tmp_path / "x").mkdir()
     q = _export_record(tmp_path / "x", {"q8_0": {"kld": {"kld_mean": 0.01}, "perplexity": 9.0}}, model=b)
-    args = PlanArgs(device="jetson-orin-nano-8gb", types=("q8_0",), kv_types=("f16",), quality=str(q))
+    args = PlanArgs(device="jetson-orin-nano-8gb", types=("q8_0",), kv_types=("f16",), quality=str(q),
+                    context=256)
     with pytest.raises(SlmError, match="measured another model"):
         plan(load_spec(a), args, model=str(a))
     assert plan(load_spec(b), args, model=str(b))["candidates"][0]["kld"] == 0.01
@@ -177,6 +178,7 @@ def test_cli_plan_writes_report(tiny, tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({**dataclasses.asdict(SMOLLM2), "model_type": "llama", "num_hidden_layers": 30,
                                "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
-                               "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}))
+                               "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+                               "max_position_embeddings": 8192}))
     assert main(["plan", "--config", str(cfg), "--device", "orin-nano", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["device"]["key"] == get_device("orin-nano").key
