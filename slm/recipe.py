@@ -105,7 +105,21 @@ def build(cls: type[T], data: dict) -> T:
     if missing:
         raise SlmError(f"the recipe needs `{missing[0]}`: add `{missing[0]}: VALUE` to the YAML or "
                        f"`{missing[0]}=VALUE`")
-    return cls(**{k: _number(k, v, _type_name(fields[k])) for k, v in data.items()})
+    return cls(**{k: _number(k, _name(k, v, _type_name(fields[k])), _type_name(fields[k]))
+                  for k, v in data.items()})
+
+
+_TEXT = ("str", "str | None", "Optional[str]", "str | Path", "str | Path | None")
+
+
+def _name(key: str, value: Any, type_name: str) -> Any:
+    """A text field (a name, a path) holding a YAML list or mapping is refused here, in one line, before the
+    dataclass or a lookup by that name meets an unhashable value."""
+    if type_name in _TEXT and isinstance(value, (list, dict)):
+        kind = "list" if isinstance(value, list) else "mapping"
+        raise SlmError(f"{key}={value!r} is a {kind}, not a single value: write one name or path, e.g. "
+                       f"{key}=VALUE")
+    return value
 
 
 def _type_name(f: dataclasses.Field) -> str:
