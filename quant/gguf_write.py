@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from slm.errors import SlmError
+from slm.gguf import HF_CONFIG_KEY
+from slm.gguf import QK_PERMUTED_ARCHS as PERMUTED
 from slm.io import TensorReader, read_config
 from slm.spec import ModelSpec, spec_from_config
 
@@ -28,13 +30,6 @@ from .pretok_hashes import CHKTXT, PRE_TOKENIZERS
 # file types llama.cpp records in general.file_type (enum llama_ftype)
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}
 KNOWN_PRE = sorted({v[0] for v in PRE_TOKENIZERS.values()} | {"default"})
-# The source config.json, kept in the GGUF under a key llama.cpp ignores, so `slm import` gives back the
-# same architecture (explicit head_dim, RoPE scaling, per-layer lists) rather than what the GGUF keys imply.
-HF_CONFIG_KEY = "slm.hf_config"
-# architectures whose Q/K rows llama.cpp expects interleaved (the converter's LlamaModel and its subclasses)
-PERMUTED = ("llama", "smollm3")
-
-
 def check_arch(config: dict) -> str:
     """The GGUF architecture for a config, or a one-line SlmError naming what cannot be exported."""
     return plan_arch(config).arch
