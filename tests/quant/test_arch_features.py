@@ -89,3 +89,20 @@ def test_sliding_window_limits_exactness():
     q = {"model_type": "qwen2", "sliding_window": 32, "max_position_embeddings": 256}
     assert plan_arch({**q, "layer_types": ["full_attention"] * 2}).exact_ctx is None
     assert plan_arch({**q, "layer_types": ["full_attention", "sliding_attention"]}).exact_ctx == 32
+
+
+def test_mistral_sliding_window_warned_validated_within_and_flagged_beyond(tiny, tmp_path, capsys):
+    """llama.cpp's llama architecture has no sliding window: the export says so before work, validation
+    passes within the window and flags the difference beyond it."""
+    from slm.quant.export import ExportArgs, export
+
+    d = tiny("mistral", num_hidden_layers=2, sliding_window=32, max_position_embeddings=256)
+    res = export(d, tmp_path / "out", ExportArgs(gguf=["f32"], n_ctx=64, threads=1))
+    assert "within 32 tokens" in capsys.readouterr().err
+    v = res["validation"]
+    assert v["exact_ctx"] == 32 and v["n_ctx"] == 32
+    assert v["gguf"]["f32"]["max_rel_err"] < 1e-4 and not v.get("failed")
+    beyond = v["gguf"]["f32"]["beyond_exact_ctx"]
+    assert beyond["from"] == 32 and beyond["max_rel_err"] > 1e-3
+    assert "beyond 32 tokens" in v["flagged"]["gguf f32"]
+    assert next(f for f in res["figures"] if f.name == "validation_flags").value == 1
