@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf as gguf_py  # gguf-py: ggml's block sizes
+
+from slm.errors import SlmError
 from slm.gguf import kv_element_bytes
 from slm.profiling.protocol import rss_bytes
 from slm.quant.llamacpp import LlamaCpp
@@ -52,13 +55,42 @@ def share_curve(spec: ModelSpec, weight_bytes: float, cache_type: str = "f16",
             "crossover_within_max": weight_bytes / per_tok < spec.max_context}
 
 
-def measure_llamacpp(gguf: Path, spec: ModelSpec, contexts: list[int], cache_type: str,
-                     threads: int) -> list[dict]:
-    """Create a llama.cpp context at each size and record what it allocates, beside the analytic KV bytes."""
+def unusable_reason(spec: ModelSpec, cache_type: str) -> str | None:
+    """Why llama.cpp cannot hold this model's KV cache in `cache_type`, or None when it can: a quantized cache
+    stores each head's K (and V) row in whole ggml blocks, so the head size must be a multiple of the block
+    (32 values for q8_0 and q4_0); llama.cpp refuses the context otherwise (llama-context.cpp checks
+    n_embd_head_k % ggml_blck_size(type_k))."""
+    qtype = gguf_py.GGMLQuantizationType.__members__.get(cache_type.upper())
+    block = gguf_py.GGML_QUANT_SIZES[qtype][0] if qtype is not None else 1  # f16/f32: blocks of 1
+    if spec.head_dim % block:
+        return (f"{cache_type} KV cache needs a head size that is a multiple of its {block}-value block; "
+                f"this model's heads are {spec.head_dim} wide")
+    return None
+
+
+def measure_llamacpp(gguf: Path, spec: ModelSpec, contexts: list[int], cache_type: str, threads: int,
+                     skipped: list | None = None) -> list[dict]:
+    """Create a llama.cpp context at each size and record what it allocates, beside the analytic KV bytes.
+
+    A type llama.cpp cannot use for this head size, or a context it refuses, is not measured: its reason
+    goes to `skipped` ({"cache_type", "context", "reason"}) and the rest carries on, so a profile's timed
+    results are never lost to this last step.
+    """
 
     rows = []
+    why = unusable_reason(spec, cache_type)
+    if why:
+        if skipped is not None:
+            skipped.append({"cache_type": cache_type, "context": None, "reason": why})
+        return rows
     for c in contexts:
-        with LlamaCpp(gguf, c, threads, kv_type=cache_type) as b:
+        try:
+            b = LlamaCpp(gguf, c, threads, kv_type=cache_type)
+        except SlmError as e:
+            if skipped is not None:
+                skipped.append({"cache_type": cache_type, "context": c, "reason": str(e)})
+            continue
+        with b:
             m = b.memory()
             cells = m.get("kv_cells", llama_cells(c))
             analytic = kv_bytes(spec, cells, cache_type)

@@ -178,6 +178,10 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                               r["kv_analytic"] / MIB, f"{r['kv_rel_err']:+.2%}", r["weights"] / MIB,
                               r["compute"] / MIB, r["rss"] / MIB]
                              for r in res["kv"]["measured"]]))
+    if res["kv"].get("skipped"):
+        tables.append(Table("KV cache: not measured", ["type", "context", "why"],
+                            [[s["cache_type"], s["context"] or "all", s["reason"]]
+                             for s in res["kv"]["skipped"]]))
     if "sweep" in res:
         figs.append(_pareto_fig(res))
         rows = res["sweep"]["rows"]

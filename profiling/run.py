@@ -170,16 +170,18 @@ def kv_section(inputs: Inputs, args: ProfileArgs, spec, weight_bytes: float, com
                progress: Callable[[str], None]) -> tuple[dict, float]:
     """The analytic share curve per cache type and llama.cpp's measured allocation; returns it and the compute
     buffer bytes the curve used (measured at the largest f16 context when there is a GGUF)."""
-    measured = []
+    measured, skipped = [], []
     if inputs.gguf:
         ctxs = [c for c in args.kv_contexts if c <= spec.max_context]
         for t in args.kv_types:
             progress(f"KV cache: measuring llama.cpp's {t} allocation at {ctxs}")
-            measured += kv.measure_llamacpp(inputs.gguf, spec, ctxs, t, args.bench.threads)
+            measured += kv.measure_llamacpp(inputs.gguf, spec, ctxs, t, args.bench.threads, skipped)
+        for s in skipped:
+            progress(f"KV cache: {s['cache_type']} not measured: {s['reason']}")
         # the compute buffers at the largest measured context stand for the curve's constant term
         compute = max((r["compute"] for r in measured if r["cache_type"] == "f16"), default=compute)
     return {"analytic": {t: kv.share_curve(spec, weight_bytes, t, compute) for t in args.kv_types},
-            "measured": measured}, compute
+            "measured": measured, "skipped": skipped}, compute
 
 
 def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str, work_dir: Path,

@@ -27,7 +27,7 @@ from slm.score import Scoring
 from slm.spec import ModelSpec, spec_from_config
 from slm.stats import ci95_se
 
-from . import gguf_write, onnx_export, onnx_search
+from . import gguf_arch, gguf_write, onnx_export, onnx_search
 from .imatrix import compute_imatrix
 from .quantize import inspect_gguf, quantize
 from .report import write_report
@@ -119,15 +119,18 @@ class Prepared:
     vocab: dict | None  # the GGUF tokenizer section (None: no tokenizer, or no GGUF asked for)
     text: str  # held-out text for perplexity / KLD
     imatrix: dict | None  # GGUF tensor name → mean x² per input column, when --imatrix was given
+    exact_ctx: int | None = None  # context within which the GGUF computes what HF does (None: all of it)
 
 
 def prepare(model_dir: Path, out: Path, args: ExportArgs) -> Prepared:
     """Every check before any write: architecture, output folder, tokenizer, disk; then the importance
     matrix."""
     config = read_config(model_dir)
-    arch = gguf_write.check_arch(config)
+    aplan = gguf_arch.plan_arch(config)
     spec = spec_from_config(config)
     check_output(out, args.force, [model_dir])
+    if aplan.warning() and args.gguf:  # said before any work: where llama.cpp stops computing what HF does
+        print(aplan.warning(), file=sys.stderr)
     warning = fallback_warning(spec, args.gguf)  # said before any work: what the files will really hold
     if warning:
         print(warning, file=sys.stderr)
@@ -145,8 +148,9 @@ def prepare(model_dir: Path, out: Path, args: ExportArgs) -> Prepared:
     imatrix = None
     if args.imatrix:
 
-        imatrix = compute_imatrix(model_dir, Path(args.imatrix).read_text(), arch)
-    return Prepared(model_dir, out, args.name or model_dir.resolve().name, arch, spec, vocab, text, imatrix)
+        imatrix = compute_imatrix(model_dir, Path(args.imatrix).read_text(), aplan.arch)
+    return Prepared(model_dir, out, args.name or model_dir.resolve().name, aplan.arch, spec, vocab, text,
+                    imatrix, aplan.exact_ctx if args.gguf else None)
 
 
 def _timed(timings: dict, key: str, fn, *a, **kw):
@@ -238,7 +242,7 @@ def export(model_dir: Path | str, out_dir: Path | str | None = None, args: Expor
 
             validation = _timed(timings, "validate", validate_exports, model_dir,
                                 {t: paths[t] for t in args.gguf}, onnx_dirs, paths.get("f16"), p.text,
-                                args.n_ctx, args.threads)
+                                args.n_ctx, args.threads, p.exact_ctx)
         shutil.rmtree(work)
         timings["total"] = time.time() - t0
         result = {"model": str(model_dir), "name": p.name, "arch": p.arch, "params": p.spec.params,
@@ -264,8 +268,15 @@ def figures(result: dict) -> list[Figure]:
         scoring = (v.get("scoring") or {}).get("what", "")
         out += [setting("ppl_scoring", "tokens scored for perplexity / KLD", scoring),
                 _ppl("hf.ppl", "HF model (f32): perplexity", v["hf"], scoring),
-                Figure("validation_failures", "artifacts that failed validation", len(v.get("failed", {})),
-                       "files", "lower", "quality", exact=True)]
+                Figure("validation_failures", "validation failures (artifacts, tokenizer)",
+                       len(v.get("failed", {})), "failures", "lower", "quality", exact=True,
+                       note="; ".join(v.get("failed", {})))]
+        if v.get("exact_ctx"):
+            out += [setting("exact_ctx", "context within which the GGUF computes what HF does",
+                            v["exact_ctx"]),
+                    Figure("validation_flags", f"artifacts differing from HF beyond {v['exact_ctx']} tokens",
+                           len(v.get("flagged", {})), "files", "lower", "quality", exact=True,
+                           note="; ".join(v.get("flagged", {})))]
         if "tokenizer" in v:
             t = v["tokenizer"]
             out.append(Figure("tokenizer_match", "tokenizer strings encoded alike (GGUF vs HF, of "

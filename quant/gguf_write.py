@@ -10,6 +10,7 @@ holds lazy tensors of the whole model) and so errors are caught before any byte 
 
 from __future__ import annotations
 
+import json
 from hashlib import sha256
 from pathlib import Path
 
@@ -18,39 +19,20 @@ import numpy as np
 import torch
 
 from slm.errors import SlmError
+from slm.gguf import HF_CONFIG_KEY
+from slm.gguf import QK_PERMUTED_ARCHS as PERMUTED
 from slm.io import TensorReader, read_config
 from slm.spec import ModelSpec, spec_from_config
 
+from .gguf_arch import ARCHS, plan_arch, rope_freqs, rope_params  # noqa: F401  (ARCHS: re-exported)
 from .pretok_hashes import CHKTXT, PRE_TOKENIZERS
 
-# HF model_type → GGUF architecture name. SmolLM/SmolLM2 and Mistral checkpoints are `llama` in HF too.
-ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 # file types llama.cpp records in general.file_type (enum llama_ftype)
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32}
 KNOWN_PRE = sorted({v[0] for v in PRE_TOKENIZERS.values()} | {"default"})
-
-
 def check_arch(config: dict) -> str:
-    """The GGUF architecture for a config, or a one-line SlmError naming the supported ones."""
-    mt = config.get("model_type", "")
-    if mt not in ARCHS:
-        raise SlmError(f"cannot export architecture {mt or '<missing model_type>'!r} to GGUF: supported are "
-                       f"{', '.join(sorted(ARCHS))}")
-    if config.get("num_experts") or config.get("num_local_experts"):
-        raise SlmError(f"{mt} config has experts: mixture-of-experts export is not supported")
-    rope = rope_params(config)
-    if rope.get("rope_type", "default") not in ("default", "linear", "yarn"):
-        raise SlmError(f"RoPE type {rope['rope_type']!r} is not supported by the GGUF writer "
-                       "(default, linear, yarn)")
-    return ARCHS[mt]
-
-
-def rope_params(config: dict) -> dict:
-    """transformers 5 keeps RoPE settings in `rope_parameters`; older configs use rope_theta +
-    rope_scaling."""
-    if config.get("rope_parameters"):
-        return dict(config["rope_parameters"])
-    return {"rope_theta": config.get("rope_theta", 10000.0), **(config.get("rope_scaling") or {})}
+    """The GGUF architecture for a config, or a one-line SlmError naming what cannot be exported."""
+    return plan_arch(config).arch
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------------
@@ -182,6 +164,8 @@ def add_hparams(w, spec: ModelSpec, config: dict, arch: str, ftype: str, name: s
     w.add_head_count(spec.heads)
     w.add_head_count_kv(spec.kv_heads)
     rope = rope_params(config)
+    # llama3: no scaling keys, the factors go in the rope_freqs tensor (converter: LlamaModel); dynamic: plain
+    # RoPE, exact within the original context (gguf_arch.plan_arch warns)
     if rope.get("rope_type") == "linear" and rope.get("factor"):
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope["factor"])
@@ -195,10 +179,11 @@ def add_hparams(w, spec: ModelSpec, config: dict, arch: str, ftype: str, name: s
         w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
     w.add_file_type(FILE_TYPES[ftype])
-    if arch == "llama":  # LlamaModel.set_gguf_parameters adds these two
+    if arch in PERMUTED:  # LlamaModel.set_gguf_parameters adds these two
         w.add_vocab_size(spec.vocab)
         w.add_rope_dimension_count(spec.head_dim)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_string(HF_CONFIG_KEY, json.dumps(config, sort_keys=True))
 
 
 # ---- tensors ------------------------------------------------------------------------------------------
@@ -211,15 +196,16 @@ def tensor_name_map(arch: str, layers: int):
     """gguf-py's HF → GGUF tensor name map for one of ARCHS' architectures."""
 
     arch_enum = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
-                 "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
+                 "qwen3": gguf.MODEL_ARCH.QWEN3, "smollm3": gguf.MODEL_ARCH.SMOLLM3}[arch]
     return gguf.get_tensor_name_map(arch_enum, layers)
 
 
-def tensor_plan(reader: TensorReader, spec: ModelSpec, arch: str,
-                ftype: str) -> list[tuple[str, str, list[int], str]]:
-    """[(hf name, gguf name, shape, gguf dtype)] for every tensor, from the headers alone (nothing loaded)."""
+def tensor_plan(reader: TensorReader, spec: ModelSpec, arch: str, ftype: str,
+                extra: dict | None = None) -> list[tuple[str | None, str, list[int], str]]:
+    """[(hf name, gguf name, shape, gguf dtype)] for every tensor, from the headers alone (nothing loaded);
+    `extra` (gguf name → f32 array, e.g. rope_freqs.weight) come first with hf name None."""
     tmap = tensor_name_map(arch, spec.layers)
-    plan = []
+    plan = [(None, k, list(v.shape), "f32") for k, v in (extra or {}).items()]
     for hf in reader.keys():
         if hf.endswith(".rotary_emb.inv_freq") or (spec.tied and hf == "lm_head.weight"):
             continue  # recomputed by llama.cpp / shared with token_embd when tied
@@ -248,13 +234,16 @@ def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_t
         raise SlmError(f"write_gguf writes f32, f16 or bf16, not {ftype!r} (quantized types go through "
                        "quantize)")
     config = read_config(model_dir)
-    arch = check_arch(config)
+    aplan = plan_arch(config)
+    arch = aplan.arch
     spec = spec_from_config(config)
+    freqs = rope_freqs(aplan.rope, spec.head_dim)
+    extra = {} if freqs is None else {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": freqs}
     if vocab is None:
         vocab = load_vocab(model_dir, spec.vocab, pre_tokenizer) if has_tokenizer(model_dir) else None
     reader = TensorReader(model_dir)
     try:
-        plan = tensor_plan(reader, spec, arch, ftype)
+        plan = tensor_plan(reader, spec, arch, ftype, extra)
         w = gguf.GGUFWriter(out, arch)
         add_hparams(w, spec, config, arch, ftype, name or model_dir.name)
         if vocab is not None:
@@ -273,10 +262,13 @@ def write_gguf(model_dir: Path | str, out: Path | str, ftype: str = "f32", pre_t
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for hf, gname, _, dt in plan:  # one tensor in memory at a time
+            if hf is None:
+                w.write_tensor_data(extra[gname])
+                continue
             t = reader.get(hf).float()
-            if arch == "llama" and hf.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+            if arch in PERMUTED and hf.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
                 t = permute_qk(t, spec.heads)
-            elif arch == "llama" and hf.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+            elif arch in PERMUTED and hf.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
                 t = permute_qk(t, spec.kv_heads)
             w.write_tensor_data(to_numpy(t, dt))
             del t

@@ -99,9 +99,14 @@ def write_report(out_html: Path, result: dict, figures: list[Figure]) -> Path:
             if (r := (v.get(f["format"]) or {}).get(f["type"]))]
         tables.append(Table("Greedy generation from the first prompt", ["artifact", "text"], gens))
         if v.get("failed"):
-            tables.append(Table("Artifacts that failed to run", ["artifact", "error"],
+            tables.append(Table("Validation failures", ["artifact", "error"],
                                 [[k, e] for k, e in v["failed"].items()],
-                                note="the file is kept; the runtime raised this while validating it"))
+                                note="the files are kept; validation found this"))
+        if v.get("flagged"):
+            tables.append(Table(f"Artifacts that differ from HF beyond {v['exact_ctx']} tokens",
+                                ["artifact", "finding"], [[k, e] for k, e in v["flagged"].items()],
+                                note="llama.cpp does not compute the source model's function past this "
+                                     "context; within it the artifacts were validated"))
         if "tokenizer" in v:
             tables.append(Table("Tokenizer: GGUF ids vs HF ids", ["string", "same ids", "HF ids", "GGUF ids"],
                                 [[repr(r["text"]), r["hf"] == r["gguf"], str(r["hf"][:24]),

@@ -23,6 +23,12 @@ import gguf as gguf_py
 from slm.errors import SlmError
 
 MAGIC = b"GGUF"
+# The source config.json, kept in an slm-written GGUF under a key llama.cpp ignores, so `slm import` gives
+# back the same architecture (explicit head_dim, RoPE scaling, per-layer lists), not what GGUF keys imply.
+HF_CONFIG_KEY = "slm.hf_config"
+# GGUF architectures whose Q/K rows llama.cpp expects interleaved (the converter's LlamaModel.permute and its
+# subclasses); qwen2/qwen3 keep HF's rotate-half order.
+QK_PERMUTED_ARCHS = ("llama", "smollm3")
 
 
 # ---- the quant types ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_ke
 
 def make_tiny(path: Path, kind: str = "llama", tied: bool = False, seed: int = 0, **overrides) -> Path:
     """Save a tiny randomly initialised checkpoint of `kind` (llama, qwen2 with layer_types and biases, qwen3
-    with q/k norms) to `path` and return it."""
+    with q/k norms and head_dim 32, mistral, smollm3) to `path` and return it."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
     kw = {**TINY, "tie_word_embeddings": tied, **overrides}
@@ -34,7 +34,11 @@ def make_tiny(path: Path, kind: str = "llama", tied: bool = False, seed: int = 0
         kw.setdefault("layer_types", ["full_attention"] * kw["num_hidden_layers"])
         cfg = Qwen2Config(**kw)
     elif kind == "qwen3":
-        cfg = Qwen3Config(**kw, head_dim=32)
+        cfg = Qwen3Config(**{"head_dim": 32, **kw})
+    elif kind in ("mistral", "smollm3"):  # Mistral: sliding_window; SmolLM3: no_rope_layers
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.for_model(kind, **kw)
     else:
         raise ValueError(kind)
     torch.manual_seed(seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="GGUF (any llama.cpp type) and ONNX exports, validated against the "
@@ -45,11 +47,13 @@ def cmd_export(args) -> int:
             if "kld" in r:
                 line += f"  KLD {r['kld']['kld_mean']:.4f}"
         print(line)
+    for k, e in (v.get("flagged") or {}).items():
+        print(f"warning: {k} {e}", file=sys.stderr)
     for k, e in (v.get("failed") or {}).items():
-        print(f"warning: {k} failed to run in validation: {e}")
+        print(f"error: validation failed: {k}: {e}", file=sys.stderr)
     if v:
         print(f"HF model perplexity {v['hf']['perplexity']:.3f}" +
               (f"; tokenizer ids match on {v['tokenizer']['matching']}/{v['tokenizer']['strings']} strings"
                if "tokenizer" in v else ""))
     print(f"→ {out}; report {out}/report.html")
-    return 0
+    return 1 if v.get("failed") else 0

@@ -48,18 +48,30 @@ def compose_record(config: dict, src: list[int], new: list[int], step: dict) -> 
     }
 
 
-def remap_config(config: dict, src: list[int], record: dict) -> dict:
-    """New config with num_hidden_layers and every per-layer list remapped through `src`.
+# Config keys holding one entry per decoder layer, by name (transformers' configuration_*.py): Qwen2/Qwen3/
+# SmolLM3 `layer_types` (full_attention / sliding_attention), SmolLM3 and Llama-4 `no_rope_layers` (1: RoPE,
+# 0: NoPE), `sliding_window_layers`-style lists of per-layer windows. Every other key is copied as is: a
+# list that merely has as many entries as there are layers (eos_token_id: [2, 0, 5]) is not per-layer.
+PER_LAYER_KEYS = ("layer_types", "no_rope_layers", "sliding_window_layers", "attention_window_layers")
 
-    Per-layer lists: Qwen2/Qwen3 `layer_types`, SmolLM3 `no_rope_layers`, sliding-window lists — any list
-    whose length equals the old layer count. Qwen2's `max_window_layers` (layers below it use full
-    attention) becomes the count of new layers whose source is below it.
+
+def remap_config(config: dict, src: list[int], record: dict) -> dict:
+    """New config with num_hidden_layers and every per-layer list (PER_LAYER_KEYS) remapped through `src`.
+
+    Qwen2's `max_window_layers` (layers below it use full attention) becomes the count of new layers whose
+    source is below it. A per-layer key whose length is not the layer count is refused: remapping it would
+    be a guess.
     """
     n = config["num_hidden_layers"]
     out = dict(config)
-    for k, v in config.items():
-        if isinstance(v, list) and len(v) == n and k != RECORD_KEY:
-            out[k] = [v[s] for s in src]
+    for k in PER_LAYER_KEYS:
+        v = config.get(k)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != n:
+            raise SlmError(f"config.json has {k} with {len(v) if isinstance(v, list) else repr(v)} entries "
+                           f"but num_hidden_layers={n}: fix the config so it has one entry per layer")
+        out[k] = [v[s] for s in src]
     if isinstance(config.get("max_window_layers"), int) and config["max_window_layers"] < n:
         out["max_window_layers"] = sum(1 for s in src if s < config["max_window_layers"])
     out["num_hidden_layers"] = len(src)

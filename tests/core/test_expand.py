@@ -132,3 +132,21 @@ def test_real_model_expansion_is_function_preserving(real_model, tmp_path, group
     plain = assert_same_function(real_model, out, vocab=49152, prompts=prompts)
     assert plain.config.num_hidden_layers == layers
     assert [layer.self_attn.layer_idx for layer in plain.model.layers] == list(range(layers))
+
+
+def test_per_layer_keys_by_name_not_by_length(tiny, tmp_path):
+    """A 3-layer model's eos_token_id [2, 0, 5] is copied as is by expand and prune; no_rope_layers (a
+    per-layer key by name) follows the layers; a per-layer key of the wrong length is refused."""
+    from slm.surgery.layers import remap_config
+    from slm.surgery.prune import PruneArgs, prune
+
+    src = tiny("llama", num_hidden_layers=3, eos_token_id=[2, 0, 5])
+    expand(src, tmp_path / "x", ExpandArgs(groups=3, copies=1, parity=False))
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["eos_token_id"] == [2, 0, 5]
+    prune(src, tmp_path / "p", PruneArgs(drop=1, tokens=128, seq_len=32))
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["eos_token_id"] == [2, 0, 5]
+    cfg = {"num_hidden_layers": 3, "no_rope_layers": [1, 1, 0], "eos_token_id": [2, 0, 5]}
+    out = remap_config(cfg, [0, 0, 1, 1, 2, 2], {})
+    assert out["no_rope_layers"] == [1, 1, 1, 1, 0, 0] and out["eos_token_id"] == [2, 0, 5]
+    with pytest.raises(SlmError, match="layer_types with 2 entries but num_hidden_layers=3"):
+        remap_config({"num_hidden_layers": 3, "layer_types": ["full_attention"] * 2}, [0, 1, 2], {})

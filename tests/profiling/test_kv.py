@@ -54,3 +54,22 @@ def test_unknown_cache_type():
                                  intermediate_size=128, num_attention_heads=4, vocab_size=256))
     with pytest.raises(SlmError, match="q8_0"):
         kv.kv_bytes(spec, 10, "q5_1")
+
+
+def test_head_size_16_skips_quantized_kv_with_the_reason(tiny, tmp_path):
+    """head_dim 16: llama.cpp's q8_0/q4_0 caches need heads in whole 32-value blocks; the type is skipped
+    with that reason (no attempt, no exception), f16 is still measured."""
+    from slm.quant.gguf_write import write_gguf
+
+    d = tiny("llama", num_hidden_layers=2, max_position_embeddings=512)  # 64 / 4 heads = 16
+    g = write_gguf(d, tmp_path / "m.gguf", "f32")
+    spec = spec_from_gguf(g)
+    skipped = []
+    assert kv.measure_llamacpp(g, spec, [256], "q8_0", threads=1, skipped=skipped) == []
+    assert skipped[0]["cache_type"] == "q8_0" and "multiple of its 32-value block" in skipped[0]["reason"]
+    assert "16 wide" in skipped[0]["reason"]
+    rows = kv.measure_llamacpp(g, spec, [256], "f16", threads=1, skipped=skipped)
+    assert rows[0]["kv_cache"] > 0 and len(skipped) == 1
+    assert kv.unusable_reason(spec_from_config(dict(model_type="qwen3", num_hidden_layers=2, hidden_size=64,
+                                                    intermediate_size=128, num_attention_heads=4,
+                                                    vocab_size=256, head_dim=32)), "q8_0") is None

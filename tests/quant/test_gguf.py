@@ -162,7 +162,7 @@ def test_disk_too_small_is_checked_first(tiny, tmp_path, monkeypatch):
     assert _nothing_written(out)
 
 
-def _with_bpe_tokenizer(model_dir: Path, regex_digits: bool) -> Path:
+def _with_bpe_tokenizer(model_dir: Path, regex_digits: bool, extra: str = "") -> Path:
     """Give a tiny checkpoint a freshly trained byte-level BPE tokenizer (its hash is in no table)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -173,7 +173,7 @@ def _with_bpe_tokenizer(model_dir: Path, regex_digits: bool) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([rt.HELD_OUT_TEXT] * 3, trainer)
+    tok.train_from_iterator([rt.HELD_OUT_TEXT] * 3 + [extra], trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(str(model_dir))
     return model_dir
 
@@ -190,6 +190,25 @@ def test_unknown_pre_tokenizer_suggests_override(tiny, tmp_path):
     res = export(d, out, ExportArgs(gguf=["f32"], pre_tokenizer="gpt-2", n_ctx=32, threads=1))
     assert res["pre_tokenizer"] == "gpt-2"
     assert res["validation"]["gguf"]["f32"]["top1_agree"] == 1.0
+    assert not res["validation"].get("failed")
+
+
+def test_tokenizer_mismatch_fails_validation(tiny, tmp_path, capsys):
+    """A Qwen2 model's tokenizer (transformers loads it as Qwen2Tokenizer: one digit per piece) written with
+    GPT-2's pre-tokenizer (digit runs whole), like a Qwen2 with a SmolLM2 tokenizer: llama.cpp encodes numbers
+    differently, and validation fails — in the result, the figures and the CLI's exit status."""
+    from slm.cli import main
+
+    d = _with_bpe_tokenizer(tiny("qwen2", vocab_size=300), regex_digits=False,
+                            extra="numbers 3 33 333 3333 1,000,000 " * 3000)
+    res = export(d, tmp_path / "out", ExportArgs(gguf=["f32"], pre_tokenizer="gpt-2", n_ctx=32, threads=1))
+    tok = res["validation"]["tokenizer"]
+    assert tok["matching"] < tok["strings"]
+    assert "test strings differently from HF" in res["validation"]["failed"]["tokenizer"]
+    assert next(f for f in res["figures"] if f.name == "validation_failures").value == 1
+    assert main(["export", str(d), "--gguf", "f32", "--pre-tokenizer", "gpt-2", "--threads", "1", "-o",
+                 str(tmp_path / "cli")]) == 1
+    assert "validation failed: tokenizer" in capsys.readouterr().err
 
 
 def test_imatrix_from_calibration_text(tiny, tmp_path):
