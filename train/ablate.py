@@ -37,6 +37,16 @@ from .ablate_report import write_ablation
 from .args import load_recipe
 
 METHODS = ("expanded", "lora", "full", "freeze")
+# Each method's own peak learning rate, as its literature trains it (one shared rate judges the rate, not the
+# method: full fine-tuning diverges at a rate made for a few new blocks):
+# - expanded: LLaMA Pro's CPT of the new blocks, 2e-4 (Wu et al. 2024, §4.1);
+# - lora: 2e-4, LoRA's GPT-2 Medium/Large E2E setting (Hu et al. 2021, Table 11) and QLoRA's for models ≤ 13B
+#   (Dettmers et al. 2023, App. B.2);
+# - full: 2e-5, full fine-tuning of every block (LLaMA 2's SFT rate, Touvron et al. 2023 §3.1; the 1e-5–5e-5
+#   range BERT-era full fine-tuning uses, Devlin et al. 2019 App. A.3);
+# - freeze: 2e-4, the rate of the blocks it stands in for — LLaMA Pro's ablation trains its baselines at the
+#   CPT rate of the new blocks, and only as many layers as expansion adds move.
+DEFAULT_LR = {"expanded": 2e-4, "lora": 2e-4, "full": 2e-5, "freeze": 2e-4}
 
 
 @dataclass
@@ -53,6 +63,7 @@ class AblateArgs:
     domain: str = ""  # the held-out set that is the training domain (default: the data's heaviest source)
     probe_prompts: int = 80  # held-out instruction-probe prompts
     eval_tokens: int = 16384  # held-out tokens per set
+    lr: dict = field(default_factory=dict)  # {method: peak lr} over DEFAULT_LR (the recipe's lr is not used)
     diff: bool = True  # weight-space diagnostics (slm diff) of every final model against the original
     force: bool = False  # replace an existing ablation folder (without it, finished runs are reused)
 
@@ -62,6 +73,11 @@ class AblateArgs:
             raise SlmError(f"methods {bad or '[]'}: choose from {list(METHODS)}")
         if self.freeze not in ("copied", "top"):
             raise SlmError(f"freeze={self.freeze!r}: use copied or top")
+        for m, v in self.lr.items():
+            if m not in METHODS:
+                raise SlmError(f"--lr names {m!r}: choose from {list(METHODS)}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise SlmError(f"--lr {m}={v!r}: a learning rate must be a positive number, e.g. {m}=2e-4")
         if self.budget < 0 or self.lora_r < 0 or self.probe_prompts < 0 or self.eval_tokens < 1:
             raise SlmError("budget ≥ 0, lora_r ≥ 0, probe_prompts ≥ 0 and eval_tokens ≥ 1 are needed")
 
@@ -120,9 +136,15 @@ def method_runs(args: AblateArgs) -> tuple[dict, Path]:
                         lora_alpha=max(1, round(probe.lora_alpha / probe.lora_r * rank))),
            "full": dict(model=str(base), trainable="full"),
            "freeze": dict(model=str(base), trainable=copied if args.freeze == "copied" else top)}
+    lrs = method_lrs(args)
     runs = {m: load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / m), tokens=tokens,
-                           steps=0, resume=False, force=True, **per[m]) for m in args.methods}
+                           steps=0, resume=False, force=True, lr=lrs[m], **per[m]) for m in args.methods}
     return runs, base
+
+
+def method_lrs(args: AblateArgs) -> dict:
+    """Each method's peak lr: DEFAULT_LR, over which --lr sets some."""
+    return {m: float(args.lr.get(m, DEFAULT_LR[m])) for m in args.methods}
 
 
 def _num_layers(model: Path) -> int:

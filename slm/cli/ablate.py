@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from slm.errors import SlmError
 from slm.train.ablate import AblateArgs, ablate
 
 
@@ -28,10 +29,27 @@ def register(sub) -> None:
                                                 "source)")
     p.add_argument("--probe-prompts", type=int, default=80, help="held-out instruction-probe prompts")
     p.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens per set")
+    p.add_argument("--lr", default="", metavar="METHOD=LR,...",
+                   help="peak lr of some methods (default: each method's own, slm.train.ablate.DEFAULT_LR; "
+                        "the recipe's lr is not used)")
     p.add_argument("--no-diff", action="store_true", help="skip the weight-space diagnostics")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--force", action="store_true", help="redo every run (default: finished runs are reused)")
     p.set_defaults(func=cmd_ablate)
+
+
+def parse_lrs(text: str) -> dict:
+    """'full=2e-5,lora=1e-4' → {method: lr}; a value that is not a number is refused in one line."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        m, eq, v = item.partition("=")
+        try:
+            out[m.strip()] = float(v)
+        except ValueError:
+            raise SlmError(f"--lr {item!r}: use METHOD=LR, e.g. --lr full=2e-5,lora=1e-4") from None
+        if not eq:
+            raise SlmError(f"--lr {item!r}: use METHOD=LR, e.g. --lr full=2e-5,lora=1e-4")
+    return out
 
 
 def cmd_ablate(args) -> int:
@@ -40,7 +58,7 @@ def cmd_ablate(args) -> int:
                             budget=args.budget, base=args.base, methods=args.methods.split(","),
                             lora_r=args.lora_r, freeze=args.freeze, domain=args.domain,
                             probe_prompts=args.probe_prompts, eval_tokens=args.eval_tokens,
-                            diff=not args.no_diff, force=args.force))
+                            lr=parse_lrs(args.lr), diff=not args.no_diff, force=args.force))
     if args.json:
         print(json.dumps(res, indent=1, default=str))
         return 0

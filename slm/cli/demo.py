@@ -198,16 +198,17 @@ def run_eval(ctx: dict, out: Path) -> None:
 
 # LLaMA Pro's ablation at a budget that fits the demo (~5 minutes on 2 cores): each method trains on the same
 # 2,048 code tokens from the same start (expanded, LoRA with as many trainable parameters, full, freeze-tuning
-# of the layers expand copied), all at the demo's CPT lr; then domain gain vs forgetting (held-out sets and
-# the instruction probe) with their uncertainties. At this budget most differences are inside the noise, and
-# the report says so; benchmarks and `slm ablate` with a larger --budget give the real comparison.
+# of the layers expand copied), each at its own literature rate (slm.train.ablate.DEFAULT_LR); then domain
+# gain vs forgetting (held-out sets and the instruction probe) with their uncertainties. At this budget most
+# differences are inside the noise, and the report says so; benchmarks and `slm ablate` with a larger
+# --budget, --seeds and --lr-grid give the real comparison.
 ABLATE = dict(budget=2048, probe_prompts=16, eval_tokens=2048)
 
 
 def run_ablate(ctx: dict, out: Path) -> None:
 
     over = [f"model={ctx['expanded']}", f"data={ctx['data']}", "preset=cpt", f"seq_len={CPT['seq_len']}",
-            "global_batch=1", "micro_batch=1", f"lr={CPT['lr']}", "steps=1", "eval=false", "progress=false"]
+            "global_batch=1", "micro_batch=1", "steps=1", "eval=false", "progress=false"]
     ablate(AblateArgs(recipe="", overrides=over, out=str(out), force=True, **ABLATE))
 
 

@@ -42,6 +42,11 @@ def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, t
             and methods["expanded"]["diff"]["intruders"] == 0)
     assert methods["expanded"]["diff"]["new_layers"] == 2 and methods["freeze"]["diff"]["changed_layers"] == 2
     assert methods["full"]["diff"]["changed_layers"] == 6
+    # each method at its own default rate, not the recipe's shared lr 1e-3
+    from slm.train.ablate import DEFAULT_LR
+    for m in methods:
+        assert json.loads((out / "runs" / m / "slm.json").read_text())["args"]["lr"] == DEFAULT_LR[m]
+    assert DEFAULT_LR["full"] < DEFAULT_LR["expanded"]
     for m in methods.values():
         d = m["delta"][res["domain"]]
         assert d["se"] > 0 and m["delta"][res["probe_set"]]["se"] > 0
@@ -64,6 +69,10 @@ def test_ablate_refuses_bad_arguments(tmp_path):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), methods=["dora"])
     with pytest.raises(SlmError, match="freeze"):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), freeze="bottom")
+    with pytest.raises(SlmError, match="positive"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr={"full": 0})
+    with pytest.raises(SlmError, match="choose from"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr={"dora": 1e-4})
 
 
 def _delta(change, se):
