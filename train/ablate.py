@@ -29,8 +29,6 @@ from pathlib import Path
 from slm.errors import SlmError
 from slm.guard import guard_output
 from slm.record import figures_of, read_record
-from slm.score import paired
-from slm.stats import ci95_se, significant
 from slm.surgery.layers import prior_record, split_layer_name
 
 from .ablate_report import write_ablation
@@ -219,7 +217,13 @@ def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict
     """The original and every final model on the held-out sets and the probe; OP/BWT and diff per method."""
     from slm.surgery.diff import diff  # torch: deferred, a heavy import
 
-    from .evaluate import EvalArgs, evaluate, forgetting  # torch: deferred, a heavy import
+    from .evaluate import (  # torch: deferred, a heavy import
+        EvalArgs,
+        evaluate,
+        forgetting,
+        loss_change,
+        public,
+    )
     from .probe import PROBE_SET  # torch: deferred, a heavy import
 
     seq_len = min(next(iter(runs.values())).seq_len, 512)
@@ -236,34 +240,12 @@ def _evaluate(args: AblateArgs, base: Path, data: str, runs: dict, trained: dict
     for (m, t), row in zip(trained.items(), ev["matrix"][1:]):
         scores = [{k: -v["loss"] for k, v in r.items()} for r in (row0, row)]
         general = {k: 0 for k in row if k != domain}  # what the original knew: the other sets and the probe
-        methods[m] = {**t, "eval": _public(row), "forgetting": forgetting(scores, ["", domain], general),
-                      "delta": {k: _delta(row0[k], row[k]) for k in row}}
+        methods[m] = {**t, "eval": public(row), "forgetting": forgetting(scores, ["", domain], general),
+                      "delta": {k: loss_change(row0[k], row[k]) for k in row}}
         if args.diff:
             methods[m]["diff"] = diff(t["model"], base)["totals"]
-    return {"base": str(base), "data": data, "domain": domain, "sets": ev["sets"], "original": _public(row0),
+    return {"base": str(base), "data": data, "domain": domain, "sets": ev["sets"], "original": public(row0),
             "methods": methods, "probe_set": PROBE_SET}
-
-
-def _delta(a: dict, b: dict) -> dict:
-    """Loss change b − a (nats/token), its standard error and whether its 95 % interval excludes 0
-    (slm.stats). Both models are scored on the same tokens, so the s.e. is the paired one — of the per-token
-    differences (slm.score.paired); √(se_a² + se_b²) would treat two highly correlated estimates as
-    independent and call real changes noise. Without per-token losses it falls back to that conservative
-    bound, and says which it used."""
-    ta, tb = a.get("_tokens"), b.get("_tokens")
-    if ta is not None and tb is not None and len(ta) == len(tb) > 1:
-        p = paired(ta, tb)
-        d, se, how = b["loss"] - a["loss"], p["se"], p["se_how"]
-    else:
-        d = b["loss"] - a["loss"]
-        se, how = math.hypot(a.get("loss_se") or 0.0, b.get("loss_se") or 0.0), "independent (conservative)"
-    return {"change": d, "se": se, "significant": significant(d, ci95_se(se)), "se_how": how}
-
-
-def _public(row: dict) -> dict:
-    """A result row without its in-memory per-token losses (what slm.json and reports get)."""
-    return {k: {x: y for x, y in v.items() if not x.startswith("_")} if isinstance(v, dict) else v
-            for k, v in row.items()}
 
 
 def _heaviest(data: str, sets: list[str]) -> str:

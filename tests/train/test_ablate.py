@@ -106,7 +106,8 @@ def test_loss_changes_are_paired_over_the_same_tokens():
     is used."""
     import numpy as np
 
-    from slm.train.ablate import _delta, _public
+    from slm.train.evaluate import loss_change as _delta
+    from slm.train.evaluate import public as _public
 
     rng = np.random.default_rng(0)
     a = rng.gamma(2.0, 1.5, 2000)  # per-token losses with a wide spread
