@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, t
                       "micro_batch: 2\nsteps: 1\nlr: 1e-3\neval: false\nprogress: false\nreport: false\n")
     out = tmp_path / "ablate"
     assert main(["ablate", str(recipe), "--budget", "128", "--out", str(out), "--probe-prompts", "2",
-                 "--eval-tokens", "128", "--json"]) == 0
+                 "--eval-tokens", "128", "--json", "--keep-weights"]) == 0
     res = json.loads(capsys.readouterr().out)
     methods = res["methods"]
     assert list(methods) == ["expanded", "lora", "full", "freeze"]
@@ -51,9 +52,16 @@ def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, t
         d = m["delta"][res["domain"]]
         assert d["se"] > 0 and m["delta"][res["probe_set"]]["se"] > 0
         assert set(m["forgetting"]["earlier_tasks"]) == {"prose", res["probe_set"]}
+        per = m["forgetting"]["per_set"]
+        assert set(per) == {"prose", res["probe_set"]}
+        assert per["prose"]["change"] == pytest.approx(-m["delta"]["prose"]["change"])
+        parts = per["prose"]["change"] + per[res["probe_set"]]["change"]
+        assert m["forgetting"]["bwt"] == pytest.approx(parts / 2)
+        assert set(m["flips"][0][res["probe_set"]]) == {"exact", "extract", "ended"}
     assert res["domain"] == "code"  # the heavier source (1.5 vs 1.0)
     html = (out / "report.html").read_text()
     assert "<svg" in html and "runs/lora/report.html" in html and "±" in html and "Pareto" in html
+    assert "Forgetting per set" in html and "McNemar" in html and "peak lr" in html
     assert json.loads((out / "slm.json").read_text())["kind"] == "ablate"
     # run again without --force: the finished runs are reused, not retrained
     stamp = {m: (out / "runs" / m / "slm.json").stat().st_mtime_ns for m in methods}
@@ -71,6 +79,10 @@ def test_ablate_refuses_bad_arguments(tmp_path):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), freeze="bottom")
     with pytest.raises(SlmError, match="positive"):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr={"full": 0})
+    with pytest.raises(SlmError, match="seeds"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), seeds=0)
+    with pytest.raises(SlmError, match="lr-grid"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr_grid=[1, -3])
     with pytest.raises(SlmError, match="choose from"):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr={"dora": 1e-4})
 
@@ -94,7 +106,7 @@ def test_headline_names_the_best_gain_per_forgetting_and_never_a_winner_inside_t
     assert "no measurable forgetting" in headline(r)
     # every method forgets: the best ratio wins (lora 0.25/0.05 = 5 > full 0.30/0.15 = 2)
     r = result(full=((-0.30, 0.02), (0.15, 0.02)), lora=((-0.25, 0.02), (0.05, 0.01)))
-    assert "lora gained the most" in headline(r) and "+0.050 ± 0.010" in headline(r)
+    assert "lora gained the most" in headline(r) and "+0.050 ± 0.020" in headline(r)  # 1.96 × s.e.
     # no domain gain outside the noise: nobody is named
     r = result(full=((-0.01, 0.02), (0.15, 0.02)), lora=((0.02, 0.02), (0.0, 0.01)))
     assert "no method's domain gain is outside the noise" in headline(r)
@@ -146,3 +158,39 @@ def test_headline_ties_methods_without_measurable_forgetting_whose_gains_overlap
                                                           "instruct-probe": _delta(-0.002, 0.01)}}}}
     assert ("expanded and freeze learned the domain with no measurable forgetting, gains overlapping"
             in headline(r))
+
+
+def test_ablate_seeds_and_lr_grid(tiny_expanded, tiny_data, tmp_path):
+    """Two seeds per method: the change is their mean with a t interval over seeds (never below the token
+    one); the grid picks each method's lr on validation tokens after the reported ones; weights are dropped
+    once evaluated, the records stay."""
+    from slm.stats import seed_interval
+    from slm.train.ablate import DEFAULT_LR, ablate
+
+    data, _ = tiny_data
+    over = [f"model={tiny_expanded}", f"data={data}", "seq_len=32", "global_batch=2", "micro_batch=2",
+            "steps=1", "eval=false", "progress=false", "report=false"]
+    out = tmp_path / "ab"
+    res = ablate(AblateArgs(recipe="", overrides=over, out=str(out), budget=64, methods=["expanded", "full"],
+                            seeds=2, lr_grid=[0.5, 2.0], probe_prompts=2, eval_tokens=64, diff=False))
+    for m, r in res["methods"].items():
+        assert r["seeds"] == [0, 1] and len(r["flips"]) == 2
+        d = r["delta"][res["domain"]]
+        mean, half = seed_interval(d["seeds"], [])
+        assert d["change"] == pytest.approx(mean) and d["ci95"] >= half - 1e-12 and len(set(d["seeds"])) == 2
+        g = res["lr_grid"][m]
+        assert [p["lr"] for p in g["grid"]] == [DEFAULT_LR[m] * 0.5, DEFAULT_LR[m] * 2.0]
+        best = min(g["grid"], key=lambda p: p["val_loss"])
+        assert g["chosen"] == best["lr"] == r["lr"] == res["lr"][m]
+        for run in r["runs"]:
+            rec = json.loads((Path(run) / "slm.json").read_text())
+            assert rec["args"]["lr"] == r["lr"] and not (Path(run) / "final").exists()
+    assert not (out / "runs" / "grid").exists()
+    assert json.loads((out / "runs" / "full-seed1" / "slm.json").read_text())["args"]["seed"] == 1
+    html = (out / "report.html").read_text()
+    assert "Learning-rate grid" in html and "mean over 2 seeds" in html and "2 seeds" in html
+    # too few validation tokens after the reported ones: refused before any training
+    with pytest.raises(SlmError, match="validation"):
+        ablate(AblateArgs(recipe="", overrides=over, out=str(tmp_path / "ab2"), budget=64, lr_grid=[1.0],
+                          eval_tokens=10**6, methods=["expanded"]))
+    assert not (tmp_path / "ab2" / "runs").exists()
