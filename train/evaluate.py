@@ -31,6 +31,8 @@ from slm.stats import ci95_se, mcnemar, significant
 from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
 from .probe import PROBE_SET
 
+HUMANEVAL_SET = "humaneval"  # slm.train.humaneval's column (that module imports the harness lazily)
+
 
 def token_loss(model, batch: dict, device: torch.device, use_mask: bool,
                autocast: bool) -> tuple[torch.Tensor, int, float, torch.Tensor]:
@@ -99,14 +101,21 @@ class EvalArgs:
     device: str = "auto"  # auto | cpu | cuda
     probe: str = ""  # "" | instruct: the instruction-following probe (reference = the first model's answers)
     probe_prompts: int = 80  # held-out probe prompts (0 = all)
+    humaneval: str = ""  # "" | loss (canonical-solution loss) | pass (and greedy pass@1, executed)
+    humaneval_problems: int = 0  # the first N HumanEval problems (0 = all 164)
+    progress: bool = True  # progress bars of the benchmarks
 
     def __post_init__(self):
         if not self.models:
             raise SlmError("slm eval needs at least one model")
         if self.probe not in ("", "instruct"):
             raise SlmError(f"--probe {self.probe!r} is not a probe: use --probe instruct")
-        if not self.data and not self.probe:
-            raise SlmError("slm eval needs --data (held-out sets), --probe instruct, or both")
+        if self.humaneval:
+            from .humaneval import HumanEvalArgs
+            HumanEvalArgs(mode=self.humaneval, problems=self.humaneval_problems)  # its own checks
+        if not self.data and not self.probe and not self.humaneval:
+            raise SlmError("slm eval needs --data (held-out sets), --probe instruct, --humaneval, or some of "
+                           "them")
         if self.tasks and len(self.tasks) != len(self.models):
             raise SlmError(f"--tasks names {len(self.tasks)} tasks for {len(self.models)} models: give one "
                            "per model")
@@ -126,6 +135,10 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
     if args.data and not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
     dirs = [resolve_init(Path(m)) for m in args.models]
+    if args.humaneval:
+        from .humaneval import check_tokenizer
+        for d in dirs:
+            check_tokenizer(d)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     rows, reference = [], None
@@ -135,13 +148,15 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
                                autocast=device.type == "cuda", keep_tokens=True))
         if args.probe:
             reference = _probe_into(rows[-1], model, d, reference, args, device, True)
+        if args.humaneval:
+            rows[-1][HUMANEVAL_SET] = _humaneval(model, d, args, device)
         del model
-    names = list(splits) + ([PROBE_SET] if args.probe else [])
+    names = list(splits) + ([PROBE_SET] if args.probe else []) + ([HUMANEVAL_SET] if args.humaneval else [])
     result = {"models": [str(d) for d in dirs], "sets": names, "matrix": rows,
               "changes": [changes(rows[0], r) for r in rows[1:]]}
-    if args.tasks or (args.probe and len(dirs) > 1):
+    if args.tasks or ((args.probe or args.humaneval) and len(dirs) > 1):
         tasks = args.tasks or [""] * len(dirs)
-        also = {PROBE_SET: 0} if args.probe and PROBE_SET not in tasks else {}
+        also = {k: 0 for k in (PROBE_SET, HUMANEVAL_SET) if k in names and k not in tasks}
         result["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], tasks, also,
                                           rows)
     if not keep_tokens:
@@ -205,6 +220,16 @@ def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args:
         reference, answers = make_reference(model, tok, pargs, device, str(model_dir))
     row[PROBE_SET] = score(model, tok, reference, pargs, device, answers, keep_tokens)
     return reference
+
+
+def _humaneval(model, model_dir: Path, args: EvalArgs, device) -> dict:
+    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
+
+    from .humaneval import HumanEvalArgs, humaneval
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return humaneval(model, tok, HumanEvalArgs(mode=args.humaneval, problems=args.humaneval_problems,
+                                               progress=args.progress), device, model_dir.name)
 
 
 def forgetting(scores: list[dict], tasks: list[str], also: dict | None = None,
