@@ -62,6 +62,9 @@ class AblateArgs:
     domain: str = ""  # the held-out set that is the training domain (default: the data's heaviest source)
     probe_prompts: int = 80  # held-out instruction-probe prompts
     eval_tokens: int = 16384  # held-out tokens per set
+    humaneval: str = ""  # "" | loss | pass: HumanEval of the original and every final model
+    humaneval_problems: int = 0  # the first N HumanEval problems (0 = all 164)
+    ifeval: int = 0  # prompts of the IFEval-verified probe (slm.train.ifeval; 0 = off)
     lr: dict = field(default_factory=dict)  # {method: peak lr} over DEFAULT_LR (the recipe's lr is not used)
     # factors of each method's lr to try on the domain's validation split (ablate_grid; [] = no grid)
     lr_grid: list = field(default_factory=list)
@@ -81,6 +84,8 @@ class AblateArgs:
                 raise SlmError(f"--lr names {m!r}: choose from {list(METHODS)}")
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
                 raise SlmError(f"--lr {m}={v!r}: a learning rate must be a positive number, e.g. {m}=2e-4")
+        if self.ifeval < 0:
+            raise SlmError(f"--ifeval {self.ifeval}: the number of prompts must be ≥ 0 (0 = off)")
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise SlmError(f"--seeds {self.seeds!r}: at least 1 run per method is needed, e.g. --seeds 3")
         check_grid(self.lr_grid)
@@ -194,6 +199,11 @@ def ablate(args: AblateArgs) -> dict:
         raise SlmError(f"domain {domain!r} is not a held-out set of {data}: choose from {sets}")
     seq_len = _eval_seq_len(probe)
     val = validation_split(data, domain, seq_len, args.eval_tokens) if args.lr_grid else None
+    if args.humaneval:
+        from .humaneval import HumanEvalArgs, check_tokenizer
+        HumanEvalArgs(mode=args.humaneval, problems=args.humaneval_problems)
+        for m in (expanded, base_of(expanded, args.base)):
+            check_tokenizer(m)
     # the models are inputs too: --force wipes the output folder, and slm.json there is what base_of reads
     with guard_output(args.out, [args.recipe or None, data, expanded, base_of(expanded, args.base)],
                       args.force, exists_ok=True):
@@ -253,22 +263,26 @@ def _evaluate(args: AblateArgs, base: Path, data: str, domain: str, seq_len: int
 
     models = [r["model"] for reps in trained.values() for r in reps]
     ev = evaluate(EvalArgs(models=[str(base)] + models, data=data, seq_len=seq_len, tokens=args.eval_tokens,
-                           probe="instruct", probe_prompts=args.probe_prompts),
+                           probe="instruct", probe_prompts=args.probe_prompts, humaneval=args.humaneval,
+                           humaneval_problems=args.humaneval_problems, ifeval=args.ifeval),
                   keep_tokens=True)
     row0, rows, methods = ev["matrix"][0], iter(ev["matrix"][1:]), {}
     for m, reps in trained.items():
         mrows = [next(rows) for _ in reps]
         per_seed = [changes(row0, row) for row in mrows]
         delta = {k: over_seeds([c[k] for c in per_seed]) for k in per_seed[0] if "change" in per_seed[0][k]}
-        general = {k: 0 for k in mrows[0] if k != domain}  # what the original knew: other sets, the probe
-        fs = [forgetting([{k: -v["loss"] for k, v in r.items()} for r in (row0, row)], ["", domain], general)
-              for row in mrows]
+        # what the original knew: the other sets, the probe, HumanEval (the sets scored by a loss)
+        general = {k: 0 for k, v in mrows[0].items() if k != domain and "loss" in v}
+        fs = [forgetting([{k: -v["loss"] for k, v in r.items() if "loss" in v} for r in (row0, row)],
+                         ["", domain], general) for row in mrows]
+        rates = {k: {x: over_seeds([c[k]["flips"][x] for c in per_seed]) for x in per_seed[0][k]["flips"]}
+                 for k in per_seed[0] if "flips" in per_seed[0][k]}
         forgot = {"op": sum(f["op"] for f in fs) / len(fs), "bwt": sum(f["bwt"] for f in fs) / len(fs),
                   "score": fs[0]["score"], "earlier_tasks": fs[0]["earlier_tasks"],
                   "per_set": {k: {**delta[k], "change": -delta[k]["change"],
                                   "seeds": [-x for x in delta[k]["seeds"]]} for k in general if k in delta}}
         methods[m] = {**reps[0], "seeds": [r["seed"] for r in reps], "runs": [r["run"] for r in reps],
-                      "eval": public(mrows[0]), "forgetting": forgot, "delta": delta,
+                      "eval": public(mrows[0]), "forgetting": forgot, "delta": delta, "rates": rates,
                       "flips": [{k: v["flips"] for k, v in c.items() if "flips" in v} for c in per_seed]}
         if args.diff:
             methods[m]["diff"] = diff(reps[0]["model"], base)["totals"]

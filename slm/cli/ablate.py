@@ -32,6 +32,11 @@ def register(sub) -> None:
     p.add_argument("--lr", default="", metavar="METHOD=LR,...",
                    help="peak lr of some methods (default: each method's own, slm.train.ablate.DEFAULT_LR; "
                         "the recipe's lr is not used)")
+    p.add_argument("--humaneval", choices=["loss", "pass"], default="",
+                   help="HumanEval on every model: canonical-solution loss, or that and greedy pass@1")
+    p.add_argument("--humaneval-problems", type=int, default=0, help="the first N problems (0 = all 164)")
+    p.add_argument("--ifeval", type=int, default=0, metavar="N",
+                   help="IFEval-verified probe with N prompts (IFEval's checkers, if-verifiable; 0 = off)")
     p.add_argument("--seeds", type=int, default=1, help="runs per method (data order, random init); changes "
                                                          "are means over seeds with t intervals")
     p.add_argument("--lr-grid", nargs="?", const="0.333,1,3", default="", metavar="FACTORS",
@@ -72,7 +77,9 @@ def cmd_ablate(args) -> int:
                             budget=args.budget, base=args.base, methods=args.methods.split(","),
                             lora_r=args.lora_r, freeze=args.freeze, domain=args.domain,
                             probe_prompts=args.probe_prompts, eval_tokens=args.eval_tokens,
-                            lr=parse_lrs(args.lr), lr_grid=parse_grid(args.lr_grid), seeds=args.seeds,
+                            humaneval=args.humaneval, humaneval_problems=args.humaneval_problems,
+                            ifeval=args.ifeval, lr=parse_lrs(args.lr), lr_grid=parse_grid(args.lr_grid),
+                            seeds=args.seeds,
                             keep_weights=args.keep_weights, diff=not args.no_diff, force=args.force))
     if args.json:
         print(json.dumps(res, indent=1, default=str))
