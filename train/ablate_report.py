@@ -88,6 +88,34 @@ def headline(result: dict) -> str:
     return head + f"{best} gained the most per unit of forgetting: {gain}."
 
 
+# the per-prompt / per-problem rates the sentences and the table read: (set, measure, words)
+RATES = (("ifeval", "prompt_strict", "IFEval-verified instructions (prompt-level strict)"),
+         ("humaneval", "pass@1", "HumanEval pass@1"))
+
+
+def _verdict(d: dict) -> str:
+    return "" if d["significant"] else " (within noise)"
+
+
+def kept(result: dict, m: str) -> list[str]:
+    """What method m kept, as phrases with 95 % intervals: IFEval-verified instructions and HumanEval pass@1
+    (paired rate changes), HumanEval's solution loss, the general sets and the probe (loss changes)."""
+    r, dom = result["methods"][m], result["domain"]
+    out = [f"{words} {100 * d['change']:+.1f} ± {100 * Z95 * d['se']:.1f} points{_verdict(d)}"
+           for s, x, words in RATES if (d := r.get("rates", {}).get(s, {}).get(x))]
+    names = {"humaneval": "HumanEval solution loss", result["probe_set"]: "instruction-probe loss"}
+    out += [f"{names.get(s, s)} {_ci(d)}{_verdict(d)}" for s, d in r["delta"].items() if s != dom]
+    return out
+
+
+def method_sentences(result: dict) -> list[str]:
+    """One sentence per method: its domain gain and what it kept, each ± 95 %, marked when within noise."""
+    dom = result["domain"]
+    return [f"{m} (lr {r['lr']:.3g}): domain '{dom}' loss {_ci(r['delta'][dom])} nats/token"
+            f"{_verdict(r['delta'][dom])}; kept: {'; '.join(kept(result, m)) or 'nothing measured'}."
+            for m, r in result["methods"].items()]
+
+
 def _chart(result: dict):
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
@@ -112,16 +140,19 @@ def _chart(result: dict):
 def _tables(result: dict) -> list:
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
-    others = [s for s in result["sets"] if s not in (dom, probe)]
+    first = next(iter(methods.values()))
+    others = [s for s in result["sets"] if s not in (dom, probe) and s in first["delta"]]
     rows, links = [], []
     for m, r in methods.items():
         how = f"r = {r['lora_r']}" if r["lora_r"] else (r["trainable"] if isinstance(r["trainable"], str)
                                                          else f"layers {r['trainable']}")
         p = r["eval"][probe]
+        rates = [f"{words.split(' (')[0]} {100 * d['change']:+.1f} ± {100 * Z95 * d['se']:.1f} pts"
+                 f"{_verdict(d)}" for s, x, words in RATES if (d := r.get("rates", {}).get(s, {}).get(x))]
         rows.append([m, how, r["trainable_params"], r["tokens"], f"{r['lr']:.3g}", len(r.get("seeds", [0])),
                      _pm(r["delta"][dom]),
                      "; ".join(f"{s} {_pm(r['delta'][s])}" for s in others) or "—", _pm(r["delta"][probe]),
-                     _pct(p["exact"]), _pct(p["extract"]), _pct(p["ended"])])
+                     "; ".join(rates) or "—", _pct(p["exact"]), _pct(p["extract"]), _pct(p["ended"])])
         links.append(f"runs/{m}/report.html")
     o = result["original"][probe]
     k = len(next(iter(methods.values())).get("seeds", [0]))
@@ -129,7 +160,8 @@ def _tables(result: dict) -> list:
               "one seed: ± the paired token interval only (seed-to-seed spread not in it; use --seeds)")
     main = Table("Methods (loss changes vs the original model, nats/token ± 95 %; negative = lower loss)",
                  ["method", "trainable", "trainable params", "tokens", "peak lr", "seeds",
-                  f"Δ loss {dom} (domain)", "Δ loss other sets", "Δ probe loss", "probe exact [95 % CI]",
+                  f"Δ loss {dom} (domain)", "Δ loss other sets", "Δ probe loss", "Δ benchmark rates (paired)",
+                  "probe exact [95 % CI]",
                   "answer in first line [CI]", "ends its turn [CI]"], rows, links=links,
                  note=f"{spread}; probe rates of seed 0. Original model: probe exact {_pct(o['exact'])}, in "
                       f"first line {_pct(o['extract'])}, ends its turn {_pct(o['ended'])}")
@@ -138,7 +170,7 @@ def _tables(result: dict) -> list:
         tables.append(_grid_table(result))
     flips = _flip_rows(result)
     if flips:
-        tables.append(Table("Probe items that flipped against the original (per sample, each seed)",
+        tables.append(Table("Items that flipped against the original (per prompt or problem, each seed)",
                             ["method", "seed", "set", "measure", "lost (1→0)", "gained (0→1)", "items",
                              "McNemar p"], flips,
                             note="exact two-sided McNemar test (slm.stats); p ≥ 0.05: the flips do not show "
@@ -158,7 +190,8 @@ def _tables(result: dict) -> list:
 def _forgetting_table(result: dict) -> Table:
     """Per method, every set the original knew: its score change (−loss) ± 95 %, then OP/BWT beside them."""
     methods = result["methods"]
-    sets = [s for s in result["sets"] if s != result["domain"]]
+    per = next(iter(methods.values()))["forgetting"].get("per_set", {})
+    sets = [s for s in result["sets"] if s in per]
     rows = [[m] + [_pm(r["forgetting"]["per_set"][s]) if s in r["forgetting"].get("per_set", {}) else "–"
                    for s in sets] + [f"{r['forgetting']['bwt']:+.4f}", f"{r['forgetting']['op']:.4f}"]
             for m, r in methods.items()]
@@ -224,8 +257,9 @@ def write_ablation(out: Path, args, result: dict) -> Path:
             f"instruction-probe loss rise): {', '.join(front)}.",
             "Every ± is a 95 % interval; a change whose interval holds 0 is marked 'within noise', and a "
             "winner is named only when its interval clears the others'."]
-    # the reports index leads with the headline
-    result = {**result, "headline": headline(result)}
+    lead[1:1] = method_sentences(result)
+    # the reports index leads with the headline: the verdict, then one sentence per method
+    result = {**result, "headline": " ".join([headline(result), *method_sentences(result)])}
     write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result,
                  figures=figures)
     render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", figures,

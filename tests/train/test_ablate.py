@@ -172,7 +172,8 @@ def test_ablate_seeds_and_lr_grid(tiny_expanded, tiny_data, tmp_path):
             "steps=1", "eval=false", "progress=false", "report=false"]
     out = tmp_path / "ab"
     res = ablate(AblateArgs(recipe="", overrides=over, out=str(out), budget=64, methods=["expanded", "full"],
-                            seeds=2, lr_grid=[0.5, 2.0], probe_prompts=2, eval_tokens=64, diff=False))
+                            seeds=2, lr_grid=[0.5, 2.0], probe_prompts=2, eval_tokens=64, diff=False,
+                            humaneval="loss", humaneval_problems=2, ifeval=2))
     for m, r in res["methods"].items():
         assert r["seeds"] == [0, 1] and len(r["flips"]) == 2
         d = r["delta"][res["domain"]]
@@ -189,6 +190,15 @@ def test_ablate_seeds_and_lr_grid(tiny_expanded, tiny_data, tmp_path):
     assert json.loads((out / "runs" / "full-seed1" / "slm.json").read_text())["args"]["seed"] == 1
     html = (out / "report.html").read_text()
     assert "Learning-rate grid" in html and "mean over 2 seeds" in html and "2 seeds" in html
+    # HumanEval's loss is paired like a set; IFEval's rate change is a mean over seeds of paired changes
+    for m, r in res["methods"].items():
+        assert r["delta"]["humaneval"]["se_how"].startswith("2 seeds")
+        d = r["rates"]["ifeval"]["prompt_strict"]
+        assert len(d["seeds"]) == 2 and r["flips"][1]["ifeval"]["prompt_strict"]["n"] == 2
+    rec = json.loads((out / "slm.json").read_text())["result"]
+    for m in res["methods"]:  # one sentence per method: domain gain and what was kept, with intervals
+        assert f"{m} (lr " in rec["headline"] and "IFEval-verified instructions" in rec["headline"]
+    assert "HumanEval solution loss" in html
     # too few validation tokens after the reported ones: refused before any training
     with pytest.raises(SlmError, match="validation"):
         ablate(AblateArgs(recipe="", overrides=over, out=str(tmp_path / "ab2"), budget=64, lr_grid=[1.0],
