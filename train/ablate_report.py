@@ -20,8 +20,12 @@ from slm.stats import Z95, ci95_se
 
 
 def _pm(d: dict) -> str:
-    """A loss change ± its s.e.; marked when inside the 95 % band (slm.stats: |Δ| ≤ 1.96 s.e.)."""
-    return f"{d['change']:+.4f} ± {d['se']:.4f}" + ("" if d["significant"] else " (within noise)")
+    """A loss change ± its 95 % half-width; marked when the interval holds 0 (slm.stats)."""
+    return f"{d['change']:+.4f} ± {Z95 * d['se']:.4f}" + ("" if d["significant"] else " (within noise)")
+
+
+def _ci(d: dict) -> str:
+    return f"{d['change']:+.3f} ± {Z95 * d['se']:.3f}"
 
 
 def _pct(r: dict) -> str:
@@ -40,10 +44,12 @@ def headline(result: dict) -> str:
     (instruction-probe loss rise), with both changes' s.e.; no winner is named from differences inside the
     noise."""
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
-    tokens = next(iter(methods.values()))["tokens"]
+    first = next(iter(methods.values()))
+    tokens, k = first["tokens"], len(first.get("seeds", [0]))
     gains = {m: r["delta"][dom] for m, r in methods.items() if r["delta"][dom]["significant"]
              and r["delta"][dom]["change"] < 0}
-    head = f"LLaMA Pro ablation ({tokens:,} training tokens per method, domain '{dom}'): "
+    head = (f"LLaMA Pro ablation ({tokens:,} training tokens per method, {k} seed{'s' if k > 1 else ''}, "
+            f"domain '{dom}', ± 95 %): ")
     if not gains:
         return head + "no method's domain gain is outside the noise at this budget."
 
@@ -59,9 +65,9 @@ def headline(result: dict) -> str:
 
     ranked = sorted(gains, key=lambda m: (ratio(m)[0], -gains[m]["change"]), reverse=True)
     best, rise = ranked[0], methods[ranked[0]]["delta"][probe]
-    forgot = (f"instruction-probe loss {rise['change']:+.3f} ± {rise['se']:.3f}"
+    forgot = (f"instruction-probe loss {_ci(rise)}"
               + ("" if rise["significant"] else ", within noise: no measurable forgetting"))
-    gain = f"domain loss {gains[best]['change']:+.3f} ± {gains[best]['se']:.3f} nats/token, {forgot}"
+    gain = f"domain loss {_ci(gains[best])} nats/token, {forgot}"
     (r1, s1) = ratio(best)
     if math.isfinite(r1):  # ratios whose 95 % intervals overlap the best one's
         tied = [m for m in ranked[1:] if (lambda r2, s2: r1 - Z95 * s1 <= r2 + Z95 * s2)(*ratio(m))]
@@ -73,13 +79,41 @@ def headline(result: dict) -> str:
         names = [best, *tied]
         who = f"{', '.join(names[:-1])} and {names[-1]}"
         if not math.isfinite(r1):
-            each = ", ".join(f"{m} {gains[m]['change']:+.3f} ± {gains[m]['se']:.3f}" for m in names)
+            each = ", ".join(f"{m} {_ci(gains[m])}" for m in names)
             return (head + f"{who} learned the domain with no measurable forgetting, gains overlapping "
                     f"(domain loss {each} nats/token); {best}: {gain}.")
-        each = ", ".join(f"{m} {ratio(m)[0]:.2f} ± {ratio(m)[1]:.2f}" for m in names)
+        each = ", ".join(f"{m} {ratio(m)[0]:.2f} ± {Z95 * ratio(m)[1]:.2f}" for m in names)
         return (head + f"{who} gained about as much per unit of forgetting (domain gain / "
                 f"probe rise: {each}, intervals overlap); {best}: {gain}.")
     return head + f"{best} gained the most per unit of forgetting: {gain}."
+
+
+# the per-prompt / per-problem rates the sentences and the table read: (set, measure, words)
+RATES = (("ifeval", "prompt_strict", "IFEval-verified instructions (prompt-level strict)"),
+         ("humaneval", "pass@1", "HumanEval pass@1"))
+
+
+def _verdict(d: dict) -> str:
+    return "" if d["significant"] else " (within noise)"
+
+
+def kept(result: dict, m: str) -> list[str]:
+    """What method m kept, as phrases with 95 % intervals: IFEval-verified instructions and HumanEval pass@1
+    (paired rate changes), HumanEval's solution loss, the general sets and the probe (loss changes)."""
+    r, dom = result["methods"][m], result["domain"]
+    out = [f"{words} {100 * d['change']:+.1f} ± {100 * Z95 * d['se']:.1f} points{_verdict(d)}"
+           for s, x, words in RATES if (d := r.get("rates", {}).get(s, {}).get(x))]
+    names = {"humaneval": "HumanEval solution loss", result["probe_set"]: "instruction-probe loss"}
+    out += [f"{names.get(s, s)} {_ci(d)}{_verdict(d)}" for s, d in r["delta"].items() if s != dom]
+    return out
+
+
+def method_sentences(result: dict) -> list[str]:
+    """One sentence per method: its domain gain and what it kept, each ± 95 %, marked when within noise."""
+    dom = result["domain"]
+    return [f"{m} (lr {r['lr']:.3g}): domain '{dom}' loss {_ci(r['delta'][dom])} nats/token"
+            f"{_verdict(r['delta'][dom])}; kept: {'; '.join(kept(result, m)) or 'nothing measured'}."
+            for m, r in result["methods"].items()]
 
 
 def _chart(result: dict):
@@ -106,28 +140,43 @@ def _chart(result: dict):
 def _tables(result: dict) -> list:
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
-    others = [s for s in result["sets"] if s not in (dom, probe)]
+    first = next(iter(methods.values()))
+    others = [s for s in result["sets"] if s not in (dom, probe) and s in first["delta"]]
     rows, links = [], []
     for m, r in methods.items():
         how = f"r = {r['lora_r']}" if r["lora_r"] else (r["trainable"] if isinstance(r["trainable"], str)
                                                          else f"layers {r['trainable']}")
         p = r["eval"][probe]
-        rows.append([m, how, r["trainable_params"], r["tokens"], _pm(r["delta"][dom]),
+        rates = [f"{words.split(' (')[0]} {100 * d['change']:+.1f} ± {100 * Z95 * d['se']:.1f} pts"
+                 f"{_verdict(d)}" for s, x, words in RATES if (d := r.get("rates", {}).get(s, {}).get(x))]
+        rows.append([m, how, r["trainable_params"], r["tokens"], f"{r['lr']:.3g}", len(r.get("seeds", [0])),
+                     _pm(r["delta"][dom]),
                      "; ".join(f"{s} {_pm(r['delta'][s])}" for s in others) or "—", _pm(r["delta"][probe]),
-                     _pct(p["exact"]), _pct(p["extract"]), _pct(p["ended"]), r["forgetting"]["op"],
-                     r["forgetting"]["bwt"]])
+                     "; ".join(rates) or "—", _pct(p["exact"]), _pct(p["extract"]), _pct(p["ended"])])
         links.append(f"runs/{m}/report.html")
     o = result["original"][probe]
-    main = Table("Methods (loss changes vs the original model, nats/token ± s.e.; negative = lower loss)",
-                 ["method", "trainable", "trainable params", "tokens", f"Δ loss {dom} (domain)",
-                  "Δ loss other sets", "Δ probe loss", "probe exact [95 % CI]", "answer in first line [CI]",
-                  "ends its turn [CI]", "OP", "BWT"], rows, links=links,
-                 note=f"original model: probe exact {_pct(o['exact'])}, in first line {_pct(o['extract'])}, "
-                      f"ends its turn {_pct(o['ended'])}; OP/BWT score = −loss over the domain, the other "
-                      f"sets and the probe")
-    tables = [main]
+    k = len(next(iter(methods.values())).get("seeds", [0]))
+    spread = (f"mean over {k} seeds, ± t over seeds (never below the paired token interval)" if k > 1 else
+              "one seed: ± the paired token interval only (seed-to-seed spread not in it; use --seeds)")
+    main = Table("Methods (loss changes vs the original model, nats/token ± 95 %; negative = lower loss)",
+                 ["method", "trainable", "trainable params", "tokens", "peak lr", "seeds",
+                  f"Δ loss {dom} (domain)", "Δ loss other sets", "Δ probe loss", "Δ benchmark rates (paired)",
+                  "probe exact [95 % CI]",
+                  "answer in first line [CI]", "ends its turn [CI]"], rows, links=links,
+                 note=f"{spread}; probe rates of seed 0. Original model: probe exact {_pct(o['exact'])}, in "
+                      f"first line {_pct(o['extract'])}, ends its turn {_pct(o['ended'])}")
+    tables = [main, _forgetting_table(result)]
+    if result.get("lr_grid"):
+        tables.append(_grid_table(result))
+    flips = _flip_rows(result)
+    if flips:
+        tables.append(Table("Items that flipped against the original (per prompt or problem, each seed)",
+                            ["method", "seed", "set", "measure", "lost (1→0)", "gained (0→1)", "items",
+                             "McNemar p"], flips,
+                            note="exact two-sided McNemar test (slm.stats); p ≥ 0.05: the flips do not show "
+                                 "a change"))
     if all("diff" in r for r in methods.values()):
-        tables.append(Table("Weight space against the original (slm diff)",
+        tables.append(Table("Weight space against the original (slm diff, seed 0)",
                             ["method", "layers compared", "new layers", "changed layers",
                              "intruder dimensions", "largest layer change"],
                             [[m, r["diff"]["layers"] - r["diff"]["new_layers"], r["diff"]["new_layers"],
@@ -136,6 +185,45 @@ def _tables(result: dict) -> list:
                             note="intruder dimensions: Shuttleworth et al. 2024, top 10 singular vectors, "
                                  "ε = 0.5"))
     return tables
+
+
+def _forgetting_table(result: dict) -> Table:
+    """Per method, every set the original knew: its score change (−loss) ± 95 %, then OP/BWT beside them."""
+    methods = result["methods"]
+    per = next(iter(methods.values()))["forgetting"].get("per_set", {})
+    sets = [s for s in result["sets"] if s in per]
+    rows = [[m] + [_pm(r["forgetting"]["per_set"][s]) if s in r["forgetting"].get("per_set", {}) else "–"
+                   for s in sets] + [f"{r['forgetting']['bwt']:+.4f}", f"{r['forgetting']['op']:.4f}"]
+            for m, r in methods.items()]
+    return Table("Forgetting per set (score = −loss change from the original, nats/token ± 95 %; negative = "
+                 "forgotten), with BWT and OP beside their parts",
+                 ["method"] + sets + ["BWT (their mean)", "OP"], rows,
+                 note="BWT averages the sets to its left: a gain on one can hide a loss on another; OP = "
+                      "mean score over every set after training (domain included)")
+
+
+def _grid_table(result: dict) -> Table:
+    rows = []
+    for m, g in result["lr_grid"].items():
+        for p in g["grid"]:
+            rows.append([m, f"{p['lr']:.3g}", f"{p['val_loss']:.4f} ± {Z95 * p['val_se']:.4f}", p["tokens"],
+                         "chosen" if p["lr"] == g["chosen"] else ""])
+    return Table("Learning-rate grid (seed 0): validation loss on the domain's held-out tokens after the "
+                 "reported ones", ["method", "peak lr", "validation loss (nats/token ± 95 %)", "tokens", ""],
+                 rows,
+                 note="each method's rate is the lowest validation loss of its grid (default × the grid "
+                      "factors); the reported held-out tokens were never used to choose it")
+
+
+def _flip_rows(result: dict) -> list:
+    rows = []
+    for m, r in result["methods"].items():
+        for seed, fl in zip(r.get("seeds", [0]), r.get("flips", [])):
+            for s, per in fl.items():
+                for measure, f in per.items():
+                    if measure != "ended" or f["lost"] or f["gained"]:
+                        rows.append([m, seed, s, measure, f["lost"], f["gained"], f["n"], f"{f['p']:.3g}"])
+    return rows
 
 
 def ablation_figures(result: dict) -> list[Figure]:
@@ -161,12 +249,17 @@ def write_ablation(out: Path, args, result: dict) -> Path:
     rise = {m: r["delta"][probe]["change"] for m, r in methods.items()}
     figures = ablation_figures(result)
     front = pareto({m: (rise[m], gain[m]) for m in methods})
-    lead = [headline(result), f"Same data and {next(iter(methods.values()))['tokens']:,} training tokens per "
-            f"method; domain '{dom}'. On the Pareto front (most domain gain for least instruction-probe loss "
-            f"rise): {', '.join(front)}.",
-            "Differences inside 1.96 standard errors are marked 'within noise'."]
-    # the reports index leads with the headline
-    result = {**result, "headline": headline(result)}
+    lrs = ", ".join(f"{m} {r['lr']:.3g}" for m, r in methods.items())
+    chosen = "chosen on the validation grid" if result.get("lr_grid") else "each method its own default"
+    tokens = next(iter(methods.values()))["tokens"]
+    lead = [headline(result), f"Same data and {tokens:,} training tokens per method; domain '{dom}'; peak lr "
+            f"per method: {lrs} ({chosen}). On the Pareto front (most domain gain for least "
+            f"instruction-probe loss rise): {', '.join(front)}.",
+            "Every ± is a 95 % interval; a change whose interval holds 0 is marked 'within noise', and a "
+            "winner is named only when its interval clears the others'."]
+    lead[1:1] = method_sentences(result)
+    # the reports index leads with the headline: the verdict, then one sentence per method
+    result = {**result, "headline": " ".join([headline(result), *method_sentences(result)])}
     write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result,
                  figures=figures)
     render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", figures,

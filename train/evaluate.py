@@ -15,27 +15,24 @@ matrix, and it counts as learned by the first stage, so OP/BWT over several stag
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from slm.errors import SlmError
-from slm.figure import Figure
-from slm.guard import atomic_dir, guard_output
-from slm.record import write_record
-from slm.report.render import Table, render_report
-from slm.score import token_stats
-from slm.stats import ci95_se
+from slm.guard import guard_output
+from slm.score import paired, token_stats
+from slm.stats import ci95_se, mcnemar, significant
 
 from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
-from .probe import PROBE_SET, probe_figures
+from .probe import PROBE_SET
 
-if TYPE_CHECKING:
-    from slm.report.render import Table
+HUMANEVAL_SET = "humaneval"  # slm.train.humaneval's column (that module imports the harness lazily)
+IFEVAL_SET = "ifeval"  # slm.train.ifeval's column
 
 
 def token_loss(model, batch: dict, device: torch.device, use_mask: bool,
@@ -105,14 +102,24 @@ class EvalArgs:
     device: str = "auto"  # auto | cpu | cuda
     probe: str = ""  # "" | instruct: the instruction-following probe (reference = the first model's answers)
     probe_prompts: int = 80  # held-out probe prompts (0 = all)
+    humaneval: str = ""  # "" | loss (canonical-solution loss) | pass (and greedy pass@1, executed)
+    humaneval_problems: int = 0  # the first N HumanEval problems (0 = all 164)
+    ifeval: int = 0  # prompts of the IFEval-verified probe (slm.train.ifeval; 0 = off)
+    progress: bool = True  # progress bars of the benchmarks
 
     def __post_init__(self):
         if not self.models:
             raise SlmError("slm eval needs at least one model")
         if self.probe not in ("", "instruct"):
             raise SlmError(f"--probe {self.probe!r} is not a probe: use --probe instruct")
-        if not self.data and not self.probe:
-            raise SlmError("slm eval needs --data (held-out sets), --probe instruct, or both")
+        if self.humaneval:
+            from .humaneval import HumanEvalArgs
+            HumanEvalArgs(mode=self.humaneval, problems=self.humaneval_problems)  # its own checks
+        if self.ifeval < 0:
+            raise SlmError(f"--ifeval {self.ifeval}: the number of prompts must be ≥ 0 (0 = off)")
+        if not self.data and not self.probe and not self.humaneval and not self.ifeval:
+            raise SlmError("slm eval needs --data (held-out sets), --probe instruct, --humaneval, --ifeval, "
+                           "or some of them")
         if self.tasks and len(self.tasks) != len(self.models):
             raise SlmError(f"--tasks names {len(self.tasks)} tasks for {len(self.models)} models: give one "
                            "per model")
@@ -132,23 +139,88 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
     if args.data and not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
     dirs = [resolve_init(Path(m)) for m in args.models]
+    if args.humaneval:
+        from .humaneval import check_tokenizer
+        for d in dirs:
+            check_tokenizer(d)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     rows, reference = [], None
     for d in dirs:
         model = load_model(d, "float32", attn_implementation="sdpa").to(device)
         rows.append(perplexity(model, splits, args.seq_len, args.tokens, device, args.micro_batch,
-                               autocast=device.type == "cuda", keep_tokens=keep_tokens))
+                               autocast=device.type == "cuda", keep_tokens=True))
         if args.probe:
-            reference = _probe_into(rows[-1], model, d, reference, args, device, keep_tokens)
+            reference = _probe_into(rows[-1], model, d, reference, args, device, True)
+        if args.humaneval:
+            rows[-1][HUMANEVAL_SET] = _humaneval(model, d, args, device)
+        if args.ifeval:
+            from .ifeval import IFEvalArgs, ifeval
+            from .probe import chat_tokenizer
+            rows[-1][IFEVAL_SET] = ifeval(model, chat_tokenizer(d), IFEvalArgs(prompts=args.ifeval), device)
         del model
-    names = list(splits) + ([PROBE_SET] if args.probe else [])
-    result = {"models": [str(d) for d in dirs], "sets": names, "matrix": rows}
-    if args.tasks or (args.probe and len(dirs) > 1):
+    names = (list(splits) + ([PROBE_SET] if args.probe else []) + ([HUMANEVAL_SET] if args.humaneval else [])
+             + ([IFEVAL_SET] if args.ifeval else []))
+    result = {"models": [str(d) for d in dirs], "sets": names, "matrix": rows,
+              "changes": [changes(rows[0], r) for r in rows[1:]]}
+    if args.tasks or ((args.probe or args.humaneval) and len(dirs) > 1):  # sets scored by a loss
         tasks = args.tasks or [""] * len(dirs)
-        also = {PROBE_SET: 0} if args.probe and PROBE_SET not in tasks else {}
-        result["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], tasks, also)
+        also = {k: 0 for k in (PROBE_SET, HUMANEVAL_SET) if k in names and k not in tasks}
+        scores = [{k: -v["loss"] for k, v in r.items() if "loss" in v} for r in rows]
+        result["forgetting"] = forgetting(scores, tasks, also, rows)
+    if not keep_tokens:
+        result["matrix"] = [public(r) for r in rows]
     return result
+
+
+def loss_change(a: dict, b: dict) -> dict:
+    """Loss change b − a (nats/token), its standard error and whether its 95 % interval excludes 0
+    (slm.stats). Both models are scored on the same tokens, so the s.e. is the paired one — of the per-token
+    differences (slm.score.paired); √(se_a² + se_b²) would treat two highly correlated estimates as
+    independent and call real changes noise. Without per-token losses it falls back to that conservative
+    bound, and says which it used."""
+    ta, tb = a.get("_tokens"), b.get("_tokens")
+    if ta is not None and tb is not None and len(ta) == len(tb) > 1:
+        p = paired(ta, tb)
+        d, se, how = b["loss"] - a["loss"], p["se"], p["se_how"]
+    else:
+        d = b["loss"] - a["loss"]
+        se, how = math.hypot(a.get("loss_se") or 0.0, b.get("loss_se") or 0.0), "independent (conservative)"
+    return {"change": d, "se": se, "significant": significant(d, ci95_se(se)), "se_how": how}
+
+
+def flips(a: list, b: list) -> dict:
+    """Per-item outcomes of two stages on the same items (1 = passed): how many went 1→0 (lost) and 0→1
+    (gained), and the exact McNemar p-value of the asymmetry — forgetting counted per sample, as Harmon et al.
+    (2025, "Mapping Post-Training Forgetting in Language Models at Scale") count it."""
+    if len(a) != len(b):
+        raise SlmError(f"flips need the same items in both stages ({len(a)} vs {len(b)})")
+    lost = sum(1 for x, y in zip(a, b) if x and not y)
+    gained = sum(1 for x, y in zip(a, b) if y and not x)
+    n = len(a)
+    # the paired change of the pass rate: mean of the per-item differences ± their s.e. (slm.stats)
+    d = [int(bool(y)) - int(bool(x)) for x, y in zip(a, b)]
+    mean = sum(d) / n if n else 0.0
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else float("nan")
+    return {"lost": lost, "gained": gained, "n": n, "p": mcnemar(lost, gained), "change": mean, "se": se,
+            "se_how": "paired over items"}
+
+
+def changes(row0: dict, row: dict) -> dict:
+    """Every set's loss change from row0 to row (paired), and for sets scored per item (the probe's answers,
+    benchmarks) the items that flipped between them."""
+    out = {k: loss_change(row0[k], v) for k, v in row.items() if k in row0 and "loss" in v}
+    for k, v in row.items():
+        items0, items = (row0.get(k) or {}).get("items"), v.get("items") if isinstance(v, dict) else None
+        if items0 and items:
+            out.setdefault(k, {})["flips"] = {m: flips(items0[m], items[m]) for m in items if m in items0}
+    return out
+
+
+def public(row: dict) -> dict:
+    """A result row without its in-memory per-token losses (what slm.json and reports get)."""
+    return {k: {x: y for x, y in v.items() if not x.startswith("_")} if isinstance(v, dict) else v
+            for k, v in row.items()}
 
 
 def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args: EvalArgs, device,
@@ -165,20 +237,42 @@ def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args:
     return reference
 
 
-def forgetting(scores: list[dict], tasks: list[str], also: dict | None = None) -> dict:
+def _humaneval(model, model_dir: Path, args: EvalArgs, device) -> dict:
+    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
+
+    from .humaneval import HumanEvalArgs, humaneval
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return humaneval(model, tok, HumanEvalArgs(mode=args.humaneval, problems=args.humaneval_problems,
+                                               progress=args.progress), device, model_dir.name)
+
+
+def forgetting(scores: list[dict], tasks: list[str], also: dict | None = None,
+               rows: list[dict] | None = None) -> dict:
     """OP and BWT from a stage × task score matrix (higher is better). tasks[i] = the task stage i learned;
-    `also` maps further tasks to the stage that learned them (the probe: stage 0)."""
+    `also` maps further tasks to the stage that learned them (the probe: stage 0). With the evaluation `rows`
+    (per-token losses kept), each earlier task's own change is given too (`per_set`: the score change from the
+    stage that learned it to the last, ± its paired s.e.): BWT averages them, so it is read beside them."""
     last = scores[-1]
     learned = {**(also or {}), **{t: i for i, t in enumerate(tasks) if t}}
     op = sum(last.values()) / len(last)
     earlier = [t for t, i in learned.items() if i < len(scores) - 1 and t in last]
     bwt = sum(last[t] - scores[learned[t]][t] for t in earlier) / len(earlier) if earlier else 0.0
-    return {"op": op, "bwt": bwt, "score": "−loss (nats/token)", "earlier_tasks": earlier}
+    out = {"op": op, "bwt": bwt, "score": "−loss (nats/token)", "earlier_tasks": earlier}
+    if rows is not None:
+        per = {}
+        for t in earlier:
+            c = loss_change(rows[learned[t]][t], rows[-1][t])
+            per[t] = {**c, "change": -c["change"], "from_stage": learned[t]}  # score = −loss
+        out["per_set"] = per
+    return out
 
 
 def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> dict:
     """`slm eval`: evaluate, and with `out` write slm.json + report.html there — the output checked (never one
     of the models or the data, even with force) and locked before the long evaluation."""
+    from .eval_report import write_eval  # matplotlib: only when a report is written
+
     if out is None:
         return evaluate(args)
 
@@ -186,54 +280,6 @@ def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> di
         result = evaluate(args)
         write_eval(out, args, result, force)
     return result
-
-
-def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> Path:
-    """slm.json + report.html (perplexity matrix and, with tasks, OP/BWT) into `out`."""
-
-
-    names = display_names(result["models"])
-    figures = eval_figures(result, names)
-    sets = result["sets"]
-    rows = [[n] + [_ppl_text(row.get(k)) for k in sets] for n, row in zip(names, result["matrix"])]
-    tables = [Table("Held-out perplexity (stage × set), ± 95 % interval", ["model"] + sets, rows,
-                    note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated; ± first "
-                         "order from the s.e. of the mean token loss (tokens taken as independent)")]
-    if args.probe:
-        tables.append(probe_table(result, names))
-    with atomic_dir(out, force, [*args.models, args.data or None]) as tmp:  # never over a model or the data
-        write_record(tmp, "eval", asdict(args), {}, {**result, "names": names}, figures=figures)
-        render_report(tmp / "report.html", "eval: held-out perplexity", "eval", figures, [], tables,
-                      notes=["score for OP/BWT = −loss (nats/token); BWT < 0 means forgetting"])
-    return out
-
-
-def _ppl_text(v: dict | None) -> str:
-    if not v:
-        return "–"
-    return f"{v['ppl']:.4g} ± {ci95_se(v['loss_se'] * v['ppl']):.2g}"
-
-
-def eval_figures(result: dict, names: list[str]) -> list[Figure]:
-    """Each model's perplexity on each set (± 95 %), its probe scores, and OP/BWT beside them."""
-    out = []
-    for n, row in zip(names, result["matrix"]):
-        for k, v in row.items():
-            if k == PROBE_SET:
-                out += probe_figures(v, f"{n}.probe.", f"{n}: ")
-                continue
-            out.append(Figure(f"{n}.{k}.ppl", f"{n}: perplexity on {k}", v["ppl"], "1", "lower", "quality",
-                              interval=ci95_se(v["loss_se"] * v["ppl"]), n=v["tokens"], exact=True, key=True,
-                              note="± first order from the s.e. of the mean token loss"))
-    f = result.get("forgetting")
-    if f:
-        out += [Figure("OP", "overall performance (OP: mean −loss over the sets after the last stage)",
-                       f["op"], "nats/token", "higher", "forgetting", exact=True),
-                Figure("BWT", "backward transfer (BWT: mean change of earlier tasks' −loss; negative = "
-                              "forgetting)",
-                       f["bwt"], "nats/token", "higher", "forgetting", exact=True,
-                       note="an average over sets: read it beside each set's own change")]
-    return out
 
 
 def display_names(models: list[str]) -> list[str]:
@@ -245,24 +291,6 @@ def display_names(models: list[str]) -> list[str]:
         names = ["/".join(Path(m).parts[-(depth + 1):]) if n in dup else n for n, m in zip(names, models)]
         depth += 1
     return names
-
-
-def probe_table(result: dict, names: list[str]) -> Table:
-    """The probe's figures per stage, each with its uncertainty."""
-
-    def pct(r: dict) -> str:
-        return (f"{100 * r['rate']:.1f} % [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] "
-                f"({r['k']}/{r['n']})")
-
-    rows = [[m, f"{p['loss']:.4f} ± {p['loss_se']:.4f}", pct(p["exact"]), pct(p["extract"]),
-             pct(p["ended"])]
-            for m, row in zip(names, result["matrix"]) if (p := row.get(PROBE_SET))]
-    return Table("Instruction probe (held-out chat prompts; reference = the first model's greedy answers)",
-                 ["model", "loss of reference answers (nats/token) ± s.e.", "exact match [Wilson 95 % CI]",
-                  "answer in first line [CI]", "ends its turn [CI]"], rows,
-                 note="loss: prompt tokens masked, s.e. over answer tokens; exact: normalised case, "
-                      "punctuation, articles, numbers; ends its turn: end-of-turn token within the "
-                      "generation budget")
 
 
 def _short(model: str) -> str:

@@ -196,11 +196,15 @@ def score(model, tok, ref: dict, args: ProbeArgs, device, answers: list[dict] | 
     st = token_stats(nll)
     facts = [(r, a) for r, a in zip(rows, answers) if r["answer"] is not None]
     out = {"_tokens": nll} if keep_tokens else {}
+    exact = [int(exact_match(a["text"], r["answer"])) for r, a in facts]
+    extract = [int(extract_match(a["text"], r["answer"])) for r, a in facts]
+    ended = [int(a["ended"]) for a in answers]
     return {**out, "prompts": len(rows), "loss": st["loss"], "loss_se": st["loss_se"], "ppl": st["ppl"],
             "tokens": st["tokens"],
-            "exact": rate(sum(exact_match(a["text"], r["answer"]) for r, a in facts), len(facts)),
-            "extract": rate(sum(extract_match(a["text"], r["answer"]) for r, a in facts), len(facts)),
-            "ended": rate(sum(a["ended"] for a in answers), len(answers)),
+            "exact": rate(sum(exact), len(facts)), "extract": rate(sum(extract), len(facts)),
+            "ended": rate(sum(ended), len(answers)),
+            # per prompt (1 = passed), in the reference's order: what flipped between two stages
+            "items": {"exact": exact, "extract": extract, "ended": ended},
             "max_new_tokens": ref["args"]["max_new_tokens"],
             "examples": [{"prompt": r["prompt"], "answer": a["text"], "target": r["answer"]}
                          for r, a in zip(rows[:6], answers)]}

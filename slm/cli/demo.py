@@ -172,12 +172,8 @@ def run_merge(ctx: dict, out: Path) -> None:
 
 
 def run_eval(ctx: dict, out: Path) -> None:
-    from slm.train.evaluate import (  # torch: deferred, a heavy import
-        EvalArgs,
-        evaluate,
-        forgetting,
-        write_eval,
-    )
+    from slm.train.eval_report import write_eval  # matplotlib: deferred, a heavy import
+    from slm.train.evaluate import EvalArgs, evaluate, forgetting, public  # torch: deferred, a heavy import
     from slm.train.probe import PROBE_SET  # torch: deferred, a heavy import
 
     # The instruction probe (the base model's own greedy answers to held-out chat prompts as the reference) is
@@ -186,28 +182,30 @@ def run_eval(ctx: dict, out: Path) -> None:
     models = [ctx["base"], ctx["expanded"], ctx["cpt"] / "final", ctx["merged"]]
     eargs = EvalArgs(models=[str(m) for m in models], data=str(ctx["data"]), seq_len=CPT["seq_len"],
                      tokens=4096, probe="instruct", probe_prompts=32)
-    res = evaluate(eargs)
+    res = evaluate(eargs, keep_tokens=True)
     # Forgetting over the two stages that learned something: the expanded model (general knowledge and chat,
     # the base's) then CPT on code. Score = −loss, so BWT < 0 is forgetting of the general set or of the
     # probe.
     rows = res["matrix"][1:3]
     res["forgetting"] = forgetting([{k: -v["loss"] for k, v in r.items()} for r in rows], ["general", "code"],
-                                   {PROBE_SET: 0})
+                                   {PROBE_SET: 0}, rows)
+    res["matrix"] = [public(r) for r in res["matrix"]]
     write_eval(out, eargs, res, force=True)
 
 
 # LLaMA Pro's ablation at a budget that fits the demo (~5 minutes on 2 cores): each method trains on the same
 # 2,048 code tokens from the same start (expanded, LoRA with as many trainable parameters, full, freeze-tuning
-# of the layers expand copied), all at the demo's CPT lr; then domain gain vs forgetting (held-out sets and
-# the instruction probe) with their uncertainties. At this budget most differences are inside the noise, and
-# the report says so; benchmarks and `slm ablate` with a larger --budget give the real comparison.
+# of the layers expand copied), each at its own literature rate (slm.train.ablate.DEFAULT_LR); then domain
+# gain vs forgetting (held-out sets and the instruction probe) with their uncertainties. At this budget most
+# differences are inside the noise, and the report says so; benchmarks and `slm ablate` with a larger
+# --budget, --seeds and --lr-grid give the real comparison.
 ABLATE = dict(budget=2048, probe_prompts=16, eval_tokens=2048)
 
 
 def run_ablate(ctx: dict, out: Path) -> None:
 
     over = [f"model={ctx['expanded']}", f"data={ctx['data']}", "preset=cpt", f"seq_len={CPT['seq_len']}",
-            "global_batch=1", "micro_batch=1", f"lr={CPT['lr']}", "steps=1", "eval=false", "progress=false"]
+            "global_batch=1", "micro_batch=1", "steps=1", "eval=false", "progress=false"]
     ablate(AblateArgs(recipe="", overrides=over, out=str(out), force=True, **ABLATE))
 
 

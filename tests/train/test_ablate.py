@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, t
                       "micro_batch: 2\nsteps: 1\nlr: 1e-3\neval: false\nprogress: false\nreport: false\n")
     out = tmp_path / "ablate"
     assert main(["ablate", str(recipe), "--budget", "128", "--out", str(out), "--probe-prompts", "2",
-                 "--eval-tokens", "128", "--json"]) == 0
+                 "--eval-tokens", "128", "--json", "--keep-weights"]) == 0
     res = json.loads(capsys.readouterr().out)
     methods = res["methods"]
     assert list(methods) == ["expanded", "lora", "full", "freeze"]
@@ -42,13 +43,25 @@ def test_ablate_runs_four_methods_on_the_same_tokens(tiny_expanded, tiny_data, t
             and methods["expanded"]["diff"]["intruders"] == 0)
     assert methods["expanded"]["diff"]["new_layers"] == 2 and methods["freeze"]["diff"]["changed_layers"] == 2
     assert methods["full"]["diff"]["changed_layers"] == 6
+    # each method at its own default rate, not the recipe's shared lr 1e-3
+    from slm.train.ablate import DEFAULT_LR
+    for m in methods:
+        assert json.loads((out / "runs" / m / "slm.json").read_text())["args"]["lr"] == DEFAULT_LR[m]
+    assert DEFAULT_LR["full"] < DEFAULT_LR["expanded"]
     for m in methods.values():
         d = m["delta"][res["domain"]]
         assert d["se"] > 0 and m["delta"][res["probe_set"]]["se"] > 0
         assert set(m["forgetting"]["earlier_tasks"]) == {"prose", res["probe_set"]}
+        per = m["forgetting"]["per_set"]
+        assert set(per) == {"prose", res["probe_set"]}
+        assert per["prose"]["change"] == pytest.approx(-m["delta"]["prose"]["change"])
+        parts = per["prose"]["change"] + per[res["probe_set"]]["change"]
+        assert m["forgetting"]["bwt"] == pytest.approx(parts / 2)
+        assert set(m["flips"][0][res["probe_set"]]) == {"exact", "extract", "ended"}
     assert res["domain"] == "code"  # the heavier source (1.5 vs 1.0)
     html = (out / "report.html").read_text()
     assert "<svg" in html and "runs/lora/report.html" in html and "±" in html and "Pareto" in html
+    assert "Forgetting per set" in html and "McNemar" in html and "peak lr" in html
     assert json.loads((out / "slm.json").read_text())["kind"] == "ablate"
     # run again without --force: the finished runs are reused, not retrained
     stamp = {m: (out / "runs" / m / "slm.json").stat().st_mtime_ns for m in methods}
@@ -64,6 +77,14 @@ def test_ablate_refuses_bad_arguments(tmp_path):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), methods=["dora"])
     with pytest.raises(SlmError, match="freeze"):
         AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), freeze="bottom")
+    with pytest.raises(SlmError, match="positive"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr={"full": 0})
+    with pytest.raises(SlmError, match="seeds"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), seeds=0)
+    with pytest.raises(SlmError, match="lr-grid"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr_grid=[1, -3])
+    with pytest.raises(SlmError, match="choose from"):
+        AblateArgs(recipe="r.yaml", out=str(tmp_path / "o"), lr={"dora": 1e-4})
 
 
 def _delta(change, se):
@@ -85,7 +106,7 @@ def test_headline_names_the_best_gain_per_forgetting_and_never_a_winner_inside_t
     assert "no measurable forgetting" in headline(r)
     # every method forgets: the best ratio wins (lora 0.25/0.05 = 5 > full 0.30/0.15 = 2)
     r = result(full=((-0.30, 0.02), (0.15, 0.02)), lora=((-0.25, 0.02), (0.05, 0.01)))
-    assert "lora gained the most" in headline(r) and "+0.050 ± 0.010" in headline(r)
+    assert "lora gained the most" in headline(r) and "+0.050 ± 0.020" in headline(r)  # 1.96 × s.e.
     # no domain gain outside the noise: nobody is named
     r = result(full=((-0.01, 0.02), (0.15, 0.02)), lora=((0.02, 0.02), (0.0, 0.01)))
     assert "no method's domain gain is outside the noise" in headline(r)
@@ -97,7 +118,8 @@ def test_loss_changes_are_paired_over_the_same_tokens():
     is used."""
     import numpy as np
 
-    from slm.train.ablate import _delta, _public
+    from slm.train.evaluate import loss_change as _delta
+    from slm.train.evaluate import public as _public
 
     rng = np.random.default_rng(0)
     a = rng.gamma(2.0, 1.5, 2000)  # per-token losses with a wide spread
@@ -136,3 +158,49 @@ def test_headline_ties_methods_without_measurable_forgetting_whose_gains_overlap
                                                           "instruct-probe": _delta(-0.002, 0.01)}}}}
     assert ("expanded and freeze learned the domain with no measurable forgetting, gains overlapping"
             in headline(r))
+
+
+def test_ablate_seeds_and_lr_grid(tiny_expanded, tiny_data, tmp_path):
+    """Two seeds per method: the change is their mean with a t interval over seeds (never below the token
+    one); the grid picks each method's lr on validation tokens after the reported ones; weights are dropped
+    once evaluated, the records stay."""
+    from slm.stats import seed_interval
+    from slm.train.ablate import DEFAULT_LR, ablate
+
+    data, _ = tiny_data
+    over = [f"model={tiny_expanded}", f"data={data}", "seq_len=32", "global_batch=2", "micro_batch=2",
+            "steps=1", "eval=false", "progress=false", "report=false"]
+    out = tmp_path / "ab"
+    res = ablate(AblateArgs(recipe="", overrides=over, out=str(out), budget=64, methods=["expanded", "full"],
+                            seeds=2, lr_grid=[0.5, 2.0], probe_prompts=2, eval_tokens=64, diff=False,
+                            humaneval="loss", humaneval_problems=2, ifeval=2))
+    for m, r in res["methods"].items():
+        assert r["seeds"] == [0, 1] and len(r["flips"]) == 2
+        d = r["delta"][res["domain"]]
+        mean, half = seed_interval(d["seeds"], [])
+        assert d["change"] == pytest.approx(mean) and d["ci95"] >= half - 1e-12 and len(set(d["seeds"])) == 2
+        g = res["lr_grid"][m]
+        assert [p["lr"] for p in g["grid"]] == [DEFAULT_LR[m] * 0.5, DEFAULT_LR[m] * 2.0]
+        best = min(g["grid"], key=lambda p: p["val_loss"])
+        assert g["chosen"] == best["lr"] == r["lr"] == res["lr"][m]
+        for run in r["runs"]:
+            rec = json.loads((Path(run) / "slm.json").read_text())
+            assert rec["args"]["lr"] == r["lr"] and not (Path(run) / "final").exists()
+    assert not (out / "runs" / "grid").exists()
+    assert json.loads((out / "runs" / "full-seed1" / "slm.json").read_text())["args"]["seed"] == 1
+    html = (out / "report.html").read_text()
+    assert "Learning-rate grid" in html and "mean over 2 seeds" in html and "2 seeds" in html
+    # HumanEval's loss is paired like a set; IFEval's rate change is a mean over seeds of paired changes
+    for m, r in res["methods"].items():
+        assert r["delta"]["humaneval"]["se_how"].startswith("2 seeds")
+        d = r["rates"]["ifeval"]["prompt_strict"]
+        assert len(d["seeds"]) == 2 and r["flips"][1]["ifeval"]["prompt_strict"]["n"] == 2
+    rec = json.loads((out / "slm.json").read_text())["result"]
+    for m in res["methods"]:  # one sentence per method: domain gain and what was kept, with intervals
+        assert f"{m} (lr " in rec["headline"] and "IFEval-verified instructions" in rec["headline"]
+    assert "HumanEval solution loss" in html
+    # too few validation tokens after the reported ones: refused before any training
+    with pytest.raises(SlmError, match="validation"):
+        ablate(AblateArgs(recipe="", overrides=over, out=str(tmp_path / "ab2"), budget=64, lr_grid=[1.0],
+                          eval_tokens=10**6, methods=["expanded"]))
+    assert not (tmp_path / "ab2" / "runs").exists()
