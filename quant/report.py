@@ -101,8 +101,8 @@ def write_report(out_html: Path, result: dict, figures: list[Figure]) -> Path:
              divergence_text(r["divergence"]) if "divergence" in r else None] for f in result["files"]
             if (r := (v.get(f["format"]) or {}).get(f["type"]))]
         note = ("p: HF's next-token probability at the first differing token; logit gap = log p1 − log p2 of "
-                "HF's top two; a near tie is a gap below the file's max |Δ logit| vs HF on the fixed prompts;"
-                " every later token follows a different text")
+                "HF's top two; a near tie is a gap below the 90th percentile of |Δ gap| this file makes on "
+                "HF's top two over the fixed prompts' positions; every later token follows a different text")
         tables.append(Table("Greedy generation from the first prompt",
                             ["artifact", "text", "where it leaves HF"], gens, note=note))
         if v.get("failed"):
