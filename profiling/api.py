@@ -56,8 +56,8 @@ def profile_model(model: str | Path | None, out: str | Path, args: ProfileArgs, 
             res = profile_remote(Path(model), remote, remote_argv(args, Path(model), remote), progress)
         else:
 
-            inputs = resolve(model, config, args.quant, args.threads, args.bench.max_context(), args.backends,
-                             progress)
+            inputs = resolve(model, config, args.quant, args.threads, args.bench.context_needed(),
+                             args.backends, progress)
             res = profile(inputs, args, out.parent, progress)
         record = {"model": str(model) if model else None, "config": str(config) if config else None,
                   "out": str(out), "force": force,

@@ -8,6 +8,7 @@ and the device projection), each carrying its label, unit, interval, direction a
 from __future__ import annotations
 
 from slm.figure import Figure, analytic, from_file, setting, timed
+from slm.profiling.latency import latency_figures
 
 MEASURED = ("measured here", "measured on the device", "measured over SSH")
 
@@ -38,6 +39,11 @@ def backend_figures(res: dict, how: str) -> list[Figure]:
             if r.get("j_per_token") is not None:  # only where measured (slm.profiling.energy): never a zero
                 out.append(Figure(f"{n}.energy", f"{label}: energy per token", round(r["j_per_token"], 6),
                                   "J/token", "lower", "energy", how, source=r.get("energy_source", "")))
+        if b.get("latency"):
+            lat = b["latency"]
+            rows = {r["test"]: r for r in b["rows"]}
+            out += latency_figures(name, lat, how, b["threads"], rows.get(f"pp{lat['prompt']}"),
+                                   rows.get(f"tg{b['protocol']['tg']}@d0"))
         out.append(Figure(f"{name}.process_rss", f"peak resident memory of the profiling process ({name})",
                           b["peak_rss"], "bytes", "lower", "memory", how,
                           note="the whole Python process (interpreter, torch and every loaded library), "

@@ -89,6 +89,21 @@ class OrtGenai(Closing):
             self._gens[key] = g
         return s
 
+    def stream(self, prompt: int, n: int) -> list[float]:
+        """Wall seconds from submitting a `prompt`-token random prompt to the first greedy token id, then
+        between each next token id (n in all): the generator loop an app runs."""
+        g = self._gen(prompt + n)
+        ids = self._ids(prompt)
+        out, t = [], time.perf_counter()
+        g.append_tokens(ids)
+        for _ in range(n):
+            g.generate_next_token()
+            g.get_next_tokens()
+            now = time.perf_counter()
+            out.append(now - t)
+            t = now
+        return out
+
     def memory(self) -> dict:
         return {"weights": self.weight_bytes}
 

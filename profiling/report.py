@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from slm.figure import Figure
+from slm.figure import Figure, text
 from slm.guard import atomic_dir
-from slm.profiling.figures import profile_figures
+from slm.profiling.figures import backend_figures, profile_figures
 from slm.profiling.hostload import DISTURBED_SHARE
+from slm.profiling.latency import PERCENTILES
 from slm.profiling.ops import KINDS
 from slm.record import write_record
 from slm.report.render import Chart, Table, fmt, new_figure, render_report, svg_of
@@ -157,15 +158,17 @@ def write(res: dict, out_html: Path, title: str) -> Path:
             rows = b["rows"]
             tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after "
                                 f"{pr['warmup']} warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
-                                ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "TTFT ms",
+                                ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "ms per run",
                                  "roofline tok/s", "fraction of roofline", "energy J/token", "tokens per J"],
                                 [[r["test"], pm(r), r.get("reps", pr["reps"]),
-                                  _share(r.get("other_cpu_share")), r.get("ttft_ms"), r["roofline_tok_s"],
+                                  _share(r.get("other_cpu_share")), r.get("prefill_ms"), r["roofline_tok_s"],
                                   r["roofline_fraction"], *_energy(r)]
                                  for r in rows],
                                 note=f"{res['how']}. {_legend(res)}. Energy: {_energy_how(rows)}",
                                 highlight=[i for i, r in enumerate(rows)
                                            if r.get("disturbed") or r.get("wide")]))
+        lat = _latency_table(res)
+        tables += [lat] if lat else []
         ops = _ops_fig(res)
         figs += [ops] if ops else []
         tables += _ops_table(res)
@@ -213,6 +216,34 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
     figures, lead = headline(res)
     return render_report(out_html, title, "profile", figures, figs, tables, notes=res["notes"], lead=lead)
+
+
+LATENCY_NOTE = ("each stream: a random prompt on an empty cache, then greedy tokens picked and fed back one "
+                "by one (wall clock); TTFT = submit → first token id, ITL = between token ids,"
+                " percentiles over every generated token of every stream; 'from pp/tg' = prompt /"
+                " prefill tok/s + 1 / decode tok/s, the formula slm plan projects with. ")
+
+
+def _latency_table(res: dict) -> Table | None:
+    """TTFT and inter-token latency per backend that streamed, beside the TTFT the projection's formula
+    gives from the same backend's pp/tg throughput."""
+    figs = [f for f in backend_figures(res, res.get("where", "measured here")) if f.group == "latency"]
+    rows = []
+    for name, b in res["backends"].items():
+        lat = b.get("latency")
+        if not lat:
+            continue
+        mine = {f.name[len(name) + 1:]: f for f in figs if f.name.startswith(name + ".")}
+        est = mine.get("ttft_from_throughput")
+        rows.append([name, lat["prompt"], lat["tokens"], lat["reps"], text(mine["ttft"], unit=False),
+                     lat["ttft_ms_p50"], *[lat["itl_ms"].get(f"p{q}") for q in PERCENTILES],
+                     est.value if est else None])
+    if not rows:
+        return None
+    return Table("Latency: time to first token and inter-token latency",
+                 ["backend", "prompt tokens", "tokens streamed", "streams", "TTFT ms ± 95 %", "TTFT p50 ms",
+                  "ITL p50 ms", "ITL p90 ms", "ITL p99 ms", "TTFT from pp/tg ms"], rows,
+                 note=LATENCY_NOTE + _legend(res))
 
 
 def _energy(r: dict) -> list:

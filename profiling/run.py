@@ -18,6 +18,7 @@ from slm.gguf import TYPES
 from slm.profiling import devices, kv, roofline, sweep
 from slm.profiling.args import Inputs, ProfileArgs
 from slm.profiling.calibration import calibration_for, fit_prefill, project
+from slm.profiling.latency import measure_latency
 from slm.profiling.ops import PASS, breakdown
 from slm.profiling.ortgenai import OrtGenai, spec_of
 from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
@@ -47,11 +48,11 @@ def _spec(inputs: Inputs):
 
 def check(inputs: Inputs, args: ProfileArgs, spec) -> None:
     """Refuse bad combinations before any long work."""
-    need = args.bench.max_context()
+    need = args.bench.context_needed()
     if inputs.gguf or inputs.hf or inputs.onnx:
         if need > spec.max_context:
             raise SlmError(f"the tests need a context of {need} tokens, above the model's max context "
-                           f"{spec.max_context}: lower --pp/--depths/--tg")
+                           f"{spec.max_context}: lower --pp/--depths/--tg/--latency-prompt")
     if inputs.config and not (inputs.gguf or inputs.hf) and len(args.quant) > 1:
         raise SlmError("--config projects one quantization type: pass a single --quant (e.g. q4_k_m)")
 
@@ -82,7 +83,7 @@ def _backend(name: str, inputs: Inputs, args: ProfileArgs, on_jetson: bool = Fal
     if name == "llama.cpp" and inputs.gguf:
 
         # on a Jetson, offload every layer to its GPU, as one deploys there
-        return LlamaCpp(inputs.gguf, args.bench.max_context(), t, seed=args.bench.seed,
+        return LlamaCpp(inputs.gguf, args.bench.context_needed(), t, seed=args.bench.seed,
                         gpu_layers=999 if on_jetson else 0)
     if name == "torch" and inputs.hf:
 
@@ -143,6 +144,11 @@ def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: s
         with b:
             progress(f"{name}: loaded; running {len(bench.pp)} prefill and {len(bench.depths)} decode tests")
             rows = run_tests(b, bench, progress)
+            lat = None
+            if bench.latency_prompt and hasattr(b, "stream"):  # the backends an app streams from
+                progress(f"{name}: latency, {bench.latency_prompt}-token prompt + {bench.latency_tokens} "
+                         "tokens")
+                lat = measure_latency(b.stream, bench.latency_prompt, bench.latency_tokens, bench)
             mem = b.memory()
             ops = _ops(name, b, bench, progress) if args.ops else None
         wb = mem.get("weights") or spec.weight_bytes()
@@ -153,7 +159,7 @@ def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: s
             r["how"] = how
         out[b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": bench.threads,
                        "protocol": bench.to_dict(), "weight_bytes": wb, "compute_peak_flops": peak,
-                       **({"ops": ops} if ops else {})}
+                       **({"ops": ops} if ops else {}), **({"latency": lat} if lat else {})}
     return out
 
 

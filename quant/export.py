@@ -29,6 +29,7 @@ from slm.stats import ci95_se
 
 from . import gguf_arch, gguf_write, onnx_export, onnx_search
 from .imatrix import compute_imatrix
+from .onnx_speed import SpeedArgs
 from .quantize import inspect_gguf, quantize
 from .report import write_report
 from .runtimes import HELD_OUT_TEXT
@@ -49,6 +50,7 @@ class ExportArgs:
     # ONNX precisions: int4 (int4:all, int4:NAME), int8, fp16, fp32
     onnx: list[str] = field(default_factory=list)
     int4: str = "search"  # int4 recipes: search (the default list), all, or one name (onnx_search.CANDIDATES)
+    int4_rule: str = "balanced"  # which searched int4 recipe is kept: balanced, quality, speed (onnx_search)
     ep: str = "cpu"  # ONNX execution provider the graph is built for: cpu or cuda
     validate: bool = True  # compare every artifact with the HF model (logits, perplexity, KLD, generations)
     imatrix: str | None = None  # calibration text file → importance matrix for the quantizer
@@ -69,6 +71,7 @@ class ExportArgs:
             if item.strip().lower().startswith("int4:"):
                 self.int4 = onnx_search.parse_int4(item.strip())
         self.int4 = onnx_search.parse_int4(f"int4:{self.int4}")
+        self.int4_rule = onnx_search.check_rule(self.int4_rule)
         self.onnx = onnx_export.check_onnx([t.split(":", 1)[0] for t in self.onnx], self.ep)
         if self.threads is not None and self.threads < 1:
             raise SlmError(f"threads must be at least 1, got {self.threads}")
@@ -195,7 +198,7 @@ def _int4_inputs(p: Prepared, args: ExportArgs, tmp: Path, work: Path) -> onnx_s
     ids = text_ids(p.model_dir, p.text, p.spec.vocab, n_ctx)
     score_ids, calibration = onnx_search.split_text(ids, n_ctx)
     return onnx_search.Inputs(p.model_dir.resolve(), args.ep, work / "int4", tmp / "logs", score_ids,
-                              calibration)
+                              calibration, args.int4_rule, SpeedArgs(threads=args.threads))
 
 
 def write_onnx(p: Prepared, args: ExportArgs, tmp: Path, work: Path,

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import re
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,31 @@ class LlamaCpp:
                 raise SlmError(f"llama_decode failed at depth {depth + i}: lower --depths/--tg")
             L.llama_synchronize(self.ctx)
         return self._perf_ms() / 1e3
+
+    def stream(self, prompt: int, n: int) -> list[float]:
+        """What an app sees streaming greedy tokens after a `prompt`-token random prompt on an empty cache:
+        wall seconds from submitting the prompt to the first token id, then between each next token id (n
+        times in all). Each token is picked (argmax of the last logits) and fed back, as a chat loop does."""
+        L = self.L
+        self._clear()
+        toks = self._random_tokens(prompt, True)
+        parts = [(L.llama_token * len(p))(*p.tolist()) for p in np.array_split(
+            toks, max(1, -(-prompt // self.n_batch)))]
+        one = (L.llama_token * 1)()
+        out, t = [], time.perf_counter()
+        for arr in parts:
+            if L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(arr))) != 0:
+                raise SlmError(f"llama_decode failed on a {prompt}-token prompt (context {self.n_ctx}): "
+                               "lower --latency-prompt")
+        for i in range(n):
+            ptr = L.llama_get_logits_ith(self.ctx, -1)
+            one[0] = int(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).argmax())
+            now = time.perf_counter()
+            out.append(now - t)
+            t = now
+            if i + 1 < n and L.llama_decode(self.ctx, L.llama_batch_get_one(one, 1)) != 0:
+                raise SlmError(f"llama_decode failed at {prompt + i} tokens: lower --latency-prompt/--tg")
+        return out
 
     def memory(self) -> dict:
         return dict(self.mem)

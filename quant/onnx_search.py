@@ -1,12 +1,19 @@
-"""`--onnx int4`: try several int4 recipes, score each by KLD on held-out text, keep the best that fits.
+"""`--onnx int4`: try several int4 recipes, score each by KLD and speed, keep the one the rule picks.
 
 Candidates come from two places: onnxruntime-genai's model builder (`--extra_options`: `algo_config`,
 `matmul_mixed_precision`, `block_size`; builder.py's help) and onnxruntime's `MatMulNBitsQuantizer` run on the
 builder's fp32 folder (RTN, HQQ, GPTQ; onnx_ortq.py). Each is scored with the one scorer (slm/score.py, mode
 `all`) as KL(P_fp32-HF ‖ P_candidate) on the first part of the validation text; GPTQ calibrates on the part
-after it, never on the tokens that are scored. The kept candidate has the lowest KLD among those whose weights
-(model.onnx + its data) are no larger than a GGUF q4_k_m of the same shape (slm.gguf_mix.fallbacks_for, no
-quantizing needed).
+after it, never on the tokens that are scored. Each is also timed on this machine (decode and prefill tok/s,
+onnx_speed.py: the profiler's protocol, short). Among those whose weights (model.onnx + its data) are no
+larger than a GGUF q4_k_m of the same shape (slm.gguf_mix.fallbacks_for, no quantizing needed), `--int4-rule`
+picks (RULES):
+
+    balanced (default)  the lowest KLD among candidates whose decode is within 10 % of the fastest one's
+                        (a candidate counts as within when its 95 % interval reaches the line: a slowdown
+                        inside the timing noise excludes nothing)
+    quality             the lowest KLD, whatever its speed
+    speed               the fastest decode (the lower KLD between two whose intervals overlap)
 
     --onnx int4          the default list (DEFAULT_SEARCH, ~3 min on the 135M model, 2 cores)
     --onnx int4:all      every candidate
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slm.errors import SlmError
@@ -27,6 +34,20 @@ from slm.score import kld, perplexity, score
 from . import onnx_export
 from . import runtimes as rt
 from .onnx_ortq import quantize_folder
+from .onnx_speed import SpeedArgs, measure_speed
+
+RULES = ("balanced", "quality", "speed")
+# balanced: "as fast as the fastest" means decode ≥ this share of the fastest candidate's (the issue's
+# target: the kept int4 recipe decodes at ≥ 0.9× the builder default)
+BALANCED_SHARE = 0.9
+
+
+def check_rule(rule: str) -> str:
+    r = (rule or "").strip().lower()
+    if r not in RULES:
+        raise SlmError(f"unknown --int4-rule {rule!r}: choose one of {', '.join(RULES)} (balanced: lowest "
+                       "KLD within 10 % of the fastest decode; quality: lowest KLD; speed: fastest decode)")
+    return r
 
 
 @dataclass(frozen=True)
@@ -109,6 +130,8 @@ class Inputs:
     logs: Path  # builder logs
     score_ids: list[int]  # token ids scored (KLD vs the fp32 HF model)
     calibration: list[list[int]]  # GPTQ windows, disjoint from score_ids
+    rule: str = "balanced"  # which candidate is kept (RULES)
+    speed: SpeedArgs = field(default_factory=SpeedArgs)  # how each candidate is timed
 
 
 def build(name: str, inp: Inputs) -> Path:
@@ -157,20 +180,46 @@ def _row(name: str, folder: Path | None, built_s: float, scored: dict | None, bo
     if scored:
         row.update(kld=scored["kld_mean"], kld_p99=scored["kld_p99"], top1=scored["top1_agree"],
                    perplexity=scored["perplexity"], score_s=round(scored["seconds"], 1))
+        for k in ("decode", "prefill"):
+            if k in scored:
+                row[f"{k}_tok_s"], row[f"{k}_ci95"] = scored[k]["tok_s"], scored[k]["ci95"]
     if err:
         row["error"] = err
     return row
 
 
-def pick(rows: list[dict]) -> str:
-    """Lowest KLD among scored candidates that fit the bound; none fits: the smallest scored one."""
+def pick(rows: list[dict], rule: str = "balanced") -> str:
+    """The candidate `rule` keeps among scored candidates that fit the bound (none fits: the smallest scored
+    one). Candidates whose speed could not be measured are weighed on KLD alone by `quality` only."""
     scored = [r for r in rows if "kld" in r]
     if not scored:
         raise SlmError("no ONNX int4 candidate could be built and scored: " +
                        "; ".join(f"{r['name']}: {r.get('error', '?')}" for r in rows))
     fit = [r for r in scored if r["fits"]]
-    return (min(fit, key=lambda r: r["kld"])["name"] if fit
-            else min(scored, key=lambda r: r["weight_bytes"])["name"])
+    if not fit:
+        return min(scored, key=lambda r: r["weight_bytes"])["name"]
+    timed = [r for r in fit if r.get("decode_tok_s")]
+    if rule == "quality" or not timed:
+        return min(fit, key=lambda r: r["kld"])["name"]
+    top = max(timed, key=lambda r: r["decode_tok_s"])
+    if rule == "speed":
+        # the lowest KLD among those not measurably slower than the fastest (intervals overlap)
+        lo = top["decode_tok_s"] - (top.get("decode_ci95") or 0)
+        near = [r for r in timed if r["decode_tok_s"] + (r.get("decode_ci95") or 0) >= lo]
+    else:
+        line = BALANCED_SHARE * top["decode_tok_s"]
+        near = [r for r in timed if r["decode_tok_s"] + (r.get("decode_ci95") or 0) >= line]
+    return min(near, key=lambda r: r["kld"])["name"]
+
+
+def rule_text(rule: str) -> str:
+    """The rule in words, for the report."""
+    return {"balanced": f"lowest KLD among the candidates within q4_k_m's size whose decode is within "
+                        f"{100 * (1 - BALANCED_SHARE):.0f} % of the fastest one's (its 95 % interval "
+                        "reaching the line)",
+            "quality": "lowest KLD among the candidates within q4_k_m's size, whatever their speed",
+            "speed": "fastest decode among the candidates within q4_k_m's size (lowest KLD among those whose "
+                     "interval overlaps the fastest's)"}[rule]
 
 
 def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
@@ -188,8 +237,12 @@ def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
         if folder is not None and ref is not None:
             t = time.time()
             scored = {**score_candidate(folder, ref, inp, scoring), "seconds": time.time() - t}
+            try:
+                scored.update(measure_speed(folder, inp.speed))
+            except RuntimeError as e:  # a graph that scores but cannot be timed is kept on KLD alone
+                err = f"speed not measured: {str(e).splitlines()[0][:200]}"
         rows.append(_row(name, folder, built, scored, bound, err))
-    kept = pick(rows) if ref is not None else names[0]
+    kept = pick(rows, inp.rule) if ref is not None else names[0]
     if ref is None and "error" in rows[0]:
         raise SlmError(f"ONNX int4 {kept} failed: {rows[0]['error']}: pick another recipe (--onnx int4) or "
                        "fix the input")
@@ -201,6 +254,8 @@ def search(choice: str, inp: Inputs, spec, scoring, dest: Path) -> dict:
             "bound_from": "tensor bytes of a GGUF q4_k_m of this shape (slm.gguf_mix.fallbacks_for)",
             "fits": next(r for r in rows if r["name"] == kept).get("fits"),
             "reference": "fp32 HF model", "scoring": scoring.to_dict() if ref is not None else None,
+            "rule": inp.rule, "rule_text": rule_text(inp.rule),
+            "speed_protocol": {**asdict(inp.speed), "how": "measured here"} if ref is not None else None,
             "score_tokens": len(inp.score_ids), "calibration_tokens": sum(map(len, inp.calibration))}
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from slm.figure import Figure
 from slm.report.render import Chart, Table, new_figure, render_report, svg_of
 
+from .validate import divergence_text
+
 MAX_FALLBACK_ROWS = 60  # per type; the full list is in slm.json
 
 
@@ -94,10 +96,15 @@ def write_report(out_html: Path, result: dict, figures: list[Figure]) -> Path:
     tables = [artifacts_table(result)]
     charts = []
     if v:
-        gens = [["HF (f32)", v["hf"]["generation"]]] + [
-            [f"{f['format'].upper()} {f['type']}", r["generation"]] for f in result["files"]
+        gens = [["HF (f32)", v["hf"]["generation"], "reference"]] + [
+            [f"{f['format'].upper()} {f['type']}", r["generation"],
+             divergence_text(r["divergence"]) if "divergence" in r else None] for f in result["files"]
             if (r := (v.get(f["format"]) or {}).get(f["type"]))]
-        tables.append(Table("Greedy generation from the first prompt", ["artifact", "text"], gens))
+        note = ("p: HF's next-token probability at the first differing token; logit gap = log p1 − log p2 of "
+                "HF's top two; a near tie is a gap below the 90th percentile of |Δ gap| this file makes on "
+                "HF's top two over the fixed prompts' positions; every later token follows a different text")
+        tables.append(Table("Greedy generation from the first prompt",
+                            ["artifact", "text", "where it leaves HF"], gens, note=note))
         if v.get("failed"):
             tables.append(Table("Validation failures", ["artifact", "error"],
                                 [[k, e] for k, e in v["failed"].items()],

@@ -3,7 +3,9 @@
 For each GGUF type and ONNX precision: logits on the fixed prompts vs HF (max relative error, top-1
 agreement), perplexity on the held-out text and KL divergence against the f16 GGUF (both from the one
 scorer, slm/score.py, in its `all` mode: every token of non-overlapping windows), and a greedy 32-token
-generation beside HF's. Plus the GGUF tokenizer's ids vs HF's on awkward strings. The HF model is loaded
+generation beside HF's; where an artifact's greedy tokens leave HF's, the first such token with the
+reference's top-2 there (a near tie when that gap is within what the artifact moves such gaps by). Plus
+the GGUF tokenizer's ids vs HF's on awkward strings. The HF model is loaded
 once (f32); each runtime model is opened and dropped in turn.
 """
 
@@ -65,6 +67,64 @@ def _text_ids(tok, text: str, vocab_size: int, n_ctx: int) -> list[int]:
     return np.random.default_rng(1).integers(0, vocab_size, size=3 * n_ctx // 2).tolist()
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+GAP_QUANTILE = 90  # the gap noise is this percentile of |Δ top-2 gap| over the prompts' positions
+
+
+def gap_noise(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """How much the artifact moves the reference's top-2 logit gap: the GAP_QUANTILE-th percentile over every
+    position of the fixed prompts of |(got[t1] − got[t2]) − (ref[t1] − ref[t2])|, t1/t2 the reference's top
+    two. A gap smaller than this is one the artifact swaps at one position in ten or more."""
+    out = []
+    for a, b in zip(ref, got):
+        top = np.argsort(a, axis=-1)[:, -2:]
+        rows = np.arange(len(a))
+        gap_a = a[rows, top[:, 1]] - a[rows, top[:, 0]]
+        gap_b = b[rows, top[:, 1]] - b[rows, top[:, 0]]
+        out.append(np.abs(gap_b - gap_a))
+    return float(np.percentile(np.concatenate(out), GAP_QUANTILE))
+
+
+def divergence(ref: list[int], got: list[int], ref_logp: np.ndarray, noise: float, text) -> dict | None:
+    """Where greedy tokens `got` first leave the reference's `ref` (None: they never do, a shorter `got`
+    included), with the reference's top-2 there. `ref_logp[i]`: the reference's log-probabilities before
+    `ref[i]`; `noise`: the artifact's gap noise (gap_noise); `text(id)` → str.
+
+    A near tie: the reference's top-2 logit gap is below the artifact's gap noise, so a perturbation this
+    artifact is measured to make at one position in ten can swap them — the flip says nothing about a broken
+    export, and every token after it follows a different text.
+    """
+    at = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), None)
+    if at is None:
+        return None
+    lp = ref_logp[at]
+    top = np.argsort(lp)[::-1][:2]
+    gap = float(lp[top[0]] - lp[top[1]])  # log p1 − log p2 = the logit gap (softmax shares one normaliser)
+    return {"token": at, "reference": text(ref[at]), "artifact": text(got[at]),
+            "top2": [{"text": text(int(t)), "p": float(np.exp(lp[t]))} for t in top],
+            "artifact_p": float(np.exp(lp[got[at]])), "logit_gap": gap, "gap_noise": float(noise),
+            "near_tie": gap < noise}
+
+
+def divergence_text(d: dict | None) -> str:
+    """One line for the report: where and how close the reference's choice was."""
+    if d is None:
+        return "same tokens as HF"
+    t1, t2 = d["top2"]
+    line = (f"token {d['token'] + 1}: HF {t1['text']!r} p={t1['p']:.3f}, this file {d['artifact']!r} "
+            f"(HF p={d['artifact_p']:.3f}); HF's top-2 {t1['p']:.3f} vs {t2['p']:.3f}, logit gap "
+            f"{d['logit_gap']:.3f}")
+    noise = (f"the {GAP_QUANTILE}th percentile of how much this file moves HF's top-2 gaps, "
+             f"{d['gap_noise']:.3f}")
+    if d["near_tie"]:
+        return f"{line} — a near tie: below {noise}, so the texts part there without the export being wrong"
+    return f"{line} — above {noise}: a real change of this file's choice"
+
+
 def _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads, exact_ctx) -> dict:
     from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
@@ -90,6 +150,8 @@ def _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads, exact_ctx) 
     ref_logits = [rt.hf_logits(model, p) for p in prompts]
     ref_beyond = rt.hf_logits(model, beyond)[exact_ctx:] if beyond else None
     hf_gen = rt.hf_greedy(model, prompts[0], gen_tokens)
+    # the reference's next-token log-probabilities at every greedy step: row i is what HF saw before hf_gen[i]
+    steps = _log_softmax(rt.hf_logits(model, prompts[0] + hf_gen[:-1])[len(prompts[0]) - 1:])
     hf_ppl = perplexity(score(lambda w, model=model: rt.hf_logits(model, w), text_ids, scoring), scoring)
     out: dict = {"hf": {**hf_ppl, "generation": _decode(tok, hf_gen)}, "gguf": {}, "onnx": {},
                  "n_ctx": scoring.n_ctx, "scoring": scoring.to_dict(), "text_tokens": len(text_ids),
@@ -119,6 +181,8 @@ def _validate(model_dir, ggufs, onnx, f16_ref, text, n_ctx, threads, exact_ctx) 
         gen = greedy_fn(prompts[0])
         res = {**rt.compare_logits(ref_logits, got), **perplexity(scored, scoring),
                "generation": _decode(tok, gen), "same_generation": gen == hf_gen[:len(gen)]}
+        res["gap_noise"] = gap_noise(ref_logits, got)
+        res["divergence"] = divergence(hf_gen, gen, steps, res["gap_noise"], lambda i: _decode(tok, [i]))
         if ref is not None:
             res["kld"] = kld(ref, scored, scoring)
         if beyond:

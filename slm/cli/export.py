@@ -11,9 +11,12 @@ def register(sub) -> None:
     p.add_argument("model", help="HF checkpoint folder")
     p.add_argument("--gguf", help="comma-separated GGUF types, e.g. q8_0,q6_k,q4_k_m (also f32, f16, bf16); "
                                   "default q8_0 unless only --onnx is given")
-    p.add_argument("--onnx", default="", help="comma-separated ONNX precisions: int4 (searches recipes, "
-                                              "keeps the lowest KLD within q4_k_m's size), int4:all, "
+    p.add_argument("--onnx", default="", help="comma-separated ONNX precisions: int4 (searches recipes on "
+                                              "KLD and speed, within q4_k_m's size), int4:all, "
                                               "int4:NAME (e.g. int4:hqq), int8, fp16, fp32")
+    p.add_argument("--int4-rule", default="balanced",
+                   help="which searched int4 recipe is kept: balanced (lowest KLD within 10 %% of the"
+                        " fastest decode; default), quality (lowest KLD), speed (fastest decode)")
     p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"], help="ONNX execution provider")
     p.add_argument("-o", "--out", help="output folder (default: <model>-export beside the model)")
     p.add_argument("--no-validate", action="store_true", help="skip the comparison with the HF model")
@@ -34,7 +37,7 @@ def cmd_export(args) -> int:
     res = export(args.model, out,
                  ExportArgs(gguf=gguf, onnx=args.onnx, ep=args.ep, validate=not args.no_validate,
                             imatrix=args.imatrix, pre_tokenizer=args.pre_tokenizer,
-                            eval_text=args.eval_text, threads=args.threads,
+                            eval_text=args.eval_text, threads=args.threads, int4_rule=args.int4_rule,
                             force=args.force))
     v = res["validation"] or {}
     for f in res["files"]:

@@ -38,6 +38,10 @@ def register(sub) -> None:
     p.add_argument("--pp", type=_ints, help="prompt lengths (comma list; default 128,512,2048)")
     p.add_argument("--tg", type=int, help="tokens generated per decode test (default 128)")
     p.add_argument("--depths", type=_ints, help="decode depths (comma list; default 0,512,2048)")
+    p.add_argument("--latency-prompt", type=int,
+                   help="prompt tokens of the latency test (TTFT, inter-token latency p50/p90/p99); 0: none "
+                        "(default: the longest --pp ≤ 512)")
+    p.add_argument("--latency-tokens", type=int, help="tokens streamed per latency test (default 64)")
     p.add_argument("--reps", type=int, help="least timed repetitions per test (default 3)")
     p.add_argument("--target-ci", type=float,
                    help="repeat a test until its 95 %% interval is within ± this fraction of the mean "
@@ -67,7 +71,8 @@ def register(sub) -> None:
 FLAGS = {"device": "device", "quant": "quant", "backends": "backends", "threads": "threads", "quick": "quick",
          "refresh_host": "refresh_host", "full_all": "full_all", "ops": "ops"}
 BENCH_FLAGS = {"pp": "pp", "tg": "tg", "depths": "depths", "reps": "reps", "target_ci": "target_ci",
-               "time_cap": "time_cap_s", "max_reps": "max_reps"}
+               "time_cap": "time_cap_s", "max_reps": "max_reps", "latency_prompt": "latency_prompt",
+               "latency_tokens": "latency_tokens"}
 
 
 def profile_args(args):

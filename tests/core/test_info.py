@@ -28,6 +28,15 @@ def test_writes_report_and_record(tiny, tmp_path):
     assert "tiny-llama: model spec" in html and "Memory at context" in html
     # the info page draws what it computes
     assert "Memory against context" in html and html.count("<svg") == 1
+    # where the KV cache outgrows the weights a device gets, not only the stored fp32 ones
+    from slm.gguf_mix import fallbacks_for
+
+    q4 = fallbacks_for(s, "q4_k_m")["tensor_bytes"]
+    cross = figs["kv_crossover_q4_k_m"]["value"]
+    assert s.kv_bytes_per_token(2) * (cross - 1) <= q4 < s.kv_bytes_per_token(2) * cross
+    assert cross < figs["kv_crossover"]["value"]  # smaller weights: the KV cache catches up sooner
+    assert "Where the f16 KV cache outgrows the weights" in html and "GGUF q4_k_m" in html
+    assert saved["result"]["kv_crossover"]["GGUF q4_k_m"] == cross
 
 
 def test_refuses_existing_output_without_force(tiny, tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 from slm.quant.export import ExportArgs, export
 
 
@@ -25,3 +27,50 @@ def test_export_report_is_one_row_per_artifact(tiny, tmp_path):
         import shutil
 
         shutil.copy(out / "report.html", os.path.join(os.environ["SLM_SCREENSHOTS"], "export_report.html"))
+
+
+def test_divergence_names_the_token_and_calls_a_near_tie_by_the_files_own_error():
+    import numpy as np
+
+    from slm.quant.validate import divergence, divergence_text
+
+    ref, got = [5, 7, 9], [5, 8, 1]
+    logp = np.log(np.full((3, 10), 0.01))
+    logp[1, 7], logp[1, 8] = np.log(0.233), np.log(0.226)  # the SmolLM2 case: a near tie at token 2
+    d = divergence(ref, got, logp, noise=0.4, text=str)
+    assert d["token"] == 1 and d["reference"] == "7" and d["artifact"] == "8"
+    assert [t["text"] for t in d["top2"]] == ["7", "8"]
+    assert abs(d["logit_gap"] - np.log(0.233 / 0.226)) < 1e-9 and d["near_tie"]
+    assert "token 2" in divergence_text(d) and "near tie" in divergence_text(d)
+    far = divergence(ref, got, logp, noise=0.01, text=str)  # a file this exact should not flip it
+    assert not far["near_tie"] and "real change" in divergence_text(far)
+    assert divergence(ref, ref[:2], logp, 0.4, str) is None  # stopped early (EOS) without leaving HF
+    assert divergence_text(None) == "same tokens as HF"
+
+
+def test_gap_noise_is_how_much_a_file_moves_the_reference_top_two():
+    import numpy as np
+
+    from slm.quant.validate import gap_noise
+
+    ref = [np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.5]])]
+    assert gap_noise(ref, ref) == 0
+    # the file shifts HF's top token down by 0.5 at every position: every top-2 gap shrinks by 0.5
+    got = [ref[0] - np.array([[0.5, 0, 0], [0, 0.5, 0]])]
+    assert gap_noise(ref, got) == pytest.approx(0.5)
+
+
+def test_export_report_says_where_each_generation_leaves_hf(tiny, tmp_path):
+    out = tmp_path / "exp"
+    export(tiny("llama"), out, ExportArgs(gguf=["q8_0", "q2_k"], n_ctx=32, threads=1))
+    import json
+
+    v = json.loads((out / "slm.json").read_text())["result"]["validation"]
+    html = (out / "report.html").read_text()
+    assert "where it leaves HF" in html
+    for t, r in v["gguf"].items():
+        d = r["divergence"]
+        assert (d is None) == r["same_generation"], t
+        if d:  # the reference's own pick is its top-1 where the texts part
+            assert d["top2"][0]["text"] == d["reference"] and d["top2"][0]["p"] >= d["artifact_p"]
+            assert f"token {d['token'] + 1}:" in html

@@ -57,13 +57,15 @@ def searched(tiny_tok, tmp_path_factory):
     return res, tmp, inp
 
 
-def test_search_scores_every_candidate_and_keeps_the_lowest_kld(searched):
+def test_search_scores_every_candidate_on_both_axes_and_keeps_by_the_rule(searched):
     res, tmp, inp = searched
     rows = {r["name"]: r for r in res["candidates"]}
     assert list(rows) == ["default", "hqq"]
     for r in rows.values():
         assert r["kld"] > 0 and r["weight_bytes"] > 0 and r["fits"] and r["build_s"] >= 0, r
-    assert res["kept"] == min(rows, key=lambda n: rows[n]["kld"])
+        assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0, r  # timed here, both phases
+    assert res["rule"] == "balanced" and "10 %" in res["rule_text"]
+    assert res["kept"] == O.pick(res["candidates"], "balanced")
     assert res["settings"]["tool"] == O.CANDIDATES[res["kept"]].tool
     assert res["score_tokens"] == len(inp.score_ids) and res["calibration_tokens"] > 0
     assert (tmp / "kept" / "genai_config.json").is_file()
@@ -82,6 +84,26 @@ def test_the_size_bound_overrides_a_lower_kld():
     assert O.pick([dict(r, fits=False) for r in rows[:3]]) == "small"
     with pytest.raises(SlmError, match="broken: builder failed"):
         O.pick(rows[3:])
+
+
+def test_rules_trade_kld_against_decode_speed():
+    rows = [{"name": "fast", "kld": 0.45, "decode_tok_s": 40.0, "decode_ci95": 1.0, "fits": True},
+            {"name": "close", "kld": 0.30, "decode_tok_s": 35.0, "decode_ci95": 0.5, "fits": True},
+            {"name": "exact", "kld": 0.08, "decode_tok_s": 4.0, "decode_ci95": 0.2, "fits": True},
+            {"name": "noisy", "kld": 0.20, "decode_tok_s": 33.0, "decode_ci95": 3.5, "fits": True}]
+    assert O.pick(rows, "quality") == "exact"
+    assert O.pick(rows, "speed") == "fast"
+    # balanced: within 10 % of 40 tok/s is ≥ 36; 'noisy' reaches it within its interval, 'close' does not
+    assert O.pick(rows, "balanced") == "noisy"
+    assert O.pick(rows[:3], "balanced") == "fast"
+    # speed: the lower KLD among those whose interval overlaps the fastest's
+    assert O.pick([dict(rows[0], decode_ci95=5.0), rows[1]], "speed") == "close"
+    # no speed measured: KLD alone
+    assert O.pick([{k: v for k, v in r.items() if not k.startswith("decode")} for r in rows]) == "exact"
+    with pytest.raises(SlmError, match="choose one of balanced, quality, speed"):
+        O.check_rule("fast")
+    with pytest.raises(SlmError, match="int4-rule"):
+        ExportArgs(gguf=[], onnx=["int4"], int4_rule="fastest")
 
 
 def test_hqq_ties_the_embedding_to_the_quantized_head(searched, tiny_tok, tmp_path):
