@@ -14,7 +14,7 @@ from slm.profiling.protocol import BenchArgs
 BACKENDS = ("llama.cpp", "torch", "onnxruntime-genai")
 # `--quick`: short tests for a first look or a CI run
 QUICK = {"bench": {"pp": (64, 256), "tg": 32, "depths": (0, 256), "reps": 2, "time_cap_s": 4.0},
-         "sweep_pp": 128, "sweep_tg": 16, "ppl_chunks": 2, "kv_contexts": (512, 2048)}
+         "sweep_pp": 128, "sweep_tg": 16, "ppl_chunks": 2, "kv_contexts": (512, 2048), "kv_quality_ctx": 512}
 
 
 @dataclass
@@ -49,6 +49,10 @@ class ProfileArgs:
     ppl_chunks: int = 4  # perplexity chunks of 256 tokens
     kv_types: tuple = ("f16", "q8_0", "q4_0")  # llama.cpp cache types to measure and chart
     kv_contexts: tuple = (512, 2048, 8192)  # contexts at which llama.cpp's allocation is measured (≤ max)
+    # the sweep's KV-cache quality: windows of this many tokens (≤ max context), this many of them, scored
+    # with each kv_types cache against f16 on the sweep's reference weights (0 windows: not measured)
+    kv_quality_ctx: int = 2048
+    kv_quality_chunks: int = 2
     refresh_host: bool = False  # re-measure this host's bandwidth and compute
     # torch and onnxruntime-genai get a lighter protocol by default (the two shortest prompts and depths, tg ≤
     # 32, 2 repetitions): fp32 torch decodes ~10× slower than llama.cpp here and would dominate a 15-minute
@@ -82,7 +86,7 @@ class ProfileArgs:
                                    time_cap_s=cap)  # the user's cap wins over quick's
             self.sweep_pp, self.sweep_tg, self.ppl_chunks = (QUICK["sweep_pp"], QUICK["sweep_tg"],
                                                              QUICK["ppl_chunks"])
-            self.kv_contexts = QUICK["kv_contexts"]
+            self.kv_contexts, self.kv_quality_ctx = QUICK["kv_contexts"], QUICK["kv_quality_ctx"]
         else:
             self.bench = replace(self.bench, threads=self.threads)
 

@@ -81,7 +81,33 @@ def sweep_figures(res: dict, how: str) -> list[Figure]:
         out += [Figure(f"quant.{t}.ppl", f"{t}: perplexity", round(r["ppl"], 5), "1", "lower", "quality", how,
                        exact=True, source=what),
                 Figure(f"quant.{t}.kld", f"{t}: KL divergence vs {r.get('reference', 'the reference type')}",
-                       round(r["kld_vs_ref"], 6), "nats", "lower", "quality", how, exact=True, source=what)]
+                       round(r["kld_vs_ref"], 6), "nats", "lower", "quality", how, exact=True, source=what,
+                       interval=r.get("kld_ci95") or None)]
+    return out + kv_quality_figures(sw.get("kv_quality"), how)
+
+
+def kv_quality_figures(kq: dict | None, how: str) -> list[Figure]:
+    """Each KV-cache type's perplexity, KLD vs the f16 cache (95 % interval over positions) and measured
+    bytes, on the same weights and tokens."""
+    if not kq:
+        return []
+    what = kq["scoring"]["what"]
+    note = "flash attention on for every cache type (llama.cpp needs it for a quantized V cache)"
+    out = []
+    for r in kq["rows"]:
+        t, w = r["kv_type"], f"{r['weights']} weights"
+        out.append(Figure(f"kv.{t}.ppl", f"{t} KV cache: perplexity ({w}, {r['context']}-token windows)",
+                          round(r["ppl"], 5), "1", "lower", "quality", how, interval=r.get("ppl_ci95"),
+                          exact=True, source=what, note=note))
+        if t != "f16":
+            out.append(Figure(f"kv.{t}.kld", f"{t} KV cache: KL divergence vs the f16 cache ({w}, "
+                              f"{r['context']}-token windows)", round(r["kld"], 6), "nats", "lower",
+                              "quality", how, interval=r.get("kld_ci95"), n=r.get("positions"), exact=True,
+                              key=True,
+                              source=what, note=note))
+        if r.get("kv_bytes"):
+            out.append(Figure(f"kv.{t}.bytes", f"{t} KV cache: bytes llama.cpp allocated for {r['kv_cells']} "
+                              "cells", r["kv_bytes"], "bytes", "lower", "memory", how, exact=True))
     return out
 
 

@@ -6,8 +6,9 @@ llama.cpp really writes on this shape, fallbacks included), KV bytes from the sp
 calibrated device model (slm.profiling.calibration: fitted to published Jetson Orin measurements, its held-out
 error stated in every output), prefill from the GPU's FP16 bound × the efficiency fitted to published
 llama-bench pp512 figures (same module; fitted on 3B–32B models, an upper estimate below that). Quality (KLD,
-perplexity) comes only from an existing sweep or export of this very model; otherwise it is "unknown", never
-guessed.
+perplexity) comes only from records of this very model — a profile's sweep (weights and KV-cache types), an
+export's validation, a `--measure` run — otherwise it is "unknown", never guessed and never free. What is
+recommended, the Pareto front and the one ranking shown are slm.profiling.plan_choice's.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from slm.gguf_mix import fallback_warning, fallbacks_for, types_that_hold
 from slm.guard import guard_output
 from slm.profiling.calibration import calibration_for, fit_prefill, project_decode, streamed_weight_bytes
 from slm.profiling.devices import GIB, get_device
+from slm.profiling.plan_choice import DEFAULT_MAX_KLD, check_max_kld, choose, mark_pareto, rank_key, ranking
+from slm.profiling.plan_choice import sentence as choice_sentence
 from slm.profiling.plan_report import write_plan  # matplotlib: only when a report is written
 from slm.profiling.roofline import prefill_bound
 from slm.record import model_sha256, read_record
 from slm.spec import ModelSpec, load_spec
+from slm.stats import ci95_se
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "iq4_nl")
 UBATCH = 512  # llama.cpp's default n_ubatch: the compute buffers below are sized for one micro-batch
@@ -47,8 +51,9 @@ class PlanArgs:
     backend: str = "llama.cpp CUDA"  # whose calibration projects decode (slm.profiling.calibration.GROUPS)
     # fraction of the GPU FP16 bound; None: the fitted one (calibration)
     prefill_efficiency: float | None = None
-    # slm.json of a profile sweep or export of this model: KLD / perplexity per type
-    quality: str | None = None
+    # slm.json files (profile sweep, export, `--measure`) of this model: KLD / perplexity per type and KV type
+    quality: str | tuple | None = None
+    max_kld: float = DEFAULT_MAX_KLD  # the recommendation's quality bound: mean KLD vs f16, nats per token
     extra: dict = field(default_factory=dict)  # free-form notes carried into the record
 
     def __post_init__(self):
@@ -63,9 +68,12 @@ class PlanArgs:
         self.types = parse_types(self.types, have_imatrix=False)
         for t in self.kv_types:
             kv_element_bytes(t)
-        if self.quality and not Path(self.quality).is_file():
-            raise SlmError(f"--quality file {self.quality} not found: pass the slm.json of a profile or "
-                           "export run")
+        self.quality = tuple(self.quality.split(",")) if isinstance(self.quality, str) else tuple(
+            self.quality or ())
+        for q in self.quality:
+            if not Path(q).is_file():
+                raise SlmError(f"--quality file {q} not found: pass the slm.json of a profile or export run")
+        self.max_kld = check_max_kld(self.max_kld)
 
 
 def depths(layers: int, grow: bool, prune: bool) -> list[tuple[int, str]]:
@@ -108,13 +116,24 @@ def compute_bytes(spec: ModelSpec, context: int, flash_attn: bool = True) -> flo
     return max(logits, attention)
 
 
-def load_quality(path: str | None, source: str | Path | None = None) -> dict:
-    """type → {kld, ppl, source} from a profile (its slm.json or profile.json: the sweep's rows) or an export
-    (its slm.json: the validation of each GGUF). A record of another model than `source` is refused, where the
-    records' input hashes can tell."""
-    if not path:
-        return {}
-    p = Path(path)
+def load_quality(paths, source: str | Path | None = None) -> dict:
+    """{"weights": type → q, "kv": KV type → q, "pairs": (layers, type, KV type) → q}, q = {kld, kld_ci95,
+    ppl, source}, from profiles (their slm.json or profile.json: the sweep's rows and its KV-cache rows),
+    exports (their slm.json: the validation of each GGUF) and `--measure` records (every candidate measured
+    as it would run). A record of another model than `source` is refused, where the records' input hashes can
+    tell."""
+    out = {"weights": {}, "kv": {}, "pairs": {}}
+    for path in ([paths] if isinstance(paths, str | Path) else list(paths or ())):
+        _read_quality(Path(path), source, out)
+    return out
+
+
+def _ci(d: dict | None, se_key: str = "kld_se") -> float | None:
+    return ci95_se(d.get(se_key)) if d else None
+
+
+def _read_quality(p: Path, source, out: dict) -> None:
+    path = str(p)
     if p.name == "profile.json":
         try:
             res = json.loads(p.read_text())
@@ -128,18 +147,53 @@ def load_quality(path: str | None, source: str | Path | None = None) -> dict:
             raise SlmError(f"--quality file {path} not found: pass the slm.json of a profile or export run")
     _check_same_model(rec, p, source)
     res = rec.get("result") or {}
-    out = {}
+    n = sum(len(v) for v in out.values())
     sweep = res.get("sweep") or {}
-    for r in sweep.get("rows", []) if isinstance(sweep, dict) else []:
-        out[r["type"]] = {"kld": r.get("kld_vs_ref"), "ppl": r.get("ppl"),
-                          "source": f"sweep in {path} (KLD vs {r.get('reference')})"}
+    sweep = sweep if isinstance(sweep, dict) else {}
+    for r in sweep.get("rows", []):
+        out["weights"][r["type"]] = {"kld": r.get("kld_vs_ref"), "kld_ci95": r.get("kld_ci95"),
+                                     "ppl": r.get("ppl"),
+                                     "source": f"sweep in {path} (KLD vs {r.get('reference')})"}
+    for r in sweep.get("kv_quality", {}).get("rows", []):
+        src = (f"KV-cache sweep in {path} (KLD vs the f16 cache, {r['weights']} weights, "
+               f"{r['context']}-token windows)")
+        out["kv"][r["kv_type"]] = {"kld": r["kld"], "kld_ci95": r.get("kld_ci95"), "ppl": r.get("ppl"),
+                                   "source": src}
     for t, v in ((res.get("validation") or {}).get("gguf") or {}).items():
-        out.setdefault(t, {"kld": (v.get("kld") or {}).get("kld_mean"), "ppl": v.get("perplexity"),
-                           "source": f"export validation in {path} (KLD vs the f16 export)"})
-    if not out:
+        out["weights"].setdefault(t, {"kld": (v.get("kld") or {}).get("kld_mean"),
+                                      "kld_ci95": _ci(v.get("kld")), "ppl": v.get("perplexity"),
+                                      "source": f"export validation in {path} (KLD vs the f16 export)"})
+    for r in res.get("measured", []):
+        out["pairs"][(r["layers"], r["type"], r["kv_type"])] = {
+            "kld": r["kld"], "kld_ci95": r.get("kld_ci95"), "ppl": r.get("ppl"),
+            "source": f"measured as it runs in {path}"}
+    if sum(len(v) for v in out.values()) == n:
         raise SlmError(f"{path} ({rec.get('kind')}) holds no quant sweep or export validation: pass the "
                        "slm.json of `slm profile --quant` or `slm export`")
-    return out
+
+
+def candidate_quality(quality: dict, layers: int, how: str, t: str, kvt: str) -> dict | None:
+    """The quality of one candidate, and how it is known: measured as it runs (a `--measure` record); the
+    weights' own KLD with the f16 cache (the cache the weights were scored with); or the weights' KLD plus the
+    cache type's KLD, each measured against its own f16 reference — a first-order sum (KL divergences of two
+    small independent perturbations add to first order), the pair not run together. Otherwise None: unknown,
+    never guessed and never free. A depth other than the model's own is another model: only `--measure`
+    knows it."""
+    pair = quality["pairs"].get((layers, t, kvt))
+    if pair and pair["kld"] is not None:
+        return {**pair, "how": "measured as it runs"}
+    w = quality["weights"].get(t) if how == "as is" else None
+    if not w or w["kld"] is None:
+        return None
+    if kvt == "f16":
+        return {**w, "how": "measured (weights, f16 cache)"}
+    kv = quality["kv"].get(kvt)
+    if not kv or kv["kld"] is None:
+        return None
+    ci = [c for c in (w.get("kld_ci95"), kv.get("kld_ci95")) if c]
+    return {"kld": w["kld"] + kv["kld"], "kld_ci95": sum(c * c for c in ci) ** 0.5 if ci else None,
+            "ppl": None, "source": f"{w['source']} + {kv['source']}",
+            "how": "weights + KV cache measured apart, summed"}
 
 
 def _source_hash(rec: dict) -> str | None:
@@ -179,24 +233,10 @@ def candidates(spec: ModelSpec, args: PlanArgs, source: str | Path | None = None
             f = fallbacks_for(s, t)
             for kvt in args.kv_types:
                 rows.append(_row(s, how, t, f, kvt, args, dev, budget,
-                                 quality.get(t) if how == "as is" else None))
-    rows.sort(key=_rank_key(any(r["meets_budget"] and r["variant"] == "as is" for r in rows)))
-    _mark_pareto(rows)
+                                 candidate_quality(quality, d, how, t, kvt)))
+    rows.sort(key=rank_key(args.max_kld))
+    mark_pareto(rows)
     return rows
-
-
-def _rank_key(as_is_meets: bool):
-    """Rank: meets the budget first; then the model as it is before a pruned one when the model as it is
-    already meets the budget (pruning costs quality that is not known here: it is for when nothing else is
-    fast enough); then the best known quality (lowest KLD), else the most bits per weight (closest to the
-    source: quality is not guessed, bits are its only proxy), the wider KV cache first; then the fastest
-    decode."""
-    def key(r):
-        pruned_first = as_is_meets and r["variant"].startswith("prune")
-        kv_bits = -kv_element_bytes(r["kv_type"])  # a quantized KV cache costs quality too
-        quality = (0, r["kld"], kv_bits) if r["kld"] is not None else (1, -r["bits_per_weight"], kv_bits)
-        return (not r["meets_budget"], pruned_first, quality, -r["decode_tok_s"])
-    return key
 
 
 def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev, budget: float, q) -> dict:
@@ -213,18 +253,9 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
             "holds": f["holds"] or get_type(t).is_float, "weights_bytes": weights, "kv_bytes": kv,
             "compute_bytes": comp, "memory_bytes": weights + kv + comp, "budget_bytes": budget, "fits": fits,
             "decode_tok_s": decode, "prefill_tok_s": prefill, "meets_budget": ok,
-            "kld": q["kld"] if q else None, "ppl": q["ppl"] if q else None,
-            "quality_source": q["source"] if q else "unknown (no sweep of this variant)"}
-
-
-def _mark_pareto(rows: list[dict]) -> None:
-    """pareto = no other candidate is at least as fast and as small (memory) and strictly better in one."""
-    for r in rows:
-        r["pareto"] = not any(o["decode_tok_s"] >= r["decode_tok_s"]
-                              and o["memory_bytes"] <= r["memory_bytes"]
-                              and (o["decode_tok_s"] > r["decode_tok_s"]
-                                   or o["memory_bytes"] < r["memory_bytes"])
-                              for o in rows)
+            "kld": q["kld"] if q else None, "kld_ci95": q.get("kld_ci95") if q else None,
+            "ppl": q["ppl"] if q else None, "quality_how": q["how"] if q else "unknown",
+            "quality_source": q["source"] if q else "unknown (not measured: --measure or --quality)"}
 
 
 def _check_context(spec: ModelSpec, context: int) -> None:
@@ -244,6 +275,7 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
 
     fit, backend, caveat = calibration_for(args.backend, dev.key)
     calib = fit.label(backend) + (f" ({caveat})" if caveat else "")
+    choice = choose(rows, args.max_kld)
 
     return {"model": model, "spec": dataclasses.asdict(spec), "device": dev.to_dict(),
             "context": args.context, "args": {k: v for k, v in dataclasses.asdict(args).items()},
@@ -254,9 +286,20 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
                               "flash attention (the estimate is within ±5 % of llama.cpp's CPU allocations; "
                               "CUDA's not checked); against the device's memory less "
                               f"{dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
-                    "quality": "from " + (args.quality or "no sweep: unknown")},
+                    "quality": _quality_how(args, rows), "ranking": ranking(args.max_kld)},
+            "answer": choice_sentence(choice, dev.name, args.context, fit.held_out_error),
+            "recommended": choice["recommended"], "rule": choice["rule"], "runner_up": choice["runner_up"],
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
-            "candidates": rows, "recommended": [r for r in rows if r["meets_budget"] and r["pareto"]][:5]}
+            "candidates": rows}
+
+
+def _quality_how(args: PlanArgs, rows: list[dict]) -> str:
+    n = sum(r["kld"] is not None for r in rows)
+    src = ", ".join(args.quality) if args.quality else "no record passed (--quality, --measure)"
+    return (f"KLD vs the f16 model, from {src}: {n} of {len(rows)} candidates measured, the rest unknown "
+            "(never ranked as free, never recommended). A quantized KV cache's KLD is measured apart, with "
+            "flash attention (llama.cpp needs it for a quantized V cache), and added to the weights' KLD "
+            "where the pair was not run together (the quality column says which)")
 
 
 def _speed_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -> str:
@@ -283,7 +326,7 @@ def run_plan(source: str | Path, args: PlanArgs, out: Path | None = None, force:
 
     if out is None:
         return plan(load_spec(source), args, model=str(source))
-    with guard_output(out, [source, args.quality], force):
+    with guard_output(out, [source, *args.quality], force):
         result = plan(load_spec(source), args, model=str(source))
 
         write_plan(out, result, force, (source,))

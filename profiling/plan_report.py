@@ -17,16 +17,27 @@ def table_rows(result: dict, n: int | None = None) -> list[list]:
     def mib(b):
         return round(b / 2**20, 1)
 
+    best = result.get("recommended")
     return [[i + 1, r["layers"], r["variant"], r["type"], r["kv_type"], round(r["bits_per_weight"], 2),
              mib(r["file_bytes"]), mib(r["memory_bytes"]), "yes" if r["fits"] else "no",
-             round(r["decode_tok_s"], 1), round(r["prefill_tok_s"]),
-             "unknown" if r["kld"] is None else round(r["kld"], 4), "yes" if r["meets_budget"] else "no",
-             "*" if r["pareto"] else ""]
+             round(r["decode_tok_s"], 1), round(r["prefill_tok_s"]), _kld(r), r.get("quality_how", ""),
+             "yes" if r["meets_budget"] else "no", "*" if r["pareto"] else "",
+             "recommended" if best is not None and _same(r, best) else ""]
             for i, r in enumerate(result["candidates"][:n])]
 
 
+def _kld(r: dict) -> str:
+    if r["kld"] is None:
+        return "unknown"
+    return f"{r['kld']:.4f}" + (f" ± {r['kld_ci95']:.4f}" if r.get("kld_ci95") else "")
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("layers", "variant", "type", "kv_type"))
+
+
 COLUMNS = ["rank", "layers", "variant", "type", "KV", "bits/w", "file MiB", "memory MiB", "fits",
-           "decode tok/s*", "prefill tok/s*", "KLD", "meets budget", "Pareto"]
+           "decode tok/s*", "prefill tok/s*", "KLD vs f16", "quality", "meets budget", "Pareto", ""]
 
 
 def plan_figures(result: dict) -> list[Figure]:
@@ -41,10 +52,14 @@ def plan_figures(result: dict) -> list[Figure]:
            analytic("candidates", "candidates", len(rows), "candidates"),
            Figure("meet_budget", "candidates meeting the budget", sum(r["meets_budget"] for r in rows),
                   "candidates", "higher", "model", "projected", exact=True, key=True)]
-    best = next((r for r in rows if r["meets_budget"]), None)
+    best = result.get("recommended")
+    out.append(setting("rule", "how the recommendation is chosen", result["rule"]))
     if best:
         name = f"{best['layers']} layers {best['type']} + {best['kv_type']} KV"
-        out += [setting("first", "first-ranked candidate that meets the budget", name),
+        out += [setting("first", "recommended", name),
+                Figure("first.kld", f"{name}: KLD vs the f16 model", best["kld"], "nats/token", "lower",
+                       "quality", "measured here", interval=best.get("kld_ci95"), key=True,
+                       source=best["quality_source"], note=best["quality_how"]),
                 Figure("first.decode", f"{name}: decode at {result['context']} tokens",
                        round(best["decode_tok_s"], 1),
                        "tok/s", "higher", "speed", "projected", expected_error=err, key=True,
@@ -67,6 +82,15 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
             ax.scatter([r["memory_bytes"] / 2**20 for r in sel], [r["decode_tok_s"] for r in sel], s=14,
                        c=color, label=label)
         ax.axvline(rows[0]["budget_bytes"] / 2**20, color="#c0392b", lw=1, ls="--", label="memory budget")
+        for r in rows:
+            if r["pareto"]:
+                ax.scatter([r["memory_bytes"] / 2**20], [r["decode_tok_s"]], s=40, facecolors="none",
+                           edgecolors="#1f5f99", lw=1)
+        best = result.get("recommended")
+        if best:
+            ax.scatter([best["memory_bytes"] / 2**20], [best["decode_tok_s"]], s=140, marker="*", c="#c0392b",
+                       label="recommended", zorder=3)
+        ax.scatter([], [], s=40, facecolors="none", edgecolors="#1f5f99", label="Pareto (measured quality)")
         ax.set_xlabel("memory at the context (MiB)")
         ax.set_ylabel("decode tok/s (projected)")
         ax.set_title(f"{result['device']['name']} at {result['context']} tokens")
@@ -83,7 +107,9 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
         name = f"{m.parent.name}/{m.name}" if m.name == "final" else m.name
         render_report(tmp / "report.html", f"plan: {name or 'config'} on {result['device']['key']}",
                       "plan", figures, [Chart("Speed vs memory", svg_of(fig), result["how"]["speed"])],
-                      [Table("Candidates (ranked: meets budget first, then decode speed)", COLUMNS,
-                             table_rows(result),
-                             highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes)
+                      [Table(f"Candidates ({result['how']['ranking']})", COLUMNS, table_rows(result),
+                             note="Pareto: on the three-axis front (KLD, decode, memory) of the candidates "
+                                  "whose quality is measured",
+                             highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes,
+                      lead=[result["answer"]])
     return out

@@ -195,7 +195,8 @@ def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str,
     """Every asked type's file made (or taken from the export), measured and scored; the worded answer."""
 
     sa = SweepArgs(types=args.quant, pp=args.sweep_pp, tg=args.sweep_tg, reps=args.sweep_reps,
-                   chunks=args.ppl_chunks, threads=args.bench.threads)
+                   chunks=args.ppl_chunks, threads=args.bench.threads, kv_types=args.kv_types,
+                   kv_ctx=args.kv_quality_ctx, kv_chunks=max(1, args.kv_quality_chunks))
     src = Path(inputs.files.get("f16") or inputs.gguf)
     files = sweep.make_files(src, sa.types, work_dir, args.bench.threads, inputs.files, progress)
     rows = sweep.run_sweep(files, sa, progress)
@@ -203,7 +204,14 @@ def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str,
         r["how"] = how
         r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(
             host["bandwidth_Bps"], r["size_bytes"], kv.kv_bytes(spec, 1), args.sweep_tg / 2)
-    return {"rows": rows, "answer": sweep.answer(rows), "source": str(src), "scoring": sa.scoring.to_dict()}
+    out = {"rows": rows, "answer": sweep.answer(rows), "source": str(src), "scoring": sa.scoring.to_dict()}
+    if args.kv_quality_chunks and any(t != "f16" for t in args.kv_types):
+        # on the sweep's reference weights, so the KV figures add to its types' KLD (slm plan does)
+        ref = sa.types[0]
+        out["kv_quality"] = sweep.run_kv_quality(Path(files[ref]), ref, sa, spec.max_context, progress)
+        for r in out["kv_quality"]["rows"]:
+            r["how"] = how
+    return out
 
 
 def lighter_protocol(b: BenchArgs) -> BenchArgs:

@@ -5,10 +5,17 @@ Quality follows llama.cpp's `llama-perplexity --kl-divergence`: slm.quant's scor
 (the text is cut into chunks of n_ctx tokens and only the second half of each chunk is scored, so every scored
 token has at least n_ctx/2 tokens of context); quantized files are made by slm.quant's quantizer and measured
 through its llama.cpp wrapper.
+
+KV-cache quality (run_kv_quality): the same weights with each llama.cpp cache type (`type_k`/`type_v`), scored
+on the same tokens against the f16 cache — perplexity, KLD with its 95 % interval, and the cache bytes
+llama.cpp allocated. Flash attention is on for every type, the f16 reference included: llama.cpp needs it for
+a quantized V cache, so only the cache type differs between the runs. The scored windows are `kv_ctx` tokens
+long (second half scored), so the quantized cache holds up to kv_ctx tokens when it is read.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -21,6 +28,7 @@ from slm.profiling.protocol import BenchArgs, run_tests
 from slm.quant.llamacpp import LlamaCpp
 from slm.quant.quantize import quantize
 from slm.score import Scoring, kld, perplexity, score
+from slm.stats import ci95_se
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k")
 
@@ -37,6 +45,9 @@ class SweepArgs:
     chunk: int = 256  # tokens per perplexity chunk (second half scored)
     chunks: int = 4  # chunks of text scored
     threads: int = 2  # CPU threads
+    kv_types: tuple = ()  # llama.cpp KV-cache types whose quality is measured against f16 (empty: none)
+    kv_ctx: int = 2048  # tokens per window of the KV-cache quality (second half scored)
+    kv_chunks: int = 2  # windows scored for the KV-cache quality
     # held-out text; empty → slm.corpus.heldout_text (stdlib docstrings)
     text: str = field(default="", repr=False)
 
@@ -46,6 +57,8 @@ class SweepArgs:
             raise SlmError("--quant lists no types: e.g. --quant f16,q8_0,q4_k_m")
         if self.chunk < 16 or self.chunks < 1:
             raise SlmError("perplexity chunk must be ≥ 16 tokens and chunks ≥ 1")
+        if self.kv_ctx < 16 or self.kv_chunks < 1:
+            raise SlmError("KV-cache quality windows must be ≥ 16 tokens and ≥ 1 of them")
 
     @property
     def scoring(self) -> Scoring:
@@ -80,6 +93,7 @@ def _row(t: str, path: Path, speed: dict, ppl: dict, kl: dict | None, reference:
                                      ("_reps", "reps"), ("_disturbed", "disturbed"),
                                      ("_other_cpu_share", "other_cpu_share"))},
             "ppl": ppl["perplexity"], "kld_vs_ref": kl["kld_mean"] if kl else 0.0,
+            "kld_ci95": ci95_se(kl.get("kld_se")) if kl else 0.0,
             "kld_p99": kl["kld_p99"] if kl else 0.0, "scoring": ppl["mode"], "reference": reference}
 
 
@@ -104,6 +118,44 @@ def run_sweep(files: dict, args: SweepArgs, progress: Callable[[str], None] = pr
             ref, ref_type = scored, t
         rows.append(_row(t, Path(files[t]), speed, perplexity(scored, scoring), kl, ref_type))
     return rows
+
+
+def run_kv_quality(gguf: Path, weights: str, args: SweepArgs, max_context: int,
+                   progress: Callable[[str], None] = print, tokens: list[int] | None = None) -> dict:
+    """Perplexity and KLD of each KV-cache type against the f16 cache, same weights, same tokens (`tokens`,
+    else args.text or the held-out text tokenized by the GGUF), flash attention on for all (see the module
+    docstring); with each type's measured cache bytes."""
+    ctx = min(args.kv_ctx, max_context)
+    scoring = Scoring("second_half", ctx, args.kv_chunks)
+    types = ("f16",) + tuple(t for t in args.kv_types if t != "f16")
+    ref, rows = None, []
+    for t in types:
+        progress(f"KV-cache quality: {t} cache, {args.kv_chunks} windows of {ctx} tokens")
+        with LlamaCpp(gguf, ctx, args.threads, kv_type=t, flash_attn=True) as b:
+            if tokens is None:
+                tokens = b.tokenize(args.text or heldout_text())
+            scoring.windows(tokens)  # too short a text fails here, before the work
+            scored = score(b.logits, tokens, scoring)
+            mem = b.memory()
+        ppl = perplexity(scored, scoring)
+        kl = kld(ref, scored, scoring) if ref is not None else None
+        ref = ref if ref is not None else scored
+        rows.append({"kv_type": t, "weights": weights, "context": ctx, "ppl": ppl["perplexity"],
+                     "ppl_ci95": _ppl_ci(ppl), "kld": kl["kld_mean"] if kl else 0.0,
+                     "kld_ci95": ci95_se(kl["kld_se"]) if kl else 0.0,
+                     "kld_p99": kl["kld_p99"] if kl else 0.0,
+                     "top1_agree": kl["top1_agree"] if kl else 1.0, "positions": ppl["tokens_scored"],
+                     "kv_bytes": mem.get("kv_cache"), "kv_cells": mem.get("kv_cells"), "flash_attn": True})
+    return {"rows": rows, "reference": "f16", "weights": weights, "source": str(gguf),
+            "scoring": scoring.to_dict(),
+            "how": "same weights and tokens per cache type; flash attention on for every type (llama.cpp "
+                   "needs it for a quantized V cache), so only the cache differs"}
+
+
+def _ppl_ci(p: dict) -> float | None:
+    """Half-width of the perplexity's 95 % interval, from the loss's s.e. (exp of the loss ± its interval)."""
+    h = ci95_se(p.get("nll_se"))
+    return None if h is None else p["perplexity"] * (math.exp(h) - math.exp(-h)) / 2
 
 
 def interval(r: dict, key: str) -> tuple[float, float]:

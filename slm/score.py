@@ -142,7 +142,8 @@ def perplexity(scored: list[Scored], scoring: Scoring) -> dict:
 
 
 def kld(ref: list[Scored], test: list[Scored], scoring: Scoring) -> dict:
-    """KL(P_ref ‖ P_test) per compared position: mean, 99th percentile, max; top-1 agreement."""
+    """KL(P_ref ‖ P_test) per compared position: mean (with its s.e. over positions), 99th percentile, max;
+    top-1 agreement."""
     kl, same = [], []
     for a, b in zip(ref, test):
         n = min(len(a.rows), len(b.rows))
@@ -150,6 +151,9 @@ def kld(ref: list[Scored], test: list[Scored], scoring: Scoring) -> dict:
         kl.append((np.exp(a64) * (a64 - b64)).sum(-1))
         same.append(a.rows[:n].argmax(-1) == b.rows[:n].argmax(-1))
     k, s = np.concatenate(kl), np.concatenate(same)
-    return {"kld_mean": float(k.mean()), "kld_p99": float(np.percentile(k, 99)), "kld_max": float(k.max()),
+    # s.e. over positions taken as independent: a lower bound, as in token_stats
+    se = float(k.std(ddof=1) / math.sqrt(k.size)) if k.size > 1 else float("nan")
+    return {"kld_mean": float(k.mean()), "kld_se": se, "kld_p99": float(np.percentile(k, 99)),
+            "kld_max": float(k.max()),
             "top1_agree": float(s.mean()), "positions": int(k.size), "mode": scoring.mode,
             "n_ctx": scoring.n_ctx}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from slm.profiling.plan import DEFAULT_TYPES, PlanArgs, run_plan
+from slm.profiling.plan_choice import DEFAULT_MAX_KLD
 from slm.profiling.plan_report import COLUMNS, table_rows
 
 
@@ -25,7 +26,12 @@ def register(sub) -> None:
     p.add_argument("--grow", action="store_true", help="also consider LLaMA Pro expansions")
     p.add_argument("--prune", action="store_true", help="also consider depth-pruned variants")
     p.add_argument("--types", help="GGUF types considered (comma-separated)")
-    p.add_argument("--quality", help="slm.json of a profile sweep or export of this model (KLD, perplexity)")
+    p.add_argument("--quality", action="append",
+                   help="slm.json of a profile sweep, export or --measure run of this model (KLD, "
+                        "perplexity); repeatable")
+    p.add_argument("--max-kld", type=float, default=DEFAULT_MAX_KLD,
+                   help="recommend only candidates with measured mean KLD vs f16 at most this (nats; "
+                        f"default {DEFAULT_MAX_KLD})")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--out", help="write plan.json, slm.json and report.html into this folder")
     p.add_argument("--top", type=int, default=15, help="rows printed")
@@ -34,18 +40,19 @@ def register(sub) -> None:
 
 
 def cmd_plan(args) -> int:
-
-
     source = args.model or args.config
     pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode,
                   min_prefill=args.min_prefill, max_memory_gb=args.max_memory, grow=args.grow,
-                  prune=args.prune, quality=args.quality, types=args.types or DEFAULT_TYPES)
+                  prune=args.prune, quality=tuple(args.quality or ()), types=args.types or DEFAULT_TYPES,
+                  max_kld=args.max_kld)
     result = run_plan(source, pa, Path(args.out) if args.out else None, args.force)
     if result["fallback_warning"]:
         print(result["fallback_warning"], file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        print(result["answer"])
+        print(f"candidates {result['how']['ranking']}:")
         rows = [COLUMNS] + [[str(c) for c in r] for r in table_rows(result, args.top)]
         widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
         for r in rows:

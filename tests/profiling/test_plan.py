@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from html import escape
 
 import pytest
 
@@ -53,7 +54,9 @@ def test_llama_3b_on_orin_nano_at_4k_above_20_tok_s():
     assert q4["fits"] and q4["decode_tok_s"] < 20 and not q4["meets_budget"]
     ranks = [r["meets_budget"] for r in rows]
     assert ranks == sorted(ranks, reverse=True)  # budget-meeting rows first
-    assert res["recommended"] == [r for r in rows if r["meets_budget"] and r["pareto"]][:5]
+    # nothing measured: nothing recommended, and the answer says why and how to measure
+    assert res["recommended"] is None and not any(r["pareto"] for r in rows)
+    assert res["answer"].startswith("No recommendation on Jetson Orin Nano 8GB at 4096 tokens")
     assert "llama.cpp calibration (llama.cpp CUDA) on 9 published Orin points" in res["how"]["speed"]
     assert "prefill calibration" in res["how"]["speed"] and res["how"]["decode_expected_error"] < 0.25
     assert res["types_that_hold"][:2] == ["q8_0", "q6_k"]
@@ -67,26 +70,84 @@ def test_memory_budget_and_ranking():
     assert all(r["memory_bytes"] <= 0.3e9 for r in rows if r["meets_budget"])
     ok = [r for r in rows if r["meets_budget"]]
     assert rows[:len(ok)] == ok  # budget-meeting candidates first
-    # no quality known: most bits per weight first (the closest to the source), then the wider KV cache
-    bits = [round(r["bits_per_weight"], 6) for r in ok]
-    assert bits == sorted(bits, reverse=True)
-    assert sum(r["pareto"] for r in rows) >= 1
+    # no quality known: fastest first, as the stated ranking says; none on the (measured) Pareto front
+    speeds = [r["decode_tok_s"] for r in ok]
+    assert speeds == sorted(speeds, reverse=True)
+    assert not any(r["pareto"] for r in rows)
 
 
-def test_pruned_depths_rank_after_the_model_as_is_when_it_meets_the_budget(tmp_path):
-    _export_record(tmp_path, {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7},
-                              "q4_0": {"kld": {"kld_mean": 0.3}, "perplexity": 50.0}})
-    rows = candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0", "q4_0"),
-                                        min_decode=20, quality=str(tmp_path / "slm.json")))
-    first = rows[0]
-    assert first["variant"] == "as is" and first["type"] == "q8_0" and first["kv_type"] == "f16"  # lowest KLD
-    # 2 types × 3 KV types as is, then the prunes
-    assert all(r["variant"].startswith("prune") for r in rows[6:])
-    # too slow as is: the pruned depths come first
+def _quality(tmp_path, weights: dict, kv: dict | None = None):
+    """A profile's slm.json with a weight sweep (type → KLD) and, optionally, its KV-cache rows."""
+    sweep = {"rows": [{"type": t, "kld_vs_ref": k, "kld_ci95": k / 10, "ppl": 20.0, "reference": "f16"}
+                      for t, k in weights.items()],
+             "kv_quality": {"rows": [{"kv_type": t, "kld": k, "kld_ci95": k / 10, "ppl": 20.0,
+                                      "weights": "f16", "context": 2048} for t, k in (kv or {}).items()]}}
+    (tmp_path / "q").mkdir(exist_ok=True)
+    write_record(tmp_path / "q", "profile", {}, result={"sweep": sweep})
+    return str(tmp_path / "q" / "slm.json")
+
+
+def test_recommends_the_fastest_measured_within_max_kld_and_ranks_as_it_says(tmp_path):
+    q = _quality(tmp_path, {"f16": 0.0, "q8_0": 0.004, "q4_0": 0.3, "q4_k_m": 0.04}, {"q8_0": 0.002})
+    args = PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("f16", "q8_0", "q4_k_m", "q4_0"),
+                    min_decode=85, quality=q)  # f16 weights with the f16 cache decode below 85 tok/s
+    res = plan(SMOLLM2, args)
+    rows, best = res["candidates"], res["recommended"]
+    # q4_k_m (0.04) with the q8_0 cache (0.002, summed: 0.042 ≤ 0.05) is the fastest measured within the
+    # bound; faster candidates exist (pruned, q4_0 cache) but their quality is unknown or above the bound
+    assert (best["type"], best["kv_type"], best["variant"]) == ("q4_k_m", "q8_0", "as is")
+    assert best["kld"] == pytest.approx(0.042) and best["quality_how"].endswith("summed")
+    assert best["kld_ci95"] == pytest.approx((0.004**2 + 0.0002**2) ** 0.5)
+    faster = [r for r in rows if r["meets_budget"] and r["decode_tok_s"] > best["decode_tok_s"]]
+    assert faster and all(r["kld"] is None or r["kld"] > 0.05 for r in faster)
+    assert rows[0] is best  # rank 1 is the recommendation
+    # the stated ranking is the ranking used: groups in order, each sorted as the title says
+    assert "meets the budget with measured KLD ≤ 0.05 first, fastest decode first" in res["how"]["ranking"]
+    group = [0 if r["meets_budget"] and r["kld"] is not None and r["kld"] <= 0.05 else
+             1 if r["meets_budget"] and r["kld"] is not None else 2 if r["meets_budget"] else 3
+             for r in rows]
+    assert group == sorted(group) and set(group) == {0, 1, 2, 3}
+    for g, key, sign in ((0, "decode_tok_s", -1), (1, "kld", 1), (2, "decode_tok_s", -1),
+                         (3, "decode_tok_s", -1)):
+        vals = [sign * r[key] for r, gg in zip(rows, group) if gg == g]
+        assert vals == sorted(vals), g
+    # a quantized KV cache with no measurement is unknown, never free; a pruned model is another model
+    assert all(r["kld"] is None for r in rows if r["kv_type"] == "q4_0" or r["variant"] != "as is")
+    # runner-up on each axis: the best measured candidate meeting the budget on that axis, other than best
+    ok = [r for r in rows if r["meets_budget"] and r["kld"] is not None and r is not best]
+    ru = res["runner_up"]
+    assert ru["quality"]["kld"] == min(r["kld"] for r in ok) == 0.002  # f16 weights, q8_0 cache
+    assert ru["speed"]["decode_tok_s"] == max(r["decode_tok_s"] for r in ok)
+    assert ru["memory"]["memory_bytes"] == min(r["memory_bytes"] for r in ok)
+    assert ru["speed"]["type"] == "q4_0"  # faster, but 0.3 nats: the trade is shown, not taken
+    assert res["answer"].startswith("Recommended on Jetson Orin Nano 8GB at 4096 tokens: 30 layers, q4_k_m "
+                                    "weights, q8_0 KV cache")
+    assert "the fastest that fits with measured KLD ≤ 0.05" in res["answer"] and "for speed:" in res["answer"]
+    # three-axis Pareto over the measured candidates only
+    measured = [r for r in rows if r["kld"] is not None]
+    for r in measured:
+        dominated = any(o["kld"] <= r["kld"] and o["decode_tok_s"] >= r["decode_tok_s"]
+                        and o["memory_bytes"] <= r["memory_bytes"] and o is not r
+                        and (o["kld"], o["decode_tok_s"], o["memory_bytes"])
+                        != (r["kld"], r["decode_tok_s"], r["memory_bytes"]) for o in measured)
+        assert r["pareto"] == (not dominated)
+    assert not any(r["pareto"] for r in rows if r["kld"] is None)
+    assert best["pareto"]
+    # --max-kld moves the choice: a looser bound takes the faster q4_0 weights
+    loose = plan(SMOLLM2, dataclasses.replace(args, max_kld=0.5))["recommended"]
+    assert loose["type"] == "q4_0" and loose["decode_tok_s"] > best["decode_tok_s"]
+    tight = plan(SMOLLM2, dataclasses.replace(args, max_kld=0.003))["recommended"]
+    assert (tight["type"], tight["kv_type"]) == ("f16", "q8_0")
+    assert plan(SMOLLM2, dataclasses.replace(args, max_kld=0.001))["recommended"] is None
+
+
+def test_pruned_depths_are_unknown_until_measured(tmp_path):
+    _export_record(tmp_path, {"q8_0": {"kld": {"kld_mean": 0.004}, "perplexity": 36.7}})
     slow = candidates(SMOLLM2,
                       PlanArgs(device="jetson-orin-nano-8gb", prune=True, types=("q8_0",), kv_types=("f16",),
-                                        min_decode=rows[0]["decode_tok_s"] * 1.05))
-    assert slow[0]["meets_budget"] and slow[0]["variant"].startswith("prune")
+                               quality=str(tmp_path / "slm.json"), min_decode=1000))
+    # nothing meets 1000 tok/s: the measured one is not recommended for missing the budget
+    assert not any(r["meets_budget"] for r in slow)
 
 
 def test_depths_grow_and_prune():
@@ -150,7 +211,8 @@ def test_quality_of_another_model_is_refused(tiny, tmp_path):
 @pytest.mark.parametrize("kw,msg", [({"device": "pi5"}, "unknown device"), ({"context": 0}, "--context"),
                                     ({"min_decode": -1}, "--min-decode"),
                                     ({"types": ("q9",)}, "unknown GGUF type"),
-                                    ({"prefill_efficiency": 2}, "efficiencies")])
+                                    ({"prefill_efficiency": 2}, "efficiencies"),
+                                    ({"max_kld": -1}, "--max-kld")])
 def test_bad_args_one_line(kw, msg):
     with pytest.raises(SlmError, match=msg) as e:
         PlanArgs(**{"device": "jetson-orin-nano-8gb", **kw})
@@ -173,6 +235,9 @@ def test_cli_plan_writes_report(tiny, tmp_path, capsys):
     assert res["candidates"] and (out / "slm.json").is_file()
     html = (out / "report.html").read_text()
     assert "Speed vs memory" in html and "<svg" in html
+    # the answer is the first line printed and leads the report; the table's title is the ranking used
+    assert printed.out.splitlines()[0] == res["answer"] and res["answer"].startswith("No recommendation")
+    assert escape(res["answer"], quote=False) in html and escape(res["how"]["ranking"], quote=False) in html
     # guarded output
     assert main(["plan", str(d), "--device", "jetson-orin-nx-16gb", "-o", str(d / "p")]) == 2
     cfg = tmp_path / "cfg.json"

@@ -56,6 +56,10 @@ def test_profile_gguf_with_sweep(gguf, tmp_path, capsys):
     assert sw[1]["kld_vs_ref"] > 0 and sw[1]["size_bytes"] < sw[0]["size_bytes"]
     assert "Q8_0" in sw[0]["tensor_types"] and sw[1]["bits_per_weight"] < sw[0]["bits_per_weight"]
     assert "decode:" in res["sweep"]["answer"] and "prefill:" in res["sweep"]["answer"]
+    # KV-cache quality on the sweep's reference weights: each cache type against f16, same tokens
+    kq = res["sweep"]["kv_quality"]
+    assert [r["kv_type"] for r in kq["rows"]] == ["f16", "q8_0", "q4_0"] and kq["weights"] == "q8_0"
+    assert 0 < kq["rows"][1]["kld"] < kq["rows"][2]["kld"] and kq["rows"][1]["context"] == 512
     # KV share: measured allocation beside analytic, the crossover within the 8k context
     assert {r["cache_type"] for r in res["kv"]["measured"]} == {"f16", "q8_0", "q4_0"}
     assert all(abs(r["kv_rel_err"]) <= 0.02 for r in res["kv"]["measured"])
