@@ -36,8 +36,8 @@ def read_config(model_dir: Path | str) -> dict:
     model_dir = Path(model_dir)
     cfg = model_dir / "config.json"
     if not model_dir.is_dir():
-        raise SlmError(f"model {model_dir} is not a directory: pass an HF checkpoint folder (`slm import` "
-                       "turns a GGUF into one)")
+        raise SlmError(f"model {model_dir} is not a directory: pass an HF checkpoint folder, a Hub id "
+                       "org/name[@revision], or a GGUF through `slm import`")
     if not cfg.is_file():
         raise SlmError(f"no config.json in {model_dir}: not an HF checkpoint (use `slm import FILE.gguf "
                        "OUT/` for a GGUF)")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from slm.errors import SlmError
+from slm.hub import resolve_model
 from slm.record import atomic_write_text
 
 T = TypeVar("T")
@@ -70,23 +71,39 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
-def resolve_paths(data: dict, base: Path, keys: Iterable[str]) -> dict:
-    """Make the paths under `keys` absolute, relative to `base` (the recipe's folder). A key `models[].model`
-    names a list whose items are a path or a mapping with the path under `model`. Returns `data`."""
-    def absolute(p):
-        return str((base / p).resolve()) if isinstance(p, (str, Path)) and not Path(p).is_absolute() else p
-
+def _map_keys(data: dict, keys: Iterable[str], fn: Callable[[Any], Any]) -> dict:
+    """Apply `fn` to the values under `keys`. A key `models[].model` names a list whose items are a value or
+    a mapping with the value under `model`. Returns `data`."""
     for key in keys:
         name, _, item = key.partition("[].")
         if not item:
             if data.get(name) is not None:
-                data[name] = absolute(data[name])
+                data[name] = fn(data[name])
             continue
         if isinstance(data.get(name), list):
-            data[name] = [({**m, item: absolute(m[item])} if item in m else m) if isinstance(m, dict)
-                          else absolute(m)
+            data[name] = [({**m, item: fn(m[item])} if item in m else m) if isinstance(m, dict) else fn(m)
                           for m in data[name]]
     return data
+
+
+def resolve_paths(data: dict, base: Path, keys: Iterable[str]) -> dict:
+    """Make the paths under `keys` absolute, relative to `base` (the recipe's folder); see `_map_keys` for the
+    key syntax. Returns `data`."""
+    def absolute(p):
+        return str((base / p).resolve()) if isinstance(p, (str, Path)) and not Path(p).is_absolute() else p
+
+    return _map_keys(data, keys, absolute)
+
+
+def resolve_models(data: dict, base: Path, keys: Iterable[str]) -> dict:
+    """Turn each model under `keys` that is a Hugging Face Hub id (and not a path under `base`) into its HF
+    cache folder (slm.hub). Returns `data`."""
+    def model(p):
+        if isinstance(p, str) and not (base / p).exists():
+            return resolve_model(p)
+        return p
+
+    return _map_keys(data, keys, model)
 
 
 def build(cls: type[T], data: dict) -> T:
@@ -151,13 +168,16 @@ def _number(key: str, value: Any, type_name: str) -> Any:
 
 def load_recipe(cls: type[T], path: Path | str | None = None, overrides: Iterable[str] = (), *,
                 extra: dict | None = None, defaults: Callable[[dict], dict] | None = None,
-                paths: Iterable[str] = ()) -> T:
+                paths: Iterable[str] = (), models: Iterable[str] = ()) -> T:
     """The one way a verb reads its recipe: the YAML file (optional), then `overrides`, then `extra` (the
-    verb's own flags; None values skipped), with `paths` made relative to the recipe file, over
-    `defaults(data)` (e.g. a preset the recipe names), into a validated `cls`."""
+    verb's own flags; None values skipped), with `models` that are Hub ids resolved to the HF cache and
+    `paths` made relative to the recipe file, over `defaults(data)` (e.g. a preset the recipe names), into a
+    validated `cls`."""
     data = read_mapping(path) if path else {}
     apply_overrides(data, overrides or ())
     data.update({k: v for k, v in (extra or {}).items() if v is not None})
+    if models:
+        resolve_models(data, Path(path).parent if path else Path.cwd(), models)
     if path and paths:
         resolve_paths(data, Path(path).parent, paths)
     if defaults is not None:

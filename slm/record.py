@@ -18,6 +18,7 @@ from pathlib import Path
 from slm import __version__
 from slm.errors import SlmError
 from slm.figure import Figure, dump, load
+from slm.hub import hub_origin
 
 RECORD = "slm.json"
 # 3: result.figures (typed figures) replaces result.summary (flat keys whose meaning reports decoded by
@@ -70,12 +71,20 @@ def write_record(out_dir: Path, kind: str, args: dict, inputs: dict | None = Non
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "args": args,
-        "inputs": {k: {"path": str(v), "sha256": model_sha256(Path(v))} for k, v in (inputs or {}).items()},
+        "inputs": {k: _input(v) for k, v in (inputs or {}).items()},
         "result": result,
         "versions": versions(),
     }
     atomic_write_text(Path(out_dir) / RECORD, json.dumps(rec, indent=2, default=str))
     return rec
+
+
+def _input(path) -> dict:
+    """An input's path and hash, and the Hub repository and commit when it came from the HF cache."""
+    out = {"path": str(path), "sha256": model_sha256(Path(path))}
+    if origin := hub_origin(path):
+        out["hub"] = origin
+    return out
 
 
 def read_record(path: Path) -> dict | None:

@@ -72,3 +72,38 @@ def real_model(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("real") / "smollm2-135m"
     return import_gguf(None, out)
+
+
+def put_in_hub_cache(cache: Path, repo: str, src: Path, commit: str = "a" * 40, refs: tuple = ("main",),
+                     kind: str = "models") -> Path:
+    """Lay `src`'s files out as huggingface_hub's cache does (blobs/ named by their hash, snapshots/<commit>/
+    linking to them, refs/<branch> holding the commit) and return the snapshot folder."""
+    import hashlib
+
+    root = cache / f"{kind}--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / commit
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    for r in refs:
+        (root / "refs" / r).write_text(commit)
+    return snap
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty HF cache that huggingface_hub and slm.hub use for this test, offline."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from slm import hub
+
+    hub._snapshot.cache_clear()
+    return cache

@@ -189,4 +189,5 @@ def _preset(data: dict) -> dict:
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None, **extra) -> TrainArgs:
     """TrainArgs from a YAML recipe (optional), `key=value` overrides and keyword extras (CLI flags; None
     skipped), over the named preset's defaults: slm.recipe does the parsing for every verb."""
-    return recipe.load_recipe(TrainArgs, path, overrides or (), extra=extra, defaults=_preset)
+    return recipe.load_recipe(TrainArgs, path, overrides or (), extra=extra, defaults=_preset,
+                              models=("model", "init"))

@@ -1,7 +1,9 @@
 """`slm` — the one face that dispatches every verb.
 
 Each module in this package registers its verbs (`register(subparsers)`); each verb is a thin function over
-a library call that tests call directly. User mistakes (SlmError) print one line and exit 2.
+a library call that tests call directly. User mistakes (SlmError) print one line and exit 2. A verb names its
+model arguments in `hub_models` ({dest: what it needs}); `main` turns any Hugging Face Hub id among them into
+its HF cache folder (slm.hub) before the verb runs, and keeps what was typed in `args.given`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 
 from slm import __version__
 from slm.errors import SlmError, disk_full, is_disk_full
+from slm.hub import resolve_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         _exit_on_sigterm()
     try:
+        resolve_hub_args(args)
         rc = args.func(args)
     except SlmError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -62,3 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def resolve_hub_args(args: argparse.Namespace) -> None:
+    """Replace each model argument the verb declared (`hub_models`: dest → weights | tokenizer | config) that
+    is a Hub id by its HF cache folder; `args.given` keeps the text the user typed."""
+    args.given = {}
+    for dest, need in (getattr(args, "hub_models", None) or {}).items():
+        value = getattr(args, dest, None)
+        if not value:
+            continue
+        args.given[dest] = value
+        if isinstance(value, list):
+            setattr(args, dest, [resolve_model(v, need) for v in value])
+        else:
+            setattr(args, dest, resolve_model(value, need))

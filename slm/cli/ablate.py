@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--no-diff", action="store_true", help="skip the weight-space diagnostics")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--force", action="store_true", help="redo every run (default: finished runs are reused)")
-    p.set_defaults(func=cmd_ablate)
+    p.set_defaults(func=cmd_ablate, hub_models={"base": "weights"})
 
 
 def parse_lrs(text: str) -> dict:

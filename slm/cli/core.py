@@ -13,7 +13,7 @@ def register(sub) -> None:
     p = sub.add_parser("info", help="architecture, parameters, weight and KV-cache memory of a model")
     p.add_argument("model", help="HF checkpoint folder, config.json or GGUF file")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
-    p.set_defaults(func=cmd_info)
+    p.set_defaults(func=cmd_info, hub_models={"model": "config"})
 
     p = sub.add_parser("import", help="turn a GGUF into an HF checkpoint (no FILE: the bundled SmolLM2-135M)")
     p.add_argument("gguf", nargs="?", help="GGUF file; omit (or --default) for the bundled "

@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-o", "--out", help="write slm.json + report.html here")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_diff)
+    p.set_defaults(func=cmd_diff, hub_models={"model": "weights", "source": "weights"})
 
 
 def cmd_diff(args) -> int:

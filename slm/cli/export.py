@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--eval-text", help="held-out text file for perplexity / KL divergence")
     p.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=cmd_export, hub_models={"model": "weights"})
 
 
 def cmd_export(args) -> int:

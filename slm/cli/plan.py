@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", help="write plan.json, slm.json and report.html into this folder")
     p.add_argument("--top", type=int, default=15, help="rows printed")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_plan)
+    p.set_defaults(func=cmd_plan, hub_models={"model": "config"})
 
 
 def cmd_plan(args) -> int:

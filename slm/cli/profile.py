@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout (progress goes to "
                                                        "stderr)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_profile)
+    p.set_defaults(func=cmd_profile, hub_models={"model": "weights"})
 
 
 # CLI flag → field; a flag left out keeps the dataclass default (ProfileArgs / BenchArgs hold every default)
@@ -96,7 +96,8 @@ def cmd_profile(args) -> int:
                 "identity": Path(args.identity) if args.identity else None,
                 "known_hosts": Path(args.known_hosts) if args.known_hosts else None}
         remote = RemoteArgs(args.host, **{k: v for k, v in opts.items() if v is not None})
-    name = Path(args.model or args.config or "model").name.replace(".gguf", "")
+    typed = getattr(args, "given", {}).get("model")  # a Hub id: name the folder after it, not its commit
+    name = Path(typed or args.model or args.config or "model").name.replace(".gguf", "").split("@")[0]
     out = args.out or f"reports/profile-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = profile_model(args.model, out, pa, config=args.config, remote=remote, force=args.force)
     if args.json:

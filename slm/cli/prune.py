@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=int, default=256, help="window length")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (default: keep)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_prune)
+    p.set_defaults(func=cmd_prune, hub_models={"model": "weights"})
 
 
 def cmd_prune(args) -> int:

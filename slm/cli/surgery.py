@@ -12,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (default: keep)")
     p.add_argument("--no-parity", action="store_true", help="skip the fp32 logits check against the original")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_expand)
+    p.set_defaults(func=cmd_expand, hub_models={"model": "weights"})
 
     p = sub.add_parser("upscale", help="SOLAR depth up-scaling: 2(n−m) layers, or an explicit --slices stack")
     p.add_argument("model")
@@ -22,7 +22,7 @@ def register(sub) -> None:
     g.add_argument("--slices", help='explicit stack of source ranges, e.g. "0:24,8:32"')
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--force", action="store_true")
-    p.set_defaults(func=cmd_upscale)
+    p.set_defaults(func=cmd_upscale, hub_models={"model": "weights"})
 
     p = sub.add_parser("merge", help="linear / slerp / task arithmetic / instruction residual from a YAML "
                                      "recipe")

@@ -27,7 +27,7 @@ def register(sub) -> None:
     q.add_argument("--limit", type=int, default=0, help="at most this many documents per source (0 = all)")
     q.add_argument("--workers", type=int, default=2, help="tokenizer processes")
     q.add_argument("--force", action="store_true", help="replace data prepared from other inputs")
-    q.set_defaults(func=cmd_data_prepare)
+    q.set_defaults(func=cmd_data_prepare, hub_models={"tokenizer": "tokenizer"})
 
     p = sub.add_parser("train", help="CPT / SFT / LoRA from a YAML recipe and key=value overrides")
     p.add_argument("recipe", nargs="?", help="recipe YAML (optional: key=value alone works, e.g. preset=cpt)")
@@ -37,7 +37,7 @@ def register(sub) -> None:
                                                          "`out`")
     g.add_argument("--init", help="start from these weights only (HF folder, checkpoint or run folder)")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, hub_models={"init": "weights"})
 
     p = sub.add_parser("eval", help="held-out perplexity and the instruction probe of models; OP/BWT over "
                                     "stages")
@@ -61,7 +61,7 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=int, default=16384, help="held-out tokens per set")
     p.add_argument("--out", help="write slm.json + report.html here")
     p.add_argument("--force", action="store_true")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, hub_models={"models": "weights"})
 
 
 def cmd_data_prepare(args) -> int:

@@ -122,7 +122,7 @@ PATH_KEYS = ("base", "instruct", "cpt", "models[].model")
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> MergeRecipe:
     """A MergeRecipe from a YAML recipe and key=value overrides (parsed by slm.recipe, as every verb's), with
     model paths resolved relative to the recipe file."""
-    return recipe_io.load_recipe(MergeRecipe, path, overrides or (), paths=PATH_KEYS)
+    return recipe_io.load_recipe(MergeRecipe, path, overrides or (), paths=PATH_KEYS, models=PATH_KEYS)
 
 
 class _Source:
