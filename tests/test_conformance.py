@@ -74,11 +74,13 @@ ARCHS = [
     Arch("Qwen2.5", "qwen2", "biases, RoPE θ 1M, rope_scaling yarn",
          {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                            "rope_theta": 1000000.0}, "layer_types": ["full_attention"] * 2}, "qwen2"),
-    Arch("Qwen3", "qwen3", "q/k norms, explicit head_dim 32 ≠ 64/4", {"head_dim": 32}, "qwen2", tied=True),
+    # transformers takes Qwen3's tokenizer.json as it is (Qwen2's gets Qwen2Tokenizer's digit splitting)
+    Arch("Qwen3", "qwen3", "q/k norms, explicit head_dim 32 ≠ 64/4", {"head_dim": 32}, tied=True),
     Arch("SmolLM2", "llama", "tied, RoPE θ 100k, GQA 4:1", {"rope_theta": 100000.0, "num_key_value_heads": 1},
          tied=True),
     Arch("SmolLM3", "smollm3", "NoPE every 4th layer (no_rope_layers)",
-         {"num_hidden_layers": 4, "no_rope_layers": [1, 1, 1, 0]}, tied=True, export_expanded=False,
+         {"num_hidden_layers": 4, "no_rope_layers": [1, 1, 1, 0], "pad_token_id": None, "bos_token_id": None,
+          "eos_token_id": 0}, tied=True, export_expanded=False,
          note="llama.cpp fixes NoPE at every 4th layer: an expanded SmolLM3 is refused at export (the "
               "unexpanded one exports)"),
 ]
@@ -315,3 +317,19 @@ def test_phi3_is_refused_with_the_reason():
 
     with pytest.raises(SlmError, match="qkv_proj.*LongRoPE"):
         spec_from_config({"model_type": "phi3"})
+
+
+def test_llama32_expand_to_validated_q4_k_m(pipelines, tmp_path):
+    """The issue's done-line: a Llama-3.2-shaped model (rope_scaling llama3) from `slm expand` to a validated
+    q4_k_m GGUF, f32 parity ≤ 1e-3."""
+    from slm.quant.export import ExportArgs, export
+
+    p = pipelines["Llama-3.2"]
+    res = export(p.get("expand"), tmp_path / "q4", ExportArgs(gguf=["f32", "q4_k_m"], n_ctx=64, threads=1,
+                                                               pre_tokenizer=p.arch.pre_tokenizer))
+    v = res["validation"]
+    assert not v.get("failed") and not v.get("flagged")
+    assert v["gguf"]["f32"]["max_rel_err"] <= 1e-3
+    q4 = v["gguf"]["q4_k_m"]
+    assert q4["kld"]["kld_mean"] > 0 and q4["top1_agree"] > 0.5, q4
+    assert any(f["type"] == "q4_k_m" and f["size_bytes"] > 0 for f in res["files"])
