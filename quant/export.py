@@ -276,7 +276,7 @@ def figures(result: dict) -> list[Figure]:
                        note="; ".join(v.get("failed", {})))]
         if v.get("exact_ctx"):
             out += [setting("exact_ctx", "context within which the GGUF computes what HF does",
-                            v["exact_ctx"]),
+                            v["exact_ctx"], "tokens"),
                     Figure("validation_flags", f"artifacts differing from HF beyond {v['exact_ctx']} tokens",
                            len(v.get("flagged", {})), "files", "lower", "quality", exact=True,
                            note="; ".join(v.get("flagged", {})))]

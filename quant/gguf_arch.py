@@ -109,8 +109,11 @@ def sliding_window(config: dict) -> int | None:
         return None
     if config.get("model_type") == "mistral":
         return w
-    types = config.get("layer_types") or []
-    return w if "sliding_attention" in types else None
+    types = config.get("layer_types")
+    if types is None and config.get("use_sliding_window"):  # configs saved before layer_types existed
+        n = config.get("num_hidden_layers", 0)
+        return w if config.get("max_window_layers", n) < n else None
+    return w if "sliding_attention" in (types or []) else None
 
 
 def _check_nope(config: dict) -> None:

@@ -170,8 +170,10 @@ class LlamaCpp:
             self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             self.close()
+            hint = (f"; a {self.kv_type} KV cache also needs a head size that is a multiple of 32 (use f16 "
+                    "for smaller heads)" if self.kv_type in ("q8_0", "q4_0") else "")
             raise SlmError(f"llama.cpp cannot create a context of {n_ctx} tokens for {self.path.name} "
-                           f"({last_error(lines)}): lower the context or free memory")
+                           f"({last_error(lines)}): lower the context or free memory{hint}")
         self.n_ctx = L.llama_n_ctx(self.ctx)
         return lines
 

@@ -86,7 +86,8 @@ def _tokenizer(gguf: Path, h):
     """transformers' tokenizer from the GGUF's tokenizer section; None for a no-vocab GGUF (ids only). For an
     architecture transformers' GGUF loader does not know, the tokenizer keys are copied into a tensor-less
     `llama` GGUF first: the tokenizer section does not depend on the architecture."""
-    from transformers import AutoTokenizer  # transformers: deferred, a heavy import
+    # transformers: deferred, a heavy import
+    from transformers import AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     if h.metadata.get("tokenizer.ggml.model", "none") == "none":

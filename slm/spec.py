@@ -25,6 +25,8 @@ REFUSED = {
     "bloom": "BLOOM uses LayerNorm and ALiBi",
     "falcon": "Falcon uses LayerNorm and parallel blocks",
     "phi": "Phi uses LayerNorm and parallel blocks",
+    "phi3": "Phi-3 fuses q/k/v into qkv_proj and gate/up into gate_up_proj, and uses LongRoPE; export it "
+            "with llama.cpp's own converter",
     "mixtral": "Mixtral is a mixture-of-experts model",
     "qwen2_moe": "Qwen2-MoE is a mixture-of-experts model",
     "qwen3_moe": "Qwen3-MoE is a mixture-of-experts model",

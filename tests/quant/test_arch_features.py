@@ -89,6 +89,9 @@ def test_sliding_window_limits_exactness():
     q = {"model_type": "qwen2", "sliding_window": 32, "max_position_embeddings": 256}
     assert plan_arch({**q, "layer_types": ["full_attention"] * 2}).exact_ctx is None
     assert plan_arch({**q, "layer_types": ["full_attention", "sliding_attention"]}).exact_ctx == 32
+    old = {**q, "use_sliding_window": True, "num_hidden_layers": 4}  # no layer_types: max_window_layers
+    assert plan_arch({**old, "max_window_layers": 2}).exact_ctx == 32
+    assert plan_arch({**old, "max_window_layers": 4}).exact_ctx is None
 
 
 def test_mistral_sliding_window_warned_validated_within_and_flagged_beyond(tiny, tmp_path, capsys):
