@@ -116,6 +116,11 @@ def method_sentences(result: dict) -> list[str]:
             for m, r in result["methods"].items()]
 
 
+def index_headline(result: dict) -> str:
+    """What the reports index leads with: the verdict, then one sentence per method."""
+    return " ".join([headline(result), *method_sentences(result)])
+
+
 def _chart(result: dict):
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
@@ -259,7 +264,7 @@ def write_ablation(out: Path, args, result: dict) -> Path:
             "winner is named only when its interval clears the others'."]
     lead[1:1] = method_sentences(result)
     # the reports index leads with the headline: the verdict, then one sentence per method
-    result = {**result, "headline": " ".join([headline(result), *method_sentences(result)])}
+    result = {**result, "headline": index_headline(result)}
     write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result,
                  figures=figures)
     render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", figures,
