@@ -219,8 +219,9 @@ def ablate(args: AblateArgs) -> dict:
         result["headline"] = index_headline(result)
         if not args.keep_weights:  # what the report needs stays: each run's slm.json, report and metrics
             for reps in trained.values():
-                for r in reps:
+                for r in reps:  # final/ is hard links into the last checkpoint: both go
                     shutil.rmtree(r["model"], ignore_errors=True)
+                    shutil.rmtree(Path(r["run"]) / "checkpoints", ignore_errors=True)
     return result
 
 
