@@ -242,6 +242,15 @@ def ablation_figures(result: dict) -> list[Figure]:
                 Figure(f"{m}.probe_rise", f"{m}: instruction-probe loss rise (forgetting)", rise["change"],
                        "nats/token", "lower", "forgetting", interval=ci95_se(rise["se"]), key=True,
                        note=rise["se_how"])]
+        if "humaneval" in r["delta"]:
+            h = r["delta"]["humaneval"]
+            out.append(Figure(f"{m}.humaneval.loss_change", f"{m}: HumanEval solution loss change",
+                              h["change"], "nats/token", "lower", "forgetting", interval=ci95_se(h["se"]),
+                              note=h["se_how"]))
+        for s, x, words in RATES:
+            if d := r.get("rates", {}).get(s, {}).get(x):
+                out.append(Figure(f"{m}.{s}.{x}_change", f"{m}: {words} change", d["change"], "share",
+                                  "higher", "forgetting", interval=ci95_se(d["se"]), note=d["se_how"]))
     return out
 
 
