@@ -147,6 +147,10 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
         from .humaneval import check_tokenizer
         for d in dirs:
             check_tokenizer(d)
+    if args.ifeval:  # a chat template in every model, before the first one is scored
+        from .probe import chat_tokenizer
+        for d in dirs:
+            chat_tokenizer(d)
     tm = lm_args = None
     if args.lm_eval:  # every task name checked before any model is loaded
         from .lmeval import LmEvalArgs, task_manager
