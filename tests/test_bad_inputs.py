@@ -165,6 +165,17 @@ ROWS = [
         "locked by PID"),
     # eval: its report folder is an output too
     Row("eval-out-is-model", lambda w: ["eval", w.M, "--data", w.D, "--out", w.M, "--force"], "is the input"),
+    Row("eval-lm-eval-unknown-task", lambda w: ["eval", w.M, "--lm-eval", "no_such_task_xyz"],
+        "unknown task"),
+    Row("eval-humaneval-no-tokenizer",
+        lambda w: ["eval", w.file("bare/config.json", (w.M / "config.json").read_text()).parent,
+                   "--humaneval", "loss"], "has no tokenizer"),
+    # ablate: its own settings, before any training
+    Row("ablate-seeds-0",
+        lambda w: ["ablate", "", f"model={w.M}", f"data={w.D}", "-o", w.out, "--seeds", "0"], "--seeds 0"),
+    Row("ablate-lr-grid-not-positive",
+        lambda w: ["ablate", "", f"model={w.M}", f"data={w.D}", "-o", w.out, "--lr-grid", "1,-3"],
+        "must be a positive number"),
     # merge: recipe values and the output
     Row("merge-t-not-a-number",
         lambda w: merge(w, {"method": "slerp", "models": [str(w.M), str(w.M)], "t": "abc"}),

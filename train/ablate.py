@@ -32,7 +32,7 @@ from slm.record import figures_of, read_record
 from slm.surgery.layers import prior_record, split_layer_name
 
 from .ablate_grid import check_grid, over_seeds, seed_runs, tune, validation_split
-from .ablate_report import write_ablation
+from .ablate_report import index_headline, write_ablation
 from .args import load_recipe
 
 METHODS = ("expanded", "lora", "full", "freeze")
@@ -216,10 +216,12 @@ def ablate(args: AblateArgs) -> dict:
         result = _evaluate(args, base, data, domain, seq_len, trained)
         result.update(lr={m: t.lr for m, t in runs.items()}, lr_grid=grid, seeds=args.seeds)
         write_ablation(Path(args.out), args, result)
+        result["headline"] = index_headline(result)
         if not args.keep_weights:  # what the report needs stays: each run's slm.json, report and metrics
             for reps in trained.values():
-                for r in reps:
+                for r in reps:  # final/ is hard links into the last checkpoint: both go
                     shutil.rmtree(r["model"], ignore_errors=True)
+                    shutil.rmtree(Path(r["run"]) / "checkpoints", ignore_errors=True)
     return result
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from slm.errors import SlmError
 from slm.stats import Z95, seed_interval, significant
 
-# a half-decade log grid around each method's default: ×1/3, ×1, ×3 (the grid spacing of e.g. Hu et al. 2021's
-# LoRA sweeps and of the usual "3× steps" learning-rate search, Bengio 2012 "Practical recommendations", §3.1)
+# a half-decade log grid around each method's default: ×1/3, ×1, ×3 (learning rates are searched on a log
+# scale: Bengio 2012, "Practical recommendations for gradient-based training of deep architectures", §3.1.1)
 GRID = (1 / 3, 1.0, 3.0)
 
 

@@ -116,6 +116,11 @@ def method_sentences(result: dict) -> list[str]:
             for m, r in result["methods"].items()]
 
 
+def index_headline(result: dict) -> str:
+    """What the reports index leads with: the verdict, then one sentence per method."""
+    return " ".join([headline(result), *method_sentences(result)])
+
+
 def _chart(result: dict):
 
     dom, probe, methods = result["domain"], result["probe_set"], result["methods"]
@@ -237,6 +242,15 @@ def ablation_figures(result: dict) -> list[Figure]:
                 Figure(f"{m}.probe_rise", f"{m}: instruction-probe loss rise (forgetting)", rise["change"],
                        "nats/token", "lower", "forgetting", interval=ci95_se(rise["se"]), key=True,
                        note=rise["se_how"])]
+        if "humaneval" in r["delta"]:
+            h = r["delta"]["humaneval"]
+            out.append(Figure(f"{m}.humaneval.loss_change", f"{m}: HumanEval solution loss change",
+                              h["change"], "nats/token", "lower", "forgetting", interval=ci95_se(h["se"]),
+                              note=h["se_how"]))
+        for s, x, words in RATES:
+            if d := r.get("rates", {}).get(s, {}).get(x):
+                out.append(Figure(f"{m}.{s}.{x}_change", f"{m}: {words} change", d["change"], "share",
+                                  "higher", "forgetting", interval=ci95_se(d["se"]), note=d["se_how"]))
     return out
 
 
@@ -259,7 +273,7 @@ def write_ablation(out: Path, args, result: dict) -> Path:
             "winner is named only when its interval clears the others'."]
     lead[1:1] = method_sentences(result)
     # the reports index leads with the headline: the verdict, then one sentence per method
-    result = {**result, "headline": " ".join([headline(result), *method_sentences(result)])}
+    result = {**result, "headline": index_headline(result)}
     write_record(out, "ablate", asdict(args), {"base": result["base"], "data": result["data"]}, result,
                  figures=figures)
     render_report(out / "report.html", "ablate: expanded vs LoRA vs full vs freeze", "ablate", figures,

@@ -14,7 +14,7 @@ from slm.record import write_record
 from slm.report.render import Chart, Table, new_figure, render_report, svg_of
 from slm.stats import Z95, ci95_se
 
-from .evaluate import HUMANEVAL_SET, IFEVAL_SET, EvalArgs, display_names
+from .evaluate import HUMANEVAL_SET, IFEVAL_SET, LMEVAL_KEY, EvalArgs, display_names
 from .probe import PROBE_SET, probe_figures
 
 
@@ -39,6 +39,8 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
         tables.append(humaneval_table(result, names))
     if args.ifeval:
         tables.append(ifeval_table(result, names))
+    if args.lm_eval:
+        tables.append(lm_eval_table(result, names))
     flip_rows = [[n, k, m, f["lost"], f["gained"], f["n"], f"{f['change']:+.1%} ± {Z95 * f['se']:.1%}",
                   f"{f['p']:.3g}"]
                  for n, ch in zip(names[1:], result.get("changes", [])) for k, v in ch.items()
@@ -124,6 +126,10 @@ def eval_figures(result: dict, names: list[str]) -> list[Figure]:
                 continue
             if k == IFEVAL_SET:
                 out += ifeval_figures(v, f"{n}.", f"{n}: ")
+                continue
+            if k == LMEVAL_KEY:
+                from .lmeval import figures as lm_figures
+                out += lm_figures(v, f"{n}.", f"{n}: ")
                 continue
             out.append(Figure(f"{n}.{k}.ppl", f"{n}: perplexity on {k}", v["ppl"], "1", "lower", "quality",
                               interval=ci95_se(v["loss_se"] * v["ppl"]), n=v["tokens"], exact=True, key=True,
@@ -230,3 +236,14 @@ def ifeval_table(result: dict, names: list[str]) -> Table:
                  note="prompts: the probe's held-out tasks with 1–2 IFEval instructions each (seeded); "
                       "strict: the answer as is, loose: IFEval's variants; instruction-level intervals treat "
                       "a prompt's instructions as independent")
+
+
+def lm_eval_table(result: dict, names: list[str]) -> Table:
+    rows = [[m, task, metric, f"{v['value']:.4f}" + (f" ± {Z95 * v['stderr']:.4f}" if v["stderr"] is not None
+                                                      else ""), r["n"].get(task)]
+            for m, row in zip(names, result["matrix"]) if (r := row.get(LMEVAL_KEY))
+            for task, metrics in r["tasks"].items() for metric, v in metrics.items()]
+    return Table("lm-evaluation-harness (EleutherAI), the harness's own metrics ± 1.96 × its standard error",
+                 ["model", "task", "metric", "value ± 95 %", "documents"], rows,
+                 note="run through lm_eval.simple_evaluate on the loaded model; a --lm-eval-limit run covers "
+                      "the first documents only")

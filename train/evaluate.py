@@ -33,6 +33,7 @@ from .probe import PROBE_SET
 
 HUMANEVAL_SET = "humaneval"  # slm.train.humaneval's column (that module imports the harness lazily)
 IFEVAL_SET = "ifeval"  # slm.train.ifeval's column
+LMEVAL_KEY = "lm_eval"  # slm.train.lmeval's results in a row (per task and metric, not a set)
 
 
 def token_loss(model, batch: dict, device: torch.device, use_mask: bool,
@@ -105,6 +106,9 @@ class EvalArgs:
     humaneval: str = ""  # "" | loss (canonical-solution loss) | pass (and greedy pass@1, executed)
     humaneval_problems: int = 0  # the first N HumanEval problems (0 = all 164)
     ifeval: int = 0  # prompts of the IFEval-verified probe (slm.train.ifeval; 0 = off)
+    lm_eval: list = field(default_factory=list)  # lm-evaluation-harness tasks (slm.train.lmeval; [] = off)
+    lm_eval_include: str = ""  # a folder of extra lm-eval task YAMLs (local data)
+    lm_eval_limit: int = 0  # documents per lm-eval task (0 = all)
     progress: bool = True  # progress bars of the benchmarks
 
     def __post_init__(self):
@@ -117,7 +121,7 @@ class EvalArgs:
             HumanEvalArgs(mode=self.humaneval, problems=self.humaneval_problems)  # its own checks
         if self.ifeval < 0:
             raise SlmError(f"--ifeval {self.ifeval}: the number of prompts must be ≥ 0 (0 = off)")
-        if not self.data and not self.probe and not self.humaneval and not self.ifeval:
+        if not (self.data or self.probe or self.humaneval or self.ifeval or self.lm_eval):
             raise SlmError("slm eval needs --data (held-out sets), --probe instruct, --humaneval, --ifeval, "
                            "or some of them")
         if self.tasks and len(self.tasks) != len(self.models):
@@ -143,6 +147,15 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
         from .humaneval import check_tokenizer
         for d in dirs:
             check_tokenizer(d)
+    if args.ifeval:  # a chat template in every model, before the first one is scored
+        from .probe import chat_tokenizer
+        for d in dirs:
+            chat_tokenizer(d)
+    tm = lm_args = None
+    if args.lm_eval:  # every task name checked before any model is loaded
+        from .lmeval import LmEvalArgs, task_manager
+        lm_args = LmEvalArgs(tasks=args.lm_eval, include=args.lm_eval_include, limit=args.lm_eval_limit)
+        tm = task_manager(lm_args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     rows, reference = [], None
@@ -158,6 +171,11 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
             from .ifeval import IFEvalArgs, ifeval
             from .probe import chat_tokenizer
             rows[-1][IFEVAL_SET] = ifeval(model, chat_tokenizer(d), IFEvalArgs(prompts=args.ifeval), device)
+        if lm_args:
+            from transformers import AutoTokenizer  # transformers: deferred, a heavy import
+
+            from .lmeval import run
+            rows[-1][LMEVAL_KEY] = run(model, AutoTokenizer.from_pretrained(str(d)), lm_args, tm)
         del model
     names = (list(splits) + ([PROBE_SET] if args.probe else []) + ([HUMANEVAL_SET] if args.humaneval else [])
              + ([IFEVAL_SET] if args.ifeval else []))

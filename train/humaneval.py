@@ -93,11 +93,15 @@ def solution_losses(model, tok, probs: list[dict], args: HumanEvalArgs, device,
         for r, i in enumerate(idx):
             ids[r, :len(seqs[i][0])] = torch.tensor(seqs[i][0])
             mask[r, :len(seqs[i][0])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        # the output head only on the positions that predict a solution token (a 49k-word vocabulary over
+        # every prompt position would be most of the work)
+        hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        head = model.get_output_embeddings()
         for r, i in enumerate(idx):
             s_ids, start = seqs[i]
             tgt = torch.tensor(s_ids[start:], device=device)
-            out[i] = F.cross_entropy(logits[r, start - 1:len(s_ids) - 1], tgt, reduction="none").tolist()
+            logits = head(hidden[r, start - 1:len(s_ids) - 1]).float()
+            out[i] = F.cross_entropy(logits, tgt, reduction="none").tolist()
         if bar:
             bar(len(idx))
     return out

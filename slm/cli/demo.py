@@ -199,7 +199,10 @@ def run_eval(ctx: dict, out: Path) -> None:
 # gain vs forgetting (held-out sets and the instruction probe) with their uncertainties. At this budget most
 # differences are inside the noise, and the report says so; benchmarks and `slm ablate` with a larger
 # --budget, --seeds and --lr-grid give the real comparison.
-ABLATE = dict(budget=2048, probe_prompts=16, eval_tokens=2048)
+# HumanEval: the canonical-solution loss of the first 40 problems (paired between models; pass@1 generation of
+# all 164 would take longer than the whole demo on 2 cores), and the IFEval-verified probe on 16 prompts.
+ABLATE = dict(budget=2048, probe_prompts=16, eval_tokens=2048, humaneval="loss", humaneval_problems=40,
+              ifeval=16)
 
 
 def run_ablate(ctx: dict, out: Path) -> None:

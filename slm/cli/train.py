@@ -53,6 +53,11 @@ def register(sub) -> None:
     p.add_argument("--ifeval", type=int, default=0, metavar="N",
                    help="IFEval-verified probe: N held-out chat tasks with IFEval instructions, checked by "
                         "IFEval's own verifiers (if-verifiable)")
+    p.add_argument("--lm-eval", metavar="TASKS", help="comma-separated lm-evaluation-harness tasks, e.g. "
+                   "arc_easy,hellaswag (pip install 'slm-lab[lmeval]'; datasets from the HF cache or local "
+                   "files)")
+    p.add_argument("--lm-eval-include", default="", help="a folder of extra lm-eval task YAMLs")
+    p.add_argument("--lm-eval-limit", type=int, default=0, help="documents per lm-eval task (0 = all)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--sets", help="comma-separated set names (default: all)")
     p.add_argument("--tasks", help="comma-separated: the task each model's stage learned ('' = none), for "
@@ -103,7 +108,8 @@ def cmd_eval(args) -> int:
                      tasks=args.tasks.split(",") if args.tasks is not None else [], seq_len=args.seq_len,
                      tokens=args.tokens, probe=args.probe or "", probe_prompts=args.probe_prompts,
                      humaneval=args.humaneval or "", humaneval_problems=args.humaneval_problems,
-                     ifeval=args.ifeval)
+                     ifeval=args.ifeval, lm_eval=args.lm_eval.split(",") if args.lm_eval else [],
+                     lm_eval_include=args.lm_eval_include, lm_eval_limit=args.lm_eval_limit)
     res = run_eval(eargs, Path(args.out) if args.out else None, args.force)
     if args.json:
         print(json.dumps(res, indent=1, default=str))
@@ -119,6 +125,8 @@ def cmd_eval(args) -> int:
 
 
 def _eval_cell(name: str, v: dict) -> str:
+    if "tasks" in v:
+        return ", ".join(f"{t} {m} {x['value']:.4f}" for t, ms in v["tasks"].items() for m, x in ms.items())
     if "prompt_strict" in v:
         return ", ".join(f"{name} {k.replace('_', ' ')} {v[k]['rate']:.1%} [{v[k]['ci95'][0]:.1%}, "
                          f"{v[k]['ci95'][1]:.1%}]" for k in ("prompt_strict", "instruction_loose"))

@@ -186,6 +186,7 @@ def test_ablate_seeds_and_lr_grid(tiny_expanded, tiny_data, tmp_path):
         for run in r["runs"]:
             rec = json.loads((Path(run) / "slm.json").read_text())
             assert rec["args"]["lr"] == r["lr"] and not (Path(run) / "final").exists()
+            assert not (Path(run) / "checkpoints").exists() and (Path(run) / "metrics.jsonl").is_file()
     assert not (out / "runs" / "grid").exists()
     assert json.loads((out / "runs" / "full-seed1" / "slm.json").read_text())["args"]["seed"] == 1
     html = (out / "report.html").read_text()
