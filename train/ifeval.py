@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from slm.errors import SlmError
 from slm.stats import wilson
 
+from .probe_prompts import split_prompts
+
 IFEVAL_SET = "ifeval"  # its column beside the held-out sets in slm eval and the ablation
 WORDS = ["python", "example", "simple", "answer", "result", "first", "value", "clear", "short", "list"]
 FORBIDDEN = ["very", "really", "just", "thing", "maybe", "basically", "actually", "quite"]
@@ -60,6 +62,7 @@ class IFEvalArgs:
 
 def _registry() -> tuple[dict, dict]:
     try:
+        # if-verifiable: an optional dependency (the evals extra)
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, INSTRUCTION_DICT
     except ImportError:
         raise SlmError("the IFEval probe needs the if-verifiable package: pip install 'slm-lab[evals]'") \
@@ -69,7 +72,6 @@ def _registry() -> tuple[dict, dict]:
 
 def build_prompts(args: IFEvalArgs) -> list[dict]:
     """Deterministic prompts: {prompt, instruction_id_list, kwargs} as IFEval's own data rows are."""
-    from .probe_prompts import split_prompts
 
     registry, conflicts = _registry()
     rng = random.Random(f"ifeval:{args.seed}")
@@ -91,6 +93,7 @@ def build_prompts(args: IFEvalArgs) -> list[dict]:
 
 def check(rows: list[dict], responses: list[str]) -> list[dict]:
     """Each response checked by IFEval's verifiers: per prompt its instructions' strict and loose results."""
+    # if-verifiable and its langdetect: optional dependencies (the evals extra)
     import langdetect
     from if_verifiable.common import evaluate_instructions
 
@@ -131,6 +134,7 @@ def scores(rows: list[dict], checked: list[dict]) -> dict:
 
 def ifeval(model, tok, args: IFEvalArgs, device) -> dict:
     """One chat model's IFEval-verified row: greedy answers to the built prompts, checked."""
+    # torch: deferred, a heavy import (slm.train.probe imports it)
     from .probe import ProbeArgs, answer
 
     rows = build_prompts(args)

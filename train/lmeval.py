@@ -40,6 +40,7 @@ def task_manager(args: LmEvalArgs):
     """The harness's task index (with `include`), every task name checked: an unknown one is refused in one
     line naming the closest known names."""
     try:
+        # lm-eval: an optional dependency (the lmeval extra)
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise SlmError("--lm-eval needs the lm-evaluation-harness: pip install 'slm-lab[lmeval]'") from None
@@ -55,6 +56,7 @@ def task_manager(args: LmEvalArgs):
 
 def run(model, tok, args: LmEvalArgs, tm) -> dict:
     """The harness on a loaded HF model: {task: {metric: {"value", "stderr"}}, "_n": {task: documents}}."""
+    # lm-eval: an optional dependency (the lmeval extra)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 

@@ -102,7 +102,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from slm.train.evaluate import EvalArgs, run_eval  # torch: deferred, a heavy import
+    # torch: deferred, a heavy import
+    from slm.train.eval_report import run_eval
+    from slm.train.evaluate import EvalArgs
 
     eargs = EvalArgs(models=args.models, data=args.data or "", sets=args.sets.split(",") if args.sets else [],
                      tasks=args.tasks.split(",") if args.tasks is not None else [], seq_len=args.seq_len,
