@@ -164,6 +164,11 @@ ROWS = [
     Row("data-out-locked", lambda w: prepare(w, f"c={w.dir('src')}", out=w.hold_lock(w.out)),
         "locked by PID"),
     # eval: its report folder is an output too
+    Row("eval-folder-without-a-model", lambda w: ["eval", w.dir("texts"), "--data", w.D],
+        "texts: no HF model (config.json), checkpoint or run with a complete checkpoint there; pass a model"),
+    Row("eval-probe-without-a-tokenizer",
+        lambda w: ["eval", without_tokenizer(w), "--data", w.D, "--probe", "instruct"],
+        "has no tokenizer (tokenizer.json): the instruction probe needs one"),
     Row("eval-out-is-model", lambda w: ["eval", w.M, "--data", w.D, "--out", w.M, "--force"], "is the input"),
     # merge: recipe values and the output
     Row("merge-t-not-a-number",
@@ -225,6 +230,23 @@ def bad_shape(w: Workspace) -> Path:
     return bad
 
 
+def without_tokenizer(w: Workspace) -> Path:
+    """A copy of M with its weights and config only."""
+    d = w.root / "bare"
+    d.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy2(w.M / f, d / f)
+    return d
+
+
+def training_run(w: Workspace) -> Path:
+    """A folder laid out as `slm train` leaves one: final/ holds the model."""
+    run = w.root / "run"
+    shutil.copytree(w.M, run / "final")
+    (run / "metrics.jsonl").write_text("")
+    return run
+
+
 def config_dir(w: Workspace, name: str, config: dict) -> Path:
     d = w.root / name
     d.mkdir()
@@ -259,6 +281,9 @@ ROWS += [
     Row("export-shape-disagrees-with-bytes",
         lambda w: ["export", bad_shape(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
         "has shape"),
+    Row("export-a-training-run",
+        lambda w: ["export", training_run(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
+        "it is a training run; pass its final model"),
     Row("export-unknown-type", lambda w: ["export", w.M, "-o", w.out, "--gguf", "q7_x"],
         "unknown GGUF type 'q7_x'"),
     Row("export-unknown-int4-candidate", lambda w: ["export", w.M, "-o", w.out, "--onnx", "int4:awq"],

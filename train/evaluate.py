@@ -131,7 +131,12 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
     splits = heldout_sets(args.data, args.sets, "--sets") if args.data else {}
     if args.data and not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
-    dirs = [resolve_init(Path(m)) for m in args.models]
+    dirs = [resolve_init(Path(m), "model") for m in args.models]
+    if args.probe:  # every model's tokenizer and chat template, before the long part
+        from .probe import chat_tokenizer  # torch: deferred, a heavy import
+
+        for d in dirs:
+            chat_tokenizer(d)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     rows, reference = [], None
