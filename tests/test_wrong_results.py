@@ -108,3 +108,27 @@ def test_a_failed_export_leaves_no_empty_cache_entry(tmp_path, monkeypatch):
     except RuntimeError:
         pass
     assert not any((tmp_path / "cache").rglob("*"))
+
+
+def test_slm_cache_reports_and_cleans_by_age_and_keeps_entries_in_use(tmp_path, monkeypatch, capsys):
+    import os
+    import time
+
+    import slm.profiling.inputs as inputs
+
+    monkeypatch.setattr(inputs, "CACHE", tmp_path / "quant")
+    old, new, busy = (tmp_path / "quant" / n for n in ("a" * 16, "b" * 16, "c" * 16))
+    for d, days in ((old, 30), (new, 0), (busy, 30)):
+        (d / "export").mkdir(parents=True)
+        (d / "export" / "m.f16.gguf").write_bytes(b"\0" * 2**20)
+        t = time.time() - days * 86400
+        os.utime(d, (t, t))
+    lock_path(busy / "export").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "3 entries, 3.0 MiB" in out and "(in use)" in out
+    assert main(["cache", "clean", "--older-than", "7"]) == 0
+    assert "removed 1 entries, 1.0 MiB" in capsys.readouterr().out
+    assert not old.exists() and new.exists() and busy.exists()
+    assert main(["cache", "clean"]) == 0
+    assert not new.exists() and busy.exists()  # a live process's entry is never removed
