@@ -18,7 +18,7 @@ def _mib(n: int) -> str:
 
 
 def cmd_cache(args) -> int:
-    from slm.profiling import cache, inputs
+    from slm.profiling import cache, inputs  # deferred: the CLI starts without the profiling stack
 
     es = cache.entries()
     for e in es:
@@ -30,7 +30,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from slm.profiling import cache
+    from slm.profiling import cache  # deferred: the CLI starts without the profiling stack
 
     gone = cache.clean(args.older_than)
     print(f"removed {len(gone)} entries, {_mib(sum(e.bytes for e in gone))}"
