@@ -391,6 +391,17 @@ def llama_kvs(**over) -> list:
     return [(k, *v) for k, v in base.items() if v is not None]
 
 
+def export_record_of_another_model(w: Workspace) -> Path:
+    """The slm.json of an export of B (same shape as M, other weights) with a q8_0 validation."""
+    from slm.record import write_record
+
+    b = make_tiny(w.root / "B", vocab_size=VOCAB, seed=1)
+    (w.root / "X").mkdir()
+    write_record(w.root / "X", "export", {}, inputs={"model": b},
+                 result={"validation": {"gguf": {"q8_0": {"kld": {"kld_mean": 0.01}, "perplexity": 9.0}}}})
+    return w.root / "X" / "slm.json"
+
+
 def nested_arrays(depth: int) -> bytes:
     """One field holding an array of an array of … `depth` deep (GGUF allows arrays of arrays)."""
     import struct
@@ -422,6 +433,12 @@ ROWS += [
     Row("plan-context-above-the-model-max",
         lambda w: ["plan", cfg(w, max_position_embeddings=8192), "--device", "jetson-orin-nano-8gb",
                    "--context", "65536"], "--context 65,536 is above the model's maximum context 8,192"),
+    Row("plan-quality-not-json",
+        lambda w: ["plan", w.M, "--device", "jetson-orin-nano-8gb", "--context", "256", "--quality",
+                   w.file("q/slm.json", "not json {")], "is not valid JSON"),
+    Row("plan-quality-of-another-model",
+        lambda w: ["plan", w.M, "--device", "jetson-orin-nano-8gb", "--context", "256", "--quality",
+                   export_record_of_another_model(w)], "measured another model than"),
     Row("info-gguf-zero-heads",
         lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.attention.head_count": (4, 0)}))],
         "llama.attention.head_count is 0"),
