@@ -60,7 +60,12 @@ def _cached_files(out_dir: Path, types: tuple, source: Path, threads: int, given
 
 
 def _cache_note(kind: str, entry: Path, digest: str) -> str:
+    """The report's line for files taken from the cache; marks the entry used (`slm cache clean
+    --older-than` prunes by last use)."""
     made = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.stat().st_mtime))
+    top = next((p for p in (entry, *entry.parents) if p.parent == CACHE), None)
+    if top is not None:
+        os.utime(top)
     return (f"{kind} taken from the cache {entry} (made {made} from weights with SHA-256 {digest[:12]}…, "
             "the same as these); `slm cache clean` removes it")
 

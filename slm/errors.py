@@ -51,8 +51,8 @@ def disk_full(where, written: int | None = None, need: int | None = None) -> Slm
         parts.append(f"{_mib(written)} written before it filled")
     if need:
         parts.append(f"needs about {_mib(need)}")
-    return SlmError(f"disk full while writing {where} ({', '.join(parts)}); nothing was kept: free space "
-                    "there or choose an output on another disk")
+    return SlmError(f"disk full while writing {where} ({', '.join(parts)}); what it half-wrote was removed: "
+                    "free space there or choose an output on another disk")
 
 
 def tree_bytes(path) -> int:

@@ -39,12 +39,24 @@ def read_config(model_dir: Path | str) -> dict:
         raise SlmError(f"model {model_dir} is not a directory: pass an HF checkpoint folder, a Hub id "
                        "org/name[@revision], or a GGUF through `slm import`")
     if not cfg.is_file():
-        raise SlmError(f"no config.json in {model_dir}: not an HF checkpoint (use `slm import FILE.gguf "
-                       "OUT/` for a GGUF)")
+        raise SlmError(f"no config.json in {model_dir}: {_what_instead(model_dir)}")
     try:
         return json.loads(cfg.read_text())
     except json.JSONDecodeError as e:
         raise SlmError(f"{cfg} is not valid JSON ({e}); re-download or re-save the checkpoint") from None
+
+
+def _what_instead(folder: Path) -> str:
+    """The fix for a folder that is not an HF checkpoint, by what it is: a training run names its final model
+    or newest checkpoint, a checkpoint its model/, anything else `slm import` of a GGUF."""
+    if (folder / "final" / "config.json").is_file():
+        return f"it is a training run; pass its final model {folder / 'final'}"
+    if (folder / "model" / "config.json").is_file():
+        return f"it is a training checkpoint; pass its model {folder / 'model'}"
+    steps = sorted((folder / "checkpoints").glob("step-*/model/config.json"))
+    if steps:
+        return f"it is a training run with no final model; pass a checkpoint's model, e.g. {steps[-1].parent}"
+    return "not an HF checkpoint (use `slm import FILE.gguf OUT/` for a GGUF)"
 
 
 def weight_files(model_dir: Path) -> list[Path]:

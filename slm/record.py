@@ -106,6 +106,10 @@ def read_record(path: Path) -> dict | None:
                        "steps)")
     if not isinstance(rec.get("result", {}), dict):
         raise SlmError(f"{p}: its 'result' is not an object: re-run the step that wrote it")
+    try:  # every reader of a record reads its figures: damaged ones are refused here, naming the file
+        load(rec.get("result", {}).get("figures", []))
+    except SlmError as e:
+        raise SlmError(f"{p}: {e}: re-run the step that wrote it") from None
     return rec
 
 

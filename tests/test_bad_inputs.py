@@ -164,6 +164,11 @@ ROWS = [
     Row("data-out-locked", lambda w: prepare(w, f"c={w.dir('src')}", out=w.hold_lock(w.out)),
         "locked by PID"),
     # eval: its report folder is an output too
+    Row("eval-folder-without-a-model", lambda w: ["eval", w.dir("texts"), "--data", w.D],
+        "texts: no HF model (config.json), checkpoint or run with a complete checkpoint there; pass a model"),
+    Row("eval-probe-without-a-tokenizer",
+        lambda w: ["eval", without_tokenizer(w), "--data", w.D, "--probe", "instruct"],
+        "has no tokenizer (tokenizer.json): the instruction probe needs one"),
     Row("eval-out-is-model", lambda w: ["eval", w.M, "--data", w.D, "--out", w.M, "--force"], "is the input"),
     Row("eval-lm-eval-unknown-task", lambda w: ["eval", w.M, "--lm-eval", "no_such_task_xyz"],
         "unknown task"),
@@ -236,6 +241,23 @@ def bad_shape(w: Workspace) -> Path:
     return bad
 
 
+def without_tokenizer(w: Workspace) -> Path:
+    """A copy of M with its weights and config only."""
+    d = w.root / "bare"
+    d.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy2(w.M / f, d / f)
+    return d
+
+
+def training_run(w: Workspace) -> Path:
+    """A folder laid out as `slm train` leaves one: final/ holds the model."""
+    run = w.root / "run"
+    shutil.copytree(w.M, run / "final")
+    (run / "metrics.jsonl").write_text("")
+    return run
+
+
 def config_dir(w: Workspace, name: str, config: dict) -> Path:
     d = w.root / name
     d.mkdir()
@@ -270,6 +292,9 @@ ROWS += [
     Row("export-shape-disagrees-with-bytes",
         lambda w: ["export", bad_shape(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
         "has shape"),
+    Row("export-a-training-run",
+        lambda w: ["export", training_run(w), "-o", w.out, "--gguf", "f32", "--pre-tokenizer", "gpt-2"],
+        "it is a training run; pass its final model"),
     Row("export-unknown-type", lambda w: ["export", w.M, "-o", w.out, "--gguf", "q7_x"],
         "unknown GGUF type 'q7_x'"),
     Row("export-unknown-int4-candidate", lambda w: ["export", w.M, "-o", w.out, "--onnx", "int4:awq"],
@@ -382,6 +407,17 @@ def llama_kvs(**over) -> list:
     return [(k, *v) for k, v in base.items() if v is not None]
 
 
+def export_record_of_another_model(w: Workspace) -> Path:
+    """The slm.json of an export of B (same shape as M, other weights) with a q8_0 validation."""
+    from slm.record import write_record
+
+    b = make_tiny(w.root / "B", vocab_size=VOCAB, seed=1)
+    (w.root / "X").mkdir()
+    write_record(w.root / "X", "export", {}, inputs={"model": b},
+                 result={"validation": {"gguf": {"q8_0": {"kld": {"kld_mean": 0.01}, "perplexity": 9.0}}}})
+    return w.root / "X" / "slm.json"
+
+
 def nested_arrays(depth: int) -> bytes:
     """One field holding an array of an array of … `depth` deep (GGUF allows arrays of arrays)."""
     import struct
@@ -413,6 +449,12 @@ ROWS += [
     Row("plan-context-above-the-model-max",
         lambda w: ["plan", cfg(w, max_position_embeddings=8192), "--device", "jetson-orin-nano-8gb",
                    "--context", "65536"], "--context 65,536 is above the model's maximum context 8,192"),
+    Row("plan-quality-not-json",
+        lambda w: ["plan", w.M, "--device", "jetson-orin-nano-8gb", "--context", "256", "--quality",
+                   w.file("q/slm.json", "not json {")], "is not valid JSON"),
+    Row("plan-quality-of-another-model",
+        lambda w: ["plan", w.M, "--device", "jetson-orin-nano-8gb", "--context", "256", "--quality",
+                   export_record_of_another_model(w)], "measured another model than"),
     Row("info-gguf-zero-heads",
         lambda w: ["info", raw_gguf(w, "h.gguf", llama_kvs(**{"llama.attention.head_count": (4, 0)}))],
         "llama.attention.head_count is 0"),

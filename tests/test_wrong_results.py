@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from slm.cli import main
 from slm.guard import lock_path
@@ -108,3 +109,88 @@ def test_a_failed_export_leaves_no_empty_cache_entry(tmp_path, monkeypatch):
     except RuntimeError:
         pass
     assert not any((tmp_path / "cache").rglob("*"))
+
+
+def test_slm_cache_reports_and_cleans_by_age_and_keeps_entries_in_use(tmp_path, monkeypatch, capsys):
+    import os
+    import time
+
+    import slm.profiling.inputs as inputs
+
+    monkeypatch.setattr(inputs, "CACHE", tmp_path / "quant")
+    old, new, busy = (tmp_path / "quant" / n for n in ("a" * 16, "b" * 16, "c" * 16))
+    for d, days in ((old, 30), (new, 0), (busy, 30)):
+        (d / "export").mkdir(parents=True)
+        (d / "export" / "m.f16.gguf").write_bytes(b"\0" * 2**20)
+        t = time.time() - days * 86400
+        os.utime(d, (t, t))
+    lock_path(busy / "export").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "3 entries, 3.0 MiB" in out and "(in use)" in out
+    assert main(["cache", "clean", "--older-than", "7"]) == 0
+    assert "removed 1 entries, 1.0 MiB" in capsys.readouterr().out
+    assert not old.exists() and new.exists() and busy.exists()
+    assert main(["cache", "clean"]) == 0
+    assert not new.exists() and busy.exists()  # a live process's entry is never removed
+
+
+# ---- reports: names, comparisons and records that cannot be read -----------------------------------------
+def test_eval_names_two_models_of_one_folder_name_apart():
+    """`slm eval A/m B/m` and `eval RUN RUN/checkpoints/step-000100`: every row and figure has its own
+    name."""
+    from slm.train.evaluate import display_names, eval_figures
+
+    for models in (["/x/A/m", "/x/B/m"], ["/x/run", "/x/run/checkpoints/step-000100"]):
+        names = display_names(models)
+        assert len(set(names)) == 2, names
+        row = {"code": {"ppl": 9.0, "loss_se": 0.01, "tokens": 100, "loss": 2.2}}
+        figs = eval_figures({"matrix": [row, row]}, names)
+        assert len({f.name for f in figs}) == len(figs) == 2
+
+
+def _run(folder: Path, kind: str, figures: list) -> Path:
+    from slm.record import write_record
+
+    folder.mkdir(parents=True)
+    write_record(folder, kind, {}, figures=figures)
+    return folder
+
+
+def test_compare_of_runs_sharing_no_figure_says_so(tmp_path):
+    """A training run against a profile: nothing is shared, so the headline must not claim 'no significant
+    difference'."""
+    from slm.figure import Figure
+    from slm.report.compare import compare_runs
+
+    a = _run(tmp_path / "train", "train", [Figure("train.loss", "final loss", 2.0, "nats/token", "lower",
+                                                  "quality", interval=0.1)])
+    b = _run(tmp_path / "profile", "profile", [Figure("tg32", "decode", 50.0, "tok/s", "higher", "speed",
+                                                      interval=1.0)])
+    html = compare_runs([a, b], tmp_path / "cmp").read_text()
+    assert "share no figure to compare" in html and "no significant difference" not in html
+
+
+BROKEN_RECORDS = {"cut": '{"schema": 3, "kind": "info", "res', "list": "[1, 2]", "no-kind": '{"schema": 3}',
+                  "figures-text": '{"schema": 3, "kind": "info", "result": {"figures": "abc"}}',
+                  "figures-numbers": '{"schema": 3, "kind": "info", "result": {"figures": [1, 2]}}',
+                  "result-list": '{"schema": 3, "kind": "info", "result": [1]}',
+                  "binary": "\udcff"}
+
+
+def test_index_lists_unreadable_records_and_goes_on_compare_names_the_file(tmp_path, capsys):
+    from slm.figure import Figure
+
+    _run(tmp_path / "good", "info", [Figure("params", "parameters", 1e6, "parameters", key=True)])
+    for name, text in BROKEN_RECORDS.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "slm.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert main(["report", "index", str(tmp_path)]) == 0
+    html = (tmp_path / "index.html").read_text()
+    assert "Unreadable folders" in html and all(f">{n}<" in html for n in BROKEN_RECORDS)
+    for name in BROKEN_RECORDS:
+        capsys.readouterr()
+        assert main(["report", "compare", str(tmp_path / "good"), str(tmp_path / name), "-o",
+                     str(tmp_path / f"cmp-{name}")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{tmp_path / name / 'slm.json'}" in err, err

@@ -147,9 +147,9 @@ def _py_unstate(x: list) -> tuple:
     return (x[0], tuple(x[1]), x[2])
 
 
-def resolve_init(path: Path) -> Path:
-    """--init accepts an HF folder, a checkpoint folder (its model/) or a run folder (its newest
-    checkpoint)."""
+def resolve_init(path: Path, what: str = "--init") -> Path:
+    """--init (and eval's MODEL, named by `what` in the error) accepts an HF folder, a checkpoint folder (its
+    model/) or a run folder (its newest checkpoint)."""
     p = Path(path)
     if (p / "model" / "config.json").is_file():
         return p / "model"
@@ -158,4 +158,7 @@ def resolve_init(path: Path) -> Path:
     last = latest(p)
     if last:
         return last / "model"
-    raise SlmError(f"--init {p}: no HF model, checkpoint or run with a complete checkpoint there")
+    if not p.exists():
+        raise SlmError(f"{what} {p} not found: check the path")
+    raise SlmError(f"{what} {p}: no HF model (config.json), checkpoint or run with a complete checkpoint "
+                   "there; pass a model folder, a checkpoint or a training run")

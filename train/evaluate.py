@@ -144,11 +144,11 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
     splits = heldout_sets(args.data, args.sets, "--sets") if args.data else {}
     if args.data and not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
-    dirs = [resolve_init(Path(m)) for m in args.models]
+    dirs = [resolve_init(Path(m), "model") for m in args.models]
     if args.humaneval:
         for d in dirs:
             check_tokenizer(d)
-    if args.ifeval:  # a chat template in every model, before the first one is scored
+    if args.probe or args.ifeval:  # every model's tokenizer and chat template, before the long part
         for d in dirs:
             chat_tokenizer(d)
     tm = lm_args = None

@@ -96,6 +96,9 @@ def chat_tokenizer(model_dir: Path | str):
     """The model's tokenizer; a model without a chat template cannot be probed in chat format."""
     from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
+    if not any((Path(model_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise SlmError(f"{model_dir} has no tokenizer (tokenizer.json): the instruction probe needs one; "
+                       "copy the tokenizer files of the model it came from into the folder, or drop --probe")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if not tok.chat_template:
         raise SlmError(f"{model_dir} has no chat template: the instruction probe needs a chat model "
