@@ -151,17 +151,19 @@ def _roofline_fig(res: dict) -> Chart:
 def write(res: dict, out_html: Path, title: str) -> Path:
     figs, tables = [], []
     if res["backends"]:
-        figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode"), _roofline_fig(res)]
+        figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode")]
+        figs += [_roofline_fig(res)] if "bandwidth_Bps" in res["host"] else []
         for name, b in res["backends"].items():
             pr = b.get("protocol", res["args"]["bench"])
             rows = b["rows"]
+            rss = f", peak RSS {b['peak_rss'] / MIB:.0f} MiB" if b.get("peak_rss") else ""
             tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after "
-                                f"{pr['warmup']} warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
+                                f"{pr['warmup']} warm-up{rss})",
                                 ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "TTFT ms",
                                  "roofline tok/s", "fraction of roofline", "energy J/token", "tokens per J"],
                                 [[r["test"], pm(r), r.get("reps", pr["reps"]),
-                                  _share(r.get("other_cpu_share")), r.get("ttft_ms"), r["roofline_tok_s"],
-                                  r["roofline_fraction"], *_energy(r)]
+                                  _share(r.get("other_cpu_share")), r.get("ttft_ms"), r.get("roofline_tok_s"),
+                                  r.get("roofline_fraction"), *_energy(r)]
                                  for r in rows],
                                 note=f"{res['how']}. {_legend(res)}. Energy: {_energy_how(rows)}",
                                 highlight=[i for i, r in enumerate(rows)
@@ -272,8 +274,8 @@ def _share(v) -> str:
     return "–" if v is None else f"{v:.0%}"
 
 
-TOP = ("threads", "host.bandwidth", "host.matmul", "kv.bytes_per_token", "kv.crossover", "device",
-       "projected.flagged")
+TOP = ("threads", "device.fingerprint", "host.bandwidth", "host.matmul", "kv.bytes_per_token", "kv.crossover",
+       "device", "projected.flagged")
 
 
 def headline(res: dict) -> tuple[list[Figure], list[str]]:
@@ -281,7 +283,8 @@ def headline(res: dict) -> tuple[list[Figure], list[str]]:
     above them: the measurement conditions and the sweep's worded answer."""
     figs = profile_figures(res)
     top = [f for f in figs if f.name in TOP or f.key]
-    lead = []
+    fp = res.get("device_fingerprint")
+    lead = [f"Measured on {fp['text']}."] if fp else []
     rows = [r for be in res["backends"].values() for r in be["rows"]]
     if rows and "disturbed" in rows[0]:
         n = sum(1 for r in rows if r["disturbed"])
