@@ -74,6 +74,9 @@ def _speed_fig(res: dict, kind: str) -> Chart:
            f"repetitions (repeated until within ±{b.get('target_ci', 0.03):.0%} or "
            f"{b.get('time_cap_s', 0):g} s) after {b['warmup']} warm-up (random token ids, llama-bench "
            "protocol); red ×: measured under interference")
+    if res.get("runner") == "llama-bench":  # slm.profiling.llamabench: llama-bench's fixed repetitions
+        how = (f"{res['how']}, {res['threads']} threads; mean ± 95 % interval (Student t) over llama-bench's "
+               f"-r {b['reps']} repetitions after its own warm-up run")
     return Chart(ax.get_title(), svg_of(fig),
                   how + ("; dashed: projected (see the projection table)" if p else ""))
 
@@ -283,10 +286,12 @@ def headline(res: dict) -> tuple[list[Figure], list[str]]:
     above them: the measurement conditions and the sweep's worded answer."""
     figs = profile_figures(res)
     top = [f for f in figs if f.name in TOP or f.key]
-    fp = res.get("device_fingerprint")
-    lead = [f"Measured on {fp['text']}."] if fp else []
+    lead = []
     rows = [r for be in res["backends"].values() for r in be["rows"]]
-    if rows and "disturbed" in rows[0]:
+    if rows and all(r.get("other_cpu_share", 0) is None for r in rows):
+        lead.append("Measurement conditions: other processes' CPU use was not sampled on the device (the "
+                    "device's own llama-bench ran the tests): check it was otherwise idle.")
+    elif rows and "disturbed" in rows[0]:
         n = sum(1 for r in rows if r["disturbed"])
         lead.append(f"Measurement conditions: {n} of {len(rows)} tests measured under interference "
                     f"({DISTURBED}): measure again on a quiet machine before drawing conclusions." if n else

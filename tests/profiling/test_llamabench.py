@@ -89,7 +89,8 @@ def test_llama_bench_rows_become_the_profile_figures(sshd, gguf, tmp_path):
         assert energy == pytest.approx(4.2 / statistics.fmean(ts), rel=1e-3)
     assert figs["device.fingerprint"]["value"].startswith("not a Jetson")
     html = (out / "index.html").read_text()
-    assert "Measured on not a Jetson" in html and "llama-bench" in html
+    assert "device measured on" in html and "not a Jetson (no /etc/nv_tegra_release)" in html
+    assert "over llama-bench&#39;s -r 5 repetitions" in html or "over llama-bench's -r 5 repetitions" in html
     res = json.loads((out / "profile.json").read_text())
     assert res["runner"] == "llama-bench" and res["device_fingerprint"]["cores"] == cores
 
