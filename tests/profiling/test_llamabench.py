@@ -139,7 +139,7 @@ def _real_llama_bench() -> str | None:
 def test_real_llama_bench_over_ssh_matches_a_direct_run(sshd, gguf, tmp_path):
     exe = _real_llama_bench()
     if not exe:
-        pytest.skip("no llama-bench built: see benchmarks/build_llama_bench.sh (or set LLAMA_BENCH)")
+        pytest.skip("no llama-bench built: `make llama-bench` builds it (or set LLAMA_BENCH)")
     out = tmp_path / "profile"
     assert main(_argv(sshd, gguf, out, "--quick", "--llama-bench", exe, "--threads", "2",
                       "--tg", "16", "--pp", "64", "--depths", "0")) == 0
