@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from slm.errors import SlmError
 from slm.figure import text
 from slm.profiling.api import ProfileArgs, RemoteArgs, profile_model
 from slm.profiling.figures import profile_figures
@@ -21,7 +22,8 @@ def _ints(s: str) -> tuple:
 def register(sub) -> None:
     p = sub.add_parser("profile", help="speed, KV-cache memory and quantization effects, here / on a Jetson "
                                        "/ projected")
-    p.add_argument("model", nargs="?", help="GGUF file, HF folder, ONNX folder or export folder")
+    p.add_argument("model", nargs="?", help="GGUF file, HF folder, ONNX folder or export folder, or a Hub id "
+                                            "org/name[@rev] or org/name/FILE.gguf")
     p.add_argument("--config", help="config.json of an architecture with no weights (projection only)")
     p.add_argument("--device", help="host (default), jetson (= Orin NX 16GB) or a registry "
                                                     "key")
@@ -93,6 +95,9 @@ def cmd_profile(args) -> int:
 
     pa = profile_args(args)
     remote = None
+    lb_flags = [f for f in ("runner", "llama_bench", "tegrastats", "ngl") if getattr(args, f) is not None]
+    if lb_flags and not args.host:
+        raise SlmError(f"--{lb_flags[0].replace('_', '-')} is for a device over SSH: add --host user@device")
     if args.host:
         opts = {"port": args.port, "slm": args.remote_slm, "remote_dir": args.remote_dir,
                 "identity": Path(args.identity) if args.identity else None,
