@@ -54,7 +54,7 @@ def profile_model(model: str | Path | None, out: str | Path, args: ProfileArgs, 
             if not model:
                 raise SlmError("--host needs a MODEL to copy to the device")
             if remote.runner == "llama-bench":
-                from slm.profiling.llamabench import profile_llama_bench
+                from slm.profiling.llamabench import profile_llama_bench  # only this runner needs it
 
                 res = profile_llama_bench(Path(model), args, remote, progress)
             else:

@@ -96,6 +96,7 @@ def resolve_model(arg: str | Path, need: str = "weights") -> str:
 def _snapshot(repo: str, rev: str | None, need: str, is_offline: bool, cache: str,
               endpoint: str | None) -> str:
     try:
+        # huggingface_hub: deferred, only a Hub id needs it (and it may be missing: the error below)
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
             GatedRepoError,
@@ -111,7 +112,7 @@ def _snapshot(repo: str, rev: str | None, need: str, is_offline: bool, cache: st
     where = f"{repo}@{rev}" if rev else repo
     try:
         if need.startswith("file:"):
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import hf_hub_download  # deferred, as above
 
             return hf_hub_download(repo, need[5:], revision=rev, cache_dir=cache, local_files_only=is_offline,
                                    endpoint=endpoint)

@@ -63,14 +63,16 @@ class HubStream:
 
     def __init__(self, src):
         try:
-            import datasets
+            import datasets  # optional (the hub extra), and a heavy import (pyarrow, pandas)
         except ImportError:
             raise SlmError(f"source {src.name} is a Hub dataset: pip install 'slm-lab[hub]' (datasets) to "
                            "read it") from None
         self.src, self.repo = src, src.path[len(PREFIX):]
         where = f"{self.repo}@{src.revision}" if src.revision else self.repo
         first, self.commit = self._locate(where)
-        kw = dict(name=src.config or None, data_dir=src.data_dir or None, split=src.split, streaming=True)
+        # cache_dir read now (datasets reads HF_DATASETS_CACHE once, at import): its lock files go there
+        kw = dict(name=src.config or None, data_dir=src.data_dir or None, split=src.split, streaming=True,
+                  cache_dir=os.environ.get("HF_DATASETS_CACHE") or None)
         try:
             self.ds = datasets.load_dataset(first, **kw, **({} if Path(first).is_dir() else
                                                              {"revision": self.commit}))
@@ -89,6 +91,7 @@ class HubStream:
     def _locate(self, where: str) -> tuple[str, str]:
         """(what load_dataset opens, the commit): the Hub id pinned to its commit, or offline the cache
         folder."""
+        # huggingface_hub: deferred with datasets, which brings it
         from huggingface_hub import HfApi, snapshot_download
         from huggingface_hub.errors import (
             LocalEntryNotFoundError,

@@ -83,7 +83,7 @@ class TensorBoard(Tracker):
 
 class WandB(Tracker):
     def __init__(self, run: Path, config: dict, resumed_step: int | None):
-        import wandb
+        import wandb  # optional (the track extra)
 
         mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
         # an id from the run folder, so --resume continues the same W&B run

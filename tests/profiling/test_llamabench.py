@@ -141,8 +141,8 @@ def test_real_llama_bench_over_ssh_matches_a_direct_run(sshd, gguf, tmp_path):
     if not exe:
         pytest.skip("no llama-bench built: `make llama-bench` builds it (or set LLAMA_BENCH)")
     out = tmp_path / "profile"
-    assert main(_argv(sshd, gguf, out, "--quick", "--llama-bench", exe, "--threads", "2",
-                      "--tg", "16", "--pp", "64", "--depths", "0")) == 0
+    assert main(_argv(sshd, gguf, out, "--llama-bench", exe, "--threads", "2", "--tg", "16", "--pp", "64",
+                      "--depths", "0")) == 0
     figs = {f["name"]: f for f in json.loads((out / "slm.json").read_text())["result"]["figures"]}
     direct = json.loads(subprocess.run([exe, "-m", str(gguf), "-o", "json", "-r", "5", "-t", "2", "-p", "64",
                                         "-n", "16", "-d", "0"], capture_output=True, text=True,
