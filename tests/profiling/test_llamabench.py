@@ -1,6 +1,7 @@
 """`slm profile --host ... --runner llama-bench`: the device's own llama-bench over the local sshd. CI plays
-back llama-bench JSON rows (tests/profiling/data, in the layout llama-bench.cpp prints with `-o json`) from a
-stub on the remote; the slow test runs a real llama-bench when one is built (LLAMA_BENCH or the cache)."""
+back recorded llama-bench JSON rows from a stub on the remote (tests/profiling/data/llama-bench-smollm2.json:
+`llama-bench -o json -r 5 -t 2` of the bundled Q4_1 GGUF, built by `make llama-bench`, on 2 shared cores);
+the slow test runs the real llama-bench when one is built (LLAMA_BENCH or the cache)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_llama_bench_rows_become_the_profile_figures(sshd, gguf, tmp_path):
         ts = row["samples_ts"]
         assert f["value"] == pytest.approx(statistics.fmean(ts), abs=1e-3)
         half = ci95_of(ts)
-        assert f["interval"] == pytest.approx(half, rel=1e-6)  # Student t over llama-bench's samples
+        assert f["interval"] == pytest.approx(half, rel=1e-4)  # Student t over llama-bench's samples
         assert f["how"] == "measured over SSH" and f["n"] == 5
         # energy from tegrastats' VDD_IN (4.2 W) over the run
         energy = figs[f"llama.cpp.{test}.energy"]["value"]
