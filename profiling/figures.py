@@ -27,15 +27,18 @@ def _is_key(name: str, r: dict, bench: dict) -> bool:
 def backend_figures(res: dict, how: str) -> list[Figure]:
     out = []
     bench = res["args"]["bench"]
+    # the device's own llama-bench (slm.profiling.llamabench) or this protocol on a backend
+    method = "the device's llama-bench" if res.get("runner") == "llama-bench" else "llama-bench protocol"
     for name, b in res["backends"].items():
         for r in b["rows"]:
             label, n = _test_label(name, r), f"{name}.{r['test']}"
             out.append(timed(n, label, round(r["tok_s"], 3), r.get("tok_s_std"), r.get("reps"), how=how,
                              disturbed=r.get("disturbed", False), key=_is_key(name, r, bench),
-                             source=f"{b['threads']} threads, llama-bench protocol"))
-            out.append(Figure(f"{n}.roofline", f"{label}: share of this host's roofline",
-                              round(r["roofline_fraction"], 4), "share", "higher", "speed", how,
-                              note="against the host's measured bandwidth / matmul peak"))
+                             source=f"{b['threads']} threads, {method}"))
+            if "roofline_fraction" in r:  # not for llama-bench runs: the device's peaks are not measured
+                out.append(Figure(f"{n}.roofline", f"{label}: share of this host's roofline",
+                                  round(r["roofline_fraction"], 4), "share", "higher", "speed", how,
+                                  note="against the host's measured bandwidth / matmul peak"))
             if r.get("j_per_token") is not None:  # only where measured (slm.profiling.energy): never a zero
                 out.append(Figure(f"{n}.energy", f"{label}: energy per token", round(r["j_per_token"], 6),
                                   "J/token", "lower", "energy", how, source=r.get("energy_source", "")))
@@ -44,10 +47,12 @@ def backend_figures(res: dict, how: str) -> list[Figure]:
             rows = {r["test"]: r for r in b["rows"]}
             out += latency_figures(name, lat, how, b["threads"], rows.get(f"pp{lat['prompt']}"),
                                    rows.get(f"tg{b['protocol']['tg']}@d0"))
-        out.append(Figure(f"{name}.process_rss", f"peak resident memory of the profiling process ({name})",
-                          b["peak_rss"], "bytes", "lower", "memory", how,
-                          note="the whole Python process (interpreter, torch and every loaded library), "
-                               "not the model alone"))
+        if b.get("peak_rss"):
+            out.append(Figure(f"{name}.process_rss",
+                              f"peak resident memory of the profiling process ({name})", b["peak_rss"],
+                              "bytes", "lower", "memory", how,
+                              note="the whole Python process (interpreter, torch and every loaded library), "
+                                   "not the model alone"))
     return out
 
 
@@ -137,7 +142,9 @@ def profile_figures(res: dict) -> list[Figure]:
     host = res["host"]
     out = [setting("threads", "CPU threads", res["threads"], "threads"),
            analytic("params", "parameters", res["model"]["params"], "parameters", group="size")]
-    if res["backends"]:
+    if res.get("device_fingerprint"):
+        out.append(setting("device.fingerprint", "device measured on", res["device_fingerprint"]["text"]))
+    if res["backends"] and "bandwidth_Bps" in host:
         out += [Figure("host.bandwidth", "host memory bandwidth", round(host["bandwidth_Bps"] / 1e9, 2),
                        "GB/s",
                        "higher", "speed", how, note="best of 5 copies of 256 MiB"),

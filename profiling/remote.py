@@ -1,4 +1,5 @@
-"""Profile on a remote device over SSH: copy the model, run `slm profile --json` there, bring the JSON back.
+"""Profile on a remote device over SSH: copy the model, run `slm profile --json` there (or, with
+runner=llama-bench, the device's own llama-bench: slm.profiling.llamabench), bring the JSON back.
 
 Host keys are always checked (StrictHostKeyChecking=yes against the known_hosts file given, or the user's);
 BatchMode=yes so ssh never prompts. Each failure becomes one clear SlmError and nothing is written locally:
@@ -18,6 +19,7 @@ from slm.errors import SlmError
 from slm.profiling.run import SCHEMA_VERSION
 
 SSH_FAIL = 255  # ssh's own exit status for connection/authentication failures
+RUNNERS = ("slm", "llama-bench")
 
 
 @dataclass
@@ -33,8 +35,17 @@ class RemoteArgs:
     remote_dir: str = ".cache/slm/remote"  # where models are copied, relative to the remote home
     connect_timeout: int = 10  # seconds before an unreachable host is given up
     timeout: int = 3600  # seconds the remote profile may take
+    runner: str = "slm"  # slm: `slm profile` on the device | llama-bench: the device's own llama-bench
+    llama_bench: str = "llama-bench"  # the llama-bench command on the device (runner=llama-bench)
+    tegrastats: str = "tegrastats"  # sampled for power during each llama-bench run, where it exists
+    ngl: int = 999  # llama-bench -ngl: layers offloaded to the GPU (all, as one deploys on a Jetson)
+    threads: int | None = None  # llama-bench -t (None: the device's cores)
 
     def __post_init__(self):
+        if self.runner not in RUNNERS:
+            raise SlmError(f"--runner {self.runner!r}: use one of {', '.join(RUNNERS)}")
+        if self.ngl < 0 or (self.threads is not None and self.threads < 1):
+            raise SlmError("--ngl must be ≥ 0 and --threads ≥ 1")
         if not re.fullmatch(r"[A-Za-z0-9._-]+@[A-Za-z0-9.:_\-\[\]]+|[A-Za-z0-9._-]+", self.host):
             raise SlmError(f"--host {self.host!r} is not user@address: e.g. --host nvidia@192.168.1.20")
         for f in (self.identity, self.known_hosts):
@@ -96,14 +107,7 @@ def profile_remote(model: Path, args: RemoteArgs, profile_argv: list[str], progr
     if cp.returncode != 0:
         raise SlmError(f"`{args.slm}` is not installed on {args.host} (or not on its PATH): `pip install "
                        "slm-lab` there, or pass --remote-slm /path/to/slm")
-    rdir = f"{args.remote_dir}/{model.name}"
-    ssh(args, f"mkdir -p {shlex.quote(args.remote_dir)}", what="mkdir")
-    progress(f"copying {model.name} to {args.host}:{rdir}")
-    cp = _run(["scp", "-q", "-r", *args.ssh_options(), "-P", str(args.port), str(model),
-               f"{args.host}:{args.remote_dir}/"], args, args.timeout, "copying the model")
-    if cp.returncode != 0:
-        raise SlmError(_explain(cp.stderr, args.host) if cp.returncode == SSH_FAIL else
-                       f"copying {model.name} to {args.host} failed: {cp.stderr.strip()[-200:]}")
+    rdir = copy_model(model, args, progress)
     progress(f"profiling on {args.host}")
     remote_cmd = " ".join(shlex.quote(a) for a in [args.slm, "profile", rdir, "--json", *profile_argv])
     cp = ssh(args, remote_cmd, timeout=args.timeout, what="the remote profile")
@@ -123,6 +127,19 @@ def profile_remote(model: Path, args: RemoteArgs, profile_argv: list[str], progr
                        f"reads {SCHEMA_VERSION}: install the same slm-lab version there")
     relabel(res, f"measured over SSH on {args.host}")
     return res
+
+
+def copy_model(model: Path, args: RemoteArgs, progress=print) -> str:
+    """scp the model (file or folder) into args.remote_dir; returns its path there."""
+    rdir = f"{args.remote_dir}/{model.name}"
+    ssh(args, f"mkdir -p {shlex.quote(args.remote_dir)}", what="mkdir")
+    progress(f"copying {model.name} to {args.host}:{rdir}")
+    cp = _run(["scp", "-q", "-r", *args.ssh_options(), "-P", str(args.port), str(model),
+               f"{args.host}:{args.remote_dir}/"], args, args.timeout, "copying the model")
+    if cp.returncode != 0:
+        raise SlmError(_explain(cp.stderr, args.host) if cp.returncode == SSH_FAIL else
+                       f"copying {model.name} to {args.host} failed: {cp.stderr.strip()[-200:]}")
+    return rdir
 
 
 def relabel(res: dict, how: str) -> None:

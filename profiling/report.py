@@ -75,6 +75,9 @@ def _speed_fig(res: dict, kind: str) -> Chart:
            f"repetitions (repeated until within ±{b.get('target_ci', 0.03):.0%} or "
            f"{b.get('time_cap_s', 0):g} s) after {b['warmup']} warm-up (random token ids, llama-bench "
            "protocol); red ×: measured under interference")
+    if res.get("runner") == "llama-bench":  # slm.profiling.llamabench: llama-bench's fixed repetitions
+        how = (f"{res['how']}, {res['threads']} threads; mean ± 95 % interval (Student t) over llama-bench's "
+               f"-r {b['reps']} repetitions after its own warm-up run")
     return Chart(ax.get_title(), svg_of(fig),
                   how + ("; dashed: projected (see the projection table)" if p else ""))
 
@@ -152,17 +155,19 @@ def _roofline_fig(res: dict) -> Chart:
 def write(res: dict, out_html: Path, title: str) -> Path:
     figs, tables = [], []
     if res["backends"]:
-        figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode"), _roofline_fig(res)]
+        figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode")]
+        figs += [_roofline_fig(res)] if "bandwidth_Bps" in res["host"] else []
         for name, b in res["backends"].items():
             pr = b.get("protocol", res["args"]["bench"])
             rows = b["rows"]
+            rss = f", peak RSS {b['peak_rss'] / MIB:.0f} MiB" if b.get("peak_rss") else ""
             tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after "
-                                f"{pr['warmup']} warm-up, peak RSS {b['peak_rss'] / MIB:.0f} MiB)",
+                                f"{pr['warmup']} warm-up{rss})",
                                 ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "ms per run",
                                  "roofline tok/s", "fraction of roofline", "energy J/token", "tokens per J"],
                                 [[r["test"], pm(r), r.get("reps", pr["reps"]),
-                                  _share(r.get("other_cpu_share")), r.get("prefill_ms"), r["roofline_tok_s"],
-                                  r["roofline_fraction"], *_energy(r)]
+                                  _share(r.get("other_cpu_share")), r.get("prefill_ms"),
+                                  r.get("roofline_tok_s"), r.get("roofline_fraction"), *_energy(r)]
                                  for r in rows],
                                 note=f"{res['how']}. {_legend(res)}. Energy: {_energy_how(rows)}",
                                 highlight=[i for i, r in enumerate(rows)
@@ -317,8 +322,8 @@ def _share(v) -> str:
     return "–" if v is None else f"{v:.0%}"
 
 
-TOP = ("threads", "host.bandwidth", "host.matmul", "kv.bytes_per_token", "kv.crossover", "device",
-       "projected.flagged")
+TOP = ("threads", "device.fingerprint", "host.bandwidth", "host.matmul", "kv.bytes_per_token", "kv.crossover",
+       "device", "projected.flagged")
 
 
 def headline(res: dict) -> tuple[list[Figure], list[str]]:
@@ -328,7 +333,10 @@ def headline(res: dict) -> tuple[list[Figure], list[str]]:
     top = [f for f in figs if f.name in TOP or f.key]
     lead = []
     rows = [r for be in res["backends"].values() for r in be["rows"]]
-    if rows and "disturbed" in rows[0]:
+    if rows and all(r.get("other_cpu_share", 0) is None for r in rows):
+        lead.append("Measurement conditions: other processes' CPU use was not sampled on the device (the "
+                    "device's own llama-bench ran the tests): check it was otherwise idle.")
+    elif rows and "disturbed" in rows[0]:
         n = sum(1 for r in rows if r["disturbed"])
         lead.append(f"Measurement conditions: {n} of {len(rows)} tests measured under interference "
                     f"({DISTURBED}): measure again on a quiet machine before drawing conclusions." if n else

@@ -22,7 +22,8 @@ from slm.errors import SlmError
 # the namespace may be omitted on the Hub but slm requires it, so `gpt2` stays a (missing) local path.
 _NAME = r"[A-Za-z0-9][\w.-]{0,95}"
 HUB_ID = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[^\s@]+))?$")
-COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# one GGUF file of a repository (GGUF repos hold many quantizations: only the one named is fetched)
+GGUF_ID = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[^\s@/]+))?/(?P<file>[^\s@]+\.gguf)$")
 # What `snapshot_download` fetches for each need: a checkpoint's weights, config and aux files; the tokenizer
 # alone (`slm data prepare -t`); the config alone (`slm info`, `slm plan`: no weights needed).
 _CONFIG = ["config.json"]
@@ -56,19 +57,33 @@ def offline() -> bool:
     return val.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+def _local(s: str) -> bool:
+    return Path(s).exists() or s.startswith((".", "/", "~"))
+
+
 def parse_id(arg: str | Path) -> tuple[str, str | None] | None:
     """(repo id, revision or None) when `arg` is not an existing path and reads `org/name[@revision]`."""
     s = str(arg)
-    if Path(s).exists() or s.startswith((".", "/", "~")):
-        return None
-    m = HUB_ID.match(s)
+    m = None if _local(s) else HUB_ID.match(s)
     return (m["repo"], m["rev"]) if m else None
+
+
+def parse_gguf_id(arg: str | Path) -> tuple[str, str | None, str] | None:
+    """(repo id, revision or None, file) when `arg` is not an existing path and reads
+    `org/name[@revision]/FILE.gguf`."""
+    s = str(arg)
+    m = None if _local(s) else GGUF_ID.match(s)
+    return (m["repo"], m["rev"], m["file"]) if m else None
 
 
 def resolve_model(arg: str | Path, need: str = "weights") -> str:
     """The local folder for a model argument: the path itself, or the HF cache snapshot of a Hub id (`need`:
-    weights | tokenizer | config chooses which files are fetched). Anything else comes back unchanged."""
-    parsed = parse_id(arg)
+    weights | tokenizer | config chooses which files are fetched; `org/name[@rev]/FILE.gguf` fetches that one
+    GGUF, the only form need=gguf resolves). Anything else comes back unchanged."""
+    if g := parse_gguf_id(arg):
+        return _snapshot(g[0], g[1], f"file:{g[2]}", offline(), str(hub_cache()),
+                         os.environ.get("HF_ENDPOINT") or None)
+    parsed = None if need == "gguf" else parse_id(arg)  # gguf: only the org/name/FILE.gguf form is an id
     if parsed is None:
         return str(arg)
     if need not in PATTERNS:
@@ -81,11 +96,13 @@ def resolve_model(arg: str | Path, need: str = "weights") -> str:
 def _snapshot(repo: str, rev: str | None, need: str, is_offline: bool, cache: str,
               endpoint: str | None) -> str:
     try:
+        # huggingface_hub: deferred, only a Hub id needs it (and it may be missing: the error below)
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
             LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -94,8 +111,15 @@ def _snapshot(repo: str, rev: str | None, need: str, is_offline: bool, cache: st
                        "pip install 'slm-lab[hub]' (or pass a local folder)") from None
     where = f"{repo}@{rev}" if rev else repo
     try:
+        if need.startswith("file:"):
+            from huggingface_hub import hf_hub_download  # deferred, as above
+
+            return hf_hub_download(repo, need[5:], revision=rev, cache_dir=cache, local_files_only=is_offline,
+                                   endpoint=endpoint)
         path = snapshot_download(repo, revision=rev, cache_dir=cache, allow_patterns=PATTERNS[need],
                                  local_files_only=is_offline, endpoint=endpoint)
+    except RemoteEntryNotFoundError:
+        raise SlmError(f"{where} has no file {need[5:]}: check the file name on the Hub") from None
     except RevisionNotFoundError:
         raise SlmError(f"revision {rev!r} is not a commit, branch or tag of {repo}: pass one that exists "
                        f"(e.g. {repo}@main) or drop @{rev}") from None

@@ -103,6 +103,7 @@ def hub_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
     from slm import hub
 
     hub._snapshot.cache_clear()

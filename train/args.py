@@ -13,6 +13,8 @@ from pathlib import Path
 from slm import recipe
 from slm.errors import SlmError
 
+from .track import require as require_tracker
+
 # Papers' hyper-parameters. CPT: LLaMA Pro (Wu et al. 2024, §4.1): batch 1024 × 4096, lr 2e-4, cosine, warmup
 # 6 %, weight decay 0.1, grad clip 1.0, only the new blocks train. SFT: LLaMA 2 (Touvron et al. 2023, §3.1) /
 # LLaMA Pro-Instruct: batch 128, lr 2e-5, cosine, warmup 3 %, loss only on response tokens, all blocks train.
@@ -82,6 +84,8 @@ class TrainArgs:
     activation_checkpointing: bool = False  # recompute each block in backward (less memory, ~30 % more time)
     fsdp: str | bool = "auto"  # auto (FSDP2 when torchrun starts > 1 rank) | on (FSDP2 also for 1 rank) | off
     log_every: int = 1  # steps between metrics lines
+    # none | tensorboard (run/tensorboard) | wandb (offline unless set up): mirrors metrics.jsonl as it grows
+    report_to: str = "none"
     progress: bool = True  # rich progress bar
     report: bool = True  # write report.html at the end
     # auto (on for CUDA, off for CPU) | true | false: torch.compile per decoder block
@@ -93,6 +97,7 @@ class TrainArgs:
     def __post_init__(self):
         self._check_choices()
         self._check_numbers()
+        require_tracker(self.report_to)
         for name in ("model", "data", "out"):
             if not getattr(self, name) or not isinstance(getattr(self, name), str):
                 raise SlmError(f"the recipe needs `{name}`: add `{name}: PATH` to the YAML or `{name}=PATH` "

@@ -10,8 +10,8 @@ Layout of the output folder (one sub-folder per source, each split written atomi
 
 Idempotent: the fingerprint hashes every input file (path, bytes), the tokenizer and the options; the same
 inputs give the same bytes (sorted files, order-preserving pool, held-out split chosen by a hash of each
-document). Resumable: a source whose source.json carries the current fingerprint is not redone. What a source
-is and how its documents are read: sources.py.
+document; a Hub dataset by its commit). Resumable: a source whose source.json carries the current fingerprint
+is not redone. What a source is and how its documents are read: sources.py (Hub datasets: hub_data.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from slm.figure import from_file
 from slm.guard import clean_stale_temps, guard_output
 from slm.record import atomic_write_text, file_sha256, read_record, write_record
 
+from .hub_data import HubStream, is_hub
 from .sources import Source, check_records, is_heldout, parse_source, read_documents, source_files
 
 # Source, parse_source: sources.py
@@ -46,6 +47,7 @@ class DataArgs:
     tokenizer: str  # folder with tokenizer.json (usually the model folder)
     heldout: float = 0.02  # fraction of each source's documents held out for evaluation (at least 1 document)
     limit: int = 0  # at most this many documents per source (0 = all), taken in sorted order
+    max_tokens: int = 0  # per source, documents are taken until this many tokens are reached (0 = all)
     workers: int = 2  # tokenizer processes
     force: bool = False  # replace an output prepared from different inputs
     progress: bool = True  # rich progress bar
@@ -59,8 +61,8 @@ class DataArgs:
             raise SlmError(f"duplicate source names {names}: give each source its own name")
         if not 0 <= self.heldout < 1:
             raise SlmError(f"heldout must be in [0, 1) (got {self.heldout})")
-        if self.workers < 1 or self.limit < 0:
-            raise SlmError("workers must be ≥ 1 and limit ≥ 0")
+        if self.workers < 1 or self.limit < 0 or self.max_tokens < 0:
+            raise SlmError("workers must be ≥ 1, and --max-docs and --max-tokens ≥ 0")
 
 
 # ---- tokenizing (in worker processes) -----------------------------------------------------------------
@@ -117,8 +119,12 @@ def _init_all(tokenizer_dir: str, heldout: float) -> None:
 
 
 # ---- the step -----------------------------------------------------------------------------------------
-def fingerprint(src: Source, files: list[Path], tok_hash: str, args: DataArgs) -> str:
-    h = hashlib.sha256(json.dumps([asdict(src), tok_hash, args.heldout, args.limit]).encode())
+def fingerprint(src: Source, files: list[Path], tok_hash: str, args: DataArgs, origin: dict | None = None
+                ) -> str:
+    """A hash of everything a source's shards depend on: its options, the tokenizer, the limits, and its
+    files' bytes (or, for a Hub dataset, the commit it was read at)."""
+    h = hashlib.sha256(json.dumps([asdict(src), tok_hash, args.heldout, args.limit, args.max_tokens, origin]
+                                  ).encode())
     for f in files:
         h.update(str(f).encode())
         h.update(file_sha256(f).encode())
@@ -143,7 +149,8 @@ def prepare(args: DataArgs, out: Path | str) -> dict:
     out = Path(out)
     # force=True only breaks a dead process's lock: prepare resumes by design (a rerun continues a killed
     # one), and whether an existing `out` may be replaced is _check_existing's question, under args.force.
-    with guard_output(out, [s.path for s in args.sources] + [args.tokenizer], force=True, exists_ok=True):
+    local = [s.path for s in args.sources if not is_hub(s.path)]
+    with guard_output(out, local + [args.tokenizer], force=True, exists_ok=True):
         return _prepare(args, out)
 
 
@@ -152,14 +159,18 @@ def _prepare(args: DataArgs, out: Path) -> dict:
     if not (tok_dir / "tokenizer.json").is_file() and not (tok_dir / "tokenizer.model").is_file():
         raise SlmError(f"no tokenizer in {tok_dir}: pass --tokenizer MODEL_DIR (a folder with "
                        "tokenizer.json)")
-    files = {s.name: source_files(s) for s in args.sources}  # every path checked before any work
+    # every path, Hub dataset and column checked before any work
+    streams = {s.name: HubStream(s) for s in args.sources if is_hub(s.path)}
+    files = {s.name: [] if s.name in streams else source_files(s) for s in args.sources}
     for s in args.sources:
         check_records(s, files[s.name], args.limit)  # every record's schema, before any tokenizing
     _init_worker(str(tok_dir))
     vocab = len(_TOK)
     dtype = np.uint16 if vocab <= 2**16 else np.uint32
     tok_hash = tokenizer_hash(tok_dir)
-    prints = {s.name: fingerprint(s, files[s.name], tok_hash, args) for s in args.sources}
+    origins = {n: st.origin for n, st in streams.items()}
+    prints = {s.name: fingerprint(s, files[s.name], tok_hash, args, origins.get(s.name))
+              for s in args.sources}
     overall = hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()
     try:
         rec = read_record(out) if out.is_dir() else None
@@ -179,7 +190,8 @@ def _prepare(args: DataArgs, out: Path) -> dict:
               "fingerprint": overall}
     try:
         for s in args.sources:
-            result["sources"][s.name] = _prepare_source(s, files[s.name], prints[s.name], out, dtype, args)
+            result["sources"][s.name] = _prepare_source(s, files[s.name], prints[s.name], out, dtype, args,
+                                                        streams.get(s.name))
     except BaseException:
         if created and not any(not p.name.startswith(".") for p in out.iterdir()):
             # nothing finished: no empty folder left (finished sources resume)
@@ -207,7 +219,8 @@ def _check_existing(out: Path, args: DataArgs, rec: dict | None) -> None:
                            "--force")
 
 
-def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, args: DataArgs) -> dict:
+def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, args: DataArgs,
+                    stream: HubStream | None) -> dict:
     final = out / src.name
     meta_path = final / "source.json"
     if meta_path.is_file():
@@ -218,7 +231,7 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        meta = _tokenize_source(src, files, fp, tmp, dtype, args)
+        meta = _tokenize_source(src, files, fp, tmp, dtype, args, stream)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -227,25 +240,30 @@ def _prepare_source(src: Source, files: list[Path], fp: str, out: Path, dtype, a
     return meta
 
 
-def _tokenize_source(src: Source, files: list[Path], fp: str, tmp: Path, dtype, args: DataArgs) -> dict:
+def _tokenize_source(src: Source, files: list[Path], fp: str, tmp: Path, dtype, args: DataArgs,
+                     stream: HubStream | None) -> dict:
     """Tokenize one source's documents into the split files under `tmp`; returns its source.json."""
-    docs = read_documents(src, files)
+    docs = stream.documents() if stream else read_documents(src, files)
     if args.limit:
         docs = (d for i, d in zip(range(args.limit), docs))
     writers = {sp: _SplitWriter(tmp, sp, dtype) for sp in SPLITS}
     kind = None
     frac = args.heldout if src.heldout is None else src.heldout
+    tokens = 0
     for ids, mask, held in _tokenized(docs, args, frac, src.name):
         kind = kind or ("chat" if mask is not None else "text")
         if (mask is not None) != (kind == "chat"):
             raise SlmError(f"source {src.name} mixes text and chat records: split them into two sources")
         writers["heldout" if held else "train"].add(ids, mask)
+        tokens += len(ids)
+        if args.max_tokens and tokens >= args.max_tokens:
+            break  # a sample of a (streamed) corpus: the rest is never read
     if writers["train"].n_docs + writers["heldout"].n_docs == 0:
         raise SlmError(f"source {src.name}: no non-empty documents in {src.path}")
     if frac and writers["heldout"].n_docs == 0 and writers["train"].n_docs > 1:
         writers["train"].move_last_to(writers["heldout"])  # tiny sources: still hold one document out
     meta = {"name": src.name, "kind": kind, "weight": src.weight, "fingerprint": fp,
-            "dtype": np.dtype(dtype).name, "files": len(files)}
+            "dtype": np.dtype(dtype).name, "files": len(files), **({"hub": stream.origin} if stream else {})}
     for sp, w in writers.items():
         meta.update(w.close())
     atomic_write_text(tmp / "source.json", json.dumps(meta, indent=2))

@@ -44,6 +44,7 @@ from .model import build_model, compile_blocks, param_groups, shard_fsdp2, wants
 from .pack import IGNORE
 from .report import write_train_report
 from .setup import RunSetup, set_up
+from .track import Tracker, open_tracker
 
 
 def lr_at(step: int, total: int, args: TrainArgs) -> float:
@@ -110,27 +111,34 @@ def train(args: TrainArgs) -> dict:
         metrics.begin(state.start if args.resume else None)
         if dist.main and not args.resume:
             save_recipe(setup.run, args)
+        tracker = open_tracker(args.report_to, setup.run, args.to_dict(),
+                               state.start if args.resume else None, dist.main)
         t_run = time.perf_counter()
         # Signals save a checkpoint from here on; before, the CLI's handlers stop at once (nothing to save
         # yet). `signum` is what every rank agreed on inside fit(): a signal after its last sync is not acted
         # on, so all ranks take the same path through the final (collective) evaluation and save.
-        with StopOnSignal(dist) as stop:
-            last_eval, signum = fit(args, setup, dist, state, metrics, stop)
-            if not signum:
-                if setup.heldout and setup.total > state.start:
-                    last_eval = heldout_eval(args, setup, dist, state, metrics, setup.total)
-                if setup.total > state.start or not ckpt.latest(setup.run):
-                    save(args, setup, dist, state, setup.total)
-        return _finish(args, dist, setup, state, metrics, last_eval, signum, time.perf_counter() - t_run)
+        try:
+            with StopOnSignal(dist) as stop:
+                last_eval, signum = fit(args, setup, dist, state, metrics, tracker, stop)
+                if not signum:
+                    if setup.heldout and setup.total > state.start:
+                        last_eval = heldout_eval(args, setup, dist, state, metrics, tracker, setup.total)
+                    if setup.total > state.start or not ckpt.latest(setup.run):
+                        save(args, setup, dist, state, setup.total)
+            res = _finish(args, dist, setup, state, metrics, last_eval, signum, time.perf_counter() - t_run)
+            tracker.figures(res.get("figures", []), res["step"])
+            return res
+        finally:
+            tracker.close()
 
 
-def fit(args: TrainArgs, setup: RunSetup, dist: Dist, state: TrainState, metrics: Metrics,
+def fit(args: TrainArgs, setup: RunSetup, dist: Dist, state: TrainState, metrics: Metrics, tracker: Tracker,
         stop: StopOnSignal) -> tuple[dict, int]:
     """Steps 3-5 from state.start until the end or a signal (which saves a checkpoint and stops); returns the
     last held-out evaluation and the signal every rank stopped on (0: none)."""
     last_eval, signum = {}, 0
     if state.start == 0 and setup.heldout:
-        last_eval = heldout_eval(args, setup, dist, state, metrics, 0)
+        last_eval = heldout_eval(args, setup, dist, state, metrics, tracker, 0)
     state.model.train()
     with _progress(args, dist) as bar:
         task = bar.add_task("train", total=setup.total, completed=state.start, stats="")
@@ -139,12 +147,13 @@ def fit(args: TrainArgs, setup: RunSetup, dist: Dist, state: TrainState, metrics
             rec = train_step(args, setup, dist, state, step)
             if rec["step"] % args.log_every == 0 or rec["step"] == setup.total:
                 metrics.log(rec)
+                tracker.log(rec)
             bar.update(task, advance=1, stats=f"loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
                                               f"gnorm {rec['grad_norm']:.3f} {rec['tok_s']:.0f} tok/s")
             done = step + 1
             stop.sync()
             if _due(args.eval_every, done, setup.total) and setup.heldout:  # 4. evaluate
-                last_eval = heldout_eval(args, setup, dist, state, metrics, done)
+                last_eval = heldout_eval(args, setup, dist, state, metrics, tracker, done)
             if stop.flag:  # 5. save: Ctrl-C or SIGTERM leaves a checkpoint that --resume continues from
                 signum = stop.signum  # synced above: the same on every rank
                 save(args, setup, dist, state, done)
@@ -200,11 +209,12 @@ def train_step(args: TrainArgs, setup: RunSetup, dist: Dist, state: TrainState, 
 
 
 def heldout_eval(args: TrainArgs, setup: RunSetup, dist: Dist, state: TrainState, metrics: Metrics,
-                 step: int) -> dict:
+                 tracker: Tracker, step: int) -> dict:
     """Held-out perplexity of every set, logged at `step`."""
     ev = perplexity(state.model, setup.heldout, args.seq_len, args.eval_tokens, dist.device, args.micro_batch,
                     state.use_mask, state.autocast)
     metrics.log({"step": step, "eval": ev})
+    tracker.log({"step": step, "eval": ev})
     return ev
 
 

@@ -1,5 +1,6 @@
-"""Where training text comes from: a named source (a folder of files, a .jsonl or a .parquet), its documents
-in a fixed order, and the held-out split by content hash. `slm data prepare` (data.py) tokenizes them."""
+"""Where training text comes from: a named source (a folder of files, a .jsonl, a .parquet, or a Hub dataset
+read by hub_data.py), its documents in a fixed order, and the held-out split by content hash. `slm data
+prepare` (data.py) tokenizes them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from slm.errors import SlmError
 
+from .hub_data import is_hub, parse_hub
+
 # records with `text` or `messages`; any other file is one document
 STRUCTURED = {".jsonl", ".json", ".parquet"}
 
@@ -23,6 +26,12 @@ class Source:
     weight: float = 1.0  # share of training sequences drawn from this source, relative to the others
     include: str = "*"  # glob of files taken from a folder (e.g. *.py); searched recursively
     heldout: float | None = None  # this source's held-out fraction (default: DataArgs.heldout)
+    # Hub datasets (path hf:ORG/NAME) only:
+    revision: str = ""  # commit, branch or tag (default: the main branch, pinned to its commit when read)
+    config: str = ""  # the dataset's configuration (subset) name
+    data_dir: str = ""  # a folder inside the dataset repository (e.g. data/python of The Stack)
+    split: str = "train"  # the split streamed
+    column: str = ""  # the column holding text or messages (default: text, messages, then content)
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -33,6 +42,9 @@ class Source:
         if (isinstance(self.weight, bool) or not isinstance(self.weight, (int, float))
                 or not 0 <= self.weight < math.inf):
             raise SlmError(f"source {self.name}: weight must be a finite number ≥ 0 (got {self.weight!r})")
+        if (self.revision or self.config or self.data_dir or self.column) and not is_hub(self.path):
+            raise SlmError(f"source {self.name}: revision, config, data_dir and column are for Hub datasets "
+                           "(path hf:ORG/NAME): drop them for a local path")
 
 
 def parse_source(spec: str, include: str = "*") -> Source:
@@ -42,6 +54,9 @@ def parse_source(spec: str, include: str = "*") -> Source:
     if "=" not in spec:
         raise SlmError(f"--source {spec!r}: write NAME=PATH or NAME=PATH:WEIGHT (e.g. code=src/:1.5)")
     name, rest = spec.split("=", 1)
+    if is_hub(rest):
+        fields, weight = parse_hub(rest)
+        return Source(name=name, **fields, **({} if weight is None else {"weight": weight}))
     head, colon, tail = rest.rpartition(":")
     if not colon or not head:
         return Source(name=name, path=rest, include=include)

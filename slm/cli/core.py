@@ -23,7 +23,7 @@ def register(sub) -> None:
                                                           "package")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=cmd_import)
+    p.set_defaults(func=cmd_import, hub_models={"gguf": "gguf"})
 
 
 def cmd_info(args) -> int:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from slm.errors import SlmError
 from slm.figure import text
 from slm.profiling.api import ProfileArgs, RemoteArgs, profile_model
 from slm.profiling.figures import profile_figures
@@ -21,7 +22,8 @@ def _ints(s: str) -> tuple:
 def register(sub) -> None:
     p = sub.add_parser("profile", help="speed, KV-cache memory and quantization effects, here / on a Jetson "
                                        "/ projected")
-    p.add_argument("model", nargs="?", help="GGUF file, HF folder, ONNX folder or export folder")
+    p.add_argument("model", nargs="?", help="GGUF file, HF folder, ONNX folder or export folder, or a Hub id "
+                                            "org/name[@rev] or org/name/FILE.gguf")
     p.add_argument("--config", help="config.json of an architecture with no weights (projection only)")
     p.add_argument("--device", help="host (default), jetson (= Orin NX 16GB) or a registry "
                                                     "key")
@@ -33,6 +35,13 @@ def register(sub) -> None:
     p.add_argument("--remote-slm", help="the slm command on the remote (default: slm)")
     p.add_argument("--remote-dir",
                    help="where the model is copied on the remote")
+    p.add_argument("--runner", choices=["slm", "llama-bench"],
+                   help="with --host: slm (default: `slm profile` on the device) or llama-bench (the "
+                        "device's own llama.cpp llama-bench; a GGUF only)")
+    p.add_argument("--llama-bench", help="the llama-bench command on the device (default: llama-bench)")
+    p.add_argument("--tegrastats", help="the tegrastats command on the device, sampled for power (default: "
+                                        "tegrastats)")
+    p.add_argument("--ngl", type=int, help="llama-bench -ngl: layers offloaded to the GPU (default: all)")
     p.add_argument("--quant", help="comma list of GGUF types to sweep, e.g. f16,q8_0,q6_k,q4_k_m")
     p.add_argument("--backends", help="backends to run when their input exists (default: all three)")
     p.add_argument("--pp", type=_ints, help="prompt lengths (comma list; default 128,512,2048)")
@@ -91,10 +100,15 @@ def cmd_profile(args) -> int:
 
     pa = profile_args(args)
     remote = None
+    lb_flags = [f for f in ("runner", "llama_bench", "tegrastats", "ngl") if getattr(args, f) is not None]
+    if lb_flags and not args.host:
+        raise SlmError(f"--{lb_flags[0].replace('_', '-')} is for a device over SSH: add --host user@device")
     if args.host:
         opts = {"port": args.port, "slm": args.remote_slm, "remote_dir": args.remote_dir,
                 "identity": Path(args.identity) if args.identity else None,
-                "known_hosts": Path(args.known_hosts) if args.known_hosts else None}
+                "known_hosts": Path(args.known_hosts) if args.known_hosts else None,
+                "runner": args.runner, "llama_bench": args.llama_bench, "tegrastats": args.tegrastats,
+                "ngl": args.ngl, "threads": args.threads}
         remote = RemoteArgs(args.host, **{k: v for k, v in opts.items() if v is not None})
     typed = getattr(args, "given", {}).get("model")  # a Hub id: name the folder after it, not its commit
     name = Path(typed or args.model or args.config or "model").name.replace(".gguf", "").split("@")[0]

@@ -20,11 +20,16 @@ def register(sub) -> None:
                                         "held-out split")
     q.add_argument("out", help="output folder")
     q.add_argument("--source", "-s", action="append", required=True, metavar="NAME=PATH[:WEIGHT]",
-                   help="a folder (one document per file), .jsonl (text or messages) or .parquet; repeatable")
+                   help="a folder (one document per file), .jsonl (text or messages), .parquet, or a Hub "
+                        "dataset hf:ORG/NAME[@REV][:SUBSET][:split=S][:column=C][:WEIGHT]; repeatable")
     q.add_argument("--tokenizer", "-t", required=True, help="folder with tokenizer.json (usually the model)")
     q.add_argument("--include", default="*", help="glob of files taken from folder sources (e.g. '*.py')")
     q.add_argument("--heldout", type=float, default=0.02, help="fraction of documents held out per source")
-    q.add_argument("--limit", type=int, default=0, help="at most this many documents per source (0 = all)")
+    q.add_argument("--max-docs", "--limit", dest="limit", type=int, default=0,
+                   help="at most this many documents per source (0 = all)")
+    q.add_argument("--max-tokens", type=int, default=0,
+                   help="per source, stop after this many tokens (0 = all; a Hub dataset is streamed only "
+                        "that far)")
     q.add_argument("--workers", type=int, default=2, help="tokenizer processes")
     q.add_argument("--force", action="store_true", help="replace data prepared from other inputs")
     q.set_defaults(func=cmd_data_prepare, hub_models={"tokenizer": "tokenizer"})
@@ -73,6 +78,7 @@ def cmd_data_prepare(args) -> int:
 
     res = prepare(DataArgs(sources=[parse_source(s, args.include) for s in args.source],
                            tokenizer=args.tokenizer, heldout=args.heldout, limit=args.limit,
+                           max_tokens=args.max_tokens,
                            workers=args.workers, force=args.force), args.out)
     state = "up to date" if res.get("up_to_date") else "prepared"
     for name, m in res["sources"].items():

@@ -129,3 +129,21 @@ def test_online_missing_repo_and_revision_are_one_line_each(fake_hub):
         hub.resolve_model("acme/missing")
     with pytest.raises(SlmError, match="'v9' is not a commit, branch or tag of acme/real"):
         hub.resolve_model("acme/real@v9")
+
+
+def test_import_one_gguf_of_a_hub_repo_offline(hub_cache, tmp_path):
+    from slm.gguf_import import default_gguf
+
+    repo = tmp_path / "gguf-repo"
+    repo.mkdir()
+    (repo / "smol-q4_1.gguf").symlink_to(default_gguf())
+    snap = put_in_hub_cache(hub_cache, "acme/smol-GGUF", repo, COMMIT)
+    assert hub.resolve_model("acme/smol-GGUF/smol-q4_1.gguf", "gguf") == str(snap / "smol-q4_1.gguf")
+    assert hub.resolve_model("models/smollm2", "gguf") == "models/smollm2"  # `slm import --default OUT`
+    with pytest.raises(SlmError, match="HF_HUB_OFFLINE"):
+        hub.resolve_model("acme/smol-GGUF/other.gguf", "gguf")
+
+
+def test_llama_bench_flags_need_a_host(capsys):
+    assert main(["profile", "x.gguf", "--runner", "llama-bench"]) == 2
+    assert "add --host" in capsys.readouterr().err
