@@ -80,6 +80,8 @@ CANDIDATES: dict[str, Candidate] = {
     "hqq": Candidate("ort", {"algo": "hqq", "block_size": 32},
                      "onnxruntime HQQ (Badri & Shaji 2023), block 32"),
     "hqq_b64": Candidate("ort", {"algo": "hqq", "block_size": 64}, "onnxruntime HQQ, block 64"),
+    "hqq_u8": Candidate("ort", {"algo": "hqq", "block_size": 32, "uint8_zp": True},
+                        "onnxruntime HQQ, block 32, zero points rounded to uint8 (the int4 kernel's layout)"),
     "gptq": Candidate("ort", {"algo": "gptq", "block_size": 32, "symmetric": False},
                       "onnxruntime GPTQ (Frantar et al. 2022), asymmetric, block 32, calibrated"),
 }
@@ -150,7 +152,8 @@ def build(name: str, inp: Inputs) -> Path:
         raise RuntimeError("no calibration text left after the scored tokens: pass a longer --eval-text")
 
     return quantize_folder(fp32, out, o["algo"], o["block_size"], o.get("symmetric", False),
-                           4 if inp.ep == "cpu" else None, inp.calibration)
+                           4 if inp.ep == "cpu" else None, inp.calibration,
+                           uint8_zero_points=o.get("uint8_zp", False))
 
 
 def score_candidate(folder: Path, ref, inp: Inputs, scoring) -> dict:

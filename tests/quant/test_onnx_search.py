@@ -13,6 +13,7 @@ from slm.errors import SlmError
 from slm.quant import onnx_search as O
 from slm.quant import runtimes as rt
 from slm.quant.export import ExportArgs, export
+from slm.quant.onnx_ortq import HEAD
 from slm.score import Scoring
 from tests.train.conftest import VOCAB, save_byte_tokenizer
 
@@ -116,6 +117,37 @@ def test_hqq_ties_the_embedding_to_the_quantized_head(searched, tiny_tok, tmp_pa
     ops = {n.op_type for n in g.node}
     assert "GatherBlockQuantized" in ops and "Transpose" not in ops and "MatMul" not in ops
     assert not [i for i in g.initializer if i.name == "lm_head.MatMul.weight"]
+
+
+def test_hqq_u8_writes_the_int4_kernels_zero_point_layout(tiny_tok, tmp_path):
+    """HQQ's float zero points become packed uint8 ones with accuracy_level 4 (the CPU int4 kernel's path),
+    and the re-quantized weights dequantize to within one quantization step of the HQQ ones."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    inp = _inputs(tiny_tok, tmp_path)
+    f_hqq, f_u8 = O.build("hqq", inp), O.build("hqq_u8", inp)
+    nodes = {}
+    for tag, f in (("hqq", f_hqq), ("u8", f_u8)):
+        m = onnx.load(str(f / "model.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        nodes[tag] = {n.name: (n, inits) for n in m.graph.node if n.op_type == "MatMulNBits"}
+    body = [k for k in nodes["u8"] if not k.startswith(HEAD)]
+    assert body
+    for name in body:
+        n, inits = nodes["u8"][name]
+        assert inits[n.input[3]].dtype == np.uint8
+        assert {a.name: a.i for a in n.attribute}["accuracy_level"] == 4
+        h, hinits = nodes["hqq"][name]
+        assert hinits[h.input[3]].dtype != np.uint8  # what HQQ itself writes: float zero points
+        cols = {a.name: a.i for a in n.attribute}["N"]
+        zf = hinits[h.input[3]].reshape(cols, -1)
+        packed = inits[n.input[3]].reshape(cols, -1)
+        zu = np.stack([packed & 15, packed >> 4], -1).reshape(cols, -1)[:, :zf.shape[1]]
+        assert np.abs(zu - np.clip(np.round(zf), 0, 15)).max() == 0
+    # it still runs and predicts like the HF model more often than not on the tiny model's text
+    assert rt.onnx_logits(f_u8, inp.score_ids[:8]).shape == (8, VOCAB)
 
 
 def test_calibration_never_overlaps_the_scored_tokens():
