@@ -91,7 +91,11 @@ CANDIDATES: dict[str, Candidate] = {
 # incl. the 7 s fp32 build), hqq 0.082 (6.5+1.8), hqq_b64 0.456 (13.5+2.5); gptq 0.464 (599+5 with 2 × 512
 # calibration tokens: a full fp32 pass per distinct MatMul input per window) — GPTQ is in `int4:all` only.
 # This list: ~150 s + the reference.
-DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64")
+# hqq (float zero points) decodes 10-15× slower than the rest on CPU (onnxruntime's MatMulNBits dequantises
+# weights with float zero points instead of running its int4 kernel; measured beside hqq_u8 under the same
+# load: 0.4 vs 6.5 tok/s, accuracy_level 4 alone does not help); it stays in the list for its KLD, and the
+# rule weighs the speed.
+DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64", "hqq_u8")
 SCORE_TOKENS = 512  # at most this many tokens scored; the rest of the text calibrates GPTQ
 # GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)
 CALIB_WINDOWS = 2
