@@ -91,11 +91,13 @@ CANDIDATES: dict[str, Candidate] = {
 # incl. the 7 s fp32 build), hqq 0.082 (6.5+1.8), hqq_b64 0.456 (13.5+2.5); gptq 0.464 (599+5 with 2 × 512
 # calibration tokens: a full fp32 pass per distinct MatMul input per window) — GPTQ is in `int4:all` only.
 # This list: ~150 s + the reference.
-# hqq (float zero points) decodes 10-15× slower than the rest on CPU (onnxruntime's MatMulNBits dequantises
-# weights with float zero points instead of running its int4 kernel; measured beside hqq_u8 under the same
-# load: 0.4 vs 6.5 tok/s, accuracy_level 4 alone does not help); it stays in the list for its KLD, and the
-# rule weighs the speed.
-DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64", "hqq_u8")
+# Why hqq decodes 10-15× slower on CPU: its MatMulNBits nodes carry float zero points, and onnxruntime's CPU
+# kernel runs its int4 (MLAS SQNBit) path only for uint8 ones — with float ones it dequantises the weights
+# first. accuracy_level 4 alone does not help. Measured side by side on SmolLM2-135M, 2 threads, a loaded
+# host (decode tok/s, mean of 3 × 32 steps): builder default 17.0 ± 2.2, hqq_u8 14.0 ± 5.9, hqq 1.05 ± 0.11;
+# but hqq_u8's rounded zero points give back HQQ's gain (KLD 0.460 vs hqq's 0.084, the default's 0.452).
+# So hqq stays for its KLD, the rule weighs its speed, and hqq_u8 is in `int4:all` only.
+DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64")
 SCORE_TOKENS = 512  # at most this many tokens scored; the rest of the text calibrates GPTQ
 # GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)
 CALIB_WINDOWS = 2
