@@ -1,4 +1,4 @@
-"""`--onnx int4` tries several int4 recipes and keeps the lowest KLD that fits a q4_k_m's size.
+"""`--onnx int4` tries several int4 recipes and keeps, by the rule, one within a q4_k_m's size.
 
 Fast tests use a tiny random Llama with tied embeddings and a byte tokenizer (the builder needs
 tokenizer.json); the slow one the bundled SmolLM2-135M."""
