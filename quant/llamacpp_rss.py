@@ -28,7 +28,7 @@ def _status_kib(key: str) -> int:
 
 def _child(gguf: str, n_ctx: int, threads: int, prompt: int, steps: int) -> dict:
     """Runs in the subprocess: baseline, load, use, peak (bytes)."""
-    from .llamacpp import LlamaCpp, lib  # llama.cpp: loaded in the child only, after its baseline
+    from .llamacpp import LlamaCpp, lib  # llama.cpp: imported in the child only, away from the parent's torch
 
     lib()  # the shared library mapped before the baseline: its code is not the model's memory
     with open("/proc/self/clear_refs", "w") as f:
