@@ -1,17 +1,20 @@
-"""ONNX int4 before and after the recipe search, against GGUF q4_k_m scored on the same tokens:
-every candidate's size and KLD against the fp32 HF model (the one scorer, slm/score.py), the builder default
-("before") and the kept recipe ("after"). The target on SmolLM2-135M: KLD ≤ 1.5 × q4_k_m's at ≤ 105 MiB, on
-the first 512 tokens of GPL-3 (`slm export --eval-text` with that file scores exactly those, in 256-token
-windows).
+"""ONNX int4 recipes on both axes, side by side in one run: every candidate's KLD against the fp32 HF model
+(the one scorer, slm/score.py), weight size, decode and prefill tok/s on this machine (slm.quant.onnx_speed:
+the profiler's protocol, short), the builder default ("before"), the recipe `--int4-rule` keeps, and llama.cpp
+q4_k_m on the same scored tokens and threads. Targets on SmolLM2-135M: the kept recipe's KLD ≤ 1.5 × q4_k_m's
+AND its decode ≥ 0.9 × the builder default's, at ≤ 105 MiB, on the first 512 tokens of GPL-3.
 
-    .venv/bin/python benchmarks/bench_onnx_int4.py [--model DIR] [--text FILE] [--all] [--out DIR]
+    .venv/bin/python benchmarks/bench_onnx_int4.py [--model DIR] [--text FILE] [--all] [--threads N]
+                                                   [--rule balanced|quality|speed] [--out DIR]
 
-About 3 minutes on 2 cores for the default candidate list; --all adds GPTQ (about 2.5 more minutes here).
+About 5 minutes on 2 quiet cores for the default list (the slow float-zero-point HQQ is timed too); --all adds
+GPTQ. On a loaded machine every speed is lower: read the ratios, and the load printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -47,6 +50,8 @@ def main() -> None:
                          "else the built-in passage)")
     ap.add_argument("--all", action="store_true", help="every candidate (GPTQ included)")
     ap.add_argument("--out", help="export folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for every runtime (default 2)")
+    ap.add_argument("--rule", default="balanced", help="--int4-rule: balanced, quality or speed")
     a = ap.parse_args()
 
     from slm.gguf_import import import_gguf
@@ -55,38 +60,75 @@ def main() -> None:
     work = Path(a.out or tempfile.mkdtemp(prefix="bench-int4-"))
     model = Path(a.model) if a.model else import_gguf(None, work / "model")
     args = ExportArgs(gguf=["q4_k_m"], onnx=["int4:all" if a.all else "int4"], validate=False, force=True,
-                      eval_text=a.text)
+                      eval_text=a.text, threads=a.threads, int4_rule=a.rule)
     res = export(model, work / "export", args)
     s = res["onnx_int4"]
     text = Path(a.text).read_text() if a.text else HELD_OUT_TEXT
-    q4 = q4_k_m_row(model, work / "export" / next(f["path"] for f in res["files"] if f["type"] == "q4_k_m"),
-                    text, s["scoring"]["n_ctx"])
-    print(f"text {a.text or 'built-in passage'}: {s['score_tokens']} tokens scored "
-          f"({s['scoring']['what']}), KLD "
-          f"against the {s['reference']}; size bound {s['bound_bytes'] / MIB:.1f} MiB ({s['bound_from']})")
-    print(f"{'candidate':16} {'settings':54} {'MiB':>7} {'fits':>5} {'KLD':>7} {'×q4_k_m':>8} {'top-1':>6} "
-          f"{'build s':>8}")
-    print(f"{'gguf q4_k_m':16} {'llama.cpp Q4_K_M (file size)':54} {q4['bytes'] / MIB:7.1f} {'—':>5} "
-          f"{q4['kld_mean']:7.3f} {1:8.2f} {q4['top1_agree']:6.3f} {'':>8}")
-    for c in s["candidates"]:
-        if c.get("error"):
-            print(f"{c['name']:16} failed: {c['error'][:80]}")
-            continue
-        mark = " ← kept" if c["name"] == s["kept"] else (
-            " ← before (builder default)" if c["name"] == "default" else "")
-        print(f"{c['name']:16} {str(c.get('note') or c.get('options'))[:54]:54} "
-              f"{c['weight_bytes'] / MIB:7.1f} "
-              f"{'yes' if c['fits'] else 'no':>5} {c['kld']:7.3f} {c['kld'] / q4['kld_mean']:8.2f} "
-              f"{c.get('top1') or 0:6.3f} {c['build_s']:8.1f}{mark}")
+    gguf = work / "export" / next(f["path"] for f in res["files"] if f["type"] == "q4_k_m")
+    q4 = q4_k_m_row(model, gguf, text, s["scoring"]["n_ctx"])
+    q4.update(llama_speed(gguf, s["speed_protocol"], a.threads))
+    sp = s["speed_protocol"]
+    print(f"text {a.text or 'built-in passage'}: {s['score_tokens']} tokens scored ({s['scoring']['what']}), "
+          f"KLD against the {s['reference']}; size bound {s['bound_bytes'] / MIB:.1f} MiB; speed: "
+          f"{a.threads} threads, mean ± 95 % of {sp['reps']} runs, decode {sp['tokens']} steps, prefill "
+          f"{sp['prompt']} tokens; rule {s['rule']}: {s['rule_text']}")
     before = next((c for c in s["candidates"] if c["name"] == "default"), None)
+    head = (f"{'candidate':14} {'settings':50} {'MiB':>6} {'fits':>4} {'KLD':>6} {'×q4km':>6} {'decode':>13} "
+            f"{'×default':>8} {'prefill':>13}")
+    print(head)
+    print(f"{'gguf q4_k_m':14} {'llama.cpp Q4_K_M (file size)':50} {q4['bytes'] / MIB:6.1f} {'—':>4} "
+          f"{q4['kld_mean']:6.3f} {1:6.2f} {_pm(q4['decode']):>13} "
+          f"{_ratio(q4['decode']['tok_s'], before):>8} {_pm(q4['prefill']):>13}")
+    for c in s["candidates"]:
+        if "kld" not in c:
+            print(f"{c['name']:14} failed: {c.get('error', '?')[:80]}")
+            continue
+        mark = " ← kept" if c["name"] == s["kept"] else ""
+        dec = {"tok_s": c.get("decode_tok_s"), "ci95": c.get("decode_ci95")}
+        pre = {"tok_s": c.get("prefill_tok_s"), "ci95": c.get("prefill_ci95")}
+        what = str(c.get("note") or c.get("options"))[:50]
+        print(f"{c['name']:14} {what:50} {c['weight_bytes'] / MIB:6.1f} "
+              f"{'yes' if c['fits'] else 'no':>4} {c['kld']:6.3f} {c['kld'] / q4['kld_mean']:6.2f} "
+              f"{_pm(dec):>13} {_ratio(dec['tok_s'], before):>8} {_pm(pre):>13}{mark}")
     kept = next(c for c in s["candidates"] if c["name"] == s["kept"])
     if before:
-        met = kept["kld"] <= 1.5 * q4["kld_mean"] and kept["weight_bytes"] <= 105 * MIB
-        print(f"\nbefore: builder default KLD {before['kld']:.3f} in {before['weight_bytes'] / MIB:.1f} MiB; "
-              f"after: {kept['name']} KLD {kept['kld']:.3f} "
-              f"({kept['kld'] / q4['kld_mean']:.2f}× q4_k_m's {q4['kld_mean']:.3f})"
-              f" in {kept['weight_bytes'] / MIB:.1f} MiB; target ≤ 1.5× at ≤ 105 MiB: "
-              f"{'met' if met else 'missed'}")
+        q_ok = kept["kld"] <= 1.5 * q4["kld_mean"] and kept["weight_bytes"] <= 105 * MIB
+        s_ok = (kept.get("decode_tok_s") or 0) >= 0.9 * before["decode_tok_s"]
+        print(f"\nkept {kept['name']}: KLD {kept['kld']:.3f} = {kept['kld'] / q4['kld_mean']:.2f}× q4_k_m's "
+              f"(target ≤ 1.5×: {'met' if q_ok else 'missed'}), decode "
+              f"{_ratio(kept.get('decode_tok_s'), before)} the builder default's (target ≥ 0.90×: "
+              f"{'met' if s_ok else 'missed'}), {kept['weight_bytes'] / MIB:.1f} MiB")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} on "
+          f"{os.cpu_count()} CPUs")
+
+
+def _pm(d: dict) -> str:
+    if not d.get("tok_s"):
+        return "—"
+    return f"{d['tok_s']:.1f} ± {d['ci95']:.1f}" if d.get("ci95") is not None else f"{d['tok_s']:.1f}"
+
+
+def _ratio(v, before) -> str:
+    return f"{v / before['decode_tok_s']:.2f}×" if v and before and before.get("decode_tok_s") else "—"
+
+
+def llama_speed(gguf: Path, sp: dict, threads: int) -> dict:
+    """llama.cpp's decode and prefill on the same protocol as the ONNX candidates (same lengths, runs,
+    threads)."""
+    import statistics
+
+    from slm.quant.llamacpp import LlamaCpp
+    from slm.stats import ci95_of
+
+    out = {}
+    with LlamaCpp(gguf, sp["prompt"] + sp["tokens"] + 1, threads) as b:
+        for name, fn, n in (("prefill", lambda: b.prefill(sp["prompt"]), sp["prompt"]),
+                            ("decode", lambda: b.decode(sp["tokens"], 1), sp["tokens"])):
+            for _ in range(sp["warmup"]):
+                fn()
+            v = [n / fn() for _ in range(sp["reps"])]
+            out[name] = {"tok_s": statistics.fmean(v), "ci95": ci95_of(v)}
+    return out
 
 
 if __name__ == "__main__":

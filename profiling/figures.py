@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from slm.figure import Figure, analytic, from_file, setting, timed
 from slm.profiling.latency import latency_figures
+from slm.profiling.memory import memory_figures
 
 MEASURED = ("measured here", "measured on the device", "measured over SSH")
 
@@ -47,6 +48,8 @@ def backend_figures(res: dict, how: str) -> list[Figure]:
             rows = {r["test"]: r for r in b["rows"]}
             out += latency_figures(name, lat, how, b["threads"], rows.get(f"pp{lat['prompt']}"),
                                    rows.get(f"tg{b['protocol']['tg']}@d0"))
+        if b.get("llama_memory"):
+            out += memory_figures(b["llama_memory"], how)
         if b.get("peak_rss"):
             out.append(Figure(f"{name}.process_rss",
                               f"peak resident memory of the profiling process ({name})", b["peak_rss"],

@@ -174,6 +174,8 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                                            if r.get("disturbed") or r.get("wide")]))
         lat = _latency_table(res)
         tables += [lat] if lat else []
+        mem = _memory_table(res)
+        tables += [mem] if mem else []
         ops = _ops_fig(res)
         figs += [ops] if ops else []
         tables += _ops_table(res)
@@ -231,6 +233,33 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
     figures, lead = headline(res)
     return render_report(out_html, title, "profile", figures, figs, tables, notes=res["notes"], lead=lead)
+
+
+def _memory_table(res: dict) -> Table | None:
+    """llama.cpp's own memory: logged allocations, the plan's estimate, and a bare subprocess's resident
+    bytes, beside this profiling process's RSS (which holds torch and every import)."""
+    b = res["backends"].get("llama.cpp") or {}
+    m = b.get("llama_memory")
+    if not m:
+        return None
+    rows = [[k.replace("_", " "), m["logged"][k] / MIB, m["planned"][k] / MIB] for k in m["logged"]]
+    lt, pt = sum(m["logged"].values()), sum(m["planned"].values())
+    rows.append(["total", lt / MIB, pt / MIB])
+    r = m.get("resident")
+    note = (f"context {m['n_ctx']:,} ({m['cells']:,} f16 KV cells); logged: llama.cpp's allocation lines; "
+            f"planned: slm plan's formula (weights as logged, analytic KV, plan.compute_bytes), "
+            f"{(pt - lt) / lt:+.1%} vs logged")
+    if r:
+        note += (f"; resident: a bare subprocess (only llama.cpp loaded) peaked at "
+                 f"{r['over_baseline'] / MIB:.0f} MiB over its {r['baseline_rss'] / MIB:.0f} MiB baseline "
+                 f"after a {r['prompt']}-token prompt and {r['steps']} decode steps (pages never touched, "
+                 "e.g. unused compute buffer, are not resident)")
+    elif m.get("error"):
+        note += f"; resident not measured: {m['error']}"
+    note += (f"; this profiling process's peak RSS, {b['peak_rss'] / MIB:.0f} MiB, is the whole Python "
+             "process (torch included), not the model")
+    return Table("llama.cpp's memory (the model's, not this process's)",
+                 ["part", "logged MiB", "planned MiB"], rows, note=note)
 
 
 LATENCY_NOTE = ("each stream: a random prompt on an empty cache, then greedy tokens picked and fed back one "

@@ -19,6 +19,7 @@ from slm.profiling import devices, kv, roofline, sweep
 from slm.profiling.args import Inputs, ProfileArgs
 from slm.profiling.calibration import calibration_for, fit_prefill, project
 from slm.profiling.latency import measure_latency
+from slm.profiling.memory import llamacpp_memory
 from slm.profiling.ops import PASS, breakdown
 from slm.profiling.ortgenai import OrtGenai, spec_of
 from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
@@ -157,7 +158,11 @@ def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: s
         _roofline_rows(rows, host, spec, wb, kv.kv_bytes(spec, 1, "f16"), peak)
         for r in rows:
             r["how"] = how
+        if name == "llama.cpp":  # the model's own memory, apart from this process's
+            mem_check = llamacpp_memory(inputs.gguf, spec, bench.context_needed(), bench.threads, mem,
+                                        progress)
         out[b.name] = {"rows": rows, "memory": mem, "peak_rss": peak_rss_bytes(), "threads": bench.threads,
+                       **({"llama_memory": mem_check} if name == "llama.cpp" else {}),
                        "protocol": bench.to_dict(), "weight_bytes": wb, "compute_peak_flops": peak,
                        **({"ops": ops} if ops else {}), **({"latency": lat} if lat else {})}
     return out

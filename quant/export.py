@@ -297,6 +297,7 @@ def figures(result: dict) -> list[Figure]:
         if f.get("settings"):
             out.append(setting(f"{k}.recipe", f"{name}: recipe kept by the search",
                                f["settings"]["candidate"]))
+            out += _kept_speed(result.get("onnx_int4"), k, name)
         r = (v.get(f["format"]) or {}).get(f["type"])
         if not r:
             continue
@@ -310,6 +311,18 @@ def figures(result: dict) -> list[Figure]:
                               "nats", "lower", "quality", exact=True, n=r["kld"].get("positions"), key=True,
                               source=scoring))
     return out
+
+
+def _kept_speed(s: dict | None, k: str, name: str) -> list[Figure]:
+    """The kept int4 recipe's decode and prefill speed as the search timed them (none for a named recipe)."""
+    c = next((c for c in (s or {}).get("candidates", []) if c["name"] == s["kept"]), None)
+    sp = (s or {}).get("speed_protocol")
+    if not c or not sp or not c.get("decode_tok_s"):
+        return []
+    src = f"onnxruntime-genai, {sp.get('threads') or 'all'} threads, the int4 search's short protocol"
+    return [Figure(f"{k}.{ph}_tok_s", f"{name}: {ph} speed (search, {what})", round(c[f"{ph}_tok_s"], 2),
+                   "tok/s", "higher", "speed", interval=c.get(f"{ph}_ci95"), n=sp["reps"], source=src)
+            for ph, what in (("decode", f"{sp['tokens']} steps"), ("prefill", f"{sp['prompt']} tokens"))]
 
 
 def _ppl(name: str, label: str, r: dict, scoring: str) -> Figure:

@@ -80,6 +80,8 @@ CANDIDATES: dict[str, Candidate] = {
     "hqq": Candidate("ort", {"algo": "hqq", "block_size": 32},
                      "onnxruntime HQQ (Badri & Shaji 2023), block 32"),
     "hqq_b64": Candidate("ort", {"algo": "hqq", "block_size": 64}, "onnxruntime HQQ, block 64"),
+    "hqq_u8": Candidate("ort", {"algo": "hqq", "block_size": 32, "uint8_zp": True},
+                        "onnxruntime HQQ, block 32, zero points rounded to uint8 (the int4 kernel's layout)"),
     "gptq": Candidate("ort", {"algo": "gptq", "block_size": 32, "symmetric": False},
                       "onnxruntime GPTQ (Frantar et al. 2022), asymmetric, block 32, calibrated"),
 }
@@ -89,6 +91,12 @@ CANDIDATES: dict[str, Candidate] = {
 # incl. the 7 s fp32 build), hqq 0.082 (6.5+1.8), hqq_b64 0.456 (13.5+2.5); gptq 0.464 (599+5 with 2 × 512
 # calibration tokens: a full fp32 pass per distinct MatMul input per window) — GPTQ is in `int4:all` only.
 # This list: ~150 s + the reference.
+# Why hqq decodes 10-15× slower on CPU: its MatMulNBits nodes carry float zero points, and onnxruntime's CPU
+# kernel runs its int4 (MLAS SQNBit) path only for uint8 ones — with float ones it dequantises the weights
+# first. accuracy_level 4 alone does not help. Measured side by side on SmolLM2-135M, 2 threads, a loaded
+# host (decode tok/s, mean of 3 × 32 steps): builder default 17.0 ± 2.2, hqq_u8 14.0 ± 5.9, hqq 1.05 ± 0.11;
+# but hqq_u8's rounded zero points give back HQQ's gain (KLD 0.460 vs hqq's 0.084, the default's 0.452).
+# So hqq stays for its KLD, the rule weighs its speed, and hqq_u8 is in `int4:all` only.
 DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64")
 SCORE_TOKENS = 512  # at most this many tokens scored; the rest of the text calibrates GPTQ
 # GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)
@@ -150,7 +158,8 @@ def build(name: str, inp: Inputs) -> Path:
         raise RuntimeError("no calibration text left after the scored tokens: pass a longer --eval-text")
 
     return quantize_folder(fp32, out, o["algo"], o["block_size"], o.get("symmetric", False),
-                           4 if inp.ep == "cpu" else None, inp.calibration)
+                           4 if inp.ep == "cpu" else None, inp.calibration,
+                           uint8_zero_points=o.get("uint8_zp", False))
 
 
 def score_candidate(folder: Path, ref, inp: Inputs, scoring) -> dict:

@@ -91,9 +91,42 @@ def artifacts_table(result: dict) -> Table:
                  highlight=[i + bool(v) for i, f in enumerate(result["files"]) if f["fallbacks"]])
 
 
+def _ci(v, ci) -> str | None:
+    return None if v is None else f"{v:.1f} ± {ci:.1f}" if ci is not None else f"{v:.1f}"
+
+
+def int4_table(s: dict) -> Table | None:
+    """The int4 recipe search: every candidate on both axes (KLD, decode / prefill speed), the rule and which
+    one it kept."""
+    if not s or not s.get("scoring"):  # one named recipe: built, not searched (validation scores it)
+        return None
+    rows, kept = [], None
+    for i, c in enumerate(s["candidates"]):
+        if c["name"] == s["kept"]:
+            kept = i
+        rows.append([c["name"] + (" (kept)" if c["name"] == s["kept"] else ""), c.get("note", ""),
+                     c["weight_bytes"] / 2**20 if "weight_bytes" in c else None, c.get("fits"), c.get("kld"),
+                     _ci(c.get("decode_tok_s"), c.get("decode_ci95")),
+                     _ci(c.get("prefill_tok_s"), c.get("prefill_ci95")), c.get("build_s"), c.get("error")])
+    sp = s.get("speed_protocol") or {}
+    note = (f"rule ({s.get('rule', 'quality')}): {s.get('rule_text', 'lowest KLD within the size bound')}. "
+            f"KLD vs the {s['reference']} over {s['score_tokens']} tokens; size bound "
+            f"{s['bound_bytes'] / 2**20:.1f} MiB ({s['bound_from']})")
+    if sp:
+        note += (f"; speed {sp.get('how', 'measured here')}: mean ± 95 % of {sp['reps']} runs after "
+                 f"{sp['warmup']} warm-up, decode {sp['tokens']} single-token steps after one token, prefill "
+                 f"{sp['prompt']} tokens, {sp.get('threads') or 'all'} threads")
+    return Table("ONNX int4: recipes searched (quality and speed)",
+                 ["recipe", "what", "weights MiB", "fits", "KLD", "decode tok/s", "prefill tok/s", "build s",
+                  "error"], rows, note=note, highlight=[kept] if kept is not None else [])
+
+
 def write_report(out_html: Path, result: dict, figures: list[Figure]) -> Path:
     v = result["validation"]
     tables = [artifacts_table(result)]
+    search = int4_table(result.get("onnx_int4"))
+    if search:
+        tables.append(search)
     charts = []
     if v:
         gens = [["HF (f32)", v["hf"]["generation"], "reference"]] + [

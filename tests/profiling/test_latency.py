@@ -55,3 +55,26 @@ def test_llamacpp_stream_on_a_tiny_gguf(tiny, tmp_path):
     # the formula on rates built from this very stream gives its TTFT back plus one median step
     assert figs["llama.cpp.ttft_from_throughput"].value == pytest.approx(
         lat["ttft_ms"] + lat["itl_ms"]["p50"], rel=1e-3)
+
+
+def test_llamacpp_memory_is_the_models_not_the_process(tiny, tmp_path):
+    from slm.figure import by_name
+    from slm.profiling.memory import llamacpp_memory, memory_figures
+    from slm.quant.gguf_write import write_gguf
+    from slm.quant.llamacpp import LlamaCpp
+    from slm.spec import spec_from_gguf
+
+    g = write_gguf(tiny(), tmp_path / "t.gguf", "f32")
+    with LlamaCpp(g, 256, 1) as b:
+        logged = b.memory()
+    m = llamacpp_memory(g, spec_from_gguf(g), 256, 1, logged)
+    assert m["logged"]["weights"] == logged["weights"] > 0 and m["logged"]["kv_cache"] > 0
+    # the plan's formula lands near what llama.cpp logs for the same shape and context
+    lt, pt = sum(m["logged"].values()), sum(m["planned"].values())
+    assert abs(pt - lt) / lt < 0.1, (m["logged"], m["planned"])
+    r = m["resident"]  # a bare child: its RSS over its own baseline, far below a torch process's
+    assert r["peak_rss"] >= r["loaded_rss"] > r["baseline_rss"] > 0 and 0 < r["over_baseline"] < 2**30
+    figs = by_name(memory_figures(m, "measured here"))
+    assert figs["llama.cpp.memory_logged"].value == int(lt)
+    assert figs["llama.cpp.memory_planned"].how == "analytic"
+    assert figs["llama.cpp.memory_resident"].value == r["over_baseline"]
