@@ -22,8 +22,16 @@ from slm.errors import SlmError
 from slm.gguf import KV_CACHE_TYPES, get_type, kv_element_bytes, parse_types
 from slm.gguf_mix import fallback_warning, fallbacks_for, types_that_hold
 from slm.guard import guard_output
-from slm.profiling.calibration import calibration_for, fit_prefill, project_decode, streamed_weight_bytes
-from slm.profiling.devices import GIB, get_device
+from slm.profiling.calibration import (
+    ENGINES,
+    calibration_for,
+    engine_backend,
+    fit_prefill,
+    project_decode,
+    streamed_weight_bytes,
+)
+from slm.profiling.calibration_modes import mode_how, terms
+from slm.profiling.devices import GIB, get_device, get_mode
 from slm.profiling.plan_choice import DEFAULT_MAX_KLD, check_max_kld, choose, mark_pareto, rank_key, ranking
 from slm.profiling.plan_choice import sentence as choice_sentence
 from slm.profiling.plan_report import write_plan  # matplotlib: only when a report is written
@@ -34,6 +42,10 @@ from slm.stats import ci95_se
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "iq4_nl")
 UBATCH = 512  # llama.cpp's default n_ubatch: the compute buffers below are sized for one micro-batch
+# MLC-LLM's weight formats (its docs, "Quantization Mode"): q4f16_1 = 4-bit weights with an fp16 scale per
+# group of 32 (4.5 bits a weight, embeddings included), q0f16 = unquantized fp16; its KV cache is fp16. MLC
+# does not run here, so their quality is never measured: "unknown", never recommended.
+MLC_TYPES = {"q4f16_1": 4.5, "q0f16": 16.0}
 HOW = "projected (calibrated device model)"
 
 
@@ -48,7 +60,10 @@ class PlanArgs:
     prune: bool = False  # also consider depth-pruned variants (1/8, 1/4, 3/8 of the blocks dropped)
     types: tuple = DEFAULT_TYPES  # GGUF types considered
     kv_types: tuple = KV_CACHE_TYPES  # KV-cache element types considered
-    backend: str = "llama.cpp CUDA"  # whose calibration projects decode (slm.profiling.calibration.GROUPS)
+    # whose calibration projects speed: llama.cpp (CUDA) | mlc | all (each engine's plan side by side)
+    engine: str = "llama.cpp"
+    power_mode: str = ""  # nvpmodel mode of the device (slm.profiling.devices.POWER_MODES); "": MAXN
+    backend: str = "llama.cpp CUDA"  # set from `engine` (slm.profiling.calibration.ENGINES)
     # fraction of the GPU FP16 bound; None: the fitted one (calibration)
     prefill_efficiency: float | None = None
     # slm.json files (profile sweep, export, `--measure`) of this model: KLD / perplexity per type and KV type
@@ -74,6 +89,9 @@ class PlanArgs:
             if not Path(q).is_file():
                 raise SlmError(f"--quality file {q} not found: pass the slm.json of a profile or export run")
         self.max_kld = check_max_kld(self.max_kld)
+        if self.engine != "all":
+            self.backend = engine_backend(self.engine)
+        get_mode(get_device(self.device).key, self.power_mode)  # one-line error listing the device's modes
 
 
 def depths(layers: int, grow: bool, prune: bool) -> list[tuple[int, str]]:
@@ -226,14 +244,16 @@ def candidates(spec: ModelSpec, args: PlanArgs, source: str | Path | None = None
     dev = get_device(args.device)
     budget = min(dev.usable_bytes, args.max_memory_gb * 1e9) if args.max_memory_gb else dev.usable_bytes
     quality = load_quality(args.quality, source)
-    rows = []
+    rows, mlc = [], args.backend == "MLC"
     for d, how in depths(spec.layers, args.grow, args.prune):
         s = dataclasses.replace(spec, layers=d)
-        for t in args.types:
-            f = fallbacks_for(s, t)
-            for kvt in args.kv_types:
+        for t in (MLC_TYPES if mlc else args.types):
+            f = ({"tensor_bytes": s.params * MLC_TYPES[t] / 8, "params": s.params,
+                  "bits_per_weight": MLC_TYPES[t], "fallbacks": [], "holds": True} if mlc
+                 else fallbacks_for(s, t))
+            for kvt in (("f16",) if mlc else args.kv_types):
                 rows.append(_row(s, how, t, f, kvt, args, dev, budget,
-                                 candidate_quality(quality, d, how, t, kvt)))
+                                 None if mlc else candidate_quality(quality, d, how, t, kvt)))
     rows.sort(key=rank_key(args.max_kld))
     mark_pareto(rows)
     return rows
@@ -243,14 +263,16 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
     per_tok = s.kv_bytes_per_token(kv_element_bytes(kvt))
     weights, kv, comp = f["tensor_bytes"], per_tok * args.context, compute_bytes(s, args.context)
     decode = project_decode(dev, streamed_weight_bytes(s, weights), per_tok, args.context,
-                            args.backend)["tok_s"]
+                            args.backend, args.power_mode)["tok_s"]
     prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * (args.prefill_efficiency
                                                                          or fit_prefill().efficiency)
+    prefill *= terms(dev.key, args.power_mode)["prefill_scale"]
     fits = weights + kv + comp <= budget
     ok = fits and decode >= (args.min_decode or 0) and prefill >= (args.min_prefill or 0)
     return {"layers": s.layers, "variant": how, "type": t, "kv_type": kvt, "params": f["params"],
             "file_bytes": weights, "bits_per_weight": f["bits_per_weight"], "fallbacks": len(f["fallbacks"]),
-            "holds": f["holds"] or get_type(t).is_float, "weights_bytes": weights, "kv_bytes": kv,
+            "holds": f["holds"] or t in MLC_TYPES or get_type(t).is_float, "weights_bytes": weights,
+            "kv_bytes": kv,
             "compute_bytes": comp, "memory_bytes": weights + kv + comp, "budget_bytes": budget, "fits": fits,
             "decode_tok_s": decode, "prefill_tok_s": prefill, "meets_budget": ok,
             "kld": q["kld"] if q else None, "kld_ci95": q.get("kld_ci95") if q else None,
@@ -259,7 +281,20 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
 
 
 def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
-    """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates."""
+    """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates; with
+    `engine="all"`, llama.cpp's plan carrying every engine's answer side by side (`engines`)."""
+    if args.engine == "all":
+        each = {e: _plan(spec, dataclasses.replace(args, engine=e), model) for e in ENGINES}
+        res = each["llama.cpp"]
+        res["engines"] = {e: {k: r[k] for k in ("answer", "recommended", "how")}
+                          | {"fastest": next((c for c in r["candidates"] if c["meets_budget"]), None)}
+                          for e, r in each.items()}
+        res["answer"] = " ".join(f"[{ENGINES[e]}] {r['answer']}" for e, r in each.items())
+        return res
+    return _plan(spec, args, model)
+
+
+def _plan(spec: ModelSpec, args: PlanArgs, model: str) -> dict:
     dev = get_device(args.device)
     rows = candidates(spec, args, model or None)
 
@@ -276,8 +311,13 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
                               "flash attention (the estimate is within ±5 % of llama.cpp's CPU allocations; "
                               "CUDA's not checked); against the device's memory less "
                               f"{dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
-                    "quality": _quality_how(args, rows), "ranking": ranking(args.max_kld)},
-            "answer": choice_sentence(choice, dev.name, args.context, fit.held_out_error),
+                    "quality": _quality_how(args, rows), "ranking": ranking(args.max_kld),
+                    "power_mode": terms(dev.key, args.power_mode)["label"]
+                    + ("" if not get_mode(dev.key, args.power_mode) or get_mode(dev.key, args.power_mode)
+                       is get_mode(dev.key, None) else f"; {mode_how()}")},
+            "answer": choice_sentence(choice, dev.name, args.context, fit.held_out_error,
+                                      "MLC does not run here, so its formats' quality is not measured"
+                                      if args.backend == "MLC" else ""),
             "recommended": choice["recommended"], "rule": choice["rule"], "runner_up": choice["runner_up"],
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
             "candidates": rows}

@@ -245,3 +245,83 @@ def test_cli_plan_writes_report(tiny, tmp_path, capsys):
                                "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}))
     assert main(["plan", "--config", str(cfg), "--device", "orin-nano", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["device"]["key"] == get_device("orin-nano").key
+
+
+def test_engines_side_by_side_and_their_calibrations():
+    args = PlanArgs(device="jetson-orin-nano-8gb-super", context=4096, engine="all")
+    res = plan(LLAMA32_3B, args)
+    assert set(res["engines"]) == {"llama.cpp", "mlc"}
+    mlc = plan(LLAMA32_3B, dataclasses.replace(args, engine="mlc"))
+    assert "MLC calibration (MLC)" in mlc["how"]["calibration"] and mlc["how"]["decode_expected_error"] < 0.25
+    assert {r["type"] for r in mlc["candidates"]} == {"q4f16_1", "q0f16"}
+    assert {r["kv_type"] for r in mlc["candidates"]} == {"f16"}
+    # MLC does not run here: its quality is never measured, so it is never recommended, and says why
+    assert mlc["recommended"] is None and "MLC does not run here" in mlc["answer"]
+    assert res["engines"]["mlc"]["answer"] == mlc["answer"]
+    # MLC's fitted efficiency is higher: a 3B model at 4.5 bits decodes faster through it than llama.cpp q4_0
+    q4 = _row(res["candidates"], type="q4_0", kv_type="f16")
+    assert _row(mlc["candidates"], type="q4f16_1")["decode_tok_s"] > q4["decode_tok_s"]
+    with pytest.raises(SlmError, match="engines with published Jetson points are llama.cpp, mlc") as e:
+        PlanArgs(device="jetson-orin-nano-8gb", engine="tensorrt")
+    assert "\n" not in str(e.value)
+
+
+def test_power_mode_moves_the_projection_as_published():
+    from slm.profiling.calibration import project_decode
+    from slm.profiling.calibration_modes import fit_modes
+    from slm.profiling.calibration_table import POINTS
+
+    agx = get_device("jetson-agx-orin-64gb")
+    p = next(p for p in POINTS if p.key == "junwei-qwen-32b-tg128")
+    maxn, w30 = (project_decode(agx, p.bytes_per_token, 0, 0, power_mode=m)["tok_s"] for m in ("", "30W"))
+    assert maxn / w30 == pytest.approx(6.84 / 5.37, rel=1e-6)  # the fitted pair, reproduced
+    fit = fit_modes()
+    assert 0 < fit.alpha < 1 and 0 < fit.beta < 1 and fit.held_out_error < 0.25  # held out apart
+    small = SMOLLM2
+    rows = {m: plan(small, PlanArgs(device="jetson-orin-nano-8gb", context=2048, types=("q8_0",),
+                                    kv_types=("f16",), power_mode=m))
+            for m in ("", "7W")}
+    assert rows["7W"]["candidates"][0]["decode_tok_s"] < rows[""]["candidates"][0]["decode_tok_s"]
+    assert "no published point" in rows["7W"]["how"]["power_mode"]
+    assert "held-out error" in rows["7W"]["how"]["power_mode"]
+    with pytest.raises(SlmError, match="its modes are MAXN, 25W, 15W, 10W"):
+        PlanArgs(device="jetson-orin-nx-16gb", power_mode="7W")
+
+
+def test_power_modes_agree_with_the_registry():
+    from slm.profiling.devices import DEVICES, power_modes
+
+    for key, dev in DEVICES.items():
+        modes = power_modes(key)
+        if not modes:
+            assert key == "jetson-agx-thor"  # no nvpmodel file read for it
+            continue
+        # the top mode is the registry's: bandwidth / memory clock is one LPDDR5 constant (32 bytes a clock
+        # on a 128-bit bus, 64 on the AGX's 256-bit)
+        per_clock = dev.bandwidth_GBps * 1e3 / modes[0].emc_mhz
+        assert per_clock == pytest.approx(64 if "agx" in key else 32, rel=0.01), key
+        assert all(m.compute_ratio(modes[0]) <= 1 and m.bandwidth_ratio(modes[0]) <= 1 for m in modes)
+
+
+def test_profile_projects_with_the_engine_and_power_mode_asked(tmp_path, capsys):
+    from slm.cli import main
+    from slm.profiling.args import ProfileArgs
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576,
+                               "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+                               "vocab_size": 49152, "tie_word_embeddings": True}))
+    speeds = {}
+    for engine, mode in (("llama.cpp", ""), ("mlc", ""), ("llama.cpp", "7W")):
+        flags = ["--engine", engine] + (["--power-mode", mode] if mode else [])
+        assert main(["profile", "--config", str(cfg), "--device", "orin-nano", "--quant", "q4_k_m", "--json",
+                     *flags]) == 0
+        p = json.loads(capsys.readouterr().out)["projection"]
+        assert p["engine"] == engine and (mode or "15W") in p["power_mode"]
+        speeds[engine, mode] = next(r["tok_s"] for r in p["rows"] if r["test"] == "tg128@d0")
+        assert ("MLC calibration" if engine == "mlc" else "llama.cpp calibration") in p["calibration"]
+    assert speeds["llama.cpp", "7W"] < speeds["llama.cpp", ""] != speeds["mlc", ""]
+    for kw, msg in (({"engine": "tensorrt"}, "engines with published Jetson points"),
+                    ({"device": "orin-nano", "power_mode": "30W"}, "its modes are 15W, 7W")):
+        with pytest.raises(SlmError, match=msg):
+            ProfileArgs(**kw)
