@@ -101,7 +101,8 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
                                                               if result["fallback_warning"] else [])
         write_record(tmp, "plan", result["args"],
                      inputs={"model": inputs[0]} if inputs and inputs[0] else None,
-                     result={k: v for k, v in result.items() if k != "candidates"}, figures=figures)
+                     result={**{k: v for k, v in result.items() if k != "candidates"},
+                             "headline": result["answer"]}, figures=figures)
         m = Path(result["model"])
         # a run's final/ says nothing alone
         name = f"{m.parent.name}/{m.name}" if m.name == "final" else m.name
