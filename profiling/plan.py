@@ -34,6 +34,7 @@ from slm.profiling.calibration_modes import mode_how, terms
 from slm.profiling.devices import GIB, get_device, get_mode
 from slm.profiling.plan_choice import DEFAULT_MAX_KLD, check_max_kld, choose, mark_pareto, rank_key, ranking
 from slm.profiling.plan_choice import sentence as choice_sentence
+from slm.profiling.plan_measure import check_weights, measure
 from slm.profiling.plan_report import write_plan  # matplotlib: only when a report is written
 from slm.profiling.roofline import prefill_bound
 from slm.record import model_sha256, read_record
@@ -64,6 +65,8 @@ class PlanArgs:
     engine: str = "llama.cpp"
     power_mode: str = ""  # nvpmodel mode of the device (slm.profiling.devices.POWER_MODES); "": MAXN
     backend: str = "llama.cpp CUDA"  # set from `engine` (slm.profiling.calibration.ENGINES)
+    measure: bool = False  # measure every candidate's quality as it runs (slm.profiling.plan_measure)
+    threads: int = 1  # CPU threads for --measure
     # fraction of the GPU FP16 bound; None: the fitted one (calibration)
     prefill_efficiency: float | None = None
     # slm.json files (profile sweep, export, `--measure`) of this model: KLD / perplexity per type and KV type
@@ -91,6 +94,9 @@ class PlanArgs:
         self.max_kld = check_max_kld(self.max_kld)
         if self.engine != "all":
             self.backend = engine_backend(self.engine)
+        if self.measure and self.engine == "mlc":
+            raise SlmError("--measure runs candidates with llama.cpp; MLC does not run here: use --engine "
+                           "llama.cpp or all")
         get_mode(get_device(self.device).key, self.power_mode)  # one-line error listing the device's modes
 
 
@@ -238,12 +244,16 @@ def _check_same_model(rec: dict, path: Path, source: str | Path | None) -> None:
                        "the profile or export of this model")
 
 
-def candidates(spec: ModelSpec, args: PlanArgs, source: str | Path | None = None) -> list[dict]:
+def candidates(spec: ModelSpec, args: PlanArgs, source: str | Path | None = None,
+               measured: list[dict] | None = None) -> list[dict]:
     """Every depth × type × KV type with size, memory at the context, projected speeds, quality and budget
     checks."""
     dev = get_device(args.device)
     budget = min(dev.usable_bytes, args.max_memory_gb * 1e9) if args.max_memory_gb else dev.usable_bytes
     quality = load_quality(args.quality, source)
+    for r in measured or []:
+        quality["pairs"][(r["layers"], r["type"], r["kv_type"])] = {
+            **r, "source": f"measured as it runs (--measure: {r['scoring']})"}
     rows, mlc = [], args.backend == "MLC"
     for d, how in depths(spec.layers, args.grow, args.prune):
         s = dataclasses.replace(spec, layers=d)
@@ -280,23 +290,23 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
             "quality_source": q["source"] if q else "unknown (not measured: --measure or --quality)"}
 
 
-def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
+def plan(spec: ModelSpec, args: PlanArgs, model: str = "", measured: list[dict] | None = None) -> dict:
     """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates; with
     `engine="all"`, llama.cpp's plan carrying every engine's answer side by side (`engines`)."""
     if args.engine == "all":
-        each = {e: _plan(spec, dataclasses.replace(args, engine=e), model) for e in ENGINES}
+        each = {e: _plan(spec, dataclasses.replace(args, engine=e), model, measured) for e in ENGINES}
         res = each["llama.cpp"]
         res["engines"] = {e: {k: r[k] for k in ("answer", "recommended", "how")}
                           | {"fastest": next((c for c in r["candidates"] if c["meets_budget"]), None)}
                           for e, r in each.items()}
         res["answer"] = " ".join(f"[{ENGINES[e]}] {r['answer']}" for e, r in each.items())
         return res
-    return _plan(spec, args, model)
+    return _plan(spec, args, model, measured)
 
 
-def _plan(spec: ModelSpec, args: PlanArgs, model: str) -> dict:
+def _plan(spec: ModelSpec, args: PlanArgs, model: str, measured: list[dict] | None = None) -> dict:
     dev = get_device(args.device)
-    rows = candidates(spec, args, model or None)
+    rows = candidates(spec, args, model or None, measured)
 
     fit, backend, caveat = calibration_for(args.backend, dev.key)
     calib = fit.label(backend) + (f" ({caveat})" if caveat else "")
@@ -320,7 +330,7 @@ def _plan(spec: ModelSpec, args: PlanArgs, model: str) -> dict:
                                       if args.backend == "MLC" else ""),
             "recommended": choice["recommended"], "rule": choice["rule"], "runner_up": choice["runner_up"],
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
-            "candidates": rows}
+            "measured": measured or [], "candidates": rows}
 
 
 def _quality_how(args: PlanArgs, rows: list[dict]) -> str:
@@ -350,14 +360,24 @@ def _speed_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -
                      + small)
 
 
+def _measured(source, spec: ModelSpec, args: PlanArgs) -> list[dict] | None:
+    if not args.measure:
+        return None
+    kv = args.kv_types
+    return measure(source, spec.layers, depths(spec.layers, False, args.prune), args.types, kv, args.threads)
+
+
 def run_plan(source: str | Path, args: PlanArgs, out: Path | None = None, force: bool = False) -> dict:
     """`slm plan`: the plan of a model folder, GGUF or config.json; with `out`, written there (checked and
     locked before the work, never over the source)."""
 
+    spec = load_spec(source)
+    if args.measure:
+        check_weights(source)  # before the output is locked or anything is measured
     if out is None:
-        return plan(load_spec(source), args, model=str(source))
+        return plan(spec, args, str(source), _measured(source, spec, args))
     with guard_output(out, [source, *args.quality], force):
-        result = plan(load_spec(source), args, model=str(source))
+        result = plan(spec, args, str(source), _measured(source, spec, args))
 
         write_plan(out, result, force, (source,))
     return result

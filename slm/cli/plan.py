@@ -36,6 +36,9 @@ def register(sub) -> None:
                    help="whose calibration projects speed: llama.cpp (CUDA, default), mlc, or all (side by "
                         "side)")
     p.add_argument("--power-mode", default="", help="the device's nvpmodel mode, e.g. 30W (default: MAXN)")
+    p.add_argument("--measure", action="store_true",
+                   help="measure every candidate's quality as it runs (prune, export, quantize, score)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for --measure")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--out", help="write plan.json, slm.json and report.html into this folder")
     p.add_argument("--top", type=int, default=15, help="rows printed")
@@ -48,7 +51,8 @@ def cmd_plan(args) -> int:
     pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode,
                   min_prefill=args.min_prefill, max_memory_gb=args.max_memory, grow=args.grow,
                   prune=args.prune, quality=tuple(args.quality or ()), types=args.types or DEFAULT_TYPES,
-                  max_kld=args.max_kld, engine=args.engine, power_mode=args.power_mode)
+                  max_kld=args.max_kld, engine=args.engine, power_mode=args.power_mode,
+                  measure=args.measure, threads=args.threads)
     result = run_plan(source, pa, Path(args.out) if args.out else None, args.force)
     if result["fallback_warning"]:
         print(result["fallback_warning"], file=sys.stderr)

@@ -325,3 +325,34 @@ def test_profile_projects_with_the_engine_and_power_mode_asked(tmp_path, capsys)
                     ({"device": "orin-nano", "power_mode": "30W"}, "its modes are 15W, 7W")):
         with pytest.raises(SlmError, match=msg):
             ProfileArgs(**kw)
+
+
+def test_measure_scores_every_candidate_as_it_runs(tiny, tmp_path):
+    import numpy as np
+
+    from slm.profiling.plan_measure import measure
+
+    m = tiny("llama", head_dim=32)
+    spec = load_spec(m)
+    tokens = [int(t) for t in np.random.default_rng(0).integers(0, 256, 2 * 64)]  # no tokenizer in a tiny
+    rows = measure(m, spec.layers, depths(spec.layers, False, True), ("f16", "q8_0", "q4_0"), ("f16", "q4_0"),
+                   tokens=tokens, ctx=64, progress=lambda s: None)
+    by = {(r["layers"], r["type"], r["kv_type"]): r for r in rows}
+    assert len(rows) == len(depths(spec.layers, False, True)) * 3 * 2
+    assert by[6, "f16", "f16"]["kld"] == pytest.approx(0, abs=1e-6)  # the reference itself
+    assert by[6, "f16", "f16"]["kld"] < by[6, "q8_0", "f16"]["kld"] < by[6, "q4_0", "f16"]["kld"]
+    assert by[6, "q8_0", "f16"]["kld"] < by[6, "q8_0", "q4_0"]["kld"]  # the cache's loss is in the figure
+    assert by[5, "f16", "f16"]["kld"] > by[6, "q8_0", "f16"]["kld"]  # pruning a random block costs more
+    res = plan(spec, PlanArgs(device="jetson-orin-nano-8gb", context=64, prune=True,
+                              types=("f16", "q8_0", "q4_0"), kv_types=("f16", "q4_0"), max_kld=10),
+               str(m), rows)
+    assert all(r["kld"] is not None and r["quality_how"] == "measured as it runs" for r in res["candidates"])
+    assert res["recommended"] is not None and res["measured"] == rows
+    # a config alone, or MLC, cannot be measured: one line before any work
+    cfg = tmp_path / "c.json"
+    cfg.write_text((m / "config.json").read_text())
+    with pytest.raises(SlmError, match="--measure needs weights"):
+        from slm.profiling.plan import run_plan
+        run_plan(cfg, PlanArgs(device="jetson-orin-nano-8gb", measure=True))
+    with pytest.raises(SlmError, match="MLC does not run here"):
+        PlanArgs(device="jetson-orin-nano-8gb", measure=True, engine="mlc")
