@@ -174,11 +174,13 @@ def _read_quality(p: Path, source, out: dict) -> None:
     n = sum(len(v) for v in out.values())
     sweep = res.get("sweep") or {}
     sweep = sweep if isinstance(sweep, dict) else {}
-    for r in sweep.get("rows", []):
+    # a sweep's KLD is against its first type: only a float reference makes it a KLD vs the f16 model
+    float_ref = [r for r in sweep.get("rows", []) if r.get("reference") in ("f16", "bf16", "f32")]
+    for r in float_ref:
         out["weights"][r["type"]] = {"kld": r.get("kld_vs_ref"), "kld_ci95": r.get("kld_ci95"),
                                      "ppl": r.get("ppl"),
                                      "source": f"sweep in {path} (KLD vs {r.get('reference')})"}
-    for r in sweep.get("kv_quality", {}).get("rows", []):
+    for r in (sweep.get("kv_quality") or {}).get("rows", []):
         src = (f"KV-cache sweep in {path} (KLD vs the f16 cache, {r['weights']} weights, "
                f"{r['context']}-token windows)")
         out["kv"][r["kv_type"]] = {"kld": r["kld"], "kld_ci95": r.get("kld_ci95"), "ppl": r.get("ppl"),
@@ -192,8 +194,9 @@ def _read_quality(p: Path, source, out: dict) -> None:
             "kld": r["kld"], "kld_ci95": r.get("kld_ci95"), "ppl": r.get("ppl"),
             "source": f"measured as it runs in {path}"}
     if sum(len(v) for v in out.values()) == n:
-        raise SlmError(f"{path} ({rec.get('kind')}) holds no quant sweep or export validation: pass the "
-                       "slm.json of `slm profile --quant` or `slm export`")
+        raise SlmError(f"{path} ({rec.get('kind')}) holds no KLD against the f16 model (no export validation, "
+                       "no KV-cache rows, no sweep with an f16 first type): pass the slm.json of `slm export` "
+                       "or of `slm profile --quant f16,...`")
 
 
 def candidate_quality(quality: dict, layers: int, how: str, t: str, kvt: str) -> dict | None:

@@ -176,7 +176,7 @@ def test_quality_only_from_a_sweep_of_this_model(tmp_path):
     assert _row(rows, 27, type="q8_0", kv_type="f16")["kld"] is None  # a pruned model is another model
     (tmp_path / "e").mkdir()
     write_record(tmp_path / "e", "export", {}, result={})
-    with pytest.raises(SlmError, match="no quant sweep"):
+    with pytest.raises(SlmError, match="holds no KLD against the f16 model"):
         candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", quality=str(tmp_path / "e" / "slm.json")))
 
 
