@@ -194,9 +194,9 @@ def _read_quality(p: Path, source, out: dict) -> None:
             "kld": r["kld"], "kld_ci95": r.get("kld_ci95"), "ppl": r.get("ppl"),
             "source": f"measured as it runs in {path}"}
     if sum(len(v) for v in out.values()) == n:
-        raise SlmError(f"{path} ({rec.get('kind')}) holds no KLD against the f16 model (no export validation, "
-                       "no KV-cache rows, no sweep with an f16 first type): pass the slm.json of `slm export` "
-                       "or of `slm profile --quant f16,...`")
+        raise SlmError(f"{path} ({rec.get('kind')}) holds no KLD against the f16 model (no export "
+                       "validation, no KV-cache rows, no sweep with an f16 first type): pass the slm.json of "
+                       "`slm export` or of `slm profile --quant f16,...`")
 
 
 def candidate_quality(quality: dict, layers: int, how: str, t: str, kvt: str) -> dict | None:
