@@ -243,7 +243,8 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
 
 
 # the index's decisions, in the order a reader takes them
-DECISIONS = ("What growing cost on the device:", "What to ship:", "The ablation's verdict:", "Compared:")
+DECISIONS = ("What growing cost (the profiles compared):", "What to ship:", "The ablation's verdict:",
+             "Compared:")
 
 
 def _decision(kind: str, result: dict) -> str:

@@ -124,7 +124,7 @@ def test_index_leads_with_the_decisions_each_linking_to_its_evidence(tmp_path):
     leads = [tuple(map(html.unescape, m)) for m in
              re.findall(r'<p class="lead"><b>([^<]+)</b> (.*?) <a href="([^"]+)">evidence</a></p>', text)]
     # in the order a reader decides: the device cost of growing, what to ship, the ablation's verdict
-    assert [lab for lab, _, _ in leads] == ["What growing cost on the device:", "What to ship:",
+    assert [lab for lab, _, _ in leads] == ["What growing cost (the profiles compared):", "What to ship:",
                                             "The ablation's verdict:"]
     assert [h for _, _, h in leads] == ["09-compare-profiles/index.html", "07-plan",
                                         "04-ablate"]  # no page written there: the folder
