@@ -63,7 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slm.errors import SlmError
-from slm.profiling.calibration_modes import terms
+from slm.profiling.calibration_modes import ModeFit, fit_modes, mode_how, terms
 from slm.profiling.calibration_table import POINTS, PREFILL_POINTS, Point, PrefillPoint
 from slm.profiling.devices import Device, fits, get_device
 from slm.profiling.roofline import prefill_bound
@@ -167,6 +167,23 @@ def fit_all() -> dict[str, Fit]:
     return {g: fit_group(g) for g in GROUPS}
 
 
+@functools.cache
+def mode_fit() -> ModeFit:
+    """What a power mode changes, fitted over the llama.cpp MAXN fit (slm.profiling.calibration_modes)."""
+    return fit_modes(fit_all()["llama.cpp"])
+
+
+def mode_terms(device_key: str, mode: str | None) -> dict:
+    """The scales `mode` applies to a MAXN projection on `device_key`, and its label."""
+    return terms(device_key, mode, mode_fit())
+
+
+def mode_label(device_key: str, mode: str | None) -> str:
+    """The mode's label, with how its terms were fitted and their held-out error when it is not MAXN."""
+    t = mode_terms(device_key, mode)
+    return t["label"] + ("" if t["decode_scale"] == 1.0 else f"; {mode_how(mode_fit())}")
+
+
 def calibration_for(backend: str, device_key: str) -> tuple[Fit, str, str]:
     """(fit, backend whose overhead applies, caveat) for projecting `backend` onto `device_key`."""
     for group, backends in GROUPS.items():
@@ -191,7 +208,7 @@ def project_decode(device, weight_bytes: float, kv_bytes_per_token: float, depth
     the bound, calibration and error. `weight_bytes` are the bytes streamed per token
     (streamed_weight_bytes), not necessarily the file's."""
     fit, b, caveat = calibration_for(backend, device.key)
-    mode = terms(device.key, power_mode)
+    mode = mode_terms(device.key, power_mode)
     bw = device.bandwidth_GBps * 1e9 * mode["decode_scale"]
     per_token = weight_bytes + kv_bytes_per_token * depth
     return {"tok_s": 1.0 / fit.seconds_per_token(b, per_token, bw), "device_bound_tok_s": bw / per_token,
@@ -260,7 +277,7 @@ def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA"
     fraction of its GPU FP16 bound, scaled by the mode's term."""
 
     fit = fit_prefill()
-    bound = prefill_bound(device.fp16_tflops * 1e12, spec, n_tokens) * terms(device.key, power_mode)[
+    bound = prefill_bound(device.fp16_tflops * 1e12, spec, n_tokens) * mode_terms(device.key, power_mode)[
         "prefill_scale"]
     small = spec.params < 0.9 * fit.params_range[0]  # kernel overheads, not FLOPs, may bound small models
     caveats = [c for c in (

@@ -24,7 +24,6 @@ point".
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -60,11 +59,9 @@ def _point(key: str, points=POINTS):
     return next(p for p in points if p.key == key)
 
 
-@functools.cache
-def fit_modes() -> ModeFit:
-    from slm.profiling.calibration import fit_all  # the MAXN fit the mode terms sit on
-
-    fit = fit_all()["llama.cpp"]
+def fit_modes(fit) -> ModeFit:
+    """The mode terms on top of `fit`, the llama.cpp MAXN decode fit (slm.profiling.calibration.mode_fit
+    caches this)."""
     top_m, low_m = (get_mode("jetson-agx-orin-64gb", n) for n in ("MAXN", "30W"))
     c, b = low_m.compute_ratio(top_m), low_m.bandwidth_ratio(top_m)
     hi, lo = _point("junwei-qwen-32b-tg128"), _point("junwei-qwen-32b-tg128-30w")
@@ -90,7 +87,7 @@ def fit_modes() -> ModeFit:
     return ModeFit(alpha, beta, partial.fitted, {f"smolhub 25W/15W ({ratio:.2f} vs {lo_r}–{hi_r})": err})
 
 
-def terms(device_key: str, mode: str | None, fit: ModeFit | None = None) -> dict:
+def terms(device_key: str, mode: str | None, fit: ModeFit) -> dict:
     """The scales a mode applies to the MAXN projection, and its label."""
     m = get_mode(device_key, mode)
     modes = power_modes(device_key)
@@ -98,7 +95,7 @@ def terms(device_key: str, mode: str | None, fit: ModeFit | None = None) -> dict
         name = m.name if m else "MAXN"
         return {"mode": name, "decode_scale": 1.0, "prefill_scale": 1.0, "label": f"{name} (the registry's "
                 "figures)", "published": True}
-    f = fit or fit_modes()
+    f = fit
     c, b = m.compute_ratio(modes[0]), m.bandwidth_ratio(modes[0])
     published = PUBLISHED.get((device_key, m.name))
     label = (f"{m.name} (nvpmodel -m {m.mode_id}: GPU {m.gpu_mhz:g} MHz × {m.tpcs} TPCs, memory clock "
@@ -109,8 +106,7 @@ def terms(device_key: str, mode: str | None, fit: ModeFit | None = None) -> dict
             "published": bool(published), "bandwidth_ratio": b, "compute_ratio": c}
 
 
-def mode_how(fit: ModeFit | None = None) -> str:
-    f = fit or fit_modes()
+def mode_how(f: ModeFit) -> str:
     return (f"power mode terms: achieved bandwidth × (bandwidth ratio) × c^{f.alpha:.2f}, prefill × "
             f"c^{f.beta:.2f} (c = TPCs × GPU clock vs MAXN), fitted on AGX Orin 64GB 30 W llama-bench "
             f"points; held-out error ±{f.held_out_error:.0%} ({'; '.join(f.held_out)}, {SMOLHUB})")

@@ -27,10 +27,11 @@ from slm.profiling.calibration import (
     calibration_for,
     engine_backend,
     fit_prefill,
+    mode_label,
+    mode_terms,
     project_decode,
     streamed_weight_bytes,
 )
-from slm.profiling.calibration_modes import mode_how, terms
 from slm.profiling.devices import GIB, get_device, get_mode
 from slm.profiling.plan_choice import DEFAULT_MAX_KLD, check_max_kld, choose, mark_pareto, rank_key, ranking
 from slm.profiling.plan_choice import sentence as choice_sentence
@@ -279,7 +280,7 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
                             args.backend, args.power_mode)["tok_s"]
     prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * (args.prefill_efficiency
                                                                          or fit_prefill().efficiency)
-    prefill *= terms(dev.key, args.power_mode)["prefill_scale"]
+    prefill *= mode_terms(dev.key, args.power_mode)["prefill_scale"]
     fits = weights + kv + comp <= budget
     ok = fits and decode >= (args.min_decode or 0) and prefill >= (args.min_prefill or 0)
     return {"layers": s.layers, "variant": how, "type": t, "kv_type": kvt, "params": f["params"],
@@ -325,9 +326,7 @@ def _plan(spec: ModelSpec, args: PlanArgs, model: str, measured: list[dict] | No
                               "CUDA's not checked); against the device's memory less "
                               f"{dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
                     "quality": _quality_how(args, rows), "ranking": ranking(args.max_kld),
-                    "power_mode": terms(dev.key, args.power_mode)["label"]
-                    + ("" if not get_mode(dev.key, args.power_mode) or get_mode(dev.key, args.power_mode)
-                       is get_mode(dev.key, None) else f"; {mode_how()}")},
+                    "power_mode": mode_label(dev.key, args.power_mode)},
             "answer": choice_sentence(choice, dev.name, args.context, fit.held_out_error,
                                       "MLC does not run here, so its formats' quality is not measured"
                                       if args.backend == "MLC" else ""),

@@ -42,8 +42,8 @@ def measure(source: Path | str, layers: int, depths: list[tuple[int, str]], type
             threads: int = 1, tokens: list[int] | None = None, ctx: int = CTX, chunks: int = CHUNKS,
             progress: Callable[[str], None] = print) -> list[dict]:
     """[{layers, variant, type, kv_type, kld, kld_ci95, ppl, positions}] for every measured candidate."""
-    from tqdm import tqdm
-
+    # deferred: torch, llama.cpp and tqdm load only when --measure runs, not for every `slm plan`
+    from tqdm import tqdm  # noqa: I001
     from slm.quant.gguf_write import write_gguf
     from slm.quant.llamacpp import LlamaCpp
     from slm.quant.quantize import quantize

@@ -17,8 +17,7 @@ from slm.errors import SlmError
 from slm.gguf import TYPES
 from slm.profiling import devices, kv, roofline, sweep
 from slm.profiling.args import Inputs, ProfileArgs
-from slm.profiling.calibration import calibration_for, engine_backend, fit_prefill, project
-from slm.profiling.calibration_modes import terms
+from slm.profiling.calibration import calibration_for, engine_backend, fit_prefill, mode_label, project
 from slm.profiling.ops import PASS, breakdown
 from slm.profiling.ortgenai import OrtGenai, spec_of
 from slm.profiling.protocol import BenchArgs, peak_rss_bytes, reset_peak_rss, run_tests
@@ -236,7 +235,7 @@ def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: Pr
     fit_ctx = [r["context"] for r in res["kv"]["analytic"]["f16"]["rows"]
                if devices.fits(dev, weight_bytes, r["kv_cache"], compute)]
     return {"device": dev.to_dict(), "how": "projected", "rows": proj, "engine": args.engine,
-            "power_mode": terms(dev.key, args.power_mode)["label"],
+            "power_mode": mode_label(dev.key, args.power_mode),
             "max_context_that_fits_f16_kv": max(fit_ctx, default=0),
             "calibration": fit.label(backend) + (f" ({caveat})" if caveat else ""),
             "expected_error": fit.held_out_error,

@@ -267,15 +267,14 @@ def test_engines_side_by_side_and_their_calibrations():
 
 
 def test_power_mode_moves_the_projection_as_published():
-    from slm.profiling.calibration import project_decode
-    from slm.profiling.calibration_modes import fit_modes
+    from slm.profiling.calibration import mode_fit, project_decode
     from slm.profiling.calibration_table import POINTS
 
     agx = get_device("jetson-agx-orin-64gb")
     p = next(p for p in POINTS if p.key == "junwei-qwen-32b-tg128")
     maxn, w30 = (project_decode(agx, p.bytes_per_token, 0, 0, power_mode=m)["tok_s"] for m in ("", "30W"))
     assert maxn / w30 == pytest.approx(6.84 / 5.37, rel=1e-6)  # the fitted pair, reproduced
-    fit = fit_modes()
+    fit = mode_fit()
     assert 0 < fit.alpha < 1 and 0 < fit.beta < 1 and fit.held_out_error < 0.25  # held out apart
     small = SMOLLM2
     rows = {m: plan(small, PlanArgs(device="jetson-orin-nano-8gb", context=2048, types=("q8_0",),
