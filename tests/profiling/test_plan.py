@@ -314,7 +314,7 @@ def test_profile_projects_with_the_engine_and_power_mode_asked(tmp_path, capsys)
     for engine, mode in (("llama.cpp", ""), ("mlc", ""), ("llama.cpp", "7W")):
         flags = ["--engine", engine] + (["--power-mode", mode] if mode else [])
         assert main(["profile", "--config", str(cfg), "--device", "orin-nano", "--quant", "q4_k_m", "--json",
-                     *flags]) == 0
+                     "-o", str(tmp_path / f"p-{engine}-{mode}"), *flags]) == 0
         p = json.loads(capsys.readouterr().out)["projection"]
         assert p["engine"] == engine and (mode or "15W") in p["power_mode"]
         speeds[engine, mode] = next(r["tok_s"] for r in p["rows"] if r["test"] == "tg128@d0")
