@@ -70,6 +70,13 @@ def plan_figures(result: dict) -> list[Figure]:
     return out
 
 
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "none"
+    return (f"{r['layers']} layers {r['type']} + {r['kv_type']} KV: {r['decode_tok_s']:.0f} tok/s, "
+            f"{r['memory_bytes'] / 2**20:.0f} MiB")
+
+
 def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ()) -> Path:
     """out/plan.json, slm.json and report.html (speed vs size chart, ranked table), through the output
     guard."""
@@ -97,6 +104,7 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
         ax.legend(fontsize=8)
         figures = plan_figures(result)
         notes = [result["how"]["speed"], result["how"]["memory"], "quality: " + result["how"]["quality"],
+                 "power mode: " + result["how"]["power_mode"],
                  "* speeds are projected, never measured"] + ([result["fallback_warning"]]
                                                               if result["fallback_warning"] else [])
         write_record(tmp, "plan", result["args"],
@@ -106,11 +114,16 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
         m = Path(result["model"])
         # a run's final/ says nothing alone
         name = f"{m.parent.name}/{m.name}" if m.name == "final" else m.name
+        each = result.get("engines") or {}
+        engines = [Table("Engines side by side",
+                         ["engine", "calibration", "recommended", "fastest meeting the budget", "answer"],
+                         [[e, r["how"]["calibration"], _cell(r["recommended"]), _cell(r["fastest"]),
+                           r["answer"]] for e, r in each.items()])] if each else []
+        ranked = Table(f"Candidates ({result['how']['ranking']})", COLUMNS, table_rows(result),
+                       note="Pareto: on the three-axis front (KLD, decode, memory) of the candidates whose "
+                            "quality is measured",
+                       highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])
         render_report(tmp / "report.html", f"plan: {name or 'config'} on {result['device']['key']}",
                       "plan", figures, [Chart("Speed vs memory", svg_of(fig), result["how"]["speed"])],
-                      [Table(f"Candidates ({result['how']['ranking']})", COLUMNS, table_rows(result),
-                             note="Pareto: on the three-axis front (KLD, decode, memory) of the candidates "
-                                  "whose quality is measured",
-                             highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes,
-                      lead=[result["answer"]])
+                      engines + [ranked], notes=notes, lead=[result["answer"]])
     return out
