@@ -214,14 +214,14 @@ def candidate_quality(quality: dict, layers: int, how: str, t: str, kvt: str) ->
     if not w or w["kld"] is None:
         return None
     if kvt == "f16":
-        return {**w, "how": "measured (weights, f16 cache)"}
+        return {**w, "how": "measured"}
     kv = quality["kv"].get(kvt)
     if not kv or kv["kld"] is None:
         return None
     ci = [c for c in (w.get("kld_ci95"), kv.get("kld_ci95")) if c]
     return {"kld": w["kld"] + kv["kld"], "kld_ci95": sum(c * c for c in ci) ** 0.5 if ci else None,
             "ppl": None, "source": f"{w['source']} + {kv['source']}",
-            "how": "weights + KV cache measured apart, summed"}
+            "how": "weights + KV, summed"}
 
 
 def _source_hash(rec: dict) -> str | None:

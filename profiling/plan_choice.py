@@ -126,9 +126,11 @@ def sentence(choice: dict, device: str, context: int, err: float | None, unmeasu
         return f"No recommendation on {device} at {context} tokens: {why}.{fastest}"
     out = (f"Recommended on {device} at {context} tokens: {name(best)} — {_figures(best, err)}; "
            f"{choice['rule']}.")
-    alts = []
-    for axis, what in (("quality", "for quality"), ("speed", "for speed"), ("memory", "for memory")):
+    alts, seen = [], {}
+    for axis in ("quality", "speed", "memory"):  # one candidate best on two axes is named once, for both
         r = choice["runner_up"].get(axis)
         if r is not None:
-            alts.append(f"{what}: {name(r)} ({_figures(r, err)})")
+            seen.setdefault(id(r), (r, []))[1].append(axis)
+    for r, axes in seen.values():
+        alts.append(f"for {' and '.join(axes)}: {name(r)} ({_figures(r, err)})")
     return out + (" Runner-up " + "; ".join(alts) + "." if alts else "")
