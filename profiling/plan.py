@@ -301,7 +301,8 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "", measured: list[dict] 
         each = {e: _plan(spec, dataclasses.replace(args, engine=e), model, measured) for e in ENGINES}
         res = each["llama.cpp"]
         res["engines"] = {e: {k: r[k] for k in ("answer", "recommended", "how")}
-                          | {"fastest": next((c for c in r["candidates"] if c["meets_budget"]), None)}
+                          | {"fastest": max((c for c in r["candidates"] if c["meets_budget"]), default=None,
+                                          key=lambda c: c["decode_tok_s"])}
                           for e, r in each.items()}
         res["answer"] = " ".join(f"[{ENGINES[e]}] {r['answer']}" for e, r in each.items())
         return res
