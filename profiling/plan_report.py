@@ -22,7 +22,7 @@ def table_rows(result: dict, n: int | None = None) -> list[list]:
              mib(r["file_bytes"]), mib(r["memory_bytes"]), "yes" if r["fits"] else "no",
              round(r["decode_tok_s"], 1), round(r["prefill_tok_s"]), _kld(r), r.get("quality_how", ""),
              "yes" if r["meets_budget"] else "no", "*" if r["pareto"] else "",
-             "recommended" if best is not None and _same(r, best) else ""]
+             "★" if best is not None and _same(r, best) else ""]
             for i, r in enumerate(result["candidates"][:n])]
 
 
@@ -98,7 +98,8 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
             ax.scatter([best["memory_bytes"] / 2**20], [best["decode_tok_s"]], s=140, marker="*", c="#c0392b",
                        label="recommended", zorder=3)
         ax.scatter([], [], s=40, facecolors="none", edgecolors="#1f5f99", label="Pareto (measured quality)")
-        ax.set_xlabel("memory at the context (MiB)")
+        ax.set_xscale("log")  # candidates from a few hundred MiB to the budget's GiB stay apart
+        ax.set_xlabel("memory at the context (MiB, log scale)")
         ax.set_ylabel("decode tok/s (projected)")
         ax.set_title(f"{result['device']['name']} at {result['context']} tokens")
         ax.legend(fontsize=8)
@@ -120,8 +121,8 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
                          [[e, r["how"]["calibration"], _cell(r["recommended"]), _cell(r["fastest"]),
                            r["answer"]] for e, r in each.items()])] if each else []
         ranked = Table(f"Candidates ({result['how']['ranking']})", COLUMNS, table_rows(result),
-                       note="Pareto: on the three-axis front (KLD, decode, memory) of the candidates whose "
-                            "quality is measured",
+                       note="★ recommended. Pareto: on the three-axis front (KLD, decode, memory) of the "
+                            "candidates whose quality is measured",
                        highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])
         render_report(tmp / "report.html", f"plan: {name or 'config'} on {result['device']['key']}",
                       "plan", figures, [Chart("Speed vs memory", svg_of(fig), result["how"]["speed"])],
