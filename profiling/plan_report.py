@@ -98,7 +98,11 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
             ax.scatter([best["memory_bytes"] / 2**20], [best["decode_tok_s"]], s=140, marker="*", c="#c0392b",
                        label="recommended", zorder=3)
         ax.scatter([], [], s=40, facecolors="none", edgecolors="#1f5f99", label="Pareto (measured quality)")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter  # deferred: matplotlib only for a report
+
         ax.set_xscale("log")  # candidates from a few hundred MiB to the budget's GiB stay apart
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("memory at the context (MiB, log scale)")
         ax.set_ylabel("decode tok/s (projected)")
         ax.set_title(f"{result['device']['name']} at {result['context']} tokens")
