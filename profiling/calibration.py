@@ -49,6 +49,10 @@ that, and its use for other types (f16, q8_0) is untested. What this does not co
 point; at 135M per-kernel overheads, not FLOPs, likely bound pp512, so a small model's projected prefill is an
 upper estimate) and one held-out point is a thin test.
 
+Engines (`--engine`, ENGINES): llama.cpp projects with the llama.cpp group's fit, mlc with MLC's, each with
+its own held-out error. Power modes (`--power-mode`): the MAXN projection scaled by what the nvpmodel mode
+changes (slm.profiling.calibration_modes, fitted on published non-MAXN points, its held-out error apart).
+
 Backends without points (onnxruntime-genai, llama.cpp CPU: one point) and devices without points (AGX Thor)
 get the llama.cpp Orin calibration labelled "extrapolated", never a host measurement: a projection depends on
 the table and the device registry only, never on ~/.cache/slm/host.json.
