@@ -58,6 +58,8 @@ class ProfileArgs:
     # 32, 2 repetitions): fp32 torch decodes ~10× slower than llama.cpp here and would dominate a 15-minute
     # profile
     full_all: bool = False  # run the full protocol on every backend
+    engine: str = "llama.cpp"  # whose calibration projects onto the device: llama.cpp (CUDA) | mlc
+    power_mode: str = ""  # the device's nvpmodel mode for the projection ("": MAXN)
     # `--ops`: after the timed tests, a diagnostic pass per backend timing its operators (slm.profiling.ops)
     ops: bool = False
 
@@ -74,6 +76,11 @@ class ProfileArgs:
             if t not in KV_CACHE_TYPES:
                 raise SlmError(f"unknown KV cache type {t!r}: choose from {', '.join(KV_CACHE_TYPES)}")
         self.threads = self.threads or self.bench.threads
+        from slm.profiling.calibration import engine_backend  # the calibration reads the device registry
+
+        engine_backend(self.engine)
+        if self.device != "host":
+            devices.get_mode(self.device, self.power_mode)
         if self.quick:
             cap = (self.bench.time_cap_s if self.bench.time_cap_s != BenchArgs.time_cap_s
                    else QUICK["bench"]["time_cap_s"])

@@ -49,6 +49,10 @@ that, and its use for other types (f16, q8_0) is untested. What this does not co
 point; at 135M per-kernel overheads, not FLOPs, likely bound pp512, so a small model's projected prefill is an
 upper estimate) and one held-out point is a thin test.
 
+Engines (`--engine`, ENGINES): llama.cpp projects with the llama.cpp group's fit, mlc with MLC's, each with
+its own held-out error. Power modes (`--power-mode`): the MAXN projection scaled by what the nvpmodel mode
+changes (slm.profiling.calibration_modes, fitted on published non-MAXN points, its held-out error apart).
+
 Backends without points (onnxruntime-genai, llama.cpp CPU: one point) and devices without points (AGX Thor)
 get the llama.cpp Orin calibration labelled "extrapolated", never a host measurement: a projection depends on
 the table and the device registry only, never on ~/.cache/slm/host.json.
@@ -63,12 +67,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from slm.errors import SlmError
+from slm.profiling.calibration_modes import ModeFit, fit_modes, mode_how, terms
 from slm.profiling.calibration_table import POINTS, PREFILL_POINTS, Point, PrefillPoint
 from slm.profiling.devices import Device, fits, get_device
 from slm.profiling.roofline import prefill_bound
 from slm.spec import spec_from_config
 
 GROUPS = {"llama.cpp": ("llama.cpp CUDA", "Ollama"), "MLC": ("MLC",)}  # kernel family → backends sharing it
+# `--engine` → the backend whose calibration projects it (each its own fit and held-out error)
+ENGINES = {"llama.cpp": "llama.cpp CUDA", "mlc": "MLC"}
+
+
+def engine_backend(engine: str) -> str:
+    """The calibrated backend of an --engine name; an engine without a calibration is a one-line error."""
+    b = ENGINES.get(engine.lower()) if isinstance(engine, str) else None
+    if b is None:
+        raise SlmError(f"--engine {engine}: no calibration for it; engines with published Jetson points are "
+                       f"{', '.join(ENGINES)} (slm plan also takes 'all')")
+    return b
 # Architectures a group fits its own efficiency for. For MLC's three FITTED Gemma-2 points the pooled model
 # predicted speeds 39–60 % too high (Gemma-2-2B Nano, 9B Nano and Super) while every other fitted point was
 # within ±15 %: MLC's Gemma-2 kernels (256-wide heads, logit soft-capping, four norms a block) reach less of
@@ -155,6 +171,23 @@ def fit_all() -> dict[str, Fit]:
     return {g: fit_group(g) for g in GROUPS}
 
 
+@functools.cache
+def mode_fit() -> ModeFit:
+    """What a power mode changes, fitted over the llama.cpp MAXN fit (slm.profiling.calibration_modes)."""
+    return fit_modes(fit_all()["llama.cpp"])
+
+
+def mode_terms(device_key: str, mode: str | None) -> dict:
+    """The scales `mode` applies to a MAXN projection on `device_key`, and its label."""
+    return terms(device_key, mode, mode_fit())
+
+
+def mode_label(device_key: str, mode: str | None) -> str:
+    """The mode's label, with how its terms were fitted and their held-out error when it is not MAXN."""
+    t = mode_terms(device_key, mode)
+    return t["label"] + ("" if t["decode_scale"] == 1.0 else f"; {mode_how(mode_fit())}")
+
+
 def calibration_for(backend: str, device_key: str) -> tuple[Fit, str, str]:
     """(fit, backend whose overhead applies, caveat) for projecting `backend` onto `device_key`."""
     for group, backends in GROUPS.items():
@@ -174,17 +207,18 @@ def streamed_weight_bytes(spec, weight_bytes: float) -> float:
 
 
 def project_decode(device, weight_bytes: float, kv_bytes_per_token: float, depth: float,
-                   backend: str = "llama.cpp CUDA") -> dict:
-    """Projected decode tok/s at `depth` on `device` (a devices.Device), with the bound, calibration and
-    error. `weight_bytes` are the bytes streamed per token (streamed_weight_bytes), not necessarily the
-    file's."""
+                   backend: str = "llama.cpp CUDA", power_mode: str | None = None) -> dict:
+    """Projected decode tok/s at `depth` on `device` (a devices.Device) in `power_mode` (None: MAXN), with
+    the bound, calibration and error. `weight_bytes` are the bytes streamed per token
+    (streamed_weight_bytes), not necessarily the file's."""
     fit, b, caveat = calibration_for(backend, device.key)
-    bw = device.bandwidth_GBps * 1e9
+    mode = mode_terms(device.key, power_mode)
+    bw = device.bandwidth_GBps * 1e9 * mode["decode_scale"]
     per_token = weight_bytes + kv_bytes_per_token * depth
     return {"tok_s": 1.0 / fit.seconds_per_token(b, per_token, bw), "device_bound_tok_s": bw / per_token,
             "calibration": fit.label(b) + (f" ({caveat})" if caveat else ""),
             "expected_error": fit.held_out_error, "efficiency": fit.efficiency,
-            "overhead_s": fit.overhead_s[b], "bytes_per_token": per_token}
+            "overhead_s": fit.overhead_s[b], "bytes_per_token": per_token, "power_mode": mode["label"]}
 
 
 # ---- prefill -----------------------------------------------------------------------------------------------
@@ -241,12 +275,14 @@ def fit_prefill() -> PrefillFit:
                       sorted({p.n_prompt for p in fit}))
 
 
-def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA") -> dict:
-    """Projected prefill tok/s of an n_tokens prompt on `device`: the calibrated fraction of its GPU FP16
-    bound."""
+def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA",
+                    power_mode: str | None = None) -> dict:
+    """Projected prefill tok/s of an n_tokens prompt on `device` in `power_mode` (None: MAXN): the calibrated
+    fraction of its GPU FP16 bound, scaled by the mode's term."""
 
     fit = fit_prefill()
-    bound = prefill_bound(device.fp16_tflops * 1e12, spec, n_tokens)
+    bound = prefill_bound(device.fp16_tflops * 1e12, spec, n_tokens) * mode_terms(device.key, power_mode)[
+        "prefill_scale"]
     small = spec.params < 0.9 * fit.params_range[0]  # kernel overheads, not FLOPs, may bound small models
     caveats = [c for c in (
         "" if "orin" in device.key else f"no published points on {device.key}",
@@ -258,7 +294,8 @@ def project_prefill(device, spec, n_tokens: int, backend: str = "llama.cpp CUDA"
 
 
 def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token: float, spec,
-            compute_bytes: float = 0.0, backend: str = "llama.cpp CUDA") -> list[dict]:
+            compute_bytes: float = 0.0, backend: str = "llama.cpp CUDA",
+            power_mode: str | None = None) -> list[dict]:
     """Project the protocol's tests onto `device` with the calibrated model (slm.profiling.calibration).
 
     Each projected row carries its calibration and expected error; a test whose context does not fit the
@@ -273,9 +310,10 @@ def project(device: Device, rows: list[dict], weight_bytes: float, kv_per_token:
         kv = kv_per_token * ctx
         ok = fits(device, weight_bytes, kv, compute_bytes)
         if r["kind"] == "decode":
-            p = project_decode(device, streamed, kv_per_token, r["depth"] + r["n_tokens"] / 2, backend)
+            p = project_decode(device, streamed, kv_per_token, r["depth"] + r["n_tokens"] / 2, backend,
+                               power_mode)
         else:
-            p = project_prefill(device, spec, r["n_tokens"])
+            p = project_prefill(device, spec, r["n_tokens"], backend, power_mode)
         out.append({"test": r["test"], "kind": r["kind"], "n_tokens": r["n_tokens"], "depth": r["depth"],
                     "device": device.key, "how": "projected", "fits": ok,
                     "memory_needed": weight_bytes + kv + compute_bytes, "memory_usable": device.usable_bytes,

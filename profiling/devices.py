@@ -116,3 +116,71 @@ def _meminfo_gib(root: Path) -> float:
 
 def fits(device: Device, weight_bytes: float, kv_bytes: float, compute_bytes: float = 0.0) -> bool:
     return weight_bytes + kv_bytes + compute_bytes <= device.usable_bytes
+
+
+# ---- power modes (nvpmodel) --------------------------------------------------------------------------------
+# NVIDIA's nvpmodel configuration files as the Jetson Linux BSP ships them (nvpmodel_p3701_0000.conf = AGX
+# Orin 64GB, _p3701_0004 = AGX Orin 32GB, _p3767_0000 = Orin NX 16GB, _p3767_0001 = NX 8GB, _p3767_0003 =
+# Orin Nano 8GB, _p3767_0003_super = the same module under JetPack 6.2's Super modes), read in the copy at
+# https://github.com/LineageOS/android_device_nvidia_concord/tree/lineage-23.0/nvpmodel (its super files at
+# commit 370b63a). Each mode caps the GPU clock (GPU MAX_FREQ), the memory controller clock (EMC MAX_FREQ) and
+# power-gates TPCs (TPC_PG_MASK: a set bit is a gated TPC). "-1"/"0" there mean the hardware maximum, which is
+# the datasheet's (the GPU max frequencies in _ORIN's table, 1020 MHz in _NANO_SUPER; EMC 3199 MHz = LPDDR5
+# 6400 MT/s, the registry's bandwidth; the original Orin Nano's 68 GB/s is EMC 2133 MHz).
+NVPMODEL = ("NVIDIA nvpmodel_{conf}.conf (Jetson Linux BSP), via https://github.com/LineageOS/"
+            "android_device_nvidia_concord/tree/lineage-23.0/nvpmodel")
+
+
+@dataclass(frozen=True)
+class PowerMode:
+    name: str  # nvpmodel mode name (`nvpmodel -q` prints it)
+    mode_id: int  # nvpmodel -m ID
+    gpu_mhz: float  # GPU clock cap
+    emc_mhz: float  # memory-controller clock cap (bandwidth scales with it)
+    tpcs: int  # GPU TPCs powered on
+    source: str  # the nvpmodel file it is read from
+
+    def compute_ratio(self, top: PowerMode) -> float:
+        """This mode's GPU throughput as a share of the top mode's: TPCs × clock."""
+        return self.tpcs * self.gpu_mhz / (top.tpcs * top.gpu_mhz)
+
+    def bandwidth_ratio(self, top: PowerMode) -> float:
+        return self.emc_mhz / top.emc_mhz
+
+
+def _modes(conf: str, *modes) -> tuple[PowerMode, ...]:
+    """Modes listed top (the registry's figures: MAXN) first."""
+    return tuple(PowerMode(n, i, g, e, t, NVPMODEL.format(conf=conf)) for n, i, g, e, t in modes)
+
+
+POWER_MODES = {
+    "jetson-agx-orin-64gb": _modes("p3701_0000", ("MAXN", 0, 1300, 3199, 8), ("50W", 3, 816, 3199, 8),
+                                   ("30W", 2, 612, 3199, 4), ("15W", 1, 408, 2133, 3)),
+    "jetson-agx-orin-32gb": _modes("p3701_0004", ("MAXN", 0, 930, 3199, 7), ("40W", 3, 816, 3199, 7),
+                                   ("30W", 2, 612, 3199, 4), ("15W", 1, 408, 2133, 3)),
+    "jetson-orin-nx-16gb": _modes("p3767_0000", ("MAXN", 0, 918, 3199, 4), ("25W", 3, 408, 3199, 4),
+                                  ("15W", 2, 612, 3199, 2), ("10W", 1, 612, 2133, 2)),
+    "jetson-orin-nx-8gb": _modes("p3767_0001", ("MAXN", 0, 765, 3199, 4), ("20W", 3, 408, 3199, 4),
+                                 ("15W", 2, 612, 3199, 2), ("10W", 1, 612, 2133, 2)),
+    "jetson-orin-nano-8gb": _modes("p3767_0003", ("15W", 0, 625, 2133, 4), ("7W", 1, 408, 2133, 2)),
+    "jetson-orin-nano-8gb-super": _modes("p3767_0003_super", ("MAXN_SUPER", 2, 1020, 3199, 4),
+                                         ("25W", 1, 918, 3199, 4), ("15W", 0, 612, 2133, 4)),
+}
+
+
+def power_modes(device_key: str) -> tuple[PowerMode, ...]:
+    return POWER_MODES.get(device_key, ())
+
+
+def get_mode(device_key: str, name: str | None) -> PowerMode | None:
+    """The named nvpmodel mode of a device (None/"MAXN"/"": its top mode, the registry's figures); a mode the
+    device does not have is a one-line error listing its modes."""
+    modes = power_modes(device_key)
+    if not name or name.upper() in ("MAXN", modes[0].name.upper() if modes else "MAXN"):
+        return modes[0] if modes else None
+    for m in modes:
+        if m.name.upper() == name.upper().replace(" ", ""):
+            return m
+    have = ", ".join(m.name for m in modes) or "none recorded (its registry figures only)"
+    raise SlmError(f"--power-mode {name}: {device_key} has no such nvpmodel mode; its modes are {have} "
+                   "(default: the first, MAXN)")

@@ -22,10 +22,20 @@ from slm.errors import SlmError
 from slm.gguf import KV_CACHE_TYPES, get_type, kv_element_bytes, parse_types
 from slm.gguf_mix import fallback_warning, fallbacks_for, types_that_hold
 from slm.guard import guard_output
-from slm.profiling.calibration import calibration_for, fit_prefill, project_decode, streamed_weight_bytes
-from slm.profiling.devices import GIB, get_device
+from slm.profiling.calibration import (
+    ENGINES,
+    calibration_for,
+    engine_backend,
+    fit_prefill,
+    mode_label,
+    mode_terms,
+    project_decode,
+    streamed_weight_bytes,
+)
+from slm.profiling.devices import GIB, get_device, get_mode
 from slm.profiling.plan_choice import DEFAULT_MAX_KLD, check_max_kld, choose, mark_pareto, rank_key, ranking
 from slm.profiling.plan_choice import sentence as choice_sentence
+from slm.profiling.plan_measure import check_weights, measure
 from slm.profiling.plan_report import write_plan  # matplotlib: only when a report is written
 from slm.profiling.roofline import prefill_bound
 from slm.record import model_sha256, read_record
@@ -34,6 +44,10 @@ from slm.stats import ci95_se
 
 DEFAULT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "iq4_nl")
 UBATCH = 512  # llama.cpp's default n_ubatch: the compute buffers below are sized for one micro-batch
+# MLC-LLM's weight formats (its docs, "Quantization Mode"): q4f16_1 = 4-bit weights with an fp16 scale per
+# group of 32 (4.5 bits a weight, embeddings included), q0f16 = unquantized fp16; its KV cache is fp16. MLC
+# does not run here, so their quality is never measured: "unknown", never recommended.
+MLC_TYPES = {"q4f16_1": 4.5, "q0f16": 16.0}
 HOW = "projected (calibrated device model)"
 
 
@@ -48,7 +62,12 @@ class PlanArgs:
     prune: bool = False  # also consider depth-pruned variants (1/8, 1/4, 3/8 of the blocks dropped)
     types: tuple = DEFAULT_TYPES  # GGUF types considered
     kv_types: tuple = KV_CACHE_TYPES  # KV-cache element types considered
-    backend: str = "llama.cpp CUDA"  # whose calibration projects decode (slm.profiling.calibration.GROUPS)
+    # whose calibration projects speed: llama.cpp (CUDA) | mlc | all (each engine's plan side by side)
+    engine: str = "llama.cpp"
+    power_mode: str = ""  # nvpmodel mode of the device (slm.profiling.devices.POWER_MODES); "": MAXN
+    backend: str = "llama.cpp CUDA"  # set from `engine` (slm.profiling.calibration.ENGINES)
+    measure: bool = False  # measure every candidate's quality as it runs (slm.profiling.plan_measure)
+    threads: int = 1  # CPU threads for --measure
     # fraction of the GPU FP16 bound; None: the fitted one (calibration)
     prefill_efficiency: float | None = None
     # slm.json files (profile sweep, export, `--measure`) of this model: KLD / perplexity per type and KV type
@@ -74,6 +93,12 @@ class PlanArgs:
             if not Path(q).is_file():
                 raise SlmError(f"--quality file {q} not found: pass the slm.json of a profile or export run")
         self.max_kld = check_max_kld(self.max_kld)
+        if self.engine != "all":
+            self.backend = engine_backend(self.engine)
+        if self.measure and self.engine == "mlc":
+            raise SlmError("--measure runs candidates with llama.cpp; MLC does not run here: use --engine "
+                           "llama.cpp or all")
+        get_mode(get_device(self.device).key, self.power_mode)  # one-line error listing the device's modes
 
 
 def depths(layers: int, grow: bool, prune: bool) -> list[tuple[int, str]]:
@@ -150,11 +175,13 @@ def _read_quality(p: Path, source, out: dict) -> None:
     n = sum(len(v) for v in out.values())
     sweep = res.get("sweep") or {}
     sweep = sweep if isinstance(sweep, dict) else {}
-    for r in sweep.get("rows", []):
+    # a sweep's KLD is against its first type: only a float reference makes it a KLD vs the f16 model
+    float_ref = [r for r in sweep.get("rows", []) if r.get("reference") in ("f16", "bf16", "f32")]
+    for r in float_ref:
         out["weights"][r["type"]] = {"kld": r.get("kld_vs_ref"), "kld_ci95": r.get("kld_ci95"),
                                      "ppl": r.get("ppl"),
                                      "source": f"sweep in {path} (KLD vs {r.get('reference')})"}
-    for r in sweep.get("kv_quality", {}).get("rows", []):
+    for r in (sweep.get("kv_quality") or {}).get("rows", []):
         src = (f"KV-cache sweep in {path} (KLD vs the f16 cache, {r['weights']} weights, "
                f"{r['context']}-token windows)")
         out["kv"][r["kv_type"]] = {"kld": r["kld"], "kld_ci95": r.get("kld_ci95"), "ppl": r.get("ppl"),
@@ -168,8 +195,9 @@ def _read_quality(p: Path, source, out: dict) -> None:
             "kld": r["kld"], "kld_ci95": r.get("kld_ci95"), "ppl": r.get("ppl"),
             "source": f"measured as it runs in {path}"}
     if sum(len(v) for v in out.values()) == n:
-        raise SlmError(f"{path} ({rec.get('kind')}) holds no quant sweep or export validation: pass the "
-                       "slm.json of `slm profile --quant` or `slm export`")
+        raise SlmError(f"{path} ({rec.get('kind')}) holds no KLD against the f16 model (no export "
+                       "validation, no KV-cache rows, no sweep with an f16 first type): pass the slm.json of "
+                       "`slm export` or of `slm profile --quant f16,...`")
 
 
 def candidate_quality(quality: dict, layers: int, how: str, t: str, kvt: str) -> dict | None:
@@ -186,14 +214,14 @@ def candidate_quality(quality: dict, layers: int, how: str, t: str, kvt: str) ->
     if not w or w["kld"] is None:
         return None
     if kvt == "f16":
-        return {**w, "how": "measured (weights, f16 cache)"}
+        return {**w, "how": "measured"}
     kv = quality["kv"].get(kvt)
     if not kv or kv["kld"] is None:
         return None
     ci = [c for c in (w.get("kld_ci95"), kv.get("kld_ci95")) if c]
     return {"kld": w["kld"] + kv["kld"], "kld_ci95": sum(c * c for c in ci) ** 0.5 if ci else None,
             "ppl": None, "source": f"{w['source']} + {kv['source']}",
-            "how": "weights + KV cache measured apart, summed"}
+            "how": "weights + KV, summed"}
 
 
 def _source_hash(rec: dict) -> str | None:
@@ -220,20 +248,26 @@ def _check_same_model(rec: dict, path: Path, source: str | Path | None) -> None:
                        "the profile or export of this model")
 
 
-def candidates(spec: ModelSpec, args: PlanArgs, source: str | Path | None = None) -> list[dict]:
+def candidates(spec: ModelSpec, args: PlanArgs, source: str | Path | None = None,
+               measured: list[dict] | None = None) -> list[dict]:
     """Every depth × type × KV type with size, memory at the context, projected speeds, quality and budget
     checks."""
     dev = get_device(args.device)
     budget = min(dev.usable_bytes, args.max_memory_gb * 1e9) if args.max_memory_gb else dev.usable_bytes
     quality = load_quality(args.quality, source)
-    rows = []
+    for r in measured or []:
+        quality["pairs"][(r["layers"], r["type"], r["kv_type"])] = {
+            **r, "source": f"measured as it runs (--measure: {r['scoring']})"}
+    rows, mlc = [], args.backend == "MLC"
     for d, how in depths(spec.layers, args.grow, args.prune):
         s = dataclasses.replace(spec, layers=d)
-        for t in args.types:
-            f = fallbacks_for(s, t)
-            for kvt in args.kv_types:
+        for t in (MLC_TYPES if mlc else args.types):
+            f = ({"tensor_bytes": s.params * MLC_TYPES[t] / 8, "params": s.params,
+                  "bits_per_weight": MLC_TYPES[t], "fallbacks": [], "holds": True} if mlc
+                 else fallbacks_for(s, t))
+            for kvt in (("f16",) if mlc else args.kv_types):
                 rows.append(_row(s, how, t, f, kvt, args, dev, budget,
-                                 candidate_quality(quality, d, how, t, kvt)))
+                                 None if mlc else candidate_quality(quality, d, how, t, kvt)))
     rows.sort(key=rank_key(args.max_kld))
     mark_pareto(rows)
     return rows
@@ -243,14 +277,16 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
     per_tok = s.kv_bytes_per_token(kv_element_bytes(kvt))
     weights, kv, comp = f["tensor_bytes"], per_tok * args.context, compute_bytes(s, args.context)
     decode = project_decode(dev, streamed_weight_bytes(s, weights), per_tok, args.context,
-                            args.backend)["tok_s"]
+                            args.backend, args.power_mode)["tok_s"]
     prefill = prefill_bound(dev.fp16_tflops * 1e12, s, args.context) * (args.prefill_efficiency
                                                                          or fit_prefill().efficiency)
+    prefill *= mode_terms(dev.key, args.power_mode)["prefill_scale"]
     fits = weights + kv + comp <= budget
     ok = fits and decode >= (args.min_decode or 0) and prefill >= (args.min_prefill or 0)
     return {"layers": s.layers, "variant": how, "type": t, "kv_type": kvt, "params": f["params"],
             "file_bytes": weights, "bits_per_weight": f["bits_per_weight"], "fallbacks": len(f["fallbacks"]),
-            "holds": f["holds"] or get_type(t).is_float, "weights_bytes": weights, "kv_bytes": kv,
+            "holds": f["holds"] or t in MLC_TYPES or get_type(t).is_float, "weights_bytes": weights,
+            "kv_bytes": kv,
             "compute_bytes": comp, "memory_bytes": weights + kv + comp, "budget_bytes": budget, "fits": fits,
             "decode_tok_s": decode, "prefill_tok_s": prefill, "meets_budget": ok,
             "kld": q["kld"] if q else None, "kld_ci95": q.get("kld_ci95") if q else None,
@@ -267,11 +303,25 @@ def _check_context(spec: ModelSpec, context: int) -> None:
                        "context (rope scaling in config.json) before planning")
 
 
-def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
-    """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates."""
+def plan(spec: ModelSpec, args: PlanArgs, model: str = "", measured: list[dict] | None = None) -> dict:
+    """The whole answer: device, assumptions, fallback facts for this shape, ranked candidates; with
+    `engine="all"`, llama.cpp's plan carrying every engine's answer side by side (`engines`)."""
     _check_context(spec, args.context)
+    if args.engine == "all":
+        each = {e: _plan(spec, dataclasses.replace(args, engine=e), model, measured) for e in ENGINES}
+        res = each["llama.cpp"]
+        res["engines"] = {e: {k: r[k] for k in ("answer", "recommended", "how")}
+                          | {"fastest": max((c for c in r["candidates"] if c["meets_budget"]), default=None,
+                                          key=lambda c: c["decode_tok_s"])}
+                          for e, r in each.items()}
+        res["answer"] = " ".join(f"[{ENGINES[e]}] {r['answer']}" for e, r in each.items())
+        return res
+    return _plan(spec, args, model, measured)
+
+
+def _plan(spec: ModelSpec, args: PlanArgs, model: str, measured: list[dict] | None = None) -> dict:
     dev = get_device(args.device)
-    rows = candidates(spec, args, model or None)
+    rows = candidates(spec, args, model or None, measured)
 
     fit, backend, caveat = calibration_for(args.backend, dev.key)
     calib = fit.label(backend) + (f" ({caveat})" if caveat else "")
@@ -286,11 +336,14 @@ def plan(spec: ModelSpec, args: PlanArgs, model: str = "") -> dict:
                               "flash attention (the estimate is within ±5 % of llama.cpp's CPU allocations; "
                               "CUDA's not checked); against the device's memory less "
                               f"{dev.memory_gib - dev.usable_bytes / GIB:.0f} GiB for the OS",
-                    "quality": _quality_how(args, rows), "ranking": ranking(args.max_kld)},
-            "answer": choice_sentence(choice, dev.name, args.context, fit.held_out_error),
+                    "quality": _quality_how(args, rows), "ranking": ranking(args.max_kld),
+                    "power_mode": mode_label(dev.key, args.power_mode)},
+            "answer": choice_sentence(choice, dev.name, args.context, fit.held_out_error,
+                                      "MLC does not run here, so its formats' quality is not measured"
+                                      if args.backend == "MLC" else ""),
             "recommended": choice["recommended"], "rule": choice["rule"], "runner_up": choice["runner_up"],
             "fallback_warning": fallback_warning(spec, args.types), "types_that_hold": types_that_hold(spec),
-            "candidates": rows}
+            "measured": measured or [], "candidates": rows}
 
 
 def _quality_how(args: PlanArgs, rows: list[dict]) -> str:
@@ -320,14 +373,24 @@ def _speed_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -
                      + small)
 
 
+def _measured(source, spec: ModelSpec, args: PlanArgs) -> list[dict] | None:
+    if not args.measure:
+        return None
+    kv = args.kv_types
+    return measure(source, spec.layers, depths(spec.layers, False, args.prune), args.types, kv, args.threads)
+
+
 def run_plan(source: str | Path, args: PlanArgs, out: Path | None = None, force: bool = False) -> dict:
     """`slm plan`: the plan of a model folder, GGUF or config.json; with `out`, written there (checked and
     locked before the work, never over the source)."""
 
+    spec = load_spec(source)
+    if args.measure:
+        check_weights(source)  # before the output is locked or anything is measured
     if out is None:
-        return plan(load_spec(source), args, model=str(source))
+        return plan(spec, args, str(source), _measured(source, spec, args))
     with guard_output(out, [source, *args.quality], force):
-        result = plan(load_spec(source), args, model=str(source))
+        result = plan(spec, args, str(source), _measured(source, spec, args))
 
         write_plan(out, result, force, (source,))
     return result

@@ -85,7 +85,9 @@ def choose(rows: list[dict], max_kld: float) -> dict:
         # ties on the axis: the faster, then the smaller, then the wider KV cache
         runner[axis] = min(others, default=None, key=lambda r, k=k, sign=sign: (
             sign * r[k], -r["decode_tok_s"], r["memory_bytes"], -kv_element_bytes(r["kv_type"])))
+    fastest = min((r for r in rows if r["meets_budget"]), key=lambda r: -r["decode_tok_s"], default=None)
     return {"recommended": best, "rule": rule(max_kld), "max_kld": max_kld, "runner_up": runner,
+            "fastest_meeting": fastest,
             "eligible": len(eligible), "measured_meeting": len(ok),
             "unknown_meeting": sum(r["meets_budget"] and r["kld"] is None for r in rows)}
 
@@ -104,22 +106,31 @@ def _figures(r: dict, err: float | None) -> str:
             f"({r['quality_how']})")
 
 
-def sentence(choice: dict, device: str, context: int, err: float | None) -> str:
+def sentence(choice: dict, device: str, context: int, err: float | None, unmeasurable: str = "") -> str:
     """The answer in one line: what to ship on `device` at `context` and the rule that chose it, then the
-    runner-up on each axis; or why nothing is recommended."""
+    runner-up on each axis; or why nothing is recommended (`unmeasurable`: why quality cannot be measured
+    here, e.g. an engine that does not run here)."""
     best = choice["recommended"]
     if best is None:
+        fix = unmeasurable or "measure them with --measure or pass --quality"
         why = (f"no candidate meets the budget with measured KLD ≤ {choice['max_kld']:g}"
                + (f" ({choice['measured_meeting']} measured ones meet it above that KLD)"
                   if choice["measured_meeting"] else "")
-               + (f"; {choice['unknown_meeting']} meet it with quality unknown — measure them with --measure "
-                  "or pass --quality" if choice["unknown_meeting"] else ""))
-        return f"No recommendation on {device} at {context} tokens: {why}."
+               + (f"; {choice['unknown_meeting']} meet it with quality unknown — {fix}"
+                  if choice["unknown_meeting"] else ""))
+        f = choice.get("fastest_meeting")
+        pm = f" ± {err:.0%}" if err else ""
+        fastest = (f" The fastest meeting the budget, quality unknown: {name(f)} at {f['decode_tok_s']:.0f} "
+                   f"tok/s{pm} (projected), {f['memory_bytes'] / 2**20:.0f} MiB." if f and f["kld"] is None
+                   else "")
+        return f"No recommendation on {device} at {context} tokens: {why}.{fastest}"
     out = (f"Recommended on {device} at {context} tokens: {name(best)} — {_figures(best, err)}; "
            f"{choice['rule']}.")
-    alts = []
-    for axis, what in (("quality", "for quality"), ("speed", "for speed"), ("memory", "for memory")):
+    alts, seen = [], {}
+    for axis in ("quality", "speed", "memory"):  # one candidate best on two axes is named once, for both
         r = choice["runner_up"].get(axis)
         if r is not None:
-            alts.append(f"{what}: {name(r)} ({_figures(r, err)})")
+            seen.setdefault(id(r), (r, []))[1].append(axis)
+    for r, axes in seen.values():
+        alts.append(f"for {' and '.join(axes)}: {name(r)} ({_figures(r, err)})")
     return out + (" Runner-up " + "; ".join(alts) + "." if alts else "")

@@ -22,7 +22,7 @@ def table_rows(result: dict, n: int | None = None) -> list[list]:
              mib(r["file_bytes"]), mib(r["memory_bytes"]), "yes" if r["fits"] else "no",
              round(r["decode_tok_s"], 1), round(r["prefill_tok_s"]), _kld(r), r.get("quality_how", ""),
              "yes" if r["meets_budget"] else "no", "*" if r["pareto"] else "",
-             "recommended" if best is not None and _same(r, best) else ""]
+             "★" if best is not None and _same(r, best) else ""]
             for i, r in enumerate(result["candidates"][:n])]
 
 
@@ -70,6 +70,13 @@ def plan_figures(result: dict) -> list[Figure]:
     return out
 
 
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "none"
+    return (f"{r['layers']} layers {r['type']} + {r['kv_type']} KV: {r['decode_tok_s']:.0f} tok/s, "
+            f"{r['memory_bytes'] / 2**20:.0f} MiB")
+
+
 def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ()) -> Path:
     """out/plan.json, slm.json and report.html (speed vs size chart, ranked table), through the output
     guard."""
@@ -91,25 +98,37 @@ def write_plan(out: Path, result: dict, force: bool = False, inputs: tuple = ())
             ax.scatter([best["memory_bytes"] / 2**20], [best["decode_tok_s"]], s=140, marker="*", c="#c0392b",
                        label="recommended", zorder=3)
         ax.scatter([], [], s=40, facecolors="none", edgecolors="#1f5f99", label="Pareto (measured quality)")
-        ax.set_xlabel("memory at the context (MiB)")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter  # deferred: matplotlib only for a report
+
+        ax.set_xscale("log")  # candidates from a few hundred MiB to the budget's GiB stay apart
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("memory at the context (MiB, log scale)")
         ax.set_ylabel("decode tok/s (projected)")
         ax.set_title(f"{result['device']['name']} at {result['context']} tokens")
         ax.legend(fontsize=8)
         figures = plan_figures(result)
         notes = [result["how"]["speed"], result["how"]["memory"], "quality: " + result["how"]["quality"],
+                 "power mode: " + result["how"]["power_mode"],
                  "* speeds are projected, never measured"] + ([result["fallback_warning"]]
                                                               if result["fallback_warning"] else [])
         write_record(tmp, "plan", result["args"],
                      inputs={"model": inputs[0]} if inputs and inputs[0] else None,
-                     result={k: v for k, v in result.items() if k != "candidates"}, figures=figures)
+                     result={**{k: v for k, v in result.items() if k != "candidates"},
+                             "headline": result["answer"]}, figures=figures)
         m = Path(result["model"])
         # a run's final/ says nothing alone
         name = f"{m.parent.name}/{m.name}" if m.name == "final" else m.name
+        each = result.get("engines") or {}
+        engines = [Table("Engines side by side",
+                         ["engine", "calibration", "recommended", "fastest meeting the budget", "answer"],
+                         [[e, r["how"]["calibration"], _cell(r["recommended"]), _cell(r["fastest"]),
+                           r["answer"]] for e, r in each.items()])] if each else []
+        ranked = Table(f"Candidates ({result['how']['ranking']})", COLUMNS, table_rows(result),
+                       note="★ recommended. Pareto: on the three-axis front (KLD, decode, memory) of the "
+                            "candidates whose quality is measured",
+                       highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])
         render_report(tmp / "report.html", f"plan: {name or 'config'} on {result['device']['key']}",
                       "plan", figures, [Chart("Speed vs memory", svg_of(fig), result["how"]["speed"])],
-                      [Table(f"Candidates ({result['how']['ranking']})", COLUMNS, table_rows(result),
-                             note="Pareto: on the three-axis front (KLD, decode, memory) of the candidates "
-                                  "whose quality is measured",
-                             highlight=[i for i, r in enumerate(rows) if r["meets_budget"]])], notes=notes,
-                      lead=[result["answer"]])
+                      engines + [ranked], notes=notes, lead=[result["answer"]])
     return out

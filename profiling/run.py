@@ -17,7 +17,7 @@ from slm.errors import SlmError
 from slm.gguf import TYPES
 from slm.profiling import devices, kv, roofline, sweep
 from slm.profiling.args import Inputs, ProfileArgs
-from slm.profiling.calibration import calibration_for, fit_prefill, project
+from slm.profiling.calibration import calibration_for, engine_backend, fit_prefill, mode_label, project
 from slm.profiling.latency import measure_latency
 from slm.profiling.memory import llamacpp_memory
 from slm.profiling.ops import PASS, breakdown
@@ -242,11 +242,13 @@ def _project(dev, res: dict, spec, weight_bytes: float, compute: float, args: Pr
     rows = main["rows"] if main else (
         [{"test": f"pp{n}", "kind": "prefill", "n_tokens": n, "depth": 0} for n in b.pp]
         + [{"test": f"tg{b.tg}@d{d}", "kind": "decode", "n_tokens": b.tg, "depth": d} for d in b.depths])
-    proj = project(dev, rows, weight_bytes, kv_tok, spec, compute)
-    fit, backend, caveat = calibration_for("llama.cpp CUDA", dev.key)
+    engine = engine_backend(args.engine)
+    proj = project(dev, rows, weight_bytes, kv_tok, spec, compute, engine, args.power_mode)
+    fit, backend, caveat = calibration_for(engine, dev.key)
     fit_ctx = [r["context"] for r in res["kv"]["analytic"]["f16"]["rows"]
                if devices.fits(dev, weight_bytes, r["kv_cache"], compute)]
-    return {"device": dev.to_dict(), "how": "projected", "rows": proj,
+    return {"device": dev.to_dict(), "how": "projected", "rows": proj, "engine": args.engine,
+            "power_mode": mode_label(dev.key, args.power_mode),
             "max_context_that_fits_f16_kv": max(fit_ctx, default=0),
             "calibration": fit.label(backend) + (f" ({caveat})" if caveat else ""),
             "expected_error": fit.held_out_error,

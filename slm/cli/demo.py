@@ -238,10 +238,12 @@ def run_profile_base(ctx: dict, out: Path) -> None:
 def run_plan(ctx: dict, out: Path) -> None:
     # What of the CPT model fits an Orin Nano 8GB at 4k context above 20 tok/s decode: depth (as is, pruned)
     # × GGUF type × KV type, projected by the calibrated device model; KLD and perplexity taken from this
-    # model's own export (the validated types), "unknown" for the others.
+    # model's own export (the validated types) and its profile (the KV-cache types), "unknown" for the others;
+    # the recommendation is the fastest with measured KLD ≤ the default bound.
 
-    args = PlanArgs(device="jetson-orin-nano-8gb", context=4096, min_decode=20, prune=True,
-                    quality=str(ctx["export"] / "slm.json"))
+    profile = ctx["runs"] / "profile-x36-cpt" / "slm.json"
+    quality = (str(ctx["export"] / "slm.json"),) + ((str(profile),) if profile.is_file() else ())
+    args = PlanArgs(device="jetson-orin-nano-8gb", context=4096, min_decode=20, prune=True, quality=quality)
     plan_model(ctx["cpt"] / "final", args, out, force=True)
 
 

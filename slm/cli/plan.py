@@ -32,6 +32,13 @@ def register(sub) -> None:
     p.add_argument("--max-kld", type=float, default=DEFAULT_MAX_KLD,
                    help="recommend only candidates with measured mean KLD vs f16 at most this (nats; "
                         f"default {DEFAULT_MAX_KLD})")
+    p.add_argument("--engine", default="llama.cpp",
+                   help="whose calibration projects speed: llama.cpp (CUDA, default), mlc, or all (side by "
+                        "side)")
+    p.add_argument("--power-mode", default="", help="the device's nvpmodel mode, e.g. 30W (default: MAXN)")
+    p.add_argument("--measure", action="store_true",
+                   help="measure every candidate's quality as it runs (prune, export, quantize, score)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for --measure")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--out", help="write plan.json, slm.json and report.html into this folder")
     p.add_argument("--top", type=int, default=15, help="rows printed")
@@ -44,15 +51,21 @@ def cmd_plan(args) -> int:
     pa = PlanArgs(device=args.device, context=args.context, min_decode=args.min_decode,
                   min_prefill=args.min_prefill, max_memory_gb=args.max_memory, grow=args.grow,
                   prune=args.prune, quality=tuple(args.quality or ()), types=args.types or DEFAULT_TYPES,
-                  max_kld=args.max_kld)
+                  max_kld=args.max_kld, engine=args.engine, power_mode=args.power_mode,
+                  measure=args.measure, threads=args.threads)
     result = run_plan(source, pa, Path(args.out) if args.out else None, args.force)
     if result["fallback_warning"]:
         print(result["fallback_warning"], file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(result["answer"])
-        print(f"candidates {result['how']['ranking']}:")
+        if "engines" in result:
+            for e, r in result["engines"].items():
+                print(f"[{e}] {r['answer']}")
+            print(_side_by_side(result["engines"]))
+        else:
+            print(result["answer"])
+        print(f"candidates ({result['how']['calibration']}) {result['how']['ranking']}:")
         rows = [COLUMNS] + [[str(c) for c in r] for r in table_rows(result, args.top)]
         widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
         for r in rows:
@@ -63,3 +76,18 @@ def cmd_plan(args) -> int:
     if args.out:
         print(f"report: {args.out}/report.html")
     return 0
+
+
+def _side_by_side(engines: dict) -> str:
+    """One line per engine: its calibration's held-out error, the recommended candidate and the fastest one
+    meeting the budget."""
+    def cell(r):
+        if r is None:
+            return "none"
+        return (f"{r['layers']}L {r['type']}+{r['kv_type']} {r['decode_tok_s']:.0f} tok/s "
+                f"{r['memory_bytes'] / 2**20:.0f} MiB")
+    rows = [["engine", "held-out error", "recommended", "fastest meeting the budget"]]
+    rows += [[e, f"±{r['how']['decode_expected_error']:.0%}", cell(r["recommended"]), cell(r["fastest"])]
+             for e, r in engines.items()]
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(x) for c, x in zip(r, w)) for r in rows)

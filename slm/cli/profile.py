@@ -42,6 +42,10 @@ def register(sub) -> None:
     p.add_argument("--tegrastats", help="the tegrastats command on the device, sampled for power (default: "
                                         "tegrastats)")
     p.add_argument("--ngl", type=int, help="llama-bench -ngl: layers offloaded to the GPU (default: all)")
+    p.add_argument("--engine", help="whose calibration projects onto --device: llama.cpp (CUDA, default) or "
+                                    "mlc")
+    p.add_argument("--power-mode", help="the device's nvpmodel mode for the projection, e.g. 30W (default "
+                                        "MAXN)")
     p.add_argument("--quant", help="comma list of GGUF types to sweep, e.g. f16,q8_0,q6_k,q4_k_m")
     p.add_argument("--backends", help="backends to run when their input exists (default: all three)")
     p.add_argument("--pp", type=_ints, help="prompt lengths (comma list; default 128,512,2048)")
@@ -78,7 +82,8 @@ def register(sub) -> None:
 
 # CLI flag → field; a flag left out keeps the dataclass default (ProfileArgs / BenchArgs hold every default)
 FLAGS = {"device": "device", "quant": "quant", "backends": "backends", "threads": "threads", "quick": "quick",
-         "refresh_host": "refresh_host", "full_all": "full_all", "ops": "ops"}
+         "refresh_host": "refresh_host", "full_all": "full_all", "ops": "ops", "engine": "engine",
+         "power_mode": "power_mode"}
 BENCH_FLAGS = {"pp": "pp", "tg": "tg", "depths": "depths", "reps": "reps", "target_ci": "target_ci",
                "time_cap": "time_cap_s", "max_reps": "max_reps", "latency_prompt": "latency_prompt",
                "latency_tokens": "latency_tokens"}

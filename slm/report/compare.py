@@ -79,6 +79,11 @@ def compare(runs: list[Path | str], out_html: Path | str) -> Path:
     """Write one self-contained page comparing the runs and return its path: a few sentences computed from the
     table, the figures grouped (speed, memory, size, quality, training, model) as value ± 95 % interval with
     the change against A and its uncertainty, the settings apart, and the arguments."""
+    return _compare(runs, out_html)[0]
+
+
+def _compare(runs: list[Path | str], out_html: Path | str) -> tuple[Path, list[str], list[str]]:
+    """compare(), also returning its lead sentences and the runs' kinds (the index's decisions)."""
     if len(runs) < 2:
         raise SlmError("compare needs at least two runs: slm report compare A B [C ...]")
     recs = [load_run(r) for r in runs]
@@ -107,9 +112,11 @@ def compare(runs: list[Path | str], out_html: Path | str) -> Path:
             for lab, r in zip(labels, recs)]
     out_html = Path(out_html)
     links = [(lab, _rel_link(out_html, Path(r["_path"]))) for lab, r in zip(labels, recs)]
-    return render_report(out_html, "Compare: " + " vs ".join(Path(r["_path"]).name for r in recs), "compare",
+    lead = sentences(lines, short)
+    page = render_report(out_html, "Compare: " + " vs ".join(Path(r["_path"]).name for r in recs), "compare",
                          head, _relative_chart(labels, lines, len(kinds) == 1), tables, links=links,
-                         lead=sentences(lines, short))
+                         lead=lead)
+    return page, lead, [r["kind"] for r in recs]
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -185,7 +192,9 @@ def _rel_link(from_html: Path, run_dir: Path) -> str:
 
 
 def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path:
-    """reports/index.html: the decisions first (each run's own one-sentence headline), the comparisons, then
+    """reports/index.html: the decisions first, each a sentence with its intervals linking to its evidence —
+    what growing cost on the device (a compare of profiles), which export the plan recommends for its target
+    and why (a plan), the ablation's verdict, then any other run's own headline — then the comparisons, then
     every run with its kind, date, key figures in words and units, how they were obtained, and a link. A
     folder whose slm.json cannot be read is listed as unreadable, with the reason, and the index goes on."""
     reports_dir = Path(reports_dir)
@@ -199,10 +208,11 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
             continue
         if rec is None:
             continue
-        if rec.get("result", {}).get("headline"):  # a run's own one-sentence result (e.g. the ablation's)
-            lead.append(str(rec["result"]["headline"]))
         created = str(rec.get("created", ""))[:16].replace("T", " ")
         link = _rel_link(reports_dir / "index.html", d)
+        res = rec.get("result") or {}
+        if res.get("headline"):  # a run's own one-sentence result (the plan's answer, the ablation's verdict)
+            lead.append((_decision(rec["kind"], res), str(res["headline"]), link))
         if rec["kind"] == "compare":
             names = next((f.value for f in figs if f.name == "runs"), "")
             comps.append(([d.name, created, str(names)], link))
@@ -228,7 +238,20 @@ def build_index(reports_dir: Path | str, title: str = "slm-lab reports") -> Path
                    exact=True),
             Figure("comparisons", "comparisons", len(comps), "comparisons", group="setting", how="setting",
                    exact=True)]
+    lead.sort(key=lambda x: DECISIONS.index(x[0]) if x[0] in DECISIONS else len(DECISIONS))
     return render_report(reports_dir / "index.html", title, "index", head, [], tables, lead=lead or None)
+
+
+# the index's decisions, in the order a reader takes them
+DECISIONS = ("What growing cost (the profiles compared):", "What to ship:", "The ablation's verdict:",
+             "Compared:")
+
+
+def _decision(kind: str, result: dict) -> str:
+    """The label a run's headline gets on the index."""
+    if kind == "compare":
+        return DECISIONS[0] if set(result.get("kinds") or ()) == {"profile"} else DECISIONS[3]
+    return {"plan": DECISIONS[1], "ablate": DECISIONS[2]}.get(kind, f"{kind}:")
 
 
 def compare_runs(runs: list[Path | str], out: Path | str, force: bool = False) -> Path:
@@ -236,7 +259,8 @@ def compare_runs(runs: list[Path | str], out: Path | str, force: bool = False) -
     through the output guard — never over one of the runs it reads, even with force. Returns the page."""
     out = Path(out)
     with atomic_dir(out, force, runs) as tmp:
-        compare(runs, tmp / "index.html")
+        _, lead, kinds = _compare(runs, tmp / "index.html")
         write_record(tmp, "compare", {"runs": [str(r) for r in runs]},
+                     result={"headline": " ".join(lead), "kinds": kinds},
                      figures=[setting("runs", "runs compared", ", ".join(Path(r).name for r in runs))])
     return out / "index.html"

@@ -78,7 +78,7 @@ def render_report(out_html: Path, title: str, kind: str, figures: list[Figure] |
                   lead: list[str] | None = None) -> Path:
     """Write one self-contained report file atomically and return its path. `figures` are shown on top, each
     as its label and its value with interval and unit (how it was obtained on hover); `lead` is a few
-    sentences above them."""
+    sentences above them, each a string or (label, sentence, href): a decision with a link to its evidence."""
     for c in charts or []:
         if not re.match(r"\s*<svg", c.svg):
             raise ValueError(f"chart {c.title!r} is not inline SVG")

@@ -1,5 +1,6 @@
 """Reports: self-contained, escaped, and compare/index read every run's slm.json."""
 
+import html
 import json
 import re
 
@@ -104,3 +105,28 @@ def test_record_has_versions_and_hashes(tmp_path, tiny):
     rec = write_record(tmp_path, "x", {"k": 1}, inputs={"model": m})
     assert len(rec["inputs"]["model"]["sha256"]) == 64 and "torch" in rec["versions"]
     assert json.loads((tmp_path / "slm.json").read_text())["args"] == {"k": 1}
+
+
+def test_index_leads_with_the_decisions_each_linking_to_its_evidence(tmp_path):
+    from slm.report.compare import compare_runs
+
+    decode = "decode at depth 0 on the device (projected)"
+    for name, v in (("06-profile-base", 120.0), ("05-profile", 100.0)):
+        (tmp_path / name).mkdir()
+        write_record(tmp_path / name, "profile", {}, figures=[
+            Figure("projected.tg", decode, v, "tok/s", "higher", "speed", "projected", exact=True, key=True)])
+    compare_runs([tmp_path / "06-profile-base", tmp_path / "05-profile"], tmp_path / "09-compare-profiles")
+    (tmp_path / "07-plan").mkdir()
+    write_record(tmp_path / "07-plan", "plan", {}, result={"headline": "Recommended on X at 4096 tokens: A."})
+    (tmp_path / "04-ablate").mkdir()
+    write_record(tmp_path / "04-ablate", "ablate", {}, result={"headline": "expanded gained the most."})
+    text = build_index(tmp_path).read_text()
+    leads = [tuple(map(html.unescape, m)) for m in
+             re.findall(r'<p class="lead"><b>([^<]+)</b> (.*?) <a href="([^"]+)">evidence</a></p>', text)]
+    # in the order a reader decides: the device cost of growing, what to ship, the ablation's verdict
+    assert [lab for lab, _, _ in leads] == ["What growing cost (the profiles compared):", "What to ship:",
+                                            "The ablation's verdict:"]
+    assert [h for _, _, h in leads] == ["09-compare-profiles/index.html", "07-plan",
+                                        "04-ablate"]  # no page written there: the folder
+    # the growing cost is the compare's own sentence, with its change (exact projections: no interval)
+    assert decode in leads[0][1] and "-16.7%" in leads[0][1]

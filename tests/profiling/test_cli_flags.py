@@ -47,7 +47,7 @@ def test_every_field_round_trips_to_the_device():
                                     time_cap_s=3.5, max_reps=9, threads=1, seed=5),
                     threads=1, quick=False, sweep_pp=64, sweep_tg=8, sweep_reps=3, ppl_chunks=2,
                     kv_types=("f16", "q8_0"), kv_contexts=(256, 1024), refresh_host=True, full_all=True,
-                    ops=True)
+                    ops=True, kv_quality_ctx=1024, kv_quality_chunks=1, engine="mlc", power_mode="7W")
     defaults = ProfileArgs()
     same = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) == getattr(defaults, f.name)]
     assert same == ["quick"], f"test must move every field off its default: {same}"  # quick: below

@@ -122,7 +122,7 @@ def test_recommends_the_fastest_measured_within_max_kld_and_ranks_as_it_says(tmp
     assert ru["speed"]["type"] == "q4_0"  # faster, but 0.3 nats: the trade is shown, not taken
     assert res["answer"].startswith("Recommended on Jetson Orin Nano 8GB at 4096 tokens: 30 layers, q4_k_m "
                                     "weights, q8_0 KV cache")
-    assert "the fastest that fits with measured KLD ≤ 0.05" in res["answer"] and "for speed:" in res["answer"]
+    assert "the fastest that fits with measured KLD ≤ 0.05" in res["answer"] and "for speed" in res["answer"]
     # three-axis Pareto over the measured candidates only
     measured = [r for r in rows if r["kld"] is not None]
     for r in measured:
@@ -176,7 +176,7 @@ def test_quality_only_from_a_sweep_of_this_model(tmp_path):
     assert _row(rows, 27, type="q8_0", kv_type="f16")["kld"] is None  # a pruned model is another model
     (tmp_path / "e").mkdir()
     write_record(tmp_path / "e", "export", {}, result={})
-    with pytest.raises(SlmError, match="no quant sweep"):
+    with pytest.raises(SlmError, match="holds no KLD against the f16 model"):
         candidates(SMOLLM2, PlanArgs(device="jetson-orin-nano-8gb", quality=str(tmp_path / "e" / "slm.json")))
 
 
@@ -247,3 +247,115 @@ def test_cli_plan_writes_report(tiny, tmp_path, capsys):
                                "max_position_embeddings": 8192}))
     assert main(["plan", "--config", str(cfg), "--device", "orin-nano", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["device"]["key"] == get_device("orin-nano").key
+
+
+def test_engines_side_by_side_and_their_calibrations():
+    args = PlanArgs(device="jetson-orin-nano-8gb-super", context=4096, engine="all")
+    res = plan(LLAMA32_3B, args)
+    assert set(res["engines"]) == {"llama.cpp", "mlc"}
+    mlc = plan(LLAMA32_3B, dataclasses.replace(args, engine="mlc"))
+    assert "MLC calibration (MLC)" in mlc["how"]["calibration"] and mlc["how"]["decode_expected_error"] < 0.25
+    assert {r["type"] for r in mlc["candidates"]} == {"q4f16_1", "q0f16"}
+    assert {r["kv_type"] for r in mlc["candidates"]} == {"f16"}
+    # MLC does not run here: its quality is never measured, so it is never recommended, and says why
+    assert mlc["recommended"] is None and "MLC does not run here" in mlc["answer"]
+    assert res["engines"]["mlc"]["answer"] == mlc["answer"]
+    ok = [r for r in res["candidates"] if r["meets_budget"]]
+    assert res["engines"]["llama.cpp"]["fastest"]["decode_tok_s"] == max(r["decode_tok_s"] for r in ok)
+    # MLC's fitted efficiency is higher: a 3B model at 4.5 bits decodes faster through it than llama.cpp q4_0
+    q4 = _row(res["candidates"], type="q4_0", kv_type="f16")
+    assert _row(mlc["candidates"], type="q4f16_1")["decode_tok_s"] > q4["decode_tok_s"]
+    with pytest.raises(SlmError, match="engines with published Jetson points are llama.cpp, mlc") as e:
+        PlanArgs(device="jetson-orin-nano-8gb", engine="tensorrt")
+    assert "\n" not in str(e.value)
+
+
+def test_power_mode_moves_the_projection_as_published():
+    from slm.profiling.calibration import mode_fit, project_decode
+    from slm.profiling.calibration_table import POINTS
+
+    agx = get_device("jetson-agx-orin-64gb")
+    p = next(p for p in POINTS if p.key == "junwei-qwen-32b-tg128")
+    maxn, w30 = (project_decode(agx, p.bytes_per_token, 0, 0, power_mode=m)["tok_s"] for m in ("", "30W"))
+    assert maxn / w30 == pytest.approx(6.84 / 5.37, rel=1e-6)  # the fitted pair, reproduced
+    fit = mode_fit()
+    assert 0 < fit.alpha < 1 and 0 < fit.beta < 1 and fit.held_out_error < 0.25  # held out apart
+    small = SMOLLM2
+    rows = {m: plan(small, PlanArgs(device="jetson-orin-nano-8gb", context=2048, types=("q8_0",),
+                                    kv_types=("f16",), power_mode=m))
+            for m in ("", "7W")}
+    assert rows["7W"]["candidates"][0]["decode_tok_s"] < rows[""]["candidates"][0]["decode_tok_s"]
+    assert "no published point" in rows["7W"]["how"]["power_mode"]
+    assert "held-out error" in rows["7W"]["how"]["power_mode"]
+    with pytest.raises(SlmError, match="its modes are MAXN, 25W, 15W, 10W"):
+        PlanArgs(device="jetson-orin-nx-16gb", power_mode="7W")
+
+
+def test_power_modes_agree_with_the_registry():
+    from slm.profiling.devices import DEVICES, power_modes
+
+    for key, dev in DEVICES.items():
+        modes = power_modes(key)
+        if not modes:
+            assert key == "jetson-agx-thor"  # no nvpmodel file read for it
+            continue
+        # the top mode is the registry's: bandwidth / memory clock is one LPDDR5 constant (32 bytes a clock
+        # on a 128-bit bus, 64 on the AGX's 256-bit)
+        per_clock = dev.bandwidth_GBps * 1e3 / modes[0].emc_mhz
+        assert per_clock == pytest.approx(64 if "agx" in key else 32, rel=0.01), key
+        assert all(m.compute_ratio(modes[0]) <= 1 and m.bandwidth_ratio(modes[0]) <= 1 for m in modes)
+
+
+def test_profile_projects_with_the_engine_and_power_mode_asked(tmp_path, capsys):
+    from slm.cli import main
+    from slm.profiling.args import ProfileArgs
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576,
+                               "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+                               "vocab_size": 49152, "tie_word_embeddings": True}))
+    speeds = {}
+    for engine, mode in (("llama.cpp", ""), ("mlc", ""), ("llama.cpp", "7W")):
+        flags = ["--engine", engine] + (["--power-mode", mode] if mode else [])
+        assert main(["profile", "--config", str(cfg), "--device", "orin-nano", "--quant", "q4_k_m", "--json",
+                     "-o", str(tmp_path / f"p-{engine}-{mode}"), *flags]) == 0
+        p = json.loads(capsys.readouterr().out)["projection"]
+        assert p["engine"] == engine and (mode or "15W") in p["power_mode"]
+        speeds[engine, mode] = next(r["tok_s"] for r in p["rows"] if r["test"] == "tg128@d0")
+        assert ("MLC calibration" if engine == "mlc" else "llama.cpp calibration") in p["calibration"]
+    assert speeds["llama.cpp", "7W"] < speeds["llama.cpp", ""] != speeds["mlc", ""]
+    for kw, msg in (({"engine": "tensorrt"}, "engines with published Jetson points"),
+                    ({"device": "orin-nano", "power_mode": "30W"}, "its modes are 15W, 7W")):
+        with pytest.raises(SlmError, match=msg):
+            ProfileArgs(**kw)
+
+
+def test_measure_scores_every_candidate_as_it_runs(tiny, tmp_path):
+    import numpy as np
+
+    from slm.profiling.plan_measure import measure
+
+    m = tiny("llama", head_dim=32)
+    spec = load_spec(m)
+    tokens = [int(t) for t in np.random.default_rng(0).integers(0, 256, 2 * 64)]  # no tokenizer in a tiny
+    rows = measure(m, spec.layers, depths(spec.layers, False, True), ("f16", "q8_0", "q4_0"), ("f16", "q4_0"),
+                   tokens=tokens, ctx=64, progress=lambda s: None)
+    by = {(r["layers"], r["type"], r["kv_type"]): r for r in rows}
+    assert len(rows) == len(depths(spec.layers, False, True)) * 3 * 2
+    assert by[6, "f16", "f16"]["kld"] == pytest.approx(0, abs=1e-6)  # the reference itself
+    assert by[6, "f16", "f16"]["kld"] < by[6, "q8_0", "f16"]["kld"] < by[6, "q4_0", "f16"]["kld"]
+    assert by[6, "q8_0", "f16"]["kld"] < by[6, "q8_0", "q4_0"]["kld"]  # the cache's loss is in the figure
+    assert by[5, "f16", "f16"]["kld"] > by[6, "q8_0", "f16"]["kld"]  # pruning a random block costs more
+    res = plan(spec, PlanArgs(device="jetson-orin-nano-8gb", context=64, prune=True,
+                              types=("f16", "q8_0", "q4_0"), kv_types=("f16", "q4_0"), max_kld=10),
+               str(m), rows)
+    assert all(r["kld"] is not None and r["quality_how"] == "measured as it runs" for r in res["candidates"])
+    assert res["recommended"] is not None and res["measured"] == rows
+    # a config alone, or MLC, cannot be measured: one line before any work
+    cfg = tmp_path / "c.json"
+    cfg.write_text((m / "config.json").read_text())
+    with pytest.raises(SlmError, match="--measure needs weights"):
+        from slm.profiling.plan import run_plan
+        run_plan(cfg, PlanArgs(device="jetson-orin-nano-8gb", measure=True))
+    with pytest.raises(SlmError, match="MLC does not run here"):
+        PlanArgs(device="jetson-orin-nano-8gb", measure=True, engine="mlc")
