@@ -33,6 +33,7 @@ from slm.profiling.calibration import (
     streamed_weight_bytes,
 )
 from slm.profiling.devices import GIB, get_device, get_mode
+from slm.profiling.latency import projected_ttft_s
 from slm.profiling.plan_choice import DEFAULT_MAX_KLD, check_max_kld, choose, mark_pareto, rank_key, ranking
 from slm.profiling.plan_choice import sentence as choice_sentence
 from slm.profiling.plan_measure import check_weights, measure
@@ -289,6 +290,8 @@ def _row(s: ModelSpec, how: str, t: str, f: dict, kvt: str, args: PlanArgs, dev,
             "kv_bytes": kv,
             "compute_bytes": comp, "memory_bytes": weights + kv + comp, "budget_bytes": budget, "fits": fits,
             "decode_tok_s": decode, "prefill_tok_s": prefill, "meets_budget": ok,
+            # time to first token of a prompt as long as the context: prompt / prefill + one decode step
+            "ttft_s": projected_ttft_s(args.context, prefill, decode),
             "kld": q["kld"] if q else None, "kld_ci95": q.get("kld_ci95") if q else None,
             "ppl": q["ppl"] if q else None, "quality_how": q["how"] if q else "unknown",
             "quality_source": q["source"] if q else "unknown (not measured: --measure or --quality)"}
@@ -356,7 +359,13 @@ def _quality_how(args: PlanArgs, rows: list[dict]) -> str:
 
 
 def _speed_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -> str:
-    """How the two speed columns were obtained, in sentences a reader can follow."""
+    """How the speed columns were obtained, in sentences a reader can follow."""
+    ttft = (f" TTFT of a {args.context}-token prompt: the prompt at the projected prefill rate plus one "
+            "decode step (so it carries both projections' errors).")
+    return _rates_how(args, fit, backend, calib, spec) + ttft
+
+
+def _rates_how(args: PlanArgs, fit, backend: str, calib: str, spec: ModelSpec) -> str:
     decode = (f"{HOW}. Decode tok/s at depth {args.context}: (weights streamed per token — all but an untied "
               f"input embedding — + KV cache) / ({fit.efficiency:.2f} × device bandwidth) + "
               f"{fit.overhead_s[backend] * 1e3:.1f} ms per token; {calib.removeprefix('projected: ')}.")

@@ -20,7 +20,8 @@ def table_rows(result: dict, n: int | None = None) -> list[list]:
     best = result.get("recommended")
     return [[i + 1, r["layers"], r["variant"], r["type"], r["kv_type"], round(r["bits_per_weight"], 2),
              mib(r["file_bytes"]), mib(r["memory_bytes"]), "yes" if r["fits"] else "no",
-             round(r["decode_tok_s"], 1), round(r["prefill_tok_s"]), _kld(r), r.get("quality_how", ""),
+             round(r["decode_tok_s"], 1), round(r["prefill_tok_s"]),
+             round(r["ttft_s"] * 1000), _kld(r), r.get("quality_how", ""),
              "yes" if r["meets_budget"] else "no", "*" if r["pareto"] else "",
              "★" if best is not None and _same(r, best) else ""]
             for i, r in enumerate(result["candidates"][:n])]
@@ -37,7 +38,8 @@ def _same(a: dict, b: dict) -> bool:
 
 
 COLUMNS = ["rank", "layers", "variant", "type", "KV", "bits/w", "file MiB", "memory MiB", "fits",
-           "decode tok/s*", "prefill tok/s*", "KLD vs f16", "quality", "meets budget", "Pareto", ""]
+           "decode tok/s*", "prefill tok/s*", "TTFT ms*", "KLD vs f16", "quality", "meets budget", "Pareto",
+           ""]
 
 
 def plan_figures(result: dict) -> list[Figure]:

@@ -43,6 +43,9 @@ def test_bundled_shape_real_bits_and_projection():
     # a smaller file and cache decode faster
     assert _row(rows, type="q4_0", kv_type="q4_0")["decode_tok_s"] > q6["decode_tok_s"]
     assert all(r["kld"] is None and r["quality_source"].startswith("unknown") for r in rows)
+    # TTFT of a context-long prompt: the prompt at the prefill rate, then one decode step
+    assert q6["ttft_s"] == pytest.approx(4096 / q6["prefill_tok_s"] + 1 / q6["decode_tok_s"])
+    assert q6["ttft_s"] > _row(rows, type="q4_0", kv_type="q4_0")["ttft_s"] > 4096 / q6["prefill_tok_s"]
 
 
 def test_llama_3b_on_orin_nano_at_4k_above_20_tok_s():
