@@ -116,20 +116,15 @@ def forgetting_table(f: dict, names: list[str]) -> Table:
 def eval_figures(result: dict, names: list[str]) -> list[Figure]:
     """Each model's perplexity on each set (± 95 %), its probe scores, each set's forgetting, and OP/BWT
     beside those parts."""
+    # the benchmark columns name their own figures; every other column is a held-out set
+    benchmarks = {PROBE_SET: (probe_figures, "probe."), HUMANEVAL_SET: (humaneval_figures, ""),
+                  IFEVAL_SET: (ifeval_figures, ""), LMEVAL_KEY: (lm_figures, "")}
     out = []
     for n, row in zip(names, result["matrix"]):
         for k, v in row.items():
-            if k == PROBE_SET:
-                out += probe_figures(v, f"{n}.probe.", f"{n}: ")
-                continue
-            if k == HUMANEVAL_SET:
-                out += humaneval_figures(v, f"{n}.", f"{n}: ")
-                continue
-            if k == IFEVAL_SET:
-                out += ifeval_figures(v, f"{n}.", f"{n}: ")
-                continue
-            if k == LMEVAL_KEY:
-                out += lm_figures(v, f"{n}.", f"{n}: ")
+            if k in benchmarks:
+                figures, sub = benchmarks[k]
+                out += figures(v, f"{n}.{sub}", f"{n}: ")
                 continue
             out.append(Figure(f"{n}.{k}.ppl", f"{n}: perplexity on {k}", v["ppl"], "1", "lower", "quality",
                               interval=ci95_se(v["loss_se"] * v["ppl"]), n=v["tokens"], exact=True, key=True,
