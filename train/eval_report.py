@@ -23,11 +23,17 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
     """slm.json + report.html into `out`."""
     names = display_names(result["models"])
     figures = eval_figures(result, names)
-    sets = [k for k in result["sets"] if any("ppl" in (row.get(k) or {}) for row in result["matrix"])]
+    benchmarks = (PROBE_SET, HUMANEVAL_SET, IFEVAL_SET, LMEVAL_KEY)  # each has its own table below
+    sets = [k for k in result["sets"] if k not in benchmarks
+            and any("ppl" in (row.get(k) or {}) for row in result["matrix"])]
     rows = [[n] + [_ppl_text(row.get(k)) for k in sets] for n, row in zip(names, result["matrix"])]
-    tables = [Table("Held-out perplexity (stage × set), ± 95 % interval", ["model"] + sets, rows,
-                    note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated; ± first "
-                         "order from the s.e. of the mean token loss (tokens taken as independent)")]
+    ppl = Table("Held-out perplexity (stage × set), ± 95 % interval", ["model"] + sets, rows,
+                note=f"{args.tokens} tokens per set, seq_len {args.seq_len}, documents isolated; ± first "
+                     "order from the s.e. of the mean token loss (tokens taken as independent)")
+    tables = [ppl] if sets else []
+    measured = ((["held-out perplexity"] if sets else []) + (["instruction probe"] if args.probe else [])
+                + (["HumanEval"] if args.humaneval else []) + (["IFEval"] if args.ifeval else [])
+                + (["lm-eval"] if args.lm_eval else []))
     charts = []
     if result.get("changes"):
         tables.append(change_table(result, names))
@@ -54,7 +60,7 @@ def write_eval(out: Path, args: EvalArgs, result: dict, force: bool = False) -> 
                                             "p ≥ 0.05: the flips do not show a change"))
     with atomic_dir(out, force, [*args.models, args.data or None]) as tmp:  # never over a model or the data
         write_record(tmp, "eval", asdict(args), {}, {**result, "names": names}, figures=figures)
-        render_report(tmp / "report.html", "eval: held-out perplexity", "eval", figures, charts, tables,
+        render_report(tmp / "report.html", "eval: " + ", ".join(measured), "eval", figures, charts, tables,
                       notes=["score for OP/BWT = −loss (nats/token); BWT < 0 means forgetting, and it is "
                              "the mean of the per-set changes shown beside it"])
     return out
@@ -242,13 +248,13 @@ def lm_eval_table(result: dict, names: list[str]) -> Table:
                       "the first documents only")
 
 
-def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False) -> dict:
+def run_eval(args: EvalArgs, out: Path | None = None, force: bool = False, open_gguf=None) -> dict:
     """`slm eval`: evaluate, and with `out` write slm.json + report.html there — the output checked (never one
     of the models or the data, even with force) and locked before the long evaluation."""
     if out is None:
-        return evaluate(args)
+        return evaluate(args, open_gguf=open_gguf)
 
     with guard_output(out, [*args.models, args.data or None], force):
-        result = evaluate(args)
+        result = evaluate(args, open_gguf=open_gguf)
         write_eval(out, args, result, force)
     return result

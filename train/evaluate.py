@@ -27,7 +27,7 @@ from slm.errors import SlmError
 from slm.score import paired, token_stats
 from slm.stats import ci95_se, mcnemar, significant
 
-from .humaneval import HumanEvalArgs, check_tokenizer, humaneval
+from .humaneval import HumanEvalArgs, check_tokenizer, gguf_humaneval, humaneval
 from .ifeval import IFEvalArgs, ifeval
 from .lmeval import LmEvalArgs, task_manager
 from .lmeval import run as run_lm_eval
@@ -133,10 +133,11 @@ class EvalArgs:
             raise SlmError("seq_len ≥ 2, tokens ≥ 1 and micro_batch ≥ 1 are needed")
 
 
-def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
+def evaluate(args: EvalArgs, keep_tokens: bool = False, open_gguf=None) -> dict:
     """Perplexity of every model on every set, and OP/BWT when tasks are given. Returns the result dict; with
     keep_tokens every row's sets also hold `_tokens`, the per-token losses (numpy, in memory: strip before
-    writing)."""
+    writing). A model that is a .gguf file is scored on HumanEval through llama.cpp: `open_gguf(path,
+    n_ctx)` opens it (slm.quant's wrapper, handed in by the CLI)."""
     from slm.io import load_model  # torch: deferred, a heavy import
 
     from .checkpoint import resolve_init  # torch: deferred, a heavy import
@@ -144,12 +145,15 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
     splits = heldout_sets(args.data, args.sets, "--sets") if args.data else {}
     if args.data and not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
-    dirs = [resolve_init(Path(m), "model") for m in args.models]
+    ggufs = {m for m in args.models if str(m).endswith(".gguf")}
+    _check_ggufs(ggufs, args, open_gguf)
+    dirs = [Path(m) if m in ggufs else resolve_init(Path(m), "model") for m in args.models]
+    hf = [d for d in dirs if str(d) not in ggufs]
     if args.humaneval:
-        for d in dirs:
+        for d in hf:
             check_tokenizer(d)
     if args.probe or args.ifeval:  # every model's tokenizer and chat template, before the long part
-        for d in dirs:
+        for d in hf:
             chat_tokenizer(d)
     tm = lm_args = None
     if args.lm_eval:  # every task name checked before any model is loaded
@@ -159,6 +163,10 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False) -> dict:
                           ("cpu" if args.device == "auto" else args.device))
     rows, reference = [], None
     for d in dirs:
+        if str(d) in ggufs:
+            with open_gguf(d, GGUF_CTX) as llm:
+                rows.append({HUMANEVAL_SET: gguf_humaneval(llm, _humaneval_args(args), d.name)})
+            continue
         model = load_model(d, "float32", attn_implementation="sdpa").to(device)
         rows.append(perplexity(model, splits, args.seq_len, args.tokens, device, args.micro_batch,
                                autocast=device.type == "cuda", keep_tokens=True))
@@ -250,12 +258,34 @@ def _probe_into(row: dict, model, model_dir: Path, reference: dict | None, args:
     return reference
 
 
+GGUF_CTX = 2048  # llama.cpp context for HumanEval: the longest prompt + solution is ~700 tokens, + 384 new
+
+
+def _check_ggufs(ggufs: set, args: EvalArgs, open_gguf) -> None:
+    """A GGUF is scored on HumanEval only; the other measures need the HF model (its torch forward)."""
+    if not ggufs:
+        return
+    if open_gguf is None:
+        raise SlmError("a GGUF model is evaluated through `slm eval` (it opens llama.cpp): pass an HF folder "
+                       "here")
+    if not args.humaneval or args.data or args.probe or args.ifeval or args.lm_eval:
+        raise SlmError(f"{sorted(ggufs)[0]}: a GGUF is scored on --humaneval alone (held-out perplexity, "
+                       "the probe, IFEval and lm-eval need an HF folder): pass --humaneval loss|pass and "
+                       "nothing else")
+    for g in ggufs:
+        if not Path(g).is_file():
+            raise SlmError(f"model {g} not found: check the path")
+
+
+def _humaneval_args(args: EvalArgs) -> HumanEvalArgs:
+    return HumanEvalArgs(mode=args.humaneval, problems=args.humaneval_problems, progress=args.progress)
+
+
 def _humaneval(model, model_dir: Path, args: EvalArgs, device) -> dict:
     from transformers import AutoTokenizer  # transformers: deferred, a heavy import
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    return humaneval(model, tok, HumanEvalArgs(mode=args.humaneval, problems=args.humaneval_problems,
-                                               progress=args.progress), device, model_dir.name)
+    return humaneval(model, tok, _humaneval_args(args), device, model_dir.name)
 
 
 def forgetting(scores: list[dict], tasks: list[str], also: dict | None = None,

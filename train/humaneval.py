@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -141,14 +142,77 @@ def execute(probs: list[dict], texts: list[str], args: HumanEvalArgs) -> list[in
 
 
 def humaneval(model, tok, args: HumanEvalArgs, device, name: str = "") -> dict:
-    """One model's HumanEval row: the canonical solutions' loss (± s.e. over tokens; `_tokens` holds the
+    """One HF model's HumanEval row: the canonical solutions' loss (± s.e. over tokens; `_tokens` holds the
     per-token losses for paired comparisons, in memory), and with mode=pass pass@1 with its Wilson interval
     and per-problem outcomes (`items`)."""
+    was_training = model.training
+    model.eval()
+    row = _run(args, name, lambda probs, bar: solution_losses(model, tok, probs, args, device, bar),
+               lambda probs, bar: completions(model, tok, probs, args, device, bar))
+    model.train(was_training)
+    return row
+
+
+# ---- a GGUF through llama.cpp ------------------------------------------------------------------------------
+# `llm` is slm.quant's llama.cpp wrapper (LlamaCpp), handed in by the CLI (train does not import quant):
+# tokenize(text, add_bos=), piece(id) → bytes, logits(ids), greedy(ids, n, until=), is_end(id).
+
+def _gguf_solution(llm, p: dict) -> tuple[list[int], int]:
+    """As _solution_ids, with the GGUF's own tokens and byte offsets (its token pieces)."""
+    ids = llm.tokenize(p["prompt"] + p["canonical_solution"], add_bos=False)
+    edge, at = len(p["prompt"].encode()), 0
+    for i, t in enumerate(ids):
+        if at >= edge:
+            return ids, max(1, i)
+        at += len(llm.piece(t))
+    return ids, len(ids)
+
+
+def gguf_solution_losses(llm, probs: list[dict], bar=None) -> list[list[float]]:
+    """Per problem, the next-token losses (nats) of its canonical solution's tokens after the prompt."""
+    out = []
+    for p in probs:
+        ids, start = _gguf_solution(llm, p)
+        z = llm.logits(ids)[start - 1:len(ids) - 1].astype("float64")
+        z = z - z.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        out.append([-float(logp[j, t]) for j, t in enumerate(ids[start:])])
+        if bar:
+            bar(1)
+    return out
+
+
+def gguf_completions(llm, probs: list[dict], args: HumanEvalArgs, bar=None) -> list[str]:
+    """Greedy completions through llama.cpp, stopped at an end-of-generation token or a stop sequence."""
+    out = []
+    for p in probs:
+        def done(toks: list[int]) -> bool:
+            return llm.is_end(toks[-1]) or any(s in _text(llm, toks) for s in STOP)
+
+        toks = llm.greedy(llm.tokenize(p["prompt"], add_bos=False), args.max_new_tokens, until=done)
+        text = _text(llm, [t for t in toks if not llm.is_end(t)])
+        out.append(text[:min([text.find(s) for s in STOP if s in text] or [len(text)])])
+        if bar:
+            bar(1)
+    return out
+
+
+def _text(llm, toks: list[int]) -> str:
+    return b"".join(llm.piece(t) for t in toks).decode("utf-8", errors="replace")
+
+
+def gguf_humaneval(llm, args: HumanEvalArgs, name: str = "") -> dict:
+    """One GGUF's HumanEval row through llama.cpp, in the same form as humaneval's (so an export is paired
+    with its HF source problem by problem: the same tokenizer gives the same solution tokens)."""
+    return _run(args, name, lambda probs, bar: gguf_solution_losses(llm, probs, bar),
+                lambda probs, bar: gguf_completions(llm, probs, args, bar))
+
+
+def _run(args: HumanEvalArgs, name: str, losses, complete) -> dict:
+    """Score the problems with `losses(probs, bar)` and, with mode=pass, `complete(probs, bar)` executed."""
     from rich.progress import Progress  # rich: only when a progress bar is drawn
 
     probs = problems(args.problems)
-    was_training = model.training
-    model.eval()
     with Progress(disable=not args.progress, transient=True) as prog:
         steps = len(probs) * (2 if args.mode == "pass" else 1)
         task = prog.add_task(f"HumanEval {name}".strip(), total=steps)
@@ -156,9 +220,8 @@ def humaneval(model, tok, args: HumanEvalArgs, device, name: str = "") -> dict:
         def bar(n):
             prog.advance(task, n)
 
-        per = solution_losses(model, tok, probs, args, device, bar)
-        texts = completions(model, tok, probs, args, device, bar) if args.mode == "pass" else None
-    model.train(was_training)
+        per = losses(probs, bar)
+        texts = complete(probs, bar) if args.mode == "pass" else None
     flat = [x for p in per for x in p]
     st = token_stats(flat)
     row = {"_tokens": flat, "loss": st["loss"], "loss_se": st["loss_se"], "ppl": st["ppl"],

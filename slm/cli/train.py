@@ -107,6 +107,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _open_gguf(path, n_ctx: int):
+    """A GGUF opened for scoring by slm.quant's llama.cpp wrapper (eval hands it to slm.train's HumanEval), at
+    most at the model's own context."""
+    from slm.quant.runtimes import open_gguf  # llama-cpp-python: only when a GGUF is evaluated
+    from slm.spec import load_spec
+
+    return open_gguf(path, min(n_ctx, load_spec(path).max_context))
+
+
 def cmd_eval(args) -> int:
     # torch: deferred, a heavy import
     from slm.train.eval_report import run_eval
@@ -118,7 +127,7 @@ def cmd_eval(args) -> int:
                      humaneval=args.humaneval or "", humaneval_problems=args.humaneval_problems,
                      ifeval=args.ifeval, lm_eval=args.lm_eval.split(",") if args.lm_eval else [],
                      lm_eval_include=args.lm_eval_include, lm_eval_limit=args.lm_eval_limit)
-    res = run_eval(eargs, Path(args.out) if args.out else None, args.force)
+    res = run_eval(eargs, Path(args.out) if args.out else None, args.force, open_gguf=_open_gguf)
     if args.json:
         print(json.dumps(res, indent=1, default=str))
         return 0

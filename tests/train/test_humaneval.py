@@ -71,3 +71,38 @@ def test_slm_eval_humaneval_pairs_models_and_counts_flips(tiny_lm, tmp_path, cap
     bare.mkdir()
     (bare / "config.json").write_text((a / "config.json").read_text())
     assert main(["eval", str(bare), "--humaneval", "loss"]) == 2  # no tokenizer: one line, before any work
+
+
+def test_a_gguf_scores_like_its_hf_source_through_llama_cpp(tiny, tmp_path, capsys):
+    """Parity: the f32 GGUF of a model gives the same canonical-solution losses through llama.cpp as the HF
+    model through torch (same tokens, same logits to f32 rounding), and `slm eval HF GGUF` pairs them."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slm.cli import main
+    from slm.quant.gguf_write import write_gguf
+    from slm.quant.runtimes import open_gguf
+    from slm.train.humaneval import gguf_humaneval
+    from tests.test_conformance import VOCAB, save_bpe_tokenizer
+
+    path = tiny("llama", vocab_size=VOCAB, max_position_embeddings=1024)
+    save_bpe_tokenizer(path)  # a byte-level BPE with merges, as llama.cpp's BPE needs
+    gguf = write_gguf(path, tmp_path / "m.gguf", "f32", pre_tokenizer="gpt-2")
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    args = HumanEvalArgs(mode="pass", problems=3, max_new_tokens=8, progress=False)
+    want = humaneval(model, tok, args, torch.device("cpu"))
+    with open_gguf(gguf, 1024, exact=True, threads=1) as llm:
+        got = gguf_humaneval(llm, args)
+    assert len(got["_tokens"]) == len(want["_tokens"]) == want["tokens"]
+    assert torch.allclose(torch.tensor(got["_tokens"]), torch.tensor(want["_tokens"]), atol=1e-3)
+    assert got["items"]["pass@1"] == want["items"]["pass@1"] and got["pass@1"]["n"] == 3
+    out = tmp_path / "ev"
+    assert main(["eval", str(path), str(gguf), "--humaneval", "loss", "--humaneval-problems", "2", "--out",
+                 str(out)]) == 0
+    ch = json.loads((out / "slm.json").read_text())["result"]["changes"][0]["humaneval"]
+    assert ch["se_how"] == "paired" and abs(ch["change"]) < 1e-3
+    # a GGUF carries no torch model: the measures that need one are refused in one line, before any work
+    capsys.readouterr()
+    assert main(["eval", str(gguf), "--humaneval", "loss", "--probe", "instruct"]) == 2
+    assert "GGUF is scored on --humaneval alone" in capsys.readouterr().err
