@@ -97,7 +97,7 @@ def sweep_figures(res: dict, how: str) -> list[Figure]:
 def kv_quality_figures(kq: dict | None, how: str) -> list[Figure]:
     """Each KV-cache type's perplexity, KLD vs the f16 cache (95 % interval over positions) and measured
     bytes, on the same weights and tokens."""
-    if not kq:
+    if not kq or not kq.get("rows"):
         return []
     what = kq["scoring"]["what"]
     note = "flash attention on for every cache type (llama.cpp needs it for a quantized V cache)"

@@ -153,7 +153,7 @@ def _roofline_fig(res: dict) -> Chart:
 
 
 def write(res: dict, out_html: Path, title: str) -> Path:
-    figs, tables = [], []
+    figs, tables, notes = [], [], list(res["notes"])
     if res["backends"]:
         figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode")]
         figs += [_roofline_fig(res)] if "bandwidth_Bps" in res["host"] else []
@@ -205,8 +205,12 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                              for r in rows],
                             note=f"perplexity and KLD scored over the {_scoring(res)}. {_legend(res)}. "
                                  + res["sweep"]["answer"]))
-    kq = (res.get("sweep") or {}).get("kv_quality")
-    if kq:
+    kq = (res.get("sweep") or {}).get("kv_quality") or {}
+    missing = [f"{t}: {why}" for t, why in kq.get("skipped", {}).items()] + ([kq["error"]] if kq.get("error")
+                                                                             else [])
+    if missing:
+        notes.append("KV-cache quality not measured — " + "; ".join(missing))
+    if kq.get("rows"):
         tables.append(Table(f"KV-cache quality ({kq['weights']} weights, vs the f16 cache)",
                             ["KV type", "perplexity ± 95 %", "KLD ± 95 %", "KLD p99", "same top token",
                              "KV MiB (llama.cpp)", "cells"],
@@ -232,7 +236,7 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                                  + f"; source: {d['source']}",
                             highlight=[i for i, r in enumerate(p["rows"]) if not r["fits"]]))
     figures, lead = headline(res)
-    return render_report(out_html, title, "profile", figures, figs, tables, notes=res["notes"], lead=lead)
+    return render_report(out_html, title, "profile", figures, figs, tables, notes=notes, lead=lead)
 
 
 def _memory_table(res: dict) -> Table | None:

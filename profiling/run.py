@@ -210,12 +210,21 @@ def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str,
         r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(
             host["bandwidth_Bps"], r["size_bytes"], kv.kv_bytes(spec, 1), args.sweep_tg / 2)
     out = {"rows": rows, "answer": sweep.answer(rows), "source": str(src), "scoring": sa.scoring.to_dict()}
-    if args.kv_quality_chunks and any(t != "f16" for t in args.kv_types):
+    # a KV type llama.cpp cannot use for this head size is skipped with its reason, never measured as free
+    skipped = {t: why for t in args.kv_types if t != "f16" and (why := kv.unusable_reason(spec, t))}
+    usable = tuple(t for t in sa.kv_types if t not in skipped)
+    if args.kv_quality_chunks and any(t != "f16" for t in usable):
         # on the sweep's reference weights, so the KV figures add to its types' KLD (slm plan does)
         ref = sa.types[0]
-        out["kv_quality"] = sweep.run_kv_quality(Path(files[ref]), ref, sa, spec.max_context, progress)
+        try:
+            out["kv_quality"] = sweep.run_kv_quality(Path(files[ref]), ref, replace(sa, kv_types=usable),
+                                                     spec.max_context, progress)
+        except SlmError as e:  # the timed sweep above is kept; the KV rows say why they are missing
+            out["kv_quality"] = {"rows": [], "error": str(e)}
         for r in out["kv_quality"]["rows"]:
             r["how"] = how
+    if skipped:
+        out.setdefault("kv_quality", {"rows": []})["skipped"] = skipped
     return out
 
 

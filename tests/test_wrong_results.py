@@ -139,7 +139,8 @@ def test_slm_cache_reports_and_cleans_by_age_and_keeps_entries_in_use(tmp_path, 
 def test_eval_names_two_models_of_one_folder_name_apart():
     """`slm eval A/m B/m` and `eval RUN RUN/checkpoints/step-000100`: every row and figure has its own
     name."""
-    from slm.train.evaluate import display_names, eval_figures
+    from slm.train.eval_report import eval_figures
+    from slm.train.evaluate import display_names
 
     for models in (["/x/A/m", "/x/B/m"], ["/x/run", "/x/run/checkpoints/step-000100"]):
         names = display_names(models)

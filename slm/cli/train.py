@@ -111,7 +111,7 @@ def _open_gguf(path, n_ctx: int):
     """A GGUF opened for scoring by slm.quant's llama.cpp wrapper (eval hands it to slm.train's HumanEval), at
     most at the model's own context."""
     from slm.quant.runtimes import open_gguf  # llama-cpp-python: only when a GGUF is evaluated
-    from slm.spec import load_spec
+    from slm.spec import load_spec  # with it: the GGUF's own context bounds the one opened
 
     return open_gguf(path, min(n_ctx, load_spec(path).max_context))
 
