@@ -145,9 +145,9 @@ def evaluate(args: EvalArgs, keep_tokens: bool = False, open_gguf=None) -> dict:
     splits = heldout_sets(args.data, args.sets, "--sets") if args.data else {}
     if args.data and not any(s.n_tokens for s in splits.values()):
         raise SlmError(f"the held-out sets of {args.data} are empty: prepare the data with --heldout > 0")
-    ggufs = {m for m in args.models if str(m).endswith(".gguf")}
+    ggufs = {str(Path(m)) for m in args.models if str(m).endswith(".gguf")}
     _check_ggufs(ggufs, args, open_gguf)
-    dirs = [Path(m) if m in ggufs else resolve_init(Path(m), "model") for m in args.models]
+    dirs = [Path(m) if str(Path(m)) in ggufs else resolve_init(Path(m), "model") for m in args.models]
     hf = [d for d in dirs if str(d) not in ggufs]
     if args.humaneval:
         for d in hf:
