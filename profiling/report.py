@@ -152,6 +152,26 @@ def _roofline_fig(res: dict) -> Chart:
                   "step = weights (+ KV so far)")
 
 
+def _kv_quality(res: dict, notes: list[str]) -> list[Table]:
+    """The KV-cache quality table; a type not measured (its head size, a failed pass) is a note instead."""
+    out: list[Table] = []
+    kq = (res.get("sweep") or {}).get("kv_quality") or {}
+    missing = [f"{t}: {why}" for t, why in kq.get("skipped", {}).items()] + ([kq["error"]] if kq.get("error")
+                                                                             else [])
+    if missing:
+        notes.append("KV-cache quality not measured — " + "; ".join(missing))
+    if kq.get("rows"):
+        out.append(Table(f"KV-cache quality ({kq['weights']} weights, vs the f16 cache)",
+                            ["KV type", "perplexity ± 95 %", "KLD ± 95 %", "KLD p99", "same top token",
+                             "KV MiB (llama.cpp)", "cells"],
+                            [[r["kv_type"], f"{r['ppl']:.3f} ± {r['ppl_ci95'] or 0:.3f}",
+                              f"{r['kld']:.4f} ± {r['kld_ci95'] or 0:.4f}", r["kld_p99"], r["top1_agree"],
+                              (r["kv_bytes"] or 0) / MIB, r["kv_cells"]] for r in kq["rows"]],
+                            note=f"scored over the {kq['scoring']['what']}; {kq['how']}. The KLD interval "
+                                 "treats positions as independent (a lower bound)."))
+    return out
+
+
 def write(res: dict, out_html: Path, title: str) -> Path:
     figs, tables, notes = [], [], list(res["notes"])
     if res["backends"]:
@@ -205,20 +225,7 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                              for r in rows],
                             note=f"perplexity and KLD scored over the {_scoring(res)}. {_legend(res)}. "
                                  + res["sweep"]["answer"]))
-    kq = (res.get("sweep") or {}).get("kv_quality") or {}
-    missing = [f"{t}: {why}" for t, why in kq.get("skipped", {}).items()] + ([kq["error"]] if kq.get("error")
-                                                                             else [])
-    if missing:
-        notes.append("KV-cache quality not measured — " + "; ".join(missing))
-    if kq.get("rows"):
-        tables.append(Table(f"KV-cache quality ({kq['weights']} weights, vs the f16 cache)",
-                            ["KV type", "perplexity ± 95 %", "KLD ± 95 %", "KLD p99", "same top token",
-                             "KV MiB (llama.cpp)", "cells"],
-                            [[r["kv_type"], f"{r['ppl']:.3f} ± {r['ppl_ci95'] or 0:.3f}",
-                              f"{r['kld']:.4f} ± {r['kld_ci95'] or 0:.4f}", r["kld_p99"], r["top1_agree"],
-                              (r["kv_bytes"] or 0) / MIB, r["kv_cells"]] for r in kq["rows"]],
-                            note=f"scored over the {kq['scoring']['what']}; {kq['how']}. The KLD interval "
-                                 "treats positions as independent (a lower bound)."))
+    tables += _kv_quality(res, notes)
     p = res.get("projection")
     if p:
         d = p["device"]
