@@ -150,7 +150,8 @@ def profile_figures(res: dict) -> list[Figure]:
     if res["backends"] and "bandwidth_Bps" in host:
         out += [Figure("host.bandwidth", "host memory bandwidth", round(host["bandwidth_Bps"] / 1e9, 2),
                        "GB/s",
-                       "higher", "speed", how, note="best of 5 copies of 256 MiB"),
+                       "higher", "speed", how, note="DRAM: best torch / numpy copy at a working set ≥ 4 × "
+                                                    "the last-level cache"),
                 Figure("host.matmul", "host matmul peak", round(host["flops"] / 1e9, 1), "GFLOP/s", "higher",
                        "speed", how, note="best of ≤ 5 torch matmuls, fp32 / bf16 / int8")]
     return (out + backend_figures(res, how) + kv_figures(res) + sweep_figures(res, how)

@@ -130,13 +130,25 @@ def _scoring(res: dict) -> str:
     return sc.get("what") or f"second half of each of {res['args']['ppl_chunks']} chunks of 256 tokens"
 
 
+def _bound_by(r: dict) -> str | None:
+    """What limits a test on the roofline: the matmul peak for prefill, the memory its working set is served
+    from for decode."""
+    if "roofline_tok_s" not in r:
+        return None
+    return "matmul peak" if r["kind"] == "prefill" else f"bandwidth ({r.get('roofline_memory', 'DRAM')})"
+
+
 def _roofline_fig(res: dict) -> Chart:
 
     h = res["host"]
     bw, peak = h["bandwidth_Bps"], h["flops"]
     fig, ax = new_figure()
     ai = np.logspace(-1, 3, 100)
-    ax.plot(ai, np.minimum(peak, bw * ai) / 1e9, "k-", label="roofline (this host)")
+    ax.plot(ai, np.minimum(peak, bw * ai) / 1e9, "k-", label="roofline (this host, DRAM)")
+    if h.get("bandwidth_curve") and h["bandwidth_curve"][0][1] > 1.2 * bw:  # the cache is faster than DRAM
+        cbw = h["bandwidth_curve"][0][1]
+        ax.plot(ai, np.minimum(peak, cbw * ai) / 1e9, "k--",
+                label=f"roofline (cache-resident, {h['bandwidth_curve'][0][0] / 2**20:.0f} MiB working set)")
     for name, b in res["backends"].items():
         x = [r["arith_intensity"] for r in b["rows"] if "arith_intensity" in r]
         y = [r["attained_flops"] / 1e9 for r in b["rows"] if "attained_flops" in r]
@@ -184,10 +196,12 @@ def write(res: dict, out_html: Path, title: str) -> Path:
             tables.append(Table(f"{name}: measured ({b['threads']} threads, ≥ {pr['reps']} reps after "
                                 f"{pr['warmup']} warm-up{rss})",
                                 ["test", "tok/s ± 95 %", "reps", "other processes' CPU", "ms per run",
-                                 "roofline tok/s", "fraction of roofline", "energy J/token", "tokens per J"],
+                                 "roofline tok/s", "bound by", "fraction of roofline", "energy J/token",
+                                 "tokens per J"],
                                 [[r["test"], pm(r), r.get("reps", pr["reps"]),
                                   _share(r.get("other_cpu_share")), r.get("prefill_ms"),
-                                  r.get("roofline_tok_s"), r.get("roofline_fraction"), *_energy(r)]
+                                  r.get("roofline_tok_s"), _bound_by(r), r.get("roofline_fraction"),
+                                  *_energy(r)]
                                  for r in rows],
                                 note=f"{res['how']}. {_legend(res)}. Energy: {_energy_how(rows)}",
                                 highlight=[i for i, r in enumerate(rows)

@@ -63,8 +63,11 @@ def _roofline_rows(rows: list[dict], host: dict, spec, weight_bytes: float, kv_p
     """Add each row's roofline bound and the fraction of it reached (in place)."""
     for r in rows:
         if r["kind"] == "decode":
-            b = roofline.decode_bound(host["bandwidth_Bps"], weight_bytes, kv_per_tok,
+            # the bandwidth at this step's working set: a small model's weights may sit in the cache
+            ws = weight_bytes + kv_per_tok * (r["depth"] + r["n_tokens"] / 2)
+            b = roofline.decode_bound(roofline.bandwidth_at(host, ws), weight_bytes, kv_per_tok,
                                       r["depth"] + r["n_tokens"] / 2)
+            r["roofline_memory"] = roofline.memory_level(host, ws)
         else:
             b = roofline.prefill_bound(peak, spec, r["n_tokens"])
         r["roofline_tok_s"], r["roofline_fraction"] = b, r["tok_s"] / b
@@ -117,6 +120,8 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path,
         "host": {**host, "cpu": roofline.cpu_model(), "detected_device": here.key if here else None}}
     # ---- backends, KV cache, quantization sweep, projection ------------------------------------------------
     res["backends"] = measure_backends(inputs, args, spec, host, how, here is not None, progress)
+    res["host"].update(host)  # peaks measured again when a test ran above its bound
+    res["notes"] += host.get("notes", [])
     main = res["backends"].get("llama.cpp")
     weight_bytes = main["weight_bytes"] if main else _planned_weight_bytes(spec, args)
     res["kv"], compute = kv_section(inputs, args, spec, weight_bytes,
@@ -153,9 +158,20 @@ def measure_backends(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: s
             mem = b.memory()
             ops = _ops(name, b, bench, progress) if args.ops else None
         wb = mem.get("weights") or spec.weight_bytes()
-        dtype_peak = host.get("peaks", {}).get(getattr(b, "dtype", ""), 0.0)  # torch: its dtype's peak
-        peak = dtype_peak or host["flops"]
-        _roofline_rows(rows, host, spec, wb, kv.kv_bytes(spec, 1, "f16"), peak)
+        for attempt in range(2):
+            dtype_peak = host.get("peaks", {}).get(getattr(b, "dtype", ""), 0.0)  # torch: its dtype's peak
+            peak = dtype_peak or host["flops"]
+            _roofline_rows(rows, host, spec, wb, kv.kv_bytes(spec, 1, "f16"), peak)
+            if attempt or host.get("cached") is False or all(r["roofline_fraction"] <= 1 for r in rows):
+                break
+            # a test above its bound: the cached peaks were measured in a disturbed moment; measure them again
+            progress("a test ran above its roofline bound: re-measuring the host's bandwidth and matmul peak")
+            host.update(roofline.host_peaks(bench.threads, refresh=True), remeasured=True)
+        above = [r["test"] for r in rows if r["roofline_fraction"] > 1]
+        if above:
+            host.setdefault("notes", []).append(
+                f"{name}: {', '.join(above)} ran above its roofline bound after the peaks were measured "
+                "afresh (a noisy moment in the copy or matmul timing); read those fractions as ≈ 1")
         for r in rows:
             r["how"] = how
         if name == "llama.cpp":  # the model's own memory, apart from this process's
@@ -207,8 +223,9 @@ def sweep_section(inputs: Inputs, args: ProfileArgs, spec, host: dict, how: str,
     rows = sweep.run_sweep(files, sa, progress)
     for r in rows:
         r["how"] = how
+        ws = r["size_bytes"] + kv.kv_bytes(spec, 1) * args.sweep_tg / 2
         r["tg_roofline_fraction"] = r["tg_tok_s"] / roofline.decode_bound(
-            host["bandwidth_Bps"], r["size_bytes"], kv.kv_bytes(spec, 1), args.sweep_tg / 2)
+            roofline.bandwidth_at(host, ws), r["size_bytes"], kv.kv_bytes(spec, 1), args.sweep_tg / 2)
     out = {"rows": rows, "answer": sweep.answer(rows), "source": str(src), "scoring": sa.scoring.to_dict()}
     # a KV type llama.cpp cannot use for this head size is skipped with its reason, never measured as free
     skipped = {t: why for t in args.kv_types if t != "f16" and (why := kv.unusable_reason(spec, t))}
