@@ -116,6 +116,12 @@ def int4_table(s: dict) -> Table | None:
         note += (f"; speed {sp.get('how', 'measured here')}: mean ± 95 % of {sp['reps']} runs after "
                  f"{sp['warmup']} warm-up, decode {sp['tokens']} single-token steps after one token, prefill "
                  f"{sp['prompt']} tokens, {sp.get('threads') or 'all'} threads")
+    g = s.get("source_grid") or {}
+    if g.get("on_grid"):
+        note += (f". The source's weights sit on a 4-bit grid ({100 * g['share_on_grid']:.0f} % of blocks of "
+                 f"{g['block']} hold ≤ 16 values: dequantized from a 4-bit GGUF); recipes with float zero "
+                 "points at that block size reproduce it, so their KLD here is lower than on a model trained "
+                 "in bf16")
     return Table("ONNX int4: recipes searched (quality and speed)",
                  ["recipe", "what", "weights MiB", "fits", "KLD", "decode tok/s", "prefill tok/s", "build s",
                   "error"], rows, note=note, highlight=[kept] if kept is not None else [])

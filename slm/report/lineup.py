@@ -22,7 +22,8 @@ from slm.stats import Change, change
 TIMED_FLOOR = 0.10
 MARK_DISTURBED = "†"  # shown after a value measured while other processes used the CPU
 LEGEND = (f"{MARK_DISTURBED} measured while other processes used the CPU (not judged); ± = 95 % interval; "
-          "'no interval': the run recorded no repetitions for it; exact figures (sizes, counts, "
+          "'no interval': the run recorded no repetitions for it; '± N % expected': a projection's held-out "
+          "error; exact figures (sizes, counts, "
           f"deterministic scores) need none. Timed changes under {TIMED_FLOOR:.0%} are called within noise.")
 
 
@@ -33,7 +34,7 @@ def cell(f: Figure | None):
         return "–"
     if f.exact and f.numeric and f.unit not in ("bytes", "share") and not f.disturbed and f.interval is None:
         return f.value
-    if f.numeric and not f.exact and f.interval is None:
+    if f.numeric and not f.exact and f.interval is None and f.expected_error is None:
         return f"{fmt(f.value)} (no interval)" + (f" {MARK_DISTURBED}" if f.disturbed else "")
     return text(f, unit=False)
 

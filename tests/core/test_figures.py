@@ -74,6 +74,13 @@ def test_change_rule():
     assert change(a, bare, TIMED_FLOOR).verdict == "no interval"
 
 
+def test_a_projected_figure_shows_its_expected_error_not_no_interval():
+    from slm.report.lineup import cell
+
+    proj = Figure("projected.tg", "decode (projected)", 122.0, "tok/s", how="projected", expected_error=0.21)
+    assert cell(proj) == "122 (±21% expected)" and cell(Figure("x", "x", 90.0, "tok/s")) == "90 (no interval)"
+
+
 def test_stats_helpers():
     assert ci95(1.0, 1) is None and t975(30) == 2.042
     lo, hi = wilson(0, 10)

@@ -194,3 +194,26 @@ def test_real_model_kept_int4_beats_the_builder_default(real_model, tmp_path):
     assert kept["kld"] <= rows["default"]["kld"], rows
     fastest = max(c["decode_tok_s"] for c in rows.values() if c.get("fits") and c.get("decode_tok_s"))
     assert kept["decode_tok_s"] + (kept["decode_ci95"] or 0) >= 0.9 * fastest, rows
+    # the bundled model is dequantized Q4_1: its blocks sit on the 16-level grid HQQ reproduces (its Q8_0
+    # embedding does not)
+    assert r["source_grid"]["on_grid"] and r["source_grid"]["share_on_grid"] > 0.8
+
+
+def test_a_source_on_a_4_bit_grid_is_told_apart_from_a_continuous_one(tmp_path):
+    """Weights dequantized from a Q4_1-like grid (d·q + m per block of 32) are flagged; continuous ones are
+    not."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    cont = torch.randn(64, 128, generator=g)
+    q = torch.randint(0, 16, (64 * 4, 32), generator=g).float()
+    d, m = torch.rand(64 * 4, 1, generator=g), torch.randn(64 * 4, 1, generator=g)
+    grid = (d * q + m).reshape(64, 128)
+    for name, w, on in (("cont", cont, False), ("grid", grid, True)):
+        (tmp_path / name).mkdir()
+        save_file({"a.weight": w, "b.weight": w.clone(), "norm.weight": torch.ones(128)},
+                  str(tmp_path / name / "model.safetensors"))
+        got = O.source_grid(tmp_path / name)
+        assert got["on_grid"] is on and got["tensors"] == 2, got
+        assert got["share_on_grid"] == (1.0 if on else 0.0)
