@@ -392,10 +392,16 @@ def headline(res: dict) -> tuple[list[Figure], list[str]]:
                     "device's own llama-bench ran the tests): check it was otherwise idle.")
     elif rows and "disturbed" in rows[0]:
         n = sum(1 for r in rows if r["disturbed"])
+        # the sweep's timings are other windows of the same run: counted apart, so both lines agree
+        sw = [r.get(k + "_disturbed") for r in (res.get("sweep") or {}).get("rows", []) for k in ("pp", "tg")]
+        m = sum(1 for d in sw if d)
+        also = (f"; the quantization sweep's timings: {m} of {len(sw)} under interference" if m else
+                f"; the quantization sweep's {len(sw)} timings quiet too" if sw else "")
         lead.append(f"Measurement conditions: {n} of {len(rows)} tests measured under interference "
-                    f"({DISTURBED}): measure again on a quiet machine before drawing conclusions." if n else
+                    f"({DISTURBED}){also}: measure again on a quiet machine before drawing conclusions."
+                    if n or m else
                     f"Measurement conditions: quiet — no test saw other processes take CPU ({len(rows)} "
-                    "tests).")
+                    f"tests{also}).")
     if "sweep" in res:
         lead.append("Does a lower bit-width always run faster here? " + res["sweep"]["answer"])
     return top, lead

@@ -82,6 +82,10 @@ def test_profile_gguf_with_sweep(gguf, tmp_path, capsys):
     for title in ("prefill speed vs prompt length", "decode speed vs depth", "KV-cache share",
                   "quantization:", "roofline"):
         assert title in html
+    # the conditions line counts the sweep's timings too, so it agrees with the sweep's own answer
+    n_sweep = 2 * len(sw)
+    assert (f"the quantization sweep&#39;s {n_sweep} timings quiet too" in html
+            or f"of {n_sweep} under interference" in html)
 
 
 def _tiny_onnx(tiny, tmp_path):
