@@ -96,7 +96,10 @@ CANDIDATES: dict[str, Candidate] = {
 # first. accuracy_level 4 alone does not help. Measured side by side on SmolLM2-135M, 2 threads, a loaded
 # host (decode tok/s, mean of 3 × 32 steps): builder default 17.0 ± 2.2, hqq_u8 14.0 ± 5.9, hqq 1.05 ± 0.11;
 # but hqq_u8's rounded zero points give back HQQ's gain (KLD 0.460 vs hqq's 0.084, the default's 0.452).
-# So hqq stays for its KLD, the rule weighs its speed, and hqq_u8 is in `int4:all` only.
+# That gain is the source's grid, not HQQ's: the bundled model is dequantized Q4_1, which float zero points at
+# block 32 reproduce (source_grid). Dithered off the grid (benchmarks/bench_onnx_int4.py --dither): hqq 0.585,
+# rtn 0.602, k_quant_last 0.551, default 0.943. So hqq stays in the list (a grid-sourced model is common: GGUF
+# imports), the rule weighs its speed, and hqq_u8 is in `int4:all` only.
 DEFAULT_SEARCH = ("default", "k_quant_last", "k_quant_mixed", "rtn", "hqq", "hqq_b64")
 SCORE_TOKENS = 512  # at most this many tokens scored; the rest of the text calibrates GPTQ
 # GPTQ calibration windows of n_ctx tokens (each costs one fp32 pass per distinct MatMul input)

@@ -217,9 +217,9 @@ def run_export(ctx: dict, out: Path) -> None:
 
     # int4:k_quant_last: the lowest-KLD candidate of the recipe search (quant/onnx_search.py) whose zero
     # points are integers, so onnxruntime's MatMulNBits runs its int4 kernel (KLD 0.36 vs the builder
-    # default's 0.45 on this model); HQQ's KLD is lower (0.08) but its float zero points make the CPU kernel
-    # dequantise, decoding ~16x slower. Naming it saves the demo the search, which `slm export --onnx int4`
-    # runs on both axes.
+    # default's 0.45 on this model, and the search's pick); HQQ's KLD is lower here (0.08, the Q4_1 source's
+    # grid reproduced) but its float zero points make the CPU kernel dequantise, decoding ~10x slower. Naming
+    # it saves the demo the search, which `slm export --onnx int4` runs on both axes.
     export(ctx["cpt"] / "final", out, ExportArgs(gguf=["q8_0", "q6_k", "q4_k_m"], onnx=["int4:k_quant_last"],
                                                  name="smollm2-135m-x36-cpt", force=True))
 
