@@ -65,8 +65,11 @@ def headline(result: dict) -> str:
 
     ranked = sorted(gains, key=lambda m: (ratio(m)[0], -gains[m]["change"]), reverse=True)
     best, rise = ranked[0], methods[ranked[0]]["delta"][probe]
-    forgot = (f"instruction-probe loss {_ci(rise)}"
-              + ("" if rise["significant"] else ", within noise: no measurable forgetting"))
+    forgot = f"instruction-probe loss {_ci(rise)}"
+    if not rise["significant"]:
+        others = forgetting_elsewhere(result, best)
+        forgot += (", within noise; but " + ", ".join(others) if others
+                   else ", within noise: no measurable forgetting")
     gain = f"domain loss {_ci(gains[best])} nats/token, {forgot}"
     (r1, s1) = ratio(best)
     if math.isfinite(r1):  # ratios whose 95 % intervals overlap the best one's
@@ -80,12 +83,30 @@ def headline(result: dict) -> str:
         who = f"{', '.join(names[:-1])} and {names[-1]}"
         if not math.isfinite(r1):
             each = ", ".join(f"{m} {_ci(gains[m])}" for m in names)
-            return (head + f"{who} learned the domain with no measurable forgetting, gains overlapping "
+            elsewhere = [f"{m}: {', '.join(o)}" for m in names if (o := forgetting_elsewhere(result, m))]
+            what = ("no measurable forgetting" if not elsewhere else
+                    f"no measurable probe-loss rise (forgetting elsewhere — {'; '.join(elsewhere)})")
+            return (head + f"{who} learned the domain with {what}, gains overlapping "
                     f"(domain loss {each} nats/token); {best}: {gain}.")
         each = ", ".join(f"{m} {ratio(m)[0]:.2f} ± {Z95 * ratio(m)[1]:.2f}" for m in names)
         return (head + f"{who} gained about as much per unit of forgetting (domain gain / "
                 f"probe rise: {each}, intervals overlap); {best}: {gain}.")
     return head + f"{best} gained the most per unit of forgetting: {gain}."
+
+
+def forgetting_elsewhere(result: dict, m: str) -> list[str]:
+    """Method m's significant losses outside the probe loss: a rise on the general set, a drop in a rate
+    (IFEval-verified instructions, HumanEval pass@1), so that 'no measurable forgetting' is said only when
+    there is none."""
+    r, out = result["methods"][m], []
+    g = r["delta"].get("general")
+    if g and g["significant"] and g["change"] > 0:
+        out.append(f"general loss {_ci(g)}")
+    for key, measure, words in RATES:
+        d = r.get("rates", {}).get(key, {}).get(measure)
+        if d and d["significant"] and d["change"] < 0:
+            out.append(f"{words} {100 * d['change']:+.1f} ± {100 * Z95 * d['se']:.1f} points")
+    return out
 
 
 # the per-prompt / per-problem rates the sentences and the table read: (set, measure, words)

@@ -158,6 +158,12 @@ def test_headline_ties_methods_without_measurable_forgetting_whose_gains_overlap
                                                           "instruct-probe": _delta(-0.002, 0.01)}}}}
     assert ("expanded and freeze learned the domain with no measurable forgetting, gains overlapping"
             in headline(r))
+    # a significant drop on IFEval-verified instructions is forgetting too: the tie says so
+    r["methods"]["freeze"]["rates"] = {"ifeval": {"prompt_strict": _delta(-0.083, 0.033)}}
+    h = headline(r)
+    assert "learned the domain with no measurable forgetting" not in h
+    assert "no measurable probe-loss rise" in h
+    assert "freeze: IFEval-verified instructions (prompt-level strict) -8.3 ± 6.5 points" in h
 
 
 def test_ablate_seeds_and_lr_grid(tiny_expanded, tiny_data, tmp_path):
