@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from slm.figure import Figure, text
 from slm.guard import atomic_dir
 from slm.profiling.figures import backend_figures, profile_figures
 from slm.profiling.hostload import DISTURBED_SHARE
 from slm.profiling.latency import PERCENTILES
 from slm.profiling.ops import KINDS
+from slm.profiling.report_charts import (
+    MIB,
+    kv_fig,
+    ops_fig,
+    pareto_fig,
+    roofline_fig,
+    scoring_text,
+    speed_fig,
+)
 from slm.record import write_record
-from slm.report.render import Chart, Table, fmt, new_figure, render_report, svg_of
+from slm.report.render import Table, fmt, render_report
 
-MIB = 2**20
 # marks after a figure: measured under interference / interval wider than the target
 DISTURBED, WIDE = "†", "‡"
 LEGEND = (f"{DISTURBED} measured while other processes used more than {{share:.0%}} of the CPU "
@@ -46,122 +52,12 @@ def _sweep_marks(r: dict, k: str) -> str:
     return pm({**r, "wide": wide}, f"{k}_tok_s", f"{k}_tok_s_ci95", f"{k}_tok_s_std")
 
 
-def _speed_fig(res: dict, kind: str) -> Chart:
-    fig, ax = new_figure()
-    key = "n_tokens" if kind == "prefill" else "depth"
-    for name, b in res["backends"].items():
-        rows = [r for r in b["rows"] if r["kind"] == kind]
-        ax.errorbar([r[key] for r in rows], [r["tok_s"] for r in rows], capsize=3, marker="o",
-                    yerr=[r["ci95"] if r.get("ci95") is not None else r["tok_s_std"] for r in rows],
-                    label=f"{name} ({res['how']})")
-        bad = [r for r in rows if r.get("disturbed")]
-        if bad:
-            ax.plot([r[key] for r in bad], [r["tok_s"] for r in bad], "x", color="red", ms=10, mew=2,
-                    label=f"{name}: disturbed (other processes used the CPU)")
-    p = res.get("projection")
-    if p:
-        rows = [r for r in p["rows"] if r["kind"] == kind and r["tok_s"]]
-        if rows:
-            ax.plot([r[key] for r in rows], [r["tok_s"] for r in rows], "s--",
-                    label=f"{p['device']['name']} (projected, llama.cpp)")
-    ax.set_xlabel("prompt length (tokens)" if kind == "prefill" else "context depth before decoding (tokens)")
-    ax.set_ylabel("tokens / second" + (" (log scale)" if p else ""))
-    if p:  # projected device figures can be orders of magnitude above the host's
-        ax.set_yscale("log")
-    ax.set_title("prefill speed vs prompt length" if kind == "prefill" else "decode speed vs depth")
-    ax.legend(fontsize=7)
-    b = res["args"]["bench"]
-    how = (f"{res['how']}, {res['threads']} threads; mean ± 95 % interval over at least {b['reps']} "
-           f"repetitions (repeated until within ±{b.get('target_ci', 0.03):.0%} or "
-           f"{b.get('time_cap_s', 0):g} s) after {b['warmup']} warm-up (random token ids, llama-bench "
-           "protocol); red ×: measured under interference")
-    if res.get("runner") == "llama-bench":  # slm.profiling.llamabench: llama-bench's fixed repetitions
-        how = (f"{res['how']}, {res['threads']} threads; mean ± 95 % interval (Student t) over llama-bench's "
-               f"-r {b['reps']} repetitions after its own warm-up run")
-    return Chart(ax.get_title(), svg_of(fig),
-                  how + ("; dashed: projected (see the projection table)" if p else ""))
-
-
-def _kv_fig(res: dict) -> Chart:
-    c = res["kv"]["analytic"]["f16"]
-    x = [r["context"] for r in c["rows"]]
-    fig, ax = new_figure()
-    ax.stackplot(x, [r["weights"] / MIB for r in c["rows"]], [r["kv_cache"] / MIB for r in c["rows"]],
-                 [r["compute"] / MIB for r in c["rows"]],
-                 labels=["weights", "KV cache (f16)", "compute buffers"], alpha=0.8)
-    m = [r for r in res["kv"]["measured"] if r["cache_type"] == "f16"]
-    if m:
-        ax.plot([r["context"] for r in m], [(r["weights"] + r["kv_cache"] + r["compute"]) / MIB for r in m],
-                "ko", label="llama.cpp allocation (measured)")
-    if c["crossover_within_max"]:
-        ax.axvline(c["crossover_context"], color="k", ls=":",
-                   label=f"KV = weights at {c['crossover_context']:,}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context (tokens)")
-    ax.set_ylabel("memory (MiB)")
-    ax.set_title("memory vs context: KV-cache share")
-    ax.legend(fontsize=7, loc="upper left")
-    return Chart(ax.get_title(), svg_of(fig), "analytic: 2 × layers × kv_heads × head_dim × 2 bytes per "
-                  "token; weights and compute buffers as llama.cpp reports them; dots: llama.cpp's logged "
-                  "allocation on this host")
-
-
-def _pareto_fig(res: dict) -> Chart:
-    rows = res["sweep"]["rows"]
-    fig, ax = new_figure()
-    sc = ax.scatter([r["size_bytes"] / MIB for r in rows], [max(r["kld_vs_ref"], 1e-6) for r in rows],
-                    c=[r["tg_tok_s"] for r in rows], cmap="viridis", s=60)
-    for r in rows:
-        ax.annotate(r["type"], (r["size_bytes"] / MIB, max(r["kld_vs_ref"], 1e-6)), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    fig.colorbar(sc, ax=ax, label="decode tok/s")
-    ax.set_yscale("log")
-    ax.set_xlabel("file size (MiB)")
-    ax.set_ylabel(f"KL divergence vs {rows[0]['reference']} (nats/token)")
-    ax.set_title("quantization: size vs quality vs decode speed")
-    return Chart(ax.get_title(), svg_of(fig), f"{res['how']}; KLD scored over the {_scoring(res)}; "
-                  f"decode tg{res['args']['sweep_tg']} @ d0")
-
-
-def _scoring(res: dict) -> str:
-    """Which tokens the sweep's perplexity and KLD were scored over (runs before the mode was recorded:
-    halves)."""
-    sc = res["sweep"].get("scoring") or {}
-    return sc.get("what") or f"second half of each of {res['args']['ppl_chunks']} chunks of 256 tokens"
-
-
 def _bound_by(r: dict) -> str | None:
     """What limits a test on the roofline: the matmul peak for prefill, the memory its working set is served
     from for decode."""
     if "roofline_tok_s" not in r:
         return None
     return "matmul peak" if r["kind"] == "prefill" else f"bandwidth ({r.get('roofline_memory', 'DRAM')})"
-
-
-def _roofline_fig(res: dict) -> Chart:
-
-    h = res["host"]
-    bw, peak = h["bandwidth_Bps"], h["flops"]
-    fig, ax = new_figure()
-    ai = np.logspace(-1, 3, 100)
-    ax.plot(ai, np.minimum(peak, bw * ai) / 1e9, "k-", label="roofline (this host, DRAM)")
-    if h.get("bandwidth_curve") and h["bandwidth_curve"][0][1] > 1.2 * bw:  # the cache is faster than DRAM
-        cbw = h["bandwidth_curve"][0][1]
-        ax.plot(ai, np.minimum(peak, cbw * ai) / 1e9, "k--",
-                label=f"roofline (cache-resident, {h['bandwidth_curve'][0][0] / 2**20:.0f} MiB working set)")
-    for name, b in res["backends"].items():
-        x = [r["arith_intensity"] for r in b["rows"] if "arith_intensity" in r]
-        y = [r["attained_flops"] / 1e9 for r in b["rows"] if "attained_flops" in r]
-        ax.plot(x, y, "o", label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOPs / byte of weights + KV read)")
-    ax.set_ylabel("attained GFLOP/s")
-    ax.set_title("roofline: every test against this host's bandwidth and matmul peak")
-    ax.legend(fontsize=7)
-    return Chart(ax.get_title(), svg_of(fig), f"points {res['how']}; roofline peaks: {h['how']}; FLOPs per "
-                  "token = 2 × matmul weights + attention 4 × layers × heads × head_dim × context; bytes per "
-                  "step = weights (+ KV so far)")
 
 
 def _kv_quality(res: dict, notes: list[str]) -> list[Table]:
@@ -187,8 +83,8 @@ def _kv_quality(res: dict, notes: list[str]) -> list[Table]:
 def write(res: dict, out_html: Path, title: str) -> Path:
     figs, tables, notes = [], [], list(res["notes"])
     if res["backends"]:
-        figs += [_speed_fig(res, "prefill"), _speed_fig(res, "decode")]
-        figs += [_roofline_fig(res)] if "bandwidth_Bps" in res["host"] else []
+        figs += [speed_fig(res, "prefill"), speed_fig(res, "decode")]
+        figs += [roofline_fig(res)] if "bandwidth_Bps" in res["host"] else []
         for name, b in res["backends"].items():
             pr = b.get("protocol", res["args"]["bench"])
             rows = b["rows"]
@@ -210,10 +106,10 @@ def write(res: dict, out_html: Path, title: str) -> Path:
         tables += [lat] if lat else []
         mem = _memory_table(res)
         tables += [mem] if mem else []
-        ops = _ops_fig(res)
+        ops = ops_fig(res)
         figs += [ops] if ops else []
         tables += _ops_table(res)
-    figs.append(_kv_fig(res))
+    figs.append(kv_fig(res))
     if res["kv"]["measured"]:
         tables.append(Table("KV cache: llama.cpp allocation vs analytic",
                             ["context", "cells", "type", "KV MiB (llama.cpp)", "KV MiB (analytic)", "error",
@@ -227,7 +123,7 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                             [[s["cache_type"], s["context"] or "all", s["reason"]]
                              for s in res["kv"]["skipped"]]))
     if "sweep" in res:
-        figs.append(_pareto_fig(res))
+        figs.append(pareto_fig(res))
         rows = res["sweep"]["rows"]
         tables.append(Table("quantization sweep", ["type", "MiB", "bpw", "prefill tok/s ± 95 %",
                                                    "decode tok/s ± 95 %", "decode share of roofline",
@@ -237,7 +133,7 @@ def write(res: dict, out_html: Path, title: str) -> Path:
                               r["tg_roofline_fraction"], r["ppl"], r["kld_vs_ref"], r["kld_p99"],
                               ", ".join(f"{k}×{v}" for k, v in sorted(r["tensor_types"].items()))]
                              for r in rows],
-                            note=f"perplexity and KLD scored over the {_scoring(res)}. {_legend(res)}. "
+                            note=f"perplexity and KLD scored over the {scoring_text(res)}. {_legend(res)}. "
                                  + res["sweep"]["answer"]))
     tables += _kv_quality(res, notes)
     p = res.get("projection")
@@ -327,36 +223,6 @@ def _energy_how(rows: list[dict]) -> str:
     recorded)."""
     r = next((r for r in rows if r.get("j_per_token") is not None), rows[0] if rows else {})
     return r.get("energy_how") or "not recorded in this run"
-
-
-def _ops_fig(res: dict) -> Chart | None:
-    """Where the time goes: a stacked bar of time share by operator kind per backend × phase (slm profile
-    --ops)."""
-
-    bars = [(f"{name}\n{ph}", p["shares"]) for name, b in res["backends"].items() if b.get("ops")
-            for ph, p in b["ops"]["phases"].items()]
-    if not bars:
-        return None
-    fig, ax = new_figure()
-    left = [0.0] * len(bars)
-    for k in KINDS:
-        w = [sh.get(k, 0.0) for _, sh in bars]
-        ax.barh([lb for lb, _ in bars], w, left=left, label=k)
-        for i, v in enumerate(w):
-            if v >= 0.06:
-                ax.text(left[i] + v / 2, i, f"{v:.0%}", ha="center", va="center", fontsize=7, color="white")
-        left = [a + b for a, b in zip(left, w)]
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of the operator time")
-    ax.set_title("where the time goes: operator kinds per phase")
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    hows = "; ".join(f"{name}: {b['ops']['how']} (prefill of {b['ops']['n_prompt']} tokens, "
-                     f"{b['ops']['n_decode']} decode steps)"
-                     for name, b in res["backends"].items() if b.get("ops"))
-    return Chart(ax.get_title(), svg_of(fig), f"{res['how']}; {hows}. Decode's weight matmuls multiply a "
-                  "matrix by one token's vector (mul_mat_vec); a diagnostic pass, slower than the timed "
-                  "tests, so only shares count")
 
 
 def _ops_table(res: dict) -> list[Table]:

@@ -120,8 +120,8 @@ def profile(inputs: Inputs, args: ProfileArgs, work_dir: Path,
         "host": {**host, "cpu": roofline.cpu_model(), "detected_device": here.key if here else None}}
     # ---- backends, KV cache, quantization sweep, projection ------------------------------------------------
     res["backends"] = measure_backends(inputs, args, spec, host, how, here is not None, progress)
+    res["notes"] += host.pop("notes", [])  # a test that stayed above its bound
     res["host"].update(host)  # peaks measured again when a test ran above its bound
-    res["notes"] += host.get("notes", [])
     main = res["backends"].get("llama.cpp")
     weight_bytes = main["weight_bytes"] if main else _planned_weight_bytes(spec, args)
     res["kv"], compute = kv_section(inputs, args, spec, weight_bytes,
