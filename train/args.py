@@ -33,7 +33,7 @@ WHOLE_MIN = {"seq_len": 1, "global_batch": 1, "micro_batch": 1, "lora_r": 1, "lo
 REAL_RANGE = {"lr": (0, math.inf, False, False), "eps": (0, math.inf, False, False),
               "min_lr_ratio": (0, 1, True, True), "warmup_ratio": (0, 1, True, True),
               "weight_decay": (0, math.inf, True, False), "grad_clip": (0, math.inf, True, False)}
-BOOLS = ("eval", "progress", "report", "resume", "force", "activation_checkpointing")
+BOOLS = ("eval", "progress", "report", "resume", "force", "activation_checkpointing", "keep_state")
 # Fields naming one of a few things (`compile` also takes true/false).
 CHOICES = {"dtype": ("auto", "float32", "bfloat16"), "device": ("auto", "cpu", "cuda"),
            "attn": ("auto", "flex", "flash", "sdpa", "eager"), "loss": ("auto", "chunked", "plain", "liger"),
@@ -73,6 +73,9 @@ class TrainArgs:
     eval_sets: list = field(default_factory=list)  # held-out sets to evaluate (default: all sources)
     save_every: int = 0  # steps between checkpoints (0 = only at the end)
     keep_last: int = 2  # complete checkpoints kept (older ones deleted)
+    # a finished run keeps its checkpoints (optimizer, schedule, RNG: --resume with more steps goes on from
+    # them); false leaves only final/, saving the AdamW state (~3x the trainable weights' bytes)
+    keep_state: bool = True
     seed: int = 0  # data order, init of new parameters (LoRA), dropout
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
     device: str = "auto"  # auto | cpu | cuda

@@ -149,7 +149,8 @@ def _py_unstate(x: list) -> tuple:
 
 def resolve_init(path: Path, what: str = "--init") -> Path:
     """--init (and eval's MODEL, named by `what` in the error) accepts an HF folder, a checkpoint folder (its
-    model/) or a run folder (its newest checkpoint)."""
+    model/) or a run folder (its newest checkpoint; a finished run that kept none, keep_state=false: its
+    final/)."""
     p = Path(path)
     if (p / "model" / "config.json").is_file():
         return p / "model"
@@ -158,6 +159,8 @@ def resolve_init(path: Path, what: str = "--init") -> Path:
     last = latest(p)
     if last:
         return last / "model"
+    if (p / "final" / "config.json").is_file():
+        return p / "final"
     if not p.exists():
         raise SlmError(f"{what} {p} not found: check the path")
     raise SlmError(f"{what} {p}: no HF model (config.json), checkpoint or run with a complete checkpoint "

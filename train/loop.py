@@ -85,9 +85,12 @@ def build(args: TrainArgs, setup: RunSetup, dist: Dist) -> TrainState:
     if fsdp:
         shard_fsdp2(model, dist.device, bf16)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    cuda = dist.device.type == "cuda"  # fused AdamW: one kernel for all parameters (torch.optim.AdamW docs)
+    # fused AdamW: one kernel for all parameters (torch.optim.AdamW docs), on CUDA and on CPU (since torch
+    # 2.4; measured here 0.07 vs 0.57 s a step for 108M parameters); FSDP2's sharded parameters on CPU keep
+    # the default
+    fused = dist.device.type == "cuda" or not fsdp
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=tuple(args.betas),
-                            eps=args.eps, fused=cuda or None)
+                            eps=args.eps, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, setup.total, args))
     start = ckpt.load(ckpt.latest(setup.run), model, opt, sched)["step"] if args.resume else 0
     autocast = bf16 and not fsdp
@@ -249,6 +252,9 @@ def _finish(args: TrainArgs, dist: Dist, setup: RunSetup, state: TrainState, met
         final = run / "final"
         shutil.rmtree(final, ignore_errors=True)
         shutil.copytree(last / "model", final, copy_function=os.link)  # hard links: no second copy on disk
+        if not args.keep_state:  # final/'s hard links keep the weights; the trainer state goes
+            shutil.rmtree(run / "checkpoints")
+            result["checkpoint"] = None
     write_record(run, "train", args.to_dict(), {"model": setup.model_dir}, result, figures=figures)
     if args.report:
 

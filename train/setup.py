@@ -88,6 +88,9 @@ def _check_run_folder(args: TrainArgs, run: Path) -> None:
     if run.exists() and not run.is_dir():
         raise SlmError(f"out {run} is a file, not a run folder: choose another `out`")
     if args.resume:
+        if not ckpt.latest(run) and (run / "final").is_dir():
+            raise SlmError(f"--resume: {run} finished with keep_state=false and kept no checkpoint: start a "
+                           f"new run from its weights with --init {run / 'final'}")
         if not ckpt.latest(run):
             raise SlmError(f"--resume: no complete checkpoint in {run}/checkpoints: start without --resume")
     elif run.exists() and any(run.iterdir()) and not args.force:

@@ -293,3 +293,20 @@ def test_regional_compile_shares_one_graph_across_blocks(tiny_expanded, tmp_path
     assert 1 <= graphs <= 4, graphs  # not one per block
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     torch._dynamo.reset()
+
+
+def test_keep_state_false_leaves_only_the_final_model(tiny_lm, tiny_data, tmp_path):
+    """A finished run with keep_state=false drops its checkpoints (the AdamW state) and keeps final/ whole;
+    --resume says what to do instead, and --init of the run takes final/."""
+    data, _ = tiny_data
+    model = tiny_lm()
+    kept = train(_args(model, data, tmp_path / "kept", "trainable=full"))
+    res = train(_args(model, data, tmp_path / "lean", "trainable=full", "keep_state=false"))
+    run = tmp_path / "lean"
+    assert ckpt.latest(tmp_path / "kept") is not None and kept["checkpoint"]
+    assert not (run / "checkpoints").exists() and res["checkpoint"] is None
+    a, b = _weights(tmp_path / "kept" / "final"), _weights(run / "final")  # same seed, same weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SlmError, match="keep_state=false.*--init"):
+        train(_args(model, data, run, "trainable=full", "resume=true", "steps=6"))
+    assert ckpt.resolve_init(run) == run / "final"
