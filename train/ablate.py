@@ -149,7 +149,8 @@ def method_runs(args: AblateArgs) -> tuple[dict, Path]:
            "freeze": dict(model=str(base), trainable=copied if args.freeze == "copied" else top)}
     lrs = method_lrs(args)
     runs = {m: load_recipe(args.recipe, args.overrides, out=str(Path(args.out) / "runs" / m), tokens=tokens,
-                           steps=0, resume=False, force=True, lr=lrs[m], **per[m]) for m in args.methods}
+                           steps=0, resume=False, force=True, lr=lrs[m], keep_state=False, **per[m])
+            for m in args.methods}
     return runs, base
 
 
@@ -165,7 +166,7 @@ def _num_layers(model: Path) -> int:
 
 
 # run settings that do not change what is trained (`out`: a grid's chosen run is moved to the method's folder)
-IGNORED = {"force", "resume", "progress", "report", "init", "out"}
+IGNORED = {"force", "resume", "progress", "report", "init", "out", "keep_state"}
 
 
 def _finished(run: Path, targs) -> bool:
@@ -220,9 +221,8 @@ def ablate(args: AblateArgs) -> dict:
         result["headline"] = index_headline(result)
         if not args.keep_weights:  # what the report needs stays: each run's slm.json, report and metrics
             for reps in trained.values():
-                for r in reps:  # final/ is hard links into the last checkpoint: both go
+                for r in reps:  # keep_state=false left no checkpoints: final/ is all the weights
                     shutil.rmtree(r["model"], ignore_errors=True)
-                    shutil.rmtree(Path(r["run"]) / "checkpoints", ignore_errors=True)
     return result
 
 
@@ -243,10 +243,6 @@ def _train(targs) -> dict:
         if res["interrupted"]:
             raise KeyboardInterrupt
         figs = res["figures"]
-        # final/ holds hard links to the last checkpoint's model: the optimizer state is not needed again
-        for ck in (run / "checkpoints").glob("*"):
-            if ck.is_dir():
-                (ck / "trainer_state.pt").unlink(missing_ok=True)
     s = {f.name: f.value for f in figs}
     steps = int(s.get("steps") or 0)
     return {"run": str(run), "model": str(run / "final"), "steps": steps,
@@ -259,7 +255,7 @@ def _evaluate(args: AblateArgs, base: Path, data: str, domain: str, seq_len: int
     """The original and every final model (each seed) on the held-out sets and the probe; per method the
     changes against the original as means over seeds, forgetting per set with OP/BWT beside it, the probe
     items that flipped (each seed), and diff of the first seed."""
-    from slm.surgery.diff import diff  # torch: deferred, a heavy import
+    from slm.surgery.diff import diff_many  # torch: deferred, a heavy import
 
     from .evaluate import EvalArgs, changes, evaluate, forgetting, public  # torch: deferred, a heavy import
     from .probe import PROBE_SET  # torch: deferred, a heavy import
@@ -287,8 +283,9 @@ def _evaluate(args: AblateArgs, base: Path, data: str, domain: str, seq_len: int
         methods[m] = {**reps[0], "seeds": [r["seed"] for r in reps], "runs": [r["run"] for r in reps],
                       "eval": public(mrows[0]), "forgetting": forgot, "delta": delta, "rates": rates,
                       "flips": [{k: v["flips"] for k, v in c.items() if "flips" in v} for c in per_seed]}
-        if args.diff:
-            methods[m]["diff"] = diff(reps[0]["model"], base)["totals"]
+    if args.diff:  # the first seed of each method, all against the original in one pass
+        for m, d in zip(trained, diff_many([reps[0]["model"] for reps in trained.values()], base)):
+            methods[m]["diff"] = d["totals"]
     return {"base": str(base), "data": data, "domain": domain, "sets": ev["sets"], "original": public(row0),
             "methods": methods, "probe_set": PROBE_SET}
 

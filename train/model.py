@@ -6,6 +6,7 @@ Frozen parameters get requires_grad=False, so autograd never computes their grad
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,7 +87,11 @@ def _lora(args: TrainArgs, model, layers: list[int]):
     lc = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, target_modules=list(args.lora_targets),
                     lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
                     layers_to_transform=None if args.lora_layers == "all" else layers)
-    return get_peft_model(model, lc)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` attribute (a FutureWarning per run,
+        # peft's code, not a setting of ours)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(model, lc)
 
 
 def compile_blocks(model, backend: str = "inductor") -> None:
