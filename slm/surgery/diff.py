@@ -10,7 +10,8 @@
 
 Layers are matched through the tuned model's surgery record when depths differ (layer j ↔ source layer
 source_layers[j]; layers in new_layers have no source and are listed as new); at equal depth layer j ↔ layer
-j. Tensors are read one at a time (TensorReader): peak memory is two matrices and their SVDs.
+j. Tensors are read one at a time (TensorReader): peak memory is two matrices and their SVDs; `diff_many`
+compares several models against one source with each source SVD taken once.
 """
 
 from __future__ import annotations
@@ -45,16 +46,35 @@ class DiffArgs:
             raise SlmError("slm diff: k ≥ 1, 0 < epsilon < 1 and reference ≥ 0 are needed")
 
 
-def intruders(w: torch.Tensor, w0: torch.Tensor, args: DiffArgs) -> dict:
+def top_left(w: torch.Tensor, k: int) -> torch.Tensor:
+    """The top k left singular vectors of w (columns), from the eigenvectors of the smaller Gram matrix in
+    float64: W Wᵀ = U Σ² Uᵀ, or WᵀW = V Σ² Vᵀ with u = W v / σ (a tenth of a full SVD's time on a 1536 × 576
+    matrix; the top vectors' σ are far above the squaring's loss of precision)."""
+    w = w.double()
+    m, n = w.shape
+    k = min(k, m, n)
+    if m <= n:
+        return torch.linalg.eigh(w @ w.T)[1].flip(1)[:, :k]
+    sig2, v = torch.linalg.eigh(w.T @ w)
+    v, sig = v.flip(1)[:, :k], sig2.flip(0)[:k].clamp_min(1e-300).sqrt()
+    return (w @ v) / sig
+
+
+def left_vectors(w0: torch.Tensor, args: DiffArgs) -> torch.Tensor:
+    """The source matrix's left singular vectors compared against (all of them, or its top `reference`), by
+    SVD: the small ones are needed too, which squaring the matrix would blur."""
+    u0 = torch.linalg.svd(w0.double(), full_matrices=False)[0]
+    return u0[:, :args.reference] if args.reference else u0
+
+
+def intruders(w: torch.Tensor, w0: torch.Tensor, args: DiffArgs, u0: torch.Tensor | None = None) -> dict:
     """Intruder dimensions of `w` against `w0` (Shuttleworth et al. 2024, Def. 1): count among the top k left
-    singular vectors of w, and the best |cos| of each to w0's left singular vectors."""
+    singular vectors of w, and the best |cos| of each to w0's left singular vectors (`u0` when the caller
+    has them already)."""
     if torch.equal(w, w0):  # identical: every singular vector is its own best match (cos 1)
         return {"intruders": 0, "best_cos": [1.0] * min(args.k, *w.shape)}
-    u = torch.linalg.svd(w.double(), full_matrices=False)[0][:, :args.k]
-    u0 = torch.linalg.svd(w0.double(), full_matrices=False)[0]
-    if args.reference:
-        u0 = u0[:, :args.reference]
-    best = (u.T @ u0).abs().max(dim=1).values
+    u0 = left_vectors(w0, args) if u0 is None else u0
+    best = (top_left(w, args.k).T @ u0).abs().max(dim=1).values
     return {"intruders": int((best < args.epsilon).sum()), "best_cos": [round(float(c), 4) for c in best]}
 
 
@@ -79,16 +99,65 @@ def _rel(w: torch.Tensor, w0: torch.Tensor) -> tuple[float, float]:
 def diff(model: Path | str, source: Path | str, args: DiffArgs | None = None) -> dict:
     """Per-layer relative change and intruder dimensions of `model` against `source` (see the module
     docstring)."""
+    return diff_many([model], source, args)[0]
+
+
+def diff_many(models: list, source: Path | str, args: DiffArgs | None = None) -> list[dict]:
+    """`diff` of each model against one source (an ablation's methods against their original), reading each
+    source matrix once and taking its SVD once for all of them."""
     args = args or DiffArgs()
-    tuned, src = TensorReader(model), TensorReader(source)
+    src, tuned = TensorReader(source), [TensorReader(m) for m in models]
     try:
-        pairs = match_layers(tuned.config, src.config)
-        new = set(prior_record(tuned.config)["new_layers"])
-        layers = [_layer(tuned, src, j, s, j in new, args) for j, s in pairs]
-        others = _others(tuned, src)
+        pairs = [match_layers(t.config, src.config) for t in tuned]
+        new = [set(prior_record(t.config)["new_layers"]) for t in tuned]
+        layers = [[_row(j, s, j in nw) for j, s in ps] for ps, nw in zip(pairs, new)]
+        by_source: dict[int, list[tuple[int, int]]] = {}  # source layer → [(model, its layer)]
+        for i, ps in enumerate(pairs):
+            for j, s in ps:
+                if s is not None:
+                    by_source.setdefault(s, []).append((i, j))
+        for s, users in sorted(by_source.items()):
+            _source_layer(src, s, [(tuned[i], layers[i][j]) for i, j in users], args)
+        others = [_others(t, src) for t in tuned]
     finally:
-        tuned.close()
-        src.close()
+        for r in (src, *tuned):
+            r.close()
+    return [_result(m, source, args, ls, o) for m, ls, o in zip(models, layers, others)]
+
+
+def _row(j: int, s: int | None, new: bool) -> dict:
+    return {"layer": j, "source": s, "new": new, "rel_change": None, "intruders": 0, "matrices": {}}
+
+
+def _source_layer(src: TensorReader, s: int, users: list[tuple[TensorReader, dict]], args: DiffArgs) -> None:
+    """Fill the rows of every tuned layer matched to source layer s, one tensor name at a time (the source
+    matrix's singular vectors computed only if some tuned matrix differs, and once)."""
+    sums = [[0.0, 0.0] for _ in users]
+    names = sorted({split_layer_name(k)[1] for t, row in users for k in t.keys()
+                    if split_layer_name(k)[0] == row["layer"]})
+    for rest in names:
+        w0, u0 = src.get(layer_name(s, rest)).float(), None
+        for (t, row), acc in zip(users, sums):
+            name = layer_name(row["layer"], rest)
+            if name not in t:
+                continue
+            w = t.get(name).float()
+            if w.shape != w0.shape:
+                raise SlmError(f"{name} has shape {list(w.shape)} but the source's layer {s} has "
+                               f"{list(w0.shape)}: SOURCE must be the model this one was tuned from")
+            d, n = _rel(w, w0)
+            acc[0], acc[1] = acc[0] + d, acc[1] + n
+            if rest in MATRICES:
+                if u0 is None and not torch.equal(w, w0):
+                    u0 = left_vectors(w0, args)
+                row["matrices"][rest] = {"rel_change": math.sqrt(d / n) if n else float("nan"),
+                                         **intruders(w, w0, args, u0)}
+    for (_, row), (num, den) in zip(users, sums):
+        row["rel_change"] = math.sqrt(num / den) if den else 0.0
+        row["intruders"] = sum(m["intruders"] for m in row["matrices"].values())
+
+
+def _result(model, source, args: DiffArgs, layers: list[dict], others: dict) -> dict:
     compared = [r for r in layers if r["source"] is not None]
     totals = {"layers": len(layers), "new_layers": sum(r["source"] is None for r in layers),
               "changed_layers": sum(r["rel_change"] > 0 for r in compared),
@@ -109,27 +178,6 @@ def diff_figures(result: dict) -> list[Figure]:
             from_file("max_layer_change", "largest relative weight change of a layer", t["max_layer_change"],
                       "1",
                       group="model", key=True)]
-
-
-def _layer(tuned: TensorReader, src: TensorReader, j: int, s: int | None, new: bool, args: DiffArgs) -> dict:
-    row = {"layer": j, "source": s, "new": new, "rel_change": None, "intruders": 0, "matrices": {}}
-    if s is None:
-        return row
-    num = den = 0.0
-    for name in sorted(k for k in tuned.keys() if split_layer_name(k)[0] == j):
-        rest = split_layer_name(name)[1]
-        w, w0 = tuned.get(name).float(), src.get(layer_name(s, rest)).float()
-        if w.shape != w0.shape:
-            raise SlmError(f"{name} has shape {list(w.shape)} but the source's layer {s} has "
-                           f"{list(w0.shape)}: SOURCE must be the model this one was tuned from")
-        d, n = _rel(w, w0)
-        num, den = num + d, den + n
-        if rest in MATRICES:
-            row["matrices"][rest] = {"rel_change": math.sqrt(d / n) if n else float("nan"),
-                                     **intruders(w, w0, args)}
-    row["rel_change"] = math.sqrt(num / den) if den else 0.0
-    row["intruders"] = sum(m["intruders"] for m in row["matrices"].values())
-    return row
 
 
 def _others(tuned: TensorReader, src: TensorReader) -> dict:

@@ -85,3 +85,29 @@ def test_expanded_model_against_its_source(tiny, tmp_path, capsys):
     assert main(["diff", str(out), str(src), "-o", str(rep)]) == 2  # exists: refused without --force
     other = tiny(num_hidden_layers=4)
     assert main(["diff", str(out), str(other)]) == 2  # not the model it was grown from
+
+
+def test_top_left_vectors_match_the_svd_for_both_shapes():
+    """The Gram-matrix route to the top k left singular vectors agrees with a full SVD (up to sign), for wide
+    and tall matrices alike."""
+    from slm.surgery.diff import top_left
+
+    g = torch.Generator().manual_seed(1)
+    for shape in ((48, 96), (96, 48)):
+        w = torch.randn(*shape, generator=g, dtype=torch.float64)
+        want = torch.linalg.svd(w, full_matrices=False)[0][:, :10]
+        got = top_left(w.float(), 10)
+        assert got.shape == want.shape
+        assert torch.allclose((got * want).sum(0).abs(), torch.ones(10, dtype=torch.float64), atol=1e-5)
+
+
+def test_diff_many_equals_one_diff_per_model(tiny, tmp_path):
+    """diff_many (one SVD per source matrix, shared) gives each model exactly what diff gives it alone."""
+    from slm.surgery.diff import diff_many
+
+    a = tiny()
+    b = _edit(a, tmp_path / "planted", lambda t: t.__setitem__(Q, _planted(t[Q], 10.0)))
+    c = _edit(a, tmp_path / "noisy", lambda t: t.__setitem__(Q, t[Q] * 1.5))
+    alone, together = [diff(m, a) for m in (b, c)], diff_many([b, c], a)
+    assert [r["layers"] for r in together] == [r["layers"] for r in alone]
+    assert together[0]["totals"]["intruders"] >= 1 and together[1]["totals"]["changed_layers"] == 1
