@@ -130,7 +130,8 @@ def run_kv_quality(gguf: Path, weights: str, args: SweepArgs, max_context: int,
     types = ("f16",) + tuple(t for t in args.kv_types if t != "f16")
     ref, rows = None, []
     for t in types:
-        progress(f"KV-cache quality: {t} cache, {args.kv_chunks} windows of {ctx} tokens")
+        progress(f"KV-cache quality: {t} cache, {args.kv_chunks} window{'s' * (args.kv_chunks > 1)} of {ctx} "
+                 "tokens")
         with LlamaCpp(gguf, ctx, args.threads, kv_type=t, flash_attn=True) as b:
             if tokens is None:
                 tokens = b.tokenize(args.text or heldout_text())

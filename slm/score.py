@@ -96,12 +96,11 @@ def score(logits_fn: Callable[[list[int]], np.ndarray], ids: list[int], scoring:
     scores."""
     out = []
     for w in scoring.windows(list(ids)):
-        lp = log_softmax(logits_fn(w))
         if scoring.mode == "all":
-            out.append(Scored(lp, np.asarray(w[1:])))
-        else:
+            out.append(Scored(log_softmax(logits_fn(w)), np.asarray(w[1:])))
+        else:  # predictions for tokens half … n-1; the log-softmax of only those rows
             half = len(w) // 2
-            out.append(Scored(lp[half - 1:-1], np.asarray(w[half:])))  # predictions for tokens half … n-1
+            out.append(Scored(log_softmax(logits_fn(w)[half - 1:-1]), np.asarray(w[half:])))
     return out
 
 
