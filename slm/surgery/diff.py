@@ -48,8 +48,8 @@ class DiffArgs:
 
 def top_left(w: torch.Tensor, k: int) -> torch.Tensor:
     """The top k left singular vectors of w (columns), from the eigenvectors of the smaller Gram matrix in
-    float64: W Wᵀ = U Σ² Uᵀ, or WᵀW = V Σ² Vᵀ with u = W v / σ (a tenth of a full SVD's time on a 1536 × 576
-    matrix; the top vectors' σ are far above the squaring's loss of precision)."""
+    float64: W Wᵀ = U Σ² Uᵀ, or WᵀW = V Σ² Vᵀ with u = W v / σ (3-5x faster than a full SVD on 576 × 1536 and
+    1536 × 576 matrices here; the top vectors' σ are far above the squaring's loss of precision)."""
     w = w.double()
     m, n = w.shape
     k = min(k, m, n)
