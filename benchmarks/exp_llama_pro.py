@@ -5,7 +5,7 @@ several seeds; HumanEval (canonical-solution loss and greedy pass@1 executed by 
 IFEval-verified probe, general (pydoc prose) perplexity and the instruction probe.
 
     .venv/bin/python benchmarks/exp_llama_pro.py --out reports/llama-pro        # longer than the run below
-    # the README's table: 74 min on 2 cores (load 3-4 for its first hour)
+    # the README's tables: 74 min on 2 cores (load 3-4 for its first hour); with --grid 1,3,9, 16.8 min quiet
     .venv/bin/python benchmarks/exp_llama_pro.py --budget 4096 --humaneval-problems 16 --ifeval 24 \
         --probe-prompts 16 --eval-tokens 2048
     .venv/bin/python benchmarks/exp_llama_pro.py --quick --out /tmp/lp-quick    # minutes: checks the path
