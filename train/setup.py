@@ -88,10 +88,10 @@ def _check_run_folder(args: TrainArgs, run: Path) -> None:
     if run.exists() and not run.is_dir():
         raise SlmError(f"out {run} is a file, not a run folder: choose another `out`")
     if args.resume:
-        if not ckpt.latest(run) and (run / "final").is_dir():
-            raise SlmError(f"--resume: {run} finished with keep_state=false and kept no checkpoint: start a "
-                           f"new run from its weights with --init {run / 'final'}")
         if not ckpt.latest(run):
+            if (run / "final").is_dir():
+                raise SlmError(f"--resume: {run} finished with keep_state=false and kept no checkpoint: "
+                               f"start a new run from its weights with --init {run / 'final'}")
             raise SlmError(f"--resume: no complete checkpoint in {run}/checkpoints: start without --resume")
     elif run.exists() and any(run.iterdir()) and not args.force:
         raise SlmError(f"run folder {run} already exists: pass --resume to continue it, --force to replace "

@@ -136,7 +136,7 @@ def run_data(ctx: dict, out: Path) -> None:
                      str(ctx["base"]), heldout=0.05, force=True), out)
 
 
-# CPT budget sized for ~3 minutes on 2 CPU cores (measured: ~130 tok/s with the 6 trainable blocks): short
+# CPT budget sized for ~1.5 minutes on 2 CPU cores (measured: ~225 tok/s with the 6 trainable blocks): short
 # sequences, batch 1, a higher lr than the paper's 2e-4 because 100 steps is all there is. Held-out
 # evaluations and checkpoints every 50 steps (each evaluation of both sets costs ~7 s, a quarter of 50 steps'
 # time; a checkpoint writes 0.85 GB) so an interrupted demo resumes mid-run; once finished only final/ stays
